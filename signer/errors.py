@@ -1,0 +1,111 @@
+"""The signer error hierarchy.
+
+Every error the service raises on purpose derives from `SignerError`; each
+port (token, store) translates its library's exceptions into these exactly
+once, and the gRPC servicer maps them to status codes exactly once.
+
+    SignerError
+    ├── ConfigError              bad or missing configuration (exit 2)
+    ├── TokenError               PKCS#11 token failures
+    │   ├── TokenNotFoundError   no token with that label
+    │   ├── TokenPinError        wrong or locked PIN
+    │   ├── KeyNotFoundError     no key with that name in the token
+    │   └── WeakKeyError         a private key that breaks invariant 1
+    ├── StoreError               the database (and so the audit log) cannot be written
+    ├── InvalidArgumentError     malformed input (INVALID_ARGUMENT)
+    │   └── EnvelopeError        a DSSE envelope that does not parse or verify
+    ├── NotFoundError            unknown request or key (NOT_FOUND)
+    ├── PermissionDeniedError    the caller may not do this (PERMISSION_DENIED)
+    ├── ConflictError            the request's state forbids this (FAILED_PRECONDITION)
+    ├── AlreadyExistsError       idempotency key reused for another request
+    └── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
+
+Every error carries a short machine-readable `reason` (UPPER_SNAKE) that
+clients branch on; the message is for people.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "ConfigError",
+    "ConflictError",
+    "EnvelopeError",
+    "InvalidArgumentError",
+    "KeyNotFoundError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "SignerError",
+    "StoreError",
+    "TokenError",
+    "TokenNotFoundError",
+    "TokenPinError",
+    "TooLargeError",
+    "WeakKeyError",
+]
+
+
+class SignerError(Exception):
+    """Root of every error raised by the signer on purpose."""
+
+    default_reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or self.default_reason
+
+
+class ConfigError(SignerError):
+    default_reason = "BAD_CONFIG"
+
+
+class TokenError(SignerError):
+    default_reason = "TOKEN_ERROR"
+
+
+class TokenNotFoundError(TokenError):
+    default_reason = "TOKEN_NOT_FOUND"
+
+
+class TokenPinError(TokenError):
+    default_reason = "TOKEN_PIN_REJECTED"
+
+
+class KeyNotFoundError(TokenError):
+    default_reason = "UNKNOWN_KEY"
+
+
+class WeakKeyError(TokenError):
+    default_reason = "WEAK_KEY"
+
+
+class StoreError(SignerError):
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class InvalidArgumentError(SignerError):
+    default_reason = "INVALID_ARGUMENT"
+
+
+class EnvelopeError(InvalidArgumentError):
+    default_reason = "BAD_ENVELOPE"
+
+
+class NotFoundError(SignerError):
+    default_reason = "NOT_FOUND"
+
+
+class PermissionDeniedError(SignerError):
+    default_reason = "PERMISSION_DENIED"
+
+
+class ConflictError(SignerError):
+    default_reason = "BAD_STATE"
+
+
+class AlreadyExistsError(SignerError):
+    default_reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class TooLargeError(SignerError):
+    default_reason = "TOO_LARGE"

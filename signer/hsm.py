@@ -1,0 +1,354 @@
+"""The PKCS#11 token adapter: the only module that imports `pkcs11`.
+
+Invariants upheld here (DESIGN §3.1, §8):
+- keys are generated inside the token with SENSITIVE, EXTRACTABLE=false,
+  PRIVATE and SIGN set explicitly and every other use off; there is no code
+  path that imports or exports a private key;
+- `check_key` refuses a private key that is extractable, not sensitive, not
+  private, was ever extractable or non-sensitive, or can do more than sign;
+- every token call runs under one lock on one long-lived logged-in session,
+  because python-pkcs11 gives SoftHSM no locking callbacks; the session is
+  never closed per request (closing logs every session out).
+
+PKCS#11 exceptions are translated to `TokenError`s here and nowhere else.
+A key's algorithm name is recorded in its CKA_ID, so a key made for RSA-PSS is
+never used with PKCS#1 v1.5 and vice versa.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pkcs11
+import pkcs11.exceptions as p11e
+from asn1crypto.core import OctetString
+from asn1crypto.keys import ECDomainParameters
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
+
+from signer.algorithms import ALGORITHMS, DIGEST_INFO_PREFIX, HASH_SIZES, KeyAlgorithm
+from signer.errors import (
+    ConfigError,
+    InvalidArgumentError,
+    KeyNotFoundError,
+    SignerError,
+    TokenError,
+    TokenNotFoundError,
+    TokenPinError,
+    WeakKeyError,
+)
+
+__all__ = ["SECURITY_ATTRIBUTES", "Token", "TokenKey"]
+
+_ED25519_OID = "1.3.101.112"
+_CURVES: dict[str, ec.EllipticCurve] = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
+_HASH_MECH = {"sha256": Mechanism.SHA256, "sha384": Mechanism.SHA384, "sha512": Mechanism.SHA512}
+_MGF = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
+
+# The private-key template: exactly these, nothing left to token defaults.
+_PRIVATE_TEMPLATE: dict[Any, Any] = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.SIGN: True,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+    Attribute.SIGN_RECOVER: False,
+}
+_PUBLIC_TEMPLATE: dict[Any, Any] = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: False,
+    Attribute.VERIFY: True,
+    Attribute.ENCRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.DERIVE: False,
+}
+
+# Attribute name -> value a private key must have.
+SECURITY_ATTRIBUTES: dict[str, tuple[Any, bool]] = {
+    "sensitive": (Attribute.SENSITIVE, True),
+    "extractable": (Attribute.EXTRACTABLE, False),
+    "private": (Attribute.PRIVATE, True),
+    "always_sensitive": (Attribute.ALWAYS_SENSITIVE, True),
+    "never_extractable": (Attribute.NEVER_EXTRACTABLE, True),
+    "local": (Attribute.LOCAL, True),
+    "sign": (Attribute.SIGN, True),
+    "decrypt": (Attribute.DECRYPT, False),
+    "unwrap": (Attribute.UNWRAP, False),
+    "derive": (Attribute.DERIVE, False),
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TokenKey:
+    """A key pair in the token, as seen from outside: never the private part."""
+
+    name: str
+    algorithm: KeyAlgorithm | None  # None: a key this service did not make
+    spki_der: bytes
+    attributes: dict[str, bool]
+
+    @property
+    def key_id(self) -> str:
+        """Hex SHA-256 of the public key's SubjectPublicKeyInfo DER."""
+        return hashlib.sha256(self.spki_der).hexdigest()
+
+    @property
+    def public_key_pem(self) -> str:
+        key = serialization.load_der_public_key(self.spki_der)
+        return key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    @property
+    def weaknesses(self) -> list[str]:
+        """The security attributes that break invariant 1, as `name=value`."""
+        return [
+            f"{name}={str(self.attributes.get(name)).lower()}"
+            for name, (_, want) in SECURITY_ATTRIBUTES.items()
+            if self.attributes.get(name) is not want
+        ]
+
+
+class Token:
+    """One logged-in session on one token; every call serialized by one lock."""
+
+    def __init__(self, module_path: str, label: str, pin: str) -> None:
+        self._lock = threading.RLock()
+        self._keys: dict[str, Any] = {}
+        self.label = label
+        if not os.path.exists(module_path):
+            raise ConfigError(
+                f"PKCS#11 module {module_path} does not exist; install it "
+                "(Debian: apt-get install softhsm2) or fix token.module",
+                reason="TOKEN_MODULE_MISSING",
+            )
+        try:
+            lib = pkcs11.lib(module_path)
+            token = lib.get_token(token_label=label)
+        except p11e.NoSuchToken:
+            raise TokenNotFoundError(
+                f"no token labelled {label!r} in {module_path}; check token.label "
+                "(and SOFTHSM2_CONF / token.softhsm2_conf for SoftHSM)"
+            ) from None
+        except p11e.MultipleTokensReturned:
+            raise TokenNotFoundError(f"more than one token labelled {label!r}") from None
+        except p11e.PKCS11Error as e:
+            raise TokenError(f"cannot open PKCS#11 module {module_path}: {_name(e)}") from e
+        try:
+            self._session = token.open(user_pin=pin, rw=True)
+        except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
+            raise TokenPinError(
+                f"the token {label!r} rejected the PIN; check the PIN file or variable "
+                "(the PIN itself is never printed)"
+            ) from None
+        except p11e.PinLocked:
+            raise TokenPinError(f"the PIN of token {label!r} is locked") from None
+        except p11e.PKCS11Error as e:
+            raise TokenError(f"cannot log in to token {label!r}: {_name(e)}") from e
+
+    # -- plumbing ---------------------------------------------------------
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        with self._lock:
+            try:
+                yield
+            except SignerError:
+                raise
+            except p11e.PKCS11Error as e:
+                raise TokenError(f"token {self.label!r}: {what} failed: {_name(e)}") from e
+
+    def _run(self, what: str, fn: Callable[[], T]) -> T:
+        with self._call(what):
+            return fn()
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._session.close()
+            except p11e.PKCS11Error:
+                pass  # already closed or token gone: nothing left to release
+
+    # -- keys -------------------------------------------------------------
+
+    def generate(self, name: str, algorithm: KeyAlgorithm) -> TokenKey:
+        """Generate a sign-only key pair named `name` inside the token."""
+        with self._call(f"generating {name}"):
+            if self._find(ObjectClass.PRIVATE_KEY, name) or self._find(
+                ObjectClass.PUBLIC_KEY, name
+            ):
+                raise InvalidArgumentError(
+                    f"a key named {name!r} already exists in token {self.label!r}",
+                    reason="KEY_EXISTS",
+                )
+            common = {"store": True, "label": name, "id": algorithm.name.encode()}
+            templates = {
+                "private_template": dict(_PRIVATE_TEMPLATE),
+                "public_template": dict(_PUBLIC_TEMPLATE),
+            }
+            if algorithm.family == "rsa":
+                self._session.generate_keypair(
+                    KeyType.RSA, algorithm.bits, **common, **templates
+                )
+            else:
+                ed = algorithm.family == "ed25519"
+                params = self._session.create_domain_parameters(
+                    KeyType.EC_EDWARDS if ed else KeyType.EC,
+                    {
+                        Attribute.EC_PARAMS: encode_named_curve_parameters(
+                            _ED25519_OID if ed else str(algorithm.curve)
+                        )
+                    },
+                    local=True,
+                )
+                params.generate_keypair(
+                    mechanism=(
+                        Mechanism.EC_EDWARDS_KEY_PAIR_GEN if ed else Mechanism.EC_KEY_PAIR_GEN
+                    ),
+                    **common,
+                    **templates,
+                )
+            return self._describe(name)
+
+    def keys(self) -> list[TokenKey]:
+        """Every key pair in the token, sorted by name."""
+        with self._call("listing keys"):
+            names = {
+                str(o[Attribute.LABEL])
+                for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            }
+            return [self._describe(n) for n in sorted(names)]
+
+    def key(self, name: str) -> TokenKey:
+        """One key pair by name; KeyNotFoundError if absent."""
+        with self._call(f"reading key {name}"):
+            return self._describe(name)
+
+    def check_key(self, name: str, expected: KeyAlgorithm | None = None) -> TokenKey:
+        """Return the key if it upholds invariant 1 (and has `expected` algorithm)."""
+        key = self.key(name)
+        if key.weaknesses:
+            raise WeakKeyError(
+                f"key {name!r} in token {self.label!r} is not protected: "
+                f"{', '.join(key.weaknesses)}; generate a new key with `signer keys generate`"
+            )
+        if key.algorithm is None:
+            raise WeakKeyError(
+                f"key {name!r} was not generated by this service (no algorithm in CKA_ID); "
+                "generate one with `signer keys generate`",
+                reason="UNKNOWN_KEY_ALGORITHM",
+            )
+        if expected is not None and key.algorithm != expected:
+            raise ConfigError(
+                f"key {name!r} in the token is {key.algorithm.name}, config says {expected.name}",
+                reason="KEY_ALGORITHM_MISMATCH",
+            )
+        return key
+
+    # -- signing ----------------------------------------------------------
+
+    def sign_digest(self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes) -> bytes:
+        """Sign a precomputed digest; ECDSA results are DER-encoded."""
+        if len(digest) != HASH_SIZES[hash_name]:
+            raise InvalidArgumentError(f"{hash_name} digest must be {HASH_SIZES[hash_name]} bytes")
+        with self._call(f"signing with {name}"):
+            priv = self._private(name)
+            if algorithm.scheme == "ecdsa":
+                return bytes(encode_ecdsa_signature(priv.sign(digest, mechanism=Mechanism.ECDSA)))
+            if algorithm.scheme == "pss":
+                param = (_HASH_MECH[hash_name], _MGF[hash_name], HASH_SIZES[hash_name])
+                return bytes(
+                    priv.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=param)
+                )
+            if algorithm.scheme == "pkcs1":
+                data = DIGEST_INFO_PREFIX[hash_name] + digest
+                return bytes(priv.sign(data, mechanism=Mechanism.RSA_PKCS))
+            raise InvalidArgumentError(f"{algorithm.name} keys do not sign digests")
+
+    def sign_message(self, name: str, message: bytes) -> bytes:
+        """Ed25519 signature over a whole message (audit checkpoints)."""
+        with self._call(f"signing with {name}"):
+            return bytes(self._private(name).sign(message, mechanism=Mechanism.EDDSA))
+
+    # -- internals (caller holds the lock) --------------------------------
+
+    def _find(self, cls: Any, name: str) -> Any | None:
+        found = list(self._session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: name}))
+        if len(found) > 1:
+            raise TokenError(f"more than one {cls.name} labelled {name!r} in the token")
+        return found[0] if found else None
+
+    def _private(self, name: str) -> Any:
+        priv = self._keys.get(name)
+        if priv is None:
+            priv = self._find(ObjectClass.PRIVATE_KEY, name)
+            if priv is None:
+                raise KeyNotFoundError(f"no key named {name!r} in token {self.label!r}")
+            self._keys[name] = priv
+        return priv
+
+    def _describe(self, name: str) -> TokenKey:
+        priv = self._find(ObjectClass.PRIVATE_KEY, name)
+        pub = self._find(ObjectClass.PUBLIC_KEY, name)
+        if priv is None or pub is None:
+            raise KeyNotFoundError(
+                f"no key pair named {name!r} in token {self.label!r}; "
+                "see `signer keys list` or create it with `signer keys generate`"
+            )
+        attrs = {n: _bool_attr(priv, a) for n, (a, _) in SECURITY_ATTRIBUTES.items()}
+        return TokenKey(name, _algorithm_of(priv), _spki(pub), attrs)
+
+
+def _name(e: Exception) -> str:
+    return type(e).__name__ + (f" ({e})" if str(e) else "")
+
+
+def _bool_attr(obj: Any, attr: Any) -> bool:
+    try:
+        return bool(obj[attr])
+    except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
+        return False
+
+
+def _algorithm_of(priv: Any) -> KeyAlgorithm | None:
+    try:
+        raw = bytes(priv[Attribute.ID]).decode("ascii")
+    except (p11e.AttributeTypeInvalid, UnicodeDecodeError):
+        return None
+    return ALGORITHMS.get(raw)
+
+
+def _spki(pub: Any) -> bytes:
+    """SubjectPublicKeyInfo DER of a PKCS#11 public key object."""
+    key_type = pub[Attribute.KEY_TYPE]
+    public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+    if key_type == KeyType.RSA:
+        n = int.from_bytes(pub[Attribute.MODULUS], "big")
+        e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
+        public = rsa.RSAPublicNumbers(e, n).public_key()
+    else:
+        point = OctetString.load(bytes(pub[Attribute.EC_POINT])).native
+        if key_type == KeyType.EC_EDWARDS:
+            public = ed25519.Ed25519PublicKey.from_public_bytes(point)
+        else:
+            params = ECDomainParameters.load(bytes(pub[Attribute.EC_PARAMS]))
+            curve = _CURVES.get(str(params.chosen.native))
+            if curve is None:
+                raise TokenError(f"unsupported EC curve {params.chosen.native}")
+            public = ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
