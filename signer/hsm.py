@@ -17,13 +17,14 @@ never used with PKCS#1 v1.5 and vice versa.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11e
@@ -87,8 +88,6 @@ SECURITY_ATTRIBUTES: dict[str, tuple[Any, bool]] = {
     "unwrap": (Attribute.UNWRAP, False),
     "derive": (Attribute.DERIVE, False),
 }
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,16 +170,10 @@ class Token:
             except p11e.PKCS11Error as e:
                 raise TokenError(f"token {self.label!r}: {what} failed: {_name(e)}") from e
 
-    def _run(self, what: str, fn: Callable[[], T]) -> T:
-        with self._call(what):
-            return fn()
-
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._session.close()
-            except p11e.PKCS11Error:
-                pass  # already closed or token gone: nothing left to release
+        # Already closed or token gone: nothing left to release.
+        with self._lock, contextlib.suppress(p11e.PKCS11Error):
+            self._session.close()
 
     # -- keys -------------------------------------------------------------
 
@@ -194,34 +187,46 @@ class Token:
                     f"a key named {name!r} already exists in token {self.label!r}",
                     reason="KEY_EXISTS",
                 )
-            common = {"store": True, "label": name, "id": algorithm.name.encode()}
-            templates = {
-                "private_template": dict(_PRIVATE_TEMPLATE),
-                "public_template": dict(_PUBLIC_TEMPLATE),
-            }
+            kid = algorithm.name.encode()
+            private, public = dict(_PRIVATE_TEMPLATE), dict(_PUBLIC_TEMPLATE)
             if algorithm.family == "rsa":
                 self._session.generate_keypair(
-                    KeyType.RSA, algorithm.bits, **common, **templates
+                    KeyType.RSA,
+                    algorithm.bits,
+                    store=True,
+                    label=name,
+                    id=kid,
+                    private_template=private,
+                    public_template=public,
                 )
             else:
                 ed = algorithm.family == "ed25519"
+                curve = _ED25519_OID if ed else str(algorithm.curve)
                 params = self._session.create_domain_parameters(
                     KeyType.EC_EDWARDS if ed else KeyType.EC,
-                    {
-                        Attribute.EC_PARAMS: encode_named_curve_parameters(
-                            _ED25519_OID if ed else str(algorithm.curve)
-                        )
-                    },
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
                     local=True,
                 )
                 params.generate_keypair(
-                    mechanism=(
-                        Mechanism.EC_EDWARDS_KEY_PAIR_GEN if ed else Mechanism.EC_KEY_PAIR_GEN
-                    ),
-                    **common,
-                    **templates,
+                    store=True,
+                    label=name,
+                    id=kid,
+                    mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN
+                    if ed
+                    else Mechanism.EC_KEY_PAIR_GEN,
+                    private_template=private,
+                    public_template=public,
                 )
             return self._describe(name)
+
+    def destroy(self, name: str) -> None:
+        """Remove a key pair (used only to undo a generation whose audit entry failed)."""
+        with self._call(f"destroying {name}"):
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                obj = self._find(cls, name)
+                if obj is not None:
+                    obj.destroy()
+            self._keys.pop(name, None)
 
     def keys(self) -> list[TokenKey]:
         """Every key pair in the token, sorted by name."""
@@ -260,7 +265,9 @@ class Token:
 
     # -- signing ----------------------------------------------------------
 
-    def sign_digest(self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes) -> bytes:
+    def sign_digest(
+        self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
+    ) -> bytes:
         """Sign a precomputed digest; ECDSA results are DER-encoded."""
         if len(digest) != HASH_SIZES[hash_name]:
             raise InvalidArgumentError(f"{hash_name} digest must be {HASH_SIZES[hash_name]} bytes")

@@ -49,7 +49,7 @@ def init_token(conf: Path, label: str, so_pin: str, user_pin: str) -> None:
     answers = [so_pin, so_pin, user_pin, user_pin]
     pid, fd = pty.fork()
     if pid == 0:  # child: the PINs are read from the terminal, not argv
-        os.execve(util, [util, "--init-token", "--free", "--label", label], env)
+        os.execve(util, [util, "--init-token", "--free", "--label", label], env)  # noqa: S606
     output = b""
     while True:
         try:

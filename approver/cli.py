@@ -1,0 +1,287 @@
+"""The `approver` command: what a security officer runs.
+
+`approve` and `deny` fetch the request, show the officer exactly what they
+are deciding on (requester, CI context, key, digests), ask for confirmation,
+then sign a statement bound to that request id, key, key id and digests with
+the officer's own Ed25519 key (invariant 6). Passphrases come from a file, an
+environment variable or a prompt, never argv.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import getpass
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from approver.errors import ApproverError
+from signer import __version__
+from signer.approval_keys import generate, load_private
+from signer.client import Profile, load_profile
+from signer.clikit import (
+    call,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+    request_dict,
+    stderr,
+    stubs,
+)
+from signer.config import read_secret
+from signer.convert import STATE_TO_PB
+from signer.dsse import Statement, key_id_of, sign_statement
+from signer.errors import ConfigError
+from signer.model import Digest, State
+from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_profile_opt = click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path),
+    help="Client profile (TOML); default $SIGNER_PROFILE.",
+)
+_server_opt = click.option("--server", help="Override the profile's HOST:PORT.")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _approver_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApproverError as e:
+            fail(str(e))
+
+    return handle_errors(wrapper)  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)
+def main() -> None:
+    """Review and decide on signing requests as a security officer."""
+
+
+@main.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Private key file to create (0600); the public key goes to OUT.pub.",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, path_type=Path),
+    help="Encrypt the key with the passphrase in this file.",
+)
+@click.option("--passphrase-env", help="Encrypt the key with the passphrase in this variable.")
+@click.option("--encrypt", is_flag=True, help="Ask for a passphrase on the terminal.")
+@_approver_errors
+def keygen(
+    out: Path, passphrase_file: Path | None, passphrase_env: str | None, encrypt: bool
+) -> None:
+    """Create your Ed25519 approval key; give OUT.pub to the server's admin."""
+    if out.exists():
+        raise ApproverError(f"{out} exists; not overwriting a key")
+    passphrase = None
+    if passphrase_file or passphrase_env:
+        passphrase = read_secret(passphrase_file, passphrase_env, "passphrase")
+    elif encrypt:
+        passphrase = getpass.getpass("passphrase for the new key: ")
+        if passphrase != getpass.getpass("again: "):
+            raise ApproverError("the passphrases differ")
+    key = generate(out, passphrase)
+    click.echo(f"{out}.pub  key id {key_id_of(key.public_key())}")
+
+
+@main.command("list")
+@_profile_opt
+@_server_opt
+@click.option(
+    "--state",
+    default="pending",
+    show_default=True,
+    type=click.Choice([s.value.lower() for s in State]),
+)
+@_json_opt
+@_approver_errors
+def list_(profile_path: Path | None, server: str | None, state: str, as_json: bool) -> None:
+    """List requests on keys you approve for."""
+    profile = load_profile(profile_path, server)
+    found: list[types_pb2.SigningRequest] = []
+    req = approval_pb2.ListRequestsRequest(state=STATE_TO_PB[State(state.upper())], page_size=500)
+    with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
+        while True:
+            resp = call(profile, stub.ListRequests, req)
+            found += resp.requests
+            if not resp.next_page_token:
+                break
+            req.page_token = resp.next_page_token
+    rows = [request_dict(r) for r in found]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        f"{state} requests",
+        ["id", "key", "requester", "digests", "approvals", "expires", "context"],
+        [
+            [
+                d["id"],
+                d["key_name"],
+                d["requester"],
+                str(len(d["digests"])),
+                f"{sum(a['decision'] == 'approve' for a in d['approvals'])}/{d['threshold']}",
+                d["expire_time"],
+                " ".join(f"{k}={v}" for k, v in d["context"].items()),
+            ]
+            for d in rows
+        ],
+    )
+
+
+def _fetch(profile: Profile, request_id: str) -> types_pb2.SigningRequest:
+    with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
+        request: types_pb2.SigningRequest = call(
+            profile, stub.GetRequest, approval_pb2.GetRequestRequest(id=request_id)
+        ).request
+        return request
+
+
+def _describe(d: dict[str, Any]) -> None:
+    rows = [
+        ["request", d["id"]],
+        ["state", d["state"]],
+        ["requester", d["requester"]],
+        ["key", f"{d['key_name']} ({d['algorithm']})"],
+        ["key id", d["key_id"]],
+        ["expires", d["expire_time"]],
+        [
+            "approvals",
+            f"{sum(a['decision'] == 'approve' for a in d['approvals'])} of {d['threshold']} needed",
+        ],
+    ]
+    rows += [[f"context.{k}", v] for k, v in d["context"].items()]
+    rows += [
+        [f"digest {i}", f"{x['artifact']}\n{x['algorithm']}:{x['digest']}"]
+        for i, x in enumerate(d["digests"])
+    ]
+    rows += [
+        [a["decision"], f"{a['approver']} at {a['time']} {a['reason']}".strip()]
+        for a in d["approvals"]
+    ]
+    if d["status_message"]:
+        rows.append(["status", d["status_message"]])
+    print_table("signing request", ["field", "value"], rows)
+
+
+@main.command()
+@click.argument("request_id")
+@_profile_opt
+@_server_opt
+@_json_opt
+@_approver_errors
+def show(request_id: str, profile_path: Path | None, server: str | None, as_json: bool) -> None:
+    """Show a request: requester, CI context, key, digests, approvals."""
+    d = request_dict(_fetch(load_profile(profile_path, server), request_id))
+    if as_json:
+        print_json(d)
+    else:
+        _describe(d)
+
+
+def _approval_key(profile: Profile) -> ed25519.Ed25519PrivateKey:
+    if profile.approval_key is None:
+        raise ConfigError(f"profile {profile.path} has no approval_key")
+    passphrase = None
+    if profile.approval_passphrase_file or profile.approval_passphrase_env:
+        passphrase = read_secret(
+            profile.approval_passphrase_file,
+            profile.approval_passphrase_env,
+            "approval key passphrase",
+        )
+    elif b"ENCRYPTED" in profile.approval_key.read_bytes()[:64] and sys.stdin.isatty():
+        passphrase = getpass.getpass(f"passphrase for {profile.approval_key}: ")
+    return load_private(profile.approval_key, passphrase)
+
+
+def _decide(
+    profile_path: Path | None,
+    server: str | None,
+    request_id: str,
+    decision: str,
+    reason: str,
+    yes: bool,
+) -> None:
+    profile = load_profile(profile_path, server)
+    key = _approval_key(profile)
+    request = _fetch(profile, request_id)
+    d = request_dict(request)
+    _describe(d)
+    if d["state"] != "PENDING":
+        raise ApproverError(f"request {request_id} is {d['state']}; nothing to decide")
+    if not yes and not click.confirm(
+        f"{decision} this request as {profile.identity}?", default=False, err=True
+    ):
+        raise ApproverError("not confirmed; nothing was sent")
+    statement = Statement(
+        request_id=request.id,
+        key_name=request.key_name,
+        key_id=request.key_id,
+        digests=tuple(
+            Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"]) for x in d["digests"]
+        ),
+        decision=decision,
+        approver=profile.identity,
+        issued_at=dt.datetime.now(dt.UTC),
+        reason=reason,
+    )
+    envelope = sign_statement(statement, key)
+    with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
+        if decision == "approve":
+            resp = call(
+                profile, stub.Approve, approval_pb2.ApproveRequest(id=request_id, envelope=envelope)
+            )
+        else:
+            resp = call(
+                profile, stub.Deny, approval_pb2.DenyRequest(id=request_id, envelope=envelope)
+            )
+    after = request_dict(resp.request)
+    stderr.print(f"{decision}d; request {request_id} is now {after['state']}")
+
+
+@main.command()
+@click.argument("request_id")
+@_profile_opt
+@_server_opt
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_approver_errors
+def approve(request_id: str, profile_path: Path | None, server: str | None, yes: bool) -> None:
+    """Approve a request (signed with your approval key)."""
+    _decide(profile_path, server, request_id, "approve", "", yes)
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", required=True, help="Why (signed, and recorded in the audit log).")
+@_profile_opt
+@_server_opt
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_approver_errors
+def deny(
+    request_id: str, reason: str, profile_path: Path | None, server: str | None, yes: bool
+) -> None:
+    """Deny a request; one denial ends it."""
+    _decide(profile_path, server, request_id, "deny", reason, yes)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

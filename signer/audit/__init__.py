@@ -1,0 +1,5 @@
+"""The audit log (DESIGN §6): canonical entries, appended with each state change."""
+
+from signer.audit.entry import EVENTS, AuditEntry
+
+__all__ = ["EVENTS", "AuditEntry"]

@@ -1,0 +1,622 @@
+"""The `signer` command: server, admin, CI client and auditor commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from signer import __version__, logs
+from signer.admin import generate_key, list_keys, open_token
+from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
+from signer.client import Profile, RemoteError, load_profile
+from signer.clikit import (
+    EXIT_FAILED,
+    call,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+    request_dict,
+    stderr,
+    stubs,
+)
+from signer.config import load_config, parse_duration
+from signer.convert import HASH_TO_PB
+from signer.devenv import init_devenv
+from signer.errors import ConfigError
+from signer.v1 import audit_pb2, audit_pb2_grpc, signing_pb2, signing_pb2_grpc, types_pb2
+from signer.verify import verify_digest
+
+__all__ = ["main"]
+
+_profile_opt = click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path),
+    help="Client profile (TOML); default $SIGNER_PROFILE.",
+)
+_server_opt = click.option("--server", help="Override the profile's HOST:PORT.")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_config_opt = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Server config (TOML).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)
+def main() -> None:
+    """Threshold signing: keys in an HSM, signatures only after m-of-n approval."""
+
+
+# -- set-up and server ---------------------------------------------------------------
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--listen",
+    default="127.0.0.1:7443",
+    show_default=True,
+    help="HOST:PORT the server will listen on (in its certificate and profiles).",
+)
+@handle_errors
+def init(directory: Path, listen: str) -> None:
+    """Create a dev environment: token, keys, CA, certificates, config, profiles."""
+    init_devenv(directory, listen)
+    stderr.print(f"dev environment ready in {directory}")
+    stderr.print(f"  start the server:  signer serve --config {directory}/signer.toml")
+    stderr.print(f"  CI profile:        {directory}/profiles/ci.toml")
+    stderr.print(f"  officers:          {directory}/profiles/{{alice,bob,carol}}.toml (2 of 3)")
+
+
+@main.command()
+@_config_opt
+@handle_errors
+def serve(config_path: Path) -> None:
+    """Run the signing server until SIGTERM or SIGINT."""
+    from signer.server import Server
+
+    config = load_config(config_path)
+    logs.configure(config.log_format)
+    server = Server.build(config)
+    server.start()
+    stderr.print(f"listening on {config.server.listen}", style="dim")
+
+    def stop(signum: int, frame: object) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.wait()
+
+
+# -- keys (admin, on the token) -----------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Generate and inspect keys in the token (admin; runs where the token is)."""
+
+
+@keys.command("generate")
+@_config_opt
+@click.option("--name", required=True, help="Key name (the CKA_LABEL).")
+@click.option("--algorithm", "alg", required=True, type=click.Choice(list(ALGORITHMS)))
+@handle_errors
+def keys_generate(config_path: Path, name: str, alg: str) -> None:
+    """Generate a sign-only key pair inside the token (audit-logged)."""
+    key = generate_key(config_path, name, algorithm(alg), actor="admin (signer keys generate)")
+    click.echo(f"{key.name} {alg} {key.key_id}")
+
+
+@keys.command("list")
+@_config_opt
+@_json_opt
+@handle_errors
+def keys_list(config_path: Path, as_json: bool) -> None:
+    """List key pairs in the token with their security attributes."""
+    found = list_keys(config_path)
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": k.name,
+                    "algorithm": k.algorithm.name if k.algorithm else None,
+                    "key_id": k.key_id,
+                    "attributes": k.attributes,
+                    "weaknesses": k.weaknesses,
+                }
+                for k in found
+            ]
+        )
+        return
+    rows = [
+        [
+            k.name,
+            k.algorithm.name if k.algorithm else "?",
+            k.key_id,
+            " ".join(f"{n}={'yes' if v else 'no'}" for n, v in k.attributes.items()),
+            "ok" if not k.weaknesses else "WEAK: " + ", ".join(k.weaknesses),
+        ]
+        for k in found
+    ]
+    print_table("keys in the token", ["name", "algorithm", "key id", "attributes", "check"], rows)
+
+
+@keys.command("public")
+@_config_opt
+@click.option("--name", required=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the PEM here.")
+@handle_errors
+def keys_public(config_path: Path, name: str, out: Path | None) -> None:
+    """Print a key's public key (PEM) from the token."""
+    token = open_token(load_config(config_path))
+    try:
+        pem = token.key(name).public_key_pem
+    finally:
+        token.close()
+    _emit(pem, out)
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
+# -- CI client --------------------------------------------------------------------------
+
+
+def _digests(
+    files: tuple[Path, ...], raw: tuple[str, ...], hash_name: str
+) -> list[types_pb2.Digest]:
+    out = []
+    for f in files:
+        h = hashlib.new(hash_name)
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out.append(
+            types_pb2.Digest(
+                algorithm=HASH_TO_PB[hash_name], value=h.digest(), artifact_name=f.name
+            )
+        )
+    for i, spec in enumerate(raw):
+        name, _, rest = spec.partition(":")
+        hex_value, _, artifact = rest.partition(":")
+        if name not in HASH_SIZES:
+            raise click.BadParameter(
+                f"{spec!r}: use ALG:HEX[:ARTIFACT], ALG one of {', '.join(HASH_SIZES)}",
+                param_hint="--digest",
+            )
+        try:
+            value = bytes.fromhex(hex_value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{spec!r}: digest is not hex", param_hint="--digest"
+            ) from None
+        out.append(
+            types_pb2.Digest(
+                algorithm=HASH_TO_PB[name], value=value, artifact_name=artifact or f"digest-{i}"
+            )
+        )
+    return out
+
+
+def _context(pairs: tuple[str, ...]) -> dict[str, str]:
+    ctx = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{p!r} is not KEY=VALUE", param_hint="--context")
+        ctx[k] = v
+    return ctx
+
+
+def _duration(text: str, hint: str) -> dt.timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=hint) from None
+
+
+@main.command()
+@_profile_opt
+@_server_opt
+@click.option("--key-name", required=True, help="Signing key to use.")
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Artifact to sign (its digest is sent, not the file).",
+)
+@click.option(
+    "--digest",
+    "raw_digests",
+    multiple=True,
+    help="A precomputed digest ALG:HEX[:ARTIFACT], e.g. sha256:ab12...:app.tar.",
+)
+@click.option(
+    "--hash",
+    "hash_name",
+    default="sha256",
+    show_default=True,
+    type=click.Choice(list(HASH_SIZES)),
+    help="Hash for --file.",
+)
+@click.option("--context", "ctx", multiple=True, help="CI context KEY=VALUE (repeatable).")
+@click.option("--ttl", default="", help="Request lifetime, e.g. 30m (capped by policy).")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait for the decision and write the signature.",
+)
+@click.option("--timeout", default="15m", show_default=True, help="How long --wait waits.")
+@click.option("--idempotency-key", default="", help="Default: a fresh one per invocation.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Signature file (one artifact); default ARTIFACT.sig next to --file.",
+)
+@_json_opt
+@handle_errors
+def sign(
+    profile_path: Path | None,
+    server: str | None,
+    key_name: str,
+    files: tuple[Path, ...],
+    raw_digests: tuple[str, ...],
+    hash_name: str,
+    ctx: tuple[str, ...],
+    ttl: str,
+    wait: bool,
+    timeout: str,
+    idempotency_key: str,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Ask for a signature; print the request id at once; optionally wait for it."""
+    digests = _digests(files, raw_digests, hash_name)
+    if not digests:
+        raise click.UsageError("give --file or --digest")
+    if out is not None and len(digests) != 1:
+        raise click.UsageError("--out needs exactly one --file or --digest")
+    if wait and out is None and len(files) != len(digests):
+        raise click.UsageError("with --digest, give --out (or use --no-wait)")
+    profile = load_profile(profile_path, server)
+    ttl_pb = duration_pb2.Duration()
+    if ttl:
+        ttl_pb.FromTimedelta(_duration(ttl, "--ttl"))
+    create = signing_pb2.CreateSigningRequestRequest(
+        key_name=key_name,
+        digests=digests,
+        context=_context(ctx),
+        ttl=ttl_pb,
+        idempotency_key=idempotency_key or str(uuid.uuid4()),
+    )
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        request = _create(profile, stub, create)
+        click.echo(request.id)
+        if not wait:
+            return
+        stderr.print(
+            f"waiting for {request.threshold} approvals on {request.key_name} "
+            f"(request {request.id})..."
+        )
+        request = _wait(profile, stub, request.id, _duration(timeout, "--timeout"))
+        if as_json:
+            print_json(request_dict(request))
+        _finish(profile, stub, request, files, out)
+
+
+def _create(profile: Profile, stub: Any, create: Any) -> types_pb2.SigningRequest:
+    """Create, retrying transient failures with the same idempotency key."""
+    for attempt in range(4):
+        try:
+            created: types_pb2.SigningRequest = call(
+                profile, stub.CreateSigningRequest, create
+            ).request
+            return created
+        except RemoteError as e:
+            if e.code.name != "UNAVAILABLE" or attempt == 3:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _wait(
+    profile: Profile, stub: Any, request_id: str, timeout: dt.timedelta
+) -> types_pb2.SigningRequest:
+    end = time.monotonic() + timeout.total_seconds()
+    while True:
+        remaining = end - time.monotonic()
+        poll = duration_pb2.Duration()
+        poll.FromTimedelta(dt.timedelta(seconds=max(min(remaining, 55), 0)))
+        try:
+            resp = call(
+                profile,
+                stub.WaitSigningRequest,
+                signing_pb2.WaitSigningRequestRequest(id=request_id, timeout=poll),
+                timeout=max(min(remaining, 55), 0) + 10,
+            )
+        except RemoteError as e:
+            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or remaining <= 0:
+                raise
+            time.sleep(1)
+            continue
+        if resp.done or remaining <= 0:
+            return resp.request  # type: ignore[no-any-return]
+
+
+def _finish(
+    profile: Profile,
+    stub: Any,
+    request: types_pb2.SigningRequest,
+    files: tuple[Path, ...],
+    out: Path | None,
+) -> None:
+    state = request_dict(request)["state"]
+    if state != "SIGNED":
+        if state in ("PENDING", "APPROVED"):
+            fail(
+                f"request {request.id} is still {state} after the timeout; "
+                f"fetch it later with `signer status {request.id} --out FILE`"
+            )
+        fail(f"request {request.id} ended {state}: {request.status_message}")
+    _check_signatures(profile, stub, request)
+    targets = [out] if out is not None else [f.with_name(f.name + ".sig") for f in files]
+    for path, sig in zip(targets, request.signatures, strict=True):
+        path.write_bytes(sig)
+        stderr.print(f"signature written to {path}")
+
+
+def _check_signatures(profile: Profile, stub: Any, request: types_pb2.SigningRequest) -> None:
+    """Verify what the server returned against its public key before writing it."""
+    key = call(
+        profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=request.key_name)
+    ).key
+    if key.key_id != request.key_id:
+        fail(
+            f"the server's key {request.key_name} has id {key.key_id}, "
+            f"the request was for {request.key_id}"
+        )
+    pub = serialization.load_pem_public_key(key.public_key_pem.encode())
+    d = request_dict(request)
+    for digest, sig in zip(d["digests"], request.signatures, strict=True):
+        try:
+            verify_digest(pub, digest["algorithm"], bytes.fromhex(digest["digest"]), sig)
+        except InvalidSignature:
+            fail(f"the signature for {digest['artifact']} does not verify; not written")
+
+
+@main.command()
+@click.argument("request_id")
+@_profile_opt
+@_server_opt
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="If SIGNED, write the (single) signature here."
+)
+@_json_opt
+@handle_errors
+def status(
+    request_id: str, profile_path: Path | None, server: str | None, out: Path | None, as_json: bool
+) -> None:
+    """Show one of your requests (and fetch its signature)."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        r = call(
+            profile, stub.GetSigningRequest, signing_pb2.GetSigningRequestRequest(id=request_id)
+        ).request
+        d = request_dict(r)
+        if as_json:
+            print_json(d)
+        else:
+            _show_request(d)
+        if out is not None:
+            if d["state"] != "SIGNED" or len(r.signatures) != 1:
+                fail(f"request {request_id} is {d['state']}; no single signature to write")
+            _check_signatures(profile, stub, r)
+            out.write_bytes(r.signatures[0])
+            stderr.print(f"signature written to {out}")
+
+
+def _show_request(d: dict[str, Any]) -> None:
+    rows = [
+        [k, str(d[k])]
+        for k in (
+            "id",
+            "state",
+            "key_name",
+            "key_id",
+            "algorithm",
+            "requester",
+            "threshold",
+            "create_time",
+            "expire_time",
+        )
+    ]
+    rows += [[f"context.{k}", v] for k, v in d["context"].items()]
+    rows += [
+        [f"digest[{i}]", f"{x['algorithm']}:{x['digest']}  {x['artifact']}"]
+        for i, x in enumerate(d["digests"])
+    ]
+    rows += [
+        [
+            f"{a['decision']}d by" if a["decision"] == "deny" else "approved by",
+            f"{a['approver']} at {a['time']} {a['reason']}",
+        ]
+        for a in d["approvals"]
+    ]
+    if d["status_message"]:
+        rows.append(["status", d["status_message"]])
+    print_table(f"request {d['id']}", ["field", "value"], rows)
+
+
+@main.command()
+@click.argument("request_id")
+@_profile_opt
+@_server_opt
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+@handle_errors
+def cancel(request_id: str, profile_path: Path | None, server: str | None, reason: str) -> None:
+    """Cancel one of your pending requests."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        call(
+            profile,
+            stub.CancelSigningRequest,
+            signing_pb2.CancelSigningRequestRequest(id=request_id, reason=reason),
+        )
+    stderr.print(f"request {request_id} cancelled")
+
+
+@main.command("public-key")
+@_profile_opt
+@_server_opt
+@click.option("--key-name", required=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the PEM here.")
+@handle_errors
+def public_key(
+    profile_path: Path | None, server: str | None, key_name: str, out: Path | None
+) -> None:
+    """Fetch a signing key's public key (PEM) from the server."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        key = call(
+            profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=key_name)
+        ).key
+    _emit(key.public_key_pem, out)
+
+
+@main.command()
+@click.option(
+    "--public-key",
+    "public_key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--digest", "raw_digest", help="ALG:HEX instead of --file.")
+@click.option(
+    "--hash", "hash_name", default="sha256", show_default=True, type=click.Choice(list(HASH_SIZES))
+)
+@click.option(
+    "--signature", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--scheme",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "ecdsa", "pss", "pkcs1"]),
+)
+@handle_errors
+def verify(
+    public_key_path: Path,
+    file: Path | None,
+    raw_digest: str | None,
+    hash_name: str,
+    signature: Path,
+    scheme: str,
+) -> None:
+    """Verify a signature offline (exit 0 valid, 1 invalid)."""
+    if (file is None) == (raw_digest is None):
+        raise click.UsageError("give exactly one of --file or --digest")
+    digest = _digests((file,) if file else (), (raw_digest,) if raw_digest else (), hash_name)[0]
+    try:
+        pub = serialization.load_pem_public_key(public_key_path.read_bytes())
+    except ValueError:
+        raise ConfigError(f"{public_key_path} is not a PEM public key") from None
+    hname = {v: k for k, v in HASH_TO_PB.items()}[digest.algorithm]
+    try:
+        used = verify_digest(pub, hname, digest.value, signature.read_bytes(), scheme)
+    except InvalidSignature:
+        fail("signature INVALID", EXIT_FAILED)
+    click.echo(f"signature OK ({used}, {hname})")
+
+
+# -- auditor ----------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Read the audit log (auditor role)."""
+
+
+def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
+    if not text:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    try:
+        ts.FromDatetime(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO time", param_hint=hint) from None
+    return ts
+
+
+@audit.command("list")
+@_profile_opt
+@_server_opt
+@click.option("--event", default="", help="e.g. request.signed")
+@click.option("--actor", default="")
+@click.option("--request", "request_id", default="")
+@click.option("--key", "key_name", default="")
+@click.option("--since", help="ISO time, inclusive.")
+@click.option("--until", help="ISO time, exclusive.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
+@_json_opt
+@handle_errors
+def audit_list(
+    profile_path: Path | None,
+    server: str | None,
+    event: str,
+    actor: str,
+    request_id: str,
+    key_name: str,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List audit events, oldest first, with filters."""
+    profile = load_profile(profile_path, server)
+    events: list[audit_pb2.AuditEvent] = []
+    req = audit_pb2.ListAuditEventsRequest(
+        event=event,
+        actor=actor,
+        request_id=request_id,
+        key_name=key_name,
+        start_time=_time(since, "--since"),
+        end_time=_time(until, "--until"),
+        page_size=min(limit, 1000),
+    )
+    with stubs(profile, audit_pb2_grpc.AuditServiceStub) as (stub,):
+        while len(events) < limit:
+            resp = call(profile, stub.ListAuditEvents, req)
+            events += resp.events
+            if not resp.next_page_token:
+                break
+            req.page_token = resp.next_page_token
+    events = events[:limit]
+    if as_json:
+        print_json([json.loads(e.entry) for e in events])
+        return
+    rows = [[str(e.index), e.time.ToJsonString(), e.event, e.actor, e.request_id] for e in events]
+    print_table("audit events", ["#", "time", "event", "actor", "request"], rows)

@@ -1,0 +1,130 @@
+"""Shared pieces of the `signer` and `approver` command lines.
+
+Errors end a command with one clear line and an exit code (DESIGN §9):
+0 success, 1 refused or failed, 2 usage or configuration error. No traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import click
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from signer.client import Profile, RemoteError, remote_error
+from signer.convert import HASH_FROM_PB, STATE_FROM_PB
+from signer.errors import ConfigError, SignerError
+from signer.v1 import types_pb2
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "call",
+    "fail",
+    "handle_errors",
+    "print_json",
+    "print_table",
+    "request_dict",
+    "stderr",
+    "stubs",
+]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+stderr = Console(stderr=True, highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+_DECISION = {types_pb2.DECISION_APPROVE: "approve", types_pb2.DECISION_DENY: "deny"}
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn SignerError / RemoteError into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            fail(str(e), EXIT_USAGE)
+        except SignerError as e:
+            fail(str(e))
+        except RemoteError as e:
+            fail(str(e))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def call(
+    profile: Profile, rpc: Callable[..., Any], request: Any, timeout: float | None = None
+) -> Any:
+    """One RPC with a deadline; RpcError becomes RemoteError."""
+    try:
+        return rpc(request, timeout=timeout or profile.timeout.total_seconds())
+    except grpc.RpcError as e:
+        raise remote_error(e) from None
+
+
+@contextmanager
+def stubs(profile: Profile, *factories: Callable[[grpc.Channel], Any]) -> Iterator[list[Any]]:
+    with profile.channel() as channel:
+        yield [f(channel) for f in factories]
+
+
+def request_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:
+    """A signing request as plain JSON-able data (digests and signatures in hex)."""
+    return {
+        "id": r.id,
+        "state": STATE_FROM_PB[r.state].value if r.state in STATE_FROM_PB else "UNKNOWN",
+        "key_name": r.key_name,
+        "key_id": r.key_id,
+        "algorithm": r.algorithm,
+        "requester": r.requester,
+        "threshold": r.threshold,
+        "digests": [
+            {
+                "algorithm": HASH_FROM_PB.get(d.algorithm, "?"),
+                "digest": d.value.hex(),
+                "artifact": d.artifact_name,
+            }
+            for d in r.digests
+        ],
+        "context": dict(sorted(r.context.items())),
+        "create_time": r.create_time.ToJsonString(),
+        "expire_time": r.expire_time.ToJsonString(),
+        "update_time": r.update_time.ToJsonString(),
+        "approvals": [
+            {
+                "approver": a.approver,
+                "decision": _DECISION.get(a.decision, "?"),
+                "time": a.create_time.ToJsonString(),
+                "reason": a.reason,
+            }
+            for a in r.approvals
+        ],
+        "signatures": [s.hex() for s in r.signatures],
+        "status_message": r.status_message,
+    }
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

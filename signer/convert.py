@@ -1,0 +1,113 @@
+"""Conversions between domain records and signer.v1 protobuf messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from signer.audit.entry import AuditEntry
+from signer.core import KeySpec
+from signer.errors import InvalidArgumentError
+from signer.model import Approval, Digest, Request, State
+from signer.v1 import audit_pb2, types_pb2
+
+__all__ = [
+    "HASH_FROM_PB",
+    "HASH_TO_PB",
+    "STATE_FROM_PB",
+    "STATE_TO_PB",
+    "audit_event_pb",
+    "digest_from_pb",
+    "digest_pb",
+    "duration",
+    "key_info_pb",
+    "request_pb",
+    "timestamp",
+]
+
+HASH_TO_PB = {
+    "sha256": types_pb2.HASH_ALGORITHM_SHA256,
+    "sha384": types_pb2.HASH_ALGORITHM_SHA384,
+    "sha512": types_pb2.HASH_ALGORITHM_SHA512,
+}
+HASH_FROM_PB = {v: k for k, v in HASH_TO_PB.items()}
+STATE_TO_PB = {s: types_pb2.RequestState.Value(f"REQUEST_STATE_{s.value}") for s in State}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+_DECISION = {"approve": types_pb2.DECISION_APPROVE, "deny": types_pb2.DECISION_DENY}
+
+
+def timestamp(t: dt.datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(t)
+    return ts
+
+
+def duration(pb: duration_pb2.Duration) -> dt.timedelta | None:
+    """A Duration field as timedelta; None when unset or zero."""
+    if pb.seconds < 0 or pb.nanos < 0:
+        raise InvalidArgumentError("durations must not be negative", reason="BAD_TTL")
+    return pb.ToTimedelta() if (pb.seconds or pb.nanos) else None
+
+
+def digest_from_pb(i: int, d: types_pb2.Digest) -> Digest:
+    name = HASH_FROM_PB.get(d.algorithm)
+    if name is None:
+        raise InvalidArgumentError(
+            f"digest {i}: unknown hash algorithm {d.algorithm}; use SHA256, SHA384 or SHA512",
+            reason="UNKNOWN_HASH",
+        )
+    return Digest(name, d.value, d.artifact_name)
+
+
+def digest_pb(d: Digest) -> types_pb2.Digest:
+    return types_pb2.Digest(
+        algorithm=HASH_TO_PB[d.algorithm], value=d.value, artifact_name=d.artifact
+    )
+
+
+def _approval_pb(a: Approval) -> types_pb2.Approval:
+    return types_pb2.Approval(
+        approver=a.approver,
+        decision=_DECISION[a.decision],
+        envelope=a.envelope,
+        create_time=timestamp(a.created),
+        reason=a.reason,
+    )
+
+
+def request_pb(r: Request, threshold: int) -> types_pb2.SigningRequest:
+    return types_pb2.SigningRequest(
+        id=r.id,
+        key_name=r.key_name,
+        key_id=r.key_id,
+        algorithm=r.algorithm,
+        requester=r.requester,
+        digests=[digest_pb(d) for d in r.digests],
+        context=r.context,
+        state=STATE_TO_PB[r.state],
+        create_time=timestamp(r.created),
+        expire_time=timestamp(r.expires),
+        update_time=timestamp(r.updated),
+        threshold=threshold,
+        approvals=[_approval_pb(a) for a in r.approvals],
+        signatures=list(r.signatures),
+        status_message=r.status_message,
+    )
+
+
+def key_info_pb(k: KeySpec) -> types_pb2.KeyInfo:
+    return types_pb2.KeyInfo(
+        name=k.name, algorithm=k.algorithm.name, key_id=k.key_id, public_key_pem=k.public_key_pem
+    )
+
+
+def audit_event_pb(e: AuditEntry) -> audit_pb2.AuditEvent:
+    return audit_pb2.AuditEvent(
+        index=e.index,
+        time=timestamp(e.time),
+        event=e.event,
+        actor=e.actor,
+        request_id=e.request_id,
+        entry=e.to_bytes(),
+    )

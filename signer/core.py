@@ -1,0 +1,655 @@
+"""The signing core: request state machine, policy and approval checks.
+
+Knows nothing of gRPC, SQL or PKCS#11: it talks to a `Store`, a token-like
+`DigestSigner` and a `Notifier`. Invariants upheld here:
+
+- (2) `_quorum` is the one place that decides whether a request may be signed:
+  m valid approvals from m distinct approvers in the key's policy, none from
+  the requester, no denial, each envelope verifying with the approver's
+  registered key and binding the exact request id, key, key id and digests.
+  It runs when an approval arrives and again right before the token signs.
+- (3) every state change appends its audit entry in the same store
+  transaction; a failed audit write raises `StoreError` and nothing happens.
+- (8) input is validated before any write; bad input changes nothing.
+- (9) an APPROVED request left unsigned by a crash is signed by `recover()`;
+  the idempotency key makes a retried create return the same request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.algorithms import HASH_SIZES, KeyAlgorithm
+from signer.audit.entry import AuditEntry
+from signer.config import KeyPolicy
+from signer.dsse import Envelope, Statement
+from signer.encoding import canonical_json, format_time
+from signer.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    EnvelopeError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    SignerError,
+    TokenError,
+    TooLargeError,
+)
+from signer.model import Approval, Digest, Request, State
+from signer.store.base import AuditFilter, Store, Tx
+
+__all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
+
+log = structlog.get_logger("signer.core")
+
+_ARTIFACT = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
+_CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}$")
+_REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_digests: int = 1000
+    max_context_entries: int = 32
+    max_context_value: int = 1024
+    max_reason: int = 1024
+    min_ttl: dt.timedelta = dt.timedelta(seconds=1)
+
+
+LIMITS = Limits()
+
+
+class DigestSigner(Protocol):
+    """The token as the core sees it."""
+
+    def sign_digest(
+        self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A signing key as loaded and checked at start-up."""
+
+    name: str
+    algorithm: KeyAlgorithm
+    key_id: str
+    public_key_pem: str
+
+
+class Notifier:
+    """Wakes waiters when a request changes; keeps a bounded change log."""
+
+    def __init__(self, history: int = 10_000) -> None:
+        self._cond = threading.Condition()
+        self._version = 0
+        self._log: deque[tuple[int, str]] = deque(maxlen=history)
+
+    @property
+    def version(self) -> int:
+        with self._cond:
+            return self._version
+
+    def publish(self, request_id: str) -> None:
+        with self._cond:
+            self._version += 1
+            self._log.append((self._version, request_id))
+            self._cond.notify_all()
+
+    def wait(self, since: int, timeout: float) -> tuple[int, list[str]]:
+        """Block until a change after `since` or timeout; return (version, changed ids)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._version > since, timeout=max(timeout, 0))
+            changed = list(dict.fromkeys(r for v, r in self._log if v > since))
+            return self._version, changed
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Core:
+    def __init__(
+        self,
+        store: Store,
+        token: DigestSigner,
+        keys: Mapping[str, KeySpec],
+        policies: Mapping[str, KeyPolicy],
+        approver_keys: Mapping[str, ed25519.Ed25519PublicKey],
+        *,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        limits: Limits = LIMITS,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.store = store
+        self.token = token
+        self.keys = keys
+        self.policies = policies
+        self.approver_keys = approver_keys
+        self.clock = clock
+        self.limits = limits
+        self.notifier = notifier or Notifier()
+        self._signing: set[str] = set()
+        self._signing_lock = threading.Lock()
+
+    # -- requests -----------------------------------------------------------
+
+    def create(
+        self,
+        actor: str,
+        key_name: str,
+        digests: list[Digest],
+        context: Mapping[str, str],
+        ttl: dt.timedelta | None,
+        idempotency_key: str = "",
+    ) -> Request:
+        """Create a PENDING request, or return the one made earlier with the same key."""
+        policy, spec = self._key(key_name)
+        if actor not in policy.requesters:
+            raise PermissionDeniedError(
+                f"{actor!r} may not request signatures with key {key_name!r}",
+                reason="NOT_A_REQUESTER",
+            )
+        self._check_digests(digests, spec)
+        self._check_context(context)
+        lifetime = self._ttl(ttl, policy)
+        if idempotency_key and not _IDEMPOTENCY.match(idempotency_key):
+            raise InvalidArgumentError(
+                "idempotency_key must be 1-128 printable ASCII characters without spaces"
+            )
+        params = hashlib.sha256(
+            canonical_json(
+                {
+                    "key_name": key_name,
+                    "digests": [d.as_dict() for d in digests],
+                    "context": dict(context),
+                }
+            )
+        ).hexdigest()
+        now = self.clock()
+        request = Request(
+            id=str(uuid.uuid4()),
+            key_name=key_name,
+            key_id=spec.key_id,
+            algorithm=spec.algorithm.name,
+            requester=actor,
+            digests=tuple(digests),
+            context=dict(context),
+            state=State.PENDING,
+            created=now,
+            expires=now + lifetime,
+            updated=now,
+            idempotency_key=idempotency_key,
+        )
+        with self.store.transaction() as tx:
+            if idempotency_key:
+                found = tx.find_idempotent(actor, idempotency_key)
+                if found is not None:
+                    earlier, earlier_params = found
+                    if earlier_params != params:
+                        raise AlreadyExistsError(
+                            f"idempotency key {idempotency_key!r} was used for request "
+                            f"{earlier.id} with other parameters; use a new key"
+                        )
+                    return earlier
+            tx.insert_request(request, params)
+            tx.append_audit(
+                now,
+                "request.created",
+                actor,
+                request.id,
+                key_name,
+                {
+                    "key_name": key_name,
+                    "key_id": spec.key_id,
+                    "algorithm": spec.algorithm.name,
+                    "requester": actor,
+                    "digests": [d.as_dict() for d in digests],
+                    "context": dict(context),
+                    "expire_time": format_time(request.expires),
+                    "idempotency_key": idempotency_key,
+                    "threshold": policy.threshold,
+                    "approvers": list(policy.approvers),
+                },
+            )
+        self.notifier.publish(request.id)
+        log.info("request created", request_id=request.id, key_name=key_name, digests=len(digests))
+        return request
+
+    def get_for_requester(self, actor: str, request_id: str) -> Request:
+        request = self._get(request_id)
+        if request.requester != actor:
+            raise PermissionDeniedError(
+                f"request {request_id} was made by another requester", reason="NOT_YOUR_REQUEST"
+            )
+        return request
+
+    def get_for_approver(self, actor: str, request_id: str) -> Request:
+        request = self._get(request_id)
+        policy = self.policies.get(request.key_name)
+        if policy is None or actor not in policy.approvers:
+            raise PermissionDeniedError(
+                f"{actor!r} is not an approver for key {request.key_name!r}",
+                reason="NOT_AN_APPROVER",
+            )
+        return request
+
+    def wait(self, actor: str, request_id: str, timeout: dt.timedelta) -> Request:
+        """Return once the request is terminal or `timeout` has passed."""
+        deadline = self.clock() + timeout
+        while True:
+            since = self.notifier.version
+            request = self.get_for_requester(actor, request_id)
+            remaining = (deadline - self.clock()).total_seconds()
+            if request.terminal or remaining <= 0:
+                return request
+            # Wake at expiry time too, so an EXPIRED state is seen promptly.
+            until_expiry = (request.expires - self.clock()).total_seconds() + 0.05
+            self.notifier.wait(since, min(remaining, max(until_expiry, 0.05), 5.0))
+            if request.state is State.PENDING and self.clock() >= request.expires:
+                self.expire_due()
+
+    def cancel(self, actor: str, request_id: str, reason: str) -> Request:
+        self._check_reason(reason)
+        self._expire_if_due(request_id)
+        now = self.clock()
+        with self.store.transaction() as tx:
+            request = self._get_in(tx, request_id)
+            if request.requester != actor:
+                raise PermissionDeniedError(
+                    f"only the requester of {request_id} may cancel it", reason="NOT_YOUR_REQUEST"
+                )
+            self._require_pending(request, now, "cancel")
+            tx.set_state(request_id, State.CANCELLED, now, reason)
+            tx.append_audit(
+                now, "request.cancelled", actor, request_id, request.key_name, {"reason": reason}
+            )
+        self.notifier.publish(request_id)
+        return self._get(request_id)
+
+    def list_for_approver(
+        self, actor: str, states: frozenset[State], after: int, limit: int
+    ) -> list[tuple[int, Request]]:
+        keys = frozenset(n for n, p in self.policies.items() if actor in p.approvers)
+        if not keys:
+            return []
+        with self.store.transaction() as tx:
+            return tx.list_requests(states, keys, after, limit)
+
+    # -- approvals ------------------------------------------------------------
+
+    def decide(self, actor: str, request_id: str, envelope: bytes, decision: str) -> Request:
+        """Record an approval or denial; sign once the quorum is met."""
+        env = Envelope.parse(envelope)
+        approver_key = self.approver_keys.get(actor)
+        if approver_key is None:
+            raise PermissionDeniedError(
+                f"{actor!r} has no registered approval key", reason="NOT_AN_APPROVER"
+            )
+        statement = env.verify(approver_key)
+        self._expire_if_due(request_id)
+        now = self.clock()
+        reached = False
+        with self.store.transaction() as tx:
+            request = self._get_in(tx, request_id)
+            policy = self.policies.get(request.key_name)
+            if policy is None or actor not in policy.approvers:
+                raise PermissionDeniedError(
+                    f"{actor!r} is not an approver for key {request.key_name!r}",
+                    reason="NOT_AN_APPROVER",
+                )
+            if actor == request.requester:
+                raise PermissionDeniedError(
+                    f"{actor!r} made request {request_id} and cannot decide on it",
+                    reason="REQUESTER_CANNOT_APPROVE",
+                )
+            self._check_binding(statement, request, actor, decision)
+            self._require_pending(request, now, decision)
+            if any(a.approver == actor for a in request.approvals):
+                raise ConflictError(
+                    f"{actor!r} has already decided on request {request_id}; "
+                    "each officer counts once",
+                    reason="ALREADY_DECIDED",
+                )
+            approval = Approval(request_id, actor, decision, envelope, now, statement.reason)
+            tx.insert_approval(approval)
+            entry_details = {"approver": actor, "envelope": envelope.decode()}
+            if decision == "deny":
+                tx.append_audit(
+                    now,
+                    "request.denied",
+                    actor,
+                    request_id,
+                    request.key_name,
+                    {**entry_details, "reason": statement.reason},
+                )
+                tx.set_state(
+                    request_id, State.DENIED, now, f"denied by {actor}: {statement.reason}"
+                )
+            else:
+                tx.append_audit(
+                    now, "request.approved", actor, request_id, request.key_name, entry_details
+                )
+                updated = self._get_in(tx, request_id)
+                approvers = self._quorum(updated)
+                if approvers is not None:
+                    tx.set_state(request_id, State.APPROVED, now)
+                    tx.append_audit(
+                        now,
+                        "request.quorum",
+                        actor,
+                        request_id,
+                        request.key_name,
+                        {"approvers": approvers, "threshold": policy.threshold},
+                    )
+                    reached = True
+        self.notifier.publish(request_id)
+        log.info("decision recorded", request_id=request_id, decision=decision, approver=actor)
+        if reached:
+            self._sign(request_id)
+        return self._get(request_id)
+
+    def _check_binding(self, st: Statement, request: Request, actor: str, decision: str) -> None:
+        """Every field of the signed statement must equal the stored request."""
+        mismatches = [
+            name
+            for name, got, want in (
+                ("approver", st.approver, actor),
+                ("decision", st.decision, decision),
+                ("request_id", st.request_id, request.id),
+                ("key_name", st.key_name, request.key_name),
+                ("key_id", st.key_id, request.key_id),
+                ("digests", st.digests, request.digests),
+            )
+            if got != want
+        ]
+        if mismatches:
+            raise EnvelopeError(
+                f"the signed statement does not match request {request.id}: "
+                f"{', '.join(mismatches)} differ; re-fetch the request and sign again",
+                reason="STATEMENT_MISMATCH",
+            )
+        if st.issued_at > self.clock() + _CLOCK_SKEW:
+            raise EnvelopeError(
+                "the statement's issued_at is in the future; check the clock",
+                reason="STATEMENT_MISMATCH",
+            )
+        if st.issued_at < request.created - _CLOCK_SKEW:
+            raise EnvelopeError(
+                "the statement was issued before the request existed", reason="STATEMENT_MISMATCH"
+            )
+        if decision == "deny":
+            self._check_reason(st.reason)
+
+    def _quorum(self, request: Request) -> list[str] | None:
+        """Approvers making a valid quorum for `request`, or None (invariant 2)."""
+        policy = self.policies.get(request.key_name)
+        spec = self.keys.get(request.key_name)
+        if policy is None or spec is None or spec.key_id != request.key_id:
+            return None
+        if any(a.decision == "deny" for a in request.approvals):
+            return None
+        valid: set[str] = set()
+        for a in request.approvals:
+            key = self.approver_keys.get(a.approver)
+            if (
+                a.decision != "approve"
+                or a.approver not in policy.approvers
+                or a.approver == request.requester
+                or key is None
+            ):
+                continue
+            try:
+                st = Envelope.parse(a.envelope).verify(key)
+                self._check_binding(st, request, a.approver, "approve")
+            except EnvelopeError:
+                continue
+            valid.add(a.approver)
+        return sorted(valid) if len(valid) >= policy.threshold else None
+
+    # -- signing --------------------------------------------------------------
+
+    def _sign(self, request_id: str) -> None:
+        """Sign an APPROVED request in the token and record it; one signer at a time."""
+        with self._signing_lock:
+            if request_id in self._signing:
+                return
+            self._signing.add(request_id)
+        try:
+            self._sign_now(request_id)
+        finally:
+            with self._signing_lock:
+                self._signing.discard(request_id)
+
+    def _sign_now(self, request_id: str) -> None:
+        request = self._get(request_id)
+        if request.state is not State.APPROVED:
+            return
+        approvers = self._quorum(request)
+        spec = self.keys.get(request.key_name)
+        if approvers is None or spec is None:
+            self._fail(request, "the quorum no longer holds under the loaded policy")
+            return
+        try:
+            signatures = [
+                self.token.sign_digest(spec.name, spec.algorithm, d.algorithm, d.value)
+                for d in request.digests
+            ]
+        except TokenError as e:
+            log.error("token signing failed", request_id=request_id, error=str(e))
+            self._fail(request, f"the token failed to sign: {e}")
+            return
+        now = self.clock()
+        with self.store.transaction() as tx:
+            current = self._get_in(tx, request_id)
+            if current.state is not State.APPROVED:
+                return
+            tx.insert_signatures(request_id, signatures)
+            tx.set_state(request_id, State.SIGNED, now)
+            tx.append_audit(
+                now,
+                "request.signed",
+                "signer",
+                request_id,
+                request.key_name,
+                {
+                    "key_id": spec.key_id,
+                    "approvers": approvers,
+                    "signature_sha256": [hashlib.sha256(s).hexdigest() for s in signatures],
+                },
+            )
+        self.notifier.publish(request_id)
+        log.info("request signed", request_id=request_id, signatures=len(signatures))
+
+    def _fail(self, request: Request, why: str) -> None:
+        now = self.clock()
+        with self.store.transaction() as tx:
+            if self._get_in(tx, request.id).state is not State.APPROVED:
+                return
+            tx.set_state(request.id, State.FAILED, now, why)
+            tx.append_audit(
+                now, "request.failed", "signer", request.id, request.key_name, {"error": why}
+            )
+        self.notifier.publish(request.id)
+
+    def recover(self, min_age: dt.timedelta = dt.timedelta(0)) -> int:
+        """Sign APPROVED requests left unsigned (crash, store outage). Returns how many."""
+        with self.store.transaction() as tx:
+            ids = tx.ids_in_state(State.APPROVED)
+        cutoff = self.clock() - min_age
+        done = 0
+        for rid in ids:
+            if self._get(rid).updated <= cutoff:
+                self._sign(rid)
+                done += 1
+        return done
+
+    # -- expiry ----------------------------------------------------------------
+
+    def expire_due(self) -> int:
+        """Move PENDING requests past their TTL to EXPIRED, with audit entries."""
+        now = self.clock()
+        with self.store.transaction() as tx:
+            ids = tx.pending_due(now)
+            for rid in ids:
+                request = self._get_in(tx, rid)
+                tx.set_state(rid, State.EXPIRED, now, "no quorum before the request expired")
+                tx.append_audit(
+                    now,
+                    "request.expired",
+                    "signer",
+                    rid,
+                    request.key_name,
+                    {"expire_time": format_time(request.expires)},
+                )
+        for rid in ids:
+            self.notifier.publish(rid)
+        return len(ids)
+
+    def _expire_if_due(self, request_id: str) -> None:
+        request = self._get(request_id)
+        if request.state is State.PENDING and self.clock() >= request.expires:
+            self.expire_due()
+
+    # -- audit -------------------------------------------------------------------
+
+    def record(
+        self,
+        event: str,
+        actor: str,
+        details: dict[str, Any],
+        request_id: str = "",
+        key_name: str = "",
+    ) -> AuditEntry:
+        """Append a stand-alone audit event (server start, key generation, rejections)."""
+        with self.store.transaction() as tx:
+            return tx.append_audit(self.clock(), event, actor, request_id, key_name, details)
+
+    def record_rejection(
+        self, actor: str, method: str, error: SignerError, request_id: str = ""
+    ) -> None:
+        self.record(
+            "call.rejected",
+            actor,
+            {
+                "method": method,
+                "reason": error.reason,
+                "message": str(error),
+            },
+            request_id=request_id if _REQUEST_ID.match(request_id) else "",
+        )
+
+    def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
+        with self.store.transaction() as tx:
+            return tx.list_audit(f, after, limit)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _key(self, key_name: str) -> tuple[KeyPolicy, KeySpec]:
+        policy, spec = self.policies.get(key_name), self.keys.get(key_name)
+        if policy is None or spec is None:
+            raise NotFoundError(
+                f"no signing key named {key_name!r}; see `signer keys list`",
+                reason="UNKNOWN_KEY",
+            )
+        return policy, spec
+
+    def _get(self, request_id: str) -> Request:
+        with self.store.transaction() as tx:
+            return self._get_in(tx, request_id)
+
+    @staticmethod
+    def _get_in(tx: Tx, request_id: str) -> Request:
+        request = tx.get_request(request_id) if _REQUEST_ID.match(request_id) else None
+        if request is None:
+            raise NotFoundError(f"no request with id {request_id!r}", reason="UNKNOWN_REQUEST")
+        return request
+
+    @staticmethod
+    def _require_pending(request: Request, now: dt.datetime, action: str) -> None:
+        if request.state is State.PENDING and now >= request.expires:
+            raise ConflictError(
+                f"request {request.id} has expired; cannot {action}", reason="REQUEST_EXPIRED"
+            )
+        if request.state is not State.PENDING:
+            raise ConflictError(
+                f"request {request.id} is {request.state.value}; cannot {action} it",
+                reason=f"REQUEST_{request.state.value}",
+            )
+
+    def _check_digests(self, digests: list[Digest], spec: KeySpec) -> None:
+        if not digests:
+            raise InvalidArgumentError("no digests given; send at least one", reason="NO_DIGESTS")
+        if len(digests) > self.limits.max_digests:
+            raise TooLargeError(
+                f"{len(digests)} digests in one request; the limit is {self.limits.max_digests}",
+                reason="TOO_MANY_DIGESTS",
+            )
+        if not spec.algorithm.signs_digests:
+            raise InvalidArgumentError(
+                f"key {spec.name!r} is {spec.algorithm.name} and cannot sign digests",
+                reason="KEY_CANNOT_SIGN_DIGESTS",
+            )
+        for i, d in enumerate(digests):
+            size = HASH_SIZES.get(d.algorithm)
+            if size is None:
+                raise InvalidArgumentError(
+                    f"digest {i}: unknown hash algorithm; use sha256, sha384 or sha512",
+                    reason="UNKNOWN_HASH",
+                )
+            if len(d.value) != size:
+                raise InvalidArgumentError(
+                    f"digest {i}: a {d.algorithm} digest is {size} bytes, got {len(d.value)}",
+                    reason="BAD_DIGEST_LENGTH",
+                )
+            if not _ARTIFACT.match(d.artifact):
+                raise InvalidArgumentError(
+                    f"digest {i}: artifact name must be 1-512 characters without control "
+                    "characters",
+                    reason="BAD_ARTIFACT_NAME",
+                )
+
+    def _check_context(self, context: Mapping[str, str]) -> None:
+        if len(context) > self.limits.max_context_entries:
+            raise TooLargeError(
+                f"{len(context)} context entries; the limit is {self.limits.max_context_entries}",
+                reason="CONTEXT_TOO_LARGE",
+            )
+        for k, v in context.items():
+            if not _CONTEXT_KEY.match(k):
+                raise InvalidArgumentError(
+                    f"context key {k[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . -",
+                    reason="BAD_CONTEXT",
+                )
+            if len(v) > self.limits.max_context_value or any(ord(c) < 32 for c in v):
+                raise InvalidArgumentError(
+                    f"context value for {k!r} must be at most {self.limits.max_context_value} "
+                    "characters without control characters",
+                    reason="BAD_CONTEXT",
+                )
+
+    def _check_reason(self, reason: str) -> None:
+        if len(reason) > self.limits.max_reason:
+            raise InvalidArgumentError(f"reason is over {self.limits.max_reason} characters")
+
+    def _ttl(self, ttl: dt.timedelta | None, policy: KeyPolicy) -> dt.timedelta:
+        if ttl is None or ttl == dt.timedelta(0):
+            return policy.max_ttl
+        if ttl < self.limits.min_ttl:
+            raise InvalidArgumentError(
+                f"ttl must be at least {self.limits.min_ttl}", reason="BAD_TTL"
+            )
+        return min(ttl, policy.max_ttl)

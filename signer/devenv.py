@@ -1,0 +1,138 @@
+"""`signer init DIR`: a complete dev environment in one directory.
+
+Creates a SoftHSM token with a `release` signing key (ecdsa-p256) and an
+`audit` key (ed25519) generated inside it, a dev CA with certificates for
+the server, the CI client `ci`, officers `alice`, `bob`, `carol`, the
+`auditor` and `admin`; the officers' approval keys; `signer.toml` (2-of-3 on
+`release`); and a client profile per identity in `profiles/`. Every secret
+(PINs, private keys) is a 0600 file; nothing secret is printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from signer import approval_keys, softhsm
+from signer.admin import generate_key
+from signer.algorithms import algorithm
+from signer.errors import ConfigError
+from signer.tls import DevCA, write_private
+
+__all__ = ["OFFICERS", "TOKEN_LABEL", "init_devenv"]
+
+OFFICERS = ("alice", "bob", "carol")
+TOKEN_LABEL = "signer-dev"  # noqa: S105 (a label, not a secret)
+_CLIENTS = {
+    "ci": "requester",
+    "alice": "approver",
+    "bob": "approver",
+    "carol": "approver",
+    "auditor": "auditor",
+    "admin": "admin",
+}
+
+
+def init_devenv(root: Path, listen: str) -> list[str]:
+    """Create the environment under `root`; return the names of the files made."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) == 0:
+        raise ConfigError(f"--listen {listen!r} must be HOST:PORT with a fixed port")
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} exists and is not empty; choose a new directory")
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    for d in ("secrets", "tls", "approvers", "profiles"):
+        (root / d).mkdir(mode=0o700 if d == "secrets" else 0o755)
+
+    conf = softhsm.write_config(root / "softhsm2.conf", root / "tokens")
+    pin = softhsm.random_pin()
+    so_pin = softhsm.random_pin()
+    write_private(root / "secrets" / "token.pin", pin.encode())
+    write_private(root / "secrets" / "token-so.pin", so_pin.encode())
+    softhsm.init_token(conf, TOKEN_LABEL, so_pin, pin)
+
+    ca = DevCA()
+    (root / "tls" / "ca.pem").write_bytes(ca.pem)
+    cert, key = ca.issue("signer server", server_hosts=[host])
+    (root / "tls" / "server.pem").write_bytes(cert)
+    write_private(root / "tls" / "server.key", key)
+    for name in _CLIENTS:
+        cert, key = ca.issue(name)
+        (root / "tls" / f"{name}.pem").write_bytes(cert)
+        write_private(root / "tls" / f"{name}.key", key)
+    for name in OFFICERS:
+        approval_keys.generate(root / "approvers" / f"{name}.key")
+
+    (root / "signer.toml").write_text(_server_config(listen))
+    for name, role in _CLIENTS.items():
+        (root / "profiles" / f"{name}.toml").write_text(_profile(name, role, listen))
+
+    # Keys are generated through the admin path so their creation is audited.
+    config_path = root / "signer.toml"
+    generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
+    generate_key(config_path, "audit", algorithm("ed25519"), actor="signer init")
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "tokens" not in p.parts
+    )
+
+
+def _server_config(listen: str) -> str:
+    approvers = ", ".join(f'"{o}"' for o in OFFICERS)
+    identities = "\n".join(f'{n} = ["{r}"]' for n, r in _CLIENTS.items())
+    keys = "\n".join(f'{o} = "approvers/{o}.key.pub"' for o in OFFICERS)
+    return f"""\
+# signer server configuration (dev environment made by `signer init`).
+# Paths are relative to this file. Secrets are files (0600), never inline.
+
+[server]
+listen = "{listen}"
+tls_cert = "tls/server.pem"
+tls_key = "tls/server.key"
+client_ca = "tls/ca.pem"       # client certificates must chain to this CA
+max_message_bytes = 4194304
+max_wait = "60s"               # longest single WaitSigningRequest long poll
+
+[token]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+label = "{TOKEN_LABEL}"
+pin_file = "secrets/token.pin"
+softhsm2_conf = "softhsm2.conf"
+
+[store]
+url = "sqlite:///signer.db"
+
+[audit]
+key = "audit"                  # ed25519 key in the token for checkpoints
+
+[log]
+format = "auto"                # json | console | auto (console on a terminal)
+
+# identity (certificate URI SAN, else CN) -> roles
+[identities]
+{identities}
+
+# officer -> Ed25519 public key that must sign their approvals
+[approvers]
+{keys}
+
+[keys.release]
+algorithm = "ecdsa-p256"
+approvers = [{approvers}]
+threshold = 2
+requesters = ["ci"]
+max_ttl = "1h"
+"""
+
+
+def _profile(name: str, role: str, listen: str) -> str:
+    text = f"""\
+# client profile for {name} ({role})
+server = "{listen}"
+ca = "../tls/ca.pem"
+cert = "../tls/{name}.pem"
+key = "../tls/{name}.key"
+timeout = "30s"
+"""
+    if role == "approver":
+        text += f'approval_key = "../approvers/{name}.key"\n'
+    return text

@@ -1,0 +1,216 @@
+"""DSSE envelopes and approval statements (DESIGN §4, invariant 6).
+
+An approval is the canonical JSON statement below, wrapped in a DSSE envelope
+(payloadType `application/vnd.signer.approval.v1+json`) and signed with the
+approver's own Ed25519 key over the DSSE pre-authentication encoding. The
+server stores the envelope bytes verbatim, so anyone can re-verify it later.
+
+Statement fields: request_id, key_name, key_id, digests (algorithm, hex
+digest, artifact), decision (approve|deny), approver, issued_at, and for a
+denial the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.encoding import canonical_json, format_time, parse_time
+from signer.errors import EnvelopeError
+from signer.model import Digest, Request
+
+__all__ = [
+    "MAX_ENVELOPE_BYTES",
+    "PAYLOAD_TYPE",
+    "Envelope",
+    "Statement",
+    "key_id_of",
+    "pae",
+    "sign_statement",
+]
+
+PAYLOAD_TYPE = "application/vnd.signer.approval.v1+json"
+MAX_ENVELOPE_BYTES = 256 * 1024
+DECISIONS = ("approve", "deny")
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def key_id_of(public_key: ed25519.Ed25519PublicKey) -> str:
+    """Hex SHA-256 of the public key's SubjectPublicKeyInfo DER."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class Statement:
+    """What an officer signs: a decision bound to one exact request."""
+
+    request_id: str
+    key_name: str
+    key_id: str
+    digests: tuple[Digest, ...]
+    decision: str
+    approver: str
+    issued_at: dt.datetime
+    reason: str = ""
+
+    @classmethod
+    def for_request(
+        cls,
+        request: Request,
+        decision: str,
+        approver: str,
+        issued_at: dt.datetime,
+        reason: str = "",
+    ) -> Statement:
+        return cls(
+            request.id,
+            request.key_name,
+            request.key_id,
+            request.digests,
+            decision,
+            approver,
+            issued_at,
+            reason,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "request_id": self.request_id,
+            "key_name": self.key_name,
+            "key_id": self.key_id,
+            "digests": [x.as_dict() for x in self.digests],
+            "decision": self.decision,
+            "approver": self.approver,
+            "issued_at": format_time(self.issued_at),
+        }
+        if self.decision == "deny":
+            d["reason"] = self.reason
+        return d
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.as_dict())
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> Statement:
+        try:
+            d = json.loads(payload)
+            if not isinstance(d, dict):
+                raise EnvelopeError("approval statement must be a JSON object")
+            expected = {
+                "request_id",
+                "key_name",
+                "key_id",
+                "digests",
+                "decision",
+                "approver",
+                "issued_at",
+            } | ({"reason"} if d.get("decision") == "deny" else set())
+            if set(d) != expected:
+                raise EnvelopeError(
+                    f"approval statement fields must be exactly {sorted(expected)}, got {sorted(d)}"
+                )
+            if d["decision"] not in DECISIONS:
+                raise EnvelopeError(f"decision must be approve or deny, got {d['decision']!r}")
+            st = cls(
+                request_id=_str(d, "request_id"),
+                key_name=_str(d, "key_name"),
+                key_id=_str(d, "key_id"),
+                digests=tuple(Digest.from_dict(x) for x in d["digests"]),
+                decision=d["decision"],
+                approver=_str(d, "approver"),
+                issued_at=parse_time(_str(d, "issued_at")),
+                reason=d.get("reason", ""),
+            )
+        except EnvelopeError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise EnvelopeError(f"approval statement is malformed: {e}") from None
+        if st.to_bytes() != payload:
+            raise EnvelopeError("approval statement is not in canonical JSON form")
+        return st
+
+
+def _str(d: dict[str, Any], key: str) -> str:
+    v = d[key]
+    if not isinstance(v, str):
+        raise EnvelopeError(f"approval statement field {key} must be a string")
+    return v
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed DSSE envelope with exactly one signature."""
+
+    payload_type: str
+    payload: bytes
+    keyid: str
+    sig: bytes
+    raw: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Envelope:
+        if not raw:
+            raise EnvelopeError("the approval envelope is empty")
+        if len(raw) > MAX_ENVELOPE_BYTES:
+            raise EnvelopeError(f"the approval envelope is over {MAX_ENVELOPE_BYTES} bytes")
+        try:
+            d = json.loads(raw)
+            sigs = d["signatures"]
+            if not isinstance(sigs, list) or len(sigs) != 1:
+                raise EnvelopeError("the approval envelope must carry exactly one signature")
+            env = cls(
+                payload_type=d["payloadType"],
+                payload=base64.b64decode(d["payload"], validate=True),
+                keyid=str(sigs[0].get("keyid", "")),
+                sig=base64.b64decode(sigs[0]["sig"], validate=True),
+                raw=raw,
+            )
+        except EnvelopeError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
+            raise EnvelopeError(f"the approval envelope is not valid DSSE JSON: {e}") from None
+        if env.payload_type != PAYLOAD_TYPE:
+            raise EnvelopeError(f"payloadType must be {PAYLOAD_TYPE}, got {env.payload_type!r}")
+        return env
+
+    def verify(self, public_key: ed25519.Ed25519PublicKey) -> Statement:
+        """Check the signature with `public_key`, then parse the statement."""
+        try:
+            public_key.verify(self.sig, pae(self.payload_type, self.payload))
+        except InvalidSignature:
+            raise EnvelopeError(
+                "the envelope signature does not verify with the approver's registered key",
+                reason="BAD_APPROVAL_SIGNATURE",
+            ) from None
+        return Statement.from_bytes(self.payload)
+
+
+def sign_statement(statement: Statement, private_key: ed25519.Ed25519PrivateKey) -> bytes:
+    """Make the DSSE envelope (JSON bytes) for a statement."""
+    payload = statement.to_bytes()
+    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    env = {
+        "payload": base64.b64encode(payload).decode(),
+        "payloadType": PAYLOAD_TYPE,
+        "signatures": [
+            {"keyid": key_id_of(private_key.public_key()), "sig": base64.b64encode(sig).decode()}
+        ],
+    }
+    return canonical_json(env)

@@ -1,0 +1,168 @@
+"""Assembles and runs the server: token, store, core, gRPC with mutual TLS.
+
+Start-up refuses to serve unless every configured key passes the token's
+security check (invariant 1) and the audit log records the start with the
+loaded policy's hash (invariant 3, DESIGN §4). A background sweeper expires
+PENDING requests past their TTL and signs APPROVED requests that a crash or
+outage left unsigned (invariant 9).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from signer import __version__
+from signer.admin import open_token
+from signer.auth import DEFAULT_RULES, AuthInterceptor
+from signer.config import Config
+from signer.core import Core, KeySpec
+from signer.errors import ConfigError, SignerError
+from signer.hsm import Token
+from signer.service import ApprovalService, AuditService, SigningService
+from signer.store import SqliteStore, Store
+from signer.v1 import (
+    approval_pb2,
+    approval_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+)
+
+__all__ = ["Server", "load_keys"]
+
+log = structlog.get_logger("signer.server")
+_SERVICES = (
+    signing_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name,
+    approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
+
+
+def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
+    """Check every configured key in the token (invariant 1) and describe it."""
+    keys = {}
+    for name, policy in config.keys.items():
+        k = token.check_key(name, policy.algorithm)
+        assert k.algorithm is not None
+        keys[name] = KeySpec(name, k.algorithm, k.key_id, k.public_key_pem)
+    audit = token.check_key(config.audit_key)
+    if audit.algorithm is None or audit.algorithm.name != "ed25519":
+        raise ConfigError(f"{config.path}: audit.key {config.audit_key!r} must be an ed25519 key")
+    return keys
+
+
+@dataclass
+class Server:
+    config: Config
+    token: Token
+    store: Store
+    core: Core
+    grpc_server: grpc.Server
+    port: int
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _sweeper: threading.Thread | None = None
+
+    @classmethod
+    def build(cls, config: Config) -> Server:
+        token = open_token(config)
+        try:
+            keys = load_keys(config, token)
+            store = SqliteStore(config.store_path)
+        except BaseException:
+            token.close()
+            raise
+        core = Core(store, token, keys, config.keys, config.approver_keys)
+        core.record(
+            "server.started",
+            "signer",
+            {
+                "version": __version__,
+                "policy_hash": config.policy_hash,
+                "keys": {
+                    n: {"key_id": k.key_id, "algorithm": k.algorithm.name}
+                    for n, k in sorted(keys.items())
+                },
+            },
+        )
+        server, port = _grpc_server(config, core)
+        return cls(config, token, store, core, server, port)
+
+    def start(self) -> None:
+        self.core.recover()
+        self.core.expire_due()
+        self.grpc_server.start()
+        self._sweeper = threading.Thread(target=self._sweep, name="sweeper", daemon=True)
+        self._sweeper.start()
+        log.info(
+            "serving",
+            listen=self.config.server.listen,
+            port=self.port,
+            policy_hash=self.config.policy_hash,
+        )
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.core.expire_due()
+                self.core.recover(min_age=dt.timedelta(seconds=10))
+            except SignerError as e:
+                log.error("sweeper failed; will retry", error=str(e))
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.grpc_server.stop(grace).wait()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
+        self.store.close()
+        self.token.close()
+
+
+def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int]:
+    s = config.server
+    rules = {**DEFAULT_RULES, **config.access}
+    interceptor = AuthInterceptor(
+        config.roles_of, rules, lambda who, method, e: core.record_rejection(who, method, e)
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="rpc"),
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=s.workers * 4,
+    )
+    signing_pb2_grpc.add_SigningServiceServicer_to_server(SigningService(core, s.max_wait), server)
+    approval_pb2_grpc.add_ApprovalServiceServicer_to_server(
+        ApprovalService(core, s.max_wait), server
+    )
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(core, s.max_wait), server)
+    health_servicer = health.HealthServicer()
+    for name in ("", *_SERVICES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*_SERVICES, reflection.SERVICE_NAME, health.SERVICE_NAME), server
+    )
+    creds = grpc.ssl_server_credentials(
+        [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+        root_certificates=s.client_ca.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port(s.listen, creds)
+    if port == 0:
+        raise ConfigError(f"{config.path}: server.listen: cannot listen on {s.listen}")
+    return server, port

@@ -1,0 +1,284 @@
+"""The gRPC servicers: parse, call the core, map domain errors to status codes.
+
+Thin by design: identity comes from `auth.current_identity` (set by the
+interceptor from the TLS auth context); all rules live in the core. Domain
+errors become gRPC status codes here and only here, with a
+`google.rpc.ErrorInfo` carrying the machine-readable reason. Every rejected
+call is audit-logged; if that audit write fails the call fails UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from signer.auth import current_identity, current_method
+from signer.convert import (
+    STATE_FROM_PB,
+    audit_event_pb,
+    digest_from_pb,
+    duration,
+    key_info_pb,
+    request_pb,
+)
+from signer.core import Core
+from signer.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    SignerError,
+    StoreError,
+    TokenError,
+    TooLargeError,
+)
+from signer.model import Request, State
+from signer.store.base import AuditFilter
+from signer.v1 import (
+    approval_pb2,
+    approval_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+    types_pb2,
+)
+
+__all__ = ["ApprovalService", "AuditService", "SigningService", "status_code_of"]
+
+log = structlog.get_logger("signer.service")
+ERROR_DOMAIN = "signer.v1"
+_CODES: list[tuple[type[SignerError], grpc.StatusCode]] = [
+    (StoreError, grpc.StatusCode.UNAVAILABLE),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (TooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TokenError, grpc.StatusCode.UNAVAILABLE),
+]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_code_of(error: SignerError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, error: SignerError) -> None:
+    code = status_code_of(error)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+    status = status_pb2.Status(code=code.value[0], message=str(error), details=[detail])
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _rpc(method: F) -> F:
+    """Map SignerErrors to status codes and audit every rejected call."""
+
+    @functools.wraps(method)
+    def wrapper(self: _Base, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except SignerError as e:
+            self._reject(e, request, context)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _stream(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: _Base, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except SignerError as e:
+            self._reject(e, request, context)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Base:
+    def __init__(self, core: Core, max_wait: dt.timedelta) -> None:
+        self.core = core
+        self.max_wait = max_wait
+
+    def _reject(self, error: SignerError, request: Any, context: grpc.ServicerContext) -> None:
+        identity = current_identity.get()
+        method = current_method.get()
+        log.warning("call rejected", reason=error.reason, error=str(error))
+        if not isinstance(error, StoreError | TokenError):
+            try:
+                self.core.record_rejection(identity, method, error, str(getattr(request, "id", "")))
+            except StoreError as e:
+                error = e
+        _abort(context, error)
+
+    def _pb(self, r: Request) -> types_pb2.SigningRequest:
+        policy = self.core.policies.get(r.key_name)
+        return request_pb(r, policy.threshold if policy else 0)
+
+    def _wait_budget(
+        self, requested: dt.timedelta | None, context: grpc.ServicerContext
+    ) -> dt.timedelta:
+        budget = min(requested or self.max_wait, self.max_wait)
+        remaining = context.time_remaining()
+        if remaining is not None:  # answer before the client's deadline
+            budget = min(budget, dt.timedelta(seconds=max(remaining - 0.5, 0)))
+        return budget
+
+
+class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
+    @_rpc
+    def CreateSigningRequest(
+        self, request: signing_pb2.CreateSigningRequestRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.CreateSigningRequestResponse:
+        digests = [digest_from_pb(i, d) for i, d in enumerate(request.digests)]
+        r = self.core.create(
+            current_identity.get(),
+            request.key_name,
+            digests,
+            dict(request.context),
+            duration(request.ttl),
+            request.idempotency_key,
+        )
+        return signing_pb2.CreateSigningRequestResponse(request=self._pb(r))
+
+    @_rpc
+    def GetSigningRequest(
+        self, request: signing_pb2.GetSigningRequestRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.GetSigningRequestResponse:
+        r = self.core.get_for_requester(current_identity.get(), request.id)
+        return signing_pb2.GetSigningRequestResponse(request=self._pb(r))
+
+    @_rpc
+    def WaitSigningRequest(
+        self, request: signing_pb2.WaitSigningRequestRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.WaitSigningRequestResponse:
+        budget = self._wait_budget(duration(request.timeout), context)
+        r = self.core.wait(current_identity.get(), request.id, budget)
+        return signing_pb2.WaitSigningRequestResponse(request=self._pb(r), done=r.terminal)
+
+    @_rpc
+    def CancelSigningRequest(
+        self, request: signing_pb2.CancelSigningRequestRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.CancelSigningRequestResponse:
+        r = self.core.cancel(current_identity.get(), request.id, request.reason)
+        return signing_pb2.CancelSigningRequestResponse(request=self._pb(r))
+
+    @_rpc
+    def GetPublicKey(
+        self, request: signing_pb2.GetPublicKeyRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.GetPublicKeyResponse:
+        spec = self.core.keys.get(request.key_name)
+        if spec is None:
+            raise NotFoundError(f"no signing key named {request.key_name!r}", reason="UNKNOWN_KEY")
+        return signing_pb2.GetPublicKeyResponse(key=key_info_pb(spec))
+
+    @_rpc
+    def ListKeys(
+        self, request: signing_pb2.ListKeysRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.ListKeysResponse:
+        keys = [key_info_pb(k) for _, k in sorted(self.core.keys.items())]
+        return signing_pb2.ListKeysResponse(keys=keys)
+
+
+def _page(token: str, size: int, default: int, maximum: int) -> tuple[int, int]:
+    if size < 0:
+        raise InvalidArgumentError("page_size must not be negative")
+    try:
+        after = int(token) if token else -1
+    except ValueError:
+        raise InvalidArgumentError("page_token is not one this server issued") from None
+    return after, min(size or default, maximum)
+
+
+class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
+    watch_limit = dt.timedelta(minutes=10)
+
+    @_rpc
+    def ListRequests(
+        self, request: approval_pb2.ListRequestsRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.ListRequestsResponse:
+        after, size = _page(request.page_token, request.page_size, 50, 500)
+        state = STATE_FROM_PB.get(request.state, State.PENDING)
+        rows = self.core.list_for_approver(current_identity.get(), frozenset({state}), after, size)
+        token = str(rows[-1][0]) if len(rows) == size else ""
+        return approval_pb2.ListRequestsResponse(
+            requests=[self._pb(r) for _, r in rows], next_page_token=token
+        )
+
+    @_rpc
+    def GetRequest(
+        self, request: approval_pb2.GetRequestRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.GetRequestResponse:
+        r = self.core.get_for_approver(current_identity.get(), request.id)
+        return approval_pb2.GetRequestResponse(request=self._pb(r))
+
+    @_rpc
+    def Approve(
+        self, request: approval_pb2.ApproveRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.ApproveResponse:
+        r = self.core.decide(current_identity.get(), request.id, request.envelope, "approve")
+        return approval_pb2.ApproveResponse(request=self._pb(r))
+
+    @_rpc
+    def Deny(
+        self, request: approval_pb2.DenyRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.DenyResponse:
+        r = self.core.decide(current_identity.get(), request.id, request.envelope, "deny")
+        return approval_pb2.DenyResponse(request=self._pb(r))
+
+    @_stream
+    def WatchRequests(
+        self, request: approval_pb2.WatchRequestsRequest, context: grpc.ServicerContext
+    ) -> Iterator[approval_pb2.WatchRequestsResponse]:
+        identity = current_identity.get()
+        version = self.core.notifier.version
+        after = -1
+        while rows := self.core.list_for_approver(identity, frozenset({State.PENDING}), after, 500):
+            for seq, r in rows:
+                yield approval_pb2.WatchRequestsResponse(request=self._pb(r))
+                after = seq
+        end = time.monotonic() + self._wait_budget(self.watch_limit, context).total_seconds()
+        while context.is_active() and time.monotonic() < end:
+            version, changed = self.core.notifier.wait(version, min(1.0, end - time.monotonic()))
+            for rid in changed:
+                try:
+                    r = self.core.get_for_approver(identity, rid)
+                except PermissionDeniedError:
+                    continue  # a request for a key this officer does not approve
+                yield approval_pb2.WatchRequestsResponse(request=self._pb(r))
+
+
+class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
+    @_rpc
+    def ListAuditEvents(
+        self, request: audit_pb2.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.ListAuditEventsResponse:
+        after, size = _page(request.page_token, request.page_size, 100, 1000)
+        f = AuditFilter(
+            event=request.event,
+            actor=request.actor,
+            request_id=request.request_id,
+            key_name=request.key_name,
+            start=request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None,
+            end=request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None,
+        )
+        entries = self.core.list_audit(f, after, size)
+        token = str(entries[-1].index) if len(entries) == size else ""
+        return audit_pb2.ListAuditEventsResponse(
+            events=[audit_event_pb(e) for e in entries], next_page_token=token
+        )

@@ -1,0 +1,103 @@
+"""The store port: what the signing core needs from a database.
+
+Invariant 3 lives here: a state change and its audit entry are written in one
+transaction (`Store.transaction()`), so either both are durable or neither is.
+Database errors are translated to `StoreError` (UNAVAILABLE) at this port.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from signer.audit.entry import AuditEntry
+from signer.model import Approval, Request, State
+
+__all__ = ["AuditFilter", "Store", "Tx"]
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    event: str = ""
+    actor: str = ""
+    request_id: str = ""
+    key_name: str = ""
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+
+
+class Tx(abc.ABC):
+    """One transaction. Everything written through it commits or rolls back together."""
+
+    @abc.abstractmethod
+    def get_request(self, request_id: str) -> Request | None: ...
+
+    @abc.abstractmethod
+    def find_idempotent(self, requester: str, key: str) -> tuple[Request, str] | None:
+        """The request made by `requester` with idempotency key `key`, and its params hash."""
+
+    @abc.abstractmethod
+    def insert_request(self, request: Request, params_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_state(
+        self, request_id: str, state: State, when: dt.datetime, message: str = ""
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def insert_approval(self, approval: Approval) -> None: ...
+
+    @abc.abstractmethod
+    def insert_signatures(self, request_id: str, signatures: list[bytes]) -> None: ...
+
+    @abc.abstractmethod
+    def list_requests(
+        self, states: frozenset[State], key_names: frozenset[str] | None, after: int, limit: int
+    ) -> list[tuple[int, Request]]:
+        """Requests in `states` (and keys), by creation order, after position `after`."""
+
+    @abc.abstractmethod
+    def pending_due(self, now: dt.datetime) -> list[str]:
+        """Ids of PENDING requests whose expiry time has passed."""
+
+    @abc.abstractmethod
+    def ids_in_state(self, state: State) -> list[str]: ...
+
+    @abc.abstractmethod
+    def append_audit(
+        self,
+        when: dt.datetime,
+        event: str,
+        actor: str,
+        request_id: str,
+        key_name: str,
+        details: dict[str, Any],
+    ) -> AuditEntry: ...
+
+    @abc.abstractmethod
+    def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
+        """Entries matching `f` with index > `after`, oldest first."""
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A write transaction: committed durably on normal exit, rolled back on error."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def audit_entries(self) -> Iterator[AuditEntry]:
+        """Every audit entry, oldest first (for tools and tests)."""
+        after = -1
+        while True:
+            with self.transaction() as tx:
+                page = tx.list_audit(AuditFilter(), after, 1000)
+            if not page:
+                return
+            yield from page
+            after = page[-1].index

@@ -1,0 +1,332 @@
+"""SQLite store: one file, WAL, synchronous=FULL (DESIGN §7).
+
+Writes go through `BEGIN IMMEDIATE ... COMMIT` on one connection guarded by a
+lock, so a transaction sees and changes a consistent state and concurrent
+approvals of one request are serialized. The audit table is append-only:
+triggers abort any UPDATE or DELETE. Every `sqlite3.Error` becomes a
+`StoreError` here, which the service reports as UNAVAILABLE (fail closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from signer.audit.entry import AuditEntry
+from signer.encoding import canonical_json, format_time, parse_time
+from signer.errors import StoreError
+from signer.model import Approval, Digest, Request, State
+from signer.store.base import AuditFilter, Store, Tx
+
+__all__ = ["SqliteStore"]
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key_name TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    digests TEXT NOT NULL,
+    context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    status_message TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT,
+    params_hash TEXT NOT NULL,
+    UNIQUE (requester, idempotency_key)
+);
+CREATE INDEX requests_state ON requests (state, expires);
+CREATE TABLE approvals (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    approver TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+    envelope BLOB NOT NULL,
+    created TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (request_id, approver)
+);
+CREATE TABLE signatures (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    idx INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE audit_log (
+    idx INTEGER PRIMARY KEY,
+    entry BLOB NOT NULL,
+    time TEXT NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    key_name TEXT NOT NULL
+);
+CREATE INDEX audit_request ON audit_log (request_id);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {path}: {e}") from e
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+                row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+                version = row[0] or 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"database {self.path} has schema {version}, newer than this "
+                        f"server's {SCHEMA_VERSION}; upgrade the server"
+                    )
+                if version < 1:
+                    for stmt in _SCHEMA.split(";\n"):
+                        if stmt.strip():
+                            self._db.execute(stmt)
+                    self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"the database cannot be written: {e}") from e
+            try:
+                yield _SqliteTx(self._db)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback()
+                raise StoreError(f"the database (audit log) could not be written: {e}") from e
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        # No transaction left to roll back when SQLite already did.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class _SqliteTx(Tx):
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def _request(self, row: tuple[Any, ...]) -> Request:
+        (
+            rid,
+            key_name,
+            key_id,
+            algorithm,
+            requester,
+            digests,
+            context,
+            state,
+            created,
+            expires,
+            updated,
+            message,
+            idem,
+        ) = row
+        approvals = tuple(
+            Approval(rid, a, d, bytes(env), parse_time(c), reason)
+            for a, d, env, c, reason in self._db.execute(
+                "SELECT approver, decision, envelope, created, reason FROM approvals "
+                "WHERE request_id = ? ORDER BY created, approver",
+                (rid,),
+            )
+        )
+        signatures = tuple(
+            bytes(s)
+            for (s,) in self._db.execute(
+                "SELECT signature FROM signatures WHERE request_id = ? ORDER BY idx", (rid,)
+            )
+        )
+        return Request(
+            id=rid,
+            key_name=key_name,
+            key_id=key_id,
+            algorithm=algorithm,
+            requester=requester,
+            digests=tuple(Digest.from_dict(d) for d in json.loads(digests)),
+            context=json.loads(context),
+            state=State(state),
+            created=parse_time(created),
+            expires=parse_time(expires),
+            updated=parse_time(updated),
+            status_message=message,
+            idempotency_key=idem or "",
+            approvals=approvals,
+            signatures=signatures,
+        )
+
+    _COLUMNS = (
+        "id, key_name, key_id, algorithm, requester, digests, context, state, created, "
+        "expires, updated, status_message, idempotency_key"
+    )
+
+    def get_request(self, request_id: str) -> Request | None:
+        row = self._db.execute(
+            f"SELECT {self._COLUMNS} FROM requests WHERE id = ?",  # noqa: S608
+            (request_id,),
+        ).fetchone()
+        return self._request(row) if row else None
+
+    def find_idempotent(self, requester: str, key: str) -> tuple[Request, str] | None:
+        row = self._db.execute(
+            f"SELECT {self._COLUMNS}, params_hash FROM requests "  # noqa: S608
+            "WHERE requester = ? AND idempotency_key = ?",
+            (requester, key),
+        ).fetchone()
+        return (self._request(row[:-1]), row[-1]) if row else None
+
+    def insert_request(self, request: Request, params_hash: str) -> None:
+        r = request
+        self._db.execute(
+            f"INSERT INTO requests ({self._COLUMNS}, params_hash) "  # noqa: S608
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                r.id,
+                r.key_name,
+                r.key_id,
+                r.algorithm,
+                r.requester,
+                canonical_json([d.as_dict() for d in r.digests]).decode(),
+                canonical_json(r.context).decode(),
+                r.state.value,
+                format_time(r.created),
+                format_time(r.expires),
+                format_time(r.updated),
+                r.status_message,
+                r.idempotency_key or None,
+                params_hash,
+            ),
+        )
+
+    def set_state(
+        self, request_id: str, state: State, when: dt.datetime, message: str = ""
+    ) -> None:
+        self._db.execute(
+            "UPDATE requests SET state = ?, updated = ?, status_message = ? WHERE id = ?",
+            (state.value, format_time(when), message, request_id),
+        )
+
+    def insert_approval(self, approval: Approval) -> None:
+        a = approval
+        self._db.execute(
+            "INSERT INTO approvals VALUES (?,?,?,?,?,?)",
+            (a.request_id, a.approver, a.decision, a.envelope, format_time(a.created), a.reason),
+        )
+
+    def insert_signatures(self, request_id: str, signatures: list[bytes]) -> None:
+        self._db.executemany(
+            "INSERT INTO signatures VALUES (?,?,?)",
+            [(request_id, i, s) for i, s in enumerate(signatures)],
+        )
+
+    def list_requests(
+        self, states: frozenset[State], key_names: frozenset[str] | None, after: int, limit: int
+    ) -> list[tuple[int, Request]]:
+        sql = f"SELECT seq, {self._COLUMNS} FROM requests WHERE seq > ?"  # noqa: S608
+        args: list[Any] = [after]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += [s.value for s in sorted(states)]
+        if key_names is not None:
+            sql += f" AND key_name IN ({','.join('?' * len(key_names))})"
+            args += sorted(key_names)
+        sql += " ORDER BY seq LIMIT ?"
+        rows = self._db.execute(sql, (*args, limit)).fetchall()
+        return [(row[0], self._request(row[1:])) for row in rows]
+
+    def pending_due(self, now: dt.datetime) -> list[str]:
+        return [
+            r
+            for (r,) in self._db.execute(
+                "SELECT id FROM requests WHERE state = 'PENDING' AND expires <= ?",
+                (format_time(now),),
+            )
+        ]
+
+    def ids_in_state(self, state: State) -> list[str]:
+        return [
+            r
+            for (r,) in self._db.execute(
+                "SELECT id FROM requests WHERE state = ? ORDER BY seq", (state.value,)
+            )
+        ]
+
+    def append_audit(
+        self,
+        when: dt.datetime,
+        event: str,
+        actor: str,
+        request_id: str,
+        key_name: str,
+        details: dict[str, Any],
+    ) -> AuditEntry:
+        (last,) = self._db.execute("SELECT max(idx) FROM audit_log").fetchone()
+        entry = AuditEntry(0 if last is None else last + 1, when, event, actor, request_id, details)
+        self._db.execute(
+            "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?)",
+            (entry.index, entry.to_bytes(), format_time(when), event, actor, request_id, key_name),
+        )
+        return entry
+
+    def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
+        sql = "SELECT entry FROM audit_log WHERE idx > ?"
+        args: list[Any] = [after]
+        for column, value in (
+            ("event", f.event),
+            ("actor", f.actor),
+            ("request_id", f.request_id),
+            ("key_name", f.key_name),
+        ):
+            if value:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if f.start is not None:
+            sql += " AND time >= ?"
+            args.append(format_time(f.start))
+        if f.end is not None:
+            sql += " AND time < ?"
+            args.append(format_time(f.end))
+        sql += " ORDER BY idx LIMIT ?"
+        return [AuditEntry.from_bytes(bytes(e)) for (e,) in self._db.execute(sql, (*args, limit))]

@@ -1,0 +1,96 @@
+"""A small X.509 CA for the dev environment and the tests.
+
+Issues the server certificate with both `DNS:localhost` and the listen
+host as SANs (strict gRPC clients check them) and client certificates whose
+CN is the identity the server will see. Private keys are written 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["DevCA", "write_private"]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only (0600 from creation)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+class DevCA:
+    def __init__(self, name: str = "signer dev CA", days: int = 365) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.days = days
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self, cn: str, *, server_hosts: list[str] | None = None, uri: str | None = None
+    ) -> tuple[bytes, bytes]:
+        """Return (certificate PEM, private key PEM) for a server or client."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=self.days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        names: list[x509.GeneralName] = []
+        if server_hosts is not None:
+            for host in dict.fromkeys(["localhost", "127.0.0.1", *server_hosts]):
+                try:
+                    names.append(x509.IPAddress(ipaddress.ip_address(host)))
+                except ValueError:
+                    names.append(x509.DNSName(host))
+            usage = ExtendedKeyUsageOID.SERVER_AUTH
+        else:
+            usage = ExtendedKeyUsageOID.CLIENT_AUTH
+        if uri is not None:
+            names.append(x509.UniformResourceIdentifier(uri))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False).sign(
+            self.key, hashes.SHA256()
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
