@@ -3,7 +3,8 @@
 Creates a SoftHSM token with a `release` signing key (ecdsa-p256) and an
 `audit` key (ed25519) generated inside it, a dev CA with certificates for
 the server, the CI client `ci`, officers `alice`, `bob`, `carol`, the
-`auditor` and `admin`; the officers' approval keys; `signer.toml` (2-of-3 on
+`auditor` and `admin` (the CA key stays in tls/ca.key, 0600, to issue
+more); the officers' approval keys; `signer.toml` (2-of-3 on
 `release`); and a client profile per identity in `profiles/`. Every secret
 (PINs, private keys) is a 0600 file; nothing secret is printed.
 """
@@ -52,7 +53,7 @@ def init_devenv(root: Path, listen: str) -> list[str]:
     softhsm.init_token(conf, TOKEN_LABEL, so_pin, pin)
 
     ca = DevCA()
-    (root / "tls" / "ca.pem").write_bytes(ca.pem)
+    ca.save(root / "tls" / "ca.pem", root / "tls" / "ca.key")
     cert, key = ca.issue("signer server", server_hosts=[host])
     (root / "tls" / "server.pem").write_bytes(cert)
     write_private(root / "tls" / "server.key", key)

@@ -56,6 +56,19 @@ class DevCA:
             .sign(self.key, hashes.SHA256())
         )
 
+    @classmethod
+    def load(cls, cert_pem: bytes, key_pem: bytes, days: int = 365) -> DevCA:
+        """The CA written by `save`, to issue more certificates."""
+        ca = cls.__new__(cls)
+        key = serialization.load_pem_private_key(key_pem, None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        ca.key, ca.cert, ca.days = key, x509.load_pem_x509_certificate(cert_pem), days
+        return ca
+
+    def save(self, cert_path: Path, key_path: Path) -> None:
+        cert_path.write_bytes(self.pem)
+        write_private(key_path, _pem_key(self.key))
+
     @property
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)

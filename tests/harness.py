@@ -1,0 +1,388 @@
+"""Test harness: real dev environments, real `signer serve` processes, real mTLS clients.
+
+Servers run as subprocesses (so they can be killed with SIGKILL and so each
+has its own PKCS#11 module instance: a module is initialised once per process
+with one SOFTHSM2_CONF). Every network call goes to 127.0.0.1 with a deadline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import tomli_w
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from signer.approval_keys import generate as generate_approval_key
+from signer.approval_keys import load_private
+from signer.client import Profile, RemoteError, load_profile, remote_error
+from signer.dsse import Statement, sign_statement
+from signer.model import Digest
+from signer.tls import DevCA, write_private
+from signer.v1 import (
+    approval_pb2,
+    approval_pb2_grpc,
+    audit_pb2_grpc,
+    signing_pb2,
+    signing_pb2_grpc,
+    types_pb2,
+)
+
+SIGNER = [sys.executable, "-m", "signer"]
+APPROVER = [sys.executable, "-m", "approver.cli"]
+DIGEST_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-pss-3072", "rsa-pss-4096", "rsa-pkcs1-3072")
+RPC_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(
+    args: list[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with a bounded time; on unexpected failure show its output."""
+    p = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        )
+    return p
+
+
+@dataclass
+class Env:
+    """One `signer init` directory, with extra identities for the tests."""
+
+    root: Path
+    port: int
+
+    @property
+    def config(self) -> Path:
+        return self.root / "signer.toml"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "signer.db"
+
+    def profile_path(self, name: str) -> Path:
+        return self.root / "profiles" / f"{name}.toml"
+
+    def profile(self, name: str) -> Profile:
+        return load_profile(self.profile_path(name))
+
+    def read_config(self) -> dict[str, Any]:
+        return tomllib.loads(self.config.read_text())
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        self.config.write_text(tomli_w.dumps(cfg))
+
+    def ca(self) -> DevCA:
+        return DevCA.load(
+            (self.root / "tls" / "ca.pem").read_bytes(), (self.root / "tls" / "ca.key").read_bytes()
+        )
+
+    def add_client(
+        self, name: str, roles: list[str], *, approval_key: bool = False, ca: DevCA | None = None
+    ) -> Path:
+        """Issue a certificate (from this env's CA unless `ca`), write a profile, add roles."""
+        cert, key = (ca or self.ca()).issue(name)
+        (self.root / "tls" / f"{name}.pem").write_bytes(cert)
+        write_private(self.root / "tls" / f"{name}.key", key)
+        lines = [
+            f'server = "127.0.0.1:{self.port}"',
+            'ca = "../tls/ca.pem"',
+            f'cert = "../tls/{name}.pem"',
+            f'key = "../tls/{name}.key"',
+        ]
+        cfg = self.read_config()
+        if roles:
+            cfg["identities"][name] = roles
+        if approval_key:
+            generate_approval_key(self.root / "approvers" / f"{name}.key")
+            lines.append(f'approval_key = "../approvers/{name}.key"')
+            cfg["approvers"][name] = f"approvers/{name}.key.pub"
+        self.write_config(cfg)
+        path = self.profile_path(name)
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def add_key(self, name: str, algorithm: str, **policy: Any) -> None:
+        """Generate a key in the token and give it a 2-of-3 policy (overridable)."""
+        run(
+            [
+                *SIGNER,
+                "keys",
+                "generate",
+                "--config",
+                str(self.config),
+                "--name",
+                name,
+                "--algorithm",
+                algorithm,
+            ]
+        )
+        cfg = self.read_config()
+        cfg["keys"][name] = {
+            "algorithm": algorithm,
+            "approvers": ["alice", "bob", "carol"],
+            "threshold": 2,
+            "requesters": ["ci"],
+            "max_ttl": "1h",
+            **policy,
+        }
+        self.write_config(cfg)
+
+    def approval_key(self, officer: str) -> Any:
+        return load_private(self.root / "approvers" / f"{officer}.key", None)
+
+
+def make_env(root: Path) -> Env:
+    port = free_port()
+    run([*SIGNER, "init", str(root), "--listen", f"127.0.0.1:{port}"])
+    return Env(root, port)
+
+
+@dataclass
+class ServerProcess:
+    env: Env
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.env.root / "server.log"
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*SIGNER, "serve", "--config", str(self.env.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.output()}")
+            if self.healthy():
+                return self
+            time.sleep(0.1)
+        self.kill()
+        raise AssertionError(f"server did not become healthy:\n{self.output()}")
+
+    def healthy(self) -> bool:
+        with self.env.profile("admin").channel() as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up runs in the server."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+
+class Clients:
+    """Stubs per identity over real mTLS, with channels reused and closed at the end."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def channel(self, name: str) -> grpc.Channel:
+        if name not in self._channels:
+            self._channels[name] = self.env.profile(name).channel()
+        return self._channels[name]
+
+    def signing(self, name: str = "ci") -> signing_pb2_grpc.SigningServiceStub:
+        return signing_pb2_grpc.SigningServiceStub(self.channel(name))
+
+    def approval(self, name: str) -> approval_pb2_grpc.ApprovalServiceStub:
+        return approval_pb2_grpc.ApprovalServiceStub(self.channel(name))
+
+    def audit(self, name: str = "auditor") -> audit_pb2_grpc.AuditServiceStub:
+        return audit_pb2_grpc.AuditServiceStub(self.channel(name))
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    # -- flows --------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        key: str = "release",
+        digests: list[types_pb2.Digest] | None = None,
+        who: str = "ci",
+        **fields: Any,
+    ) -> types_pb2.SigningRequest:
+        req = signing_pb2.CreateSigningRequestRequest(
+            key_name=key, digests=digests or [sha256_digest(os.urandom(16))], **fields
+        )
+        resp = self.signing(who).CreateSigningRequest(req, timeout=RPC_TIMEOUT)
+        return resp.request
+
+    def envelope(
+        self,
+        officer: str,
+        request: types_pb2.SigningRequest,
+        *,
+        decision: str = "approve",
+        reason: str = "",
+        signer: str | None = None,
+        **overrides: Any,
+    ) -> bytes:
+        """A DSSE approval for `request` by `officer`, signed with `signer`'s key.
+
+        `overrides` replace statement fields (request_id, key_name, key_id, digests,
+        approver, issued_at, decision) to build bad approvals.
+        """
+        fields: dict[str, Any] = {
+            "request_id": request.id,
+            "key_name": request.key_name,
+            "key_id": request.key_id,
+            "digests": tuple(
+                Digest(_HASH_NAMES[d.algorithm], d.value, d.artifact_name) for d in request.digests
+            ),
+            "decision": decision,
+            "approver": officer,
+            "issued_at": dt.datetime.now(dt.UTC),
+            "reason": reason,
+        }
+        fields.update(overrides)
+        return sign_statement(Statement(**fields), self.env.approval_key(signer or officer))
+
+    def approve(
+        self, officer: str, request: types_pb2.SigningRequest, **kw: Any
+    ) -> types_pb2.SigningRequest:
+        env = self.envelope(officer, request, **kw)
+        return (
+            self.approval(officer)
+            .Approve(approval_pb2.ApproveRequest(id=request.id, envelope=env), timeout=RPC_TIMEOUT)
+            .request
+        )
+
+    def deny(
+        self, officer: str, request: types_pb2.SigningRequest, reason: str = "no", **kw: Any
+    ) -> types_pb2.SigningRequest:
+        env = self.envelope(officer, request, decision="deny", reason=reason, **kw)
+        return (
+            self.approval(officer)
+            .Deny(approval_pb2.DenyRequest(id=request.id, envelope=env), timeout=RPC_TIMEOUT)
+            .request
+        )
+
+    def get(self, request_id: str, who: str = "ci") -> types_pb2.SigningRequest:
+        return (
+            self.signing(who)
+            .GetSigningRequest(
+                signing_pb2.GetSigningRequestRequest(id=request_id), timeout=RPC_TIMEOUT
+            )
+            .request
+        )
+
+
+_HASH_NAMES = {
+    types_pb2.HASH_ALGORITHM_SHA256: "sha256",
+    types_pb2.HASH_ALGORITHM_SHA384: "sha384",
+    types_pb2.HASH_ALGORITHM_SHA512: "sha512",
+}
+
+
+def sha256_digest(data: bytes, artifact: str = "artifact.bin") -> types_pb2.Digest:
+    return types_pb2.Digest(
+        algorithm=types_pb2.HASH_ALGORITHM_SHA256,
+        value=hashlib.sha256(data).digest(),
+        artifact_name=artifact,
+    )
+
+
+def rpc_error(fn: Callable[[], Any]) -> RemoteError:
+    """Call `fn`, which must fail; return the failure with its code and reason."""
+    try:
+        fn()
+    except grpc.RpcError as e:
+        return remote_error(e)
+    raise AssertionError("the call succeeded but was expected to fail")
+
+
+def audit_events(env: Env) -> list[dict[str, Any]]:
+    """Every audit entry, read straight from the database file."""
+    import json  # noqa: PLC0415
+    import sqlite3  # noqa: PLC0415
+
+    with sqlite3.connect(env.db) as db:
+        return [json.loads(e) for (e,) in db.execute("SELECT entry FROM audit_log ORDER BY idx")]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15, step: float = 0.1) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+@dataclass
+class Running:
+    env: Env
+    server: ServerProcess
+    clients: Clients
+
+
+def running(env: Env) -> Iterator[Running]:
+    server = ServerProcess(env).start()
+    clients = Clients(env)
+    try:
+        yield Running(env, server, clients)
+    finally:
+        clients.close()
+        server.stop()
