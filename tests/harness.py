@@ -355,8 +355,8 @@ def rpc_error(fn: Callable[[], Any]) -> RemoteError:
 
 def audit_events(env: Env) -> list[dict[str, Any]]:
     """Every audit entry, read straight from the database file."""
-    import json  # noqa: PLC0415
-    import sqlite3  # noqa: PLC0415
+    import json
+    import sqlite3
 
     with sqlite3.connect(env.db) as db:
         return [json.loads(e) for (e,) in db.execute("SELECT entry FROM audit_log ORDER BY idx")]

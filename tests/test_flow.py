@@ -103,7 +103,7 @@ def test_several_digests_signed_in_order(clients: Clients) -> None:
 
 def test_wait_returns_when_signed(clients: Clients) -> None:
     """WaitSigningRequest returns done once the quorum is reached by other calls."""
-    import threading  # noqa: PLC0415
+    import threading
 
     r = clients.create()
     result: list[signing_pb2.WaitSigningRequestResponse] = []
@@ -123,7 +123,7 @@ def test_wait_returns_when_signed(clients: Clients) -> None:
 
 def test_wait_is_bounded(clients: Clients) -> None:
     """A wait on a pending request returns, not done, by its timeout."""
-    from google.protobuf import duration_pb2  # noqa: PLC0415
+    from google.protobuf import duration_pb2
 
     r = clients.create()
     resp = clients.signing().WaitSigningRequest(
@@ -157,8 +157,8 @@ def test_audit_records_the_story(shared: Running) -> None:
 
 def test_health_and_reflection(clients: Clients) -> None:
     """Health checking reports SERVING; reflection lists the signer services."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     ch = clients.channel("ci")
     h = health_pb2_grpc.HealthStub(ch).Check(
