@@ -28,9 +28,12 @@ from signer.clikit import (
     call,
     fail,
     handle_errors,
+    json_opt,
     print_json,
     print_table,
+    profile_opt,
     request_dict,
+    server_opt,
     stderr,
     stubs,
 )
@@ -44,14 +47,6 @@ from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_profile_opt = click.option(
-    "--profile",
-    "profile_path",
-    type=click.Path(path_type=Path),
-    help="Client profile (TOML); default $SIGNER_PROFILE.",
-)
-_server_opt = click.option("--server", help="Override the profile's HOST:PORT.")
-_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 def _approver_errors(fn: F) -> F:
@@ -104,15 +99,15 @@ def keygen(
 
 
 @main.command("list")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option(
     "--state",
     default="pending",
     show_default=True,
     type=click.Choice([s.value.lower() for s in State]),
 )
-@_json_opt
+@json_opt
 @_approver_errors
 def list_(profile_path: Path | None, server: str | None, state: str, as_json: bool) -> None:
     """List requests on keys you approve for."""
@@ -185,9 +180,9 @@ def _describe(d: dict[str, Any]) -> None:
 
 @main.command()
 @click.argument("request_id")
-@_profile_opt
-@_server_opt
-@_json_opt
+@profile_opt
+@server_opt
+@json_opt
 @_approver_errors
 def show(request_id: str, profile_path: Path | None, server: str | None, as_json: bool) -> None:
     """Show a request: requester, CI context, key, digests, approvals."""
@@ -260,8 +255,8 @@ def _decide(
 
 @main.command()
 @click.argument("request_id")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_approver_errors
 def approve(request_id: str, profile_path: Path | None, server: str | None, yes: bool) -> None:
@@ -272,8 +267,8 @@ def approve(request_id: str, profile_path: Path | None, server: str | None, yes:
 @main.command()
 @click.argument("request_id")
 @click.option("--reason", required=True, help="Why (signed, and recorded in the audit log).")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_approver_errors
 def deny(

@@ -25,9 +25,12 @@ from signer.clikit import (
     call,
     fail,
     handle_errors,
+    json_opt,
     print_json,
     print_table,
+    profile_opt,
     request_dict,
+    server_opt,
     stderr,
     stubs,
 )
@@ -40,14 +43,6 @@ from signer.verify import verify_digest
 
 __all__ = ["main"]
 
-_profile_opt = click.option(
-    "--profile",
-    "profile_path",
-    type=click.Path(path_type=Path),
-    help="Client profile (TOML); default $SIGNER_PROFILE.",
-)
-_server_opt = click.option("--server", help="Override the profile's HOST:PORT.")
-_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _config_opt = click.option(
     "--config",
     "config_path",
@@ -126,7 +121,7 @@ def keys_generate(config_path: Path, name: str, alg: str) -> None:
 
 @keys.command("list")
 @_config_opt
-@_json_opt
+@json_opt
 @handle_errors
 def keys_list(config_path: Path, as_json: bool) -> None:
     """List key pairs in the token with their security attributes."""
@@ -237,8 +232,8 @@ def _duration(text: str, hint: str) -> dt.timedelta:
 
 
 @main.command()
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option("--key-name", required=True, help="Signing key to use.")
 @click.option(
     "--file",
@@ -276,7 +271,7 @@ def _duration(text: str, hint: str) -> dt.timedelta:
     type=click.Path(path_type=Path),
     help="Signature file (one artifact); default ARTIFACT.sig next to --file.",
 )
-@_json_opt
+@json_opt
 @handle_errors
 def sign(
     profile_path: Path | None,
@@ -409,12 +404,12 @@ def _check_signatures(profile: Profile, stub: Any, request: types_pb2.SigningReq
 
 @main.command()
 @click.argument("request_id")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option(
     "--out", type=click.Path(path_type=Path), help="If SIGNED, write the (single) signature here."
 )
-@_json_opt
+@json_opt
 @handle_errors
 def status(
     request_id: str, profile_path: Path | None, server: str | None, out: Path | None, as_json: bool
@@ -472,8 +467,8 @@ def _show_request(d: dict[str, Any]) -> None:
 
 @main.command()
 @click.argument("request_id")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option("--reason", default="", help="Why (recorded in the audit log).")
 @handle_errors
 def cancel(request_id: str, profile_path: Path | None, server: str | None, reason: str) -> None:
@@ -489,8 +484,8 @@ def cancel(request_id: str, profile_path: Path | None, server: str | None, reaso
 
 
 @main.command("public-key")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option("--key-name", required=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the PEM here.")
 @handle_errors
@@ -572,8 +567,8 @@ def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
 
 
 @audit.command("list")
-@_profile_opt
-@_server_opt
+@profile_opt
+@server_opt
 @click.option("--event", default="", help="e.g. request.signed")
 @click.option("--actor", default="")
 @click.option("--request", "request_id", default="")
@@ -581,7 +576,7 @@ def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
 @click.option("--since", help="ISO time, inclusive.")
 @click.option("--until", help="ISO time, exclusive.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
-@_json_opt
+@json_opt
 @handle_errors
 def audit_list(
     profile_path: Path | None,

@@ -11,11 +11,13 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 import grpc
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from signer.client import Profile, RemoteError, remote_error
@@ -29,9 +31,12 @@ __all__ = [
     "call",
     "fail",
     "handle_errors",
+    "json_opt",
     "print_json",
     "print_table",
+    "profile_opt",
     "request_dict",
+    "server_opt",
     "stderr",
     "stubs",
 ]
@@ -40,11 +45,19 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 stderr = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
+profile_opt = click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path),
+    help="Client profile (TOML); default $SIGNER_PROFILE.",
+)
+server_opt = click.option("--server", help="Override the profile's HOST:PORT.")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _DECISION = {types_pb2.DECISION_APPROVE: "approve", types_pb2.DECISION_DENY: "deny"}
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 

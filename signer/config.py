@@ -81,7 +81,7 @@ class ServerConfig:
     client_ca: Path
     max_message_bytes: int = 4 * 1024 * 1024
     max_wait: dt.timedelta = dt.timedelta(seconds=60)
-    workers: int = 16
+    workers: int = 64
 
 
 @dataclass(frozen=True)
@@ -246,9 +246,9 @@ def _server(r: _Reader) -> ServerConfig:
         max_wait = parse_duration(r.get("max_wait", str, "60s"))
     except ValueError as e:
         raise r.error("max_wait", str(e)) from None
-    workers = r.get("workers", int, 16)
-    if not 2 <= workers <= 256:
-        raise r.error("workers", "must be between 2 and 256")
+    workers = r.get("workers", int, 64)
+    if not 4 <= workers <= 1024:
+        raise r.error("workers", "must be between 4 and 1024")
     paths = {}
     for key in ("tls_cert", "tls_key", "client_ca"):
         p = r.path_of(key)

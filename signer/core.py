@@ -58,6 +58,7 @@ _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}$")
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+_MAX_RECORDED_MESSAGE = 1024  # a rejected call cannot bloat the audit log
 
 
 @dataclass(frozen=True)
@@ -547,7 +548,7 @@ class Core:
             {
                 "method": method,
                 "reason": error.reason,
-                "message": str(error),
+                "message": str(error)[:_MAX_RECORDED_MESSAGE],
             },
             request_id=request_id if _REQUEST_ID.match(request_id) else "",
         )
@@ -562,7 +563,7 @@ class Core:
         policy, spec = self.policies.get(key_name), self.keys.get(key_name)
         if policy is None or spec is None:
             raise NotFoundError(
-                f"no signing key named {key_name!r}; see `signer keys list`",
+                f"no signing key named {key_name[:64]!r}; see `signer keys list`",
                 reason="UNKNOWN_KEY",
             )
         return policy, spec
