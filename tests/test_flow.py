@@ -187,3 +187,55 @@ def test_cancel_by_requester(clients: Clients) -> None:
     with pytest.raises(grpc.RpcError) as e:
         clients.approve("alice", r)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_watch_streams_new_and_changed_requests(clients: Clients) -> None:
+    """An officer's WatchRequests stream sees pending requests, then a new one and its changes."""
+    import queue
+    import threading
+
+    from signer.v1 import approval_pb2
+
+    seen: queue.Queue[types_pb2.SigningRequest] = queue.Queue()
+    stream = clients.approval("alice").WatchRequests(
+        approval_pb2.WatchRequestsRequest(), timeout=20
+    )
+
+    def consume() -> None:
+        try:
+            for item in stream:
+                seen.put(item.request)
+        except grpc.RpcError:
+            pass  # cancelled at the end of the test or deadline reached
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    r = clients.create()
+
+    def next_state(request_id: str, state: int) -> None:
+        while True:
+            item = seen.get(timeout=10)
+            if item.id == request_id and item.state == state:
+                return
+
+    next_state(r.id, PENDING)
+    clients.approve("bob", r)
+    clients.approve("carol", r)
+    next_state(r.id, SIGNED)
+    stream.cancel()
+    t.join(timeout=5)
+
+
+def test_list_keys_shows_every_configured_key(clients: Clients) -> None:
+    """ListKeys returns each signing key with algorithm, key id and PEM (not the audit key)."""
+    keys = clients.signing().ListKeys(signing_pb2.ListKeysRequest(), timeout=RPC_TIMEOUT).keys
+    by_name = {k.name: k for k in keys}
+    assert by_name["release"].algorithm == "ecdsa-p256"
+    assert "audit" not in by_name
+    for alg in DIGEST_ALGORITHMS:
+        k = by_name[f"k-{alg}"]
+        assert k.algorithm == alg
+        der = serialization.load_pem_public_key(k.public_key_pem.encode()).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        assert hashlib.sha256(der).hexdigest() == k.key_id
