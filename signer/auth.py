@@ -18,7 +18,8 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from signer.errors import PermissionDeniedError, SignerError, StoreError
+from signer.errors import PermissionDeniedError, SignerError, StoreError, UnauthenticatedError
+from signer.status import abort
 
 __all__ = [
     "ANY",
@@ -117,7 +118,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         certs = auth.get("x509_pem_cert") or []
         identity = identity_from_cert(certs[0]) if certs else ""
         if not identity:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+            abort(context, UnauthenticatedError("a client certificate is required"))
         allowed = self._rules.get(method)
         roles = self._roles_of(identity)
         if allowed is None:
@@ -136,6 +137,5 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         try:
             self._on_reject(identity, method, error)
         except StoreError as e:  # the rejection cannot be audited: fail closed
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
-        raise AssertionError("unreachable")  # context.abort raises
+            abort(context, e)
+        abort(context, error)

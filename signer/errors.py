@@ -15,6 +15,7 @@ once, and the gRPC servicer maps them to status codes exactly once.
     ├── InvalidArgumentError     malformed input (INVALID_ARGUMENT)
     │   └── EnvelopeError        a DSSE envelope that does not parse or verify
     ├── NotFoundError            unknown request or key (NOT_FOUND)
+    ├── UnauthenticatedError     no verified client identity (UNAUTHENTICATED)
     ├── PermissionDeniedError    the caller may not do this (PERMISSION_DENIED)
     ├── ConflictError            the request's state forbids this (FAILED_PRECONDITION)
     ├── AlreadyExistsError       idempotency key reused for another request
@@ -41,6 +42,7 @@ __all__ = [
     "TokenNotFoundError",
     "TokenPinError",
     "TooLargeError",
+    "UnauthenticatedError",
     "WeakKeyError",
 ]
 
@@ -93,6 +95,10 @@ class EnvelopeError(InvalidArgumentError):
 
 class NotFoundError(SignerError):
     default_reason = "NOT_FOUND"
+
+
+class UnauthenticatedError(SignerError):
+    default_reason = "NO_CLIENT_CERTIFICATE"
 
 
 class PermissionDeniedError(SignerError):

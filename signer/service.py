@@ -17,9 +17,6 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from signer.auth import current_identity, current_method
 from signer.convert import (
@@ -32,17 +29,15 @@ from signer.convert import (
 )
 from signer.core import Core
 from signer.errors import (
-    AlreadyExistsError,
-    ConflictError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     SignerError,
     StoreError,
     TokenError,
-    TooLargeError,
 )
 from signer.model import Request, State
+from signer.status import abort
 from signer.store.base import AuditFilter
 from signer.v1 import (
     approval_pb2,
@@ -54,36 +49,10 @@ from signer.v1 import (
     types_pb2,
 )
 
-__all__ = ["ApprovalService", "AuditService", "SigningService", "status_code_of"]
+__all__ = ["ApprovalService", "AuditService", "SigningService"]
 
 log = structlog.get_logger("signer.service")
-ERROR_DOMAIN = "signer.v1"
-_CODES: list[tuple[type[SignerError], grpc.StatusCode]] = [
-    (StoreError, grpc.StatusCode.UNAVAILABLE),
-    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
-    (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),
-    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
-    (TooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (TokenError, grpc.StatusCode.UNAVAILABLE),
-]
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def status_code_of(error: SignerError) -> grpc.StatusCode:
-    for cls, code in _CODES:
-        if isinstance(error, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def _abort(context: grpc.ServicerContext, error: SignerError) -> None:
-    code = status_code_of(error)
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
-    status = status_pb2.Status(code=code.value[0], message=str(error), details=[detail])
-    context.abort_with_status(rpc_status.to_status(status))
 
 
 def _rpc(method: F) -> F:
@@ -124,7 +93,7 @@ class _Base:
                 self.core.record_rejection(identity, method, error, str(getattr(request, "id", "")))
             except StoreError as e:
                 error = e
-        _abort(context, error)
+        abort(context, error)
 
     def _pb(self, r: Request) -> types_pb2.SigningRequest:
         policy = self.core.policies.get(r.key_name)

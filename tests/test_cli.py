@@ -60,7 +60,7 @@ def test_sign_wait_approve_verify(shared: Running, tmp_path: Path) -> None:
     assert shown["digests"][0]["artifact"] == "app.tar"
     _approver(shared, "alice", "approve", request_id, "--yes")
     _approver(shared, "carol", "approve", request_id, "--yes")
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     sig = tmp_path / "app.tar.sig"
     assert sig.exists()
