@@ -262,12 +262,12 @@ def _server(r: _Reader) -> ServerConfig:
 
 
 def _token(r: _Reader) -> TokenConfig:
+    if "pin" in r.table:
+        raise r.error("pin", "PINs are never written in config; use pin_file or pin_env")
     pin_file = r.path_of("pin_file", None)
     pin_env = r.get("pin_env", str, None)
     if (pin_file is None) == (pin_env is None):
         raise r.error("pin_file", "set exactly one of pin_file or pin_env (never the PIN itself)")
-    if "pin" in r.table:
-        raise r.error("pin", "PINs are never written in config; use pin_file or pin_env")
     return TokenConfig(
         module=r.get("module", str),
         label=r.get("label", str),

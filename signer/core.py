@@ -43,6 +43,7 @@ from signer.errors import (
     NotFoundError,
     PermissionDeniedError,
     SignerError,
+    StoreError,
     TokenError,
     TooLargeError,
 )
@@ -360,7 +361,12 @@ class Core:
         self.notifier.publish(request_id)
         log.info("decision recorded", request_id=request_id, decision=decision, approver=actor)
         if reached:
-            self._sign(request_id)
+            try:
+                self._sign(request_id)
+            except StoreError as e:
+                # The approval is durable; the signature is not released until its
+                # audit entry is. The sweeper (or recovery at start) signs it later.
+                log.error("signature not recorded; will retry", request_id=request_id, error=str(e))
         return self._get(request_id)
 
     def _check_binding(self, st: Statement, request: Request, actor: str, decision: str) -> None:

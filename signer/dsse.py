@@ -136,13 +136,14 @@ class Statement:
                 decision=d["decision"],
                 approver=_str(d, "approver"),
                 issued_at=parse_time(_str(d, "issued_at")),
-                reason=d.get("reason", ""),
+                reason=_str(d, "reason") if "reason" in d else "",
             )
+            canonical = st.to_bytes()
         except EnvelopeError:
             raise
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise EnvelopeError(f"approval statement is malformed: {e}") from None
-        if st.to_bytes() != payload:
+        if canonical != payload:
             raise EnvelopeError("approval statement is not in canonical JSON form")
         return st
 
@@ -171,7 +172,7 @@ class Envelope:
         if len(raw) > MAX_ENVELOPE_BYTES:
             raise EnvelopeError(f"the approval envelope is over {MAX_ENVELOPE_BYTES} bytes")
         try:
-            d = json.loads(raw)
+            d = json.loads(raw.decode("utf-8"))
             sigs = d["signatures"]
             if not isinstance(sigs, list) or len(sigs) != 1:
                 raise EnvelopeError("the approval envelope must carry exactly one signature")
@@ -184,7 +185,14 @@ class Envelope:
             )
         except EnvelopeError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+            binascii.Error,
+        ) as e:
             raise EnvelopeError(f"the approval envelope is not valid DSSE JSON: {e}") from None
         if env.payload_type != PAYLOAD_TYPE:
             raise EnvelopeError(f"payloadType must be {PAYLOAD_TYPE}, got {env.payload_type!r}")

@@ -3,7 +3,8 @@
 Writes go through `BEGIN IMMEDIATE ... COMMIT` on one connection guarded by a
 lock, so a transaction sees and changes a consistent state and concurrent
 approvals of one request are serialized. The audit table is append-only:
-triggers abort any UPDATE or DELETE. Every `sqlite3.Error` becomes a
+triggers abort any UPDATE or DELETE, and any INSERT (including INSERT OR
+REPLACE) that is not at the next index. Every `sqlite3.Error` becomes a
 `StoreError` here, which the service reports as UNAVAILABLE (fail closed).
 """
 
@@ -73,6 +74,9 @@ CREATE TABLE audit_log (
     key_name TEXT NOT NULL
 );
 CREATE INDEX audit_request ON audit_log (request_id);
+CREATE TRIGGER audit_log_append_only BEFORE INSERT ON audit_log
+WHEN NEW.idx IS NOT COALESCE((SELECT max(idx) FROM audit_log), -1) + 1
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: entries are added at the end'); END;
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
