@@ -54,10 +54,10 @@ __all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
 log = structlog.get_logger("signer.core")
 
-_ARTIFACT = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
-_CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}$")
-_REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_ARTIFACT = re.compile(r"^[^\x00-\x1f\x7f]{1,512}\Z")
+_CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+_IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}\Z")
+_REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _MAX_RECORDED_MESSAGE = 1024  # a rejected call cannot bloat the audit log
 
