@@ -10,6 +10,7 @@ start-up (DESIGN §4).
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import os
 import re
@@ -192,6 +193,14 @@ class _Reader:
         prefix = f"{self.prefix}.{key}" if self.prefix else key
         return _Reader(self.path, value, prefix)
 
+    def only(self, *allowed: str) -> None:
+        """Refuse keys this table does not have: a typo must not be silently ignored."""
+        for key in self.table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+                raise self.error(key, f"unknown setting; {hint}")
+
     def names(self, key: str, default: Any = ...) -> tuple[str, ...]:
         value = self.get(key, list, default)
         if not all(isinstance(v, str) for v in value):
@@ -210,14 +219,19 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     top = _Reader(path, raw, "")
+    top.only(
+        "server", "token", "store", "audit", "log", "identities", "approvers", "keys", "access"
+    )
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
     keys = _keys(top.sub("keys"), identities, approver_keys)
     audit = top.sub("audit")
+    audit.only("key")
     audit_key = audit.get("key", str)
     if audit_key in keys:
         raise audit.error("key", f"{audit_key!r} is also a signing key; use a separate key")
     log = top.sub("log", required=False)
+    log.only("format")
     log_format = log.get("format", str, "auto")
     if log_format not in ("auto", "json", "console"):
         raise log.error("format", "must be auto, json or console")
@@ -236,6 +250,7 @@ def load_config(path: Path) -> Config:
 
 
 def _server(r: _Reader) -> ServerConfig:
+    r.only("listen", "tls_cert", "tls_key", "client_ca", "max_message_bytes", "max_wait", "workers")
     listen = r.get("listen", str)
     if ":" not in listen:
         raise r.error("listen", f"{listen!r} must be HOST:PORT, e.g. 127.0.0.1:7443")
@@ -264,6 +279,7 @@ def _server(r: _Reader) -> ServerConfig:
 def _token(r: _Reader) -> TokenConfig:
     if "pin" in r.table:
         raise r.error("pin", "PINs are never written in config; use pin_file or pin_env")
+    r.only("module", "label", "pin_file", "pin_env", "softhsm2_conf")
     pin_file = r.path_of("pin_file", None)
     pin_env = r.get("pin_env", str, None)
     if (pin_file is None) == (pin_env is None):
@@ -278,6 +294,7 @@ def _token(r: _Reader) -> TokenConfig:
 
 
 def _store(r: _Reader) -> Path:
+    r.only("url")
     url = r.get("url", str)
     if not url.startswith("sqlite:///"):
         raise r.error("url", f"{url!r}: only sqlite:///PATH is supported (sqlite:////abs/path)")
@@ -323,6 +340,7 @@ def _keys(
     out = {}
     for name in r.table:
         k = r.sub(name)
+        k.only("algorithm", "approvers", "threshold", "requesters", "max_ttl")
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
         alg_name = k.get("algorithm", str, None)

@@ -438,3 +438,28 @@ def test_config_is_frozen(root: Path) -> None:
     cfg: Config = load_config(_write(root, _valid()))
     with pytest.raises(AttributeError):
         cfg.audit_key = "release"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "suggestion"),
+    [
+        (("keys", "release"), "requester", "requesters"),
+        (("server",), "listn", "listen"),
+        (("token",), "pinfile", "pin_file"),
+        ((), "acess", "access"),
+    ],
+)
+def test_unknown_settings_are_refused(
+    root: Path, table: tuple[str, ...], key: str, suggestion: str
+) -> None:
+    """A misspelt setting is an error naming it and the likely intended key, not ignored."""
+    cfg = _valid()
+    target = cfg
+    for part in table:
+        target = target[part]
+    target[key] = ["x"] if key == "requester" else ("x" if table else {})
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(root, cfg))
+    dotted = ".".join((*table, key))
+    assert f": {dotted}: unknown setting" in str(e.value)
+    assert repr(suggestion) in str(e.value)

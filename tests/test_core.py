@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -580,12 +580,13 @@ def test_unknown_request_is_not_found(world: World, rid: str) -> None:
     r = world.create()
     rid = rid.format(id=r.id)
     env = world.envelope("alice", r)
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: world.core.get_for_requester("ci", rid),
         lambda: world.core.get_for_approver("alice", rid),
         lambda: world.core.decide("alice", rid, env, "approve"),
         lambda: world.core.cancel("ci", rid, ""),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(NotFoundError):
             call()
 

@@ -148,7 +148,7 @@ def test_canonical_json_has_no_insignificant_whitespace(value: Any) -> None:
     assert not any(c in raw for c in b" \t\r\n")
 
 
-@given(st.text(st.characters(min_codepoint=0x80, blacklist_categories=("Cs",)), min_size=1))
+@given(st.text(st.characters(min_codepoint=0x80, blacklist_categories=["Cs"]), min_size=1))
 def test_canonical_json_is_utf8_not_escaped(text: str) -> None:
     """Non-ASCII characters are written as UTF-8, not as \\u escapes."""
     assert canonical_json(text) == b'"' + text.encode("utf-8") + b'"'

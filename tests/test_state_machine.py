@@ -162,7 +162,7 @@ class CoreMachine(RuleBasedStateMachine):
     def _envelope(self, officer: str, r: Request, tamper: str | None, **kw: Any) -> bytes:
         now = self.w.clock()
         other = {"alice": "bob", "bob": "carol", "carol": "dave", "dave": "alice"}[officer]
-        overrides: dict[str, Any] = {
+        table: dict[str | None, dict[str, Any]] = {
             None: {},
             "other-key": {"signer": other},
             "bit-flip": {},
@@ -172,7 +172,8 @@ class CoreMachine(RuleBasedStateMachine):
             "approver": {"approver": other},
             "future": {"issued_at": now + dt.timedelta(minutes=6)},
             "past": {"issued_at": r.created - dt.timedelta(minutes=6)},
-        }[tamper]
+        }
+        overrides = table[tamper]
         env = self.w.envelope(officer, r, **{**kw, **overrides})
         return _flip_sig(env) if tamper == "bit-flip" else env
 
@@ -217,7 +218,7 @@ class CoreMachine(RuleBasedStateMachine):
         idem=st.sampled_from(["", "", "retry-1", "retry-2"]),
     )
     def create(self, who: str, seed: int, n: int, ttl_minutes: int, idem: str) -> Any:
-        kw = {"ttl": dt.timedelta(minutes=ttl_minutes), "idempotency_key": idem}
+        kw: dict[str, Any] = {"ttl": dt.timedelta(minutes=ttl_minutes), "idempotency_key": idem}
         earlier = self.idempotent.get((who, idem)) if idem else None
         if earlier is not None and earlier[0] != (seed, n):
             try:
