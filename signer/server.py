@@ -74,26 +74,30 @@ class Server:
     @classmethod
     def build(cls, config: Config) -> Server:
         token = open_token(config)
+        store: Store | None = None
         try:
             keys = load_keys(config, token)
             store = SqliteStore(config.store_path)
+            core = Core(store, token, keys, config.keys, config.approver_keys)
+            server, port = _grpc_server(config, core)  # binds the port: fails early
+            core.record(
+                "server.started",
+                "signer",
+                {
+                    "version": __version__,
+                    "policy_hash": config.policy_hash,
+                    "listen": config.server.listen,
+                    "keys": {
+                        n: {"key_id": k.key_id, "algorithm": k.algorithm.name}
+                        for n, k in sorted(keys.items())
+                    },
+                },
+            )
         except BaseException:
+            if store is not None:
+                store.close()
             token.close()
             raise
-        core = Core(store, token, keys, config.keys, config.approver_keys)
-        core.record(
-            "server.started",
-            "signer",
-            {
-                "version": __version__,
-                "policy_hash": config.policy_hash,
-                "keys": {
-                    n: {"key_id": k.key_id, "algorithm": k.algorithm.name}
-                    for n, k in sorted(keys.items())
-                },
-            },
-        )
-        server, port = _grpc_server(config, core)
         return cls(config, token, store, core, server, port)
 
     def start(self) -> None:
@@ -162,7 +166,13 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int]:
         root_certificates=s.client_ca.read_bytes(),
         require_client_auth=True,
     )
-    port = server.add_secure_port(s.listen, creds)
+    try:
+        port = server.add_secure_port(s.listen, creds)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
-        raise ConfigError(f"{config.path}: server.listen: cannot listen on {s.listen}")
+        raise ConfigError(
+            f"{config.path}: server.listen: cannot listen on {s.listen} "
+            "(address in use or not local); choose another HOST:PORT"
+        )
     return server, port

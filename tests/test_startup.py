@@ -282,3 +282,15 @@ def test_every_start_records_policy_hash(fresh_env: Env) -> None:
     for f in fresh_env.root.glob("signer.db*"):
         assert pin not in f.read_bytes()
     assert pin.decode() not in (fresh_env.root / "server.log").read_text()
+
+
+def test_port_in_use_is_refused_before_anything_is_recorded(fresh_env: Env) -> None:
+    """A listen address already taken is a config error (exit 2); no server.started entry."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", fresh_env.port))
+        s.listen(1)
+        err = _refused(fresh_env, code=2)
+    assert "server.listen" in err and str(fresh_env.port) in err
+    assert not any(e["event"] == "server.started" for e in audit_events(fresh_env))
