@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 ANY = "*"  # any authenticated caller
+_ANY_ROLE = frozenset({"requester", "approver", "auditor", "admin"})
 DEFAULT_RULES: dict[str, frozenset[str]] = {
     **{
         f"/signer.v1.SigningService/{m}": frozenset({"requester"})
@@ -41,19 +42,26 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
             "CancelSigningRequest",
         )
     },
-    **{
-        f"/signer.v1.SigningService/{m}": frozenset({"requester", "approver", "auditor", "admin"})
-        for m in ("GetPublicKey", "ListKeys")
-    },
+    **{f"/signer.v1.SigningService/{m}": _ANY_ROLE for m in ("GetPublicKey", "ListKeys")},
     **{
         f"/signer.v1.ApprovalService/{m}": frozenset({"approver"})
         for m in ("ListRequests", "GetRequest", "Approve", "Deny", "WatchRequests")
     },
-    "/signer.v1.AuditService/ListAuditEvents": frozenset({"auditor"}),
+    **{
+        f"/signer.v1.AuditService/{m}": frozenset({"auditor"})
+        for m in (
+            "ListAuditEvents",
+            "GetCheckpoint",
+            "GetEntries",
+            "GetInclusionProof",
+            "GetConsistencyProof",
+        )
+    },
+    # Health/Watch is left without a rule: an open-ended stream would let any
+    # certificate holder pin worker threads. Reflection needs a role.
     "/grpc.health.v1.Health/Check": frozenset({ANY}),
-    "/grpc.health.v1.Health/Watch": frozenset({ANY}),
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset({ANY}),
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset({ANY}),
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY_ROLE,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY_ROLE,
 }
 
 current_identity: contextvars.ContextVar[str] = contextvars.ContextVar("identity", default="")

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer import __version__, logs
-from signer.admin import generate_key, list_keys, open_token
+from signer.admin import audit_verifier, generate_key, list_keys, open_token
 from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
+from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.client import Profile, RemoteError, load_profile
 from signer.clikit import (
     EXIT_FAILED,
@@ -37,7 +38,7 @@ from signer.clikit import (
 from signer.config import load_config, parse_duration
 from signer.convert import HASH_TO_PB
 from signer.devenv import init_devenv
-from signer.errors import ConfigError
+from signer.errors import ConfigError, VerificationError
 from signer.v1 import audit_pb2, audit_pb2_grpc, signing_pb2, signing_pb2_grpc, types_pb2
 from signer.verify import verify_digest
 
@@ -376,15 +377,24 @@ def _finish(
                 f"fetch it later with `signer status {request.id} --out FILE`"
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
-    _check_signatures(profile, stub, request)
+    proof = _check_signatures(profile, stub, request)
     targets = [out] if out is not None else [f.with_name(f.name + ".sig") for f in files]
     for path, sig in zip(targets, request.signatures, strict=True):
-        path.write_bytes(sig)
-        stderr.print(f"signature written to {path}")
+        _write_signature(path, sig, proof)
 
 
-def _check_signatures(profile: Profile, stub: Any, request: types_pb2.SigningRequest) -> None:
-    """Verify what the server returned against its public key before writing it."""
+def _write_signature(path: Path, signature: bytes, proof: SignedProof) -> None:
+    """The signature, and beside it the proof that it is on the audit log."""
+    path.write_bytes(signature)
+    proof_path = path.with_name(path.name + ".audit.json")
+    proof_path.write_text(json.dumps(proof.to_json(), indent=2) + "\n")
+    stderr.print(f"signature written to {path} (audit proof: {proof_path})")
+
+
+def _check_signatures(
+    profile: Profile, stub: Any, request: types_pb2.SigningRequest
+) -> SignedProof:
+    """Verify what the server returned (signatures, audit proof) before writing it."""
     key = call(
         profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=request.key_name)
     ).key
@@ -400,6 +410,22 @@ def _check_signatures(profile: Profile, stub: Any, request: types_pb2.SigningReq
             verify_digest(pub, digest["algorithm"], bytes.fromhex(digest["digest"]), sig)
         except InvalidSignature:
             fail(f"the signature for {digest['artifact']} does not verify; not written")
+    if profile.audit_verifier is None:
+        raise ConfigError(
+            f"profile {profile.path} has no audit_verifier: the signature cannot be checked "
+            "against the audit log; add the string printed by `signer audit verifier`"
+        )
+    if not request.HasField("audit_proof"):
+        fail(f"the server returned no audit proof for request {request.id}; not written")
+    p = request.audit_proof
+    proof = SignedProof(p.index, p.entry, p.tree_size, list(p.inclusion_proof), p.checkpoint)
+    try:
+        verify_signed_proof(
+            proof, profile.audit_verifier, request.id, request.key_id, list(request.signatures)
+        )
+    except VerificationError as e:
+        fail(f"the audit proof for request {request.id} does not verify: {e}; not written")
+    return proof
 
 
 @main.command()
@@ -428,9 +454,7 @@ def status(
         if out is not None:
             if d["state"] != "SIGNED" or len(r.signatures) != 1:
                 fail(f"request {request_id} is {d['state']}; no single signature to write")
-            _check_signatures(profile, stub, r)
-            out.write_bytes(r.signatures[0])
-            stderr.print(f"signature written to {out}")
+            _write_signature(out, r.signatures[0], _check_signatures(profile, stub, r))
 
 
 def _show_request(d: dict[str, Any]) -> None:
@@ -564,6 +588,14 @@ def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an ISO time", param_hint=hint) from None
     return ts
+
+
+@audit.command("verifier")
+@_config_opt
+@handle_errors
+def audit_verifier_cmd(config_path: Path) -> None:
+    """Print the audit key's signed-note verifier string (pin it in profiles)."""
+    click.echo(audit_verifier(config_path))
 
 
 @audit.command("list")

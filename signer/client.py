@@ -19,9 +19,10 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from signer.audit.note import Verifier
 from signer.auth import identity_from_cert
 from signer.config import parse_duration
-from signer.errors import ConfigError
+from signer.errors import ConfigError, VerificationError
 
 __all__ = ["Profile", "RemoteError", "load_profile", "remote_error"]
 
@@ -37,6 +38,7 @@ class Profile:
     approval_passphrase_file: Path | None = None
     approval_passphrase_env: str | None = None
     timeout: dt.timedelta = dt.timedelta(seconds=30)
+    audit_verifier: Verifier | None = None
 
     @property
     def identity(self) -> str:
@@ -93,6 +95,12 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         timeout = parse_duration(str(raw.get("timeout", "30s")))
     except ValueError as e:
         raise ConfigError(f"profile {path}: timeout: {e}") from None
+    verifier = None
+    if raw.get("audit_verifier") is not None:
+        try:
+            verifier = Verifier.parse(str(raw["audit_verifier"]))
+        except VerificationError as e:
+            raise ConfigError(f"profile {path}: audit_verifier: {e}") from None
     ca, cert, key = file("ca"), file("cert"), file("key")
     assert ca is not None and cert is not None and key is not None
     return Profile(
@@ -105,6 +113,7 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         approval_passphrase_file=file("approval_key_passphrase_file", required=False),
         approval_passphrase_env=raw.get("approval_key_passphrase_env"),
         timeout=timeout,
+        audit_verifier=verifier,
     )
 
 

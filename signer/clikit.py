@@ -139,5 +139,5 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for c in columns:
         table.add_column(c, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # data, never rich markup
     Console(width=None if sys.stdout.isatty() else 160).print(table)

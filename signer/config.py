@@ -131,6 +131,7 @@ class Config:
     token: TokenConfig
     store_path: Path
     audit_key: str
+    audit_origin: str
     identities: Mapping[str, frozenset[str]]
     approver_keys: Mapping[str, ed25519.Ed25519PublicKey]
     keys: Mapping[str, KeyPolicy]
@@ -226,8 +227,14 @@ def load_config(path: Path) -> Config:
     approver_keys = _approver_keys(top.sub("approvers"), identities)
     keys = _keys(top.sub("keys"), identities, approver_keys)
     audit = top.sub("audit")
-    audit.only("key")
+    audit.only("key", "origin")
     audit_key = audit.get("key", str)
+    audit_origin = audit.get("origin", str, "signer")
+    if not audit_origin or any(ord(c) < 33 or c == "+" for c in audit_origin):
+        raise audit.error(
+            "origin",
+            "must be non-empty, without spaces, '+' or control characters, e.g. example.com/signer",
+        )
     if audit_key in keys:
         raise audit.error("key", f"{audit_key!r} is also a signing key; use a separate key")
     log = top.sub("log", required=False)
@@ -241,6 +248,7 @@ def load_config(path: Path) -> Config:
         token=_token(top.sub("token")),
         store_path=_store(top.sub("store")),
         audit_key=audit_key,
+        audit_origin=audit_origin,
         identities=identities,
         approver_keys=approver_keys,
         keys=keys,
@@ -316,7 +324,7 @@ def _identities(r: _Reader) -> dict[str, frozenset[str]]:
 def _approver_keys(
     r: _Reader, identities: Mapping[str, frozenset[str]]
 ) -> dict[str, ed25519.Ed25519PublicKey]:
-    out = {}
+    out: dict[str, ed25519.Ed25519PublicKey] = {}
     for name in r.table:
         if "approver" not in identities.get(name, frozenset()):
             raise r.error(name, f"{name!r} has no approver role; add it under [identities]")
@@ -328,6 +336,20 @@ def _approver_keys(
             raise r.error(name, f"cannot load public key {p}: {e}") from None
         if not isinstance(key, ed25519.Ed25519PublicKey):
             raise r.error(name, f"{p} is not an Ed25519 public key (make one: approver keygen)")
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        twin = next(
+            (
+                n
+                for n, k in out.items()
+                if k.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw
+            ),
+            None,
+        )
+        if twin is not None:
+            raise r.error(
+                name,
+                f"uses the same public key as {twin!r}; one person, one key (quorum counts people)",
+            )
         out[name] = key
     return out
 

@@ -7,7 +7,7 @@ import datetime as dt
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer.audit.entry import AuditEntry
-from signer.core import KeySpec
+from signer.core import AuditProof, KeySpec
 from signer.errors import InvalidArgumentError
 from signer.model import Approval, Digest, Request, State
 from signer.v1 import audit_pb2, types_pb2
@@ -18,14 +18,17 @@ __all__ = [
     "STATE_FROM_PB",
     "STATE_TO_PB",
     "audit_event_pb",
+    "audit_proof_pb",
     "digest_from_pb",
     "digest_pb",
     "duration",
     "key_info_pb",
     "request_pb",
+    "time_of",
     "timestamp",
 ]
 
+_MAX_SECONDS = 100 * 366 * 86400
 HASH_TO_PB = {
     "sha256": types_pb2.HASH_ALGORITHM_SHA256,
     "sha384": types_pb2.HASH_ALGORITHM_SHA384,
@@ -47,7 +50,17 @@ def duration(pb: duration_pb2.Duration) -> dt.timedelta | None:
     """A Duration field as timedelta; None when unset or zero."""
     if pb.seconds < 0 or pb.nanos < 0:
         raise InvalidArgumentError("durations must not be negative", reason="BAD_TTL")
+    if pb.seconds > _MAX_SECONDS:
+        raise InvalidArgumentError("durations must be under 100 years", reason="BAD_TTL")
     return pb.ToTimedelta() if (pb.seconds or pb.nanos) else None
+
+
+def time_of(pb: timestamp_pb2.Timestamp) -> dt.datetime:
+    """A Timestamp field as an aware datetime; out-of-range values are bad input."""
+    try:
+        return pb.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError("timestamp out of range", reason="BAD_TIME") from None
 
 
 def digest_from_pb(i: int, d: types_pb2.Digest) -> Digest:
@@ -93,6 +106,16 @@ def request_pb(r: Request, threshold: int) -> types_pb2.SigningRequest:
         approvals=[_approval_pb(a) for a in r.approvals],
         signatures=list(r.signatures),
         status_message=r.status_message,
+    )
+
+
+def audit_proof_pb(p: AuditProof) -> types_pb2.AuditProof:
+    return types_pb2.AuditProof(
+        index=p.index,
+        entry=p.entry,
+        tree_size=p.tree_size,
+        inclusion_proof=p.inclusion_proof,
+        checkpoint=p.checkpoint,
     )
 
 

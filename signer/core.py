@@ -23,14 +23,18 @@ import re
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import HASH_SIZES, KeyAlgorithm
+from signer.audit import merkle
+from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.config import KeyPolicy
 from signer.dsse import Envelope, Statement
@@ -50,11 +54,15 @@ from signer.errors import (
 from signer.model import Approval, Digest, Request, State
 from signer.store.base import AuditFilter, Store, Tx
 
-__all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
+__all__ = ["LIMITS", "AuditProof", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
 log = structlog.get_logger("signer.core")
 
-_ARTIFACT = re.compile(r"^[^\x00-\x1f\x7f]{1,512}\Z")
+# No C0/C1 controls, bidi overrides or line separators: what officers are shown is
+# what is signed, with nothing hidden or reordered on their terminal.
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_ARTIFACT = re.compile(f"^[^{_UNSAFE}]{{1,512}}\\Z")
+_SAFE_TEXT = re.compile(f"^[^{_UNSAFE}]*\\Z")
 _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}\Z")
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
@@ -69,6 +77,8 @@ class Limits:
     max_context_value: int = 1024
     max_reason: int = 1024
     min_ttl: dt.timedelta = dt.timedelta(seconds=1)
+    max_pending_per_requester: int = 100
+    max_rejections_per_minute: int = 60  # audited per identity; the rest are counted
 
 
 LIMITS = Limits()
@@ -80,6 +90,17 @@ class DigestSigner(Protocol):
     def sign_digest(
         self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
     ) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class AuditProof:
+    """An entry, its RFC 9162 inclusion proof and the signed checkpoint it is proven in."""
+
+    index: int
+    entry: bytes
+    tree_size: int
+    inclusion_proof: list[bytes]
+    checkpoint: str
 
 
 @dataclass(frozen=True)
@@ -135,6 +156,7 @@ class Core:
         clock: Callable[[], dt.datetime] = _utcnow,
         limits: Limits = LIMITS,
         notifier: Notifier | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.store = store
         self.token = token
@@ -144,8 +166,19 @@ class Core:
         self.clock = clock
         self.limits = limits
         self.notifier = notifier or Notifier()
+        self.checkpointer = checkpointer
         self._signing: set[str] = set()
         self._signing_lock = threading.Lock()
+        self._rejections: dict[str, tuple[int, int, int]] = {}  # minute, recorded, suppressed
+        self._rejections_lock = threading.Lock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        """A store transaction that ends with a signed checkpoint over what it appended."""
+        with self.store.transaction() as tx:
+            yield tx
+            if tx.appended and self.checkpointer is not None:
+                self.checkpointer.cover(tx)
 
     # -- requests -----------------------------------------------------------
 
@@ -196,7 +229,7 @@ class Core:
             updated=now,
             idempotency_key=idempotency_key,
         )
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             if idempotency_key:
                 found = tx.find_idempotent(actor, idempotency_key)
                 if found is not None:
@@ -207,6 +240,12 @@ class Core:
                             f"{earlier.id} with other parameters; use a new key"
                         )
                     return earlier
+            if tx.count_pending(actor) >= self.limits.max_pending_per_requester:
+                raise TooLargeError(
+                    f"{actor!r} already has {self.limits.max_pending_per_requester} pending "
+                    "requests; wait for decisions or cancel some",
+                    reason="TOO_MANY_PENDING",
+                )
             tx.insert_request(request, params)
             tx.append_audit(
                 now,
@@ -249,18 +288,25 @@ class Core:
             )
         return request
 
-    def wait(self, actor: str, request_id: str, timeout: dt.timedelta) -> Request:
-        """Return once the request is terminal or `timeout` has passed."""
+    def wait(
+        self,
+        actor: str,
+        request_id: str,
+        timeout: dt.timedelta,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> Request:
+        """Return once the request is terminal, `timeout` has passed or the caller left."""
         deadline = self.clock() + timeout
         while True:
             since = self.notifier.version
             request = self.get_for_requester(actor, request_id)
             remaining = (deadline - self.clock()).total_seconds()
-            if request.terminal or remaining <= 0:
+            if request.terminal or remaining <= 0 or not alive():
                 return request
-            # Wake at expiry time too, so an EXPIRED state is seen promptly.
+            # Wake at expiry time too, so an EXPIRED state is seen promptly, and at least
+            # every second to notice a caller that went away.
             until_expiry = (request.expires - self.clock()).total_seconds() + 0.05
-            self.notifier.wait(since, min(remaining, max(until_expiry, 0.05), 5.0))
+            self.notifier.wait(since, min(remaining, max(until_expiry, 0.05), 1.0))
             if request.state is State.PENDING and self.clock() >= request.expires:
                 self.expire_due()
 
@@ -268,7 +314,7 @@ class Core:
         self._check_reason(reason)
         self._expire_if_due(request_id)
         now = self.clock()
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             request = self._get_in(tx, request_id)
             if request.requester != actor:
                 raise PermissionDeniedError(
@@ -288,7 +334,7 @@ class Core:
         keys = frozenset(n for n, p in self.policies.items() if actor in p.approvers)
         if not keys:
             return []
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             return tx.list_requests(states, keys, after, limit)
 
     # -- approvals ------------------------------------------------------------
@@ -305,7 +351,7 @@ class Core:
         self._expire_if_due(request_id)
         now = self.clock()
         reached = False
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             request = self._get_in(tx, request_id)
             policy = self.policies.get(request.key_name)
             if policy is None or actor not in policy.approvers:
@@ -405,11 +451,17 @@ class Core:
         """Approvers making a valid quorum for `request`, or None (invariant 2)."""
         policy = self.policies.get(request.key_name)
         spec = self.keys.get(request.key_name)
-        if policy is None or spec is None or spec.key_id != request.key_id:
+        if (
+            policy is None
+            or spec is None
+            or spec.key_id != request.key_id
+            or spec.algorithm.name != request.algorithm
+        ):
             return None
         if any(a.decision == "deny" for a in request.approvals):
             return None
         valid: set[str] = set()
+        keys_used: set[bytes] = set()  # one key counts once, whatever names it is under
         for a in request.approvals:
             key = self.approver_keys.get(a.approver)
             if (
@@ -424,6 +476,10 @@ class Core:
                 self._check_binding(st, request, a.approver, "approve")
             except EnvelopeError:
                 continue
+            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            if raw in keys_used:
+                continue
+            keys_used.add(raw)
             valid.add(a.approver)
         return sorted(valid) if len(valid) >= policy.threshold else None
 
@@ -460,7 +516,7 @@ class Core:
             self._fail(request, f"the token failed to sign: {e}")
             return
         now = self.clock()
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             current = self._get_in(tx, request_id)
             if current.state is not State.APPROVED:
                 return
@@ -483,7 +539,7 @@ class Core:
 
     def _fail(self, request: Request, why: str) -> None:
         now = self.clock()
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             if self._get_in(tx, request.id).state is not State.APPROVED:
                 return
             tx.set_state(request.id, State.FAILED, now, why)
@@ -494,7 +550,7 @@ class Core:
 
     def recover(self, min_age: dt.timedelta = dt.timedelta(0)) -> int:
         """Sign APPROVED requests left unsigned (crash, store outage). Returns how many."""
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             ids = tx.ids_in_state(State.APPROVED)
         cutoff = self.clock() - min_age
         done = 0
@@ -509,7 +565,7 @@ class Core:
     def expire_due(self) -> int:
         """Move PENDING requests past their TTL to EXPIRED, with audit entries."""
         now = self.clock()
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             ids = tx.pending_due(now)
             for rid in ids:
                 request = self._get_in(tx, rid)
@@ -542,26 +598,102 @@ class Core:
         key_name: str = "",
     ) -> AuditEntry:
         """Append a stand-alone audit event (server start, key generation, rejections)."""
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             return tx.append_audit(self.clock(), event, actor, request_id, key_name, details)
 
     def record_rejection(
         self, actor: str, method: str, error: SignerError, request_id: str = ""
     ) -> None:
-        self.record(
-            "call.rejected",
-            actor,
-            {
-                "method": method,
-                "reason": error.reason,
-                "message": str(error)[:_MAX_RECORDED_MESSAGE],
-            },
-            request_id=request_id if _REQUEST_ID.match(request_id) else "",
-        )
+        """Audit a rejected call; past the per-identity rate, count it into the next entry."""
+        with self._rejections_lock:
+            minute = int(self.clock().timestamp() // 60)
+            start, recorded, suppressed = self._rejections.get(actor, (minute, 0, 0))
+            if start != minute:
+                start, recorded = minute, 0
+            if recorded >= self.limits.max_rejections_per_minute:
+                self._rejections[actor] = (start, recorded, suppressed + 1)
+                log.warning("rejection not audited: rate exceeded", identity=actor)
+                return
+            self._rejections[actor] = (start, recorded + 1, 0)
+        details: dict[str, Any] = {
+            "method": method,
+            "reason": error.reason,
+            "message": str(error)[:_MAX_RECORDED_MESSAGE],
+        }
+        if suppressed:
+            details["suppressed_before"] = suppressed
+        try:
+            self.record(
+                "call.rejected",
+                actor,
+                details,
+                request_id=request_id if _REQUEST_ID.match(request_id) else "",
+            )
+        except SignerError:
+            with self._rejections_lock:  # not recorded: keep counting it
+                s, r, n = self._rejections[actor]
+                self._rejections[actor] = (s, r, n + suppressed)
+            raise
 
     def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             return tx.list_audit(f, after, limit)
+
+    # -- the tree (DESIGN §6) ------------------------------------------------------
+
+    def latest_checkpoint(self) -> tuple[int, str]:
+        with self._tx() as tx:
+            found = tx.checkpoint()
+        if found is None:
+            raise NotFoundError("the audit log has no checkpoint yet", reason="NO_CHECKPOINT")
+        return found
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        with self._tx() as tx:
+            size = tx.tree_size()
+            if not 0 <= start <= size or end < start:
+                raise InvalidArgumentError(
+                    f"entries [{start}, {end}) are outside the log of {size} entries",
+                    reason="BAD_RANGE",
+                )
+            return tx.entries(start, min(end, size, start + 1000))
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        with self._tx() as tx:
+            current = tx.tree_size()
+            if not 0 <= index < size <= current:
+                raise InvalidArgumentError(
+                    f"need 0 <= index < tree_size <= {current}; got index {index}, "
+                    f"tree_size {size}",
+                    reason="BAD_RANGE",
+                )
+            return merkle.inclusion_proof(tx, index, size)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        with self._tx() as tx:
+            current = tx.tree_size()
+            if not 0 < first <= second <= current:
+                raise InvalidArgumentError(
+                    f"need 0 < first <= second <= {current}; got {first}, {second}",
+                    reason="BAD_RANGE",
+                )
+            return merkle.consistency_proof(tx, first, second)
+
+    def audit_proof(self, request_id: str) -> AuditProof | None:
+        """Where a SIGNED request's request.signed entry is, proven in the latest checkpoint."""
+        with self._tx() as tx:
+            index = tx.signed_entry(request_id)
+            found = tx.checkpoint()
+            if index is None or found is None or found[0] <= index:
+                return None
+            size, note = found
+            return AuditProof(
+                index,
+                tx.entries(index, index + 1)[0],
+                size,
+                merkle.inclusion_proof(tx, index, size),
+                note,
+            )
 
     # -- helpers -------------------------------------------------------------------
 
@@ -575,7 +707,7 @@ class Core:
         return policy, spec
 
     def _get(self, request_id: str) -> Request:
-        with self.store.transaction() as tx:
+        with self._tx() as tx:
             return self._get_in(tx, request_id)
 
     @staticmethod
@@ -641,7 +773,7 @@ class Core:
                     f"context key {k[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . -",
                     reason="BAD_CONTEXT",
                 )
-            if len(v) > self.limits.max_context_value or any(ord(c) < 32 for c in v):
+            if len(v) > self.limits.max_context_value or not _SAFE_TEXT.match(v):
                 raise InvalidArgumentError(
                     f"context value for {k!r} must be at most {self.limits.max_context_value} "
                     "characters without control characters",

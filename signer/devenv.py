@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from signer import approval_keys, softhsm
-from signer.admin import generate_key
+from signer.admin import audit_verifier, generate_key
 from signer.algorithms import algorithm
 from signer.errors import ConfigError
 from signer.tls import DevCA, write_private
@@ -65,13 +65,13 @@ def init_devenv(root: Path, listen: str) -> list[str]:
         approval_keys.generate(root / "approvers" / f"{name}.key")
 
     (root / "signer.toml").write_text(_server_config(listen))
-    for name, role in _CLIENTS.items():
-        (root / "profiles" / f"{name}.toml").write_text(_profile(name, role, listen))
-
     # Keys are generated through the admin path so their creation is audited.
     config_path = root / "signer.toml"
-    generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
     generate_key(config_path, "audit", algorithm("ed25519"), actor="signer init")
+    generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
+    verifier = audit_verifier(config_path)
+    for name, role in _CLIENTS.items():
+        (root / "profiles" / f"{name}.toml").write_text(_profile(name, role, listen, verifier))
     return sorted(
         str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "tokens" not in p.parts
     )
@@ -104,6 +104,7 @@ url = "sqlite:///signer.db"
 
 [audit]
 key = "audit"                  # ed25519 key in the token for checkpoints
+origin = "localhost/signer-dev"  # the log's name in its checkpoints
 
 [log]
 format = "auto"                # json | console | auto (console on a terminal)
@@ -125,7 +126,7 @@ max_ttl = "1h"
 """
 
 
-def _profile(name: str, role: str, listen: str) -> str:
+def _profile(name: str, role: str, listen: str, verifier: str) -> str:
     text = f"""\
 # client profile for {name} ({role})
 server = "{listen}"
@@ -133,6 +134,7 @@ ca = "../tls/ca.pem"
 cert = "../tls/{name}.pem"
 key = "../tls/{name}.key"
 timeout = "30s"
+audit_verifier = "{verifier}"   # pinned: proofs must be signed by this audit key
 """
     if role == "approver":
         text += f'approval_key = "../approvers/{name}.key"\n'

@@ -110,7 +110,7 @@ class Statement:
     @classmethod
     def from_bytes(cls, payload: bytes) -> Statement:
         try:
-            d = json.loads(payload)
+            d = json.loads(payload, object_pairs_hook=_no_duplicates)
             if not isinstance(d, dict):
                 raise EnvelopeError("approval statement must be a JSON object")
             expected = {
@@ -148,6 +148,14 @@ class Statement:
         return st
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a repeated key read differently to different parsers: refuse."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise EnvelopeError("a JSON object in the approval repeats a key")
+    return d
+
+
 def _str(d: dict[str, Any], key: str) -> str:
     v = d[key]
     if not isinstance(v, str):
@@ -172,7 +180,7 @@ class Envelope:
         if len(raw) > MAX_ENVELOPE_BYTES:
             raise EnvelopeError(f"the approval envelope is over {MAX_ENVELOPE_BYTES} bytes")
         try:
-            d = json.loads(raw.decode("utf-8"))
+            d = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
             sigs = d["signatures"]
             if not isinstance(sigs, list) or len(sigs) != 1:
                 raise EnvelopeError("the approval envelope must carry exactly one signature")

@@ -19,7 +19,8 @@ once, and the gRPC servicer maps them to status codes exactly once.
     ├── PermissionDeniedError    the caller may not do this (PERMISSION_DENIED)
     ├── ConflictError            the request's state forbids this (FAILED_PRECONDITION)
     ├── AlreadyExistsError       idempotency key reused for another request
-    └── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
+    ├── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
+    └── VerificationError        a proof, checkpoint or signed note does not verify
 
 Every error carries a short machine-readable `reason` (UPPER_SNAKE) that
 clients branch on; the message is for people.
@@ -43,6 +44,7 @@ __all__ = [
     "TokenPinError",
     "TooLargeError",
     "UnauthenticatedError",
+    "VerificationError",
     "WeakKeyError",
 ]
 
@@ -115,3 +117,7 @@ class AlreadyExistsError(SignerError):
 
 class TooLargeError(SignerError):
     default_reason = "TOO_LARGE"
+
+
+class VerificationError(SignerError):
+    default_reason = "VERIFICATION_FAILED"

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
-from signer.admin import open_token
+from signer.admin import checkpointer_for, open_token
 from signer.auth import DEFAULT_RULES, AuthInterceptor
 from signer.config import Config
 from signer.core import Core, KeySpec
@@ -78,7 +78,14 @@ class Server:
         try:
             keys = load_keys(config, token)
             store = SqliteStore(config.store_path)
-            core = Core(store, token, keys, config.keys, config.approver_keys)
+            core = Core(
+                store,
+                token,
+                keys,
+                config.keys,
+                config.approver_keys,
+                checkpointer=checkpointer_for(config, token),
+            )
             server, port = _grpc_server(config, core)  # binds the port: fails early
             core.record(
                 "server.started",

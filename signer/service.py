@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 
+from signer.audit.entry import AuditEntry
 from signer.auth import current_identity, current_method
 from signer.convert import (
     STATE_FROM_PB,
     audit_event_pb,
+    audit_proof_pb,
     digest_from_pb,
     duration,
     key_info_pb,
     request_pb,
+    time_of,
 )
 from signer.core import Core
 from signer.errors import (
@@ -35,6 +40,7 @@ from signer.errors import (
     SignerError,
     StoreError,
     TokenError,
+    TooLargeError,
 )
 from signer.model import Request, State
 from signer.status import abort
@@ -97,7 +103,12 @@ class _Base:
 
     def _pb(self, r: Request) -> types_pb2.SigningRequest:
         policy = self.core.policies.get(r.key_name)
-        return request_pb(r, policy.threshold if policy else 0)
+        pb = request_pb(r, policy.threshold if policy else 0)
+        if r.state is State.SIGNED:
+            proof = self.core.audit_proof(r.id)
+            if proof is not None:
+                pb.audit_proof.CopyFrom(audit_proof_pb(proof))
+        return pb
 
     def _wait_budget(
         self, requested: dt.timedelta | None, context: grpc.ServicerContext
@@ -110,6 +121,30 @@ class _Base:
 
 
 class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
+    max_waits_per_identity = 16  # long polls one identity may hold at once
+
+    def __init__(self, core: Core, max_wait: dt.timedelta) -> None:
+        super().__init__(core, max_wait)
+        self._waits: dict[str, int] = {}
+        self._waits_lock = threading.Lock()
+
+    @contextmanager
+    def _waiting(self, identity: str) -> Iterator[None]:
+        """Bound the worker threads one identity can hold in long polls."""
+        with self._waits_lock:
+            if self._waits.get(identity, 0) >= self.max_waits_per_identity:
+                raise TooLargeError(
+                    f"{identity!r} already has {self.max_waits_per_identity} waits open; "
+                    "wait on fewer requests at once",
+                    reason="TOO_MANY_WAITS",
+                )
+            self._waits[identity] = self._waits.get(identity, 0) + 1
+        try:
+            yield
+        finally:
+            with self._waits_lock:
+                self._waits[identity] -= 1
+
     @_rpc
     def CreateSigningRequest(
         self, request: signing_pb2.CreateSigningRequestRequest, context: grpc.ServicerContext
@@ -137,7 +172,9 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
         self, request: signing_pb2.WaitSigningRequestRequest, context: grpc.ServicerContext
     ) -> signing_pb2.WaitSigningRequestResponse:
         budget = self._wait_budget(duration(request.timeout), context)
-        r = self.core.wait(current_identity.get(), request.id, budget)
+        identity = current_identity.get()
+        with self._waiting(identity):
+            r = self.core.wait(identity, request.id, budget, alive=context.is_active)
         return signing_pb2.WaitSigningRequestResponse(request=self._pb(r), done=r.terminal)
 
     @_rpc
@@ -170,7 +207,9 @@ def _page(token: str, size: int, default: int, maximum: int) -> tuple[int, int]:
     try:
         after = int(token) if token else -1
     except ValueError:
-        raise InvalidArgumentError("page_token is not one this server issued") from None
+        after = -2
+    if not -1 <= after < 2**62:
+        raise InvalidArgumentError("page_token is not one this server issued")
     return after, min(size or default, maximum)
 
 
@@ -181,7 +220,7 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
     def ListRequests(
         self, request: approval_pb2.ListRequestsRequest, context: grpc.ServicerContext
     ) -> approval_pb2.ListRequestsResponse:
-        after, size = _page(request.page_token, request.page_size, 50, 500)
+        after, size = _page(request.page_token, request.page_size, 20, 50)
         state = STATE_FROM_PB.get(request.state, State.PENDING)
         rows = self.core.list_for_approver(current_identity.get(), frozenset({state}), after, size)
         token = str(rows[-1][0]) if len(rows) == size else ""
@@ -217,7 +256,7 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
         identity = current_identity.get()
         version = self.core.notifier.version
         after = -1
-        while rows := self.core.list_for_approver(identity, frozenset({State.PENDING}), after, 500):
+        while rows := self.core.list_for_approver(identity, frozenset({State.PENDING}), after, 50):
             for seq, r in rows:
                 yield approval_pb2.WatchRequestsResponse(request=self._pb(r))
                 after = seq
@@ -243,11 +282,41 @@ class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
             actor=request.actor,
             request_id=request.request_id,
             key_name=request.key_name,
-            start=request.start_time.ToDatetime(dt.UTC) if request.HasField("start_time") else None,
-            end=request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None,
+            start=time_of(request.start_time) if request.HasField("start_time") else None,
+            end=time_of(request.end_time) if request.HasField("end_time") else None,
         )
         entries = self.core.list_audit(f, after, size)
         token = str(entries[-1].index) if len(entries) == size else ""
         return audit_pb2.ListAuditEventsResponse(
             events=[audit_event_pb(e) for e in entries], next_page_token=token
         )
+
+    @_rpc
+    def GetCheckpoint(
+        self, request: audit_pb2.GetCheckpointRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetCheckpointResponse:
+        size, note = self.core.latest_checkpoint()
+        return audit_pb2.GetCheckpointResponse(tree_size=size, checkpoint=note)
+
+    @_rpc
+    def GetEntries(
+        self, request: audit_pb2.GetEntriesRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetEntriesResponse:
+        raw = self.core.entries(request.start, request.end)
+        return audit_pb2.GetEntriesResponse(
+            events=[audit_event_pb(AuditEntry.from_bytes(e)) for e in raw]
+        )
+
+    @_rpc
+    def GetInclusionProof(
+        self, request: audit_pb2.GetInclusionProofRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetInclusionProofResponse:
+        hashes = self.core.inclusion_proof(request.index, request.tree_size)
+        return audit_pb2.GetInclusionProofResponse(hashes=hashes)
+
+    @_rpc
+    def GetConsistencyProof(
+        self, request: audit_pb2.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.GetConsistencyProofResponse:
+        hashes = self.core.consistency_proof(request.first, request.second)
+        return audit_pb2.GetConsistencyProofResponse(hashes=hashes)

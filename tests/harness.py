@@ -121,6 +121,7 @@ class Env:
             'ca = "../tls/ca.pem"',
             f'cert = "../tls/{name}.pem"',
             f'key = "../tls/{name}.key"',
+            f'audit_verifier = "{self.profile("ci").audit_verifier}"',
         ]
         cfg = self.read_config()
         if roles:

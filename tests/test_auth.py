@@ -44,6 +44,10 @@ RPCS: list[tuple[str, str, type[Message], bool]] = [
     ("ApprovalService", "Deny", approval_pb2.DenyRequest, False),
     ("ApprovalService", "WatchRequests", approval_pb2.WatchRequestsRequest, True),
     ("AuditService", "ListAuditEvents", audit_pb2.ListAuditEventsRequest, False),
+    ("AuditService", "GetCheckpoint", audit_pb2.GetCheckpointRequest, False),
+    ("AuditService", "GetEntries", audit_pb2.GetEntriesRequest, False),
+    ("AuditService", "GetInclusionProof", audit_pb2.GetInclusionProofRequest, False),
+    ("AuditService", "GetConsistencyProof", audit_pb2.GetConsistencyProofRequest, False),
 ]
 _RPC_IDS = [f"{s}.{m}" for s, m, _, _ in RPCS]
 # Identities that hold a role, but not one the method allows.

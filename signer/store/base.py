@@ -31,7 +31,13 @@ class AuditFilter:
 
 
 class Tx(abc.ABC):
-    """One transaction. Everything written through it commits or rolls back together."""
+    """One transaction. Everything written through it commits or rolls back together.
+
+    It is also the Merkle tree's node source (`perfect`), so tree reads see the
+    transaction's own appends.
+    """
+
+    appended: int  # entries appended through this transaction
 
     @abc.abstractmethod
     def get_request(self, request_id: str) -> Request | None: ...
@@ -61,6 +67,9 @@ class Tx(abc.ABC):
         """Requests in `states` (and keys), by creation order, after position `after`."""
 
     @abc.abstractmethod
+    def count_pending(self, requester: str) -> int: ...
+
+    @abc.abstractmethod
     def pending_due(self, now: dt.datetime) -> list[str]:
         """Ids of PENDING requests whose expiry time has passed."""
 
@@ -81,6 +90,28 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
         """Entries matching `f` with index > `after`, oldest first."""
+
+    @abc.abstractmethod
+    def perfect(self, level: int, index: int) -> bytes:
+        """Hash of the complete subtree of 2**level leaves starting at index * 2**level."""
+
+    @abc.abstractmethod
+    def tree_size(self) -> int: ...
+
+    @abc.abstractmethod
+    def put_checkpoint(self, size: int, note: str) -> None: ...
+
+    @abc.abstractmethod
+    def checkpoint(self, size: int | None = None) -> tuple[int, str] | None:
+        """The checkpoint for `size` (default: the latest) as (size, signed note)."""
+
+    @abc.abstractmethod
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """Canonical bytes of entries [start, end)."""
+
+    @abc.abstractmethod
+    def signed_entry(self, request_id: str) -> int | None:
+        """Index of the request.signed entry of a request."""
 
 
 class Store(abc.ABC):

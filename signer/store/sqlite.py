@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from signer.audit import merkle
 from signer.audit.entry import AuditEntry
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import StoreError
@@ -49,6 +50,7 @@ CREATE TABLE requests (
     UNIQUE (requester, idempotency_key)
 );
 CREATE INDEX requests_state ON requests (state, expires);
+CREATE INDEX requests_requester ON requests (requester, state);
 CREATE TABLE approvals (
     request_id TEXT NOT NULL REFERENCES requests (id),
     approver TEXT NOT NULL,
@@ -74,6 +76,20 @@ CREATE TABLE audit_log (
     key_name TEXT NOT NULL
 );
 CREATE INDEX audit_request ON audit_log (request_id);
+CREATE TABLE audit_nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
+CREATE TRIGGER audit_nodes_no_update BEFORE UPDATE ON audit_nodes
+BEGIN SELECT RAISE(ABORT, 'the audit tree is append-only'); END;
+CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are never changed'); END;
 CREATE TRIGGER audit_log_append_only BEFORE INSERT ON audit_log
 WHEN NEW.idx IS NOT COALESCE((SELECT max(idx) FROM audit_log), -1) + 1
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: entries are added at the end'); END;
@@ -152,6 +168,7 @@ class SqliteStore(Store):
 class _SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self.appended = 0
 
     def _request(self, row: tuple[Any, ...]) -> Request:
         (
@@ -280,6 +297,13 @@ class _SqliteTx(Tx):
         rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [(row[0], self._request(row[1:])) for row in rows]
 
+    def count_pending(self, requester: str) -> int:
+        (n,) = self._db.execute(
+            "SELECT count(*) FROM requests WHERE requester = ? AND state = 'PENDING'",
+            (requester,),
+        ).fetchone()
+        return int(n)
+
     def pending_due(self, now: dt.datetime) -> list[str]:
         return [
             r
@@ -297,6 +321,52 @@ class _SqliteTx(Tx):
             )
         ]
 
+    # -- the Merkle tree over the log (DESIGN §6) -------------------------------
+
+    def perfect(self, level: int, index: int) -> bytes:
+        row = self._db.execute(
+            "SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None:
+            raise StoreError(
+                f"audit tree node ({level}, {index}) is missing; the database is damaged"
+            )
+        return bytes(row[0])
+
+    def tree_size(self) -> int:
+        (last,) = self._db.execute("SELECT max(idx) FROM audit_log").fetchone()
+        return 0 if last is None else int(last) + 1
+
+    def put_checkpoint(self, size: int, note: str) -> None:
+        self._db.execute("INSERT INTO checkpoints VALUES (?, ?)", (size, note))
+
+    def checkpoint(self, size: int | None = None) -> tuple[int, str] | None:
+        if size is None:
+            row = self._db.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT size, note FROM checkpoints WHERE size = ?", (size,)
+            ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        return [
+            bytes(e)
+            for (e,) in self._db.execute(
+                "SELECT entry FROM audit_log WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            )
+        ]
+
+    def signed_entry(self, request_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT idx FROM audit_log WHERE request_id = ? AND event = 'request.signed'",
+            (request_id,),
+        ).fetchone()
+        return int(row[0]) if row else None
+
     def append_audit(
         self,
         when: dt.datetime,
@@ -306,12 +376,18 @@ class _SqliteTx(Tx):
         key_name: str,
         details: dict[str, Any],
     ) -> AuditEntry:
-        (last,) = self._db.execute("SELECT max(idx) FROM audit_log").fetchone()
-        entry = AuditEntry(0 if last is None else last + 1, when, event, actor, request_id, details)
+        size = self.tree_size()
+        entry = AuditEntry(size, when, event, actor, request_id, details)
+        raw = entry.to_bytes()
         self._db.execute(
             "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?)",
-            (entry.index, entry.to_bytes(), format_time(when), event, actor, request_id, key_name),
+            (entry.index, raw, format_time(when), event, actor, request_id, key_name),
         )
+        self._db.executemany(
+            "INSERT INTO audit_nodes VALUES (?,?,?)",
+            merkle.new_nodes(self, size, merkle.leaf_hash(raw)),
+        )
+        self.appended += 1
         return entry
 
     def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:

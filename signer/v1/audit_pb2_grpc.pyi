@@ -35,6 +35,14 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]
     """Lists audit events, oldest first, with filters."""
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]
+    """Returns the latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
+    GetEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetEntriesRequest, _audit_pb2.GetEntriesResponse]
+    """Returns entries [start, end) of the log, at most 1000 per call."""
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
+    """Returns the RFC 9162 inclusion proof of one entry in a tree size."""
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
+    """Returns the RFC 9162 consistency proof between two tree sizes."""
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -43,6 +51,14 @@ class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists audit events, oldest first, with filters."""
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """Returns the latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
+    GetEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetEntriesRequest, _audit_pb2.GetEntriesResponse]  # type: ignore[assignment]
+    """Returns entries [start, end) of the log, at most 1000 per call."""
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
+    """Returns the RFC 9162 inclusion proof of one entry in a tree size."""
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
+    """Returns the RFC 9162 consistency proof between two tree sizes."""
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """AuditService is what auditors call."""
@@ -54,5 +70,37 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_pb2.ListAuditEventsResponse]]:
         """Lists audit events, oldest first, with filters."""
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _audit_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetCheckpointResponse, _abc.Awaitable[_audit_pb2.GetCheckpointResponse]]:
+        """Returns the latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
+
+    @_abc_1.abstractmethod
+    def GetEntries(
+        self,
+        request: _audit_pb2.GetEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetEntriesResponse, _abc.Awaitable[_audit_pb2.GetEntriesResponse]]:
+        """Returns entries [start, end) of the log, at most 1000 per call."""
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _audit_pb2.GetInclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetInclusionProofResponse, _abc.Awaitable[_audit_pb2.GetInclusionProofResponse]]:
+        """Returns the RFC 9162 inclusion proof of one entry in a tree size."""
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _audit_pb2.GetConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetConsistencyProofResponse, _abc.Awaitable[_audit_pb2.GetConsistencyProofResponse]]:
+        """Returns the RFC 9162 consistency proof between two tree sizes."""
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

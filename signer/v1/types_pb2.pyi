@@ -189,6 +189,7 @@ class SigningRequest(_message.Message):
     APPROVALS_FIELD_NUMBER: _builtins.int
     SIGNATURES_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    AUDIT_PROOF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     key_name: _builtins.str
     key_id: _builtins.str
@@ -216,6 +217,10 @@ class SigningRequest(_message.Message):
     def signatures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """One signature per digest, same order, present once SIGNED."""
 
+    @_builtins.property
+    def audit_proof(self) -> Global___AuditProof:
+        """Once SIGNED: the request.signed audit entry and its inclusion in a signed checkpoint."""
+
     def __init__(
         self,
         *,
@@ -234,14 +239,55 @@ class SigningRequest(_message.Message):
         approvals: _abc.Iterable[Global___Approval] | None = ...,
         signatures: _abc.Iterable[_builtins.bytes] | None = ...,
         status_message: _builtins.str = ...,
+        audit_proof: Global___AuditProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_proof", b"audit_proof", "create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "approvals", b"approvals", "context", b"context", "create_time", b"create_time", "digests", b"digests", "expire_time", b"expire_time", "id", b"id", "key_id", b"key_id", "key_name", b"key_name", "requester", b"requester", "signatures", b"signatures", "state", b"state", "status_message", b"status_message", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "approvals", b"approvals", "audit_proof", b"audit_proof", "context", b"context", "create_time", b"create_time", "digests", b"digests", "expire_time", b"expire_time", "id", b"id", "key_id", b"key_id", "key_name", b"key_name", "requester", b"requester", "signatures", b"signatures", "state", b"state", "status_message", b"status_message", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SigningRequest: _TypeAlias = SigningRequest  # noqa: Y015
+
+@_typing.final
+class AuditProof(_message.Message):
+    """Proof that an audit entry is in the log: RFC 9162 inclusion in a signed checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the entry (its leaf) in the log."""
+    entry: _builtins.bytes
+    """The entry's canonical JSON bytes; its leaf hash is SHA-256(0x00 || entry)."""
+    tree_size: _builtins.int
+    """Size of the tree the proof and checkpoint are for."""
+    checkpoint: _builtins.str
+    """C2SP tlog-checkpoint signed note for tree_size, signed by the audit key."""
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 inclusion proof (audit path), leaf to root."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        entry: _builtins.bytes = ...,
+        tree_size: _builtins.int = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        checkpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entry", b"entry", "inclusion_proof", b"inclusion_proof", "index", b"index", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditProof: _TypeAlias = AuditProof  # noqa: Y015
 
 @_typing.final
 class KeyInfo(_message.Message):
