@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from signer import __version__, logs
 from signer.admin import audit_verifier, generate_key, list_keys, open_token
 from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
+from signer.audit import merkle
+from signer.audit.note import Checkpoint, Verifier, open_note
+from signer.audit.offline import verify_dir
 from signer.audit.proofs import SignedProof, verify_signed_proof
+from signer.auditor import fetch
 from signer.client import Profile, RemoteError, load_profile
 from signer.clikit import (
     EXIT_FAILED,
@@ -598,52 +604,161 @@ def audit_verifier_cmd(config_path: Path) -> None:
     click.echo(audit_verifier(config_path))
 
 
+def _audit_filters(fn: Any) -> Any:
+    """The filters shared by `audit list` and `audit export`."""
+    for opt in reversed(
+        [
+            click.option("--event", default="", help="e.g. request.signed"),
+            click.option("--actor", default="", help="Who acted (any identity)."),
+            click.option("--approver", default="", help="Decisions by this officer."),
+            click.option("--requester", default="", help="Events of requests made by this CI."),
+            click.option("--request", "request_id", default=""),
+            click.option("--key", "key_name", default=""),
+            click.option("--since", help="ISO time, inclusive."),
+            click.option("--until", help="ISO time, exclusive."),
+            click.option(
+                "--limit", default=1_000_000, show_default=True, type=click.IntRange(1, 10_000_000)
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def _audit_events(profile: Profile, f: dict[str, Any]) -> Iterator[audit_pb2.AuditEvent]:
+    if f["approver"] and f["actor"] and f["approver"] != f["actor"]:
+        raise click.UsageError("--approver and --actor name different identities")
+    req = audit_pb2.ListAuditEventsRequest(
+        event=f["event"],
+        actor=f["approver"] or f["actor"],
+        request_id=f["request_id"],
+        key_name=f["key_name"],
+        requester=f["requester"],
+        start_time=_time(f["since"], "--since"),
+        end_time=_time(f["until"], "--until"),
+        page_size=1000,
+    )
+    left = f["limit"]
+    with stubs(profile, audit_pb2_grpc.AuditServiceStub) as (stub,):
+        while left > 0:
+            resp = call(profile, stub.ListAuditEvents, req)
+            for e in resp.events[:left]:
+                if f["approver"] and e.event not in ("request.approved", "request.denied"):
+                    continue
+                yield e
+            left -= len(resp.events)
+            if not resp.next_page_token:
+                return
+            req.page_token = resp.next_page_token
+
+
 @audit.command("list")
 @profile_opt
 @server_opt
-@click.option("--event", default="", help="e.g. request.signed")
-@click.option("--actor", default="")
-@click.option("--request", "request_id", default="")
-@click.option("--key", "key_name", default="")
-@click.option("--since", help="ISO time, inclusive.")
-@click.option("--until", help="ISO time, exclusive.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
+@_audit_filters
 @json_opt
 @handle_errors
 def audit_list(
-    profile_path: Path | None,
-    server: str | None,
-    event: str,
-    actor: str,
-    request_id: str,
-    key_name: str,
-    since: str | None,
-    until: str | None,
-    limit: int,
-    as_json: bool,
+    profile_path: Path | None, server: str | None, as_json: bool, **filters: Any
 ) -> None:
     """List audit events, oldest first, with filters."""
-    profile = load_profile(profile_path, server)
-    events: list[audit_pb2.AuditEvent] = []
-    req = audit_pb2.ListAuditEventsRequest(
-        event=event,
-        actor=actor,
-        request_id=request_id,
-        key_name=key_name,
-        start_time=_time(since, "--since"),
-        end_time=_time(until, "--until"),
-        page_size=min(limit, 1000),
-    )
-    with stubs(profile, audit_pb2_grpc.AuditServiceStub) as (stub,):
-        while len(events) < limit:
-            resp = call(profile, stub.ListAuditEvents, req)
-            events += resp.events
-            if not resp.next_page_token:
-                break
-            req.page_token = resp.next_page_token
-    events = events[:limit]
+    events = list(_audit_events(load_profile(profile_path, server), filters))
     if as_json:
         print_json([json.loads(e.entry) for e in events])
         return
     rows = [[str(e.index), e.time.ToJsonString(), e.event, e.actor, e.request_id] for e in events]
     print_table("audit events", ["#", "time", "event", "actor", "request"], rows)
+
+
+@audit.command("export")
+@profile_opt
+@server_opt
+@_audit_filters
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@handle_errors
+def audit_export(profile_path: Path | None, server: str | None, fmt: str, **filters: Any) -> None:
+    """Write matching entries to stdout, one canonical JSON entry per line."""
+    for e in _audit_events(load_profile(profile_path, server), filters):
+        click.echo(e.entry.decode())
+
+
+@audit.command("show")
+@click.argument("index", type=click.IntRange(0))
+@profile_opt
+@server_opt
+@handle_errors
+def audit_show(index: int, profile_path: Path | None, server: str | None) -> None:
+    """Show one entry in full, with its inclusion proof in the latest checkpoint."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, audit_pb2_grpc.AuditServiceStub) as (stub,):
+        got = call(
+            profile, stub.GetEntries, audit_pb2.GetEntriesRequest(start=index, end=index + 1)
+        ).events
+        if not got:
+            fail(f"no entry {index} in the log")
+        cp = call(profile, stub.GetCheckpoint, audit_pb2.GetCheckpointRequest())
+        proof = call(
+            profile,
+            stub.GetInclusionProof,
+            audit_pb2.GetInclusionProofRequest(index=index, tree_size=cp.tree_size),
+        )
+    entry = got[0].entry
+    checked = "not checked (no audit_verifier in the profile)"
+    if profile.audit_verifier is not None:
+        checkpoint = Checkpoint.parse(open_note(cp.checkpoint, [profile.audit_verifier]))
+        merkle.verify_inclusion(
+            merkle.leaf_hash(entry), index, checkpoint.size, list(proof.hashes), checkpoint.root
+        )
+        checked = f"included in the signed checkpoint of size {checkpoint.size}"
+    print_json(json.loads(entry))
+    stderr.print(f"entry {index}: {checked}")
+
+
+@audit.command("fetch")
+@profile_opt
+@server_opt
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the local copy (created; updated incrementally).",
+)
+@handle_errors
+def audit_fetch(profile_path: Path | None, server: str | None, out: Path) -> None:
+    """Fetch new entries, verifying the checkpoint and consistency with the last fetch."""
+    result = fetch(load_profile(profile_path, server), out)
+    click.echo(
+        f"fetched {result.new_size - result.old_size} entries; {out} holds "
+        f"{result.new_size}, consistent with the last verified checkpoint"
+    )
+
+
+@audit.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--verifier",
+    "vkey",
+    required=True,
+    help="Audit verifier key (name+keyid+key) or a file holding it.",
+)
+@json_opt
+@handle_errors
+def audit_verify(directory: Path, vkey: str, as_json: bool) -> None:
+    """Verify a fetched log offline: tree, checkpoints, and every signature's quorum."""
+    text = Path(vkey).read_text().strip() if Path(vkey).is_file() else vkey
+    try:
+        verifier = Verifier.parse(text)
+    except VerificationError as e:
+        raise ConfigError(f"--verifier: {e}") from None
+    try:
+        report = verify_dir(directory, verifier)
+    except VerificationError as e:
+        fail(f"verification FAILED: {e}")
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    click.echo(
+        f"OK: {report.entries} entries, {report.checkpoints} checkpoints signed by "
+        f"{verifier.name}; {report.signed} signatures each backed by a valid quorum "
+        f"({report.approvals} approvals verified, {report.policies} policies in force)"
+    )

@@ -142,8 +142,12 @@ class Config:
         return self.identities.get(identity, frozenset())
 
     @property
-    def policy_hash(self) -> str:
-        """SHA-256 over the canonical policy: keys, identities, approver keys, access."""
+    def policy_document(self) -> dict[str, Any]:
+        """The policy in force: keys, identities, approver keys (raw hex), access rules.
+
+        Recorded whole in the audit log at start-up, so an auditor can check every
+        signature's quorum offline under the policy that was in force.
+        """
         approver_keys = {
             name: key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
             for name, key in self.approver_keys.items()
@@ -155,7 +159,12 @@ class Config:
             "access": {m: sorted(r) for m, r in self.access.items()},
             "audit_key": self.audit_key,
         }
-        return hashlib.sha256(canonical_json(policy)).hexdigest()
+        return policy
+
+    @property
+    def policy_hash(self) -> str:
+        """SHA-256 over the canonical policy document."""
+        return hashlib.sha256(canonical_json(self.policy_document)).hexdigest()
 
 
 class _Reader:

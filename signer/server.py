@@ -93,6 +93,7 @@ class Server:
                 {
                     "version": __version__,
                     "policy_hash": config.policy_hash,
+                    "policy": config.policy_document,
                     "listen": config.server.listen,
                     "keys": {
                         n: {"key_id": k.key_id, "algorithm": k.algorithm.name}

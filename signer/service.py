@@ -282,6 +282,7 @@ class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
             actor=request.actor,
             request_id=request.request_id,
             key_name=request.key_name,
+            requester=request.requester,
             start=time_of(request.start_time) if request.HasField("start_time") else None,
             end=time_of(request.end_time) if request.HasField("end_time") else None,
         )

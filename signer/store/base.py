@@ -26,6 +26,7 @@ class AuditFilter:
     actor: str = ""
     request_id: str = ""
     key_name: str = ""
+    requester: str = ""  # events of requests made by this requester
     start: dt.datetime | None = None
     end: dt.datetime | None = None
 

@@ -402,6 +402,9 @@ class _SqliteTx(Tx):
             if value:
                 sql += f" AND {column} = ?"
                 args.append(value)
+        if f.requester:
+            sql += " AND request_id IN (SELECT id FROM requests WHERE requester = ?)"
+            args.append(f.requester)
         if f.start is not None:
             sql += " AND time >= ?"
             args.append(format_time(f.start))

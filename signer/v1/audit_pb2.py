@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signer/v1/audit.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\nAuditEvent\x12\r\n\x05index\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x65ntry\x18\x06 \x01(\x0c\"\xe1\x01\n\x16ListAuditEventsRequest\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.signer.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetCheckpointRequest\">\n\x15GetCheckpointResponse\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\";\n\x12GetEntriesResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.signer.v1.AuditEvent\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"+\n\x19GetInclusionProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32\xcd\x03\n\x0c\x41uditService\x12X\n\x0fListAuditEvents\x12!.signer.v1.ListAuditEventsRequest\x1a\".signer.v1.ListAuditEventsResponse\x12R\n\rGetCheckpoint\x12\x1f.signer.v1.GetCheckpointRequest\x1a .signer.v1.GetCheckpointResponse\x12I\n\nGetEntries\x12\x1c.signer.v1.GetEntriesRequest\x1a\x1d.signer.v1.GetEntriesResponse\x12^\n\x11GetInclusionProof\x12#.signer.v1.GetInclusionProofRequest\x1a$.signer.v1.GetInclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.signer.v1.GetConsistencyProofRequest\x1a&.signer.v1.GetConsistencyProofResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signer/v1/audit.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\nAuditEvent\x12\r\n\x05index\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x65ntry\x18\x06 \x01(\x0c\"\xf4\x01\n\x16ListAuditEventsRequest\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x11\n\trequester\x18\t \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.signer.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetCheckpointRequest\">\n\x15GetCheckpointResponse\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\"/\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x03\";\n\x12GetEntriesResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.signer.v1.AuditEvent\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"+\n\x19GetInclusionProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\x32\xcd\x03\n\x0c\x41uditService\x12X\n\x0fListAuditEvents\x12!.signer.v1.ListAuditEventsRequest\x1a\".signer.v1.ListAuditEventsResponse\x12R\n\rGetCheckpoint\x12\x1f.signer.v1.GetCheckpointRequest\x1a .signer.v1.GetCheckpointResponse\x12I\n\nGetEntries\x12\x1c.signer.v1.GetEntriesRequest\x1a\x1d.signer.v1.GetEntriesResponse\x12^\n\x11GetInclusionProof\x12#.signer.v1.GetInclusionProofRequest\x1a$.signer.v1.GetInclusionProofResponse\x12\x64\n\x13GetConsistencyProof\x12%.signer.v1.GetConsistencyProofRequest\x1a&.signer.v1.GetConsistencyProofResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITEVENT']._serialized_start=70
   _globals['_AUDITEVENT']._serialized_end=204
   _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=207
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=432
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=434
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=523
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=525
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=547
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=549
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=611
-  _globals['_GETENTRIESREQUEST']._serialized_start=613
-  _globals['_GETENTRIESREQUEST']._serialized_end=660
-  _globals['_GETENTRIESRESPONSE']._serialized_start=662
-  _globals['_GETENTRIESRESPONSE']._serialized_end=721
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=723
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=783
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=785
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=828
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=830
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=889
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=891
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=936
-  _globals['_AUDITSERVICE']._serialized_start=939
-  _globals['_AUDITSERVICE']._serialized_end=1400
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=451
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=453
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=542
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=544
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=566
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=568
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=630
+  _globals['_GETENTRIESREQUEST']._serialized_start=632
+  _globals['_GETENTRIESREQUEST']._serialized_end=679
+  _globals['_GETENTRIESRESPONSE']._serialized_start=681
+  _globals['_GETENTRIESRESPONSE']._serialized_end=740
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=742
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=802
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=804
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=847
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=849
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=908
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=910
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=955
+  _globals['_AUDITSERVICE']._serialized_start=958
+  _globals['_AUDITSERVICE']._serialized_end=1419
 # @@protoc_insertion_point(module_scope)
