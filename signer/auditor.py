@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from signer.audit import merkle
-from signer.audit.note import Checkpoint, Verifier, open_note
+from signer.audit.note import Checkpoint, open_checkpoint
 from signer.audit.offline import LogDir
 from signer.client import Profile, remote_error
 from signer.errors import ConfigError, VerificationError
@@ -31,16 +31,6 @@ __all__ = ["FetchResult", "fetch"]
 class FetchResult:
     old_size: int
     new_size: int
-
-
-def _open(note: str, verifier: Verifier, where: str) -> Checkpoint:
-    try:
-        cp = Checkpoint.parse(open_note(note, [verifier]))
-    except VerificationError as e:
-        raise VerificationError(f"{where}: {e}") from None
-    if cp.origin != verifier.name:
-        raise VerificationError(f"{where}: origin {cp.origin!r} is not {verifier.name!r}")
-    return cp
 
 
 def _write_atomic(path: Path, data: str) -> None:
@@ -58,7 +48,7 @@ def fetch(profile: Profile, out: Path) -> FetchResult:
     log.history.mkdir(exist_ok=True)
     old: Checkpoint | None = None
     if log.checkpoint.exists():
-        old = _open(log.checkpoint.read_text(), verifier, str(log.checkpoint))
+        old = open_checkpoint(log.checkpoint.read_text(), verifier, str(log.checkpoint))
     local = list(log.read_entries())
     size, root = merkle.root_from_leaves(merkle.leaf_hash(e) for e in local)
     if old is not None and (size, root) != (old.size, old.root):
@@ -71,7 +61,7 @@ def fetch(profile: Profile, out: Path) -> FetchResult:
         with profile.channel() as channel:
             stub = audit_pb2_grpc.AuditServiceStub(channel)
             note = stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=timeout)
-            new = _open(note.checkpoint, verifier, "the server's checkpoint")
+            new = open_checkpoint(note.checkpoint, verifier, "the server's checkpoint")
             if old is not None:
                 _check_extends(stub, old, new, timeout)
             fresh: list[bytes] = []

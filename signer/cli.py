@@ -22,7 +22,7 @@ from signer import __version__, logs
 from signer.admin import audit_verifier, generate_key, list_keys, open_token
 from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
 from signer.audit import merkle
-from signer.audit.note import Checkpoint, Verifier, open_note
+from signer.audit.note import Verifier, open_checkpoint
 from signer.audit.offline import verify_dir
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.auditor import fetch
@@ -705,7 +705,7 @@ def audit_show(index: int, profile_path: Path | None, server: str | None) -> Non
     entry = got[0].entry
     checked = "not checked (no audit_verifier in the profile)"
     if profile.audit_verifier is not None:
-        checkpoint = Checkpoint.parse(open_note(cp.checkpoint, [profile.audit_verifier]))
+        checkpoint = open_checkpoint(cp.checkpoint, profile.audit_verifier)
         merkle.verify_inclusion(
             merkle.leaf_hash(entry), index, checkpoint.size, list(proof.hashes), checkpoint.root
         )

@@ -35,6 +35,7 @@ __all__ = [
     "Checkpoint",
     "Verifier",
     "key_id",
+    "open_checkpoint",
     "open_note",
     "sign_note",
 ]
@@ -326,3 +327,14 @@ def _origin_problem(origin: str) -> str | None:
     if "\n" in origin or _FORBIDDEN.search(origin):
         return f"the origin {origin!r} has a newline or a control character"
     return None
+
+
+def open_checkpoint(note: str, verifier: Verifier, where: str = "checkpoint") -> Checkpoint:
+    """A checkpoint signed by `verifier` for its own origin; errors say `where`."""
+    try:
+        cp = Checkpoint.parse(open_note(note, [verifier]))
+    except VerificationError as e:
+        raise VerificationError(f"{where}: {e}") from None
+    if cp.origin != verifier.name:
+        raise VerificationError(f"{where}: origin {cp.origin!r} is not {verifier.name!r}")
+    return cp

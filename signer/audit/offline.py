@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
-from signer.audit.note import Checkpoint, Verifier, open_note
+from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.dsse import Envelope
 from signer.encoding import canonical_json
 from signer.errors import EnvelopeError, VerificationError
@@ -208,12 +208,7 @@ def verify_dir(path: Path, verifier: Verifier) -> Report:
     report = Report()
     by_size: dict[int, Checkpoint] = {}
     for p, note in [*log.notes(), (log.checkpoint, log.checkpoint.read_text())]:
-        try:
-            cp = Checkpoint.parse(open_note(note, [verifier]))
-        except VerificationError as e:
-            raise VerificationError(f"{p}: {e}") from None
-        if cp.origin != verifier.name:
-            raise VerificationError(f"{p}: origin {cp.origin!r} is not {verifier.name!r}")
+        cp = open_checkpoint(note, verifier, str(p))
         if cp.size in by_size and by_size[cp.size].root != cp.root:
             raise VerificationError(
                 f"two checkpoints of size {cp.size} have different roots: the log forked"

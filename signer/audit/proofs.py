@@ -17,7 +17,7 @@ from typing import Any
 
 from signer.audit import merkle
 from signer.audit.entry import AuditEntry
-from signer.audit.note import Checkpoint, Verifier, open_note
+from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.errors import VerificationError
 
 __all__ = ["SignedProof", "verify_signed_proof"]
@@ -62,7 +62,7 @@ def verify_signed_proof(
     signatures: list[bytes],
 ) -> Checkpoint:
     """Raise VerificationError unless the proof puts exactly these signatures on the log."""
-    checkpoint = Checkpoint.parse(open_note(proof.checkpoint, [verifier]))
+    checkpoint = open_checkpoint(proof.checkpoint, verifier)
     if checkpoint.size != proof.tree_size:
         raise VerificationError(
             f"the checkpoint is for {checkpoint.size} entries, the proof for {proof.tree_size}"
