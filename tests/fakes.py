@@ -4,8 +4,10 @@
 P-256 keys held in memory (so signatures verify like the token's), and can be
 told to fail (`TokenError`) or to "crash" the process mid-signing. `make_world`
 builds a real `Core` over a real `SqliteStore` in a temporary directory with
-the `release` key under a 2-of-3 policy, in-memory Ed25519 approver keys and
-an injectable clock. The PKCS#11 module is never loaded here.
+the `release` key under a 2-of-3 policy, in-memory Ed25519 approver keys, an
+injectable clock and (unless turned off) an audit `Checkpointer` whose Ed25519
+key lives in memory, so every transaction that appends entries ends with a
+signed checkpoint as in the real server. The PKCS#11 module is never loaded here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
+from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
+from signer.audit.note import Verifier
 from signer.config import KeyPolicy
 from signer.core import LIMITS, Core, KeySpec, Limits
 from signer.dsse import Statement, sign_statement
@@ -31,6 +35,7 @@ from signer.model import Digest, Request, State
 from signer.store import SqliteStore
 
 __all__ = [
+    "AUDIT_ORIGIN",
     "OFFICERS",
     "START",
     "FakeClock",
@@ -40,11 +45,13 @@ __all__ = [
     "ec_key_spec",
     "make_envelope",
     "make_world",
+    "memory_checkpointer",
     "sha256_digest",
 ]
 
 START = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
 OFFICERS = ("alice", "bob", "carol", "dave")  # dave has a key but is in no policy
+AUDIT_ORIGIN = "test/log"
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
@@ -115,6 +122,12 @@ def ec_key_spec(name: str, public_key: ec.EllipticCurvePublicKey) -> KeySpec:
     return KeySpec(name, ALGORITHMS[curve], hashlib.sha256(der).hexdigest(), pem)
 
 
+def memory_checkpointer(origin: str = AUDIT_ORIGIN) -> Checkpointer:
+    """A Checkpointer signing with a fresh Ed25519 key held in memory (the token's audit key)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    return Checkpointer(origin, key.public_key(), key.sign)
+
+
 def sha256_digest(data: bytes, artifact: str = "artifact.bin") -> Digest:
     return Digest("sha256", hashlib.sha256(data).digest(), artifact)
 
@@ -146,6 +159,7 @@ class World:
     keys: dict[str, KeySpec]
     policies: dict[str, KeyPolicy]
     limits: Limits
+    checkpointer: Checkpointer | None = None
     store: SqliteStore = field(init=False)
     core: Core = field(init=False)
 
@@ -162,11 +176,18 @@ class World:
             {n: k.public_key() for n, k in self.officers.items()},
             clock=self.clock,
             limits=self.limits,
+            checkpointer=self.checkpointer,
         )
 
     @property
     def policy(self) -> KeyPolicy:
         return self.policies["release"]
+
+    @property
+    def verifier(self) -> Verifier:
+        """What an auditor pins to open this world's checkpoints."""
+        assert self.checkpointer is not None, "this world was made with checkpoints=False"
+        return self.checkpointer.verifier
 
     def restart(self) -> Core:
         """Close the store and build a new Core over the same file (no recover())."""
@@ -259,8 +280,13 @@ def make_world(
     max_ttl: dt.timedelta = dt.timedelta(hours=1),
     limits: Limits = LIMITS,
     clock: FakeClock | None = None,
+    checkpoints: bool = True,
 ) -> World:
-    """`release` (ecdsa-p256), 2-of-3 alice/bob/carol, requesters ci and carol."""
+    """`release` (ecdsa-p256), 2-of-3 alice/bob/carol, requesters ci and carol.
+
+    With `checkpoints` (the default) the Core signs a checkpoint at the end of
+    every transaction that appends entries, as the server does.
+    """
     token = FakeToken()
     spec = token.add_key("release")
     policy = KeyPolicy(
@@ -279,4 +305,5 @@ def make_world(
         keys={"release": spec},
         policies={"release": policy},
         limits=limits,
+        checkpointer=memory_checkpointer() if checkpoints else None,
     )

@@ -7,12 +7,18 @@ SQLite file, then recover()). After every step the store is read back and
 checked independently of the core: every SIGNED request has m valid, bound,
 distinct approvals re-verified with the officers' keys and exactly one
 matching request.signed entry; every state change and decision has its audit
-entry; the log is gap-free and canonical; states only move forward.
+entry; the log is gap-free and canonical; states only move forward. The
+Merkle tree is checked the same way (invariant 4): the latest checkpoint
+covers every entry, opens with the pinned verifier and has the root
+recomputed from the entries; every older checkpoint is unchanged and
+consistent with it; no size has two; and every SIGNED request's audit proof
+verifies against it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -34,7 +40,10 @@ from hypothesis.stateful import (
     rule,
 )
 
+from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
+from signer.audit.note import Checkpoint, open_note
+from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.dsse import Envelope
 from signer.errors import (
     AlreadyExistsError,
@@ -45,7 +54,7 @@ from signer.errors import (
 )
 from signer.model import Digest, Request, State
 from signer.verify import verify_digest
-from tests.fakes import SimulatedCrash, World, make_world
+from tests.fakes import AUDIT_ORIGIN, SimulatedCrash, World, make_world
 
 # Where a request may be one step later (a step may approve and sign at once).
 _NEXT: dict[State, frozenset[State]] = {
@@ -94,6 +103,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.last_state: dict[str, State] = {}
         self.signatures: dict[str, tuple[bytes, ...]] = {}
         self.audit_bytes: list[bytes] = []
+        self.checkpoints: dict[int, tuple[str, Checkpoint]] = {}  # size -> (note, opened)
 
     def teardown(self) -> None:
         self.w.close()
@@ -138,6 +148,50 @@ class CoreMachine(RuleBasedStateMachine):
             rows = db.execute("SELECT idx, entry FROM audit_log ORDER BY idx").fetchall()
         assert [i for i, _ in rows] == list(range(len(rows))), "audit index gap"
         return [bytes(e) for _, e in rows]
+
+    def _stored_checkpoints(self) -> list[tuple[int, str]]:
+        with contextlib.closing(sqlite3.connect(self.w.path)) as db:
+            rows = db.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
+        return [(int(size), str(note)) for size, note in rows]
+
+    def _open(self, size: int, note: str) -> Checkpoint:
+        """The checkpoint in `note`, opened with the pinned verifier; the same note as before."""
+        seen = self.checkpoints.get(size)
+        if seen is not None:
+            assert seen[0] == note, f"the checkpoint of size {size} changed"
+            return seen[1]
+        cp = Checkpoint.parse(open_note(note, [self.w.verifier]))
+        assert (cp.origin, cp.size) == (AUDIT_ORIGIN, size)
+        self.checkpoints[size] = (note, cp)
+        return cp
+
+    def _check_tree(self) -> None:
+        """The checkpoints prove the log as the store holds it (invariant 4)."""
+        raw = self._audit_events()
+        stored = self._stored_checkpoints()
+        sizes = [size for size, _ in stored]
+        assert len(set(sizes)) == len(sizes), "two checkpoints of one size"
+        assert set(self.checkpoints) <= set(sizes), "a checkpoint disappeared"
+        if not raw:
+            assert stored == []
+            return
+        size, note = self.w.core.latest_checkpoint()
+        assert (size, note) == stored[-1]
+        assert size == len(raw), f"{len(raw) - size} entries not covered by a checkpoint"
+        latest = self._open(size, note)
+        assert latest.root == merkle.root_from_leaves(merkle.leaf_hash(b) for b in raw)[1]
+        for old_size, old_note in stored[:-1]:
+            old = self._open(old_size, old_note)
+            proof = self.w.core.consistency_proof(old_size, size)
+            merkle.verify_consistency(old_size, size, old.root, latest.root, proof)
+        for r in self.w.requests():
+            p = self.w.core.audit_proof(r.id)
+            if r.state is not State.SIGNED:
+                assert p is None
+                continue
+            assert p is not None and (p.tree_size, p.checkpoint) == (size, note)
+            signed = SignedProof(p.index, p.entry, p.tree_size, p.inclusion_proof, p.checkpoint)
+            verify_signed_proof(signed, self.w.verifier, r.id, r.key_id, list(r.signatures))
 
     def _only_expiries_since(self, before: int) -> None:
         """A refused call may expire due requests first, and change nothing else."""
@@ -286,10 +340,15 @@ class CoreMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         self.w.restart()
+        self._check_tree()  # reopening the store loses no entry and no checkpoint
         self.w.core.recover()
         assert self.w.count(State.APPROVED) == 0
 
     # -- invariants --------------------------------------------------------------------
+
+    @invariant()
+    def checkpoints_prove_the_log(self) -> None:
+        self._check_tree()
 
     @invariant()
     def store_and_log_agree(self) -> None:
