@@ -4,8 +4,9 @@ Each fetch checks, with only the pinned audit verifier key, that the server's
 new checkpoint is validly signed, that it is consistent with the checkpoint
 verified last time (RFC 9162 consistency proof: no rollback, fork or rewritten
 history), and that the entries served hash to the new root. Only then are the
-entries and checkpoint written. A local copy that no longer matches its own
-checkpoint is refused too.
+entries and checkpoint written, the checkpoint last: it is the commit point,
+and entries past it (a fetch that died midway) are dropped on the next fetch.
+A local copy that no longer matches its own checkpoint is refused.
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ def fetch(profile: Profile, out: Path) -> FetchResult:
     log.history.mkdir(exist_ok=True)
     old: Checkpoint | None = None
     if log.checkpoint.exists():
-        old = open_checkpoint(log.checkpoint.read_text(), verifier, str(log.checkpoint))
+        old = open_checkpoint(log.read_note(log.checkpoint), verifier, str(log.checkpoint))
     local = list(log.read_entries())
+    committed = old.size if old is not None else 0
+    if len(local) > committed:
+        # Entries past the saved checkpoint were written by a fetch that did not finish
+        # (the checkpoint is written last): they were never committed, so drop them.
+        local = local[:committed]
+        _rewrite_entries(log.entries, local)
     size, root = merkle.root_from_leaves(merkle.leaf_hash(e) for e in local)
     if old is not None and (size, root) != (old.size, old.root):
         raise VerificationError(
@@ -96,6 +103,15 @@ def fetch(profile: Profile, out: Path) -> FetchResult:
     _write_atomic(log.history / f"{new.size}.note", note.checkpoint)
     _write_atomic(log.checkpoint, note.checkpoint)
     return FetchResult(size, new.size)
+
+
+def _rewrite_entries(path: Path, entries: list[bytes]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.writelines(e + b"\n" for e in entries)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _check_extends(

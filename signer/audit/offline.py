@@ -51,9 +51,19 @@ class LogDir:
             for line in f:
                 yield line.rstrip(b"\n")
 
+    @staticmethod
+    def read_note(path: Path) -> str:
+        """A note file's text; undecodable bytes become lone surrogates, which the
+        note parser refuses as invalid UTF-8 (instead of a UnicodeDecodeError)."""
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
+
     def notes(self) -> list[tuple[Path, str]]:
-        found = sorted(self.history.glob("*.note"), key=lambda p: int(p.stem))
-        return [(p, p.read_text()) for p in found]
+        found = list(self.history.glob("*.note"))
+        for p in found:
+            if not p.stem.isdecimal():
+                raise VerificationError(f"{p}: not a checkpoint file (checkpoints/SIZE.note)")
+        found.sort(key=lambda p: int(p.stem))
+        return [(p, self.read_note(p)) for p in found]
 
 
 class _Prefix:
@@ -207,7 +217,7 @@ def verify_dir(path: Path, verifier: Verifier) -> Report:
         raise VerificationError(f"{path} has no checkpoint; run `signer audit fetch` first")
     report = Report()
     by_size: dict[int, Checkpoint] = {}
-    for p, note in [*log.notes(), (log.checkpoint, log.checkpoint.read_text())]:
+    for p, note in [*log.notes(), (log.checkpoint, log.read_note(log.checkpoint))]:
         cp = open_checkpoint(note, verifier, str(p))
         if cp.size in by_size and by_size[cp.size].root != cp.root:
             raise VerificationError(
@@ -220,7 +230,7 @@ def verify_dir(path: Path, verifier: Verifier) -> Report:
     for i, raw in enumerate(log.read_entries()):
         try:
             entry = AuditEntry.from_bytes(raw)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise VerificationError(f"entry {i}: not a canonical audit entry: {e}") from None
         if entry.index != i:
             raise VerificationError(
@@ -238,6 +248,10 @@ def verify_dir(path: Path, verifier: Verifier) -> Report:
             semantics.check(entry)
         except ValueError as e:
             raise VerificationError(f"entry {i} ({entry.event}): {e}") from None
+        except (KeyError, TypeError, AttributeError) as e:  # fields missing or mistyped
+            raise VerificationError(
+                f"entry {i} ({entry.event}): malformed details ({type(e).__name__}: {e})"
+            ) from None
     report.entries = tree.size
     report.tree_size = latest
     if tree.size != latest:
