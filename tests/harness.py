@@ -46,6 +46,32 @@ DIGEST_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-pss-3072", "rsa-pss-4096",
 RPC_TIMEOUT = 20.0
 
 
+def sign_in_background(
+    env: Env, artifact: Path, *extra: str, who: str = "ci"
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `signer sign --file ARTIFACT` waiting for the decision; return it and the id."""
+    proc = subprocess.Popen(
+        [
+            *SIGNER,
+            "sign",
+            "--profile",
+            str(env.profile_path(who)),
+            "--key-name",
+            "release",
+            "--file",
+            str(artifact),
+            "--timeout",
+            "60s",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

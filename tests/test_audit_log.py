@@ -40,6 +40,7 @@ from tests.harness import (
     run,
     running,
     sha256_digest,
+    sign_in_background,
 )
 
 ORIGIN = "localhost/signer-dev"
@@ -254,25 +255,7 @@ def test_sign_and_status_write_audit_proof_beside_signature(
     """`signer sign --wait` and `signer status --out` write FILE.sig.audit.json that verifies."""
     artifact = tmp_path / "app.tar"
     artifact.write_bytes(b"audited payload")
-    proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(shared.env.profile_path("ci")),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--timeout",
-            "60s",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    request_id = proc.stdout.readline().strip()
+    proc, request_id = sign_in_background(shared.env, artifact)
     c = shared.clients
     pending = c.get(request_id)
     c.approve("alice", pending)

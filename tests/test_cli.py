@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import APPROVER, SIGNER, Running, run
+from tests.harness import APPROVER, SIGNER, Running, run, sign_in_background
 
 
 def _signer(
@@ -30,28 +30,9 @@ def test_sign_wait_approve_verify(shared: Running, tmp_path: Path) -> None:
     """sign --wait prints the id at once, returns after two approvals, and openssl verifies."""
     artifact = tmp_path / "app.tar"
     artifact.write_bytes(b"payload" * 1000)
-    proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(shared.env.profile_path("ci")),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--context",
-            "repository=org/app",
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, request_id = sign_in_background(
+        shared.env, artifact, "--context", "repository=org/app", "--wait"
     )
-    assert proc.stdout is not None
-    request_id = proc.stdout.readline().strip()
     assert len(request_id) == 36
     listed = json.loads(_approver(shared, "alice", "list", "--json").stdout)
     assert request_id in {x["id"] for x in listed}
@@ -124,25 +105,7 @@ def test_deny_ends_request_and_sign_exits_1(shared: Running, tmp_path: Path) -> 
     """A denial ends the request; a waiting `signer sign` exits 1 naming the reason."""
     artifact = tmp_path / "y.bin"
     artifact.write_bytes(b"y")
-    proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(shared.env.profile_path("ci")),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--timeout",
-            "60s",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    request_id = proc.stdout.readline().strip()
+    proc, request_id = sign_in_background(shared.env, artifact)
     _approver(shared, "bob", "deny", request_id, "--reason", "unexpected commit", "--yes")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
