@@ -7,7 +7,8 @@ import datetime as dt
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer.audit.entry import AuditEntry
-from signer.core import AuditProof, KeySpec
+from signer.audit.proofs import SignedProof
+from signer.core import KeySpec
 from signer.errors import InvalidArgumentError
 from signer.model import Approval, Digest, Request, State
 from signer.v1 import audit_pb2, types_pb2
@@ -109,7 +110,7 @@ def request_pb(r: Request, threshold: int) -> types_pb2.SigningRequest:
     )
 
 
-def audit_proof_pb(p: AuditProof) -> types_pb2.AuditProof:
+def audit_proof_pb(p: SignedProof) -> types_pb2.AuditProof:
     return types_pb2.AuditProof(
         index=p.index,
         entry=p.entry,

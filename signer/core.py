@@ -36,6 +36,7 @@ from signer.algorithms import HASH_SIZES, KeyAlgorithm
 from signer.audit import merkle
 from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
+from signer.audit.proofs import SignedProof
 from signer.config import KeyPolicy
 from signer.dsse import Envelope, Statement
 from signer.encoding import canonical_json, format_time
@@ -54,7 +55,7 @@ from signer.errors import (
 from signer.model import Approval, Digest, Request, State
 from signer.store.base import AuditFilter, Store, Tx
 
-__all__ = ["LIMITS", "AuditProof", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
+__all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
 log = structlog.get_logger("signer.core")
 
@@ -90,17 +91,6 @@ class DigestSigner(Protocol):
     def sign_digest(
         self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
     ) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class AuditProof:
-    """An entry, its RFC 9162 inclusion proof and the signed checkpoint it is proven in."""
-
-    index: int
-    entry: bytes
-    tree_size: int
-    inclusion_proof: list[bytes]
-    checkpoint: str
 
 
 @dataclass(frozen=True)
@@ -679,7 +669,7 @@ class Core:
                 )
             return merkle.consistency_proof(tx, first, second)
 
-    def audit_proof(self, request_id: str) -> AuditProof | None:
+    def audit_proof(self, request_id: str) -> SignedProof | None:
         """Where a SIGNED request's request.signed entry is, proven in the latest checkpoint."""
         with self._tx() as tx:
             index = tx.signed_entry(request_id)
@@ -687,7 +677,7 @@ class Core:
             if index is None or found is None or found[0] <= index:
                 return None
             size, note = found
-            return AuditProof(
+            return SignedProof(
                 index,
                 tx.entries(index, index + 1)[0],
                 size,

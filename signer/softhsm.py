@@ -1,7 +1,7 @@
 """SoftHSM2 set-up for the dev environment and the tests.
 
-Writes a softhsm2.conf from `softhsm-config/softhsm2.conf.in` (kept in sync
-with the copy below) and initialises a token. PINs are typed into
+Writes a softhsm2.conf whose token directory is given (see
+`softhsm-config/README.md`) and initialises a token. PINs are typed into
 `softhsm2-util` through a pseudo-terminal, never passed in argv (invariant 7).
 """
 

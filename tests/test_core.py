@@ -366,14 +366,20 @@ def test_token_failure_fails_the_request(world: World) -> None:
     assert world.get(r.id).state is State.FAILED
 
 
-def test_recover_signs_approved_requests(world: World) -> None:
-    """A request left APPROVED by a crash during signing is signed, once, by recover()."""
+def _approved_then_crashed(world: World) -> Request:
+    """A request left APPROVED by a crash between its quorum and its signature."""
     r = world.create()
     world.approve("alice", r)
     world.token.crash = True
     with pytest.raises(SimulatedCrash):
         world.approve("bob", r)
     world.token.crash = False
+    return r
+
+
+def test_recover_signs_approved_requests(world: World) -> None:
+    """A request left APPROVED by a crash during signing is signed, once, by recover()."""
+    r = _approved_then_crashed(world)
     assert world.get(r.id).state is State.APPROVED
     core = world.restart()
     assert world.get(r.id).state is State.APPROVED
@@ -386,12 +392,7 @@ def test_recover_signs_approved_requests(world: World) -> None:
 
 def test_recover_honours_min_age(world: World) -> None:
     """recover(min_age) leaves requests approved more recently than min_age alone."""
-    r = world.create()
-    world.approve("alice", r)
-    world.token.crash = True
-    with pytest.raises(SimulatedCrash):
-        world.approve("bob", r)
-    world.token.crash = False
+    r = _approved_then_crashed(world)
     assert world.core.recover(min_age=5 * MIN) == 0
     world.clock.advance(5 * MIN)
     assert world.core.recover(min_age=5 * MIN) == 1
@@ -400,12 +401,7 @@ def test_recover_honours_min_age(world: World) -> None:
 
 def test_recover_refuses_when_policy_changed(world: World) -> None:
     """An APPROVED request whose approvers left the policy fails instead of signing."""
-    r = world.create()
-    world.approve("alice", r)
-    world.token.crash = True
-    with pytest.raises(SimulatedCrash):
-        world.approve("bob", r)
-    world.token.crash = False
+    r = _approved_then_crashed(world)
     old = world.policies["release"]
     world.policies["release"] = KeyPolicy(
         old.name, old.algorithm, ("carol", "dave", "bob"), 2, old.requesters, old.max_ttl

@@ -25,6 +25,8 @@ __all__ = ["SignedProof", "verify_signed_proof"]
 
 @dataclass(frozen=True)
 class SignedProof:
+    """An entry, its RFC 9162 inclusion proof and the signed checkpoint it is proven in."""
+
     index: int
     entry: bytes
     tree_size: int
