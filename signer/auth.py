@@ -1,10 +1,13 @@
 """Authentication and authorization of every RPC (invariant 5).
 
 The caller's identity comes only from the verified TLS client certificate in
-the gRPC auth context: its first URI SAN, else its subject CN. Never from a
-request field or metadata. Roles come from config; each method has a rule
-(the defaults below, extended or replaced by config `[access]`), and a method
-with no rule is denied. Rejections are audit-logged through `on_reject`.
+the gRPC auth context (its first URI SAN, else its subject CN) or, on the
+OIDC port where no client certificate is asked for, from a verified OIDC ID
+token (`authorization: Bearer ...`; see `signer.oidc`). Never from a request
+field or other metadata. A token caller only ever has the requester role;
+other roles come from config. Each method has a rule (the defaults below,
+extended or replaced by config `[access]`), and a method with no rule is
+denied. Rejections are audit-logged through `on_reject`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from signer.errors import PermissionDeniedError, SignerError, StoreError, UnauthenticatedError
+from signer.model import TokenCaller
+from signer.oidc import OidcVerifier
 from signer.status import abort
 
 __all__ = [
     "ANY",
     "DEFAULT_RULES",
     "AuthInterceptor",
+    "current_caller",
     "current_identity",
     "current_method",
     "identity_from_cert",
@@ -66,6 +72,10 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
 
 current_identity: contextvars.ContextVar[str] = contextvars.ContextVar("identity", default="")
 current_method: contextvars.ContextVar[str] = contextvars.ContextVar("method", default="")
+current_caller: contextvars.ContextVar[TokenCaller | None] = contextvars.ContextVar(
+    "caller", default=None
+)
+_TOKEN_ROLES = frozenset({"requester"})
 log = structlog.get_logger("signer.auth")
 
 
@@ -89,10 +99,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         roles_of: Callable[[str], frozenset[str]],
         rules: Mapping[str, frozenset[str]],
         on_reject: Callable[[str, str, SignerError], None],
+        oidc: OidcVerifier | None = None,
     ) -> None:
         self._roles_of = roles_of
         self._rules = rules
         self._on_reject = on_reject
+        self._oidc = oidc
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -109,7 +121,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             fn, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            identity = self._authorize(method, context)
+            caller = self._authenticate(context)
+            identity = caller if isinstance(caller, str) else caller.identity
+            current_caller.set(None if isinstance(caller, str) else caller)
+            roles = self._roles_of(caller) if isinstance(caller, str) else _TOKEN_ROLES
+            self._authorize(method, identity, roles, context)
             current_identity.set(identity)
             current_method.set(method)
             structlog.contextvars.bind_contextvars(identity=identity, method=method)
@@ -121,18 +137,54 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             response_serializer=handler.response_serializer,
         )
 
-    def _authorize(self, method: str, context: grpc.ServicerContext) -> str:
+    def _authenticate(self, context: grpc.ServicerContext) -> str | TokenCaller:
+        """The certificate identity, or the verified token's caller; aborts otherwise."""
         auth = context.auth_context()
         certs = auth.get("x509_pem_cert") or []
-        identity = identity_from_cert(certs[0]) if certs else ""
-        if not identity:
+        if certs:
+            # On the mutual-TLS port metadata never speaks for the caller: a bearer
+            # token there is ignored, the certificate alone says who calls.
+            identity = identity_from_cert(certs[0])
+            if identity.startswith("oidc:"):
+                abort(context, UnauthenticatedError("certificate identities may not start oidc:"))
+            if identity:
+                return identity
             abort(context, UnauthenticatedError("a client certificate is required"))
+        if self._oidc is None:
+            abort(context, UnauthenticatedError("a client certificate is required"))
+        bearer = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        if bearer:
+            value = bearer[0] if isinstance(bearer[0], str) else ""
+            scheme, _, token = value.partition(" ")
+            if len(bearer) != 1 or scheme.lower() != "bearer" or not token.strip():
+                abort(
+                    context,
+                    UnauthenticatedError(
+                        "authorization metadata must be one `Bearer TOKEN`",
+                        reason="TOKEN_MALFORMED",
+                    ),
+                )
+            try:
+                return self._oidc.verify(token.strip())
+            except UnauthenticatedError as e:
+                log.warning("token rejected", reason=e.reason, error=str(e))
+                abort(context, e)
+        abort(
+            context,
+            UnauthenticatedError(
+                "a client certificate or an OIDC bearer token is required",
+                reason="NO_CREDENTIALS",
+            ),
+        )
+
+    def _authorize(
+        self, method: str, identity: str, roles: frozenset[str], context: grpc.ServicerContext
+    ) -> None:
         allowed = self._rules.get(method)
-        roles = self._roles_of(identity)
         if allowed is None:
             problem = f"method {method} has no access rule and is denied"
         elif ANY in allowed or roles & allowed:
-            return identity
+            return
         elif not roles:
             problem = f"identity {identity!r} has no role in this server's config"
         else:

@@ -98,6 +98,8 @@ def serve(config_path: Path) -> None:
     server = Server.build(config)
     server.start()
     stderr.print(f"listening on {config.server.listen}", style="dim")
+    if config.server.oidc_listen:
+        stderr.print(f"listening for OIDC requesters on {config.server.oidc_listen}", style="dim")
 
     def stop(signum: int, frame: object) -> None:
         server.stop()

@@ -1,13 +1,16 @@
-"""Client side: profiles (small TOML files) and channels with mutual TLS.
+"""Client side: profiles (small TOML files) and channels with mutual TLS or OIDC.
 
-A profile names the server address, CA, client certificate and key, and for
-officers the approval key; flags override it and `SIGNER_PROFILE` names a
-default (DESIGN §9). The caller's identity is read from its own certificate,
-the same way the server reads it. Every call gets a deadline.
+A profile names the server address, CA, client certificate and key (or, for a
+CI job without any secret, OIDC settings: `oidc_audience`, `oidc_token_file`,
+`oidc_token_env`; see `signer.ci_token`), and for officers the approval key;
+flags override it and `SIGNER_PROFILE` names a default (DESIGN §9). The
+caller's identity is read from its own certificate, the same way the server
+reads it. Every call gets a deadline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import tomllib
@@ -21,6 +24,7 @@ from grpc_status import rpc_status
 
 from signer.audit.note import Verifier
 from signer.auth import identity_from_cert
+from signer.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
 from signer.config import parse_duration
 from signer.errors import ConfigError, VerificationError
 
@@ -32,24 +36,54 @@ class Profile:
     path: Path
     server: str
     ca: Path
-    cert: Path
-    key: Path
+    cert: Path | None
+    key: Path | None
     approval_key: Path | None = None
     approval_passphrase_file: Path | None = None
     approval_passphrase_env: str | None = None
     timeout: dt.timedelta = dt.timedelta(seconds=30)
     audit_verifier: Verifier | None = None
+    oidc_audience: str = ""
+    oidc_token_file: Path | None = None
+    oidc_token_env: str = DEFAULT_TOKEN_ENV
+
+    @property
+    def uses_oidc(self) -> bool:
+        return self.cert is None
 
     @property
     def identity(self) -> str:
+        if self.cert is None:
+            raise ConfigError(f"profile {self.path} has no client certificate (cert, key)")
         return identity_from_cert(self.cert.read_bytes())
 
+    def with_token_file(self, path: Path | None) -> Profile:
+        """This profile with `--oidc-token-file` applied."""
+        if path is None:
+            return self
+        if not self.uses_oidc:
+            raise ConfigError(
+                f"profile {self.path} uses a client certificate; --oidc-token-file needs an "
+                "OIDC profile (server, ca, oidc_audience; no cert or key)"
+            )
+        return dataclasses.replace(self, oidc_token_file=path)
+
     def channel(self) -> grpc.Channel:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.key.read_bytes(),
-            certificate_chain=self.cert.read_bytes(),
-        )
+        if self.cert is None or self.key is None:
+            source = TokenSource(
+                file=self.oidc_token_file, env=self.oidc_token_env, audience=self.oidc_audience
+            )
+            source.token()  # fail now, with a clear message, if there is no token
+            creds = grpc.composite_channel_credentials(
+                grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes()),
+                call_credentials(source),
+            )
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=self.ca.read_bytes(),
+                private_key=self.key.read_bytes(),
+                certificate_chain=self.cert.read_bytes(),
+            )
         return grpc.secure_channel(
             self.server,
             creds,
@@ -101,8 +135,18 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
             verifier = Verifier.parse(str(raw["audit_verifier"]))
         except VerificationError as e:
             raise ConfigError(f"profile {path}: audit_verifier: {e}") from None
-    ca, cert, key = file("ca"), file("cert"), file("key")
-    assert ca is not None and cert is not None and key is not None
+    ca = file("ca")
+    assert ca is not None
+    cert, key = file("cert", required=False), file("key", required=False)
+    if (cert is None) != (key is None):
+        raise ConfigError(f"profile {path}: set both cert and key, or neither (OIDC)")
+    audience = raw.get("oidc_audience", "")
+    token_env = raw.get("oidc_token_env", DEFAULT_TOKEN_ENV)
+    if not isinstance(audience, str) or not isinstance(token_env, str) or not token_env:
+        raise ConfigError(f"profile {path}: oidc_audience and oidc_token_env must be strings")
+    token_file = raw.get("oidc_token_file")
+    if token_file is not None and not isinstance(token_file, str):
+        raise ConfigError(f"profile {path}: oidc_token_file must be a string path")
     return Profile(
         path=path,
         server=addr,
@@ -114,6 +158,9 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         approval_passphrase_env=raw.get("approval_key_passphrase_env"),
         timeout=timeout,
         audit_verifier=verifier,
+        oidc_audience=audience,
+        oidc_token_file=(path.parent / token_file).resolve() if token_file else None,
+        oidc_token_env=token_env,
     )
 
 

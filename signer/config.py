@@ -9,8 +9,10 @@ start-up (DESIGN §4).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
+import fnmatch
 import hashlib
 import os
 import re
@@ -29,7 +31,9 @@ from signer.errors import ConfigError
 
 __all__ = [
     "ROLES",
+    "ClaimRule",
     "Config",
+    "IssuerConfig",
     "KeyPolicy",
     "ServerConfig",
     "TokenConfig",
@@ -83,6 +87,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_wait: dt.timedelta = dt.timedelta(seconds=60)
     workers: int = 64
+    oidc_listen: str | None = None  # server-authenticated TLS port for OIDC requesters
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,76 @@ class TokenConfig:
             os.environ["SOFTHSM2_CONF"] = str(self.softhsm2_conf)
 
 
+JWT_ALGORITHMS = ("RS256", "ES256")
+DEFAULT_RECORDED_CLAIMS = (
+    "sub",
+    "repository",
+    "ref",
+    "sha",
+    "workflow",
+    "job_workflow_ref",
+    "environment",
+    "actor",
+    "run_id",
+    "project_path",
+    "pipeline_id",
+    "user_login",
+)
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """One trusted OIDC issuer: where its keys are and how its tokens are read."""
+
+    name: str
+    issuer: str
+    audience: str
+    jwks_file: Path | None
+    jwks_url: str | None
+    jwks_ca: Path | None = None
+    algorithms: tuple[str, ...] = JWT_ALGORITHMS
+    identity_claim: str = "sub"
+    actor_claim: str = "actor"
+    recorded_claims: tuple[str, ...] = DEFAULT_RECORDED_CLAIMS
+    leeway: dt.timedelta = dt.timedelta(seconds=30)
+    jwks_refresh: dt.timedelta = dt.timedelta(seconds=30)  # at most this often on unknown kid
+    jwks_max_age: dt.timedelta = dt.timedelta(hours=1)
+    officers: Mapping[str, str] = field(default_factory=dict)  # actor claim -> officer
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "audience": self.audience,
+            "jwks": self.jwks_url or str(self.jwks_file),
+            "algorithms": list(self.algorithms),
+            "identity_claim": self.identity_claim,
+            "actor_claim": self.actor_claim,
+            "recorded_claims": list(self.recorded_claims),
+            "leeway_seconds": int(self.leeway.total_seconds()),
+            "officers": dict(sorted(self.officers.items())),
+        }
+
+
+@dataclass(frozen=True)
+class ClaimRule:
+    """Admits an OIDC requester to a key when every condition holds (globs, case-sensitive)."""
+
+    issuer: str
+    conditions: tuple[tuple[str, tuple[str, ...]], ...]  # claim -> any of these patterns
+
+    def matches(self, issuer: str, claims: Mapping[str, str]) -> bool:
+        if issuer != self.issuer:
+            return False
+        for claim, patterns in self.conditions:
+            value = claims.get(claim)
+            if value is None or not any(fnmatch.fnmatchcase(value, p) for p in patterns):
+                return False
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, **{c: list(p) for c, p in self.conditions}}
+
+
 @dataclass(frozen=True)
 class KeyPolicy:
     """Who may request and who must approve signatures with one key."""
@@ -112,6 +187,11 @@ class KeyPolicy:
     threshold: int
     requesters: tuple[str, ...]
     max_ttl: dt.timedelta
+    oidc: tuple[ClaimRule, ...] = ()
+
+    def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
+        """Whether an OIDC requester with these verified claims may use this key."""
+        return any(rule.matches(issuer, claims) for rule in self.oidc)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +201,7 @@ class KeyPolicy:
             "threshold": self.threshold,
             "requesters": sorted(self.requesters),
             "max_ttl_seconds": int(self.max_ttl.total_seconds()),
+            "oidc": [r.as_dict() for r in self.oidc],
         }
 
 
@@ -137,6 +218,7 @@ class Config:
     keys: Mapping[str, KeyPolicy]
     access: Mapping[str, frozenset[str]] = field(default_factory=dict)
     log_format: str = "auto"
+    issuers: Mapping[str, IssuerConfig] = field(default_factory=dict)
 
     def roles_of(self, identity: str) -> frozenset[str]:
         return self.identities.get(identity, frozenset())
@@ -158,6 +240,7 @@ class Config:
             "approver_keys": approver_keys,
             "access": {m: sorted(r) for m, r in self.access.items()},
             "audit_key": self.audit_key,
+            "oidc": {n: i.as_dict() for n, i in sorted(self.issuers.items())},
         }
         return policy
 
@@ -230,11 +313,33 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     top = _Reader(path, raw, "")
     top.only(
-        "server", "token", "store", "audit", "log", "identities", "approvers", "keys", "access"
+        "server",
+        "token",
+        "store",
+        "audit",
+        "log",
+        "identities",
+        "approvers",
+        "keys",
+        "access",
+        "oidc",
     )
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
-    keys = _keys(top.sub("keys"), identities, approver_keys)
+    issuers = _issuers(top.sub("oidc", required=False), approver_keys)
+    keys = _keys(top.sub("keys"), identities, approver_keys, issuers)
+    server = _server(top.sub("server"))
+    if issuers and server.oidc_listen is None:
+        raise ConfigError(
+            f"{path}: server.oidc_listen: missing; OIDC requesters need their own port "
+            '(server-authenticated TLS), e.g. oidc_listen = "127.0.0.1:7444"'
+        )
+    if server.oidc_listen is not None and not issuers:
+        raise ConfigError(f"{path}: server.oidc_listen is set but no [oidc.NAME] issuer is")
+    issuers = {
+        n: _record_rule_claims(i, [r for p in keys.values() for r in p.oidc if r.issuer == n])
+        for n, i in issuers.items()
+    }
     audit = top.sub("audit")
     audit.only("key", "origin")
     audit_key = audit.get("key", str)
@@ -253,7 +358,7 @@ def load_config(path: Path) -> Config:
         raise log.error("format", "must be auto, json or console")
     return Config(
         path=path,
-        server=_server(top.sub("server")),
+        server=server,
         token=_token(top.sub("token")),
         store_path=_store(top.sub("store")),
         audit_key=audit_key,
@@ -263,14 +368,27 @@ def load_config(path: Path) -> Config:
         keys=keys,
         access=_access(top.sub("access", required=False)),
         log_format=log_format,
+        issuers=issuers,
     )
 
 
 def _server(r: _Reader) -> ServerConfig:
-    r.only("listen", "tls_cert", "tls_key", "client_ca", "max_message_bytes", "max_wait", "workers")
+    r.only(
+        "listen",
+        "oidc_listen",
+        "tls_cert",
+        "tls_key",
+        "client_ca",
+        "max_message_bytes",
+        "max_wait",
+        "workers",
+    )
     listen = r.get("listen", str)
     if ":" not in listen:
         raise r.error("listen", f"{listen!r} must be HOST:PORT, e.g. 127.0.0.1:7443")
+    oidc_listen = r.get("oidc_listen", str, None)
+    if oidc_listen is not None and (":" not in oidc_listen or oidc_listen == listen):
+        raise r.error("oidc_listen", f"{oidc_listen!r} must be a HOST:PORT other than listen")
     max_bytes = r.get("max_message_bytes", int, 4 * 1024 * 1024)
     if not 1024 <= max_bytes <= 64 * 1024 * 1024:
         raise r.error("max_message_bytes", "must be between 1024 and 67108864")
@@ -289,7 +407,12 @@ def _server(r: _Reader) -> ServerConfig:
             raise r.error(key, f"file {p} does not exist")
         paths[key] = p
     return ServerConfig(
-        listen, max_message_bytes=max_bytes, max_wait=max_wait, workers=workers, **paths
+        listen,
+        max_message_bytes=max_bytes,
+        max_wait=max_wait,
+        workers=workers,
+        oidc_listen=oidc_listen,
+        **paths,
     )
 
 
@@ -322,6 +445,8 @@ def _store(r: _Reader) -> Path:
 def _identities(r: _Reader) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for identity in r.table:
+        if identity.startswith("oidc:"):
+            raise r.error(identity, "identities starting with oidc: are reserved for OIDC tokens")
         roles = r.names(identity)
         bad = [x for x in roles if x not in ROLES]
         if bad:
@@ -363,15 +488,147 @@ def _approver_keys(
     return out
 
 
+def _duration_of(r: _Reader, key: str, default: str) -> dt.timedelta:
+    try:
+        value = parse_duration(r.get(key, str, default))
+    except ValueError as e:
+        raise r.error(key, str(e)) from None
+    return value
+
+
+def _issuers(
+    r: _Reader, approver_keys: Mapping[str, ed25519.Ed25519PublicKey]
+) -> dict[str, IssuerConfig]:
+    out: dict[str, IssuerConfig] = {}
+    for name in r.table:
+        i = r.sub(name)
+        i.only(
+            "issuer",
+            "audience",
+            "jwks_file",
+            "jwks_url",
+            "jwks_ca",
+            "algorithms",
+            "identity_claim",
+            "actor_claim",
+            "claims",
+            "leeway",
+            "jwks_refresh",
+            "jwks_max_age",
+            "officers",
+        )
+        if not _NAME.match(name):
+            raise r.error(name, "issuer names are 1-64 of A-Z a-z 0-9 . _ - ")
+        issuer = i.get("issuer", str)
+        if not issuer.startswith("https://"):
+            raise i.error("issuer", f"{issuer!r} must be the https:// URL tokens carry in iss")
+        if any(x.issuer == issuer for x in out.values()):
+            raise i.error("issuer", f"{issuer!r} is configured twice")
+        audience = i.get("audience", str)
+        if not audience:
+            raise i.error("audience", "must not be empty")
+        jwks_file = i.path_of("jwks_file", None)
+        jwks_url = i.get("jwks_url", str, None)
+        if (jwks_file is None) == (jwks_url is None):
+            raise i.error("jwks_url", "set exactly one of jwks_url or jwks_file")
+        if jwks_url is not None and not jwks_url.startswith("https://"):
+            raise i.error("jwks_url", f"{jwks_url!r} must be an https:// URL")
+        if jwks_file is not None and not jwks_file.is_file():
+            raise i.error("jwks_file", f"file {jwks_file} does not exist")
+        jwks_ca = i.path_of("jwks_ca", None)
+        if jwks_ca is not None and not jwks_ca.is_file():
+            raise i.error("jwks_ca", f"file {jwks_ca} does not exist")
+        algorithms = i.names("algorithms", list(JWT_ALGORITHMS))
+        bad = [a for a in algorithms if a not in JWT_ALGORITHMS]
+        if bad or not algorithms:
+            raise i.error(
+                "algorithms",
+                f"{bad[0] if bad else 'none'!r}: allowed are {', '.join(JWT_ALGORITHMS)}",
+            )
+        officers_table = i.sub("officers", required=False)
+        officers: dict[str, str] = {}
+        for actor in officers_table.table:
+            officer = officers_table.get(actor, str)
+            if officer not in approver_keys:
+                raise officers_table.error(
+                    actor, f"{officer!r} is not an officer under [approvers]"
+                )
+            officers[actor] = officer
+        identity_claim = i.get("identity_claim", str, "sub")
+        actor_claim = i.get("actor_claim", str, "actor")
+        recorded = i.names("claims", list(DEFAULT_RECORDED_CLAIMS))
+        out[name] = IssuerConfig(
+            name=name,
+            issuer=issuer,
+            audience=audience,
+            jwks_file=jwks_file,
+            jwks_url=jwks_url,
+            jwks_ca=jwks_ca,
+            algorithms=tuple(algorithms),
+            identity_claim=identity_claim,
+            actor_claim=actor_claim,
+            recorded_claims=tuple(dict.fromkeys((*recorded, identity_claim, actor_claim))),
+            leeway=_duration_of(i, "leeway", "30s"),
+            jwks_refresh=_duration_of(i, "jwks_refresh", "30s"),
+            jwks_max_age=_duration_of(i, "jwks_max_age", "1h"),
+            officers=officers,
+        )
+        if out[name].leeway > dt.timedelta(minutes=5):
+            raise i.error("leeway", "must be at most 5m")
+    return out
+
+
+def _record_rule_claims(issuer: IssuerConfig, rules: list[ClaimRule]) -> IssuerConfig:
+    """Every claim a key's rule looks at is recorded with the request."""
+    needed = [c for r in rules for c, _ in r.conditions]
+    recorded = tuple(dict.fromkeys((*issuer.recorded_claims, *needed)))
+    return dataclasses.replace(issuer, recorded_claims=recorded)
+
+
+def _claim_rules(k: _Reader, issuers: Mapping[str, IssuerConfig]) -> tuple[ClaimRule, ...]:
+    raw = k.table.get("oidc", [])
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise k.error("oidc", "must be a list of tables: [[keys.NAME.oidc]]")
+    rules = []
+    for n, table in enumerate(raw):
+        r = _Reader(k.path, table, f"{k.prefix}.oidc[{n}]")
+        issuer = r.get("issuer", str)
+        if issuer not in issuers:
+            raise r.error("issuer", f"{issuer!r} is not an issuer under [oidc]")
+        conditions = []
+        for claim, value in table.items():
+            if claim == "issuer":
+                continue
+            patterns = [value] if isinstance(value, str) else value
+            if (
+                not isinstance(patterns, list)
+                or not patterns
+                or not all(isinstance(p, str) and p for p in patterns)
+            ):
+                raise r.error(claim, "must be a glob string or a non-empty list of them")
+            if any(set(p) <= {"*"} for p in patterns):
+                raise r.error(claim, "a pattern of only * matches anything; name the value")
+            conditions.append((claim, tuple(patterns)))
+        if not conditions:
+            raise r.error(
+                "issuer",
+                'a rule needs at least one claim condition, e.g. repository = "org/app"; '
+                "without one any pipeline of that issuer could sign",
+            )
+        rules.append(ClaimRule(issuer, tuple(conditions)))
+    return tuple(rules)
+
+
 def _keys(
     r: _Reader,
     identities: Mapping[str, frozenset[str]],
     approver_keys: Mapping[str, ed25519.Ed25519PublicKey],
+    issuers: Mapping[str, IssuerConfig],
 ) -> dict[str, KeyPolicy]:
     out = {}
     for name in r.table:
         k = r.sub(name)
-        k.only("algorithm", "approvers", "threshold", "requesters", "max_ttl")
+        k.only("algorithm", "approvers", "threshold", "requesters", "max_ttl", "oidc")
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
         alg_name = k.get("algorithm", str, None)
@@ -392,7 +649,10 @@ def _keys(
                 f"is {threshold} with {len(approvers)} approvers; "
                 f"set 1 <= threshold <= {len(approvers)}",
             )
-        requesters = k.names("requesters")
+        requesters = k.names("requesters", [])
+        oidc = _claim_rules(k, issuers)
+        if not requesters and not oidc:
+            raise k.error("requesters", "missing; name requesters or add [[keys.NAME.oidc]] rules")
         for q in requesters:
             if "requester" not in identities.get(q, frozenset()):
                 raise k.error("requesters", f"{q!r} has no requester role under [identities]")
@@ -409,6 +669,7 @@ def _keys(
             threshold,
             requesters,
             max_ttl,
+            oidc,
         )
     return out
 

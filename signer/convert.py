@@ -10,7 +10,7 @@ from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
 from signer.core import KeySpec
 from signer.errors import InvalidArgumentError
-from signer.model import Approval, Digest, Request, State
+from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.v1 import audit_pb2, types_pb2
 
 __all__ = [
@@ -107,6 +107,15 @@ def request_pb(r: Request, threshold: int) -> types_pb2.SigningRequest:
         approvals=[_approval_pb(a) for a in r.approvals],
         signatures=list(r.signatures),
         status_message=r.status_message,
+        caller=_caller_pb(r.caller) if r.caller else None,
+        payload_type=r.payload_type,
+        payload=r.payload,
+    )
+
+
+def _caller_pb(c: TokenCaller) -> types_pb2.TokenCaller:
+    return types_pb2.TokenCaller(
+        issuer=c.issuer, claims=c.claims, actor=c.actor, barred_approvers=list(c.barred)
     )
 
 

@@ -17,6 +17,7 @@ Knows nothing of gRPC, SQL or PKCS#11: it talks to a `Store`, a token-like
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import re
@@ -52,7 +53,8 @@ from signer.errors import (
     TokenError,
     TooLargeError,
 )
-from signer.model import Approval, Digest, Request, State
+from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
+from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import AuditFilter, Store, Tx
 
 __all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
@@ -180,16 +182,34 @@ class Core:
         context: Mapping[str, str],
         ttl: dt.timedelta | None,
         idempotency_key: str = "",
+        *,
+        caller: TokenCaller | None = None,
+        payload_type: str = "",
+        payload: bytes = b"",
     ) -> Request:
-        """Create a PENDING request, or return the one made earlier with the same key."""
+        """Create a PENDING request, or return the one made earlier with the same key.
+
+        `caller` is set for a requester that came with an OIDC token: the key's
+        claim rules decide, not its requester list. With `payload` (a DSSE
+        payload), the one digest must be of its PAE.
+        """
         policy, spec = self._key(key_name)
-        if actor not in policy.requesters:
+        if caller is not None:
+            if caller.identity != actor or not policy.admits(caller.issuer, caller.claims):
+                raise PermissionDeniedError(
+                    f"the token's claims do not meet key {key_name!r}'s conditions "
+                    f"({'; '.join(f'{k}={v}' for k, v in sorted(caller.claims.items()))})",
+                    reason="CLAIMS_NOT_ALLOWED",
+                    details={"issuer": caller.issuer, "claims": dict(caller.claims)},
+                )
+        elif actor not in policy.requesters:
             raise PermissionDeniedError(
                 f"{actor!r} may not request signatures with key {key_name!r}",
                 reason="NOT_A_REQUESTER",
             )
         self._check_digests(digests, spec)
         self._check_context(context)
+        self._check_payload(payload_type, payload, digests)
         lifetime = self._ttl(ttl, policy)
         if idempotency_key and not _IDEMPOTENCY.match(idempotency_key):
             raise InvalidArgumentError(
@@ -201,6 +221,8 @@ class Core:
                     "key_name": key_name,
                     "digests": [d.as_dict() for d in digests],
                     "context": dict(context),
+                    "payload_type": payload_type,
+                    "payload_sha256": hashlib.sha256(payload).hexdigest(),
                 }
             )
         ).hexdigest()
@@ -218,7 +240,27 @@ class Core:
             expires=now + lifetime,
             updated=now,
             idempotency_key=idempotency_key,
+            caller=caller,
+            payload_type=payload_type,
+            payload=payload,
         )
+        details: dict[str, Any] = {
+            "key_name": key_name,
+            "key_id": spec.key_id,
+            "algorithm": spec.algorithm.name,
+            "requester": actor,
+            "digests": [d.as_dict() for d in digests],
+            "context": dict(context),
+            "expire_time": format_time(request.expires),
+            "idempotency_key": idempotency_key,
+            "threshold": policy.threshold,
+            "approvers": list(policy.approvers),
+        }
+        if caller is not None:
+            details["caller"] = caller.as_dict()
+        if payload_type:
+            details["payload_type"] = payload_type
+            details["payload"] = base64.b64encode(payload).decode()
         with self._tx() as tx:
             if idempotency_key:
                 found = tx.find_idempotent(actor, idempotency_key)
@@ -237,25 +279,7 @@ class Core:
                     reason="TOO_MANY_PENDING",
                 )
             tx.insert_request(request, params)
-            tx.append_audit(
-                now,
-                "request.created",
-                actor,
-                request.id,
-                key_name,
-                {
-                    "key_name": key_name,
-                    "key_id": spec.key_id,
-                    "algorithm": spec.algorithm.name,
-                    "requester": actor,
-                    "digests": [d.as_dict() for d in digests],
-                    "context": dict(context),
-                    "expire_time": format_time(request.expires),
-                    "idempotency_key": idempotency_key,
-                    "threshold": policy.threshold,
-                    "approvers": list(policy.approvers),
-                },
-            )
+            tx.append_audit(now, "request.created", actor, request.id, key_name, details)
         self.notifier.publish(request.id)
         log.info("request created", request_id=request.id, key_name=key_name, digests=len(digests))
         return request
@@ -349,9 +373,10 @@ class Core:
                     f"{actor!r} is not an approver for key {request.key_name!r}",
                     reason="NOT_AN_APPROVER",
                 )
-            if actor == request.requester:
+            if not request.may_decide(actor):
                 raise PermissionDeniedError(
-                    f"{actor!r} made request {request_id} and cannot decide on it",
+                    f"{actor!r} made request {request_id} (or started its pipeline) "
+                    "and cannot decide on it",
                     reason="REQUESTER_CANNOT_APPROVE",
                 )
             self._check_binding(statement, request, actor, decision)
@@ -457,7 +482,7 @@ class Core:
             if (
                 a.decision != "approve"
                 or a.approver not in policy.approvers
-                or a.approver == request.requester
+                or not request.may_decide(a.approver)
                 or key is None
             ):
                 continue
@@ -606,6 +631,7 @@ class Core:
                 return
             self._rejections[actor] = (start, recorded + 1, 0)
         details: dict[str, Any] = {
+            **error.details,
             "method": method,
             "reason": error.reason,
             "message": str(error)[:_MAX_RECORDED_MESSAGE],
@@ -750,6 +776,32 @@ class Core:
                     "characters",
                     reason="BAD_ARTIFACT_NAME",
                 )
+
+    def _check_payload(self, payload_type: str, payload: bytes, digests: list[Digest]) -> None:
+        if not payload_type and not payload:
+            return
+        if payload_type != PAYLOAD_TYPE:
+            raise InvalidArgumentError(
+                f"payload_type must be {PAYLOAD_TYPE} (an in-toto Statement v1)",
+                reason="BAD_PAYLOAD_TYPE",
+            )
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise TooLargeError(
+                f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                reason="PAYLOAD_TOO_LARGE",
+            )
+        InTotoStatement.parse(payload, self.limits.max_digests)
+        if len(digests) != 1:
+            raise InvalidArgumentError(
+                "with a payload, send exactly one digest: of the payload's DSSE PAE",
+                reason="PAYLOAD_DIGEST_MISMATCH",
+            )
+        d = digests[0]
+        if pae_digest(payload_type, payload, d.algorithm) != d.value:
+            raise InvalidArgumentError(
+                f"the digest is not the {d.algorithm} of the payload's DSSE PAE",
+                reason="PAYLOAD_DIGEST_MISMATCH",
+            )
 
     def _check_context(self, context: Mapping[str, str]) -> None:
         if len(context) > self.limits.max_context_entries:

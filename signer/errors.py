@@ -28,6 +28,8 @@ clients branch on; the message is for people.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AlreadyExistsError",
     "ConfigError",
@@ -54,9 +56,12 @@ class SignerError(Exception):
 
     default_reason = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason or self.default_reason
+        self.details = details or {}  # recorded with the rejection in the audit log
 
 
 class ConfigError(SignerError):

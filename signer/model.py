@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TERMINAL", "Approval", "Digest", "Request", "State"]
+__all__ = ["TERMINAL", "Approval", "Digest", "Request", "State", "TokenCaller"]
 
 
 class State(enum.StrEnum):
@@ -52,6 +52,32 @@ class Approval:
 
 
 @dataclass(frozen=True)
+class TokenCaller:
+    """A requester authenticated by a verified OIDC ID token (no client certificate)."""
+
+    issuer: str  # the issuer's name in config
+    identity: str  # oidc:ISSUER:VALUE-OF-THE-IDENTITY-CLAIM
+    claims: dict[str, str]  # the claims recorded with the request and in the audit log
+    actor: str = ""  # who started the pipeline, from the actor claim ("" if absent)
+    barred: tuple[str, ...] = ()  # officers who may not approve: the actor, as mapped in config
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "identity": self.identity,
+            "claims": dict(self.claims),
+            "actor": self.actor,
+            "barred_approvers": list(self.barred),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenCaller:
+        return cls(
+            d["issuer"], d["identity"], dict(d["claims"]), d["actor"], tuple(d["barred_approvers"])
+        )
+
+
+@dataclass(frozen=True)
 class Request:
     id: str
     key_name: str
@@ -68,6 +94,15 @@ class Request:
     idempotency_key: str = ""
     approvals: tuple[Approval, ...] = field(default=())
     signatures: tuple[bytes, ...] = field(default=())
+    caller: TokenCaller | None = None  # set when the requester came with an OIDC token
+    payload_type: str = ""  # with `payload`: a DSSE payload whose PAE digest is signed
+    payload: bytes = b""
+
+    def may_decide(self, approver: str) -> bool:
+        """Whether `approver` is neither the requester nor the pipeline's actor."""
+        return approver != self.requester and not (
+            self.caller is not None and approver in self.caller.barred
+        )
 
     @property
     def terminal(self) -> bool:

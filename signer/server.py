@@ -26,6 +26,7 @@ from signer.config import Config
 from signer.core import Core, KeySpec
 from signer.errors import ConfigError, SignerError
 from signer.hsm import Token
+from signer.oidc import OidcVerifier
 from signer.service import ApprovalService, AuditService, SigningService
 from signer.store import SqliteStore, Store
 from signer.v1 import (
@@ -68,6 +69,7 @@ class Server:
     core: Core
     grpc_server: grpc.Server
     port: int
+    oidc_port: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweeper: threading.Thread | None = None
 
@@ -86,7 +88,7 @@ class Server:
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token),
             )
-            server, port = _grpc_server(config, core)  # binds the port: fails early
+            server, port, oidc_port = _grpc_server(config, core)  # binds ports: fails early
             core.record(
                 "server.started",
                 "signer",
@@ -95,6 +97,7 @@ class Server:
                     "policy_hash": config.policy_hash,
                     "policy": config.policy_document,
                     "listen": config.server.listen,
+                    "oidc_listen": config.server.oidc_listen,
                     "keys": {
                         n: {"key_id": k.key_id, "algorithm": k.algorithm.name}
                         for n, k in sorted(keys.items())
@@ -106,7 +109,7 @@ class Server:
                 store.close()
             token.close()
             raise
-        return cls(config, token, store, core, server, port)
+        return cls(config, token, store, core, server, port, oidc_port)
 
     def start(self) -> None:
         self.core.recover()
@@ -118,6 +121,7 @@ class Server:
             "serving",
             listen=self.config.server.listen,
             port=self.port,
+            oidc_port=self.oidc_port or None,
             policy_hash=self.config.policy_hash,
         )
 
@@ -141,11 +145,18 @@ class Server:
         self.token.close()
 
 
-def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int]:
+def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
     s = config.server
     rules = {**DEFAULT_RULES, **config.access}
+    oidc = None
+    if s.oidc_listen is not None:
+        oidc = OidcVerifier(config.issuers)
+        oidc.load()
     interceptor = AuthInterceptor(
-        config.roles_of, rules, lambda who, method, e: core.record_rejection(who, method, e)
+        config.roles_of,
+        rules,
+        lambda who, method, e: core.record_rejection(who, method, e),
+        oidc,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="rpc"),
@@ -174,13 +185,25 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int]:
         root_certificates=s.client_ca.read_bytes(),
         require_client_auth=True,
     )
+    port = _bind(server, s.listen, creds, config, "listen")
+    oidc_port = 0
+    if s.oidc_listen is not None:
+        # Server-authenticated TLS only: callers prove who they are with a token.
+        tls = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+        oidc_port = _bind(server, s.oidc_listen, tls, config, "oidc_listen")
+    return server, port, oidc_port
+
+
+def _bind(
+    server: grpc.Server, address: str, creds: grpc.ServerCredentials, config: Config, key: str
+) -> int:
     try:
-        port = server.add_secure_port(s.listen, creds)
+        port = server.add_secure_port(address, creds)
     except RuntimeError:  # grpcio raises where older versions returned 0
         port = 0
     if port == 0:
         raise ConfigError(
-            f"{config.path}: server.listen: cannot listen on {s.listen} "
+            f"{config.path}: server.{key}: cannot listen on {address} "
             "(address in use or not local); choose another HOST:PORT"
         )
-    return server, port
+    return int(port)

@@ -21,7 +21,7 @@ import grpc
 import structlog
 
 from signer.audit.entry import AuditEntry
-from signer.auth import current_identity, current_method
+from signer.auth import current_caller, current_identity, current_method
 from signer.convert import (
     STATE_FROM_PB,
     audit_event_pb,
@@ -157,6 +157,9 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
             dict(request.context),
             duration(request.ttl),
             request.idempotency_key,
+            caller=current_caller.get(),
+            payload_type=request.payload_type,
+            payload=request.payload,
         )
         return signing_pb2.CreateSigningRequestResponse(request=self._pb(r))
 

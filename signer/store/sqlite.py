@@ -24,12 +24,18 @@ from signer.audit import merkle
 from signer.audit.entry import AuditEntry
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import StoreError
-from signer.model import Approval, Digest, Request, State
+from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import AuditFilter, Store, Tx
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# v2: the OIDC caller (issuer, claims, barred approvers) and a DSSE payload per request.
+_SCHEMA_V2 = """
+ALTER TABLE requests ADD COLUMN caller TEXT;
+ALTER TABLE requests ADD COLUMN payload_type TEXT NOT NULL DEFAULT '';
+ALTER TABLE requests ADD COLUMN payload BLOB NOT NULL DEFAULT x''
+"""
 _SCHEMA = """
 CREATE TABLE requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -128,11 +134,12 @@ class SqliteStore(Store):
                         f"database {self.path} has schema {version}, newer than this "
                         f"server's {SCHEMA_VERSION}; upgrade the server"
                     )
-                if version < 1:
-                    for stmt in _SCHEMA.split(";\n"):
-                        if stmt.strip():
-                            self._db.execute(stmt)
-                    self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                for target, script in ((1, _SCHEMA), (2, _SCHEMA_V2)):
+                    if version < target:
+                        for stmt in script.split(";\n"):
+                            if stmt.strip():
+                                self._db.execute(stmt)
+                        self._db.execute("INSERT INTO schema_version VALUES (?)", (target,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -185,6 +192,9 @@ class _SqliteTx(Tx):
             updated,
             message,
             idem,
+            caller,
+            payload_type,
+            payload,
         ) = row
         approvals = tuple(
             Approval(rid, a, d, bytes(env), parse_time(c), reason)
@@ -216,11 +226,14 @@ class _SqliteTx(Tx):
             idempotency_key=idem or "",
             approvals=approvals,
             signatures=signatures,
+            caller=TokenCaller.from_dict(json.loads(caller)) if caller else None,
+            payload_type=payload_type,
+            payload=bytes(payload),
         )
 
     _COLUMNS = (
         "id, key_name, key_id, algorithm, requester, digests, context, state, created, "
-        "expires, updated, status_message, idempotency_key"
+        "expires, updated, status_message, idempotency_key, caller, payload_type, payload"
     )
 
     def get_request(self, request_id: str) -> Request | None:
@@ -242,7 +255,7 @@ class _SqliteTx(Tx):
         r = request
         self._db.execute(
             f"INSERT INTO requests ({self._COLUMNS}, params_hash) "  # noqa: S608
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.id,
                 r.key_name,
@@ -257,6 +270,9 @@ class _SqliteTx(Tx):
                 format_time(r.updated),
                 r.status_message,
                 r.idempotency_key or None,
+                canonical_json(r.caller.as_dict()).decode() if r.caller else None,
+                r.payload_type,
+                r.payload,
                 params_hash,
             ),
         )

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from signer.v1 import types_pb2 as signer_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17signer/v1/signing.proto\x12\tsigner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15signer/v1/types.proto\"\x8a\x02\n\x1b\x43reateSigningRequestRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\"\n\x07\x64igests\x18\x02 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x44\n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x33.signer.v1.CreateSigningRequestRequest.ContextEntry\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x1c\x43reateSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"&\n\x18GetSigningRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"G\n\x19GetSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"S\n\x19WaitSigningRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x1aWaitSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"9\n\x1b\x43\x61ncelSigningRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x1c\x43\x61ncelSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"\'\n\x13GetPublicKeyRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\"7\n\x14GetPublicKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.signer.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"4\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.signer.v1.KeyInfo2\xbb\x04\n\x0eSigningService\x12g\n\x14\x43reateSigningRequest\x12&.signer.v1.CreateSigningRequestRequest\x1a\'.signer.v1.CreateSigningRequestResponse\x12^\n\x11GetSigningRequest\x12#.signer.v1.GetSigningRequestRequest\x1a$.signer.v1.GetSigningRequestResponse\x12\x61\n\x12WaitSigningRequest\x12$.signer.v1.WaitSigningRequestRequest\x1a%.signer.v1.WaitSigningRequestResponse\x12g\n\x14\x43\x61ncelSigningRequest\x12&.signer.v1.CancelSigningRequestRequest\x1a\'.signer.v1.CancelSigningRequestResponse\x12O\n\x0cGetPublicKey\x12\x1e.signer.v1.GetPublicKeyRequest\x1a\x1f.signer.v1.GetPublicKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17signer/v1/signing.proto\x12\tsigner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15signer/v1/types.proto\"\xb1\x02\n\x1b\x43reateSigningRequestRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\"\n\x07\x64igests\x18\x02 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x44\n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x33.signer.v1.CreateSigningRequestRequest.ContextEntry\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x14\n\x0cpayload_type\x18\x06 \x01(\t\x12\x0f\n\x07payload\x18\x07 \x01(\x0c\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x1c\x43reateSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"&\n\x18GetSigningRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"G\n\x19GetSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"S\n\x19WaitSigningRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"V\n\x1aWaitSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"9\n\x1b\x43\x61ncelSigningRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x1c\x43\x61ncelSigningRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"\'\n\x13GetPublicKeyRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\"7\n\x14GetPublicKeyResponse\x12\x1f\n\x03key\x18\x01 \x01(\x0b\x32\x12.signer.v1.KeyInfo\"\x11\n\x0fListKeysRequest\"4\n\x10ListKeysResponse\x12 \n\x04keys\x18\x01 \x03(\x0b\x32\x12.signer.v1.KeyInfo2\xbb\x04\n\x0eSigningService\x12g\n\x14\x43reateSigningRequest\x12&.signer.v1.CreateSigningRequestRequest\x1a\'.signer.v1.CreateSigningRequestResponse\x12^\n\x11GetSigningRequest\x12#.signer.v1.GetSigningRequestRequest\x1a$.signer.v1.GetSigningRequestResponse\x12\x61\n\x12WaitSigningRequest\x12$.signer.v1.WaitSigningRequestRequest\x1a%.signer.v1.WaitSigningRequestResponse\x12g\n\x14\x43\x61ncelSigningRequest\x12&.signer.v1.CancelSigningRequestRequest\x1a\'.signer.v1.CancelSigningRequestResponse\x12O\n\x0cGetPublicKey\x12\x1e.signer.v1.GetPublicKeyRequest\x1a\x1f.signer.v1.GetPublicKeyResponse\x12\x43\n\x08ListKeys\x12\x1a.signer.v1.ListKeysRequest\x1a\x1b.signer.v1.ListKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATESIGNINGREQUESTREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_CREATESIGNINGREQUESTREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_CREATESIGNINGREQUESTREQUEST']._serialized_start=94
-  _globals['_CREATESIGNINGREQUESTREQUEST']._serialized_end=360
-  _globals['_CREATESIGNINGREQUESTREQUEST_CONTEXTENTRY']._serialized_start=314
-  _globals['_CREATESIGNINGREQUESTREQUEST_CONTEXTENTRY']._serialized_end=360
-  _globals['_CREATESIGNINGREQUESTRESPONSE']._serialized_start=362
-  _globals['_CREATESIGNINGREQUESTRESPONSE']._serialized_end=436
-  _globals['_GETSIGNINGREQUESTREQUEST']._serialized_start=438
-  _globals['_GETSIGNINGREQUESTREQUEST']._serialized_end=476
-  _globals['_GETSIGNINGREQUESTRESPONSE']._serialized_start=478
-  _globals['_GETSIGNINGREQUESTRESPONSE']._serialized_end=549
-  _globals['_WAITSIGNINGREQUESTREQUEST']._serialized_start=551
-  _globals['_WAITSIGNINGREQUESTREQUEST']._serialized_end=634
-  _globals['_WAITSIGNINGREQUESTRESPONSE']._serialized_start=636
-  _globals['_WAITSIGNINGREQUESTRESPONSE']._serialized_end=722
-  _globals['_CANCELSIGNINGREQUESTREQUEST']._serialized_start=724
-  _globals['_CANCELSIGNINGREQUESTREQUEST']._serialized_end=781
-  _globals['_CANCELSIGNINGREQUESTRESPONSE']._serialized_start=783
-  _globals['_CANCELSIGNINGREQUESTRESPONSE']._serialized_end=857
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=859
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=898
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=900
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=955
-  _globals['_LISTKEYSREQUEST']._serialized_start=957
-  _globals['_LISTKEYSREQUEST']._serialized_end=974
-  _globals['_LISTKEYSRESPONSE']._serialized_start=976
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1028
-  _globals['_SIGNINGSERVICE']._serialized_start=1031
-  _globals['_SIGNINGSERVICE']._serialized_end=1602
+  _globals['_CREATESIGNINGREQUESTREQUEST']._serialized_end=399
+  _globals['_CREATESIGNINGREQUESTREQUEST_CONTEXTENTRY']._serialized_start=353
+  _globals['_CREATESIGNINGREQUESTREQUEST_CONTEXTENTRY']._serialized_end=399
+  _globals['_CREATESIGNINGREQUESTRESPONSE']._serialized_start=401
+  _globals['_CREATESIGNINGREQUESTRESPONSE']._serialized_end=475
+  _globals['_GETSIGNINGREQUESTREQUEST']._serialized_start=477
+  _globals['_GETSIGNINGREQUESTREQUEST']._serialized_end=515
+  _globals['_GETSIGNINGREQUESTRESPONSE']._serialized_start=517
+  _globals['_GETSIGNINGREQUESTRESPONSE']._serialized_end=588
+  _globals['_WAITSIGNINGREQUESTREQUEST']._serialized_start=590
+  _globals['_WAITSIGNINGREQUESTREQUEST']._serialized_end=673
+  _globals['_WAITSIGNINGREQUESTRESPONSE']._serialized_start=675
+  _globals['_WAITSIGNINGREQUESTRESPONSE']._serialized_end=761
+  _globals['_CANCELSIGNINGREQUESTREQUEST']._serialized_start=763
+  _globals['_CANCELSIGNINGREQUESTREQUEST']._serialized_end=820
+  _globals['_CANCELSIGNINGREQUESTRESPONSE']._serialized_start=822
+  _globals['_CANCELSIGNINGREQUESTRESPONSE']._serialized_end=896
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=898
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=937
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=939
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=994
+  _globals['_LISTKEYSREQUEST']._serialized_start=996
+  _globals['_LISTKEYSREQUEST']._serialized_end=1013
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1015
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1067
+  _globals['_SIGNINGSERVICE']._serialized_start=1070
+  _globals['_SIGNINGSERVICE']._serialized_end=1641
 # @@protoc_insertion_point(module_scope)

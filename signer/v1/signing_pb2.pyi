@@ -49,9 +49,17 @@ class CreateSigningRequestRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_TYPE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     key_name: _builtins.str
     idempotency_key: _builtins.str
     """A retry with the same key returns the same request."""
+    payload_type: _builtins.str
+    """Optional DSSE payload to be signed, shown to the officers: an in-toto Statement v1
+    (payload_type application/vnd.in-toto+json). Then digests holds exactly one
+    digest, of the payload's DSSE pre-authentication encoding (PAE).
+    """
+    payload: _builtins.bytes
     @_builtins.property
     def digests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Digest]: ...
     @_builtins.property
@@ -70,10 +78,12 @@ class CreateSigningRequestRequest(_message.Message):
         context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
         idempotency_key: _builtins.str = ...,
+        payload_type: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "digests", b"digests", "idempotency_key", b"idempotency_key", "key_name", b"key_name", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "digests", b"digests", "idempotency_key", b"idempotency_key", "key_name", b"key_name", "payload", b"payload", "payload_type", b"payload_type", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -190,6 +190,9 @@ class SigningRequest(_message.Message):
     SIGNATURES_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
     AUDIT_PROOF_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_TYPE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     key_name: _builtins.str
     key_id: _builtins.str
@@ -201,6 +204,9 @@ class SigningRequest(_message.Message):
     """Number of distinct approvals needed."""
     status_message: _builtins.str
     """Why the request ended: denial or cancellation reason, failure cause."""
+    payload_type: _builtins.str
+    """With payload: a DSSE payload (an in-toto Statement); the one digest is over its PAE."""
+    payload: _builtins.bytes
     @_builtins.property
     def digests(self) -> _containers.RepeatedCompositeFieldContainer[Global___Digest]: ...
     @_builtins.property
@@ -221,6 +227,10 @@ class SigningRequest(_message.Message):
     def audit_proof(self) -> Global___AuditProof:
         """Once SIGNED: the request.signed audit entry and its inclusion in a signed checkpoint."""
 
+    @_builtins.property
+    def caller(self) -> Global___TokenCaller:
+        """Set when the requester authenticated with an OIDC ID token."""
+
     def __init__(
         self,
         *,
@@ -240,14 +250,75 @@ class SigningRequest(_message.Message):
         signatures: _abc.Iterable[_builtins.bytes] | None = ...,
         status_message: _builtins.str = ...,
         audit_proof: Global___AuditProof | None = ...,
+        caller: Global___TokenCaller | None = ...,
+        payload_type: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_proof", b"audit_proof", "create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_proof", b"audit_proof", "caller", b"caller", "create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "approvals", b"approvals", "audit_proof", b"audit_proof", "context", b"context", "create_time", b"create_time", "digests", b"digests", "expire_time", b"expire_time", "id", b"id", "key_id", b"key_id", "key_name", b"key_name", "requester", b"requester", "signatures", b"signatures", "state", b"state", "status_message", b"status_message", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "approvals", b"approvals", "audit_proof", b"audit_proof", "caller", b"caller", "context", b"context", "create_time", b"create_time", "digests", b"digests", "expire_time", b"expire_time", "id", b"id", "key_id", b"key_id", "key_name", b"key_name", "payload", b"payload", "payload_type", b"payload_type", "requester", b"requester", "signatures", b"signatures", "state", b"state", "status_message", b"status_message", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SigningRequest: _TypeAlias = SigningRequest  # noqa: Y015
+
+@_typing.final
+class TokenCaller(_message.Message):
+    """A requester that authenticated with a verified OIDC ID token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ClaimsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    BARRED_APPROVERS_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """The issuer's name in the server's config."""
+    actor: _builtins.str
+    """Who started the pipeline (the actor claim)."""
+    @_builtins.property
+    def claims(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The verified claims recorded with the request (repository, ref, workflow...)."""
+
+    @_builtins.property
+    def barred_approvers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Officers who may not decide on this request: the actor, as mapped in config."""
+
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        claims: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        barred_approvers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "barred_approvers", b"barred_approvers", "claims", b"claims", "issuer", b"issuer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenCaller: _TypeAlias = TokenCaller  # noqa: Y015
 
 @_typing.final
 class AuditProof(_message.Message):
