@@ -173,6 +173,32 @@ def _describe(d: dict[str, Any]) -> None:
         [a["decision"], f"{a['approver']} at {a['time']} {a['reason']}".strip()]
         for a in d["approvals"]
     ]
+    if "caller" in d:
+        c = d["caller"]
+        rows.append(["oidc issuer", c["issuer"]])
+        rows += [[f"claim.{k}", v] for k, v in c["claims"].items()]
+        if c["barred_approvers"]:
+            rows.append(["may not decide", ", ".join(c["barred_approvers"])])
+    if "payload_type" in d:
+        rows.append(["payload", d["payload_type"]])
+        if "statement" in d:
+            st = d["statement"]
+            rows.append(["predicate", st["predicate_type"]])
+            rows += [
+                [
+                    f"subject {i}",
+                    f"{x['name']}\n" + " ".join(f"{a}:{v}" for a, v in x["digest"].items()),
+                ]
+                for i, x in enumerate(st["subjects"])
+            ]
+        rows.append(
+            [
+                "payload check",
+                "the digest is the payload's DSSE PAE"
+                if d["payload_matches_digest"]
+                else "MISMATCH: the digest is NOT of this payload; do not approve",
+            ]
+        )
     if d["status_message"]:
         rows.append(["status", d["status_message"]])
     print_table("signing request", ["field", "value"], rows)
@@ -223,6 +249,11 @@ def _decide(
     _describe(d)
     if d["state"] != "PENDING":
         raise ApproverError(f"request {request_id} is {d['state']}; nothing to decide")
+    if decision == "approve" and not d.get("payload_matches_digest", True):
+        raise ApproverError(
+            f"request {request_id}: the digest to sign is not that of the statement shown; "
+            "refusing to approve"
+        )
     if not yes and not click.confirm(
         f"{decision} this request as {profile.identity}?", default=False, err=True
     ):

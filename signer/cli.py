@@ -26,6 +26,7 @@ from signer.audit.note import Verifier, open_checkpoint
 from signer.audit.offline import verify_dir
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.auditor import fetch
+from signer.bundle import Bundle, Trust, dsse_envelope, verify_bundle
 from signer.client import Profile, RemoteError, load_profile
 from signer.clikit import (
     EXIT_FAILED,
@@ -42,14 +43,29 @@ from signer.clikit import (
     stubs,
 )
 from signer.config import load_config, parse_duration
-from signer.convert import HASH_TO_PB
+from signer.convert import HASH_FROM_PB, HASH_TO_PB
 from signer.devenv import init_devenv
 from signer.errors import ConfigError, VerificationError
+from signer.intoto import PAYLOAD_TYPE, build_statement, pae_digest
+from signer.model import Digest
 from signer.v1 import audit_pb2, audit_pb2_grpc, signing_pb2, signing_pb2_grpc, types_pb2
 from signer.verify import verify_digest
 
 __all__ = ["main"]
 
+format_opt = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["raw", "dsse", "bundle"]),
+    default="raw",
+    show_default=True,
+    help="raw signatures, a DSSE envelope over an in-toto statement, or an evidence bundle.",
+)
+oidc_token_opt = click.option(
+    "--oidc-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the CI job's OIDC ID token from this file (OIDC profiles).",
+)
 _config_opt = click.option(
     "--config",
     "config_path",
@@ -278,8 +294,10 @@ def _duration(text: str, hint: str) -> dt.timedelta:
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    help="Signature file (one artifact); default ARTIFACT.sig next to --file.",
+    help="Output file (one artifact, or a bundle/envelope); default next to the first --file.",
 )
+@format_opt
+@oidc_token_opt
 @json_opt
 @handle_errors
 def sign(
@@ -295,26 +313,57 @@ def sign(
     timeout: str,
     idempotency_key: str,
     out: Path | None,
+    fmt: str,
+    oidc_token_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Ask for a signature; print the request id at once; optionally wait for it."""
+    """Ask for a signature; print the request id at once; optionally wait for it.
+
+    --format raw writes one signature per artifact (ARTIFACT.sig, with its audit
+    proof beside it); bundle writes one JSON bundle with the signatures, the
+    officers' approvals and the audit proof (`signer verify --bundle`); dsse
+    sends an in-toto Statement over the artifacts, which the officers see, and
+    writes the signed DSSE envelope plus a bundle for it.
+    """
     digests = _digests(files, raw_digests, hash_name)
     if not digests:
         raise click.UsageError("give --file or --digest")
-    if out is not None and len(digests) != 1:
-        raise click.UsageError("--out needs exactly one --file or --digest")
-    if wait and out is None and len(files) != len(digests):
-        raise click.UsageError("with --digest, give --out (or use --no-wait)")
-    profile = load_profile(profile_path, server)
+    if fmt == "raw":
+        if out is not None and len(digests) != 1:
+            raise click.UsageError("--out needs exactly one --file or --digest")
+        if wait and out is None and len(files) != len(digests):
+            raise click.UsageError("with --digest, give --out (or use --no-wait)")
+    elif wait and out is None and not files:
+        raise click.UsageError(f"with --format {fmt} and only --digest, give --out")
+    context = _context(ctx)
+    payload_type, payload = "", b""
+    if fmt == "dsse":
+        payload_type = PAYLOAD_TYPE
+        payload = build_statement(
+            [(d.artifact_name, HASH_FROM_PB[d.algorithm], d.value) for d in digests],
+            {"context": context} if context else {},
+        )
+        names = [d.artifact_name for d in digests]
+        label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+        digests = [
+            types_pb2.Digest(
+                algorithm=HASH_TO_PB[hash_name],
+                value=pae_digest(payload_type, payload, hash_name),
+                artifact_name=f"in-toto statement: {label}"[:512],
+            )
+        ]
+    profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
     ttl_pb = duration_pb2.Duration()
     if ttl:
         ttl_pb.FromTimedelta(_duration(ttl, "--ttl"))
     create = signing_pb2.CreateSigningRequestRequest(
         key_name=key_name,
         digests=digests,
-        context=_context(ctx),
+        context=context,
         ttl=ttl_pb,
         idempotency_key=idempotency_key or str(uuid.uuid4()),
+        payload_type=payload_type,
+        payload=payload,
     )
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
         request = _create(profile, stub, create)
@@ -328,7 +377,7 @@ def sign(
         request = _wait(profile, stub, request.id, _duration(timeout, "--timeout"))
         if as_json:
             print_json(request_dict(request))
-        _finish(profile, stub, request, files, out)
+        _finish(profile, stub, request, fmt, files, out)
 
 
 def _create(profile: Profile, stub: Any, create: Any) -> types_pb2.SigningRequest:
@@ -374,6 +423,7 @@ def _finish(
     profile: Profile,
     stub: Any,
     request: types_pb2.SigningRequest,
+    fmt: str,
     files: tuple[Path, ...],
     out: Path | None,
 ) -> None:
@@ -385,23 +435,79 @@ def _finish(
                 f"fetch it later with `signer status {request.id} --out FILE`"
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
-    proof = _check_signatures(profile, stub, request)
-    targets = [out] if out is not None else [f.with_name(f.name + ".sig") for f in files]
-    for path, sig in zip(targets, request.signatures, strict=True):
-        _write_signature(path, sig, proof)
+    proof, key = _check_signatures(profile, stub, request)
+    if fmt == "raw":
+        targets = [out] if out is not None else [f.with_name(f.name + ".sig") for f in files]
+        for path, sig in zip(targets, request.signatures, strict=True):
+            _write_signature(path, sig, proof)
+        return
+    first = files[0] if files else None
+
+    def target(suffix: str) -> Path:
+        if out is not None:
+            return out
+        assert first is not None
+        return first.with_name(first.name + suffix)
+
+    if fmt == "bundle":
+        path = target(".bundle.json")
+        _write_json(path, _bundle(request, key, proof, None).to_json())
+        stderr.print(f"bundle written to {path}")
+        return
+    if not request.payload or len(request.signatures) != 1:
+        fail(f"request {request.id} has no DSSE payload; use --format raw or bundle")
+    d = request.digests[0]
+    if pae_digest(request.payload_type, request.payload, HASH_FROM_PB[d.algorithm]) != d.value:
+        fail(f"request {request.id}: the signed digest is not that of its payload; not written")
+    envelope = dsse_envelope(
+        request.payload_type, request.payload, request.key_id, request.signatures[0]
+    )
+    path = target(".intoto.json")
+    _write_json(path, envelope)
+    bundle_path = path.with_name(path.name + ".bundle.json")
+    _write_json(bundle_path, _bundle(request, key, proof, envelope).to_json())
+    stderr.print(f"DSSE envelope written to {path} (bundle: {bundle_path})")
+
+
+def _bundle(
+    request: types_pb2.SigningRequest,
+    key: types_pb2.KeyInfo,
+    proof: SignedProof,
+    envelope: dict[str, Any] | None,
+) -> Bundle:
+    approvals = [a.envelope for a in request.approvals if a.decision == types_pb2.DECISION_APPROVE]
+    return Bundle(
+        request_id=request.id,
+        key_name=request.key_name,
+        key_id=request.key_id,
+        algorithm=request.algorithm,
+        public_key_pem=key.public_key_pem,
+        digests=tuple(
+            Digest(HASH_FROM_PB[d.algorithm], d.value, d.artifact_name) for d in request.digests
+        ),
+        signatures=tuple(request.signatures),
+        threshold=request.threshold,
+        approvals=tuple(approvals),
+        audit=proof,
+        dsse=envelope,
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _write_signature(path: Path, signature: bytes, proof: SignedProof) -> None:
     """The signature, and beside it the proof that it is on the audit log."""
     path.write_bytes(signature)
     proof_path = path.with_name(path.name + ".audit.json")
-    proof_path.write_text(json.dumps(proof.to_json(), indent=2) + "\n")
+    _write_json(proof_path, proof.to_json())
     stderr.print(f"signature written to {path} (audit proof: {proof_path})")
 
 
 def _check_signatures(
     profile: Profile, stub: Any, request: types_pb2.SigningRequest
-) -> SignedProof:
+) -> tuple[SignedProof, types_pb2.KeyInfo]:
     """Verify what the server returned (signatures, audit proof) before writing it."""
     key = call(
         profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=request.key_name)
@@ -433,7 +539,7 @@ def _check_signatures(
         )
     except VerificationError as e:
         fail(f"the audit proof for request {request.id} does not verify: {e}; not written")
-    return proof
+    return proof, key
 
 
 @main.command()
@@ -441,15 +547,25 @@ def _check_signatures(
 @profile_opt
 @server_opt
 @click.option(
-    "--out", type=click.Path(path_type=Path), help="If SIGNED, write the (single) signature here."
+    "--out",
+    type=click.Path(path_type=Path),
+    help="If SIGNED, write the signature (--format raw: a single one), bundle or envelope here.",
 )
+@format_opt
+@oidc_token_opt
 @json_opt
 @handle_errors
 def status(
-    request_id: str, profile_path: Path | None, server: str | None, out: Path | None, as_json: bool
+    request_id: str,
+    profile_path: Path | None,
+    server: str | None,
+    out: Path | None,
+    fmt: str,
+    oidc_token_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Show one of your requests (and fetch its signature)."""
-    profile = load_profile(profile_path, server)
+    profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
         r = call(
             profile, stub.GetSigningRequest, signing_pb2.GetSigningRequestRequest(id=request_id)
@@ -460,9 +576,9 @@ def status(
         else:
             _show_request(d)
         if out is not None:
-            if d["state"] != "SIGNED" or len(r.signatures) != 1:
+            if d["state"] != "SIGNED" or (fmt == "raw" and len(r.signatures) != 1):
                 fail(f"request {request_id} is {d['state']}; no single signature to write")
-            _write_signature(out, r.signatures[0], _check_signatures(profile, stub, r))
+            _finish(profile, stub, r, fmt, (), out)
 
 
 def _show_request(d: dict[str, Any]) -> None:
@@ -537,33 +653,83 @@ def public_key(
 @click.option(
     "--public-key",
     "public_key_path",
-    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The signing key's public key (PEM), for --signature.",
 )
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--digest", "raw_digest", help="ALG:HEX instead of --file.")
 @click.option(
     "--hash", "hash_name", default="sha256", show_default=True, type=click.Choice(list(HASH_SIZES))
 )
-@click.option(
-    "--signature", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--scheme",
     default="auto",
     show_default=True,
     type=click.Choice(["auto", "ecdsa", "pss", "pkcs1"]),
 )
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An evidence bundle (signer sign --format bundle|dsse) instead of --signature.",
+)
+@click.option(
+    "--trust",
+    "trust_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Pinned trust for --bundle (TOML: public_key, threshold, audit_verifier, [approvers]).",
+)
+@json_opt
 @handle_errors
 def verify(
-    public_key_path: Path,
+    public_key_path: Path | None,
     file: Path | None,
     raw_digest: str | None,
     hash_name: str,
-    signature: Path,
+    signature: Path | None,
     scheme: str,
+    bundle_path: Path | None,
+    trust_path: Path | None,
+    as_json: bool,
 ) -> None:
-    """Verify a signature offline (exit 0 valid, 1 invalid)."""
+    """Verify a signature offline (exit 0 valid, 1 invalid).
+
+    With --bundle and --trust: the signature, its quorum (m distinct pinned
+    officers approved exactly this request) and its inclusion in a checkpoint
+    signed by the pinned audit key, all offline.
+    """
+    if bundle_path is not None:
+        if file is None or trust_path is None:
+            raise click.UsageError("--bundle needs --file and --trust")
+        if signature is not None or raw_digest is not None:
+            raise click.UsageError("--bundle replaces --signature and --digest")
+        trust = Trust.load(trust_path)
+        try:
+            result = verify_bundle(Bundle.read(bundle_path), trust, file)
+        except VerificationError as e:
+            fail(f"bundle INVALID: {e}", EXIT_FAILED)
+        if as_json:
+            print_json(
+                {
+                    "request_id": result.request_id,
+                    "key_name": result.key_name,
+                    "artifact": result.artifact,
+                    "approvers": list(result.approvers),
+                    "log_index": result.log_index,
+                    "tree_size": result.tree_size,
+                }
+            )
+            return
+        click.echo(
+            f"bundle OK: {file.name} signed by key {result.key_name} after approval by "
+            f"{', '.join(result.approvers)} ({len(result.approvers)} of the required "
+            f"{trust.threshold}); on the audit log at index {result.log_index} "
+            f"(checkpoint of {result.tree_size} entries signed by {trust.audit_verifier.name})"
+        )
+        return
+    if public_key_path is None or signature is None:
+        raise click.UsageError("give --public-key and --signature (or --bundle and --trust)")
     if (file is None) == (raw_digest is None):
         raise click.UsageError("give exactly one of --file or --digest")
     digest = _digests((file,) if file else (), (raw_digest,) if raw_digest else (), hash_name)[0]

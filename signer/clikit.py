@@ -6,6 +6,7 @@ Errors end a command with one clear line and an exit code (DESIGN §9):
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import sys
@@ -22,7 +23,8 @@ from rich.table import Table
 
 from signer.client import Profile, RemoteError, remote_error
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
-from signer.errors import ConfigError, SignerError
+from signer.errors import ConfigError, InvalidArgumentError, SignerError
+from signer.intoto import InTotoStatement, pae_digest
 from signer.v1 import types_pb2
 
 __all__ = [
@@ -127,7 +129,37 @@ def request_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:
         ],
         "signatures": [s.hex() for s in r.signatures],
         "status_message": r.status_message,
+        **_caller_and_payload(r),
     }
+
+
+def _caller_and_payload(r: types_pb2.SigningRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if r.HasField("caller"):
+        out["caller"] = {
+            "issuer": r.caller.issuer,
+            "claims": dict(sorted(r.caller.claims.items())),
+            "actor": r.caller.actor,
+            "barred_approvers": list(r.caller.barred_approvers),
+        }
+    if r.payload_type or r.payload:
+        out["payload_type"] = r.payload_type
+        out["payload"] = base64.b64encode(r.payload).decode()
+        try:
+            st = InTotoStatement.parse(r.payload)
+            out["statement"] = {
+                "predicate_type": st.predicate_type,
+                "subjects": [{"name": x.name, "digest": dict(x.digest)} for x in st.subjects],
+            }
+        except InvalidArgumentError as e:
+            out["statement_error"] = str(e)
+        out["payload_matches_digest"] = bool(
+            len(r.digests) == 1
+            and r.digests[0].algorithm in HASH_FROM_PB
+            and pae_digest(r.payload_type, r.payload, HASH_FROM_PB[r.digests[0].algorithm])
+            == r.digests[0].value
+        )
+    return out
 
 
 def print_json(value: Any) -> None:

@@ -5,7 +5,8 @@ Creates a SoftHSM token with a `release` signing key (ecdsa-p256) and an
 the server, the CI client `ci`, officers `alice`, `bob`, `carol`, the
 `auditor` and `admin` (the CA key stays in tls/ca.key, 0600, to issue
 more); the officers' approval keys; `signer.toml` (2-of-3 on
-`release`); and a client profile per identity in `profiles/`. Every secret
+`release`); a client profile per identity in `profiles/`; and
+`trust/release.toml`, what a consumer pins to verify evidence bundles. Every secret
 (PINs, private keys) is a 0600 file; nothing secret is printed.
 """
 
@@ -42,7 +43,7 @@ def init_devenv(root: Path, listen: str) -> list[str]:
         raise ConfigError(f"{root} exists and is not empty; choose a new directory")
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
-    for d in ("secrets", "tls", "approvers", "profiles"):
+    for d in ("secrets", "tls", "approvers", "profiles", "trust"):
         (root / d).mkdir(mode=0o700 if d == "secrets" else 0o755)
 
     conf = softhsm.write_config(root / "softhsm2.conf", root / "tokens")
@@ -68,8 +69,10 @@ def init_devenv(root: Path, listen: str) -> list[str]:
     # Keys are generated through the admin path so their creation is audited.
     config_path = root / "signer.toml"
     generate_key(config_path, "audit", algorithm("ed25519"), actor="signer init")
-    generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
+    release = generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
     verifier = audit_verifier(config_path)
+    (root / "trust" / "release.pem").write_text(release.public_key_pem)
+    (root / "trust" / "release.toml").write_text(_trust(verifier))
     for name, role in _CLIENTS.items():
         (root / "profiles" / f"{name}.toml").write_text(_profile(name, role, listen, verifier))
     return sorted(
@@ -123,6 +126,21 @@ approvers = [{approvers}]
 threshold = 2
 requesters = ["ci"]
 max_ttl = "1h"
+"""
+
+
+def _trust(verifier: str) -> str:
+    officers = "\n".join(f'{o} = "../approvers/{o}.key.pub"' for o in OFFICERS)
+    return f"""\
+# What someone who downloads a release pins to verify it offline:
+#   signer verify --bundle ARTIFACT.bundle.json --file ARTIFACT --trust trust/release.toml
+public_key = "release.pem"        # the release key's public key
+threshold = 2                     # distinct officers who must have approved
+audit_verifier = "{verifier}"
+
+# officer -> Ed25519 public key of their approvals
+[approvers]
+{officers}
 """
 
 

@@ -1,0 +1,356 @@
+"""Evidence bundles: a signature with the proof of its quorum and of its place in the log.
+
+`signer sign --format bundle` writes one JSON file; `signer verify --bundle`
+checks it offline against pinned trust only (the signing public key, the
+officers' approval keys, the threshold the consumer demands, the audit
+verifier key):
+
+1. the key in the bundle is the pinned key (same key id);
+2. the artifact's digest is one the bundle signs (for a DSSE bundle: a subject
+   of the signed in-toto statement, whose PAE digest is the one signed), and
+   every signature verifies with the pinned key under the key's scheme;
+3. every approval envelope verifies with the pinned key of the officer it
+   names and binds this request, key, key id and exactly these digests; at
+   least `threshold` distinct officers (and distinct keys) approved;
+4. the request.signed audit entry, naming this request, key and exactly these
+   signatures, is included in a checkpoint signed by the pinned audit key.
+
+Any failed check raises VerificationError naming it; nothing is partially
+trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from signer.algorithms import ALGORITHMS, HASH_SIZES
+from signer.audit.note import Verifier
+from signer.audit.proofs import SignedProof, verify_signed_proof
+from signer.dsse import Envelope, Statement
+from signer.errors import ConfigError, EnvelopeError, InvalidArgumentError, VerificationError
+from signer.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
+from signer.model import Digest
+from signer.verify import verify_digest
+
+__all__ = ["MEDIA_TYPE", "Bundle", "Trust", "VerifiedBundle", "dsse_envelope", "verify_bundle"]
+
+MEDIA_TYPE = "application/vnd.signer.bundle.v1+json"
+_MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+
+
+def key_id(public_key: PublicKeyTypes) -> str:
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def dsse_envelope(
+    payload_type: str, payload: bytes, key_id: str, signature: bytes
+) -> dict[str, Any]:
+    """A DSSE envelope (JSON form) with one signature."""
+    return {
+        "payload": base64.b64encode(payload).decode(),
+        "payloadType": payload_type,
+        "signatures": [{"keyid": key_id, "sig": base64.b64encode(signature).decode()}],
+    }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    request_id: str
+    key_name: str
+    key_id: str
+    algorithm: str
+    public_key_pem: str
+    digests: tuple[Digest, ...]
+    signatures: tuple[bytes, ...]
+    threshold: int
+    approvals: tuple[bytes, ...]  # the officers' DSSE envelopes, verbatim
+    audit: SignedProof
+    dsse: dict[str, Any] | None = None  # the signed envelope, for a DSSE bundle
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "mediaType": MEDIA_TYPE,
+            "request_id": self.request_id,
+            "key": {
+                "name": self.key_name,
+                "key_id": self.key_id,
+                "algorithm": self.algorithm,
+                "public_key_pem": self.public_key_pem,
+            },
+            "digests": [x.as_dict() for x in self.digests],
+            "signatures": [base64.b64encode(s).decode() for s in self.signatures],
+            "threshold": self.threshold,
+            "approvals": [a.decode() for a in self.approvals],
+            "audit": self.audit.to_json(),
+        }
+        if self.dsse is not None:
+            d["dsse"] = self.dsse
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> Bundle:
+        try:
+            if not isinstance(d, dict) or d.get("mediaType") != MEDIA_TYPE:
+                raise VerificationError(f"not a bundle: mediaType is not {MEDIA_TYPE}")
+            key = d["key"]
+            dsse = d.get("dsse")
+            if dsse is not None and not isinstance(dsse, dict):
+                raise TypeError("dsse must be an object")
+            return cls(
+                request_id=str(d["request_id"]),
+                key_name=str(key["name"]),
+                key_id=str(key["key_id"]),
+                algorithm=str(key["algorithm"]),
+                public_key_pem=str(key["public_key_pem"]),
+                digests=tuple(Digest.from_dict(x) for x in d["digests"]),
+                signatures=tuple(base64.b64decode(s, validate=True) for s in d["signatures"]),
+                threshold=int(d["threshold"]),
+                approvals=tuple(str(a).encode() for a in d["approvals"]),
+                audit=SignedProof.from_json(d["audit"]),
+                dsse=dsse,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise VerificationError(f"malformed bundle: {e!r}") from None
+
+    @classmethod
+    def read(cls, path: Path) -> Bundle:
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise VerificationError(f"cannot read bundle {path}: {e.strerror}") from None
+        if len(raw) > _MAX_BUNDLE_BYTES:
+            raise VerificationError(f"bundle {path} is over {_MAX_BUNDLE_BYTES} bytes")
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            raise VerificationError(f"bundle {path} is not JSON: {e}") from None
+        return cls.from_json(doc)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the consumer of a signature pins, independently of the server."""
+
+    public_key: PublicKeyTypes
+    approvers: Mapping[str, ed25519.Ed25519PublicKey]
+    threshold: int
+    audit_verifier: Verifier
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Trust:
+        """Read a trust file (TOML): public_key, threshold, audit_verifier, [approvers]."""
+        path = path.resolve()
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read trust file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"trust file {path}: not valid TOML: {e}") from None
+        allowed = {"public_key", "threshold", "audit_verifier", "approvers"}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ConfigError(f"trust file {path}: unknown setting {unknown[0]!r}")
+
+        def pem(value: Any, what: str) -> PublicKeyTypes:
+            if not isinstance(value, str):
+                raise ConfigError(f"trust file {path}: {what} must be a path to a PEM file")
+            p = Path(value) if Path(value).is_absolute() else path.parent / value
+            try:
+                return serialization.load_pem_public_key(p.read_bytes())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"trust file {path}: {what}: cannot load {p}: {e}") from None
+
+        approvers_raw = raw.get("approvers")
+        if not isinstance(approvers_raw, dict) or not approvers_raw:
+            raise ConfigError(f"trust file {path}: [approvers] must name NAME = PEM-PATH entries")
+        approvers = {}
+        for name, value in approvers_raw.items():
+            k = pem(value, f"approvers.{name}")
+            if not isinstance(k, ed25519.Ed25519PublicKey):
+                raise ConfigError(f"trust file {path}: approvers.{name} is not an Ed25519 key")
+            approvers[name] = k
+        threshold = raw.get("threshold")
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+            raise ConfigError(f"trust file {path}: threshold must be a positive integer")
+        if threshold > len(approvers):
+            raise ConfigError(
+                f"trust file {path}: threshold {threshold} is more than the "
+                f"{len(approvers)} approvers listed"
+            )
+        try:
+            verifier = Verifier.parse(str(raw.get("audit_verifier", "")))
+        except VerificationError as e:
+            raise ConfigError(f"trust file {path}: audit_verifier: {e}") from None
+        return cls(pem(raw.get("public_key"), "public_key"), approvers, threshold, verifier, path)
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    request_id: str
+    key_name: str
+    artifact: str
+    approvers: tuple[str, ...]
+    log_index: int
+    tree_size: int
+    statement: InTotoStatement | None = field(default=None)
+
+
+def _file_digests(path: Path) -> dict[str, bytes]:
+    hashers = {name: hashlib.new(name) for name in HASH_SIZES}
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                for h in hashers.values():
+                    h.update(chunk)
+    except OSError as e:
+        raise VerificationError(f"cannot read {path}: {e.strerror}") from None
+    return {name: h.digest() for name, h in hashers.items()}
+
+
+def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundle:
+    """Check signature, quorum and log inclusion offline; raise VerificationError."""
+    # 1. The pinned key.
+    pinned_id = key_id(trust.public_key)
+    if bundle.key_id != pinned_id:
+        raise VerificationError(
+            f"the bundle is for key {bundle.key_id[:16]}..., the pinned key is {pinned_id[:16]}..."
+        )
+    alg = ALGORITHMS.get(bundle.algorithm)
+    if alg is None or not alg.signs_digests:
+        raise VerificationError(f"unknown signing algorithm {bundle.algorithm!r}")
+    if not bundle.digests or len(bundle.digests) != len(bundle.signatures):
+        raise VerificationError("the bundle needs one signature per digest")
+    # 2. The artifact is covered, and every signature verifies.
+    for d, sig in zip(bundle.digests, bundle.signatures, strict=True):
+        try:
+            verify_digest(trust.public_key, d.algorithm, d.value, sig, alg.scheme)
+        except (InvalidSignature, ValueError) as e:
+            raise VerificationError(
+                f"the signature over {d.artifact} does not verify with the pinned key"
+            ) from e
+    file_digests = _file_digests(artifact)
+    statement = None
+    if bundle.dsse is not None:
+        statement, covered = _check_dsse(bundle, file_digests, artifact)
+    else:
+        found = next((d for d in bundle.digests if file_digests.get(d.algorithm) == d.value), None)
+        if found is None:
+            raise VerificationError(f"{artifact.name}'s digest is not one the bundle signs")
+        covered = found.artifact
+    # 3. The quorum.
+    approvers = _check_approvals(bundle, trust)
+    # 4. On the record.
+    checkpoint = verify_signed_proof(
+        bundle.audit,
+        trust.audit_verifier,
+        bundle.request_id,
+        bundle.key_id,
+        list(bundle.signatures),
+    )
+    return VerifiedBundle(
+        bundle.request_id,
+        bundle.key_name,
+        covered,
+        approvers,
+        bundle.audit.index,
+        checkpoint.size,
+        statement,
+    )
+
+
+def _check_dsse(
+    bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Path
+) -> tuple[InTotoStatement, str]:
+    env = bundle.dsse
+    assert env is not None
+    try:
+        payload = base64.b64decode(env["payload"], validate=True)
+        payload_type = env["payloadType"]
+        sigs = env["signatures"]
+        sig = base64.b64decode(sigs[0]["sig"], validate=True)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise VerificationError(f"malformed DSSE envelope in the bundle: {e!r}") from None
+    if payload_type != PAYLOAD_TYPE:
+        raise VerificationError(f"the DSSE payload type is not {PAYLOAD_TYPE}")
+    if len(sigs) != 1 or len(bundle.digests) != 1 or sig != bundle.signatures[0]:
+        raise VerificationError("the DSSE signature is not the bundle's one signature")
+    d = bundle.digests[0]
+    if pae_digest(payload_type, payload, d.algorithm) != d.value:
+        raise VerificationError("the signed digest is not that of the DSSE payload")
+    try:
+        statement = InTotoStatement.parse(payload)
+    except InvalidArgumentError as e:
+        raise VerificationError(str(e)) from None
+    subject = statement.covers(None, file_digests)
+    if subject is None:
+        raise VerificationError(f"{artifact.name} is not a subject of the signed statement")
+    return statement, subject.name
+
+
+def _verify_by_any(
+    env: Envelope, approvers: Mapping[str, ed25519.Ed25519PublicKey]
+) -> tuple[str, ed25519.Ed25519PublicKey, Statement] | None:
+    """The pinned officer whose key verifies the envelope, and what they signed."""
+    for name, key in sorted(approvers.items()):
+        try:
+            return name, key, env.verify(key)
+        except EnvelopeError:
+            continue
+    return None
+
+
+def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
+    valid: set[str] = set()
+    keys_used: set[bytes] = set()
+    for i, raw in enumerate(bundle.approvals):
+        try:
+            env = Envelope.parse(raw)
+        except EnvelopeError as e:
+            raise VerificationError(f"approval {i} is malformed: {e}") from None
+        found = _verify_by_any(env, trust.approvers)
+        if found is None:
+            raise VerificationError(f"approval {i} is not signed by any pinned officer's key")
+        claimed, key, st = found
+        mismatches = [
+            name
+            for name, ok in (
+                ("decision", st.decision == "approve"),
+                ("approver", st.approver == claimed),
+                ("request_id", st.request_id == bundle.request_id),
+                ("key_name", st.key_name == bundle.key_name),
+                ("key_id", st.key_id == bundle.key_id),
+                ("digests", st.digests == bundle.digests),
+            )
+            if not ok
+        ]
+        if mismatches:
+            raise VerificationError(
+                f"approval {i} ({claimed}) is not for this signature: "
+                f"{', '.join(mismatches)} differ"
+            )
+        raw_key = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if claimed in valid or raw_key in keys_used:
+            raise VerificationError(f"approval {i}: {claimed} is counted twice")
+        valid.add(claimed)
+        keys_used.add(raw_key)
+    if len(valid) < trust.threshold:
+        raise VerificationError(
+            f"{len(valid)} distinct officers approved; the pinned threshold is {trust.threshold}"
+        )
+    return tuple(sorted(valid))
