@@ -117,7 +117,7 @@ class Bundle:
                 key_id=str(key["key_id"]),
                 algorithm=str(key["algorithm"]),
                 public_key_pem=str(key["public_key_pem"]),
-                digests=tuple(Digest.from_dict(x) for x in d["digests"]),
+                digests=tuple(_digest(x) for x in d["digests"]),
                 signatures=tuple(base64.b64decode(s, validate=True) for s in d["signatures"]),
                 threshold=int(d["threshold"]),
                 approvals=tuple(str(a).encode() for a in d["approvals"]),
@@ -125,7 +125,7 @@ class Bundle:
                 dsse=dsse,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise VerificationError(f"malformed bundle: {e!r}") from None
+            raise VerificationError(f"malformed bundle: {str(e)[:200]}") from None
 
     @classmethod
     def read(cls, path: Path) -> Bundle:
@@ -139,7 +139,24 @@ class Bundle:
             doc = json.loads(raw)
         except ValueError as e:
             raise VerificationError(f"bundle {path} is not JSON: {e}") from None
+        except RecursionError:
+            raise VerificationError(f"bundle {path} is nested too deeply") from None
         return cls.from_json(doc)
+
+
+def _digest(x: Any) -> Digest:
+    """One signed digest of a bundle: a known hash algorithm and a digest of its size."""
+    if not isinstance(x, dict):
+        raise TypeError("a digest must be an object")
+    alg, artifact = x["algorithm"], x["artifact"]
+    if not isinstance(alg, str) or alg not in HASH_SIZES:
+        raise ValueError(f"digest algorithm {str(alg)[:32]!r} is not one of sha256, sha384, sha512")
+    if not isinstance(artifact, str):
+        raise TypeError("a digest's artifact must be a string")
+    d = Digest.from_dict(x)
+    if len(d.value) != HASH_SIZES[alg]:
+        raise ValueError(f"a {alg} digest is {HASH_SIZES[alg]} bytes, not {len(d.value)}")
+    return d
 
 
 @dataclass(frozen=True)
@@ -240,7 +257,7 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
     for d, sig in zip(bundle.digests, bundle.signatures, strict=True):
         try:
             verify_digest(trust.public_key, d.algorithm, d.value, sig, alg.scheme)
-        except (InvalidSignature, ValueError) as e:
+        except (InvalidSignature, InvalidArgumentError, ValueError) as e:
             raise VerificationError(
                 f"the signature over {d.artifact} does not verify with the pinned key"
             ) from e

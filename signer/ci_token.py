@@ -42,7 +42,7 @@ def _expiry(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         exp = claims.get("exp")
         return float(exp) if isinstance(exp, int | float) else None
-    except (IndexError, ValueError, AttributeError):
+    except (IndexError, ValueError, AttributeError, RecursionError):
         return None
 
 
@@ -73,7 +73,7 @@ def github_actions_token(audience: str, timeout: float = 10.0) -> str:
             body: Any = json.loads(resp.read(_MAX_RESPONSE))
     except urllib.error.HTTPError as e:
         raise ConfigError(f"the GitHub Actions token endpoint refused: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, OSError, ValueError, RecursionError) as e:
         raise ConfigError(f"cannot get a token from the GitHub Actions runner: {e}") from None
     value = body.get("value") if isinstance(body, dict) else None
     if not isinstance(value, str) or not value:

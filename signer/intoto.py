@@ -70,6 +70,8 @@ class InTotoStatement:
             if isinstance(e, InvalidArgumentError):
                 raise
             raise bad(f"not UTF-8 JSON ({e})") from None
+        except RecursionError:
+            raise bad("JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise bad("not a JSON object")
         if doc.get("_type") != STATEMENT_TYPE:

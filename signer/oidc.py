@@ -101,7 +101,7 @@ class Jwks:
             entries = doc["keys"]
             if not isinstance(entries, list):
                 raise TypeError("keys is not a list")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise ConfigError(f"JWKS of issuer {self.issuer.name!r} is not a JWK set: {e}") from e
         keys: dict[str, jwt.PyJWK] = {}
         for entry in entries:
@@ -159,8 +159,10 @@ class OidcVerifier:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.DecodeError as e:
-            raise _fail("TOKEN_MALFORMED", f"not a JWT ({e})") from None
+        except (jwt.InvalidTokenError, RecursionError) as e:
+            # PyJWT raises a bare InvalidTokenError (not DecodeError) for a non-string kid
+            # or an unsupported crit header; a deeply nested payload overflows json.loads.
+            raise _fail("TOKEN_MALFORMED", f"not a JWT ({str(e)[:200]})") from None
         iss = unverified.get("iss")
         issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:

@@ -88,3 +88,7 @@ def fresh(fresh_env: Env) -> Iterator[Running]:
 
 
 __all__ = ["ServerProcess"]
+
+
+# An OIDC-enabled environment and server (tests/oidc_env.py), for tests/test_oidc.py.
+from tests.oidc_env import oidc, oidc_env  # noqa: E402, F401

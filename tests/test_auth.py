@@ -122,6 +122,7 @@ def test_handshake_refused(
 def test_outsider_certificate_is_really_from_another_ca(shared: Running) -> None:
     """The `outsider` profile's certificate names a real identity but another issuer."""
     p = shared.env.profile("outsider")
+    assert p.cert is not None
     cert = x509.load_pem_x509_certificate(p.cert.read_bytes())
     ca = x509.load_pem_x509_certificate(p.ca.read_bytes())
     assert p.identity == "outsider"

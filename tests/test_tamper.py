@@ -744,7 +744,11 @@ _NO_QUORUM: list[tuple[Callable[[_Synth], int], str, str]] = [
         "request.signed",
         "signed with 1 valid distinct approvals; the policy needs 2",
     ),
-    (_requester_approves, "request.approved", "the requester decided on their own request"),
+    (
+        _requester_approves,
+        "request.approved",
+        "carol decided on a request they made or whose pipeline they started",
+    ),
     (_other_digests, "request.approved", "the approve by bob is not bound to this request"),
     (_forged_envelope, "request.approved", "approval envelope by bob does not verify"),
     (

@@ -12,7 +12,7 @@ verifier key. Checks, and names the first entry that fails:
   approval envelopes from distinct approvers (distinct keys) of the key's
   policy in force (recorded whole in `server.started`, hash checked), each
   bound to the same request id, key name, key id and digests, none from the
-  requester, and no denial.
+  requester (nor the actor of an OIDC pipeline), and no denial.
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ class _Request:
     denied: bool = False
     signed: bool = False
 
+    @property
+    def barred(self) -> list[str]:
+        """Officers who may not decide: the OIDC pipeline's actor, as mapped at creation."""
+        caller = self.created.get("caller") or {}
+        return list(caller.get("barred_approvers", []))
+
 
 class _Semantics:
     """Replays the log and checks every signature's quorum under the policy in force."""
@@ -171,7 +177,7 @@ class _Semantics:
         valid: dict[str, bytes] = {
             a: k
             for a, k in r.approvals.items()
-            if a in key_policy["approvers"] and a != r.requester
+            if a in key_policy["approvers"] and a != r.requester and a not in r.barred
         }
         distinct_keys = len(set(valid.values()))
         if min(len(valid), distinct_keys) < key_policy["threshold"]:
@@ -205,8 +211,10 @@ class _Semantics:
         )
         if not bound:
             raise ValueError(f"the {decision} by {e.actor} is not bound to this request")
-        if e.actor == r.requester:
-            raise ValueError("the requester decided on their own request")
+        if e.actor == r.requester or e.actor in r.barred:
+            raise ValueError(
+                f"{e.actor} decided on a request they made or whose pipeline they started"
+            )
         return raw
 
 
@@ -230,7 +238,7 @@ def verify_dir(path: Path, verifier: Verifier) -> Report:
     for i, raw in enumerate(log.read_entries()):
         try:
             entry = AuditEntry.from_bytes(raw)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise VerificationError(f"entry {i}: not a canonical audit entry: {e}") from None
         if entry.index != i:
             raise VerificationError(
