@@ -21,7 +21,7 @@ from signer.audit.checkpoint import Checkpointer
 from signer.config import Config, load_config
 from signer.errors import KeyNotFoundError
 from signer.hsm import Token, TokenKey
-from signer.store import SqliteStore
+from signer.store import open_store
 
 __all__ = ["audit_verifier", "checkpointer_for", "generate_key", "list_keys", "open_token"]
 
@@ -43,7 +43,7 @@ def checkpointer_for(config: Config, token: Token) -> Checkpointer:
 def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) -> TokenKey:
     cfg = load_config(config_path)
     token = open_token(cfg)
-    store = SqliteStore(cfg.store_path)
+    store = open_store(cfg.store)
     try:
         key: TokenKey | None = None
         try:

@@ -92,10 +92,21 @@ def main() -> None:
     show_default=True,
     help="HOST:PORT the server will listen on (in its certificate and profiles).",
 )
+@click.option(
+    "--store-url",
+    default="sqlite:///signer.db",
+    show_default=True,
+    help="Where requests and the audit log live: sqlite:///FILE or postgresql://USER@HOST/DB.",
+)
+@click.option(
+    "--store-password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the PostgreSQL password (chmod 600); never in the URL.",
+)
 @handle_errors
-def init(directory: Path, listen: str) -> None:
+def init(directory: Path, listen: str, store_url: str, store_password_file: Path | None) -> None:
     """Create a dev environment: token, keys, CA, certificates, config, profiles."""
-    init_devenv(directory, listen)
+    init_devenv(directory, listen, store_url, store_password_file)
     stderr.print(f"dev environment ready in {directory}")
     stderr.print(f"  start the server:  signer serve --config {directory}/signer.toml")
     stderr.print(f"  CI profile:        {directory}/profiles/ci.toml")

@@ -107,6 +107,25 @@ class TokenConfig:
             os.environ["SOFTHSM2_CONF"] = str(self.softhsm2_conf)
 
 
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where requests, approvals and the audit log live: one SQLite file or PostgreSQL."""
+
+    url: str
+    path: Path | None = None  # set for sqlite:///PATH
+    password_file: Path | None = None  # PostgreSQL only; never in the URL
+    pool_size: int = 8
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.path is not None else "postgresql"
+
+    def read_password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        return read_secret(self.password_file, None, "database password")
+
+
 JWT_ALGORITHMS = ("RS256", "ES256")
 DEFAULT_RECORDED_CLAIMS = (
     "sub",
@@ -210,7 +229,7 @@ class Config:
     path: Path
     server: ServerConfig
     token: TokenConfig
-    store_path: Path
+    store: StoreConfig
     audit_key: str
     audit_origin: str
     identities: Mapping[str, frozenset[str]]
@@ -219,6 +238,13 @@ class Config:
     access: Mapping[str, frozenset[str]] = field(default_factory=dict)
     log_format: str = "auto"
     issuers: Mapping[str, IssuerConfig] = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file (tools that only work on the embedded store)."""
+        if self.store.path is None:
+            raise ConfigError(f"{self.path}: store.url is not a sqlite:/// URL")
+        return self.store.path
 
     def roles_of(self, identity: str) -> frozenset[str]:
         return self.identities.get(identity, frozenset())
@@ -360,7 +386,7 @@ def load_config(path: Path) -> Config:
         path=path,
         server=server,
         token=_token(top.sub("token")),
-        store_path=_store(top.sub("store")),
+        store=_store(top.sub("store")),
         audit_key=audit_key,
         audit_origin=audit_origin,
         identities=identities,
@@ -433,13 +459,35 @@ def _token(r: _Reader) -> TokenConfig:
     )
 
 
-def _store(r: _Reader) -> Path:
-    r.only("url")
+def _store(r: _Reader) -> StoreConfig:
+    r.only("url", "password_file", "pool_size")
     url = r.get("url", str)
-    if not url.startswith("sqlite:///"):
-        raise r.error("url", f"{url!r}: only sqlite:///PATH is supported (sqlite:////abs/path)")
-    p = Path(url.removeprefix("sqlite:///"))
-    return p if p.is_absolute() else (r.path.parent / p).resolve()
+    if url.startswith("sqlite:///"):
+        for key in ("password_file", "pool_size"):
+            if key in r.table:
+                raise r.error(key, "is for PostgreSQL only; this store is a sqlite:/// file")
+        p = Path(url.removeprefix("sqlite:///"))
+        return StoreConfig(url, path=p if p.is_absolute() else (r.path.parent / p).resolve())
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise r.error(
+            "url",
+            f"{url.split(':', 1)[0]!r} is not a store; use sqlite:///PATH (sqlite:////abs/path) "
+            "or postgresql://USER@HOST:PORT/DB",
+        )
+    import psycopg.conninfo  # here, so SQLite users never load it
+
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise r.error("url", f"not a valid PostgreSQL URL: {str(e).splitlines()[0]}") from None
+    if "password" in info:
+        raise r.error(
+            "url", "holds a password; put it in a file named by store.password_file (chmod 600)"
+        )
+    pool_size = r.get("pool_size", int, 8)
+    if not 1 <= pool_size <= 256:
+        raise r.error("pool_size", "must be between 1 and 256")
+    return StoreConfig(url, password_file=r.path_of("password_file", None), pool_size=pool_size)
 
 
 def _identities(r: _Reader) -> dict[str, frozenset[str]]:

@@ -12,6 +12,7 @@ more); the officers' approval keys; `signer.toml` (2-of-3 on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from signer import approval_keys, softhsm
@@ -34,7 +35,12 @@ _CLIENTS = {
 }
 
 
-def init_devenv(root: Path, listen: str) -> list[str]:
+def init_devenv(
+    root: Path,
+    listen: str,
+    store_url: str = "sqlite:///signer.db",
+    store_password_file: Path | None = None,
+) -> list[str]:
     """Create the environment under `root`; return the names of the files made."""
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or int(port) == 0:
@@ -65,7 +71,10 @@ def init_devenv(root: Path, listen: str) -> list[str]:
     for name in OFFICERS:
         approval_keys.generate(root / "approvers" / f"{name}.key")
 
-    (root / "signer.toml").write_text(_server_config(listen))
+    store = f"url = {json.dumps(store_url)}"
+    if store_password_file is not None:
+        store += f"\npassword_file = {json.dumps(str(store_password_file.resolve()))}"
+    (root / "signer.toml").write_text(_server_config(listen, store))
     # Keys are generated through the admin path so their creation is audited.
     config_path = root / "signer.toml"
     generate_key(config_path, "audit", algorithm("ed25519"), actor="signer init")
@@ -80,7 +89,7 @@ def init_devenv(root: Path, listen: str) -> list[str]:
     )
 
 
-def _server_config(listen: str) -> str:
+def _server_config(listen: str, store: str) -> str:
     approvers = ", ".join(f'"{o}"' for o in OFFICERS)
     identities = "\n".join(f'{n} = ["{r}"]' for n, r in _CLIENTS.items())
     keys = "\n".join(f'{o} = "approvers/{o}.key.pub"' for o in OFFICERS)
@@ -102,8 +111,8 @@ label = "{TOKEN_LABEL}"
 pin_file = "secrets/token.pin"
 softhsm2_conf = "softhsm2.conf"
 
-[store]
-url = "sqlite:///signer.db"
+[store]                        # sqlite:///FILE (one server) or postgresql://... (replicas)
+{store}
 
 [audit]
 key = "audit"                  # ed25519 key in the token for checkpoints

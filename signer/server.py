@@ -28,7 +28,7 @@ from signer.errors import ConfigError, SignerError
 from signer.hsm import Token
 from signer.oidc import OidcVerifier
 from signer.service import ApprovalService, AuditService, SigningService
-from signer.store import SqliteStore, Store
+from signer.store import Store, open_store
 from signer.v1 import (
     approval_pb2,
     approval_pb2_grpc,
@@ -79,7 +79,7 @@ class Server:
         store: Store | None = None
         try:
             keys = load_keys(config, token)
-            store = SqliteStore(config.store_path)
+            store = open_store(config.store)
             core = Core(
                 store,
                 token,
@@ -88,6 +88,8 @@ class Server:
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token),
             )
+            # Replicas on one database hear each other's changes through the store.
+            store.subscribe(core.notifier.publish)
             server, port, oidc_port = _grpc_server(config, core)  # binds ports: fails early
             core.record(
                 "server.started",

@@ -1,13 +1,18 @@
 """Fixtures: a shared dev environment and server, plus fresh ones for destructive tests.
 
-SoftHSM is required: a missing softhsm2-util or module fails the session
-(never a silent skip), in CI and locally alike.
+Every test that touches a store runs on both backends, SQLite and PostgreSQL
+(the session-scoped `backend` parameter; `pytest --backend sqlite` narrows it for
+a quick local run). PostgreSQL is a throwaway server started once per session
+(tests/pg.py), with a new database per environment.
+
+SoftHSM and PostgreSQL are required: a missing softhsm2-util, module or initdb
+fails the session (never a silent skip), in CI and locally alike.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +22,39 @@ from signer.tls import DevCA
 from tests.harness import (
     DIGEST_ALGORITHMS,
     Clients,
+    Db,
     Env,
     Running,
     ServerProcess,
     make_env,
     running,
 )
+from tests.pg import PgServer, find_bin_dir
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=[*BACKENDS, "all"],
+        default="all",
+        help="store backend(s) to run store-backed tests on (default: all)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(why): the test is about the SQLite file itself")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--backend")
+    backends = list(BACKENDS) if chosen == "all" else [chosen]
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        backends = [b for b in backends if b == "sqlite"]
+    metafunc.parametrize("backend", backends, scope="session")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -35,22 +67,57 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
         if not ok
     ]
+    if session.config.getoption("--backend") != "sqlite" and find_bin_dir() is None:
+        missing.append("PostgreSQL (initdb)")
     if missing:
         raise pytest.UsageError(
             f"SoftHSM2/openssl missing ({', '.join(missing)}); run scripts/test, which "
-            "installs them (apt-get install softhsm2 openssl)"
+            "installs them (apt-get install softhsm2 openssl postgresql)"
         )
 
 
 @pytest.fixture(scope="session")
-def shared_env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+def pg() -> Iterator[PgServer]:
+    """The session's PostgreSQL server, started on first use."""
+    bin_dir = find_bin_dir()
+    assert bin_dir is not None, (
+        "PostgreSQL is missing: run scripts/setup (apt-get install postgresql)"
+    )
+    server = PgServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def new_db(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Db]:
+    """Make a new empty database on the test's backend (SQLite: a file in tmp_path)."""
+    return _db_maker(backend, request, tmp_path)
+
+
+def _db_maker(backend: str, request: pytest.FixtureRequest, where: Path) -> Callable[[], Db]:
+    if backend == "sqlite":
+        count = iter(range(1_000_000))
+        return lambda: Db(f"sqlite:///{where / f'store-{next(count)}.db'}")
+    server: PgServer = request.getfixturevalue("pg")
+    return lambda: Db(server.database(), server.password_file)
+
+
+@pytest.fixture(scope="session")
+def shared_env(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Env:
     """One environment for the whole session, with a key per digest algorithm and extras.
 
     Extra identities: `ci2` (second requester), `dave` (approver not in any key's
     policy), `carol` may also request (to test self-approval), `nobody` (valid
     certificate, no role), `outsider` (certificate from another CA).
     """
-    env = make_env(tmp_path_factory.mktemp("shared") / "env")
+    root = tmp_path_factory.mktemp(f"shared-{backend}")
+    env = make_env(
+        root / "env", None if backend == "sqlite" else _db_maker(backend, request, root)()
+    )
     for alg in DIGEST_ALGORITHMS:
         env.add_key(f"k-{alg}", alg)
     env.add_client("ci2", ["requester"])
@@ -77,9 +144,9 @@ def clients(shared: Running) -> Clients:
 
 
 @pytest.fixture
-def fresh_env(tmp_path: Path) -> Env:
+def fresh_env(backend: str, new_db: Callable[[], Db], tmp_path: Path) -> Env:
     """A new environment of its own (for crash, start-up and config tests)."""
-    return make_env(tmp_path / "env")
+    return make_env(tmp_path / "env", None if backend == "sqlite" else new_db())
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 `FakeToken` implements the core's `DigestSigner` with real `cryptography` EC
 P-256 keys held in memory (so signatures verify like the token's), and can be
 told to fail (`TokenError`) or to "crash" the process mid-signing. `make_world`
-builds a real `Core` over a real `SqliteStore` in a temporary directory with
+builds a real `Core` over a real store (a SQLite file, or a PostgreSQL database) with
 the `release` key under a 2-of-3 policy, in-memory Ed25519 approver keys, an
 injectable clock and (unless turned off) an audit `Checkpointer` whose Ed25519
 key lives in memory, so every transaction that appends entries ends with a
@@ -32,7 +32,8 @@ from signer.core import LIMITS, Core, KeySpec, Limits
 from signer.dsse import Statement, sign_statement
 from signer.errors import KeyNotFoundError, TokenError
 from signer.model import Digest, Request, State
-from signer.store import SqliteStore
+from signer.store import Store
+from tests.harness import Db
 
 __all__ = [
     "AUDIT_ORIGIN",
@@ -150,9 +151,9 @@ def make_envelope(
 
 @dataclass
 class World:
-    """A Core over a real SQLite file, with every collaborator in reach of the test."""
+    """A Core over a real store (SQLite or PostgreSQL), every collaborator in reach."""
 
-    path: Path
+    db: Db
     token: FakeToken
     clock: FakeClock
     officers: dict[str, ed25519.Ed25519PrivateKey]
@@ -160,11 +161,11 @@ class World:
     policies: dict[str, KeyPolicy]
     limits: Limits
     checkpointer: Checkpointer | None = None
-    store: SqliteStore = field(init=False)
+    store: Store = field(init=False)
     core: Core = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = SqliteStore(self.path)
+        self.store = self.db.open()
         self.core = self._core()
 
     def _core(self) -> Core:
@@ -192,7 +193,7 @@ class World:
     def restart(self) -> Core:
         """Close the store and build a new Core over the same file (no recover())."""
         self.store.close()
-        self.store = SqliteStore(self.path)
+        self.store = self.db.open()
         self.core = self._core()
         return self.core
 
@@ -276,6 +277,7 @@ class World:
 def make_world(
     directory: Path,
     *,
+    db: Db | None = None,
     threshold: int = 2,
     max_ttl: dt.timedelta = dt.timedelta(hours=1),
     limits: Limits = LIMITS,
@@ -298,7 +300,7 @@ def make_world(
         max_ttl,
     )
     return World(
-        path=directory / "signer.db",
+        db=db or Db(f"sqlite:///{directory / 'signer.db'}"),
         token=token,
         clock=clock or FakeClock(),
         officers={n: ed25519.Ed25519PrivateKey.generate() for n in OFFICERS},

@@ -7,11 +7,14 @@ with one SOFTHSM2_CONF). Every network call goes to 127.0.0.1 with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,14 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.approval_keys import generate as generate_approval_key
 from signer.approval_keys import load_private
 from signer.client import Profile, RemoteError, load_profile, remote_error
+from signer.config import StoreConfig
 from signer.dsse import Statement, sign_statement
 from signer.model import Digest
+from signer.store import Store, open_store
 from signer.tls import DevCA, write_private
 from signer.v1 import (
     approval_pb2,
@@ -103,23 +109,102 @@ def run(
     return p
 
 
+@dataclass(frozen=True)
+class Db:
+    """Where a test's store lives: a SQLite file, or a PostgreSQL database (with password)."""
+
+    url: str  # sqlite:///ABSOLUTE-PATH or postgresql://...
+    password_file: Path | None = None
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.url.startswith("sqlite:") else "postgresql"
+
+    def open(self) -> Store:
+        """The product's own store over this database (runs its migrations)."""
+        return open_store(
+            StoreConfig(self.url, path=self.sqlite_path, password_file=self.password_file)
+        )
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.url.removeprefix("sqlite:///")) if self.backend == "sqlite" else None
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run raw SQL outside the product (`?` marks a parameter); commit; return rows."""
+        if self.sqlite_path is not None:
+            with contextlib.closing(sqlite3.connect(self.sqlite_path, isolation_level=None)) as db:
+                return db.execute(sql, args).fetchall()
+        query = sql.replace("?", "%s").encode()
+        try:
+            cur = self._pg().execute(query, args or None)
+        except psycopg.OperationalError:  # the server restarted: connect again, once
+            _PG_CONNECTIONS.pop(self.url, None)
+            cur = self._pg().execute(query, args or None)
+        return cur.fetchall() if cur.description else []
+
+    def _pg(self) -> psycopg.Connection[Any]:
+        conn = _PG_CONNECTIONS.get(self.url)
+        if conn is None or conn.closed:
+            assert self.password_file is not None
+            password = self.password_file.read_text().strip()
+            conn = psycopg.connect(self.url, password=password, autocommit=True)
+            _PG_CONNECTIONS[self.url] = conn
+        return conn
+
+
+# One autocommit connection per test database, reused by `Db.rows` (connecting per query
+# would dominate the property tests' run time).
+_PG_CONNECTIONS: dict[str, psycopg.Connection[Any]] = {}
+
+
+SQLITE_DB = "sqlite:///signer.db"
+
+
 @dataclass
 class Env:
     """One `signer init` directory, with extra identities for the tests."""
 
     root: Path
     port: int
+    store: Db = field(default_factory=lambda: Db(SQLITE_DB))
+    name: str = "signer"  # a replica's own config and profiles: signer-r1.toml, profiles-r1/
+
+    def __post_init__(self) -> None:
+        if self.store.url == SQLITE_DB:
+            self.store = Db(f"sqlite:///{self.root / 'signer.db'}")
 
     @property
     def config(self) -> Path:
-        return self.root / "signer.toml"
+        return self.root / f"{self.name}.toml"
+
+    def replica(self, number: int) -> Env:
+        """Another server of this env on its own port: same token, store and policy.
+
+        Writes signer-rN.toml (only `listen` differs) and profiles-rN/ (profiles
+        pointing at that port), so `ServerProcess` and `Clients` work on it as is.
+        """
+        port = free_port()
+        replica = Env(self.root, port, self.store, f"signer-r{number}")
+        cfg = self.read_config()
+        cfg["server"]["listen"] = f"127.0.0.1:{port}"
+        replica.write_config(cfg)
+        replica.profiles_dir.mkdir(exist_ok=True)
+        for profile in self.profiles_dir.glob("*.toml"):
+            text = profile.read_text().replace(f"127.0.0.1:{self.port}", f"127.0.0.1:{port}")
+            (replica.profiles_dir / profile.name).write_text(text)
+        return replica
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.root / ("profiles" if self.name == "signer" else f"profiles-{self.name[7:]}")
 
     @property
     def db(self) -> Path:
         return self.root / "signer.db"
 
     def profile_path(self, name: str) -> Path:
-        return self.root / "profiles" / f"{name}.toml"
+        return self.profiles_dir / f"{name}.toml"
 
     def profile(self, name: str) -> Profile:
         return load_profile(self.profile_path(name))
@@ -191,10 +276,16 @@ class Env:
         return load_private(self.root / "approvers" / f"{officer}.key", None)
 
 
-def make_env(root: Path) -> Env:
+def make_env(root: Path, db: Db | None = None) -> Env:
+    """`signer init` in `root`, with its store in `db` (default: signer.db in `root`)."""
     port = free_port()
-    run([*SIGNER, "init", str(root), "--listen", f"127.0.0.1:{port}"])
-    return Env(root, port)
+    store: list[str] = []
+    if db is not None:
+        store = ["--store-url", db.url]
+        if db.password_file is not None:
+            store += ["--store-password-file", str(db.password_file)]
+    run([*SIGNER, "init", str(root), "--listen", f"127.0.0.1:{port}", *store])
+    return Env(root, port, db or Db(SQLITE_DB))
 
 
 @dataclass
@@ -204,7 +295,9 @@ class ServerProcess:
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = self.env.root / "server.log"
+        self.log = self.env.root / (
+            "server.log" if self.env.name == "signer" else f"{self.env.name}.log"
+        )
 
     def start(self, timeout: float = 30) -> ServerProcess:
         with self.log.open("ab") as out:
@@ -381,12 +474,10 @@ def rpc_error(fn: Callable[[], Any]) -> RemoteError:
 
 
 def audit_events(env: Env) -> list[dict[str, Any]]:
-    """Every audit entry, read straight from the database file."""
-    import json
-    import sqlite3
-
-    with sqlite3.connect(env.db) as db:
-        return [json.loads(e) for (e,) in db.execute("SELECT entry FROM audit_log ORDER BY idx")]
+    """Every audit entry, read straight from the database."""
+    return [
+        json.loads(bytes(e)) for (e,) in env.store.rows("SELECT entry FROM audit_log ORDER BY idx")
+    ]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15, step: float = 0.1) -> None:

@@ -28,6 +28,7 @@ from signer.v1 import approval_pb2, signing_pb2, signing_pb2_grpc, types_pb2
 from tests.harness import (
     RPC_TIMEOUT,
     SIGNER,
+    Db,
     Env,
     Running,
     free_port,
@@ -36,6 +37,7 @@ from tests.harness import (
     sha256_digest,
 )
 from tests.idp import IdP
+from tests.pg import PgServer
 
 __all__ = [
     "IDENTITY",
@@ -147,8 +149,8 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def make_oidc_env(root: Path) -> OidcEnv:
-    env = make_env(root)
+def make_oidc_env(root: Path, db: Db | None = None) -> OidcEnv:
+    env = make_env(root, db)
     idp = IdP(ISSUER)
     idp.write_jwks(env.root / "ci-idp.jwks.json")
     oidc_port = free_port()
@@ -186,8 +188,14 @@ def make_oidc_env(root: Path) -> OidcEnv:
 
 
 @pytest.fixture(scope="session")
-def oidc_env(tmp_path_factory: pytest.TempPathFactory) -> OidcEnv:
-    return make_oidc_env(tmp_path_factory.mktemp("oidc") / "env")
+def oidc_env(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> OidcEnv:
+    db = None
+    if backend == "postgresql":
+        pg: PgServer = request.getfixturevalue("pg")
+        db = Db(pg.database(), pg.password_file)
+    return make_oidc_env(tmp_path_factory.mktemp(f"oidc-{backend}") / "env", db)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import subprocess
 import threading
 import time
@@ -42,6 +41,7 @@ from tests.harness import (
     sha256_digest,
     sign_in_background,
 )
+from tests.test_crash import assert_intact
 
 ORIGIN = "localhost/signer-dev"
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
@@ -120,11 +120,6 @@ def _flows(clients: Clients) -> None:
 def _proof(r: types_pb2.SigningRequest) -> SignedProof:
     p = r.audit_proof
     return SignedProof(p.index, p.entry, p.tree_size, list(p.inclusion_proof), p.checkpoint)
-
-
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def _signer(r: Running, *args: str, who: str = "ci") -> subprocess.CompletedProcess[str]:
@@ -342,29 +337,26 @@ def test_kill9_mid_burst_leaves_every_checkpoint_consistent(fresh_env: Env) -> N
     assert sum(done) > 0, "nothing finished before the kill"
     assert sum(done) < threads * per_thread, "the kill did not interrupt the burst"
 
+    db = fresh_env.store
+
     def tree_size() -> int:
-        indexes = [i for (i,) in _query(fresh_env.db, "SELECT idx FROM audit_log ORDER BY idx")]
+        indexes = [i for (i,) in db.rows("SELECT idx FROM audit_log ORDER BY idx")]
         assert indexes == list(range(len(indexes))), "gap in the audit log"
         return len(indexes)
 
     # Each commit carried its checkpoint: after the kill, nothing is uncovered.
-    assert _query(fresh_env.db, "PRAGMA integrity_check") == [("ok",)]
-    assert _query(fresh_env.db, "SELECT max(size) FROM checkpoints") == [(tree_size(),)]
+    assert_intact(db)
+    assert db.rows("SELECT max(size) FROM checkpoints") == [(tree_size(),)]
 
     with serving(fresh_env) as srv:
         c = srv.clients
         latest, _ = _checkpoint(c)
         n = tree_size()
         assert latest.size == n
-        entries = [
-            bytes(e) for (e,) in _query(fresh_env.db, "SELECT entry FROM audit_log ORDER BY idx")
-        ]
+        entries = [bytes(e) for (e,) in db.rows("SELECT entry FROM audit_log ORDER BY idx")]
         assert merkle.root_from_leaves(merkle.leaf_hash(e) for e in entries) == (n, latest.root)
-        assert (
-            _query(fresh_env.db, "SELECT size FROM checkpoints GROUP BY size HAVING count(*) > 1")
-            == []
-        )
-        stored = _query(fresh_env.db, "SELECT size, note FROM checkpoints ORDER BY size")
+        assert db.rows("SELECT size FROM checkpoints GROUP BY size HAVING count(*) > 1") == []
+        stored = db.rows("SELECT size, note FROM checkpoints ORDER BY size")
         assert len(stored) > 1
         verifier = _verifier(fresh_env)
         for size, note in stored:

@@ -92,6 +92,27 @@ def _write(root: Path, cfg: dict[str, Any], name: str = "signer.toml") -> Path:
     return path
 
 
+def test_postgresql_store_config_loads(root: Path) -> None:
+    """A postgresql:// URL with a password file and pool size; the password is read on demand."""
+    cfg = _valid()
+    cfg["store"] = {
+        "url": "postgresql://signer@db.internal:5432/signer?sslmode=verify-full",
+        "password_file": "db-password",
+        "pool_size": 4,
+    }
+    (root / "db-password").write_text("correct horse\n")
+    (root / "db-password").chmod(0o600)
+    loaded = load_config(_write(root, cfg)).store
+    assert (loaded.backend, loaded.pool_size, loaded.path) == ("postgresql", 4, None)
+    assert loaded.password_file == (root / "db-password").resolve()
+    assert loaded.read_password() == "correct horse"
+    with pytest.raises(ConfigError, match="not a sqlite:/// URL"):
+        _ = load_config(_write(root, cfg)).store_path
+    (root / "db-password").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        loaded.read_password()
+
+
 def test_valid_config_loads(root: Path) -> None:
     """The baseline config loads into the expected policy; the PIN is read only on demand."""
     cfg = load_config(_write(root, _valid()))
@@ -202,7 +223,28 @@ _CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ),
     ("pin-file-and-env", _set("token", "pin_env", value="SIGNER_PIN"), "token.pin_file"),
     ("pin-neither", _drop("token", "pin_file"), "token.pin_file"),
-    ("store-postgres", _set("store", "url", value="postgresql://db/signer"), "store.url"),
+    ("store-mysql", _set("store", "url", value="mysql://db/signer"), "store.url"),
+    (
+        "store-password-in-url",
+        _set("store", "url", value="postgresql://signer:hunter2@db/signer"),
+        "store.url",
+    ),
+    (
+        "store-bad-postgres-url",
+        _set("store", "url", value="postgresql://db/x?nonsense=1"),
+        "store.url",
+    ),
+    (
+        "store-pool-size-zero",
+        _set("store", value={"url": "postgresql://signer@db/signer", "pool_size": 0}),
+        "store.pool_size",
+    ),
+    ("store-pool-size-on-sqlite", _set("store", "pool_size", value=4), "store.pool_size"),
+    (
+        "store-password-file-on-sqlite",
+        _set("store", "password_file", value="db-password"),
+        "store.password_file",
+    ),
     ("store-bare-path", _set("store", "url", value="signer.db"), "store.url"),
     ("store-missing-url", _drop("store", "url"), "store.url"),
     ("tls-cert-missing", _set("server", "tls_cert", value="tls/nope.pem"), "server.tls_cert"),
@@ -243,6 +285,7 @@ def test_broken_config_names_file_and_key(
     assert message.startswith(f"{path.resolve()}: {key}: "), message
     assert len(message) > len(f"{path.resolve()}: {key}: ") + 10  # says what to fix
     assert PIN not in message and "4242" not in message
+    assert "hunter2" not in message
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """Crash safety (invariant 9): kill -9, restart, recovery of the crash window, idempotency.
 
-Servers are real subprocesses killed with SIGKILL; the database is inspected and,
-to reproduce the window between the approval commit and the signing commit,
-edited directly while the server is down.
+Servers are real subprocesses killed with SIGKILL; the database (SQLite or
+PostgreSQL) is inspected and, to reproduce the window between the approval
+commit and the signing commit, edited directly while the server is down.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ import threading
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from signer.model import Approval, Digest, State
-from signer.store import SqliteStore
 from signer.v1 import signing_pb2, types_pb2
 from tests.harness import (
     RPC_TIMEOUT,
     Clients,
+    Db,
     Env,
     audit_events,
     rpc_error,
@@ -41,9 +42,27 @@ FAILED = types_pb2.REQUEST_STATE_FAILED
 serving = contextlib.contextmanager(running)
 
 
-def _query(env: Env, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(env.db, isolation_level=None)) as db:
-        return db.execute(sql, args).fetchall()
+def assert_intact(db: Db) -> None:
+    """The database's own structural check finds nothing wrong (PostgreSQL: amcheck)."""
+    if db.backend == "sqlite":
+        assert db.rows("PRAGMA integrity_check") == [("ok",)]
+        return
+    db.rows("CREATE EXTENSION IF NOT EXISTS amcheck")
+    damaged = db.rows(
+        "SELECT c.relname, v.* FROM pg_class c, verify_heapam(c.oid) v "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'"
+    )
+    assert damaged == []
+    checked = db.rows(  # raises on a damaged index (or one missing a table row)
+        "SELECT bt_index_check(c.oid, true) FROM pg_class c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'i'"
+    )
+    assert checked, "no index was checked"
+
+
+def _refused(db: Db) -> type[Exception]:
+    """What a statement the audit log's triggers refuse raises on this backend."""
+    return sqlite3.IntegrityError if db.backend == "sqlite" else psycopg.errors.RaiseException
 
 
 def _events(env: Env, request_id: str, event: str | None = None) -> list[dict[str, Any]]:
@@ -113,7 +132,7 @@ def test_recovery_signs_request_approved_but_not_signed(fresh_env: Env) -> None:
     # Reproduce exactly what the quorum approval commits before signing starts.
     envelope = Clients(fresh_env).envelope("bob", r)
     now = dt.datetime.now(dt.UTC)
-    store = SqliteStore(fresh_env.db)
+    store = fresh_env.store.open()
     try:
         with store.transaction() as tx:
             tx.insert_approval(Approval(r.id, "bob", "approve", envelope, now))
@@ -136,7 +155,7 @@ def test_recovery_signs_request_approved_but_not_signed(fresh_env: Env) -> None:
             )
     finally:
         store.close()
-    assert _query(fresh_env, "SELECT state FROM requests WHERE id = ?", r.id) == [("APPROVED",)]
+    assert fresh_env.store.rows("SELECT state FROM requests WHERE id = ?", r.id) == [("APPROVED",)]
 
     with serving(fresh_env) as run:  # recovery runs before the server reports healthy
         got = run.clients.get(r.id)
@@ -148,7 +167,9 @@ def test_recovery_signs_request_approved_but_not_signed(fresh_env: Env) -> None:
     with serving(fresh_env) as run:  # a second start does not sign again
         assert run.clients.get(r.id).signatures == got.signatures
     assert len(_events(fresh_env, r.id, "request.signed")) == 1
-    assert _query(fresh_env, "SELECT count(*) FROM signatures WHERE request_id = ?", r.id) == [(1,)]
+    assert fresh_env.store.rows("SELECT count(*) FROM signatures WHERE request_id = ?", r.id) == [
+        (1,)
+    ]
 
 
 def test_recovery_fails_tampered_approved_request_without_quorum(fresh_env: Env) -> None:
@@ -168,14 +189,11 @@ def test_recovery_fails_tampered_approved_request_without_quorum(fresh_env: Env)
         ),
     }
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    with contextlib.closing(sqlite3.connect(fresh_env.db, isolation_level=None)) as db:
-        for rid, envelope in bad_envelopes.items():
-            db.execute(
-                "INSERT INTO approvals VALUES (?, 'bob', 'approve', ?, ?, '')",
-                (rid, envelope, now),
-            )
-        for r in (only_one, forged, misbound):
-            db.execute("UPDATE requests SET state = 'APPROVED' WHERE id = ?", (r.id,))
+    db = fresh_env.store
+    for rid, envelope in bad_envelopes.items():
+        db.rows("INSERT INTO approvals VALUES (?, 'bob', 'approve', ?, ?, '')", rid, envelope, now)
+    for r in (only_one, forged, misbound):
+        db.rows("UPDATE requests SET state = 'APPROVED' WHERE id = ?", r.id)
 
     with serving(fresh_env) as run:
         for r in (only_one, forged, misbound):
@@ -185,7 +203,7 @@ def test_recovery_fails_tampered_approved_request_without_quorum(fresh_env: Env)
             assert "quorum" in got.status_message
             assert len(_events(fresh_env, r.id, "request.failed")) == 1
             assert _events(fresh_env, r.id, "request.signed") == []
-    assert _query(fresh_env, "SELECT count(*) FROM signatures") == [(0,)]
+    assert fresh_env.store.rows("SELECT count(*) FROM signatures") == [(0,)]
 
 
 def test_idempotent_create_survives_kill9(fresh_env: Env) -> None:
@@ -211,7 +229,7 @@ def test_idempotent_create_survives_kill9(fresh_env: Env) -> None:
         assert other.id != first.id
 
     assert len(_events(fresh_env, first.id, "request.created")) == 1
-    rows = _query(fresh_env, "SELECT id FROM requests WHERE idempotency_key = 'build-42'")
+    rows = fresh_env.store.rows("SELECT id FROM requests WHERE idempotency_key = 'build-42'")
     assert rows == [(first.id,)]
 
 
@@ -258,7 +276,7 @@ def test_kill9_during_create_burst_leaves_request_and_audit_consistent(fresh_env
 
     assert ok, "no create finished before the kill"
     assert failed, "the kill did not interrupt the burst"
-    assert _query(fresh_env, "PRAGMA integrity_check") == [("ok",)]
+    assert_intact(fresh_env.store)
 
     with serving(fresh_env) as run:
         c = run.clients
@@ -271,7 +289,7 @@ def test_kill9_during_create_burst_leaves_request_and_audit_consistent(fresh_env
         for key, rid in ok.items():
             assert c.create(digests=[attempted[key]], idempotency_key=key).id == rid
 
-    rows = _query(fresh_env, "SELECT id, idempotency_key FROM requests")
+    rows = fresh_env.store.rows("SELECT id, idempotency_key FROM requests")
     assert sorted(k for _, k in rows) == sorted(attempted)
     assert all(ok[k] == rid for rid, k in rows if k in ok)
     created = collections.Counter(
@@ -282,31 +300,39 @@ def test_kill9_during_create_burst_leaves_request_and_audit_consistent(fresh_env
 
 
 def test_audit_log_rejects_update_and_delete(fresh_env: Env) -> None:
-    """UPDATE or DELETE on audit_log is aborted by the append-only triggers."""
+    """UPDATE, DELETE (and on PostgreSQL TRUNCATE) on audit_log are aborted by its triggers."""
+    db = fresh_env.store
     before = audit_events(fresh_env)
     assert before  # `signer init` logged the key generations
-    with contextlib.closing(sqlite3.connect(fresh_env.db, isolation_level=None)) as db:
-        for sql in (
-            "UPDATE audit_log SET event = 'forged' WHERE idx = 0",
-            "UPDATE audit_log SET entry = x'00'",
-            "DELETE FROM audit_log WHERE idx = 0",
-            "DELETE FROM audit_log",
-        ):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                db.execute(sql)
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        ("UPDATE audit_log SET event = 'forged' WHERE idx = 0", ()),
+        ("UPDATE audit_log SET entry = ?", (b"\x00",)),
+        ("DELETE FROM audit_log WHERE idx = 0", ()),
+        ("DELETE FROM audit_log", ()),
+    ]
+    if db.backend == "postgresql":
+        statements.append(("TRUNCATE audit_log", ()))
+    for sql, args in statements:
+        with pytest.raises(_refused(db), match="append-only"):
+            db.rows(sql, *args)
     assert audit_events(fresh_env) == before
 
 
 def test_audit_log_rejects_insert_or_replace(fresh_env: Env) -> None:
-    """INSERT OR REPLACE cannot overwrite an existing audit entry."""
-    with contextlib.closing(sqlite3.connect(fresh_env.db, isolation_level=None)) as db:
-        row = db.execute("SELECT * FROM audit_log WHERE idx = 0").fetchone()
-        forged = json.dumps({"forged": True}).encode()
-        with pytest.raises(sqlite3.IntegrityError):
-            db.execute(
-                "INSERT OR REPLACE INTO audit_log VALUES (?,?,?,?,?,?,?)", (0, forged, *row[2:])
-            )
-        assert db.execute("SELECT entry FROM audit_log WHERE idx = 0").fetchone()[0] == row[1]
-        (last,) = db.execute("SELECT max(idx) FROM audit_log").fetchone()
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            db.execute("INSERT INTO audit_log VALUES (?,?,?,?,?,?,?)", (last + 2, forged, *row[2:]))
+    """An upsert (SQLite: INSERT OR REPLACE) cannot overwrite an existing audit entry."""
+    db = fresh_env.store
+    (row,) = db.rows("SELECT * FROM audit_log WHERE idx = 0")
+    forged = json.dumps({"forged": True}).encode()
+    upsert = (
+        "INSERT OR REPLACE INTO audit_log VALUES (?,?,?,?,?,?,?)"
+        if db.backend == "sqlite"
+        else "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?) "
+        "ON CONFLICT (idx) DO UPDATE SET entry = EXCLUDED.entry"
+    )
+    with pytest.raises(_refused(db)):
+        db.rows(upsert, 0, forged, *row[2:])
+    assert db.rows("SELECT entry FROM audit_log WHERE idx = 0") == [(row[1],)]
+    [(last,)] = db.rows("SELECT max(idx) FROM audit_log")
+    with pytest.raises(_refused(db), match="append-only"):
+        db.rows("INSERT INTO audit_log VALUES (?,?,?,?,?,?,?)", last + 2, forged, *row[2:])
+    assert db.rows("SELECT max(idx) FROM audit_log") == [(last,)]

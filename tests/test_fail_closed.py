@@ -1,15 +1,13 @@
 """Fail closed (invariant 3): when the audit log cannot be written, nothing happens.
 
-A trigger added from outside the server makes the audit insert fail the way a
-full disk would; every call that would change state must then fail UNAVAILABLE
-and leave the database as it was.
+A trigger added from outside the server (on SQLite or PostgreSQL) makes the
+audit insert fail the way a full disk would; every call that would change state
+must then fail UNAVAILABLE and leave the database as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
-from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,27 +33,33 @@ SIGNED = types_pb2.REQUEST_STATE_SIGNED
 serving = contextlib.contextmanager(running)
 
 
-def _sql(env: Env, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """One statement on the server's database from outside, autocommitted."""
-    with contextlib.closing(sqlite3.connect(env.db, isolation_level=None, timeout=10)) as db:
-        return db.execute(sql, args).fetchall()
-
-
-def _fail_audit(env: Env, when: str = "") -> None:
-    _sql(
-        env,
-        f"CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log {when} "
-        "BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+def _fail_audit(env: Env, when: str = "true") -> None:
+    """From outside the server, make every audit insert matching `when` fail: 'disk full'."""
+    db = env.store
+    if db.backend == "sqlite":
+        db.rows(
+            f"CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log WHEN {when} "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        return
+    db.rows(
+        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'disk full'; END $$"
+    )
+    db.rows(
+        "CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log FOR EACH ROW "
+        f"WHEN ({when}) EXECUTE FUNCTION fail_audit()"
     )
 
 
 def _restore_audit(env: Env) -> None:
-    _sql(env, "DROP TRIGGER fail_audit")
+    on_table = "" if env.store.backend == "sqlite" else " ON audit_log"
+    env.store.rows(f"DROP TRIGGER fail_audit{on_table}")
 
 
 def _counts(env: Env) -> tuple[int, ...]:
     return tuple(
-        _sql(env, f"SELECT count(*) FROM {t}")[0][0]  # noqa: S608
+        env.store.rows(f"SELECT count(*) FROM {t}")[0][0]  # noqa: S608
         for t in ("requests", "approvals", "signatures", "audit_log")
     )
 
@@ -103,9 +107,9 @@ def test_unwritable_audit_log_fails_every_change_closed(fresh_env: Env) -> None:
         assert c.get(r.id).state == PENDING
 
         assert _counts(fresh_env) == before  # no request, approval, signature or entry written
-        assert _sql(fresh_env, "SELECT count(*) FROM requests WHERE idempotency_key = 'k1'") == [
-            (0,)
-        ]
+        assert fresh_env.store.rows(
+            "SELECT count(*) FROM requests WHERE idempotency_key = 'k1'"
+        ) == [(0,)]
 
         _restore_audit(fresh_env)
         signed = c.approve("bob", r)
@@ -128,7 +132,7 @@ def test_no_signature_released_without_its_audit_entry(fresh_env: Env) -> None:
         c = run.clients
         r = c.create()
         c.approve("alice", r)
-        _fail_audit(fresh_env, "WHEN NEW.event = 'request.signed'")
+        _fail_audit(fresh_env, "NEW.event = 'request.signed'")
         # The approval and quorum commit and the call says so; the signature is held back.
         approved = c.approve("bob", r)
         assert approved.state == APPROVED and not approved.signatures
@@ -139,7 +143,7 @@ def test_no_signature_released_without_its_audit_entry(fresh_env: Env) -> None:
         err = rpc_error(lambda: c.approve("bob", r))
         assert err.code == grpc.StatusCode.FAILED_PRECONDITION
         assert c.get(r.id).state == APPROVED
-        assert _sql(fresh_env, "SELECT count(*) FROM signatures") == [(0,)]
+        assert fresh_env.store.rows("SELECT count(*) FROM signatures") == [(0,)]
         events = [e["event"] for e in audit_events(fresh_env) if e["request_id"] == r.id]
         assert "request.quorum" in events and "request.signed" not in events
         _restore_audit(fresh_env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -16,13 +16,15 @@ from signer.errors import EnvelopeError, InvalidArgumentError, TooLargeError
 from signer.model import Digest, State
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2
 from tests.fakes import World, make_world
-from tests.harness import RPC_TIMEOUT, Clients, Running, rpc_error, sha256_digest
+from tests.harness import RPC_TIMEOUT, Clients, Db, Running, rpc_error, sha256_digest
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
     w = make_world(
-        tmp_path, limits=Limits(max_pending_per_requester=2, max_rejections_per_minute=3)
+        tmp_path,
+        db=new_db(),
+        limits=Limits(max_pending_per_requester=2, max_rejections_per_minute=3),
     )
     yield w
     w.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +122,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def subscribe(self, changed: Callable[[str], None]) -> None:  # noqa: B027 (optional)
+        """Call `changed(request_id)` for changes committed by other processes.
+
+        One process owns a SQLite file, so its own notifier already hears every change;
+        a shared database (PostgreSQL) overrides this.
+        """
 
     def audit_entries(self) -> Iterator[AuditEntry]:
         """Every audit entry, oldest first (for tools and tests)."""

@@ -1,0 +1,270 @@
+"""PostgreSQL store, for several server replicas on one database (DESIGN §7).
+
+Every transaction starts by taking one transaction-scoped advisory lock, so
+write transactions from all replicas run one at a time, as SQLite's `BEGIN
+IMMEDIATE` makes them in one process: two approvals of one request arriving on
+two replicas are decided in order, and audit appends stay one linear log (the
+database serializes them; no two checkpoints of one size can differ).
+
+A trigger on `requests` sends `NOTIFY signer_requests, '<id>'` with every
+insert and state change; PostgreSQL delivers it only when the transaction
+commits. `subscribe` runs a listener thread that hands each id to the server,
+so a client waiting on one replica hears of a decision made on another.
+
+Connections come from a psycopg pool that checks each one before use: while
+the database is down, calls fail with `StoreError` (UNAVAILABLE) and nothing
+is half-written; once it is back, new connections are made without a restart.
+The audit tables refuse UPDATE, DELETE, TRUNCATE and out-of-order inserts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import structlog
+
+from signer.errors import StoreError
+from signer.store.base import Store, Tx
+from signer.store.sql import SqlTx
+
+__all__ = ["PostgresStore", "redact"]
+
+log = structlog.get_logger("signer.store")
+
+# pg_advisory_xact_lock key: "signer" as an integer; one lock for every write.
+_LOCK = int.from_bytes(b"signer", "big")
+_CHANNEL = "signer_requests"
+SCHEMA_VERSION = 1
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+CREATE TABLE requests (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    key_name TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    digests TEXT NOT NULL,
+    context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    status_message TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT,
+    params_hash TEXT NOT NULL,
+    caller TEXT,
+    payload_type TEXT NOT NULL DEFAULT '',
+    payload BYTEA NOT NULL DEFAULT '',
+    UNIQUE (requester, idempotency_key)
+);
+CREATE INDEX requests_state ON requests (state, expires);
+CREATE INDEX requests_requester ON requests (requester, state);
+CREATE TABLE approvals (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    approver TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+    envelope BYTEA NOT NULL,
+    created TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (request_id, approver)
+);
+CREATE TABLE signatures (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    idx INTEGER NOT NULL,
+    signature BYTEA NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE audit_log (
+    idx BIGINT PRIMARY KEY,
+    entry BYTEA NOT NULL,
+    time TEXT NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    key_name TEXT NOT NULL
+);
+CREATE INDEX audit_request ON audit_log (request_id);
+CREATE TABLE audit_nodes (
+    level INTEGER NOT NULL,
+    idx BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE checkpoints (
+    size BIGINT PRIMARY KEY,
+    note TEXT NOT NULL
+);
+CREATE FUNCTION signer_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+CREATE FUNCTION signer_audit_append() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.idx IS DISTINCT FROM (SELECT coalesce(max(idx), -1) + 1 FROM audit_log) THEN
+        RAISE EXCEPTION 'the audit log is append-only: entries are added at the end';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audit_log_append_only BEFORE INSERT ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION signer_audit_append();
+CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION signer_refuse('the audit log is append-only');
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION signer_refuse('the audit log is append-only');
+CREATE TRIGGER audit_nodes_no_change BEFORE UPDATE OR DELETE ON audit_nodes
+    FOR EACH ROW EXECUTE FUNCTION signer_refuse('the audit tree is append-only');
+CREATE TRIGGER audit_nodes_no_truncate BEFORE TRUNCATE ON audit_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION signer_refuse('the audit tree is append-only');
+CREATE TRIGGER checkpoints_no_change BEFORE UPDATE OR DELETE ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION signer_refuse('checkpoints are never changed');
+CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION signer_refuse('checkpoints are never changed');
+CREATE FUNCTION signer_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('signer_requests', NEW.id); RETURN NULL; END $$;
+CREATE TRIGGER requests_notify AFTER INSERT OR UPDATE ON requests
+    FOR EACH ROW EXECUTE FUNCTION signer_notify();
+""",
+    ),
+)
+
+
+def redact(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    host, db = info.get("host", ""), info.get("dbname", "")
+    return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/{db}"
+
+
+class PostgresStore(Store):
+    def __init__(
+        self,
+        url: str,
+        password: str | None = None,
+        pool_size: int = 8,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self._where = redact(url)
+        self._password = password
+        self._timeout = connect_timeout
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        kwargs: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout))}
+        if password is not None:
+            kwargs["password"] = password
+        self._kwargs = kwargs
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=max(1, pool_size),
+            check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=connect_timeout,
+            reconnect_timeout=0,  # keep trying for as long as the server runs
+            name="signer",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            self._migrate()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+            self._pool.close()
+            raise StoreError(f"cannot open database {self._where}: {_why(e)}") from None
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            # Replicas starting together migrate one at a time.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = (row[0] if row else None) or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self._where} has schema {version}, newer than this "
+                    f"server's {SCHEMA_VERSION}; upgrade the server"
+                )
+            for target, script in _MIGRATIONS:
+                if version < target:
+                    conn.execute(script.encode())
+                    conn.execute("INSERT INTO schema_version VALUES (%s)", (target,))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+                yield _PostgresTx(conn)
+        except psycopg_pool.PoolTimeout as e:
+            raise StoreError(f"the database {self._where} is unreachable: {_why(e)}") from None
+        except psycopg.Error as e:
+            raise StoreError(f"the database (audit log) could not be written: {_why(e)}") from e
+
+    def subscribe(self, changed: Callable[[str], None]) -> None:
+        """Call `changed(request_id)` for every request change committed by any replica."""
+        if self._listener is not None:
+            raise RuntimeError("already subscribed")
+        self._listener = threading.Thread(
+            target=self._listen, args=(changed,), name="store-listener", daemon=True
+        )
+        self._listener.start()
+
+    def _listen(self, changed: Callable[[str], None]) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, **self._kwargs) as conn:
+                    conn.execute(f"LISTEN {_CHANNEL}")
+                    backoff = 0.1
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=0.5):
+                            changed(n.payload)
+            except psycopg.Error as e:
+                if self._stop.is_set():
+                    return
+                log.warning("database listener lost its connection; reconnecting", error=_why(e))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        self._pool.close()
+
+
+def _why(e: BaseException) -> str:
+    """The first line of a database error (never the connection string)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class _PostgresTx(SqlTx):
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self.appended = 0
+
+    @staticmethod
+    def _sql(sql: str) -> bytes:
+        return sql.replace("?", "%s").encode()
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(self._sql(sql), args).fetchall()
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._conn.execute(self._sql(sql), args)
+
+    def _run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(self._sql(sql), rows)
