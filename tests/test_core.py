@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -38,13 +39,14 @@ from signer.errors import (
 from signer.model import Digest, Request, State
 from signer.verify import verify_digest
 from tests.fakes import SimulatedCrash, World, make_world, sha256_digest
+from tests.harness import Db
 
 MIN = dt.timedelta(minutes=1)
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = make_world(tmp_path, limits=Limits(max_digests=3, max_context_entries=4))
+def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
+    w = make_world(tmp_path, db=new_db(), limits=Limits(max_digests=3, max_context_entries=4))
     yield w
     w.close()
 
@@ -54,18 +56,26 @@ def _snapshot(w: World) -> tuple[list[Request], list[bytes]]:
     return w.requests(), [e.to_bytes() for e in w.audit()]
 
 
-def _add_audit_trigger(w: World, when: str = "1") -> None:
+def _add_audit_trigger(w: World, when: str = "true") -> None:
     """Make every audit insert matching `when` fail, as a full disk would."""
-    with sqlite3.connect(w.path) as db:
-        db.execute(
+    if w.db.backend == "sqlite":
+        w.db.rows(
             "CREATE TRIGGER audit_fails BEFORE INSERT ON audit_log "
             f"WHEN {when} BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
+        return
+    w.db.rows(
+        "CREATE FUNCTION audit_fails() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'disk full'; END $$"
+    )
+    w.db.rows(
+        "CREATE TRIGGER audit_fails BEFORE INSERT ON audit_log FOR EACH ROW "
+        f"WHEN ({when}) EXECUTE FUNCTION audit_fails()"
+    )
 
 
 def _drop_audit_trigger(w: World) -> None:
-    with sqlite3.connect(w.path) as db:
-        db.execute("DROP TRIGGER audit_fails")
+    w.db.rows("DROP TRIGGER audit_fails" + ("" if w.db.backend == "sqlite" else " ON audit_log"))
 
 
 # -- the happy path --------------------------------------------------------------------
@@ -532,10 +542,11 @@ def test_audit_failure_on_expiry_keeps_pending(world: World) -> None:
 def test_audit_log_is_append_only(world: World) -> None:
     """The store's triggers refuse updates and deletes of audit entries."""
     world.create()
-    with sqlite3.connect(world.path) as db, pytest.raises(sqlite3.IntegrityError):
-        db.execute("DELETE FROM audit_log")
-    with sqlite3.connect(world.path) as db, pytest.raises(sqlite3.IntegrityError):
-        db.execute("UPDATE audit_log SET actor = 'x'")
+    before = world.audit()
+    for sql in ("DELETE FROM audit_log", "UPDATE audit_log SET actor = 'x'"):
+        with pytest.raises((sqlite3.IntegrityError, psycopg.errors.RaiseException)):
+            world.db.rows(sql)
+    assert world.audit() == before
 
 
 # -- cancel, lookups -------------------------------------------------------------------
