@@ -110,9 +110,9 @@ def test_two_distinct_approvals_sign_and_verify(world: World) -> None:
     ]
 
 
-def test_threshold_one_signs_on_first_approval(tmp_path: Path) -> None:
+def test_threshold_one_signs_on_first_approval(tmp_path: Path, new_db: Callable[[], Db]) -> None:
     """With a 1-of-3 policy the first valid approval signs."""
-    w = make_world(tmp_path, threshold=1)
+    w = make_world(tmp_path, db=new_db(), threshold=1)
     try:
         assert w.approve("carol", w.create()).state is State.SIGNED
     finally:

@@ -279,9 +279,31 @@ def test_every_start_records_policy_hash(fresh_env: Env) -> None:
             "release": {"key_id": keys["release"]["key_id"], "algorithm": "ecdsa-p256"}
         }
     pin = _secrets(fresh_env)[0].encode()
-    for f in fresh_env.root.glob("signer.db*"):
+    for f in fresh_env.root.glob("signer.db*"):  # SQLite: the files, WAL included
         assert pin not in f.read_bytes()
+    assert _stored_values(fresh_env) >= len(started)  # what the database holds, either backend
     assert pin.decode() not in (fresh_env.root / "server.log").read_text()
+
+
+def _stored_values(env: Env) -> int:
+    """Assert no secret of the env is in any column of any table; return how many rows."""
+    db = env.store
+    tables = (
+        "SELECT name FROM sqlite_master WHERE type = 'table'"
+        if db.backend == "sqlite"
+        else "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+    )
+    secrets = [s.encode() for s in _secrets(env)]
+    count = 0
+    for (table,) in db.rows(tables):
+        for row in db.rows(f'SELECT * FROM "{table}"'):  # noqa: S608
+            count += 1
+            for value in row:
+                raw = bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
+                for secret in secrets:
+                    assert secret not in raw, f"a PIN is stored in table {table}"
+    return count
 
 
 def test_port_in_use_is_refused_before_anything_is_recorded(fresh_env: Env) -> None:

@@ -3,11 +3,14 @@
 One dev environment is built once: flows (signed, denied, pending requests), an
 auditor's copy fetched half-way (`mid`) and the same copy fetched again at the end
 (`end`, so it holds two checkpoints), then the server is stopped and the database
-files are saved. Each test restores that state, edits signer.db with sqlite3 while
-no server runs (dropping the append-only triggers first), restarts the server and
-checks that the auditor's fetch fails naming the problem. Offline, the fetched
-files themselves are edited and `audit verify` names the first bad entry; and
-small synthetic logs, signed with an in-memory key, check the semantics (every
+is saved, once per store backend (SQLite: copies of the signer.db* files;
+PostgreSQL: a template database). Each server-side test restores that state,
+edits the database directly while no server runs (with the append-only triggers
+dropped on SQLite, disabled on PostgreSQL), restarts the server and checks that
+the auditor's fetch fails naming the problem. Offline, the fetched files
+themselves are edited and `audit verify` names the first bad entry (once, on the
+first backend chosen: those files do not depend on the store); and small
+synthetic logs, signed with an in-memory key, check the semantics (every
 `request.signed` backed by a valid quorum under the policy in force).
 
 The token is only used from subprocesses (the server, and a script that signs a
@@ -28,12 +31,14 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from psycopg import sql
 
 from signer.audit import merkle
 from signer.audit.entry import AuditEntry
@@ -42,12 +47,25 @@ from signer.dsse import Statement, sign_statement
 from signer.encoding import canonical_json
 from signer.model import Digest
 from signer.v1 import types_pb2
-from tests.harness import SIGNER, Clients, Env, audit_events, make_env, run, running
+from tests.harness import (
+    _PG_CONNECTIONS,
+    SIGNER,
+    Clients,
+    Db,
+    Env,
+    audit_events,
+    make_env,
+    run,
+    running,
+)
+from tests.pg import PgServer
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 DENIED = types_pb2.REQUEST_STATE_DENIED
 serving = contextlib.contextmanager(running)
 
+# SQLite: the append-only triggers, dropped before an edit. PostgreSQL: the tables
+# whose user triggers are disabled for the edit (and enabled again after it).
 _TRIGGERS = (
     "audit_log_append_only",
     "audit_log_no_update",
@@ -55,6 +73,7 @@ _TRIGGERS = (
     "audit_nodes_no_update",
     "checkpoints_no_update",
 )
+_AUDIT_TABLES = ("audit_log", "audit_nodes", "checkpoints")
 
 
 # -- running the auditor's commands -----------------------------------------------------
@@ -93,10 +112,15 @@ def _size(fetch_output: str) -> int:
 # -- the baseline: one environment, saved after some flows ------------------------------
 
 
+# A copy of the database taken with the server stopped. SQLite: a directory holding
+# copies of the signer.db* files; PostgreSQL: the name of a template database.
+Saved = Path | str
+
+
 @dataclasses.dataclass(frozen=True)
 class Baseline:
     env: Env
-    saved: Path  # copies of signer.db* with the server stopped
+    saved: Saved
     mid: Path  # the auditor's copy, fetched half-way
     end: Path  # the same copy, fetched again at the end
     n_mid: int
@@ -115,13 +139,58 @@ def _db_files(env: Env) -> list[Path]:
     return sorted(env.root.glob("signer.db*"))
 
 
-def _save(env: Env, to: Path) -> None:
+def _dbname(db: Db) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(db.url)["dbname"])
+
+
+@contextlib.contextmanager
+def _pg_connect(db: Db, dbname: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the env's database (or `dbname` on its server)."""
+    assert db.password_file is not None
+    url = psycopg.conninfo.make_conninfo(db.url, **({"dbname": dbname} if dbname else {}))
+    password = db.password_file.read_text().strip()
+    with psycopg.connect(url, password=password, autocommit=True) as conn:
+        yield conn
+
+
+def _pg_copy(db: Db, source: str, target: str) -> None:
+    """DROP DATABASE target; CREATE DATABASE target TEMPLATE source (no one on either).
+
+    The server is stopped; `Db.rows`'s cached connection to the live database is
+    closed first.
+    """
+    cached = _PG_CONNECTIONS.pop(db.url, None)
+    if cached is not None:
+        cached.close()
+    with _pg_connect(db, "postgres") as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target))
+        )
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(target), sql.Identifier(source)
+            )
+        )
+
+
+def _save(env: Env, to: Path) -> Saved:
+    """Copy the database (server stopped): the signer.db* files, or a template database."""
+    if env.store.backend == "postgresql":
+        live = _dbname(env.store)
+        snapshot = f"{live}_{to.name}"
+        _pg_copy(env.store, live, snapshot)
+        return snapshot
     to.mkdir()
     for f in _db_files(env):
         shutil.copy2(f, to / f.name)
+    return to
 
 
-def _restore(env: Env, saved: Path) -> None:
+def _restore(env: Env, saved: Saved) -> None:
+    """Put a saved copy back as the live database (server stopped)."""
+    if isinstance(saved, str):
+        _pg_copy(env.store, saved, _dbname(env.store))
+        return
     for f in _db_files(env):
         f.unlink()
     for f in saved.iterdir():
@@ -134,10 +203,12 @@ def _sign(c: Clients, first: str = "alice", second: str = "bob") -> None:
     assert c.approve(second, r).state == SIGNED
 
 
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
-    root = tmp_path_factory.mktemp("tamper")
-    env = make_env(root / "env")
+def _build_baseline(backend: str, request: pytest.FixtureRequest, root: Path) -> Baseline:
+    db = None
+    if backend == "postgresql":
+        pg: PgServer = request.getfixturevalue("pg")
+        db = Db(pg.database("tamper"), pg.password_file)
+    env = make_env(root / "env", db)
     mid, end = root / "mid", root / "end"
     with serving(env) as r:
         c = r.clients
@@ -149,12 +220,42 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
         c.create()
         c.approve("alice", c.create())
         n = _size(_ok(_fetch(env, end)))
-    _save(env, root / "saved")
+    saved = _save(env, root / "saved")
     entries = audit_events(env)
     assert len(entries) == n >= 15 and n - n_mid >= 8
     verifier = str(env.profile("auditor").audit_verifier)
     assert "OK: " in _ok(_verify(end, verifier))
-    return Baseline(env, root / "saved", mid, end, n_mid, n, entries, verifier)
+    return Baseline(env, saved, mid, end, n_mid, n, entries, verifier)
+
+
+@pytest.fixture(scope="module")
+def baselines(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Baseline]:
+    """The baseline on a backend, built on first use and kept for the module."""
+    built: dict[str, Baseline] = {}
+
+    def get(backend: str) -> Baseline:
+        if backend not in built:
+            root = tmp_path_factory.mktemp(f"tamper-{backend}")
+            built[backend] = _build_baseline(backend, request, root)
+        return built[backend]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def baseline(backend: str, baselines: Callable[[str], Baseline]) -> Baseline:
+    """The baseline on the test's backend (server-side tests run on each)."""
+    return baselines(backend)
+
+
+@pytest.fixture(scope="module")
+def fetched(request: pytest.FixtureRequest, baselines: Callable[[str], Baseline]) -> Baseline:
+    """A baseline for the offline tests, which only read its fetched files: they do not
+    depend on the store, so they run once, on SQLite unless only PostgreSQL is chosen."""
+    only_pg = request.config.getoption("--backend") == "postgresql"
+    return baselines("postgresql" if only_pg else "sqlite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,12 +272,22 @@ class Case:
         return self.base.env
 
 
+def _copies(base: Baseline, tmp_path: Path) -> Case:
+    mid = shutil.copytree(base.mid, tmp_path / "mid")
+    end = shutil.copytree(base.end, tmp_path / "end")
+    return Case(base, mid, end, tmp_path)
+
+
 @pytest.fixture
 def case(baseline: Baseline, tmp_path: Path) -> Case:
     _restore(baseline.env, baseline.saved)
-    mid = shutil.copytree(baseline.mid, tmp_path / "mid")
-    end = shutil.copytree(baseline.end, tmp_path / "end")
-    return Case(baseline, mid, end, tmp_path)
+    return _copies(baseline, tmp_path)
+
+
+@pytest.fixture
+def offline(fetched: Baseline, tmp_path: Path) -> Case:
+    """Copies of the fetched logs only; the database is not touched."""
+    return _copies(fetched, tmp_path)
 
 
 # -- editing the database (server stopped) ----------------------------------------------
@@ -204,6 +315,39 @@ class _Nodes:
         return self.nodes[level, index]
 
 
+Execute = Callable[..., list[tuple[Any, ...]]]  # (sql with ? placeholders, *args) -> rows
+
+
+@contextlib.contextmanager
+def _editing(db: Db) -> Iterator[Execute]:
+    """One transaction on the database (server stopped), the append-only triggers off.
+
+    SQLite: the triggers are dropped (for good). PostgreSQL: the audit tables' user
+    triggers are disabled for the transaction and enabled again before it commits.
+    The same portable SQL runs on both.
+    """
+    if db.sqlite_path is not None:
+        with contextlib.closing(sqlite3.connect(db.sqlite_path, isolation_level=None)) as lite:
+            for trigger in _TRIGGERS:
+                lite.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+            lite.execute("BEGIN")
+            yield lambda query, *args: lite.execute(query, args).fetchall()
+            lite.execute("COMMIT")
+        return
+
+    with _pg_connect(db) as conn, conn.transaction():
+
+        def execute(query: str, *args: Any) -> list[tuple[Any, ...]]:
+            cur = conn.execute(query.replace("?", "%s").encode(), args or None)
+            return cur.fetchall() if cur.description else []
+
+        for table in _AUDIT_TABLES:
+            execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        yield execute
+        for table in _AUDIT_TABLES:
+            execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+
+
 def _rewrite(env: Env, edit: Callable[[Rows], Rows], *, rebuild: bool = False) -> bytes:
     """Replace the stored log by `edit(rows)`, stored verbatim; returns the tree's new root.
 
@@ -212,21 +356,18 @@ def _rewrite(env: Env, edit: Callable[[Rows], Rows], *, rebuild: bool = False) -
     from the edited entries, rewriting history consistently. Checkpoints past the
     new size are deleted either way, so the server signs one at its next append.
     """
-    with contextlib.closing(sqlite3.connect(env.db, isolation_level=None)) as db:
-        for trigger in _TRIGGERS:
-            db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        db.execute("BEGIN")
+    with _editing(env.store) as execute:
         rows = [
             (bytes(e), str(k))
-            for e, k in db.execute("SELECT entry, key_name FROM audit_log ORDER BY idx")
+            for e, k in execute("SELECT entry, key_name FROM audit_log ORDER BY idx")
         ]
         new = edit(rows)
-        db.execute("DELETE FROM audit_log")
+        execute("DELETE FROM audit_log")
         for i, (raw, key_name) in enumerate(new):
             e = json.loads(raw)
-            db.execute(
+            execute(
                 "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?)",
-                (i, raw, e["time"], e["event"], e["actor"], e["request_id"], key_name),
+                *(i, raw, e["time"], e["event"], e["actor"], e["request_id"], key_name),
             )
         size = len(new)
         if rebuild:
@@ -234,15 +375,13 @@ def _rewrite(env: Env, edit: Callable[[Rows], Rows], *, rebuild: bool = False) -
             for i, (raw, _) in enumerate(new):
                 for level, index, h in merkle.new_nodes(tree, i, merkle.leaf_hash(raw)):
                     tree.nodes[level, index] = h
-            db.execute("DELETE FROM audit_nodes")
-            db.executemany(
-                "INSERT INTO audit_nodes VALUES (?,?,?)",
-                [(level, index, h) for (level, index), h in tree.nodes.items()],
-            )
+            execute("DELETE FROM audit_nodes")
+            for (level, index), h in tree.nodes.items():
+                execute("INSERT INTO audit_nodes VALUES (?,?,?)", level, index, h)
         else:
-            db.execute("DELETE FROM audit_nodes WHERE ((idx + 1) << level) > ?", (size,))
-        db.execute("DELETE FROM checkpoints WHERE size > ?", (size,))
-        db.execute("COMMIT")
+            # A node at (level, idx) covers leaves up to (idx + 1) * 2**level - 1.
+            execute("DELETE FROM audit_nodes WHERE ((idx + 1) << level) > ?", size)
+        execute("DELETE FROM checkpoints WHERE size > ?", size)
     return merkle.root_from_leaves(merkle.leaf_hash(raw) for raw, _ in new)[1]
 
 
@@ -341,11 +480,11 @@ def test_truncated_tail_is_a_rollback(case: Case) -> None:
 def test_restored_old_database_is_rollback_then_fork(case: Case) -> None:
     """An old copy of the database put back: rollback, and fork once it regrows to the size."""
     env, n = case.env, case.base.n
-    _save(env, case.tmp / "old")
+    old = _save(env, case.tmp / "old")
     with serving(env) as r:  # server.started + one request: n + 2
         r.clients.create()
         assert _size(_ok(_fetch(env, case.end))) == n + 2
-    _restore(env, case.tmp / "old")
+    _restore(env, old)
     with serving(env) as r:  # server.started: n + 1
         _refused(
             _fetch(env, case.end),
@@ -414,9 +553,9 @@ def test_checkpoint_forged_with_the_real_key_is_a_fork(case: Case) -> None:
     forged = _forge_checkpoint(env, base.verifier, base.n, root)
     cp = Checkpoint.parse(open_note(forged, [Verifier.parse(base.verifier)]))  # a valid signature
     assert (cp.size, cp.root) == (base.n, root)
-    with contextlib.closing(sqlite3.connect(env.db, isolation_level=None)) as db:
-        db.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (forged, base.n))
-        assert db.execute("SELECT changes()").fetchone() == (1,)
+    with _editing(env.store) as execute:
+        execute("UPDATE checkpoints SET note = ? WHERE size = ?", forged, base.n)
+    assert env.store.rows("SELECT note FROM checkpoints WHERE size = ?", base.n) == [(forged,)]
 
     with serving(env):
         _refused(
@@ -454,9 +593,9 @@ def _without_key_name(raw: bytes) -> bytes:
     return _with(raw, details=details)
 
 
-def test_offline_edits_name_the_first_bad_entry(case: Case) -> None:
+def test_offline_edits_name_the_first_bad_entry(offline: Case) -> None:
     """Each edit of the fetched entries fails `audit verify`, naming the entry or checkpoint."""
-    base, d = case.base, case.end
+    base, d = offline.base, offline.end
     lines = _lines(d)
     late = base.index("request.approved", "bob", after=base.n_mid)
     early = base.index("request.created", "ci")
@@ -521,9 +660,9 @@ def _flip_signature_byte(note: str) -> str:
     return f"{text}\n\n{prefix} {base64.b64encode(bytes(raw)).decode()}\n"
 
 
-def test_offline_bad_checkpoint_signature_or_other_key_fails(case: Case) -> None:
+def test_offline_bad_checkpoint_signature_or_other_key_fails(offline: Case) -> None:
     """A flipped signature byte, bad bytes, a stray note or another key's verifier: refused."""
-    base, d = case.base, case.end
+    base, d = offline.base, offline.end
     other = Verifier.for_key(
         Verifier.parse(base.verifier).name, ed25519.Ed25519PrivateKey.generate().public_key()
     )

@@ -6,7 +6,8 @@ IMMEDIATE` makes them in one process: two approvals of one request arriving on
 two replicas are decided in order, and audit appends stay one linear log (the
 database serializes them; no two checkpoints of one size can differ).
 
-A trigger on `requests` sends `NOTIFY signer_requests, '<id>'` with every
+Times are RFC 3339 text in UTC, compared byte-wise (`COLLATE "C"`) whatever
+the database's locale. A trigger on `requests` sends `NOTIFY signer_requests, '<id>'` with every
 insert and state change; PostgreSQL delivers it only when the transaction
 commits. `subscribe` runs a listener thread that hands each id to the server,
 so a client waiting on one replica hears of a decision made on another.
@@ -54,9 +55,9 @@ CREATE TABLE requests (
     digests TEXT NOT NULL,
     context TEXT NOT NULL,
     state TEXT NOT NULL,
-    created TEXT NOT NULL,
-    expires TEXT NOT NULL,
-    updated TEXT NOT NULL,
+    created TEXT COLLATE "C" NOT NULL,
+    expires TEXT COLLATE "C" NOT NULL,
+    updated TEXT COLLATE "C" NOT NULL,
     status_message TEXT NOT NULL DEFAULT '',
     idempotency_key TEXT,
     params_hash TEXT NOT NULL,
@@ -72,7 +73,7 @@ CREATE TABLE approvals (
     approver TEXT NOT NULL,
     decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
     envelope BYTEA NOT NULL,
-    created TEXT NOT NULL,
+    created TEXT COLLATE "C" NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (request_id, approver)
 );
@@ -85,7 +86,7 @@ CREATE TABLE signatures (
 CREATE TABLE audit_log (
     idx BIGINT PRIMARY KEY,
     entry BYTEA NOT NULL,
-    time TEXT NOT NULL,
+    time TEXT COLLATE "C" NOT NULL,
     event TEXT NOT NULL,
     actor TEXT NOT NULL,
     request_id TEXT NOT NULL,
