@@ -31,6 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.approval_keys import generate as generate_approval_key
 from signer.approval_keys import load_private
+from signer.audit import merkle
+from signer.audit.note import open_checkpoint
 from signer.client import Profile, RemoteError, load_profile, remote_error
 from signer.config import StoreConfig
 from signer.dsse import Statement, sign_statement
@@ -478,6 +480,23 @@ def audit_events(env: Env) -> list[dict[str, Any]]:
     return [
         json.loads(bytes(e)) for (e,) in env.store.rows("SELECT entry FROM audit_log ORDER BY idx")
     ]
+
+
+def checkpoints_match_the_log(env: Env) -> int:
+    """Every stored checkpoint is signed and commits to the prefix of the one log."""
+    verifier = env.profile("ci").audit_verifier
+    assert verifier is not None
+    entries = [bytes(e) for (e,) in env.store.rows("SELECT entry FROM audit_log ORDER BY idx")]
+    tree = merkle.MemoryTree()
+    roots = [b""]
+    for e in entries:
+        tree.append(merkle.leaf_hash(e))
+        roots.append(merkle.root(tree, tree.size))
+    notes = env.store.rows("SELECT size, note FROM checkpoints ORDER BY size")
+    for size, note in notes:
+        cp = open_checkpoint(note, verifier)
+        assert (cp.size, cp.root) == (size, roots[size]), f"checkpoint {size} is off the log"
+    return len(notes)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15, step: float = 0.1) -> None:

@@ -53,6 +53,9 @@ class PgServer:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="signer-pg-")))
     port: int = field(default_factory=_free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # False for the tests (they never crash PostgreSQL itself); True for benchmarks,
+    # which must pay for the fsync a real deployment pays for.
+    durable: bool = False
     _count: int = 0
 
     @property
@@ -109,12 +112,12 @@ class PgServer:
                 f"port = {self.port}\n"
                 f"unix_socket_directories = '{self.root}'\n"
                 "max_connections = 300\n"
-                # The tests kill signer processes and stop PostgreSQL cleanly, never crash
-                # it, so its own fsync buys nothing here (benchmarks/ keep it on).
-                "fsync = off\n"
-                "full_page_writes = off\n"
                 "log_min_messages = warning\n"
             )
+            if not self.durable:
+                # The tests kill signer processes and stop PostgreSQL cleanly, never
+                # crash it, so its own fsync buys nothing there.
+                f.write("fsync = off\nfull_page_writes = off\n")
         self.pg_ctl("start")
         return self
 

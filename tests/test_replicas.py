@@ -23,8 +23,6 @@ import grpc
 import psycopg
 import pytest
 
-from signer.audit import merkle
-from signer.audit.note import open_checkpoint
 from signer.store.postgres import PostgresStore
 from signer.v1 import signing_pb2, types_pb2
 from tests.harness import (
@@ -35,6 +33,7 @@ from tests.harness import (
     Env,
     ServerProcess,
     audit_events,
+    checkpoints_match_the_log,
     make_env,
     rpc_error,
     run,
@@ -100,23 +99,6 @@ def three(pg_env: Env) -> Iterator[Replicas]:
         yield r
 
 
-def _checkpoints_match_the_log(env: Env) -> int:
-    """Every stored checkpoint is signed and commits to the prefix of the one log."""
-    verifier = env.profile("ci").audit_verifier
-    assert verifier is not None
-    entries = [bytes(e) for (e,) in env.store.rows("SELECT entry FROM audit_log ORDER BY idx")]
-    tree = merkle.MemoryTree()
-    roots = [b""]
-    for e in entries:
-        tree.append(merkle.leaf_hash(e))
-        roots.append(merkle.root(tree, tree.size))
-    notes = env.store.rows("SELECT size, note FROM checkpoints ORDER BY size")
-    for size, note in notes:
-        cp = open_checkpoint(note, verifier)
-        assert (cp.size, cp.root) == (size, roots[size]), f"checkpoint {size} is off the log"
-    return len(notes)
-
-
 # -- concurrency across replicas --------------------------------------------------------------
 
 
@@ -155,7 +137,7 @@ def test_simultaneous_approvals_on_different_replicas_sign_exactly_once(
         rows = three.env.store.rows("SELECT count(*) FROM signatures WHERE request_id = ?", r.id)
         assert rows == [(1,)]
     assert "OK" in three.verify_log(tmp_path, via=2)
-    assert _checkpoints_match_the_log(three.env) > 0
+    assert checkpoints_match_the_log(three.env) > 0
 
 
 def test_audit_log_stays_one_linear_log_under_concurrent_writes(
@@ -169,7 +151,7 @@ def test_audit_log_stays_one_linear_log_under_concurrent_writes(
     assert indexes == list(range(len(indexes)))
     sizes = three.env.store.rows("SELECT size, count(*) FROM checkpoints GROUP BY size")
     assert all(n == 1 for _, n in sizes)
-    _checkpoints_match_the_log(three.env)
+    checkpoints_match_the_log(three.env)
     assert "OK" in three.verify_log(tmp_path, via=1)
 
 
