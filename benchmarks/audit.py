@@ -38,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -140,9 +140,9 @@ def _entries() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
 class _NoToken:
     """The core's DigestSigner; the benchmark never signs a digest."""
 
-    def sign_digest(
-        self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
-    ) -> bytes:
+    def sign_digests(
+        self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
+    ) -> list[bytes]:
         raise RuntimeError("the audit benchmark signs no digests")
 
 

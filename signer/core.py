@@ -24,7 +24,7 @@ import re
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -90,9 +90,11 @@ LIMITS = Limits()
 class DigestSigner(Protocol):
     """The token as the core sees it."""
 
-    def sign_digest(
-        self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
-    ) -> bytes: ...
+    def sign_digests(
+        self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
+    ) -> list[bytes]:
+        """(hash name, digest) pairs signed in order, in one token loop."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -522,10 +524,9 @@ class Core:
             self._fail(request, "the quorum no longer holds under the loaded policy")
             return
         try:
-            signatures = [
-                self.token.sign_digest(spec.name, spec.algorithm, d.algorithm, d.value)
-                for d in request.digests
-            ]
+            signatures = self.token.sign_digests(
+                spec.name, spec.algorithm, [(d.algorithm, d.value) for d in request.digests]
+            )
         except TokenError as e:
             log.error("token signing failed", request_id=request_id, error=str(e))
             self._fail(request, f"the token failed to sign: {e}")

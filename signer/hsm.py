@@ -8,7 +8,12 @@ Invariants upheld here (DESIGN §3.1, §8):
   private, was ever extractable or non-sensitive, or can do more than sign;
 - every token call runs under one lock on one long-lived logged-in session,
   because python-pkcs11 gives SoftHSM no locking callbacks; the session is
-  never closed per request (closing logs every session out).
+  never closed per request (closing logs every session out). Key handles are
+  found once and cached. When the session is lost (token reset, session
+  closed, logged out, stale handles) it is opened and logged in again, the
+  handles are re-found, and the call is tried once more;
+- a batch of digests is signed in one loop holding the lock once
+  (`sign_digests`), so a release manifest is not interleaved with other calls.
 
 PKCS#11 exceptions are translated to `TokenError`s here and nowhere else.
 A key's algorithm name is recorded in its CKA_ID, so a key made for RSA-PSS is
@@ -21,13 +26,14 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 import pkcs11.exceptions as p11e
+import structlog
 from asn1crypto.core import OctetString
 from asn1crypto.keys import ECDomainParameters
 from cryptography.hazmat.primitives import serialization
@@ -121,13 +127,31 @@ class TokenKey:
         ]
 
 
+log = structlog.get_logger("signer.token")
+T = TypeVar("T")
+
+# The session (or the token behind it) went away: open and log in again, then retry.
+_SESSION_LOST = (
+    p11e.SessionHandleInvalid,
+    p11e.SessionClosed,
+    p11e.UserNotLoggedIn,
+    p11e.ObjectHandleInvalid,
+    p11e.KeyHandleInvalid,
+    p11e.DeviceRemoved,
+    p11e.TokenNotPresent,
+)
+
+
 class Token:
     """One logged-in session on one token; every call serialized by one lock."""
 
     def __init__(self, module_path: str, label: str, pin: str) -> None:
         self._lock = threading.RLock()
         self._keys: dict[str, Any] = {}
+        self._pin = pin  # kept in memory only, to log in again after a token reset
         self.label = label
+        self.resets = 0  # sessions reopened after being lost
+        self.errors = 0  # token calls that failed
         if not os.path.exists(module_path):
             raise ConfigError(
                 f"PKCS#11 module {module_path} does not exist; install it "
@@ -146,17 +170,21 @@ class Token:
             raise TokenNotFoundError(f"more than one token labelled {label!r}") from None
         except p11e.PKCS11Error as e:
             raise TokenError(f"cannot open PKCS#11 module {module_path}: {_name(e)}") from e
+        self._token = token
+        self._session = self._login()
+
+    def _login(self) -> Any:
         try:
-            self._session = token.open(user_pin=pin, rw=True)
+            return self._token.open(user_pin=self._pin, rw=True)
         except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
             raise TokenPinError(
-                f"the token {label!r} rejected the PIN; check the PIN file or variable "
+                f"the token {self.label!r} rejected the PIN; check the PIN file or variable "
                 "(the PIN itself is never printed)"
             ) from None
         except p11e.PinLocked:
-            raise TokenPinError(f"the PIN of token {label!r} is locked") from None
+            raise TokenPinError(f"the PIN of token {self.label!r} is locked") from None
         except p11e.PKCS11Error as e:
-            raise TokenError(f"cannot log in to token {label!r}: {_name(e)}") from e
+            raise TokenError(f"cannot log in to token {self.label!r}: {_name(e)}") from e
 
     # -- plumbing ---------------------------------------------------------
 
@@ -168,7 +196,32 @@ class Token:
             except SignerError:
                 raise
             except p11e.PKCS11Error as e:
+                self.errors += 1
                 raise TokenError(f"token {self.label!r}: {what} failed: {_name(e)}") from e
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Run `fn` under the lock; if the session was lost, log in again and retry once.
+
+        Only for calls that change nothing in the token (signing, reading), so a
+        retry cannot do anything twice.
+        """
+        with self._call(what):
+            try:
+                return fn()
+            except _SESSION_LOST as e:
+                log.warning(
+                    "token session lost; logging in again", token=self.label, error=_name(e)
+                )
+                self._reopen()
+            return fn()
+
+    def _reopen(self) -> None:
+        """Drop the session and every cached handle, then open and log in again."""
+        with contextlib.suppress(p11e.PKCS11Error):
+            self._session.close()
+        self._keys.clear()
+        self._session = self._login()
+        self.resets += 1
 
     def close(self) -> None:
         # Already closed or token gone: nothing left to release.
@@ -239,8 +292,7 @@ class Token:
 
     def key(self, name: str) -> TokenKey:
         """One key pair by name; KeyNotFoundError if absent."""
-        with self._call(f"reading key {name}"):
-            return self._describe(name)
+        return self._retrying(f"reading key {name}", lambda: self._describe(name))
 
     def check_key(self, name: str, expected: KeyAlgorithm | None = None) -> TokenKey:
         """Return the key if it upholds invariant 1 (and has `expected` algorithm)."""
@@ -269,26 +321,32 @@ class Token:
         self, name: str, algorithm: KeyAlgorithm, hash_name: str, digest: bytes
     ) -> bytes:
         """Sign a precomputed digest; ECDSA results are DER-encoded."""
-        if len(digest) != HASH_SIZES[hash_name]:
-            raise InvalidArgumentError(f"{hash_name} digest must be {HASH_SIZES[hash_name]} bytes")
-        with self._call(f"signing with {name}"):
-            priv = self._private(name)
-            if algorithm.scheme == "ecdsa":
-                return bytes(encode_ecdsa_signature(priv.sign(digest, mechanism=Mechanism.ECDSA)))
-            if algorithm.scheme == "pss":
-                param = (_HASH_MECH[hash_name], _MGF[hash_name], HASH_SIZES[hash_name])
-                return bytes(
-                    priv.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=param)
+        return self.sign_digests(name, algorithm, [(hash_name, digest)])[0]
+
+    def sign_digests(
+        self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
+    ) -> list[bytes]:
+        """Sign (hash name, digest) pairs in order, in one loop holding the lock once."""
+        for hash_name, digest in digests:
+            if len(digest) != HASH_SIZES[hash_name]:
+                raise InvalidArgumentError(
+                    f"{hash_name} digest must be {HASH_SIZES[hash_name]} bytes"
                 )
-            if algorithm.scheme == "pkcs1":
-                data = DIGEST_INFO_PREFIX[hash_name] + digest
-                return bytes(priv.sign(data, mechanism=Mechanism.RSA_PKCS))
+        if algorithm.scheme not in ("ecdsa", "pss", "pkcs1"):
             raise InvalidArgumentError(f"{algorithm.name} keys do not sign digests")
+
+        def sign_all() -> list[bytes]:
+            priv = self._private(name)
+            return [_sign_one(priv, algorithm, h, d) for h, d in digests]
+
+        return self._retrying(f"signing with {name}", sign_all)
 
     def sign_message(self, name: str, message: bytes) -> bytes:
         """Ed25519 signature over a whole message (audit checkpoints)."""
-        with self._call(f"signing with {name}"):
-            return bytes(self._private(name).sign(message, mechanism=Mechanism.EDDSA))
+        return self._retrying(
+            f"signing with {name}",
+            lambda: bytes(self._private(name).sign(message, mechanism=Mechanism.EDDSA)),
+        )
 
     # -- internals (caller holds the lock) --------------------------------
 
@@ -317,6 +375,16 @@ class Token:
             )
         attrs = {n: _bool_attr(priv, a) for n, (a, _) in SECURITY_ATTRIBUTES.items()}
         return TokenKey(name, _algorithm_of(priv), _spki(pub), attrs)
+
+
+def _sign_one(priv: Any, algorithm: KeyAlgorithm, hash_name: str, digest: bytes) -> bytes:
+    if algorithm.scheme == "ecdsa":
+        return bytes(encode_ecdsa_signature(priv.sign(digest, mechanism=Mechanism.ECDSA)))
+    if algorithm.scheme == "pss":
+        param = (_HASH_MECH[hash_name], _MGF[hash_name], HASH_SIZES[hash_name])
+        return bytes(priv.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=param))
+    data = DIGEST_INFO_PREFIX[hash_name] + digest  # pkcs1
+    return bytes(priv.sign(data, mechanism=Mechanism.RSA_PKCS))
 
 
 def _name(e: Exception) -> str:

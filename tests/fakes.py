@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,11 @@ class FakeToken:
             raise KeyNotFoundError(f"no key {name!r} in the fake token")
         self.calls.append((name, hash_name, digest))
         return self.keys[name].sign(digest, ec.ECDSA(utils.Prehashed(_HASHES[hash_name]())))
+
+    def sign_digests(
+        self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
+    ) -> list[bytes]:
+        return [self.sign_digest(name, algorithm, h, d) for h, d in digests]
 
 
 def ec_key_spec(name: str, public_key: ec.EllipticCurvePublicKey) -> KeySpec:
