@@ -115,18 +115,28 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
 
 @main.command()
 @_config_opt
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics over plain HTTP here (overrides server.metrics_listen; "
+    "off by default).",
+)
 @handle_errors
-def serve(config_path: Path) -> None:
+def serve(config_path: Path, metrics_listen: str | None) -> None:
     """Run the signing server until SIGTERM or SIGINT."""
     from signer.server import Server
 
     config = load_config(config_path)
+    if metrics_listen is not None:
+        config = config.with_metrics_listen(metrics_listen)
     logs.configure(config.log_format)
     server = Server.build(config)
     server.start()
     stderr.print(f"listening on {config.server.listen}", style="dim")
     if config.server.oidc_listen:
         stderr.print(f"listening for OIDC requesters on {config.server.oidc_listen}", style="dim")
+    if config.server.metrics_listen:
+        stderr.print(f"metrics on http://{config.server.metrics_listen}/metrics", style="dim")
 
     def stop(signum: int, frame: object) -> None:
         server.stop()

@@ -47,6 +47,14 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) -> (host, port); ValueError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
+    return host.strip("[]"), int(port)
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """Parse `1h30m`, `15m`, `90s`, `2d`; ValueError otherwise."""
     m = _DURATION.match(text.strip())
@@ -88,6 +96,7 @@ class ServerConfig:
     max_wait: dt.timedelta = dt.timedelta(seconds=60)
     workers: int = 64
     oidc_listen: str | None = None  # server-authenticated TLS port for OIDC requesters
+    metrics_listen: str | None = None  # plain-HTTP Prometheus endpoint; off when None
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,17 @@ class Config:
     def roles_of(self, identity: str) -> frozenset[str]:
         return self.identities.get(identity, frozenset())
 
+    def with_metrics_listen(self, address: str) -> Config:
+        """This config with the metrics endpoint at `address` (`--metrics-listen`)."""
+        try:
+            parse_address(address)
+        except ValueError as e:
+            raise ConfigError(f"--metrics-listen: {e}") from None
+        if address in (self.server.listen, self.server.oidc_listen):
+            raise ConfigError(f"--metrics-listen: {address!r} is already a gRPC address")
+        server = dataclasses.replace(self.server, metrics_listen=address)
+        return dataclasses.replace(self, server=server)
+
     @property
     def policy_document(self) -> dict[str, Any]:
         """The policy in force: keys, identities, approver keys (raw hex), access rules.
@@ -402,6 +422,7 @@ def _server(r: _Reader) -> ServerConfig:
     r.only(
         "listen",
         "oidc_listen",
+        "metrics_listen",
         "tls_cert",
         "tls_key",
         "client_ca",
@@ -415,6 +436,14 @@ def _server(r: _Reader) -> ServerConfig:
     oidc_listen = r.get("oidc_listen", str, None)
     if oidc_listen is not None and (":" not in oidc_listen or oidc_listen == listen):
         raise r.error("oidc_listen", f"{oidc_listen!r} must be a HOST:PORT other than listen")
+    metrics_listen = r.get("metrics_listen", str, None)
+    if metrics_listen is not None:
+        try:
+            parse_address(metrics_listen)
+        except ValueError as e:
+            raise r.error("metrics_listen", str(e)) from None
+        if metrics_listen in (listen, oidc_listen):
+            raise r.error("metrics_listen", f"{metrics_listen!r} is already a gRPC address")
     max_bytes = r.get("max_message_bytes", int, 4 * 1024 * 1024)
     if not 1024 <= max_bytes <= 64 * 1024 * 1024:
         raise r.error("max_message_bytes", "must be between 1024 and 67108864")
@@ -438,6 +467,7 @@ def _server(r: _Reader) -> ServerConfig:
         max_wait=max_wait,
         workers=workers,
         oidc_listen=oidc_listen,
+        metrics_listen=metrics_listen,
         **paths,
     )
 

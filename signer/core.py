@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -97,6 +98,14 @@ class DigestSigner(Protocol):
         ...
 
 
+class SignObserver(Protocol):
+    """Told of each request signed or failed here (the metrics)."""
+
+    def signed_request(self, seconds: float, digests: int) -> None: ...
+
+    def sign_failed(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """A signing key as loaded and checked at start-up."""
@@ -151,6 +160,7 @@ class Core:
         limits: Limits = LIMITS,
         notifier: Notifier | None = None,
         checkpointer: Checkpointer | None = None,
+        observer: SignObserver | None = None,
     ) -> None:
         self.store = store
         self.token = token
@@ -161,6 +171,7 @@ class Core:
         self.limits = limits
         self.notifier = notifier or Notifier()
         self.checkpointer = checkpointer
+        self.observer = observer
         self._signing: set[str] = set()
         self._signing_lock = threading.Lock()
         self._rejections: dict[str, tuple[int, int, int]] = {}  # minute, recorded, suppressed
@@ -523,14 +534,18 @@ class Core:
         if approvers is None or spec is None:
             self._fail(request, "the quorum no longer holds under the loaded policy")
             return
+        started = time.perf_counter()
         try:
             signatures = self.token.sign_digests(
                 spec.name, spec.algorithm, [(d.algorithm, d.value) for d in request.digests]
             )
         except TokenError as e:
             log.error("token signing failed", request_id=request_id, error=str(e))
+            if self.observer is not None:
+                self.observer.sign_failed()
             self._fail(request, f"the token failed to sign: {e}")
             return
+        token_seconds = time.perf_counter() - started
         now = self.clock()
         with self._tx() as tx:
             current = self._get_in(tx, request_id)
@@ -551,6 +566,8 @@ class Core:
                 },
             )
         self.notifier.publish(request_id)
+        if self.observer is not None:
+            self.observer.signed_request(token_seconds, len(signatures))
         log.info("request signed", request_id=request_id, signatures=len(signatures))
 
     def _fail(self, request: Request, why: str) -> None:

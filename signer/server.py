@@ -26,6 +26,7 @@ from signer.config import Config
 from signer.core import Core, KeySpec
 from signer.errors import ConfigError, SignerError
 from signer.hsm import Token
+from signer.metrics import Metrics
 from signer.oidc import OidcVerifier
 from signer.service import ApprovalService, AuditService, SigningService
 from signer.store import Store, open_store
@@ -70,6 +71,8 @@ class Server:
     grpc_server: grpc.Server
     port: int
     oidc_port: int = 0
+    metrics: Metrics | None = None
+    metrics_port: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweeper: threading.Thread | None = None
 
@@ -77,9 +80,14 @@ class Server:
     def build(cls, config: Config) -> Server:
         token = open_token(config)
         store: Store | None = None
+        metrics: Metrics | None = None
         try:
             keys = load_keys(config, token)
             store = open_store(config.store)
+            metrics_port = 0
+            if config.server.metrics_listen is not None:
+                metrics = Metrics(store, token)
+                metrics_port = metrics.serve(config.server.metrics_listen)
             core = Core(
                 store,
                 token,
@@ -87,6 +95,7 @@ class Server:
                 config.keys,
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token),
+                observer=metrics,
             )
             # Replicas on one database hear each other's changes through the store.
             store.subscribe(core.notifier.publish)
@@ -100,6 +109,7 @@ class Server:
                     "policy": config.policy_document,
                     "listen": config.server.listen,
                     "oidc_listen": config.server.oidc_listen,
+                    "metrics_listen": config.server.metrics_listen,
                     "keys": {
                         n: {"key_id": k.key_id, "algorithm": k.algorithm.name}
                         for n, k in sorted(keys.items())
@@ -107,11 +117,13 @@ class Server:
                 },
             )
         except BaseException:
+            if metrics is not None:
+                metrics.close()
             if store is not None:
                 store.close()
             token.close()
             raise
-        return cls(config, token, store, core, server, port, oidc_port)
+        return cls(config, token, store, core, server, port, oidc_port, metrics, metrics_port)
 
     def start(self) -> None:
         self.core.recover()
@@ -124,6 +136,7 @@ class Server:
             listen=self.config.server.listen,
             port=self.port,
             oidc_port=self.oidc_port or None,
+            metrics_port=self.metrics_port or None,
             policy_hash=self.config.policy_hash,
         )
 
@@ -143,6 +156,8 @@ class Server:
         self.grpc_server.stop(grace).wait()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
         self.token.close()
 

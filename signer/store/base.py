@@ -68,6 +68,10 @@ class Tx(abc.ABC):
         """Requests in `states` (and keys), by creation order, after position `after`."""
 
     @abc.abstractmethod
+    def count_by_state(self) -> dict[str, int]:
+        """How many requests are in each state (states with none are absent)."""
+
+    @abc.abstractmethod
     def count_pending(self, requester: str) -> int: ...
 
     @abc.abstractmethod

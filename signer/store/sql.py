@@ -185,6 +185,10 @@ class SqlTx(Tx):
         rows = self._rows(sql, (*args, limit))
         return [(row[0], self._request(row[1:])) for row in rows]
 
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._rows("SELECT state, count(*) FROM requests GROUP BY state")
+        return {str(state): int(n) for state, n in rows}
+
     def count_pending(self, requester: str) -> int:
         n = self._scalar(
             "SELECT count(*) FROM requests WHERE requester = ? AND state = 'PENDING'",

@@ -1,0 +1,151 @@
+"""Prometheus metrics, served on their own plain-HTTP address when asked for.
+
+Off by default: `server.metrics_listen` (or `signer serve --metrics-listen
+HOST:PORT`) turns them on. The endpoint has no authentication, so it carries
+counts and timings only, never an identity, digest, key or request id; bind
+it to loopback or a monitoring network.
+
+- `signer_requests{state}`: requests in the store by state (every state,
+  zeros included), read at scrape time, so every replica reports the whole
+  database;
+- `signer_pending_requests`: PENDING requests (the officers' queue);
+- `signer_audit_entries`: the audit log's size;
+- `signer_store_up`: 1 if the scrape could read the store, else 0 (and the
+  store-derived gauges are left out rather than the scrape failing);
+- `signer_sign_seconds`: histogram of the token's time per signed request
+  (the whole batch: one request may carry many digests);
+- `signer_batch_digests`: histogram of digests per signed request;
+- `signer_signed_requests_total`, `signer_sign_failures_total`: requests this
+  replica signed, or failed because the token failed;
+- `signer_token_errors_total`, `signer_token_resets_total`: failed token calls,
+  and sessions logged in again after being lost (a token reset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from signer.config import parse_address
+from signer.errors import ConfigError
+from signer.model import State
+from signer.store import Store
+
+__all__ = ["Metrics"]
+
+_SIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class TokenCounts(Protocol):
+    errors: int
+    resets: int
+
+
+class _Collector(Collector):
+    """Gauges read from the store and counters read from the token at each scrape."""
+
+    def __init__(self, store: Store, token: TokenCounts) -> None:
+        self._store = store
+        self._token = token
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("signer_store_up", "1 if the store could be read at scrape")
+        try:
+            with self._store.transaction() as tx:
+                counts = tx.count_by_state()
+                size = tx.tree_size()
+        except Exception:  # noqa: BLE001 (a scrape reports the store down, never fails)
+            up.add_metric([], 0)
+            yield up
+        else:
+            up.add_metric([], 1)
+            yield up
+            by_state = GaugeMetricFamily(
+                "signer_requests", "Signing requests in the store by state", labels=["state"]
+            )
+            for state in State:
+                by_state.add_metric([state.value], counts.get(state.value, 0))
+            yield by_state
+            yield GaugeMetricFamily(
+                "signer_pending_requests",
+                "Requests waiting for officers' decisions",
+                value=counts.get(State.PENDING.value, 0),
+            )
+            yield GaugeMetricFamily("signer_audit_entries", "Entries in the audit log", value=size)
+        yield CounterMetricFamily(
+            "signer_token_errors", "Token calls that failed", value=self._token.errors
+        )
+        yield CounterMetricFamily(
+            "signer_token_resets",
+            "Token sessions logged in again after being lost",
+            value=self._token.resets,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected live; no fixed description to register ahead
+
+
+class Metrics:
+    """The server's metrics in a registry of their own; `serve` exposes them."""
+
+    def __init__(self, store: Store, token: TokenCounts) -> None:
+        self.registry = CollectorRegistry()
+        self.sign_seconds = Histogram(
+            "signer_sign_seconds",
+            "Token time to sign one request (all its digests)",
+            buckets=_SIGN_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_digests = Histogram(
+            "signer_batch_digests",
+            "Digests per signed request",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.signed = Counter(
+            "signer_signed_requests", "Requests signed by this replica", registry=self.registry
+        )
+        self.sign_failures = Counter(
+            "signer_sign_failures",
+            "Requests failed because the token failed to sign",
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(store, token))
+        self._http: WSGIServer | None = None
+
+    def signed_request(self, seconds: float, digests: int) -> None:
+        self.sign_seconds.observe(seconds)
+        self.batch_digests.observe(digests)
+        self.signed.inc()
+
+    def sign_failed(self) -> None:
+        self.sign_failures.inc()
+
+    def serve(self, address: str, where: str = "server.metrics_listen") -> int:
+        """Listen on `address` (HOST:PORT); return the port."""
+        from prometheus_client import start_http_server
+
+        try:
+            host, port = parse_address(address)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        try:
+            server, _thread = start_http_server(port, host, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(
+                f"{where}: cannot listen on {address} ({e.strerror or e}); choose another HOST:PORT"
+            ) from None
+        self._http = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
