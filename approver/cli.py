@@ -41,7 +41,7 @@ from signer.config import read_secret
 from signer.convert import STATE_TO_PB
 from signer.dsse import Statement, key_id_of, sign_statement
 from signer.errors import ConfigError
-from signer.model import Digest, State
+from signer.model import INLINE_DIGESTS, Digest, State
 from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
 
 __all__ = ["main"]
@@ -151,7 +151,17 @@ def _fetch(profile: Profile, request_id: str) -> types_pb2.SigningRequest:
         return request
 
 
-def _describe(d: dict[str, Any]) -> None:
+PAGE_SIZE = 50  # digests per page in `approver show`
+
+
+def _describe(d: dict[str, Any], page: int = 1, page_size: int = PAGE_SIZE) -> None:
+    """The request as a table; a batch's digests one page at a time."""
+    count = d["digest_count"]
+    pages = max(1, -(-count // page_size))
+    if not 1 <= page <= pages:
+        raise click.UsageError(f"--page must be between 1 and {pages} ({count} digests)")
+    start = (page - 1) * page_size
+    shown = d["digests"][start : start + page_size]
     rows = [
         ["request", d["id"]],
         ["state", d["state"]],
@@ -165,10 +175,21 @@ def _describe(d: dict[str, Any]) -> None:
         ],
     ]
     rows += [[f"context.{k}", v] for k, v in d["context"].items()]
+    rows.append(["digests", str(count)])
+    if count > INLINE_DIGESTS:
+        rows.append(["manifest sha256", f"{d['manifest_sha256']}\n(your approval signs this hash)"])
     rows += [
-        [f"digest {i}", f"{x['artifact']}\n{x['algorithm']}:{x['digest']}"]
-        for i, x in enumerate(d["digests"])
+        [f"digest {start + i}", f"{x['artifact']}\n{x['algorithm']}:{x['digest']}"]
+        for i, x in enumerate(shown)
     ]
+    if pages > 1:
+        rows.append(
+            [
+                "page",
+                f"{page} of {pages}: digests {start}..{start + len(shown) - 1} of {count}; "
+                "see the others with --page N",
+            ]
+        )
     rows += [
         [a["decision"], f"{a['approver']} at {a['time']} {a['reason']}".strip()]
         for a in d["approvals"]
@@ -209,14 +230,33 @@ def _describe(d: dict[str, Any]) -> None:
 @profile_opt
 @server_opt
 @json_opt
+@click.option("--page", type=click.IntRange(min=1), default=1, help="Page of digests to show.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 10_000),
+    default=PAGE_SIZE,
+    show_default=True,
+    help="Digests per page.",
+)
 @_approver_errors
-def show(request_id: str, profile_path: Path | None, server: str | None, as_json: bool) -> None:
-    """Show a request: requester, CI context, key, digests, approvals."""
+def show(
+    request_id: str,
+    profile_path: Path | None,
+    server: str | None,
+    as_json: bool,
+    page: int,
+    page_size: int,
+) -> None:
+    """Show a request: requester, CI context, key, digests, approvals.
+
+    A batch shows its digest count and manifest hash (what an approval signs) and
+    its digests a page at a time; --json gives every digest.
+    """
     d = request_dict(_fetch(load_profile(profile_path, server), request_id))
     if as_json:
         print_json(d)
     else:
-        _describe(d)
+        _describe(d, page, page_size)
 
 
 def _approval_key(profile: Profile) -> ed25519.Ed25519PrivateKey:
@@ -262,13 +302,16 @@ def _decide(
         request_id=request.id,
         key_name=request.key_name,
         key_id=request.key_id,
-        digests=tuple(
-            Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"]) for x in d["digests"]
-        ),
         decision=decision,
         approver=profile.identity,
         issued_at=dt.datetime.now(dt.UTC),
         reason=reason,
+        **Statement.binding(
+            tuple(
+                Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"])
+                for x in d["digests"]
+            )
+        ),
     )
     envelope = sign_statement(statement, key)
     with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):

@@ -352,7 +352,7 @@ def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
                 ("request_id", st.request_id == bundle.request_id),
                 ("key_name", st.key_name == bundle.key_name),
                 ("key_id", st.key_id == bundle.key_id),
-                ("digests", st.digests == bundle.digests),
+                ("digests", st.binds(bundle.digests)),
             )
             if not ok
         ]

@@ -25,6 +25,7 @@ from signer.client import Profile, RemoteError, remote_error
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
 from signer.errors import ConfigError, InvalidArgumentError, SignerError
 from signer.intoto import InTotoStatement, pae_digest
+from signer.model import Digest, Manifest
 from signer.v1 import types_pb2
 
 __all__ = [
@@ -114,6 +115,15 @@ def request_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:
             }
             for d in r.digests
         ],
+        "digest_count": len(r.digests),
+        # Computed here from the digests received, never taken from the server: for a
+        # batch, this hash is what an officer's approval signs.
+        "manifest_sha256": Manifest.of(
+            [
+                Digest(HASH_FROM_PB.get(d.algorithm, "?"), d.value, d.artifact_name)
+                for d in r.digests
+            ]
+        ).sha256,
         "context": dict(sorted(r.context.items())),
         "create_time": r.create_time.ToJsonString(),
         "expire_time": r.expire_time.ToJsonString(),

@@ -76,7 +76,7 @@ _MAX_RECORDED_MESSAGE = 1024  # a rejected call cannot bloat the audit log
 
 @dataclass(frozen=True)
 class Limits:
-    max_digests: int = 1000
+    max_digests: int = 10_000  # a release manifest; approvals bind its hash
     max_context_entries: int = 32
     max_context_value: int = 1024
     max_reason: int = 1024
@@ -453,7 +453,7 @@ class Core:
                 ("request_id", st.request_id, request.id),
                 ("key_name", st.key_name, request.key_name),
                 ("key_id", st.key_id, request.key_id),
-                ("digests", st.digests, request.digests),
+                ("digests", st.binds(request.digests), True),
             )
             if got != want
         ]

@@ -5,9 +5,16 @@ An approval is the canonical JSON statement below, wrapped in a DSSE envelope
 approver's own Ed25519 key over the DSSE pre-authentication encoding. The
 server stores the envelope bytes verbatim, so anyone can re-verify it later.
 
-Statement fields: request_id, key_name, key_id, digests (algorithm, hex
-digest, artifact), decision (approve|deny), approver, issued_at, and for a
-denial the reason.
+Statement fields: request_id, key_name, key_id, decision (approve|deny),
+approver, issued_at, for a denial the reason, and exactly one of
+- `digests`: the request's digests (algorithm, hex digest, artifact), in
+  order; what approvals of up to 16 digests carry, so the officer's signed
+  statement names each artifact;
+- `manifest`: {count, sha256} of the canonical JSON list of those digests;
+  what approvals of a batch (a release manifest of up to 10,000 digests)
+  carry, so an approval stays small and binds every digest all the same.
+Either form binds exactly one digest list; the server and the offline
+verifiers accept both.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import EnvelopeError
-from signer.model import Digest, Request
+from signer.model import INLINE_DIGESTS, Digest, Manifest, Request
 
 __all__ = [
     "MAX_ENVELOPE_BYTES",
@@ -64,11 +71,25 @@ class Statement:
     request_id: str
     key_name: str
     key_id: str
-    digests: tuple[Digest, ...]
+    digests: tuple[Digest, ...]  # empty when `manifest` is set
     decision: str
     approver: str
     issued_at: dt.datetime
     reason: str = ""
+    manifest: Manifest | None = None
+
+    @staticmethod
+    def binding(digests: tuple[Digest, ...]) -> dict[str, Any]:
+        """The `digests`/`manifest` fields an approval of these digests carries."""
+        if len(digests) <= INLINE_DIGESTS:
+            return {"digests": digests, "manifest": None}
+        return {"digests": (), "manifest": Manifest.of(digests)}
+
+    def binds(self, digests: tuple[Digest, ...] | list[Digest]) -> bool:
+        """True if this statement names exactly these digests, in this order."""
+        if self.manifest is not None:
+            return self.manifest == Manifest.of(digests)
+        return self.digests == tuple(digests)
 
     @classmethod
     def for_request(
@@ -80,14 +101,14 @@ class Statement:
         reason: str = "",
     ) -> Statement:
         return cls(
-            request.id,
-            request.key_name,
-            request.key_id,
-            request.digests,
-            decision,
-            approver,
-            issued_at,
-            reason,
+            request_id=request.id,
+            key_name=request.key_name,
+            key_id=request.key_id,
+            decision=decision,
+            approver=approver,
+            issued_at=issued_at,
+            reason=reason,
+            **cls.binding(request.digests),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,11 +116,14 @@ class Statement:
             "request_id": self.request_id,
             "key_name": self.key_name,
             "key_id": self.key_id,
-            "digests": [x.as_dict() for x in self.digests],
             "decision": self.decision,
             "approver": self.approver,
             "issued_at": format_time(self.issued_at),
         }
+        if self.manifest is not None:
+            d["manifest"] = self.manifest.as_dict()
+        else:
+            d["digests"] = [x.as_dict() for x in self.digests]
         if self.decision == "deny":
             d["reason"] = self.reason
         return d
@@ -117,7 +141,7 @@ class Statement:
                 "request_id",
                 "key_name",
                 "key_id",
-                "digests",
+                "manifest" if "manifest" in d else "digests",
                 "decision",
                 "approver",
                 "issued_at",
@@ -132,7 +156,8 @@ class Statement:
                 request_id=_str(d, "request_id"),
                 key_name=_str(d, "key_name"),
                 key_id=_str(d, "key_id"),
-                digests=tuple(Digest.from_dict(x) for x in d["digests"]),
+                digests=tuple(Digest.from_dict(x) for x in d.get("digests", ())),
+                manifest=_manifest(d["manifest"]) if "manifest" in d else None,
                 decision=d["decision"],
                 approver=_str(d, "approver"),
                 issued_at=parse_time(_str(d, "issued_at")),
@@ -146,6 +171,18 @@ class Statement:
         if canonical != payload:
             raise EnvelopeError("approval statement is not in canonical JSON form")
         return st
+
+
+def _manifest(m: Any) -> Manifest:
+    if not isinstance(m, dict) or set(m) != {"count", "sha256"}:
+        raise EnvelopeError("approval statement manifest must be {count, sha256}")
+    count, sha = m["count"], m["sha256"]
+    if type(count) is not int or count < 1:
+        raise EnvelopeError("approval statement manifest count must be a positive integer")
+    if not isinstance(sha, str) or len(sha) != 64 or sha != sha.lower():
+        raise EnvelopeError("approval statement manifest sha256 must be 64 lowercase hex digits")
+    bytes.fromhex(sha)  # ValueError if not hex: reported as malformed
+    return Manifest(count, sha)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from signer.encoding import canonical_json
 
 __all__ = ["TERMINAL", "Approval", "Digest", "Request", "State", "TokenCaller"]
 
@@ -39,6 +43,27 @@ class Digest:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Digest:
         return cls(d["algorithm"], bytes.fromhex(d["digest"]), d["artifact"])
+
+
+# Up to this many digests an approval lists them; above, it binds their manifest.
+INLINE_DIGESTS = 16
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an approval of a batch binds: the count and SHA-256 of the canonical JSON
+    list of the request's digests (each `Digest.as_dict()`, in request order)."""
+
+    count: int
+    sha256: str  # hex
+
+    @classmethod
+    def of(cls, digests: Sequence[Digest]) -> Manifest:
+        listing = canonical_json([d.as_dict() for d in digests])
+        return cls(len(digests), hashlib.sha256(listing).hexdigest())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)

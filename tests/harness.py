@@ -410,8 +410,11 @@ class Clients:
             "request_id": request.id,
             "key_name": request.key_name,
             "key_id": request.key_id,
-            "digests": tuple(
-                Digest(_HASH_NAMES[d.algorithm], d.value, d.artifact_name) for d in request.digests
+            **Statement.binding(
+                tuple(
+                    Digest(_HASH_NAMES[d.algorithm], d.value, d.artifact_name)
+                    for d in request.digests
+                )
             ),
             "decision": decision,
             "approver": officer,

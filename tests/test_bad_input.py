@@ -239,15 +239,15 @@ def test_no_digests(shared: Running) -> None:
 
 
 def test_too_many_digests(shared: Running) -> None:
-    """1001 digests in one request is RESOURCE_EXHAUSTED TOO_MANY_DIGESTS."""
-    digests = [sha256_digest(i.to_bytes(4, "big"), f"f{i}") for i in range(1001)]
+    """10,001 digests in one request is RESOURCE_EXHAUSTED TOO_MANY_DIGESTS."""
+    digests = [sha256_digest(i.to_bytes(4, "big"), f"f{i}") for i in range(10_001)]
     call = _create_call(shared.clients, key_name="release", digests=digests)
     _expect(
         shared.env,
         call,
         EXHAUSTED,
         "TOO_MANY_DIGESTS",
-        "the limit is 1000",
+        "the limit is 10000",
         actor="ci",
         method=CREATE,
     )

@@ -45,7 +45,7 @@ from signer.audit.entry import AuditEntry
 from signer.audit.note import Checkpoint, Verifier, open_note, sign_note
 from signer.dsse import Statement, sign_statement
 from signer.encoding import canonical_json
-from signer.model import Digest
+from signer.model import Digest, Manifest
 from signer.v1 import types_pb2
 from tests.harness import (
     _PG_CONNECTIONS,
@@ -761,16 +761,18 @@ class _Synth:
         decision: str = "approve",
         signer: str | None = None,
         digests: tuple[Digest, ...] | None = None,
+        manifest: Manifest | None = None,
     ) -> int:
         st = Statement(
             self.rid,
             "release",
             _KEY_ID,
-            digests or self.digests,
+            () if manifest else digests or self.digests,
             decision,
             officer,
             self.t0,
             "no" if decision == "deny" else "",
+            manifest=manifest,
         )
         envelope = sign_statement(st, self.keys[signer or officer]).decode()
         details = {"approver": officer, "envelope": envelope}
@@ -833,6 +835,16 @@ def _other_digests(s: _Synth) -> int:
     return bad
 
 
+def _wrong_manifest(s: _Synth) -> int:
+    s.started(s.policy())
+    s.created()
+    s.decided("alice", manifest=Manifest.of(s.digests))
+    other = (Digest("sha256", bytes(32), "app.tar"),)
+    bad = s.decided("bob", manifest=Manifest.of(other))
+    s.signed(["alice", "bob"])
+    return bad
+
+
 def _forged_envelope(s: _Synth) -> int:
     s.started(s.policy())
     s.created()
@@ -889,6 +901,7 @@ _NO_QUORUM: list[tuple[Callable[[_Synth], int], str, str]] = [
         "carol decided on a request they made or whose pipeline they started",
     ),
     (_other_digests, "request.approved", "the approve by bob is not bound to this request"),
+    (_wrong_manifest, "request.approved", "the approve by bob is not bound to this request"),
     (_forged_envelope, "request.approved", "approval envelope by bob does not verify"),
     (
         _non_member,
@@ -939,3 +952,20 @@ def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
         "approvals": 2,
         "policies": 1,
     }
+
+
+def test_synthetic_manifest_approvals_pass(tmp_path: Path) -> None:
+    """Approvals binding the manifest of a batch (instead of listing it) verify offline."""
+    s = _Synth({o: ed25519.Ed25519PrivateKey.generate() for o in _OFFICERS})
+    s.digests = tuple(
+        Digest("sha256", hashlib.sha256(b"%d" % i).digest(), f"pkg-{i}.tar") for i in range(40)
+    )
+    s.started(s.policy())
+    s.created()
+    s.decided("alice", manifest=Manifest.of(s.digests))
+    s.decided("bob", manifest=Manifest.of(s.digests))
+    s.add("request.quorum", "bob", {"approvers": ["alice", "bob"], "threshold": 2})
+    s.signed(["alice", "bob"])
+    verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
+    out = run([*SIGNER, "audit", "verify", str(tmp_path / "log"), "--verifier", verifier, "--json"])
+    assert json.loads(out.stdout)["approvals"] == 2

@@ -31,6 +31,7 @@ from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.dsse import Envelope
 from signer.encoding import canonical_json
 from signer.errors import EnvelopeError, VerificationError
+from signer.model import Digest
 
 __all__ = ["LogDir", "Report", "verify_dir"]
 
@@ -201,13 +202,17 @@ class _Semantics:
             )
         except (EnvelopeError, KeyError) as x:
             raise ValueError(f"approval envelope by {e.actor} does not verify: {x}") from None
+        try:
+            created = [Digest.from_dict(x) for x in r.created["digests"]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError("the request.created entry's digests are malformed") from None
         bound = (
             st.request_id == e.request_id
             and st.key_name == r.created["key_name"]
             and st.key_id == r.created["key_id"]
             and st.approver == e.actor
             and st.decision == decision
-            and [d.as_dict() for d in st.digests] == r.created["digests"]
+            and st.binds(created)
         )
         if not bound:
             raise ValueError(f"the {decision} by {e.actor} is not bound to this request")
