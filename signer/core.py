@@ -25,8 +25,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +57,7 @@ from signer.errors import (
 from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import AuditFilter, Store, Tx
+from signer.store.group import GroupCommit
 
 __all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
@@ -172,18 +173,18 @@ class Core:
         self.notifier = notifier or Notifier()
         self.checkpointer = checkpointer
         self.observer = observer
+        self.group = GroupCommit(
+            store, before_commit=checkpointer.cover if checkpointer is not None else None
+        )
         self._signing: set[str] = set()
         self._signing_lock = threading.Lock()
         self._rejections: dict[str, tuple[int, int, int]] = {}  # minute, recorded, suppressed
         self._rejections_lock = threading.Lock()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Tx]:
-        """A store transaction that ends with a signed checkpoint over what it appended."""
-        with self.store.transaction() as tx:
-            yield tx
-            if tx.appended and self.checkpointer is not None:
-                self.checkpointer.cover(tx)
+    def _tx(self) -> AbstractContextManager[Tx]:
+        """A store transaction, shared with concurrent ones (group commit), that ends
+        with one signed checkpoint over everything the group appended."""
+        return self.group.transaction()
 
     # -- requests -----------------------------------------------------------
 

@@ -41,6 +41,18 @@ class Tx(abc.ABC):
     appended: int  # entries appended through this transaction
 
     @abc.abstractmethod
+    def savepoint(self) -> None:
+        """Mark where one member of a group commit starts (`signer.store.group`)."""
+
+    @abc.abstractmethod
+    def release_savepoint(self) -> None:
+        """Keep what the member wrote since `savepoint`."""
+
+    @abc.abstractmethod
+    def rollback_savepoint(self) -> None:
+        """Undo what the member wrote since `savepoint`."""
+
+    @abc.abstractmethod
     def get_request(self, request_id: str) -> Request | None: ...
 
     @abc.abstractmethod

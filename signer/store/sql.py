@@ -108,6 +108,16 @@ class SqlTx(Tx):
         "expires, updated, status_message, idempotency_key, caller, payload_type, payload"
     )
 
+    def savepoint(self) -> None:
+        self._run("SAVEPOINT member")
+
+    def release_savepoint(self) -> None:
+        self._run("RELEASE SAVEPOINT member")
+
+    def rollback_savepoint(self) -> None:
+        self._run("ROLLBACK TO SAVEPOINT member")
+        self._run("RELEASE SAVEPOINT member")
+
     def get_request(self, request_id: str) -> Request | None:
         row = self._one(
             f"SELECT {self._COLUMNS} FROM requests WHERE id = ?",  # noqa: S608

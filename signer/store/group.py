@@ -1,0 +1,190 @@
+"""Group commit: concurrent transactions share one commit, one fsync, one checkpoint.
+
+Callers that want a transaction while another one is open join it instead of
+waiting for their own: the first (the leader) opens the store transaction, each
+member runs its body in turn inside a SAVEPOINT, and when no one else is
+waiting (or `max_members` have joined) the leader runs `before_commit` once
+(the signed checkpoint over everything the group appended) and commits once.
+Members arriving meanwhile form the next group, which starts as soon as this
+one has committed.
+
+Invariant 3 is kept for every member, not just the group:
+- no member returns until the group's commit (its fsync included) is done, so
+  a member's audit entry is durable and covered by a signed checkpoint before
+  its call returns;
+- if the commit, or the checkpoint, fails, every member fails and nothing of
+  the group is written;
+- a member's refusal (a `SignerError` other than `StoreError`) rolls back its
+  own savepoint only, and it is reported only once the group has committed,
+  since it may rest on what earlier members wrote; any other exception in a
+  body (a database error, a crash) rolls back the whole group.
+
+A body must not open another transaction (it would wait for itself): that
+raises RuntimeError at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from signer.errors import SignerError, StoreError
+from signer.store.base import Store, Tx
+
+__all__ = ["GroupCommit"]
+
+
+@dataclass(eq=False)
+class _Group:
+    tx: Tx | None = None
+    busy: bool = True  # a member (at first the leader) is running its body
+    waiting: int = 0  # members registered but not yet run
+    members: int = 1
+    done: bool = False
+    failure: BaseException | None = None  # why the group did not commit
+    poison: BaseException | None = None  # the body exception that rolls back the group
+
+
+class GroupCommit:
+    """Runs store transactions, grouping concurrent ones into one commit."""
+
+    def __init__(
+        self,
+        store: Store,
+        before_commit: Callable[[Tx], None] | None = None,
+        max_members: int = 64,
+    ) -> None:
+        self._store = store
+        self._before_commit = before_commit
+        self._max = max(1, max_members)
+        self._cond = threading.Condition()
+        self._open: _Group | None = None
+        self._inside = threading.local()
+        self.commits = 0  # groups committed (one fsync and at most one checkpoint each)
+        self.transactions = 0  # member transactions committed
+
+    def queued(self) -> int:
+        """Members of the open group that have not run their body yet."""
+        with self._cond:
+            return self._open.waiting if self._open is not None else 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        if getattr(self._inside, "active", False):
+            raise RuntimeError("a transaction body opened another transaction")
+        with self._cond:
+            group = self._open
+            leader = group is None or group.members >= self._max
+            if leader:
+                group = self._open = _Group()
+            else:
+                assert group is not None
+                group.members += 1
+                group.waiting += 1
+        self._inside.active = True
+        try:
+            if leader:
+                yield from self._lead(group)
+            else:
+                yield from self._join(group)
+        finally:
+            self._inside.active = False
+
+    # -- the leader ---------------------------------------------------------------
+
+    def _lead(self, group: _Group) -> Generator[Tx, None, None]:
+        own: BaseException | None = None
+        try:
+            with self._store.transaction() as tx:
+                with self._cond:
+                    group.tx = tx
+                own = yield from self._body(group, tx)
+                self._serve_joiners(group)
+                if group.poison is not None:
+                    raise group.poison  # the store rolls back (and translates DB errors)
+                if tx.appended and self._before_commit is not None:
+                    self._before_commit(tx)
+        except BaseException as e:  # noqa: BLE001 (re-raised to every member below)
+            group.failure = e
+        finally:
+            with self._cond:
+                group.done = True
+                if self._open is group:
+                    self._open = None
+                if group.failure is None:
+                    self.commits += 1
+                    self.transactions += group.members
+                self._cond.notify_all()
+        self._outcome(group, own, leader=True)
+
+    def _serve_joiners(self, group: _Group) -> None:
+        """Let every member that joined run its body, then close the group."""
+        with self._cond:
+            group.busy = False
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: group.waiting == 0 and not group.busy)
+            if self._open is group:
+                self._open = None  # later arrivals lead the next group
+
+    # -- a member that joined -------------------------------------------------------
+
+    def _join(self, group: _Group) -> Generator[Tx, None, None]:
+        with self._cond:
+            self._cond.wait_for(lambda: group.done or (group.tx is not None and not group.busy))
+            if group.done:  # the leader could not even open the transaction
+                group.waiting -= 1
+                tx = None
+            else:
+                group.busy = True
+                group.waiting -= 1
+                tx = group.tx
+        own: BaseException | None = None
+        if tx is not None and group.poison is None:
+            own = yield from self._body(group, tx)
+        with self._cond:
+            if tx is not None:
+                group.busy = False
+                self._cond.notify_all()
+            self._cond.wait_for(lambda: group.done)
+        self._outcome(group, own, leader=False)
+
+    # -- shared -----------------------------------------------------------------------
+
+    def _body(self, group: _Group, tx: Tx) -> Generator[Tx, None, BaseException | None]:
+        """Run one member's body in a savepoint; return its exception, if any."""
+        appended = tx.appended
+        tx.savepoint()
+        try:
+            yield tx
+        except BaseException as e:  # noqa: BLE001 (re-raised once the group settles)
+            if isinstance(e, SignerError) and not isinstance(e, StoreError):
+                try:
+                    tx.rollback_savepoint()
+                    tx.appended = appended
+                except BaseException as undo:  # noqa: BLE001 (fails the whole group)
+                    group.poison = undo
+                return e
+            group.poison = e
+            return e
+        try:
+            tx.release_savepoint()
+        except BaseException as e:  # noqa: BLE001 (fails the whole group)
+            group.poison = e
+            return e
+        return None
+
+    @staticmethod
+    def _outcome(group: _Group, own: BaseException | None, *, leader: bool) -> None:
+        """Raise what this member's call ends with, once the group is settled."""
+        failure = group.failure
+        if failure is None:
+            if own is not None:
+                raise own
+            return
+        if own is not None and own is group.poison:
+            raise failure  # the member whose body failed hears its own (translated) error
+        if leader and group.poison is None:
+            raise failure  # the commit or the checkpoint failed
+        raise StoreError(f"the transaction was not committed: {failure}") from failure
