@@ -12,8 +12,10 @@ Invariants upheld here (DESIGN §3.1, §8):
   found once and cached. When the session is lost (token reset, session
   closed, logged out, stale handles) it is opened and logged in again, the
   handles are re-found, and the call is tried once more;
-- a batch of digests is signed in one loop holding the lock once
-  (`sign_digests`), so a release manifest is not interleaved with other calls.
+- a batch of digests is signed in one loop on that session (`sign_digests`),
+  holding the lock throughout except to let an audit checkpoint signature
+  (`sign_message`) through: a 10,000-digest release never holds up the audit
+  log, and so never every other call waiting on a commit.
 
 PKCS#11 exceptions are translated to `TokenError`s here and nowhere else.
 A key's algorithm name is recorded in its CKA_ID, so a key made for RSA-PSS is
@@ -38,8 +40,9 @@ from asn1crypto.core import OctetString
 from asn1crypto.keys import ECDomainParameters
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from signer.algorithms import ALGORITHMS, DIGEST_INFO_PREFIX, HASH_SIZES, KeyAlgorithm
 from signer.errors import (
@@ -147,6 +150,8 @@ class Token:
 
     def __init__(self, module_path: str, label: str, pin: str) -> None:
         self._lock = threading.RLock()
+        self._urgent = 0  # checkpoint signatures waiting: a batch steps aside for them
+        self._urgent_done = threading.Condition()
         self._keys: dict[str, Any] = {}
         self._pin = pin  # kept in memory only, to log in again after a token reset
         self.label = label
@@ -326,7 +331,11 @@ class Token:
     def sign_digests(
         self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
     ) -> list[bytes]:
-        """Sign (hash name, digest) pairs in order, in one loop holding the lock once."""
+        """Sign (hash name, digest) pairs in order, in one loop on the session.
+
+        The loop gives the lock up only while a checkpoint signature is waiting,
+        then carries on where it stopped.
+        """
         for hash_name, digest in digests:
             if len(digest) != HASH_SIZES[hash_name]:
                 raise InvalidArgumentError(
@@ -335,18 +344,34 @@ class Token:
         if algorithm.scheme not in ("ecdsa", "pss", "pkcs1"):
             raise InvalidArgumentError(f"{algorithm.name} keys do not sign digests")
 
-        def sign_all() -> list[bytes]:
-            priv = self._private(name)
-            return [_sign_one(priv, algorithm, h, d) for h, d in digests]
+        signatures: list[bytes] = []
 
-        return self._retrying(f"signing with {name}", sign_all)
+        def sign_until_urgent() -> None:
+            priv = self._private(name)
+            while len(signatures) < len(digests) and not self._urgent:
+                hash_name, digest = digests[len(signatures)]
+                signatures.append(_sign_one(priv, algorithm, hash_name, digest))
+
+        while True:
+            self._retrying(f"signing with {name}", sign_until_urgent)
+            if len(signatures) == len(digests):
+                return signatures
+            with self._urgent_done:
+                self._urgent_done.wait_for(lambda: not self._urgent, timeout=1.0)
 
     def sign_message(self, name: str, message: bytes) -> bytes:
-        """Ed25519 signature over a whole message (audit checkpoints)."""
-        return self._retrying(
-            f"signing with {name}",
-            lambda: bytes(self._private(name).sign(message, mechanism=Mechanism.EDDSA)),
-        )
+        """Ed25519 signature over a whole message (audit checkpoints), ahead of batches."""
+        with self._urgent_done:
+            self._urgent += 1
+        try:
+            return self._retrying(
+                f"signing with {name}",
+                lambda: bytes(self._private(name).sign(message, mechanism=Mechanism.EDDSA)),
+            )
+        finally:
+            with self._urgent_done:
+                self._urgent -= 1
+                self._urgent_done.notify_all()
 
     # -- internals (caller holds the lock) --------------------------------
 
@@ -379,7 +404,11 @@ class Token:
 
 def _sign_one(priv: Any, algorithm: KeyAlgorithm, hash_name: str, digest: bytes) -> bytes:
     if algorithm.scheme == "ecdsa":
-        return bytes(encode_ecdsa_signature(priv.sign(digest, mechanism=Mechanism.ECDSA)))
+        raw = priv.sign(digest, mechanism=Mechanism.ECDSA)  # r || s
+        half = len(raw) // 2
+        return encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
     if algorithm.scheme == "pss":
         param = (_HASH_MECH[hash_name], _MGF[hash_name], HASH_SIZES[hash_name])
         return bytes(priv.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=param))

@@ -81,3 +81,49 @@ def test_batch_signs_in_one_loop_and_a_lost_session_is_reopened(fresh_env: Env) 
     assert out["after_stale"] == 3 and out["resets_after_stale"] >= 2
     assert "sha256 digest must be 32 bytes" in out["bad_digest"]
     assert out["calls_ok_after"] == 1
+
+
+_STEP_ASIDE = textwrap.dedent(
+    """
+    import hashlib, json, sys, threading, time
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives import serialization
+
+    from signer.admin import open_token
+    from signer.config import load_config
+    from signer.verify import verify_digest
+
+    config = load_config(Path(sys.argv[1]))
+    token = open_token(config)
+    spec = config.keys["release"]
+    public = serialization.load_der_public_key(token.key("release").spki_der)
+    audit = serialization.load_der_public_key(token.key(config.audit_key).spki_der)
+    digests = [("sha256", hashlib.sha256(b"%d" % i).digest()) for i in range(3000)]
+    done = {}
+
+    def batch():
+        done["sigs"] = token.sign_digests("release", spec.algorithm, digests)
+        done["batch"] = time.monotonic()
+
+    t = threading.Thread(target=batch)
+    t.start()
+    time.sleep(0.05)  # the batch is under way, holding the token
+    note = token.sign_message(config.audit_key, b"checkpoint")
+    done["checkpoint"] = time.monotonic()
+    t.join()
+    audit.verify(note, b"checkpoint")
+    for (h, d), s in zip(digests, done["sigs"], strict=True):
+        verify_digest(public, h, d, s)
+    first = "checkpoint" if done["checkpoint"] < done["batch"] else "batch"
+    print(json.dumps({"n": len(done["sigs"]), "first": first}))
+    """
+)
+
+
+@pytest.mark.sqlite_only  # the store plays no part
+def test_a_checkpoint_signature_does_not_wait_for_a_batch(fresh_env: Env) -> None:
+    """A batch signing under way steps aside for an audit checkpoint, then completes."""
+    p = run([sys.executable, "-c", _STEP_ASIDE, str(fresh_env.config)], timeout=120)
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out == {"n": 3000, "first": "checkpoint"}

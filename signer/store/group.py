@@ -19,6 +19,9 @@ Invariant 3 is kept for every member, not just the group:
   since it may rest on what earlier members wrote; any other exception in a
   body (a database error, a crash) rolls back the whole group.
 
+A member whose group never opened its transaction (the database was down when
+the leader asked) tries again on its own instead of inheriting that failure.
+
 A body must not open another transaction (it would wait for itself): that
 raises RuntimeError at once.
 """
@@ -74,21 +77,25 @@ class GroupCommit:
     def transaction(self) -> Iterator[Tx]:
         if getattr(self._inside, "active", False):
             raise RuntimeError("a transaction body opened another transaction")
-        with self._cond:
-            group = self._open
-            leader = group is None or group.members >= self._max
-            if leader:
-                group = self._open = _Group()
-            else:
-                assert group is not None
-                group.members += 1
-                group.waiting += 1
         self._inside.active = True
         try:
-            if leader:
-                yield from self._lead(group)
-            else:
-                yield from self._join(group)
+            while True:
+                with self._cond:
+                    group = self._open
+                    leader = group is None or group.members >= self._max
+                    if leader:
+                        group = self._open = _Group()
+                    else:
+                        assert group is not None
+                        group.members += 1
+                        group.waiting += 1
+                if leader:
+                    yield from self._lead(group)
+                    return
+                if (yield from self._join(group)):
+                    return
+                # The group's transaction never opened (the database was down when its
+                # leader asked): try again on our own rather than inherit that failure.
         finally:
             self._inside.active = False
 
@@ -130,25 +137,25 @@ class GroupCommit:
 
     # -- a member that joined -------------------------------------------------------
 
-    def _join(self, group: _Group) -> Generator[Tx, None, None]:
+    def _join(self, group: _Group) -> Generator[Tx, None, bool]:
+        """Run as a member of `group`; False if its transaction never opened."""
         with self._cond:
             self._cond.wait_for(lambda: group.done or (group.tx is not None and not group.busy))
+            group.waiting -= 1
             if group.done:  # the leader could not even open the transaction
-                group.waiting -= 1
-                tx = None
-            else:
-                group.busy = True
-                group.waiting -= 1
-                tx = group.tx
+                return False
+            group.busy = True
+            tx = group.tx
+        assert tx is not None
         own: BaseException | None = None
-        if tx is not None and group.poison is None:
+        if group.poison is None:
             own = yield from self._body(group, tx)
         with self._cond:
-            if tx is not None:
-                group.busy = False
-                self._cond.notify_all()
+            group.busy = False
+            self._cond.notify_all()
             self._cond.wait_for(lambda: group.done)
         self._outcome(group, own, leader=False)
+        return True
 
     # -- shared -----------------------------------------------------------------------
 
