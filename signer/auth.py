@@ -13,6 +13,7 @@ denied. Rejections are audit-logged through `on_reject`.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -79,8 +80,10 @@ _TOKEN_ROLES = frozenset({"requester"})
 log = structlog.get_logger("signer.auth")
 
 
+@functools.lru_cache(maxsize=1024)
 def identity_from_cert(pem: bytes) -> str:
-    """First URI SAN of the certificate, else its subject common name."""
+    """First URI SAN of the certificate, else its subject common name (cached per
+    certificate: the TLS layer verified it, and the same bytes name the same identity)."""
     cert = x509.load_pem_x509_certificate(pem)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -136,6 +136,26 @@ class Notifier:
             self._log.append((self._version, request_id))
             self._cond.notify_all()
 
+    def wait_for(self, request_id: str, since: int, timeout: float) -> tuple[int, bool]:
+        """Block until `request_id` changes after `since` or timeout: (version, changed).
+
+        Reports a change too when the bounded log no longer reaches back to `since`.
+        """
+
+        def changed() -> bool:
+            if self._log and self._log[0][0] > since + 1:
+                return True
+            for v, r in reversed(self._log):
+                if v <= since:
+                    return False
+                if r == request_id:
+                    return True
+            return False
+
+        with self._cond:
+            hit = self._cond.wait_for(changed, timeout=max(timeout, 0))
+            return self._version, hit
+
     def wait(self, since: int, timeout: float) -> tuple[int, list[str]]:
         """Block until a change after `since` or timeout; return (version, changed ids)."""
         with self._cond:
@@ -325,18 +345,24 @@ class Core:
     ) -> Request:
         """Return once the request is terminal, `timeout` has passed or the caller left."""
         deadline = self.clock() + timeout
+        since = self.notifier.version
+        request = self.get_for_requester(actor, request_id)
         while True:
-            since = self.notifier.version
-            request = self.get_for_requester(actor, request_id)
             remaining = (deadline - self.clock()).total_seconds()
             if request.terminal or remaining <= 0 or not alive():
                 return request
             # Wake at expiry time too, so an EXPIRED state is seen promptly, and at least
-            # every second to notice a caller that went away.
+            # every second to notice a caller that went away; read the request again
+            # only when it changed (not on every other request's change).
             until_expiry = (request.expires - self.clock()).total_seconds() + 0.05
-            self.notifier.wait(since, min(remaining, max(until_expiry, 0.05), 1.0))
+            since, changed = self.notifier.wait_for(
+                request_id, since, min(remaining, max(until_expiry, 0.05), 1.0)
+            )
             if request.state is State.PENDING and self.clock() >= request.expires:
                 self.expire_due()
+                changed = True
+            if changed:
+                request = self.get_for_requester(actor, request_id)
 
     def cancel(self, actor: str, request_id: str, reason: str) -> Request:
         self._check_reason(reason)

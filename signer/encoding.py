@@ -40,7 +40,7 @@ def format_time(t: dt.datetime) -> str:
     """RFC 3339 UTC with microseconds and a Z suffix, e.g. 2026-01-02T03:04:05.000006Z."""
     if t.tzinfo is None:
         raise ValueError("naive datetime")
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(s: str) -> dt.datetime:

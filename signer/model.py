@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,11 +60,17 @@ class Manifest:
 
     @classmethod
     def of(cls, digests: Sequence[Digest]) -> Manifest:
-        listing = canonical_json([d.as_dict() for d in digests])
-        return cls(len(digests), hashlib.sha256(listing).hexdigest())
+        return _manifest_of(tuple(digests))
 
     def as_dict(self) -> dict[str, Any]:
         return {"count": self.count, "sha256": self.sha256}
+
+
+@functools.lru_cache(maxsize=32)
+def _manifest_of(digests: tuple[Digest, ...]) -> Manifest:
+    """Each quorum check binds the same batch again: hash its listing once."""
+    listing = canonical_json([d.as_dict() for d in digests])
+    return Manifest(len(digests), hashlib.sha256(listing).hexdigest())
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from signer.errors import SignerError, StoreError
 from signer.store.base import Store, Tx
@@ -46,6 +46,7 @@ class _Group:
     waiting: int = 0  # members registered but not yet run
     members: int = 1
     done: bool = False
+    settled: threading.Event = field(default_factory=threading.Event)  # set with `done`
     failure: BaseException | None = None  # why the group did not commit
     poison: BaseException | None = None  # the body exception that rolls back the group
 
@@ -124,6 +125,7 @@ class GroupCommit:
                     self.commits += 1
                     self.transactions += group.members
                 self._cond.notify_all()
+            group.settled.set()
         self._outcome(group, own, leader=True)
 
     def _serve_joiners(self, group: _Group) -> None:
@@ -153,7 +155,7 @@ class GroupCommit:
         with self._cond:
             group.busy = False
             self._cond.notify_all()
-            self._cond.wait_for(lambda: group.done)
+        group.settled.wait()  # members waiting here are not woken by every turn taken
         self._outcome(group, own, leader=False)
         return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,6 +23,12 @@ from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import AuditFilter, Tx
 
 __all__ = ["SqlTx"]
+
+
+@functools.lru_cache(maxsize=32)
+def _digests(stored: str) -> tuple[Digest, ...]:
+    """A request's digests from their stored JSON; a batch is parsed once, not per read."""
+    return tuple(Digest.from_dict(d) for d in json.loads(stored))
 
 
 class SqlTx(Tx):
@@ -88,7 +95,7 @@ class SqlTx(Tx):
             key_id=key_id,
             algorithm=algorithm,
             requester=requester,
-            digests=tuple(Digest.from_dict(d) for d in json.loads(digests)),
+            digests=_digests(digests),
             context=json.loads(context),
             state=State(state),
             created=parse_time(created),
