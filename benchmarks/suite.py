@@ -101,36 +101,38 @@ def _mean_seconds(n: int, fn: Callable[[], object]) -> float:
 # -- floors -------------------------------------------------------------------------------
 
 
-def floor_token(env: Env) -> dict[str, float]:
-    """Signatures per second of a bare python-pkcs11 loop, per algorithm."""
-    cfg = load_config(env.config)
-    cfg.token.apply_environment()
-    token = pkcs11.lib(cfg.token.module).get_token(token_label=cfg.token.label)
-    digest = hashlib.sha256(b"floor").digest()
-    checkpoint = b"signer-dev/audit\n123456\n" + os.urandom(32).hex().encode() + b"\n"
-    with token.open(user_pin=cfg.token.read_pin()) as session:
+class TokenFloor:
+    """A bare python-pkcs11 loop on the same token and keys as the server's."""
+
+    def __init__(self, env: Env) -> None:
+        cfg = load_config(env.config)
+        cfg.token.apply_environment()
+        token = pkcs11.lib(cfg.token.module).get_token(token_label=cfg.token.label)
+        self._session = token.open(user_pin=cfg.token.read_pin())
+        digest = hashlib.sha256(b"floor").digest()
+        note = b"signer-dev/audit\n123456\n" + os.urandom(32).hex().encode() + b"\n"
 
         def key(label: str) -> Any:
-            return session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            return self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
 
         ecdsa, pss, audit = key(KEYS["ecdsa-p256"]), key(KEYS["rsa-pss-3072"]), key(cfg.audit_key)
-        return {
-            "ecdsa-p256": round(
-                _best_rate(2000, lambda: ecdsa.sign(digest, mechanism=Mechanism.ECDSA))
+        self._sign: dict[str, Callable[[], object]] = {
+            "ecdsa-p256": lambda: ecdsa.sign(digest, mechanism=Mechanism.ECDSA),
+            "rsa-pss-3072": lambda: pss.sign(
+                digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=_PSS
             ),
-            "rsa-pss-3072": round(
-                _best_rate(
-                    150,
-                    lambda: pss.sign(
-                        digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=_PSS
-                    ),
-                ),
-                1,
-            ),
-            "ed25519": round(
-                _best_rate(5000, lambda: audit.sign(checkpoint, mechanism=Mechanism.EDDSA))
-            ),
+            "ed25519": lambda: audit.sign(note, mechanism=Mechanism.EDDSA),
         }
+
+    def rate(self, algorithm: str, n: int, runs: int = 3) -> float:
+        """Signatures per second, the best of `runs` loops of `n`."""
+        return _best_rate(n, self._sign[algorithm], runs)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+FLOOR_COUNTS = {"ecdsa-p256": 2000, "rsa-pss-3072": 150, "ed25519": 5000}
 
 
 @contextlib.contextmanager
@@ -176,7 +178,7 @@ def floor_commit(directory: Path) -> float:
     with contextlib.closing(sqlite3.connect(directory / "floor.db", isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
         row = os.urandom(600)
 
         def commit() -> None:
@@ -232,16 +234,23 @@ def batch(
     algorithm: str,
     runs: int,
     made: list[str],
+    floor: TokenFloor | None = None,
     n: int = 1000,
 ) -> dict[str, Any]:
-    """Signatures per second from the final approval to all `n` in the requester's hands."""
+    """Signatures per second from the final approval to all `n` in the requester's hands.
+
+    With `floor`, each run is paired with a floor loop just before it (this machine's
+    token speed drifts from minute to minute), and the ratio is the median of the pairs.
+    """
     key = KEYS[algorithm]
     info = clients.signing().GetPublicKey(
         signing_pb2.GetPublicKeyRequest(key_name=key), timeout=_RPC_TIMEOUT
     )
     public = serialization.load_pem_public_key(info.key.public_key_pem.encode())
-    rates = []
+    rates, floors = [], []
     for _ in range(runs):
+        if floor is not None:
+            floors.append(floor.rate(algorithm, min(n, FLOOR_COUNTS[algorithm]), runs=2))
         digests = [sha256_digest(os.urandom(32), f"pkg-{i}.tar.gz") for i in range(n)]
         r = clients.create(key=key, digests=digests)
         made.append(r.id)
@@ -263,7 +272,18 @@ def batch(
         for d, sig in zip(digests, done.signatures, strict=True):
             verify_digest(public, "sha256", d.value, sig)  # raises if wrong
         rates.append(n / (got["t1"] - t0))
-    return {"digests": n, "runs": runs, "signatures_per_s": round(max(rates), 1)}
+    out: dict[str, Any] = {
+        "digests": n,
+        "runs": runs,
+        "signatures_per_s": round(statistics.median(rates), 1),
+        "runs_signatures_per_s": [round(r, 1) for r in rates],
+    }
+    if floors:
+        out["floor_per_s"] = [round(f, 1) for f in floors]
+        out["vs_floor"] = round(
+            statistics.median(r / f for r, f in zip(rates, floors, strict=True)), 3
+        )
+    return out
 
 
 def _flow(clients: Clients, officers: Officers, pipeline: str) -> Flow:
@@ -465,9 +485,17 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         print(f"[{time.perf_counter() - args.t0:5.0f} s] {what}", file=sys.stderr)
 
     log("floors")
-    token = floor_token(env)
-    rpc, verify, commit = floor_rpc(env), floor_ed25519_verify(), floor_commit(tmp)
-    flow_floor = 4 * rpc + 1 / token["ecdsa-p256"] + 2 * verify + 4 * commit
+    floor = TokenFloor(env)
+    token = {alg: round(floor.rate(alg, n), 1) for alg, n in FLOOR_COUNTS.items()}
+
+    def flow_floors() -> dict[str, float]:
+        return {
+            "empty_mtls_rpc": floor_rpc(env),
+            "token_signature": 1 / floor.rate("ecdsa-p256", FLOOR_COUNTS["ecdsa-p256"]),
+            "ed25519_verify": floor_ed25519_verify(),
+            "durable_sqlite_commit": floor_commit(tmp),
+        }
+
     officers = Officers(env)
     result: dict[str, Any] = {"floor_token_per_s": token}
     profiles: dict[str, Any] = {}
@@ -477,22 +505,24 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         log("batch")
         result["batch"] = {}
         batch_ids: list[str] = []
-        for alg, runs in (("ecdsa-p256", 3), ("rsa-pss-3072", 2)):
-            b = batch(env, server, officers, alg, runs, batch_ids)
-            b["vs_floor"] = round(b["signatures_per_s"] / token[alg], 3)
-            result["batch"][alg] = b
+        for alg, runs in (("ecdsa-p256", 7), ("rsa-pss-3072", 3)):
+            result["batch"][alg] = batch(env, server, officers, alg, runs, batch_ids, floor)
         log("flow")
+        before = flow_floors()  # measured again after the flow, and averaged: this
         flow = drive(setup, officers, args.pipelines, args.flow_seconds)
+        after = flow_floors()  # machine's speed drifts from minute to minute
+        parts = {k: (before[k] + after[k]) / 2 for k in before}
+        flow_floor = (
+            4 * parts["empty_mtls_rpc"]
+            + parts["token_signature"]
+            + 2 * parts["ed25519_verify"]
+            + 4 * parts["durable_sqlite_commit"]
+        )
         flows = flow.pop("flows_list")
         checked = check(setup, flows, tmp, frozenset(batch_ids))
         flow |= {
             "floor_ms": round(flow_floor * 1000, 3),
-            "floor_parts_ms": {
-                "empty_mtls_rpc": round(rpc * 1000, 3),
-                "token_signature": round(1000 / token["ecdsa-p256"], 3),
-                "ed25519_verify": round(verify * 1000, 4),
-                "durable_sqlite_commit": round(commit * 1000, 3),
-            },
+            "floor_parts_ms": {k: round(v * 1000, 4) for k, v in parts.items()},
             "vs_floor": round(flow["cost_ms"] / (flow_floor * 1000), 2),
             "checked": checked,
         }
@@ -508,8 +538,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if result["batch"][alg]["vs_floor"] < TARGETS[f"batch {alg}"][1]:
                 log(f"profiling the {alg} batch")
                 profiles[f"batch {alg}"] = profile(
-                    pid, 6, functools.partial(batch, env, server, officers, alg, 1, []), tmp
+                    pid, 6, functools.partial(batch, env, server, officers, alg, 2, []), tmp
                 )
+    floor.close()
     log("audit")
     result["audit"] = _audit(tmp, args.audit_entries)
     result["verdicts"] = _verdicts(result)
@@ -542,7 +573,8 @@ def markdown(r: dict[str, Any]) -> str:
             (
                 f"batch {alg} (1,000 digests, 2-of-3)",
                 f"{b[alg]['signatures_per_s']:,} signatures/s",
-                f"{b[alg]['vs_floor']:.0%} of floor-token",
+                f"{b[alg]['vs_floor']:.0%} of floor-token (median of {b[alg]['runs']} "
+                "runs, each paired with a floor loop just before it)",
                 f"≥ {TARGETS[f'batch {alg}'][1]:.0%}: {'met' if v['met'] else 'missed'}",
             )
         )
@@ -607,12 +639,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     if missed:
-        text += ["## Missed targets", "", *missed, ""]
-        text += [
-            r.get("explanations", {}).get(k, "")
-            for k in r["verdicts"]
-            if k in r.get("explanations", {})
-        ]
+        text += ["## Missed targets", "", *missed, "", "\n\n".join(_why(r)), ""]
     for name, p in r["profiles"].items():
         text += [f"## Server profile during {name}", ""]
         if "note" in p:
@@ -634,6 +661,52 @@ def markdown(r: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(text) + "\n"
+
+
+def _why(r: dict[str, Any]) -> list[str]:
+    """What the numbers of this run say about each miss."""
+    v, out = r["verdicts"], []
+    if not v["batch ecdsa-p256"]["met"]:
+        b = r["batch"]["ecdsa-p256"]
+        floor_ms = 1000 * b["digests"] / statistics.median(b["floor_per_s"])
+        took_ms = 1000 * b["digests"] / b["signatures_per_s"]
+        out.append(
+            f"Batch ecdsa-p256: the 1,000 token signatures alone take {floor_ms:.0f} ms; the "
+            f"whole path took {took_ms:.0f} ms. The other {took_ms - floor_ms:.0f} ms are the "
+            "steps around the signatures, most of them proportional to the batch: the "
+            "transaction that records the quorum (APPROVED) and the one that records the "
+            "1,000 signatures with the request.signed entry (1,000 signature hashes) and its "
+            "checkpoint, each with an fsync; re-reading the request; and building and "
+            "sending two 1,000-digest responses (the officer's and the requester's). "
+            "ECDSA in SoftHSM is fast (under 0.1 ms a signature), so this share shows; "
+            "next to RSA-PSS-3072 (about 3 ms a signature) it does not. The server's "
+            "profile during the batch is below."
+        )
+    if not v["flow"]["met"]:
+        f = r["flow"]
+        out.append(
+            f"Flow: a flow costs {f['cost_ms']} ms of wall time against a floor of "
+            f"{f['floor_ms']} ms. The server is one Python process, so its Python code runs "
+            "on one core at a time (the GIL), and the benchmark's 16 pipelines use the "
+            "other. The floor counts 4 empty RPCs. A real flow's server work also runs the "
+            "servicers, authorization, request validation, DSSE and quorum checks (twice, "
+            "the second right before C_Sign), about ten store transactions (group-committed) "
+            "and protobuf conversion, all in Python. The profile below shows where the GIL "
+            "time goes."
+        )
+    if not v["audit verification"]["met"]:
+        o = r["audit"]["offline"]
+        once = o["sha256_concatenated_s"] / o["sha256_per_entry_s"]
+        out.append(
+            "Audit verification: the tree needs one SHA-256 call per entry (the leaf) "
+            "and one per interior node, about 2n calls of CPython's hashlib. Hashing "
+            f"each entry once, with no tree at all, already runs at only {once:.0%} of one "
+            f"pass over the same bytes ({o['sha256_per_entry_s']} s against "
+            f"{o['sha256_concatenated_s']} s for {o['entries']:,} entries of "
+            f"{o['mean_entry_bytes']} bytes). The cost per call, not per byte, dominates, "
+            "so no single-threaded RFC 9162 verifier in CPython reaches 50%."
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,21 +123,25 @@ class Notifier:
     def __init__(self, history: int = 10_000) -> None:
         self._cond = threading.Condition()
         self._version = 0
-        self._log: deque[tuple[int, str]] = deque(maxlen=history)
+        # (version, request id, whether the request may now be terminal)
+        self._log: deque[tuple[int, str, bool]] = deque(maxlen=history)
 
     @property
     def version(self) -> int:
         with self._cond:
             return self._version
 
-    def publish(self, request_id: str) -> None:
+    def publish(self, request_id: str, terminal: bool = True) -> None:
+        """Tell waiters `request_id` changed; `terminal=False` when it surely is not
+        finished yet (another replica's change, of unknown kind, counts as terminal)."""
         with self._cond:
             self._version += 1
-            self._log.append((self._version, request_id))
+            self._log.append((self._version, request_id, terminal))
             self._cond.notify_all()
 
     def wait_for(self, request_id: str, since: int, timeout: float) -> tuple[int, bool]:
-        """Block until `request_id` changes after `since` or timeout: (version, changed).
+        """Block until `request_id` may have finished after `since`, or timeout:
+        (version, changed).
 
         Reports a change too when the bounded log no longer reaches back to `since`.
         """
@@ -145,10 +149,10 @@ class Notifier:
         def changed() -> bool:
             if self._log and self._log[0][0] > since + 1:
                 return True
-            for v, r in reversed(self._log):
+            for v, r, terminal in reversed(self._log):
                 if v <= since:
                     return False
-                if r == request_id:
+                if r == request_id and terminal:
                     return True
             return False
 
@@ -160,7 +164,7 @@ class Notifier:
         """Block until a change after `since` or timeout; return (version, changed ids)."""
         with self._cond:
             self._cond.wait_for(lambda: self._version > since, timeout=max(timeout, 0))
-            changed = list(dict.fromkeys(r for v, r in self._log if v > since))
+            changed = list(dict.fromkeys(r for v, r, _ in self._log if v > since))
             return self._version, changed
 
 
@@ -314,7 +318,7 @@ class Core:
                 )
             tx.insert_request(request, params)
             tx.append_audit(now, "request.created", actor, request.id, key_name, details)
-        self.notifier.publish(request.id)
+        self.notifier.publish(request.id, terminal=False)
         log.info("request created", request_id=request.id, key_name=key_name, digests=len(digests))
         return request
 
@@ -459,16 +463,18 @@ class Core:
                         {"approvers": approvers, "threshold": policy.threshold},
                     )
                     reached = True
-        self.notifier.publish(request_id)
+            result = self._get_in(tx, request_id)
+        self.notifier.publish(request_id, terminal=result.terminal)
         log.info("decision recorded", request_id=request_id, decision=decision, approver=actor)
         if reached:
             try:
-                self._sign(request_id)
+                return self._sign(request_id) or self._get(request_id)
             except StoreError as e:
                 # The approval is durable; the signature is not released until its
                 # audit entry is. The sweeper (or recovery at start) signs it later.
                 log.error("signature not recorded; will retry", request_id=request_id, error=str(e))
-        return self._get(request_id)
+                return self._get(request_id)
+        return result
 
     def _check_binding(self, st: Statement, request: Request, actor: str, decision: str) -> None:
         """Every field of the signed statement must equal the stored request."""
@@ -540,27 +546,30 @@ class Core:
 
     # -- signing --------------------------------------------------------------
 
-    def _sign(self, request_id: str) -> None:
-        """Sign an APPROVED request in the token and record it; one signer at a time."""
+    def _sign(self, request_id: str) -> Request | None:
+        """Sign an APPROVED request in the token and record it; one signer at a time.
+
+        Returns the request as signed here, or None if it was not (signed elsewhere,
+        failed, or no longer APPROVED)."""
         with self._signing_lock:
             if request_id in self._signing:
-                return
+                return None
             self._signing.add(request_id)
         try:
-            self._sign_now(request_id)
+            return self._sign_now(request_id)
         finally:
             with self._signing_lock:
                 self._signing.discard(request_id)
 
-    def _sign_now(self, request_id: str) -> None:
+    def _sign_now(self, request_id: str) -> Request | None:
         request = self._get(request_id)
         if request.state is not State.APPROVED:
-            return
+            return None
         approvers = self._quorum(request)
         spec = self.keys.get(request.key_name)
         if approvers is None or spec is None:
             self._fail(request, "the quorum no longer holds under the loaded policy")
-            return
+            return None
         started = time.perf_counter()
         try:
             signatures = self.token.sign_digests(
@@ -571,13 +580,13 @@ class Core:
             if self.observer is not None:
                 self.observer.sign_failed()
             self._fail(request, f"the token failed to sign: {e}")
-            return
+            return None
         token_seconds = time.perf_counter() - started
         now = self.clock()
         with self._tx() as tx:
             current = self._get_in(tx, request_id)
             if current.state is not State.APPROVED:
-                return
+                return None
             tx.insert_signatures(request_id, signatures)
             tx.set_state(request_id, State.SIGNED, now)
             tx.append_audit(
@@ -592,10 +601,12 @@ class Core:
                     "signature_sha256": [hashlib.sha256(s).hexdigest() for s in signatures],
                 },
             )
+            signed = self._get_in(tx, request_id)
         self.notifier.publish(request_id)
         if self.observer is not None:
             self.observer.signed_request(token_seconds, len(signatures))
         log.info("request signed", request_id=request_id, signatures=len(signatures))
+        return signed
 
     def _fail(self, request: Request, why: str) -> None:
         now = self.clock()
@@ -643,8 +654,9 @@ class Core:
         return len(ids)
 
     def _expire_if_due(self, request_id: str) -> None:
-        request = self._get(request_id)
-        if request.state is State.PENDING and self.clock() >= request.expires:
+        with self._tx() as tx:
+            expires = tx.pending_expiry(request_id) if _REQUEST_ID.match(request_id) else None
+        if expires is not None and self.clock() >= expires:
             self.expire_due()
 
     # -- audit -------------------------------------------------------------------

@@ -9,6 +9,7 @@ import datetime as dt
 import enum
 import functools
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,10 +61,25 @@ class Manifest:
 
     @classmethod
     def of(cls, digests: Sequence[Digest]) -> Manifest:
-        return _manifest_of(tuple(digests))
+        key = id(digests)
+        with _BY_IDENTITY_LOCK:
+            known = _BY_IDENTITY.get(key)
+        if known is not None and known[0] is digests:
+            return known[1]  # the same stored batch, read again (see store.sql._digests)
+        manifest = _manifest_of(tuple(digests))
+        if isinstance(digests, tuple):
+            with _BY_IDENTITY_LOCK:
+                if len(_BY_IDENTITY) >= 32:
+                    _BY_IDENTITY.pop(next(iter(_BY_IDENTITY)))
+                _BY_IDENTITY[key] = (digests, manifest)  # holds the tuple: its id stays its own
+        return manifest
 
     def as_dict(self) -> dict[str, Any]:
         return {"count": self.count, "sha256": self.sha256}
+
+
+_BY_IDENTITY: dict[int, tuple[tuple[Digest, ...], Manifest]] = {}
+_BY_IDENTITY_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,6 +12,7 @@ and the service recovers by itself.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from tests.harness import (
     make_env,
     rpc_error,
     run,
+    sha256_digest,
     wait_until,
 )
 from tests.pg import PgServer, find_bin_dir
@@ -210,7 +212,14 @@ def test_replica_killed_mid_approval_and_mid_signing_loses_nothing(
     """
     env = make_env(tmp_path / "env", Db(pg.database("kill"), pg.password_file))
     with replicas(env) as three:
-        requests = [three.clients[1].create() for _ in range(16)]
+        # 1,000 digests each: the 16 signings queue on the one token for well over a
+        # second, so the kill lands while approvals and signings are under way.
+        requests = [
+            three.clients[1].create(
+                digests=[sha256_digest(os.urandom(16), f"f{i}") for i in range(1000)]
+            )
+            for _ in range(16)
+        ]
         for r in requests:
             three.clients[1].approve("alice", r)
         acked: dict[str, bool] = {}
@@ -227,10 +236,15 @@ def test_replica_killed_mid_approval_and_mid_signing_loses_nothing(
         with ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(bob, r) for r in requests]
             started.wait(timeout=10)
-            time.sleep(0.05)
+            time.sleep(0.5)
             three.servers[0].kill()
             for f in futures:
                 f.result(timeout=RPC_TIMEOUT)
+        # The kill hit the window: some calls never returned, and some requests were left
+        # APPROVED (quorum recorded, signature not yet) for the other replicas to finish.
+        assert not all(acked.values()), "every approval returned: the kill came too late"
+        left = [three.clients[2].get(r.id).state for r in requests]
+        assert types_pb2.REQUEST_STATE_APPROVED in left, left
         for r in requests:
             if not acked[r.id]:
                 # Retried on another replica: recorded once, whether or not the first landed.

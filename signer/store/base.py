@@ -56,6 +56,10 @@ class Tx(abc.ABC):
     def get_request(self, request_id: str) -> Request | None: ...
 
     @abc.abstractmethod
+    def pending_expiry(self, request_id: str) -> dt.datetime | None:
+        """When a PENDING request expires (None if it is not PENDING or not there)."""
+
+    @abc.abstractmethod
     def find_idempotent(self, requester: str, key: str) -> tuple[Request, str] | None:
         """The request made by `requester` with idempotency key `key`, and its params hash."""
 

@@ -22,6 +22,9 @@ Invariant 3 is kept for every member, not just the group:
 A member whose group never opened its transaction (the database was down when
 the leader asked) tries again on its own instead of inheriting that failure.
 
+Turns are handed from one member to the next directly (an Event each), so a
+member sleeps until its turn or its group's commit, never woken by others'.
+
 A body must not open another transaction (it would wait for itself): that
 raises RuntimeError at once.
 """
@@ -29,6 +32,7 @@ raises RuntimeError at once.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,9 +46,9 @@ __all__ = ["GroupCommit"]
 @dataclass(eq=False)
 class _Group:
     tx: Tx | None = None
-    busy: bool = True  # a member (at first the leader) is running its body
-    waiting: int = 0  # members registered but not yet run
+    queue: deque[threading.Event] = field(default_factory=deque)  # joiners' turns, in order
     members: int = 1
+    idle: threading.Event = field(default_factory=threading.Event)  # a joiner's turn ended
     done: bool = False
     settled: threading.Event = field(default_factory=threading.Event)  # set with `done`
     failure: BaseException | None = None  # why the group did not commit
@@ -63,16 +67,16 @@ class GroupCommit:
         self._store = store
         self._before_commit = before_commit
         self._max = max(1, max_members)
-        self._cond = threading.Condition()
+        self._mu = threading.Lock()
         self._open: _Group | None = None
         self._inside = threading.local()
         self.commits = 0  # groups committed (one fsync and at most one checkpoint each)
         self.transactions = 0  # member transactions committed
 
     def queued(self) -> int:
-        """Members of the open group that have not run their body yet."""
-        with self._cond:
-            return self._open.waiting if self._open is not None else 0
+        """Members of the open group that have not had their turn yet."""
+        with self._mu:
+            return len(self._open.queue) if self._open is not None else 0
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -81,19 +85,19 @@ class GroupCommit:
         self._inside.active = True
         try:
             while True:
-                with self._cond:
+                with self._mu:
                     group = self._open
-                    leader = group is None or group.members >= self._max
-                    if leader:
+                    if group is None or group.members >= self._max:
                         group = self._open = _Group()
+                        turn = None
                     else:
-                        assert group is not None
                         group.members += 1
-                        group.waiting += 1
-                if leader:
+                        turn = threading.Event()
+                        group.queue.append(turn)
+                if turn is None:
                     yield from self._lead(group)
                     return
-                if (yield from self._join(group)):
+                if (yield from self._join(group, turn)):
                     return
                 # The group's transaction never opened (the database was down when its
                 # leader asked): try again on our own rather than inherit that failure.
@@ -106,8 +110,7 @@ class GroupCommit:
         own: BaseException | None = None
         try:
             with self._store.transaction() as tx:
-                with self._cond:
-                    group.tx = tx
+                group.tx = tx
                 own = yield from self._body(group, tx)
                 self._serve_joiners(group)
                 if group.poison is not None:
@@ -117,50 +120,50 @@ class GroupCommit:
         except BaseException as e:  # noqa: BLE001 (re-raised to every member below)
             group.failure = e
         finally:
-            with self._cond:
+            with self._mu:
                 group.done = True
                 if self._open is group:
                     self._open = None
+                unserved = list(group.queue)  # only when the transaction never opened
+                group.queue.clear()
                 if group.failure is None:
                     self.commits += 1
                     self.transactions += group.members
-                self._cond.notify_all()
+            for turn in unserved:
+                turn.set()
             group.settled.set()
         self._outcome(group, own, leader=True)
 
     def _serve_joiners(self, group: _Group) -> None:
-        """Let every member that joined run its body, then close the group."""
-        with self._cond:
-            group.busy = False
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: group.waiting == 0 and not group.busy)
-            if self._open is group:
-                self._open = None  # later arrivals lead the next group
+        """Give each joiner its turn, in order, then close the group."""
+        while True:
+            with self._mu:
+                if not group.queue:
+                    if self._open is group:
+                        self._open = None  # later arrivals lead the next group
+                    return
+                turn = group.queue.popleft()
+                group.idle.clear()
+            turn.set()
+            group.idle.wait()
 
     # -- a member that joined -------------------------------------------------------
 
-    def _join(self, group: _Group) -> Generator[Tx, None, bool]:
+    def _join(self, group: _Group, turn: threading.Event) -> Generator[Tx, None, bool]:
         """Run as a member of `group`; False if its transaction never opened."""
-        with self._cond:
-            self._cond.wait_for(lambda: group.done or (group.tx is not None and not group.busy))
-            group.waiting -= 1
-            if group.done:  # the leader could not even open the transaction
-                return False
-            group.busy = True
-            tx = group.tx
-        assert tx is not None
+        turn.wait()
+        if group.done:  # woken without a turn: the leader could not open the transaction
+            return False
+        assert group.tx is not None
         own: BaseException | None = None
         if group.poison is None:
-            own = yield from self._body(group, tx)
-        with self._cond:
-            group.busy = False
-            self._cond.notify_all()
-        group.settled.wait()  # members waiting here are not woken by every turn taken
+            own = yield from self._body(group, group.tx)
+        group.idle.set()  # the turn goes back to the leader
+        group.settled.wait()
         self._outcome(group, own, leader=False)
         return True
 
     # -- shared -----------------------------------------------------------------------
-
     def _body(self, group: _Group, tx: Tx) -> Generator[Tx, None, BaseException | None]:
         """Run one member's body in a savepoint; return its exception, if any."""
         appended = tx.appended

@@ -132,6 +132,12 @@ class SqlTx(Tx):
         )
         return self._request(row) if row else None
 
+    def pending_expiry(self, request_id: str) -> dt.datetime | None:
+        found = self._scalar(
+            "SELECT expires FROM requests WHERE id = ? AND state = 'PENDING'", (request_id,)
+        )
+        return parse_time(found) if found is not None else None
+
     def find_idempotent(self, requester: str, key: str) -> tuple[Request, str] | None:
         row = self._one(
             f"SELECT {self._COLUMNS}, params_hash FROM requests "  # noqa: S608
