@@ -199,3 +199,24 @@ def test_a_transaction_inside_a_transaction_is_refused(world: World) -> None:
     ):
         pass
     assert world.core.record("test.event", "a", {}).index == 0
+
+
+def test_a_member_whose_savepoint_fails_fails_the_group_without_hanging(world: World) -> None:
+    """A joiner that cannot even mark its savepoint hands the turn back; all fail."""
+    with world.store.transaction() as tx:
+        backend = type(tx)
+    real = backend.savepoint
+    calls = {"n": 0}
+
+    def savepoint(tx: Tx) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first joiner's
+            raise StoreError("the connection is gone")
+        real(tx)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backend, "savepoint", savepoint)
+        results = _group_of(world, [_append("a"), _append("b"), _append("c")])
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert "the connection is gone" in str(results[1])
+    assert _entry_rows(world) == []

@@ -167,7 +167,11 @@ class GroupCommit:
     def _body(self, group: _Group, tx: Tx) -> Generator[Tx, None, BaseException | None]:
         """Run one member's body in a savepoint; return its exception, if any."""
         appended = tx.appended
-        tx.savepoint()
+        try:
+            tx.savepoint()
+        except BaseException as e:  # noqa: BLE001 (fails the whole group; the body never runs)
+            group.poison = e
+            return e
         try:
             yield tx
         except BaseException as e:  # noqa: BLE001 (re-raised once the group settles)
