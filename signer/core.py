@@ -73,6 +73,7 @@ _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}\Z")
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _MAX_RECORDED_MESSAGE = 1024  # a rejected call cannot bloat the audit log
+_REREAD_SECONDS = 5.0  # a waiter reads its request at least this often
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,7 @@ class Core:
         deadline = self.clock() + timeout
         since = self.notifier.version
         request = self.get_for_requester(actor, request_id)
+        last_read = time.monotonic()
         while True:
             remaining = (deadline - self.clock()).total_seconds()
             if request.terminal or remaining <= 0 or not alive():
@@ -365,7 +367,10 @@ class Core:
             if request.state is State.PENDING and self.clock() >= request.expires:
                 self.expire_due()
                 changed = True
-            if changed:
+            # A change can go unheard (another replica's, while the database listener
+            # reconnects): read the request again every few seconds regardless.
+            if changed or time.monotonic() >= last_read + _REREAD_SECONDS:
+                last_read = time.monotonic()
                 request = self.get_for_requester(actor, request_id)
 
     def cancel(self, actor: str, request_id: str, reason: str) -> Request:

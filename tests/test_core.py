@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -806,3 +807,20 @@ def test_odd_but_signed_envelopes_are_envelope_errors(world: World, form: str) -
     with pytest.raises(EnvelopeError):
         world.core.decide("bob", r.id, env, "deny")
     assert _snapshot(world) == before
+
+
+def test_a_waiter_sees_a_change_it_was_never_told_of(world: World) -> None:
+    """A decision made elsewhere whose notification was lost (another replica, its
+    database listener reconnecting) still reaches a waiter, within seconds."""
+
+    r = world.create()
+    world.approve("alice", r)
+    got: list[Request] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(world.core.wait("ci", r.id, dt.timedelta(minutes=10)))
+    )
+    waiter.start()
+    elsewhere = world._core()  # same store, a notifier of its own: the waiter hears nothing
+    elsewhere.decide("bob", r.id, world.envelope("bob", r), "approve")
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and got[0].state is State.SIGNED

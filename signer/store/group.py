@@ -156,9 +156,11 @@ class GroupCommit:
             return False
         assert group.tx is not None
         own: BaseException | None = None
-        if group.poison is None:
-            own = yield from self._body(group, group.tx)
-        group.idle.set()  # the turn goes back to the leader
+        try:
+            if group.poison is None:
+                own = yield from self._body(group, group.tx)
+        finally:
+            group.idle.set()  # the turn goes back to the leader, whatever happened
         group.settled.wait()
         self._outcome(group, own, leader=False)
         return True
