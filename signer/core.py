@@ -355,8 +355,10 @@ class Core:
         last_read = time.monotonic()
         while True:
             remaining = (deadline - self.clock()).total_seconds()
-            if request.terminal or remaining <= 0 or not alive():
+            if request.terminal:
                 return request
+            if remaining <= 0 or not alive():  # as it is now, approvals included
+                return self.get_for_requester(actor, request_id)
             # Wake at expiry time too, so an EXPIRED state is seen promptly, and at least
             # every second to notice a caller that went away; read the request again
             # only when it changed (not on every other request's change).
