@@ -409,10 +409,6 @@ def profile(pid: int, seconds: float, work: Callable[[], object], tmp: Path) -> 
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def _machine() -> dict[str, Any]:
-    return audit_bench._machine()
-
-
 def _audit(tmp: Path, entries: int) -> dict[str, Any]:
     bench = audit_bench.Bench(tmp)
     try:
@@ -728,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args, Path(tmp))
     result = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": _machine(),
+        "machine": audit_bench._machine(),
         **result,
         "total_seconds": round(time.perf_counter() - args.t0, 1),
     }

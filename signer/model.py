@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import functools
 import hashlib
 import threading
 from collections.abc import Sequence
@@ -66,7 +65,8 @@ class Manifest:
             known = _BY_IDENTITY.get(key)
         if known is not None and known[0] is digests:
             return known[1]  # the same stored batch, read again (see store.sql._digests)
-        manifest = _manifest_of(tuple(digests))
+        listing = canonical_json([d.as_dict() for d in digests])
+        manifest = cls(len(digests), hashlib.sha256(listing).hexdigest())
         if isinstance(digests, tuple):
             with _BY_IDENTITY_LOCK:
                 if len(_BY_IDENTITY) >= 32:
@@ -78,15 +78,9 @@ class Manifest:
         return {"count": self.count, "sha256": self.sha256}
 
 
+# Each quorum check binds the same stored batch again: its listing is hashed once.
 _BY_IDENTITY: dict[int, tuple[tuple[Digest, ...], Manifest]] = {}
 _BY_IDENTITY_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=32)
-def _manifest_of(digests: tuple[Digest, ...]) -> Manifest:
-    """Each quorum check binds the same batch again: hash its listing once."""
-    listing = canonical_json([d.as_dict() for d in digests])
-    return Manifest(len(digests), hashlib.sha256(listing).hexdigest())
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from signer.audit.checkpoint import Checkpointer
 from signer.errors import ConflictError, StoreError, TokenError
 from signer.store.base import Tx
 from tests.fakes import AUDIT_ORIGIN, START, World, make_world
-from tests.harness import Db
+from tests.harness import Db, wait_until
 from tests.test_core import _add_audit_trigger, _drop_audit_trigger
 
 MEMBERS = 16
@@ -37,15 +37,6 @@ def _checkpointer(w: World, sign: Callable[[bytes], bytes]) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     w.checkpointer = Checkpointer(AUDIT_ORIGIN, key.public_key(), lambda m: sign(m) or key.sign(m))
     w.core = w._core()
-
-
-def _wait_for(predicate: Callable[[], bool], what: str) -> None:
-    done = threading.Event()
-    for _ in range(1000):
-        if predicate():
-            return
-        done.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _in_threads(n: int, fn: Callable[[int], object]) -> list[object]:
@@ -84,7 +75,7 @@ def test_concurrent_appends_share_one_commit_and_one_checkpoint(world: World) ->
             # Hold the first commit until the other 15 are behind it: the next group's
             # leader waiting for the store, 14 members queued to join it.
             first.set()
-            _wait_for(lambda: world.core.group.queued() == MEMBERS - 2, "14 queued appends")
+            wait_until(lambda: world.core.group.queued() == MEMBERS - 2, timeout=10, step=0.01)
         return b""
 
     _checkpointer(world, slow_first_signature)
@@ -121,7 +112,9 @@ def _group_of(world: World, bodies: list[Callable[[Tx], object]]) -> list[object
             with world.core.group.transaction() as tx:
                 if i == 0:
                     started.set()
-                    _wait_for(lambda: world.core.group.queued() == len(bodies) - 1, "members")
+                    wait_until(
+                        lambda: world.core.group.queued() == len(bodies) - 1, timeout=10, step=0.01
+                    )
                 results[i] = bodies[i](tx)
         except BaseException as e:
             results[i] = e

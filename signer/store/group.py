@@ -71,7 +71,6 @@ class GroupCommit:
         self._open: _Group | None = None
         self._inside = threading.local()
         self.commits = 0  # groups committed (one fsync and at most one checkpoint each)
-        self.transactions = 0  # member transactions committed
 
     def queued(self) -> int:
         """Members of the open group that have not had their turn yet."""
@@ -128,7 +127,6 @@ class GroupCommit:
                 group.queue.clear()
                 if group.failure is None:
                     self.commits += 1
-                    self.transactions += group.members
             for turn in unserved:
                 turn.set()
             group.settled.set()
