@@ -22,9 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from approver.errors import ApproverError
 from signer import __version__
+from signer.algorithms import HASH_SIZES
 from signer.approval_keys import generate, load_private
 from signer.client import Profile, load_profile
 from signer.clikit import (
+    Cell,
     call,
     fail,
     handle_errors,
@@ -33,15 +35,17 @@ from signer.clikit import (
     print_table,
     profile_opt,
     request_dict,
+    say,
     server_opt,
-    stderr,
     stubs,
 )
 from signer.config import read_secret
 from signer.convert import STATE_TO_PB
 from signer.dsse import Statement, key_id_of, sign_statement
 from signer.errors import ConfigError
+from signer.intoto import predicate_json
 from signer.model import INLINE_DIGESTS, Digest, State
+from signer.text import is_displayable
 from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
 
 __all__ = ["main"]
@@ -148,21 +152,19 @@ def _fetch(profile: Profile, request_id: str) -> types_pb2.SigningRequest:
         request: types_pb2.SigningRequest = call(
             profile, stub.GetRequest, approval_pb2.GetRequestRequest(id=request_id)
         ).request
-        return request
+    if request.id != request_id:
+        raise ApproverError(
+            f"asked for request {request_id}, the server answered with another request; "
+            "nothing was signed"
+        )
+    return request
 
 
 PAGE_SIZE = 50  # digests per page in `approver show`
 
 
-def _describe(d: dict[str, Any], page: int = 1, page_size: int = PAGE_SIZE) -> None:
-    """The request as a table; a batch's digests one page at a time."""
-    count = d["digest_count"]
-    pages = max(1, -(-count // page_size))
-    if not 1 <= page <= pages:
-        raise click.UsageError(f"--page must be between 1 and {pages} ({count} digests)")
-    start = (page - 1) * page_size
-    shown = d["digests"][start : start + page_size]
-    rows = [
+def _header(d: dict[str, Any]) -> list[list[Cell]]:
+    rows: list[list[Cell]] = [
         ["request", d["id"]],
         ["state", d["state"]],
         ["requester", d["requester"]],
@@ -175,22 +177,21 @@ def _describe(d: dict[str, Any], page: int = 1, page_size: int = PAGE_SIZE) -> N
         ],
     ]
     rows += [[f"context.{k}", v] for k, v in d["context"].items()]
-    rows.append(["digests", str(count)])
-    if count > INLINE_DIGESTS:
-        rows.append(["manifest sha256", f"{d['manifest_sha256']}\n(your approval signs this hash)"])
-    rows += [
-        [f"digest {start + i}", f"{x['artifact']}\n{x['algorithm']}:{x['digest']}"]
-        for i, x in enumerate(shown)
+    rows.append(["digests", str(d["digest_count"])])
+    if d["digest_count"] > INLINE_DIGESTS:
+        rows.append(["manifest sha256", (d["manifest_sha256"], "(your approval signs this hash)")])
+    return rows
+
+
+def _digest_rows(d: dict[str, Any], start: int, stop: int) -> list[list[Cell]]:
+    return [
+        [f"digest {i}", (x["artifact"], f"{x['algorithm']}:{x['digest']}")]
+        for i, x in enumerate(d["digests"][start:stop], start)
     ]
-    if pages > 1:
-        rows.append(
-            [
-                "page",
-                f"{page} of {pages}: digests {start}..{start + len(shown) - 1} of {count}; "
-                "see the others with --page N",
-            ]
-        )
-    rows += [
+
+
+def _footer(d: dict[str, Any]) -> list[list[Cell]]:
+    rows: list[list[Cell]] = [
         [a["decision"], f"{a['approver']} at {a['time']} {a['reason']}".strip()]
         for a in d["approvals"]
     ]
@@ -204,14 +205,17 @@ def _describe(d: dict[str, Any], page: int = 1, page_size: int = PAGE_SIZE) -> N
         rows.append(["payload", d["payload_type"]])
         if "statement" in d:
             st = d["statement"]
-            rows.append(["predicate", st["predicate_type"]])
+            rows.append(["predicate type", st["predicate_type"]])
             rows += [
                 [
                     f"subject {i}",
-                    f"{x['name']}\n" + " ".join(f"{a}:{v}" for a, v in x["digest"].items()),
+                    (x["name"], *(f"{a}:{v}" for a, v in x["digest"].items())),
                 ]
                 for i, x in enumerate(st["subjects"])
             ]
+            rows.append(["predicate", tuple(predicate_json(st["predicate"]).splitlines())])
+        else:
+            rows.append(["statement", f"UNREADABLE: {d['statement_error']}; do not approve"])
         rows.append(
             [
                 "payload check",
@@ -222,7 +226,30 @@ def _describe(d: dict[str, Any], page: int = 1, page_size: int = PAGE_SIZE) -> N
         )
     if d["status_message"]:
         rows.append(["status", d["status_message"]])
-    print_table("signing request", ["field", "value"], rows)
+    return rows
+
+
+def _describe(d: dict[str, Any], page: int | None = 1, page_size: int = PAGE_SIZE) -> None:
+    """The request as a table: every field, and its digests a page at a time.
+
+    `page=None` shows every digest (what `approve` and `deny` do before asking).
+    """
+    count = d["digest_count"]
+    pages = max(1, -(-count // page_size))
+    if page is not None and not 1 <= page <= pages:
+        raise click.UsageError(f"--page must be between 1 and {pages} ({count} digests)")
+    start, stop = (0, count) if page is None else ((page - 1) * page_size, page * page_size)
+    rows = _header(d) + _digest_rows(d, start, stop)
+    if page is not None and pages > 1:
+        shown = min(stop, count) - start
+        rows.append(
+            [
+                "page",
+                f"{page} of {pages}: digests {start}..{start + shown - 1} of {count}; "
+                "see the others with --page N",
+            ]
+        )
+    print_table("signing request", ["field", "value"], rows + _footer(d))
 
 
 @main.command()
@@ -274,6 +301,55 @@ def _approval_key(profile: Profile) -> ed25519.Ed25519PrivateKey:
     return load_private(profile.approval_key, passphrase)
 
 
+def _unshowable(d: dict[str, Any]) -> list[str]:
+    """What in this request an officer could not be shown faithfully (empty if nothing).
+
+    An approval is never signed over text that had to be escaped to be shown, a
+    digest that is not what its hash says, or a statement that did not parse.
+    """
+    texts: list[tuple[str, str]] = [
+        ("request id", d["id"]),
+        ("key", d["key_name"]),
+        ("key id", d["key_id"]),
+        ("algorithm", d["algorithm"]),
+        ("requester", d["requester"]),
+        ("status", d["status_message"]),
+    ]
+    texts += [(f"context {k}", f"{k}={v}") for k, v in d["context"].items()]
+    texts += [(f"digest {i} artifact", x["artifact"]) for i, x in enumerate(d["digests"])]
+    texts += [
+        (f"{a['approver']}'s decision", f"{a['approver']} {a['reason']}") for a in d["approvals"]
+    ]
+    if "caller" in d:
+        c = d["caller"]
+        texts += [("oidc issuer", c["issuer"]), ("oidc actor", c["actor"])]
+        texts += [(f"claim {k}", f"{k}={v}") for k, v in c["claims"].items()]
+        texts += [("barred officers", o) for o in c["barred_approvers"]]
+    problems = [
+        f"the {what} holds characters that cannot be shown"
+        for what, t in texts
+        if not is_displayable(t)
+    ]
+    for i, x in enumerate(d["digests"]):
+        size = HASH_SIZES.get(x["algorithm"])
+        if size is None or len(x["digest"]) != 2 * size:
+            problems.append(f"digest {i} is not a valid sha256, sha384 or sha512 digest")
+    if "payload_type" in d:
+        if not is_displayable(d["payload_type"]):
+            problems.append("the payload type holds characters that cannot be shown")
+        if "statement" not in d:
+            problems.append(f"the statement cannot be shown: {d['statement_error']}")
+        if not d["payload_matches_digest"]:
+            problems.append("the digest to sign is not that of the statement shown")
+    return problems
+
+
+def _shown_digests(d: dict[str, Any]) -> tuple[Digest, ...]:
+    return tuple(
+        Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"]) for x in d["digests"]
+    )
+
+
 def _decide(
     profile_path: Path | None,
     server: str | None,
@@ -282,36 +358,30 @@ def _decide(
     reason: str,
     yes: bool,
 ) -> None:
+    """Show the whole request, ask, sign a statement built from what was shown, send it."""
     profile = load_profile(profile_path, server)
     key = _approval_key(profile)
-    request = _fetch(profile, request_id)
-    d = request_dict(request)
-    _describe(d)
+    d = request_dict(_fetch(profile, request_id))
+    _describe(d, page=None)
     if d["state"] != "PENDING":
         raise ApproverError(f"request {request_id} is {d['state']}; nothing to decide")
-    if decision == "approve" and not d.get("payload_matches_digest", True):
-        raise ApproverError(
-            f"request {request_id}: the digest to sign is not that of the statement shown; "
-            "refusing to approve"
-        )
+    problems = _unshowable(d)
+    if decision == "approve" and problems:
+        raise ApproverError(f"request {request_id}: {'; '.join(problems)}; refusing to approve")
     if not yes and not click.confirm(
         f"{decision} this request as {profile.identity}?", default=False, err=True
     ):
         raise ApproverError("not confirmed; nothing was sent")
+    digests = _shown_digests(d)
     statement = Statement(
-        request_id=request.id,
-        key_name=request.key_name,
-        key_id=request.key_id,
+        request_id=d["id"],
+        key_name=d["key_name"],
+        key_id=d["key_id"],
         decision=decision,
         approver=profile.identity,
         issued_at=dt.datetime.now(dt.UTC),
         reason=reason,
-        **Statement.binding(
-            tuple(
-                Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"])
-                for x in d["digests"]
-            )
-        ),
+        **Statement.binding(digests),
     )
     envelope = sign_statement(statement, key)
     with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
@@ -324,7 +394,19 @@ def _decide(
                 profile, stub.Deny, approval_pb2.DenyRequest(id=request_id, envelope=envelope)
             )
     after = request_dict(resp.request)
-    stderr.print(f"{decision}d; request {request_id} is now {after['state']}")
+    if (after["id"], after["key_name"], after["key_id"], _shown_digests(after)) != (
+        d["id"],
+        d["key_name"],
+        d["key_id"],
+        digests,
+    ):
+        raise ApproverError(
+            f"the server answered the {decision} of request {request_id} with a different "
+            "request (id, key, key id or digests differ); your signed decision covers only "
+            "the request shown above"
+        )
+    done = "approved" if decision == "approve" else "denied"
+    say(f"{done}; request {request_id} is now {after['state']}")
 
 
 @main.command()

@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import signal
-import time
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,19 +18,20 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from signer import __version__, logs
+from signer import __version__, logs, workflow
 from signer.admin import audit_verifier, generate_key, list_keys, open_token
 from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
 from signer.audit import merkle
 from signer.audit.note import Verifier, open_checkpoint
 from signer.audit.offline import verify_dir
-from signer.audit.proofs import SignedProof, verify_signed_proof
+from signer.audit.proofs import SignedProof
 from signer.auditor import fetch
 from signer.bundle import Bundle, Trust, dsse_envelope, verify_bundle
-from signer.client import Profile, RemoteError, load_profile
+from signer.client import Profile, load_profile
 from signer.clikit import (
     EXIT_FAILED,
     call,
+    echo,
     fail,
     handle_errors,
     json_opt,
@@ -38,6 +39,7 @@ from signer.clikit import (
     print_table,
     profile_opt,
     request_dict,
+    say,
     server_opt,
     stderr,
     stubs,
@@ -45,11 +47,13 @@ from signer.clikit import (
 from signer.config import load_config, parse_duration
 from signer.convert import HASH_FROM_PB, HASH_TO_PB
 from signer.devenv import init_devenv
-from signer.errors import ConfigError, VerificationError
+from signer.errors import ConfigError, ResponseMismatchError, VerificationError
 from signer.intoto import PAYLOAD_TYPE, build_statement, pae_digest
 from signer.model import Digest
+from signer.text import shown
 from signer.v1 import audit_pb2, audit_pb2_grpc, signing_pb2, signing_pb2_grpc, types_pb2
 from signer.verify import verify_digest
+from signer.workflow import Asked
 
 __all__ = ["main"]
 
@@ -227,17 +231,14 @@ def _emit(text: str, out: Path | None) -> None:
 def _digests(
     files: tuple[Path, ...], raw: tuple[str, ...], hash_name: str
 ) -> list[types_pb2.Digest]:
-    out = []
-    for f in files:
-        h = hashlib.new(hash_name)
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out.append(
-            types_pb2.Digest(
-                algorithm=HASH_TO_PB[hash_name], value=h.digest(), artifact_name=f.name
-            )
+    out = [
+        types_pb2.Digest(
+            algorithm=HASH_TO_PB[hash_name],
+            value=_file_digest(f, hash_name),
+            artifact_name=f.name,
         )
+        for f in files
+    ]
     for i, spec in enumerate(raw):
         name, _, rest = spec.partition(":")
         hex_value, _, artifact = rest.partition(":")
@@ -258,6 +259,14 @@ def _digests(
             )
         )
     return out
+
+
+def _file_digest(path: Path, hash_name: str) -> bytes:
+    h = hashlib.new(hash_name)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()
 
 
 def _context(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -386,68 +395,35 @@ def sign(
         payload_type=payload_type,
         payload=payload,
     )
+    asked = Asked.of(create)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
-        request = _create(profile, stub, create)
-        click.echo(request.id)
+        request = workflow.create(profile, stub, create)
+        echo(request.id)
         if not wait:
             return
-        stderr.print(
+        say(
             f"waiting for {request.threshold} approvals on {request.key_name} "
             f"(request {request.id})..."
         )
-        request = _wait(profile, stub, request.id, _duration(timeout, "--timeout"))
+        asked = asked.for_request(request.id)
+        last, _ = workflow.wait(profile, stub, asked, _duration(timeout, "--timeout"))
+        request = last or request
         if as_json:
             print_json(request_dict(request))
-        _finish(profile, stub, request, fmt, files, out)
-
-
-def _create(profile: Profile, stub: Any, create: Any) -> types_pb2.SigningRequest:
-    """Create, retrying transient failures with the same idempotency key."""
-    for attempt in range(4):
-        try:
-            created: types_pb2.SigningRequest = call(
-                profile, stub.CreateSigningRequest, create
-            ).request
-            return created
-        except RemoteError as e:
-            if e.code.name != "UNAVAILABLE" or attempt == 3:
-                raise
-            time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _wait(
-    profile: Profile, stub: Any, request_id: str, timeout: dt.timedelta
-) -> types_pb2.SigningRequest:
-    end = time.monotonic() + timeout.total_seconds()
-    while True:
-        remaining = end - time.monotonic()
-        poll = duration_pb2.Duration()
-        poll.FromTimedelta(dt.timedelta(seconds=max(min(remaining, 55), 0)))
-        try:
-            resp = call(
-                profile,
-                stub.WaitSigningRequest,
-                signing_pb2.WaitSigningRequestRequest(id=request_id, timeout=poll),
-                timeout=max(min(remaining, 55), 0) + 10,
-            )
-        except RemoteError as e:
-            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or remaining <= 0:
-                raise
-            time.sleep(1)
-            continue
-        if resp.done or remaining <= 0:
-            return resp.request  # type: ignore[no-any-return]
+        _finish(profile, stub, request, asked, fmt, files, out)
 
 
 def _finish(
     profile: Profile,
     stub: Any,
     request: types_pb2.SigningRequest,
+    asked: Asked,
     fmt: str,
     files: tuple[Path, ...],
     out: Path | None,
+    own_digests: list[tuple[str, bytes]] | None = None,
 ) -> None:
+    """Verify a decided request's signatures and proof, then write the chosen output."""
     state = request_dict(request)["state"]
     if state != "SIGNED":
         if state in ("PENDING", "APPROVED"):
@@ -456,7 +432,8 @@ def _finish(
                 f"fetch it later with `signer status {request.id} --out FILE`"
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
-    proof, key = _check_signatures(profile, stub, request)
+    verified = workflow.verify_signed(profile, stub, request, asked, own_digests)
+    proof, key = verified.proof, verified.key
     if fmt == "raw":
         targets = [out] if out is not None else [f.with_name(f.name + ".sig") for f in files]
         for path, sig in zip(targets, request.signatures, strict=True):
@@ -473,7 +450,7 @@ def _finish(
     if fmt == "bundle":
         path = target(".bundle.json")
         _write_json(path, _bundle(request, key, proof, None).to_json())
-        stderr.print(f"bundle written to {path}")
+        say(f"bundle written to {path}")
         return
     if not request.payload or len(request.signatures) != 1:
         fail(f"request {request.id} has no DSSE payload; use --format raw or bundle")
@@ -487,7 +464,7 @@ def _finish(
     _write_json(path, envelope)
     bundle_path = path.with_name(path.name + ".bundle.json")
     _write_json(bundle_path, _bundle(request, key, proof, envelope).to_json())
-    stderr.print(f"DSSE envelope written to {path} (bundle: {bundle_path})")
+    say(f"DSSE envelope written to {path} (bundle: {bundle_path})")
 
 
 def _bundle(
@@ -523,44 +500,7 @@ def _write_signature(path: Path, signature: bytes, proof: SignedProof) -> None:
     path.write_bytes(signature)
     proof_path = path.with_name(path.name + ".audit.json")
     _write_json(proof_path, proof.to_json())
-    stderr.print(f"signature written to {path} (audit proof: {proof_path})")
-
-
-def _check_signatures(
-    profile: Profile, stub: Any, request: types_pb2.SigningRequest
-) -> tuple[SignedProof, types_pb2.KeyInfo]:
-    """Verify what the server returned (signatures, audit proof) before writing it."""
-    key = call(
-        profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=request.key_name)
-    ).key
-    if key.key_id != request.key_id:
-        fail(
-            f"the server's key {request.key_name} has id {key.key_id}, "
-            f"the request was for {request.key_id}"
-        )
-    pub = serialization.load_pem_public_key(key.public_key_pem.encode())
-    d = request_dict(request)
-    for digest, sig in zip(d["digests"], request.signatures, strict=True):
-        try:
-            verify_digest(pub, digest["algorithm"], bytes.fromhex(digest["digest"]), sig)
-        except InvalidSignature:
-            fail(f"the signature for {digest['artifact']} does not verify; not written")
-    if profile.audit_verifier is None:
-        raise ConfigError(
-            f"profile {profile.path} has no audit_verifier: the signature cannot be checked "
-            "against the audit log; add the string printed by `signer audit verifier`"
-        )
-    if not request.HasField("audit_proof"):
-        fail(f"the server returned no audit proof for request {request.id}; not written")
-    p = request.audit_proof
-    proof = SignedProof(p.index, p.entry, p.tree_size, list(p.inclusion_proof), p.checkpoint)
-    try:
-        verify_signed_proof(
-            proof, profile.audit_verifier, request.id, request.key_id, list(request.signatures)
-        )
-    except VerificationError as e:
-        fail(f"the audit proof for request {request.id} does not verify: {e}; not written")
-    return proof, key
+    say(f"signature written to {path} (audit proof: {proof_path})")
 
 
 @main.command()
@@ -572,6 +512,13 @@ def _check_signatures(
     type=click.Path(path_type=Path),
     help="If SIGNED, write the signature (--format raw: a single one), bundle or envelope here.",
 )
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The artifacts, in request order: their digests must be the request's.",
+)
 @format_opt
 @oidc_token_opt
 @json_opt
@@ -581,25 +528,58 @@ def status(
     profile_path: Path | None,
     server: str | None,
     out: Path | None,
+    files: tuple[Path, ...],
     fmt: str,
     oidc_token_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Show one of your requests (and fetch its signature)."""
+    """Show one of your requests (and fetch its signature).
+
+    With --file, the request's digests must be those of the files, and each
+    signature must verify over its file's own digest, before anything is written.
+    """
     profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
+    asked = Asked(request_id=request_id)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
         r = call(
             profile, stub.GetSigningRequest, signing_pb2.GetSigningRequestRequest(id=request_id)
         ).request
+        workflow.check_response(r, asked)
+        own = _own_digests(r, files) if files else None
         d = request_dict(r)
         if as_json:
             print_json(d)
         else:
             _show_request(d)
-        if out is not None:
-            if d["state"] != "SIGNED" or (fmt == "raw" and len(r.signatures) != 1):
+        if out is not None or files:
+            if d["state"] != "SIGNED" or (fmt == "raw" and out and len(r.digests) != 1):
                 fail(f"request {request_id} is {d['state']}; no single signature to write")
-            _finish(profile, stub, r, fmt, (), out)
+            _finish(profile, stub, r, asked, fmt, files, out, own)
+
+
+def _own_digests(r: types_pb2.SigningRequest, files: tuple[Path, ...]) -> list[tuple[str, bytes]]:
+    """The files' own digests, hashed as the request's are; they must be the request's."""
+    if r.payload:
+        raise click.UsageError(
+            f"request {r.id} signs a DSSE statement, not the files; leave out --file"
+        )
+    if len(files) != len(r.digests):
+        raise ResponseMismatchError(
+            f"request {r.id} has {len(r.digests)} digests, {len(files)} files were given"
+        )
+    own = []
+    for f, d in zip(files, r.digests, strict=True):
+        hash_name = HASH_FROM_PB.get(d.algorithm)
+        if hash_name is None:
+            raise ResponseMismatchError(f"request {r.id} has a digest of an unknown hash")
+        value = _file_digest(f, hash_name)
+        if value != d.value:
+            raise ResponseMismatchError(
+                f"request {r.id}: the {hash_name} of {f} is not the request's digest "
+                f"for {d.artifact_name}; nothing was written"
+            )
+        own.append((hash_name, value))
+    return own
 
 
 def _show_request(d: dict[str, Any]) -> None:
@@ -649,7 +629,7 @@ def cancel(request_id: str, profile_path: Path | None, server: str | None, reaso
             stub.CancelSigningRequest,
             signing_pb2.CancelSigningRequestRequest(id=request_id, reason=reason),
         )
-    stderr.print(f"request {request_id} cancelled")
+    say(f"request {request_id} cancelled")
 
 
 @main.command("public-key")
@@ -667,7 +647,7 @@ def public_key(
         key = call(
             profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=key_name)
         ).key
-    _emit(key.public_key_pem, out)
+    _emit(workflow.checked_key(key, key_name), out)
 
 
 @main.command()
@@ -742,7 +722,7 @@ def verify(
                 }
             )
             return
-        click.echo(
+        echo(
             f"bundle OK: {file.name} signed by key {result.key_name} after approval by "
             f"{', '.join(result.approvers)} ({len(result.approvers)} of the required "
             f"{trust.threshold}); on the audit log at index {result.log_index} "
@@ -868,7 +848,9 @@ def audit_list(
 def audit_export(profile_path: Path | None, server: str | None, fmt: str, **filters: Any) -> None:
     """Write matching entries to stdout, one canonical JSON entry per line."""
     for e in _audit_events(load_profile(profile_path, server), filters):
-        click.echo(e.entry.decode())
+        # Canonical entries as they are, for files and pipes; made visible on a terminal.
+        line = e.entry.decode("utf-8", errors="replace")
+        click.echo(shown(line) if sys.stdout.isatty() else line)
 
 
 @audit.command("show")
@@ -900,7 +882,7 @@ def audit_show(index: int, profile_path: Path | None, server: str | None) -> Non
         )
         checked = f"included in the signed checkpoint of size {checkpoint.size}"
     print_json(json.loads(entry))
-    stderr.print(f"entry {index}: {checked}")
+    say(f"entry {index}: {checked}")
 
 
 @audit.command("fetch")

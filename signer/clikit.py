@@ -2,6 +2,11 @@
 
 Errors end a command with one clear line and an exit code (DESIGN §9):
 0 success, 1 refused or failed, 2 usage or configuration error. No traceback.
+
+Nothing another party sent reaches the terminal as is (DESIGN §14): errors,
+messages (`say`, `echo`) and table cells pass through `signer.text.shown`,
+which makes every control, format or separator character a visible escape,
+and rich reads none of it as markup or emoji.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import base64
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -21,17 +26,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from signer.client import Profile, RemoteError, remote_error
+from signer.client import Profile, RemoteError
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
 from signer.errors import ConfigError, InvalidArgumentError, SignerError
 from signer.intoto import InTotoStatement, pae_digest
 from signer.model import Digest, Manifest
+from signer.text import shown
 from signer.v1 import types_pb2
+from signer.workflow import call
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_USAGE",
+    "Cell",
     "call",
+    "echo",
     "fail",
     "handle_errors",
     "json_opt",
@@ -39,6 +48,7 @@ __all__ = [
     "print_table",
     "profile_opt",
     "request_dict",
+    "say",
     "server_opt",
     "stderr",
     "stubs",
@@ -46,7 +56,7 @@ __all__ = [
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 profile_opt = click.option(
     "--profile",
@@ -60,8 +70,18 @@ _DECISION = {types_pb2.DECISION_APPROVE: "approve", types_pb2.DECISION_DENY: "de
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(shown(message))}", markup=True, soft_wrap=True)
     sys.exit(code)
+
+
+def say(message: str, style: str | None = None) -> None:
+    """A line for people on stderr, every character from elsewhere made visible."""
+    stderr.print(shown(message), style=style, soft_wrap=True)
+
+
+def echo(message: str) -> None:
+    """A line of output on stdout, every character from elsewhere made visible."""
+    click.echo(shown(message))
 
 
 def handle_errors(fn: F) -> F:
@@ -79,16 +99,6 @@ def handle_errors(fn: F) -> F:
             fail(str(e))
 
     return wrapper  # type: ignore[return-value]
-
-
-def call(
-    profile: Profile, rpc: Callable[..., Any], request: Any, timeout: float | None = None
-) -> Any:
-    """One RPC with a deadline; RpcError becomes RemoteError."""
-    try:
-        return rpc(request, timeout=timeout or profile.timeout.total_seconds())
-    except grpc.RpcError as e:
-        raise remote_error(e) from None
 
 
 @contextmanager
@@ -160,6 +170,7 @@ def _caller_and_payload(r: types_pb2.SigningRequest) -> dict[str, Any]:
             out["statement"] = {
                 "predicate_type": st.predicate_type,
                 "subjects": [{"name": x.name, "digest": dict(x.digest)} for x in st.subjects],
+                "predicate": dict(st.predicate),
             }
         except InvalidArgumentError as e:
             out["statement_error"] = str(e)
@@ -176,10 +187,19 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
-def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    table = Table(title=title, show_lines=False)
+# A table cell: one line, or several (each escaped on its own, then shown one under another).
+Cell = str | tuple[str, ...]
+
+
+def _cell(cell: Cell) -> str:
+    lines = (cell,) if isinstance(cell, str) else cell
+    return "\n".join(escape(shown(line)) for line in lines)  # data, never rich markup
+
+
+def print_table(title: str, columns: list[str], rows: Sequence[Sequence[Cell]]) -> None:
+    table = Table(title=escape(shown(title)), show_lines=False)
     for c in columns:
         table.add_column(c, overflow="fold")
     for row in rows:
-        table.add_row(*(escape(cell) for cell in row))  # data, never rich markup
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+        table.add_row(*(_cell(cell) for cell in row))
+    Console(width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False).print(table)

@@ -58,16 +58,13 @@ from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_
 from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import AuditFilter, Store, Tx
 from signer.store.group import GroupCommit
+from signer.text import DISPLAY_RULE, is_displayable
 
 __all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
 log = structlog.get_logger("signer.core")
 
-# No C0/C1 controls, bidi overrides or line separators: what officers are shown is
-# what is signed, with nothing hidden or reordered on their terminal.
-_UNSAFE = "\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_ARTIFACT = re.compile(f"^[^{_UNSAFE}]{{1,512}}\\Z")
-_SAFE_TEXT = re.compile(f"^[^{_UNSAFE}]*\\Z")
+_MAX_ARTIFACT = 512
 _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}\Z")
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
@@ -834,10 +831,10 @@ class Core:
                     f"digest {i}: a {d.algorithm} digest is {size} bytes, got {len(d.value)}",
                     reason="BAD_DIGEST_LENGTH",
                 )
-            if not _ARTIFACT.match(d.artifact):
+            if not 1 <= len(d.artifact) <= _MAX_ARTIFACT or not is_displayable(d.artifact):
                 raise InvalidArgumentError(
-                    f"digest {i}: artifact name must be 1-512 characters without control "
-                    "characters",
+                    f"digest {i}: artifact name must be 1-{_MAX_ARTIFACT} characters "
+                    f"{DISPLAY_RULE}",
                     reason="BAD_ARTIFACT_NAME",
                 )
 
@@ -879,16 +876,20 @@ class Core:
                     f"context key {k[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . -",
                     reason="BAD_CONTEXT",
                 )
-            if len(v) > self.limits.max_context_value or not _SAFE_TEXT.match(v):
+            if len(v) > self.limits.max_context_value or not is_displayable(v):
                 raise InvalidArgumentError(
                     f"context value for {k!r} must be at most {self.limits.max_context_value} "
-                    "characters without control characters",
+                    f"characters {DISPLAY_RULE}",
                     reason="BAD_CONTEXT",
                 )
 
     def _check_reason(self, reason: str) -> None:
         if len(reason) > self.limits.max_reason:
-            raise InvalidArgumentError(f"reason is over {self.limits.max_reason} characters")
+            raise InvalidArgumentError(
+                f"reason is over {self.limits.max_reason} characters", reason="BAD_REASON"
+            )
+        if not is_displayable(reason):
+            raise InvalidArgumentError(f"reason must be {DISPLAY_RULE}", reason="BAD_REASON")
 
     def _ttl(self, ttl: dt.timedelta | None, policy: KeyPolicy) -> dt.timedelta:
         if ttl is None or ttl == dt.timedelta(0):

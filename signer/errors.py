@@ -21,6 +21,7 @@ once, and the gRPC servicer maps them to status codes exactly once.
     ├── AlreadyExistsError       idempotency key reused for another request
     ├── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
     └── VerificationError        a proof, checkpoint or signed note does not verify
+        └── ResponseMismatchError  a server's answer is not for what the client asked
 
 Every error carries a short machine-readable `reason` (UPPER_SNAKE) that
 clients branch on; the message is for people.
@@ -39,6 +40,7 @@ __all__ = [
     "KeyNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ResponseMismatchError",
     "SignerError",
     "StoreError",
     "TokenError",
@@ -126,3 +128,9 @@ class TooLargeError(SignerError):
 
 class VerificationError(SignerError):
     default_reason = "VERIFICATION_FAILED"
+
+
+class ResponseMismatchError(VerificationError):
+    """A server's answer is not for what the client asked (DESIGN §14)."""
+
+    default_reason = "RESPONSE_MISMATCH"

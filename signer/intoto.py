@@ -2,9 +2,14 @@
 
 The pipeline sends the statement itself; officers see its subjects before they
 approve; the one digest signed is over the statement's DSSE PAE, so an
-approval binds exactly the statement that is signed. Parsing is strict:
-duplicate keys, a wrong `_type`, no subjects, or a subject without a valid
-sha256/sha384/sha512 digest are refused.
+approval binds exactly the statement that is signed. Parsing is strict, so that
+what officers are shown is the whole statement (DESIGN §14): duplicate keys, a
+wrong `_type`, no subjects, a subject without a valid sha256/sha384/sha512
+digest, any field officers are not shown (only `_type`, `subject`,
+`predicateType` and `predicate` at the top, `name` and `digest` in a subject),
+a digest-set key or predicate type outside its syntax, and any string anywhere
+in the statement (keys of the predicate included) that breaks the displayable
+text rule (`signer.text`) are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from signer.algorithms import HASH_SIZES
 from signer.dsse import pae
 from signer.errors import InvalidArgumentError
+from signer.text import DISPLAY_RULE, is_displayable, shown
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -29,6 +35,7 @@ __all__ = [
     "Subject",
     "build_statement",
     "pae_digest",
+    "predicate_json",
 ]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -36,7 +43,12 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "https://in-toto.io/attestation/release/v0.1"
 MAX_PAYLOAD_BYTES = 64 * 1024
 _HEX = re.compile(r"^[0-9a-f]+\Z")
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# in-toto digest-set keys (sha256, gitCommit, dirHash, ...) and predicate types (URIs).
+_DIGEST_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_PREDICATE_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]{1,1024}\Z")
+_TOP_FIELDS = frozenset({"_type", "subject", "predicateType", "predicate"})
+_SUBJECT_FIELDS = frozenset({"name", "digest"})
+_MAX_NAME = 512
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,11 @@ class InTotoStatement:
             raise bad("JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise bad("not a JSON object")
+        extra = sorted(set(doc) - _TOP_FIELDS)
+        if extra:
+            raise bad(
+                f"unknown field {_quoted(extra[0])}; a statement has only {_fields(_TOP_FIELDS)}"
+            )
         if doc.get("_type") != STATEMENT_TYPE:
             raise bad(f"_type must be {STATEMENT_TYPE}")
         subjects = doc.get("subject")
@@ -85,13 +102,24 @@ class InTotoStatement:
         for i, s in enumerate(subjects):
             if not isinstance(s, dict) or not isinstance(s.get("name"), str):
                 raise bad(f"subject {i} needs a name")
+            extra = sorted(set(s) - _SUBJECT_FIELDS)
+            if extra:
+                raise bad(
+                    f"subject {i}: unknown field {_quoted(extra[0])}; a subject has only "
+                    f"{_fields(_SUBJECT_FIELDS)}"
+                )
             name = s["name"]
-            if not name or len(name) > 512 or _UNSAFE.search(name):
-                raise bad(f"subject {i}: name must be 1-512 characters without control characters")
+            if not 1 <= len(name) <= _MAX_NAME or not is_displayable(name):
+                raise bad(f"subject {i}: name must be 1-{_MAX_NAME} characters {DISPLAY_RULE}")
             digest = s.get("digest")
             if not isinstance(digest, dict) or not digest:
                 raise bad(f"subject {i} ({name}) needs a digest")
             for alg, value in digest.items():
+                if not _DIGEST_KEY.match(alg):
+                    raise bad(
+                        f"subject {i} ({name}): digest algorithm {_quoted(alg)} must be 1-64 "
+                        "of A-Z a-z 0-9 _ . - (e.g. sha256)"
+                    )
                 if not isinstance(value, str) or not _HEX.match(value):
                     raise bad(f"subject {i} ({name}): digest {alg} must be lowercase hex")
                 if alg in HASH_SIZES and len(value) != 2 * HASH_SIZES[alg]:
@@ -100,11 +128,14 @@ class InTotoStatement:
                 raise bad(f"subject {i} ({name}) has no sha256, sha384 or sha512 digest")
             parsed.append(Subject(name, dict(digest)))
         predicate_type = doc.get("predicateType")
-        if not isinstance(predicate_type, str) or not predicate_type:
-            raise bad("predicateType must be a non-empty string")
+        if not isinstance(predicate_type, str) or not _PREDICATE_TYPE.match(predicate_type):
+            raise bad("predicateType must be a URI of printable ASCII, e.g. " + PREDICATE_TYPE)
         predicate = doc.get("predicate", {})
         if not isinstance(predicate, dict):
             raise bad("predicate must be an object")
+        where = _undisplayable(predicate, "predicate")
+        if where:
+            raise bad(f"{where} must be {DISPLAY_RULE}")
         return cls(tuple(parsed), predicate_type, predicate)
 
     def covers(self, name: str | None, digests: Mapping[str, bytes]) -> Subject | None:
@@ -115,6 +146,39 @@ class InTotoStatement:
             if any(s.digest.get(alg) == value.hex() for alg, value in digests.items()):
                 return s
         return None
+
+
+def _undisplayable(value: Any, path: str) -> str:
+    """Where the first string (key or value) under `value` breaking the rule is, or ""."""
+    if isinstance(value, str):
+        return "" if is_displayable(value) else f"the string at {path}"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not is_displayable(k):
+                return f"a key in {path}"
+            found = _undisplayable(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _undisplayable(v, f"{path}[{i}]")
+            if found:
+                return found
+    return ""
+
+
+def _quoted(value: str) -> str:
+    """A field name from the payload, safe to echo: escaped and cut short."""
+    return repr(shown(value[:64]) + ("..." if len(value) > 64 else ""))
+
+
+def _fields(names: frozenset[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def predicate_json(predicate: Mapping[str, Any]) -> str:
+    """The predicate as officers are shown it: sorted, indented JSON, nothing left out."""
+    return json.dumps(predicate, sort_keys=True, indent=2, ensure_ascii=False)
 
 
 def build_statement(

@@ -16,7 +16,6 @@ hold within a small leeway. PyJWT does the JOSE work. The identity is
 from __future__ import annotations
 
 import json
-import re
 import ssl
 import threading
 import time
@@ -31,6 +30,7 @@ import structlog
 from signer.config import IssuerConfig
 from signer.errors import ConfigError, UnauthenticatedError
 from signer.model import TokenCaller
+from signer.text import DISPLAY_RULE, is_displayable
 
 __all__ = ["MAX_TOKEN_BYTES", "Jwks", "OidcVerifier"]
 
@@ -38,7 +38,6 @@ log = structlog.get_logger("signer.oidc")
 MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1024 * 1024
 _MAX_CLAIM = 1024
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _fail(reason: str, message: str) -> UnauthenticatedError:
@@ -224,11 +223,11 @@ class OidcVerifier:
                 continue
             if isinstance(value, bool | int):
                 value = str(value).lower() if isinstance(value, bool) else str(value)
-            if not isinstance(value, str) or len(value) > _MAX_CLAIM or _UNSAFE.search(value):
+            if not isinstance(value, str) or len(value) > _MAX_CLAIM or not is_displayable(value):
                 raise _fail(
                     "TOKEN_CLAIMS",
                     f"claim {name!r} must be a string of at most {_MAX_CLAIM} characters "
-                    "without control characters",
+                    f"{DISPLAY_RULE}",
                 )
             recorded[name] = value
         subject = recorded.get(issuer.identity_claim, "")

@@ -42,7 +42,6 @@ import datetime as dt
 import hashlib
 import re
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +60,16 @@ from securesystemslib.signer import (  # type: ignore[attr-defined]  # no __all_
     SSlibKey,
 )
 
+from signer import workflow
 from signer.algorithms import ALGORITHMS, HASH_SIZES
-from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.client import Profile, RemoteError, load_profile
-from signer.clikit import call, stubs
+from signer.clikit import stubs
 from signer.config import parse_duration
 from signer.convert import HASH_TO_PB
 from signer.errors import ConfigError, SignerError, VerificationError
+from signer.text import DISPLAY_RULE, is_displayable, shown
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
+from signer.workflow import Asked, call
 
 __all__ = [
     "DEFAULT_ARTIFACT",
@@ -93,8 +94,6 @@ CONTEXT = {"signer": "securesystemslib"}
 
 # The server's rules for key names and artifact names (signer.config, signer.core).
 _KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_UNSAFE = "\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-_ARTIFACT = re.compile(f"^[^{_UNSAFE}]{{1,512}}\\Z")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PARAMS = ("profile", "timeout", "artifact")
 _RSA_HASHES = ("sha256", "sha384", "sha512")
@@ -195,11 +194,8 @@ def parse_uri(uri: str) -> KeyURI:
         if timeout <= dt.timedelta(0):
             raise ValueError(f"{uri!r}: timeout must be positive")
     artifact = values.get("artifact", DEFAULT_ARTIFACT)
-    if not _ARTIFACT.match(artifact):
-        raise ValueError(
-            f"{uri!r}: artifact must be 1-512 characters without control or "
-            "bidirectional-override characters"
-        )
+    if not 1 <= len(artifact) <= 512 or not is_displayable(artifact):
+        raise ValueError(f"{uri!r}: artifact must be 1-512 characters {DISPLAY_RULE}")
     profile = Path(values["profile"]) if "profile" in values else None
     return KeyURI(key_name, profile, timeout, artifact)
 
@@ -340,30 +336,44 @@ class ServiceSigner(Signer):
             raise SignatureCheckError(f"the service cannot sign {hash_name} digests")
         digest = hashlib.new(hash_name, payload).digest()
         name = self.uri.key_name
+        create = signing_pb2.CreateSigningRequestRequest(
+            key_name=name,
+            digests=[
+                types_pb2.Digest(
+                    algorithm=HASH_TO_PB[hash_name], value=digest, artifact_name=self.uri.artifact
+                )
+            ],
+            context=CONTEXT,
+            idempotency_key=str(uuid.uuid4()),
+        )
         try:
             with stubs(self.profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
                 info = _public_key(self.profile, stub, name)
                 self._check_key(info)
-                request = self._create(stub, hash_name, digest)
+                request = workflow.create(self.profile, stub, create)
+                asked = Asked.of(create).for_request(request.id)
                 _progress(
                     f"waiting for {request.threshold} approvals on request {request.id} "
                     f"(key {name}, artifact {self.uri.artifact!r}, "
                     f"timeout {_fmt(self.uri.timeout)})"
                 )
                 try:
-                    request = self._wait(stub, request)
+                    request = self._wait(stub, asked, request)
                 except KeyboardInterrupt:
                     self._cancel(stub, request.id, "interrupted")
                     raise
+                return self._check(stub, request, asked, info, payload)
         except (RemoteError, SignerError) as e:  # RPC failures; a profile's missing OIDC token
+            if isinstance(e, VerificationError):
+                raise SignatureCheckError(str(e)) from e
             raise ServiceSignerError(f"signing with service key {name} failed: {e}") from e
-        return self._check(request, info, hash_name, digest, payload)
 
     # -- steps ------------------------------------------------------------------------
 
     def _check_key(self, info: types_pb2.KeyInfo) -> None:
         """Refuse before asking the officers if our public key is not the service key."""
         key = self.public_key
+        workflow.checked_key(info, self.uri.key_name)
         try:
             keytype, schemes = sslib_schemes(info.algorithm)
         except UnsupportedAlgorithmError as e:
@@ -383,73 +393,38 @@ class ServiceSigner(Signer):
                 f"(key id {info.key_id}); no request was made"
             )
 
-    def _create(self, stub: Any, hash_name: str, digest: bytes) -> types_pb2.SigningRequest:
-        """Create the request, retrying UNAVAILABLE with the same idempotency key."""
-        create = signing_pb2.CreateSigningRequestRequest(
-            key_name=self.uri.key_name,
-            digests=[
-                types_pb2.Digest(
-                    algorithm=HASH_TO_PB[hash_name], value=digest, artifact_name=self.uri.artifact
-                )
-            ],
-            context=CONTEXT,
-            idempotency_key=str(uuid.uuid4()),
-        )
-        for attempt in range(4):
-            try:
-                created: types_pb2.SigningRequest = call(
-                    self.profile, stub.CreateSigningRequest, create
-                ).request
-                return created
-            except RemoteError as e:
-                if e.code.name != "UNAVAILABLE" or attempt == 3:
-                    raise
-                time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _wait(self, stub: Any, request: types_pb2.SigningRequest) -> types_pb2.SigningRequest:
+    def _wait(
+        self, stub: Any, asked: Asked, request: types_pb2.SigningRequest
+    ) -> types_pb2.SigningRequest:
         """Long-poll until terminal; past the timeout, cancel and raise SigningTimeoutError."""
-        end = time.monotonic() + self.uri.timeout.total_seconds()
         seen = (request.state, _approvers(request))
-        while True:
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                return self._give_up(stub, request)
-            poll_s = min(remaining, self.poll_seconds)
-            poll = dt.timedelta(seconds=poll_s)
-            try:
-                resp = call(
-                    self.profile,
-                    stub.WaitSigningRequest,
-                    signing_pb2.WaitSigningRequestRequest(
-                        id=request.id, timeout=_duration_pb(poll)
-                    ),
-                    timeout=poll_s + 10,
-                )
-            except RemoteError as e:
-                if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                    raise
-                time.sleep(min(1.0, max(end - time.monotonic(), 0)))
-                continue
-            request = resp.request
-            now = (request.state, _approvers(request))
-            if now != seen:
-                seen = now
-                _progress(_describe(request))
-            if resp.done:
-                return request
 
-    def _give_up(self, stub: Any, request: types_pb2.SigningRequest) -> types_pb2.SigningRequest:
+        def changed(r: types_pb2.SigningRequest) -> None:
+            nonlocal seen
+            if (r.state, _approvers(r)) != seen:
+                seen = (r.state, _approvers(r))
+                _progress(_describe(r))
+
+        last, done = workflow.wait(
+            self.profile, stub, asked, self.uri.timeout, changed, self.poll_seconds
+        )
+        if done and last is not None:
+            return last
+        return self._give_up(stub, asked)
+
+    def _give_up(self, stub: Any, asked: Asked) -> types_pb2.SigningRequest:
         """Cancel an undecided request; if it was signed meanwhile, take the signature."""
-        if self._cancel(stub, request.id, f"not decided within {_fmt(self.uri.timeout)}"):
-            raise SigningTimeoutError(request.id, self.uri.timeout)
+        request_id = asked.request_id
+        if self._cancel(stub, request_id, f"not decided within {_fmt(self.uri.timeout)}"):
+            raise SigningTimeoutError(request_id, self.uri.timeout)
         latest: types_pb2.SigningRequest = call(
             self.profile,
             stub.GetSigningRequest,
-            signing_pb2.GetSigningRequestRequest(id=request.id),
+            signing_pb2.GetSigningRequestRequest(id=request_id),
         ).request
+        workflow.check_response(latest, asked)
         if latest.state in (types_pb2.REQUEST_STATE_PENDING, types_pb2.REQUEST_STATE_APPROVED):
-            raise SigningTimeoutError(request.id, self.uri.timeout, cancelled=False)
+            raise SigningTimeoutError(request_id, self.uri.timeout, cancelled=False)
         return latest
 
     def _cancel(self, stub: Any, request_id: str, why: str) -> bool:
@@ -469,44 +444,23 @@ class ServiceSigner(Signer):
 
     def _check(
         self,
+        stub: Any,
         request: types_pb2.SigningRequest,
+        asked: Asked,
         info: types_pb2.KeyInfo,
-        hash_name: str,
-        digest: bytes,
         payload: bytes,
     ) -> Signature:
         """Return the signature only if it, and its audit proof, verify."""
-        state = _STATE_NAMES.get(request.state, "UNKNOWN")
+        workflow.check_response(request, asked)
         if request.state != types_pb2.REQUEST_STATE_SIGNED:
+            state = _STATE_NAMES.get(request.state, "UNKNOWN")
             raise SigningRefusedError(request.id, state, request.status_message)
-        if (
-            len(request.digests) != 1
-            or request.digests[0].value != digest
-            or request.digests[0].algorithm != HASH_TO_PB[hash_name]
-            or len(request.signatures) != 1
-        ):
-            raise SignatureCheckError(
-                f"request {request.id} is not for exactly this one {hash_name} digest"
-            )
         if request.key_id != info.key_id:
             raise SignatureCheckError(
                 f"request {request.id} was signed by key id {request.key_id}, "
                 f"not {info.name}'s {info.key_id}"
             )
-        verifier = self.profile.audit_verifier
-        assert verifier is not None  # checked in __init__
-        if not request.HasField("audit_proof"):
-            raise SignatureCheckError(f"the service returned no audit proof for {request.id}")
-        p = request.audit_proof
-        proof = SignedProof(p.index, p.entry, p.tree_size, list(p.inclusion_proof), p.checkpoint)
-        try:
-            verify_signed_proof(
-                proof, verifier, request.id, request.key_id, list(request.signatures)
-            )
-        except (VerificationError, ValueError) as e:
-            raise SignatureCheckError(
-                f"the audit proof for request {request.id} does not verify: {e}"
-            ) from e
+        workflow.verify_signed(self.profile, stub, request, asked)
         signature = Signature(keyid=self.public_key.keyid, sig=request.signatures[0].hex())
         try:
             self.public_key.verify_signature(signature, payload)
@@ -545,7 +499,7 @@ def _fmt(d: dt.timedelta) -> str:
 
 
 def _progress(message: str) -> None:
-    print(f"signer: {message}", file=sys.stderr, flush=True)
+    print(f"signer: {shown(message)}", file=sys.stderr, flush=True)
 
 
 def register() -> None:

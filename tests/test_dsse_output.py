@@ -256,6 +256,7 @@ def test_approver_show_json_has_statement(dsse: Dsse) -> None:
     assert shown["payload_matches_digest"] is True
     assert shown["statement"] == {
         "predicate_type": PREDICATE_TYPE,
+        "predicate": {},
         "subjects": [
             {"name": f.name, "digest": {"sha256": hashlib.sha256(f.read_bytes()).hexdigest()}}
             for f in dsse.files

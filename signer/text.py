@@ -1,0 +1,67 @@
+"""The one rule for text that people are shown, and the one way clients print it.
+
+What an officer is shown must be exactly what they sign (DESIGN §14): no text
+that any party sends may hide, reorder or restyle what is around it on
+someone's terminal. Every validator that accepts text other people will read
+(artifact names, CI context values, reasons, OIDC claims, in-toto statement
+fields, client profiles, signer URIs) calls `is_displayable`, which refuses:
+
+- C0 and C1 control characters (so ESC, and with it every CSI and OSC
+  sequence, CR, BS, TAB and NEL), and DEL;
+- Unicode format characters (category Cf: bidi embeddings, overrides and
+  isolates, zero-width spaces and joiners, U+061C, U+FEFF, ...);
+- line and paragraph separators (U+2028, U+2029);
+- surrogates, private-use and unassigned code points (nothing a terminal can
+  show faithfully).
+
+Fields with a syntax of their own (hash names, predicate types, key names,
+digest-set keys) are also checked against that syntax by their validators.
+
+Clients never trust a server's text: every string that came from the server or
+from another party passes through `shown()` before it reaches a terminal,
+whatever the server sent. It makes every refused character visible as a
+Python-style escape (`\\x1b`, `\\u202e`), so a hostile string is shown, never
+obeyed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+__all__ = ["DISPLAY_RULE", "is_displayable", "shown"]
+
+DISPLAY_RULE = (
+    "without control characters, format characters (bidi, zero-width...), line "
+    "separators, private-use or unassigned characters"
+)
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_ASCII_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _refused(c: str) -> bool:
+    return unicodedata.category(c) in _REFUSED_CATEGORIES
+
+
+def is_displayable(text: str) -> bool:
+    """True if `text` holds nothing that could hide or restyle what is around it."""
+    if text.isascii():
+        return _ASCII_CONTROL.search(text) is None
+    return not any(_refused(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    if n <= 0xFF:
+        return f"\\x{n:02x}"
+    if n <= 0xFFFF:
+        return f"\\u{n:04x}"
+    return f"\\U{n:08x}"
+
+
+def shown(text: object) -> str:
+    """`text` as it may be printed: every refused character made a visible escape."""
+    s = str(text)
+    if is_displayable(s):
+        return s
+    return "".join(_escape(c) if _refused(c) else c for c in s)

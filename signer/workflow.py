@@ -1,0 +1,322 @@
+"""The requester's workflow: create, wait, and verify before handing anything out.
+
+One implementation serves `signer sign`, `signer status` and the
+securesystemslib signer (`signer.sslib`). It treats the server as possibly
+hostile (DESIGN §14):
+
+- every response must be for what was asked (`Asked`): the request id, the key
+  name and, where the caller knows them, the digests (hash, value and artifact,
+  in order) and the DSSE payload; anything else raises `ResponseMismatchError`
+  before it is used;
+- a signature is handed out only after it verifies over the caller's own
+  digest, with the public key whose id (hex SHA-256 of its SubjectPublicKeyInfo)
+  is the request's key id, and after its `request.signed` audit entry is proven
+  to be in a checkpoint signed by the profile's pinned audit verifier;
+- polling backs off whatever the server answers: a long poll that comes back
+  early and undecided is followed by a pause that grows to `MAX_PAUSE`, so a
+  server that always says "not done" gets a bounded number of calls; an
+  unavailable server is retried at most once a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from google.protobuf import duration_pb2
+
+from signer.audit.proofs import SignedProof, verify_signed_proof
+from signer.client import Profile, RemoteError, remote_error
+from signer.errors import ConfigError, ResponseMismatchError, VerificationError
+from signer.v1 import signing_pb2, types_pb2
+from signer.verify import verify_digest
+
+__all__ = [
+    "MAX_PAUSE",
+    "Asked",
+    "Verified",
+    "call",
+    "check_response",
+    "checked_key",
+    "create",
+    "verify_signed",
+    "wait",
+]
+
+MAX_PAUSE = 5.0  # the longest pause between two undecided polls
+_FIRST_PAUSE = 0.2
+_EARLY = 0.5  # a poll that returns in under half the time asked came back early
+_CREATE_ATTEMPTS = 4
+_POLL_SECONDS = 55.0
+_REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+_KEY_ID = re.compile(r"^[0-9a-f]{64}\Z")
+_HASHES = {
+    types_pb2.HASH_ALGORITHM_SHA256: "sha256",
+    types_pb2.HASH_ALGORITHM_SHA384: "sha384",
+    types_pb2.HASH_ALGORITHM_SHA512: "sha512",
+}
+
+
+def call(
+    profile: Profile, rpc: Callable[..., Any], request: Any, timeout: float | None = None
+) -> Any:
+    """One RPC with a deadline; RpcError becomes RemoteError."""
+    try:
+        return rpc(request, timeout=timeout or profile.timeout.total_seconds())
+    except grpc.RpcError as e:
+        raise remote_error(e) from None
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the caller asked for; every response is checked against it.
+
+    `digests` are (hash name, digest, artifact) in request order, or None when
+    the caller does not know them (`signer status ID` without `--file`);
+    `request_id` is "" until the server has assigned one.
+    """
+
+    key_name: str = ""
+    digests: tuple[tuple[str, bytes, str], ...] | None = None
+    payload_type: str = ""
+    payload: bytes = b""
+    request_id: str = ""
+
+    @classmethod
+    def of(cls, create: signing_pb2.CreateSigningRequestRequest) -> Asked:
+        """What a CreateSigningRequest asks for."""
+        return cls(
+            key_name=create.key_name,
+            digests=tuple(
+                (_HASHES.get(d.algorithm, "?"), d.value, d.artifact_name) for d in create.digests
+            ),
+            payload_type=create.payload_type,
+            payload=create.payload,
+        )
+
+    def for_request(self, request_id: str) -> Asked:
+        return Asked(self.key_name, self.digests, self.payload_type, self.payload, request_id)
+
+
+def _got_digests(request: types_pb2.SigningRequest) -> tuple[tuple[str, bytes, str], ...]:
+    return tuple((_HASHES.get(d.algorithm, "?"), d.value, d.artifact_name) for d in request.digests)
+
+
+def check_response(request: types_pb2.SigningRequest, asked: Asked) -> None:
+    """Raise ResponseMismatchError unless `request` is the one asked for."""
+    if not _REQUEST_ID.match(request.id):
+        raise ResponseMismatchError("the server answered with a malformed request id")
+    wrong = [
+        what
+        for what, bad in (
+            ("request id", bool(asked.request_id) and request.id != asked.request_id),
+            ("key", bool(asked.key_name) and request.key_name != asked.key_name),
+            ("key id", not _KEY_ID.match(request.key_id)),
+            ("digests", asked.digests is not None and _got_digests(request) != asked.digests),
+            (
+                "payload",
+                bool(asked.payload or asked.payload_type)
+                and (request.payload_type, request.payload) != (asked.payload_type, asked.payload),
+            ),
+        )
+        if bad
+    ]
+    if wrong:
+        what = f"request {asked.request_id}" if asked.request_id else "the new request"
+        raise ResponseMismatchError(
+            f"the server's answer for {what} is not what was asked: {', '.join(wrong)} "
+            "differ; nothing was written"
+        )
+
+
+def create(
+    profile: Profile, stub: Any, request: signing_pb2.CreateSigningRequestRequest
+) -> types_pb2.SigningRequest:
+    """Create, retrying UNAVAILABLE with the same idempotency key; check the answer."""
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            created: types_pb2.SigningRequest = call(
+                profile, stub.CreateSigningRequest, request
+            ).request
+        except RemoteError as e:
+            if e.code.name != "UNAVAILABLE" or attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+            continue
+        check_response(created, Asked.of(request))
+        return created
+    raise AssertionError("unreachable")
+
+
+def _poll_pb(seconds: float) -> duration_pb2.Duration:
+    pb = duration_pb2.Duration()
+    pb.FromTimedelta(dt.timedelta(seconds=max(seconds, 0)))
+    return pb
+
+
+@dataclass
+class _Backoff:
+    """Pauses between polls that double, up to MAX_PAUSE, while the answers come early."""
+
+    pause: float = _FIRST_PAUSE
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def after(self, asked_for: float, took: float, remaining: float) -> None:
+        if took >= asked_for * _EARLY:
+            self.pause = _FIRST_PAUSE
+            return
+        self.sleep(max(min(self.pause, remaining), 0))
+        self.pause = min(self.pause * 2, MAX_PAUSE)
+
+
+def wait(
+    profile: Profile,
+    stub: Any,
+    asked: Asked,
+    timeout: dt.timedelta,
+    on_change: Callable[[types_pb2.SigningRequest], None] | None = None,
+    poll_seconds: float = _POLL_SECONDS,
+) -> tuple[types_pb2.SigningRequest | None, bool]:
+    """Long-poll until the request is decided or `timeout` passes.
+
+    Returns the last checked answer (None if none came) and whether it is decided.
+    `on_change` is told of every answer whose state or approvals changed.
+    """
+    end = time.monotonic() + timeout.total_seconds()
+    backoff = _Backoff()
+    last: types_pb2.SigningRequest | None = None
+    seen: tuple[Any, ...] | None = None
+    while True:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return last, False
+        poll = min(remaining, poll_seconds)
+        started = time.monotonic()
+        try:
+            resp = call(
+                profile,
+                stub.WaitSigningRequest,
+                signing_pb2.WaitSigningRequestRequest(id=asked.request_id, timeout=_poll_pb(poll)),
+                timeout=poll + 10,
+            )
+        except RemoteError as e:
+            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise
+            time.sleep(max(min(1.0, end - time.monotonic()), 0))
+            continue
+        check_response(resp.request, asked)
+        last = resp.request
+        now = (last.state, tuple((a.approver, a.decision) for a in last.approvals))
+        if now != seen:
+            seen = now
+            if on_change is not None:
+                on_change(last)
+        if resp.done:
+            return last, True
+        backoff.after(poll, time.monotonic() - started, end - time.monotonic())
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A SIGNED request whose signatures and audit proof were checked."""
+
+    request: types_pb2.SigningRequest
+    key: types_pb2.KeyInfo
+    proof: SignedProof
+
+
+def checked_key(key: types_pb2.KeyInfo, key_name: str) -> str:
+    """The PEM of a GetPublicKey answer, re-encoded, once it is the key asked for.
+
+    The key must be named `key_name` and its key id must be the hex SHA-256 of
+    its SubjectPublicKeyInfo, so a server cannot hand out one key under another's id.
+    """
+    try:
+        public = serialization.load_pem_public_key(key.public_key_pem.encode())
+    except (ValueError, TypeError):
+        raise ResponseMismatchError(
+            f"the server's public key for {key_name} is not a PEM public key"
+        ) from None
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if key.name != key_name or hashlib.sha256(der).hexdigest() != key.key_id:
+        raise ResponseMismatchError(
+            f"the server's answer for key {key_name} is for another key, or its key id is "
+            "not that of its public key"
+        )
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
+def verify_signed(
+    profile: Profile,
+    stub: Any,
+    request: types_pb2.SigningRequest,
+    asked: Asked,
+    own_digests: Sequence[tuple[str, bytes]] | None = None,
+) -> Verified:
+    """Check a SIGNED answer before anything is written or returned.
+
+    `own_digests` are the (hash, digest) pairs the caller computed itself, one per
+    signature; by default those of `asked`, else those the request carries.
+    Raises ResponseMismatchError or VerificationError; ConfigError without a
+    pinned audit verifier.
+    """
+    check_response(request, asked)
+    if profile.audit_verifier is None:
+        raise ConfigError(
+            f"profile {profile.path} has no audit_verifier: the signature cannot be checked "
+            "against the audit log; add the string printed by `signer audit verifier`"
+        )
+    key = call(
+        profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=request.key_name)
+    ).key
+    pem = checked_key(key, request.key_name)
+    if key.key_id != request.key_id:
+        raise ResponseMismatchError(
+            f"the server's public key for {request.key_name} does not have the request's "
+            f"key id {request.key_id}; nothing was written"
+        )
+    if own_digests is None:
+        own = asked.digests if asked.digests is not None else _got_digests(request)
+        own_digests = [(h, d) for h, d, _ in own]
+    if len(request.signatures) != len(own_digests) or len(own_digests) != len(request.digests):
+        raise ResponseMismatchError(
+            f"request {request.id} has {len(request.signatures)} signatures for "
+            f"{len(own_digests)} digests; nothing was written"
+        )
+    pub = serialization.load_pem_public_key(pem.encode())
+    for i, ((hash_name, digest), sig) in enumerate(
+        zip(own_digests, request.signatures, strict=True)
+    ):
+        try:
+            verify_digest(pub, hash_name, digest, sig)
+        except (InvalidSignature, ValueError):
+            raise VerificationError(
+                f"signature {i} of request {request.id} does not verify over its digest "
+                "with the key's public key; nothing was written"
+            ) from None
+    if not request.HasField("audit_proof"):
+        raise VerificationError(f"the server returned no audit proof for request {request.id}")
+    p = request.audit_proof
+    proof = SignedProof(p.index, p.entry, p.tree_size, list(p.inclusion_proof), p.checkpoint)
+    try:
+        verify_signed_proof(
+            proof, profile.audit_verifier, request.id, request.key_id, list(request.signatures)
+        )
+    except (VerificationError, ValueError) as e:
+        raise VerificationError(
+            f"the audit proof for request {request.id} does not verify: {e}; nothing was written"
+        ) from e
+    return Verified(request, key, proof)
