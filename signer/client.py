@@ -27,6 +27,7 @@ from signer.auth import identity_from_cert
 from signer.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
 from signer.config import parse_duration
 from signer.errors import ConfigError, VerificationError
+from signer.text import DISPLAY_RULE, is_displayable, shown
 
 __all__ = ["Profile", "RemoteError", "load_profile", "remote_error"]
 
@@ -107,6 +108,9 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         raise ConfigError(f"profile {path} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"profile {path}: not valid TOML: {e}") from None
+    for k, v in raw.items():
+        if isinstance(v, str) and not (is_displayable(k) and is_displayable(v)):
+            raise ConfigError(f"profile {path}: {shown(k)} must be {DISPLAY_RULE}")
 
     def file(key: str, required: bool = True) -> Path | None:
         value = raw.get(key)

@@ -299,6 +299,37 @@ def _oversized() -> bytes:
     return payload
 
 
+_A = hashlib.sha256(b"a").hexdigest()
+_B = hashlib.sha256(b"b").hexdigest()
+# Statements that would show officers something other than what is signed: a second
+# subject hidden by terminal controls, invisible characters, fields never shown.
+_HIDDEN_STATEMENTS: dict[str, dict[str, Any]] = {
+    "escape in predicateType": {
+        "predicateType": "https://x/\x1b[2K\x1b[1A",
+    },
+    "predicateType not a URI": {"predicateType": "release v1"},
+    "escape in a digest-set key": {
+        "subject": [{"name": "a.bin", "digest": {"sha256": _A, "x\x1b[8m": _B}}],
+    },
+    "zero-width space in a subject name": {
+        "subject": [{"name": "app\u200b.tar", "digest": {"sha256": _A}}],
+    },
+    "arabic letter mark in a subject name": {
+        "subject": [{"name": "app\u061c.tar", "digest": {"sha256": _A}}],
+    },
+    "BOM in a subject name": {"subject": [{"name": "\ufeffapp.tar", "digest": {"sha256": _A}}]},
+    "line separator in a subject name": {
+        "subject": [{"name": "a\u2028b", "digest": {"sha256": _A}}],
+    },
+    "OSC in a predicate value": {"predicate": {"note": "\x1b]8;;https://evil\x07click"}},
+    "bidi override in a predicate key": {"predicate": {"a\u202eb": 1}},
+    "control deep in the predicate": {"predicate": {"a": [{"b": ["ok", "\x9b2J"]}]}},
+    "a field officers are not shown": {"extra": {"subject": "hidden.tar"}},
+    "a subject field officers are not shown": {
+        "subject": [{"name": "a.bin", "digest": {"sha256": _A}, "annotations": {"x": "y"}}],
+    },
+}
+
 _DEEP = b"[" * 20_000 + b"]" * 20_000  # under the size limit, over json's recursion limit
 _DUPLICATE = (
     b'{"_type":"https://in-toto.io/Statement/v1","_type":"https://in-toto.io/Statement/v1",'
@@ -362,6 +393,12 @@ _CASES: dict[str, tuple[str, bytes, list[types_pb2.Digest], grpc.StatusCode, str
         "BAD_STATEMENT",
     ),
     "duplicate JSON key": (PAYLOAD_TYPE, _DUPLICATE, _pae(_DUPLICATE), INVALID, "BAD_STATEMENT"),
+    **{
+        f"hidden text: {name}": (PAYLOAD_TYPE, p, _pae(p), INVALID, "BAD_STATEMENT")
+        for name, p in (
+            (name, _encode(_statement(**changes))) for name, changes in _HIDDEN_STATEMENTS.items()
+        )
+    },
     "nested too deeply": (PAYLOAD_TYPE, _DEEP, _pae(_DEEP), INVALID, "BAD_STATEMENT"),
     "two digests": (
         PAYLOAD_TYPE,
@@ -400,6 +437,7 @@ def _created(r: Running) -> int:
 
 @pytest.mark.parametrize("case", list(_CASES))
 def test_bad_payload_refused(shared: Running, clients: Clients, case: str) -> None:
+    """Each malformed or unshowable statement is refused with its reason; nothing is created."""
     payload_type, payload, digests, code, reason = _CASES[case]
     before = _created(shared)
     err = rpc_error(

@@ -177,12 +177,28 @@ def test_missing_sub_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
         ("sub", "repo:org/app\x00"),
         ("environment", "x" * 1025),
         ("actor", ["octocat"]),
+        ("actor", "octo\u200bcat"),
+        ("environment", "\ufeffproduction"),
+        ("ref", "refs/tags/v1\u2028"),
+        ("workflow", "release\x9b2J"),
     ],
-    ids=["newline", "escape", "bidi", "nul", "too-long", "not-a-string"],
+    ids=[
+        "newline",
+        "escape",
+        "bidi",
+        "nul",
+        "too-long",
+        "not-a-string",
+        "zero-width",
+        "bom",
+        "line-separator",
+        "c1-csi",
+    ],
 )
 def test_unsafe_recorded_claim_is_refused(
     verifier: OidcVerifier, idp: IdP, claim: str, value: Any
 ) -> None:
+    """A recorded claim breaking the displayable-text rule, too long or not a string is refused."""
     assert rejected(verifier, idp.mint(idp.claims(**{claim: value}))) == "TOKEN_CLAIMS"
 
 
