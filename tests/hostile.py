@@ -122,12 +122,12 @@ class HostileServer:
         self._upstream.close()
 
 
-class _Handler(grpc.GenericRpcHandler):
+class _Handler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs
     def __init__(self, proxy: HostileServer) -> None:
         self.proxy = proxy
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = str(details.method)  # type: ignore[attr-defined]
+        method = str(details.method)
         if method not in _ANSWERS:
             return None
         return grpc.unary_unary_rpc_method_handler(
