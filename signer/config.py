@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
 from signer.encoding import canonical_json
 from signer.errors import ConfigError
+from signer.text import KEY_NAME
 
 __all__ = [
     "ROLES",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 ROLES = ("requester", "approver", "auditor", "admin")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_NAME = KEY_NAME
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 

@@ -58,13 +58,12 @@ from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_
 from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import AuditFilter, Store, Tx
 from signer.store.group import GroupCommit
-from signer.text import DISPLAY_RULE, is_displayable
+from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
 
 __all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
 log = structlog.get_logger("signer.core")
 
-_MAX_ARTIFACT = 512
 _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}\Z")
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
@@ -831,10 +830,9 @@ class Core:
                     f"digest {i}: a {d.algorithm} digest is {size} bytes, got {len(d.value)}",
                     reason="BAD_DIGEST_LENGTH",
                 )
-            if not 1 <= len(d.artifact) <= _MAX_ARTIFACT or not is_displayable(d.artifact):
+            if not is_artifact_name(d.artifact):
                 raise InvalidArgumentError(
-                    f"digest {i}: artifact name must be 1-{_MAX_ARTIFACT} characters "
-                    f"{DISPLAY_RULE}",
+                    f"digest {i}: artifact name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}",
                     reason="BAD_ARTIFACT_NAME",
                 )
 

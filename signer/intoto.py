@@ -24,7 +24,7 @@ from typing import Any
 from signer.algorithms import HASH_SIZES
 from signer.dsse import pae
 from signer.errors import InvalidArgumentError
-from signer.text import DISPLAY_RULE, is_displayable, shown
+from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable, shown
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -48,7 +48,6 @@ _DIGEST_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _PREDICATE_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]{1,1024}\Z")
 _TOP_FIELDS = frozenset({"_type", "subject", "predicateType", "predicate"})
 _SUBJECT_FIELDS = frozenset({"name", "digest"})
-_MAX_NAME = 512
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,8 @@ class InTotoStatement:
                     f"{_fields(_SUBJECT_FIELDS)}"
                 )
             name = s["name"]
-            if not 1 <= len(name) <= _MAX_NAME or not is_displayable(name):
-                raise bad(f"subject {i}: name must be 1-{_MAX_NAME} characters {DISPLAY_RULE}")
+            if not is_artifact_name(name):
+                raise bad(f"subject {i}: name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}")
             digest = s.get("digest")
             if not isinstance(digest, dict) or not digest:
                 raise bad(f"subject {i} ({name}) needs a digest")

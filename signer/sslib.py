@@ -67,7 +67,7 @@ from signer.clikit import stubs
 from signer.config import parse_duration
 from signer.convert import HASH_TO_PB
 from signer.errors import ConfigError, SignerError, VerificationError
-from signer.text import DISPLAY_RULE, is_displayable, shown
+from signer.text import DISPLAY_RULE, KEY_NAME, MAX_ARTIFACT, is_artifact_name, shown
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
 from signer.workflow import Asked, call
 
@@ -93,7 +93,6 @@ DEFAULT_ARTIFACT = "tuf metadata"
 CONTEXT = {"signer": "securesystemslib"}
 
 # The server's rules for key names and artifact names (signer.config, signer.core).
-_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PARAMS = ("profile", "timeout", "artifact")
 _RSA_HASHES = ("sha256", "sha384", "sha512")
@@ -163,7 +162,7 @@ def parse_uri(uri: str) -> KeyURI:
     key_name = _decode(raw_name, "the key name", uri)
     if not key_name:
         raise ValueError(f"{uri!r} names no key: write {SCHEME}:KEY_NAME")
-    if not _KEY_NAME.match(key_name):
+    if not KEY_NAME.match(key_name):
         raise ValueError(
             f"{uri!r}: key name {key_name!r} must be 1-64 of A-Z a-z 0-9 . _ - "
             "starting with a letter or digit"
@@ -194,8 +193,8 @@ def parse_uri(uri: str) -> KeyURI:
         if timeout <= dt.timedelta(0):
             raise ValueError(f"{uri!r}: timeout must be positive")
     artifact = values.get("artifact", DEFAULT_ARTIFACT)
-    if not 1 <= len(artifact) <= 512 or not is_displayable(artifact):
-        raise ValueError(f"{uri!r}: artifact must be 1-512 characters {DISPLAY_RULE}")
+    if not is_artifact_name(artifact):
+        raise ValueError(f"{uri!r}: artifact must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}")
     profile = Path(values["profile"]) if "profile" in values else None
     return KeyURI(key_name, profile, timeout, artifact)
 

@@ -29,7 +29,19 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["DISPLAY_RULE", "is_displayable", "shown"]
+__all__ = [
+    "DISPLAY_RULE",
+    "KEY_NAME",
+    "MAX_ARTIFACT",
+    "is_artifact_name",
+    "is_displayable",
+    "shown",
+]
+
+# Names with a syntax of their own: signing keys and identities in config, key
+# names in signer: URIs; artifact names are any displayable text of bounded length.
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+MAX_ARTIFACT = 512
 
 DISPLAY_RULE = (
     "without control characters, format characters (bidi, zero-width...), line "
@@ -48,6 +60,11 @@ def is_displayable(text: str) -> bool:
     if text.isascii():
         return _ASCII_CONTROL.search(text) is None
     return not any(_refused(c) for c in text)
+
+
+def is_artifact_name(name: str) -> bool:
+    """1 to MAX_ARTIFACT characters, displayable."""
+    return 1 <= len(name) <= MAX_ARTIFACT and is_displayable(name)
 
 
 def _escape(c: str) -> str:

@@ -110,7 +110,8 @@ def shared_env(
 ) -> Env:
     """One environment for the whole session, with a key per digest algorithm and extras.
 
-    Extra identities: `ci2` (second requester), `dave` (approver not in any key's
+    Extra identities: `ci2` (second requester), `ci3` (a requester whose refused
+    calls do not use up the others' audited-rejection budget), `dave` (approver not in any key's
     policy), `carol` may also request (to test self-approval), `nobody` (valid
     certificate, no role), `outsider` (certificate from another CA).
     """
@@ -121,13 +122,14 @@ def shared_env(
     for alg in DIGEST_ALGORITHMS:
         env.add_key(f"k-{alg}", alg)
     env.add_client("ci2", ["requester"])
+    env.add_client("ci3", ["requester"])
     env.add_client("dave", ["approver"], approval_key=True)
     env.add_client("nobody", [])
     env.add_client("outsider", ["requester"], ca=DevCA("another CA"))
     cfg = env.read_config()
     cfg["identities"]["carol"] = ["approver", "requester"]
     for k in cfg["keys"].values():
-        k["requesters"] = ["ci", "ci2", "carol"]
+        k["requesters"] = ["ci", "ci2", "ci3", "carol"]
     env.write_config(cfg)
     return env
 

@@ -98,7 +98,8 @@ def _created(shared: Running) -> int:
 def test_artifact_names_are_refused(shared: Running, clients: Clients, text: str) -> None:
     """An artifact name breaking the rule is BAD_ARTIFACT_NAME and creates nothing."""
     before = _created(shared)
-    err = rpc_error(lambda: clients.create(digests=[sha256_digest(os.urandom(8), text)]))
+    digests = [sha256_digest(os.urandom(8), text)]
+    err = rpc_error(lambda: clients.create(digests=digests, who="ci3"))
     assert (err.code, err.reason) == (INVALID, "BAD_ARTIFACT_NAME"), err
     _no_new_request(shared, before)
 
@@ -107,18 +108,18 @@ def test_artifact_names_are_refused(shared: Running, clients: Clients, text: str
 def test_context_values_are_refused(shared: Running, clients: Clients, text: str) -> None:
     """A CI context value breaking the rule is BAD_CONTEXT and creates nothing."""
     before = _created(shared)
-    err = rpc_error(lambda: clients.create(context={"commit": text}))
+    err = rpc_error(lambda: clients.create(context={"commit": text}, who="ci3"))
     assert (err.code, err.reason) == (INVALID, "BAD_CONTEXT"), err
     _no_new_request(shared, before)
 
 
 def test_cancel_reasons_are_refused(shared: Running, clients: Clients) -> None:
     """A cancel reason with terminal controls is BAD_REASON; the request stays pending."""
-    r = clients.create()
+    r = clients.create(who="ci3")
     req = signing_pb2.CancelSigningRequestRequest(id=r.id, reason="done\x1b[2J\u202e")
-    err = rpc_error(lambda: clients.signing().CancelSigningRequest(req, timeout=RPC_TIMEOUT))
+    err = rpc_error(lambda: clients.signing("ci3").CancelSigningRequest(req, timeout=RPC_TIMEOUT))
     assert (err.code, err.reason) == (INVALID, "BAD_REASON"), err
-    assert clients.get(r.id).state == r.state
+    assert clients.get(r.id, "ci3").state == r.state
 
 
 def test_deny_reasons_are_refused(shared: Running, clients: Clients) -> None:

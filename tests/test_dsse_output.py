@@ -441,7 +441,9 @@ def test_bad_payload_refused(shared: Running, clients: Clients, case: str) -> No
     payload_type, payload, digests, code, reason = _CASES[case]
     before = _created(shared)
     err = rpc_error(
-        lambda: clients.create(digests=digests, payload_type=payload_type, payload=payload)
+        lambda: clients.create(
+            digests=digests, payload_type=payload_type, payload=payload, who="ci3"
+        )
     )
     assert (err.code, err.reason) == (code, reason), err
     assert _created(shared) == before

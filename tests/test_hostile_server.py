@@ -275,13 +275,13 @@ def test_sign_cli_backs_off_a_server_that_never_says_done(shared_env: Env, tmp_p
     """`signer sign --timeout 4s` against an always-undecided server polls a handful of times."""
     artifact = tmp_path / "a.bin"
     artifact.write_bytes(b"a")
-    with hostile(shared_env, "ci", _unchanged, _never_done) as proxy:
+    with hostile(shared_env, "ci3", _unchanged, _never_done) as proxy:
         p = run(
             [
                 *SIGNER,
                 "sign",
                 "--profile",
-                str(proxy.profile("ci")),
+                str(proxy.profile("ci3")),
                 "--key-name",
                 "release",
                 "--file",
@@ -356,8 +356,8 @@ def _approver(proxy: HostileServer, *args: str) -> subprocess.CompletedProcess[s
 
 def test_approver_refuses_an_answer_for_another_request(shared_env: Env, clients: Clients) -> None:
     """GetRequest answered with another request: nothing is signed or sent."""
-    wanted = clients.create()
-    decoy = clients.create()
+    wanted = clients.create(who="ci3")
+    decoy = clients.create(who="ci3")
 
     def tamper(method: str, answer: Any) -> Any:
         if method == "GetRequest":
@@ -372,14 +372,16 @@ def test_approver_refuses_an_answer_for_another_request(shared_env: Env, clients
         p = _approver(proxy, "approve", wanted.id, "--yes")
         assert proxy.calls["Approve"] == 0
     assert p.returncode == 1 and "answered with another request" in p.stderr
-    assert not clients.get(wanted.id).approvals and not clients.get(decoy.id).approvals
+    assert (
+        not clients.get(wanted.id, "ci3").approvals and not clients.get(decoy.id, "ci3").approvals
+    )
 
 
 def test_approver_reports_an_approve_answer_for_other_digests(
     shared_env: Env, clients: Clients
 ) -> None:
     """An Approve answer whose digests differ from those shown and signed is an error."""
-    request = clients.create()
+    request = clients.create(who="ci3")
 
     def tamper(method: str, answer: Any) -> Any:
         if method == "Approve":
@@ -390,7 +392,7 @@ def test_approver_reports_an_approve_answer_for_other_digests(
         p = _approver(proxy, "approve", request.id, "--yes")
     assert p.returncode == 1 and "with a different request" in p.stderr
     # What was signed is the statement over what was shown: the real request.
-    assert [a.approver for a in clients.get(request.id).approvals] == ["alice"]
+    assert [a.approver for a in clients.get(request.id, "ci3").approvals] == ["alice"]
 
 
 HIDDEN = [
@@ -406,7 +408,7 @@ def test_approver_shows_escaped_text_and_refuses_to_approve_it(
     shared_env: Env, clients: Clients, change: Callable[[types_pb2.SigningRequest], None]
 ) -> None:
     """Control or format characters from the server are shown as escapes; approve refuses."""
-    request = clients.create()
+    request = clients.create(who="ci3")
 
     def tamper(method: str, answer: Any) -> Any:
         if method == "GetRequest":
@@ -422,12 +424,12 @@ def test_approver_shows_escaped_text_and_refuses_to_approve_it(
         assert ESC not in out and "\u202e" not in out and "\u200b" not in out
     assert "\\x1b" in shown.stdout or "\\u202e" in shown.stdout or "\\u200b" in shown.stdout
     assert approved.returncode == 1 and "cannot be shown" in approved.stderr
-    assert not clients.get(request.id).approvals
+    assert not clients.get(request.id, "ci3").approvals
 
 
 def test_a_denial_of_escaped_text_is_still_possible(shared_env: Env, clients: Clients) -> None:
     """An officer can always deny a request, even one whose text had to be escaped."""
-    request = clients.create()
+    request = clients.create(who="ci3")
 
     def tamper(method: str, answer: Any) -> Any:
         if method == "GetRequest":
@@ -437,12 +439,12 @@ def test_a_denial_of_escaped_text_is_still_possible(shared_env: Env, clients: Cl
     with hostile(shared_env, "alice", tamper) as proxy:
         p = _approver(proxy, "deny", request.id, "--reason", "odd text", "--yes")
     assert p.returncode == 0, p.stderr
-    assert clients.get(request.id).state == types_pb2.REQUEST_STATE_DENIED
+    assert clients.get(request.id, "ci3").state == types_pb2.REQUEST_STATE_DENIED
 
 
 def test_error_texts_from_the_server_are_escaped(shared_env: Env, clients: Clients) -> None:
     """An error message carrying terminal controls reaches the officer escaped."""
-    request = clients.create()
+    request = clients.create(who="ci3")
 
     def tamper(method: str, answer: Any) -> Any:
         raise Abort(grpc.StatusCode.NOT_FOUND, f"no such request{ESC}[2J{ESC}]8;;http://x\a")
