@@ -30,6 +30,7 @@ from signer.metrics import Metrics
 from signer.oidc import OidcVerifier
 from signer.service import ApprovalService, AuditService, SigningService
 from signer.store import Store, open_store
+from signer.tls import check_server_files
 from signer.v1 import (
     approval_pb2,
     approval_pb2_grpc,
@@ -78,6 +79,7 @@ class Server:
 
     @classmethod
     def build(cls, config: Config) -> Server:
+        _check_tls(config)  # before the token, the store or a port is touched
         token = open_token(config)
         store: Store | None = None
         metrics: Metrics | None = None
@@ -209,6 +211,15 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
         tls = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
         oidc_port = _bind(server, s.oidc_listen, tls, config, "oidc_listen")
     return server, port, oidc_port
+
+
+def _check_tls(config: Config) -> None:
+    """A mismatched certificate and key is named as such (gRPC says only that it cannot bind)."""
+    s = config.server
+    try:
+        check_server_files(s.tls_cert, s.tls_key, s.client_ca)
+    except ValueError as e:
+        raise ConfigError(f"{config.path}: server.tls_cert, tls_key, client_ca: {e}") from None
 
 
 def _bind(

@@ -7,7 +7,7 @@ idempotently). A URI names a service key and, optionally, how to reach it:
     signer:KEY_NAME[?profile=PATH][&timeout=15m][&artifact=NAME]
 
 `profile` is a client profile (default $SIGNER_PROFILE), `timeout` how long
-`sign()` waits for the officers (default 15m), `artifact` the name officers see
+`sign()` waits for the officers (default 15m, at most 30d), `artifact` the name officers see
 (default "tuf metadata"); values are percent-decoded, and anything else in the
 URI is a ValueError. `sign(payload)` hashes the payload with the key scheme's
 hash, asks for a signature over that one digest, prints progress on stderr and
@@ -65,7 +65,7 @@ from signer.algorithms import ALGORITHMS, HASH_SIZES
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.client import Profile, RemoteError, load_profile
 from signer.clikit import call, stubs
-from signer.config import parse_duration
+from signer.config import MAX_TTL, parse_duration
 from signer.convert import HASH_TO_PB
 from signer.errors import ConfigError, SignerError, VerificationError
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
@@ -189,7 +189,7 @@ def parse_uri(uri: str) -> KeyURI:
     timeout = DEFAULT_TIMEOUT
     if "timeout" in values:
         try:
-            timeout = parse_duration(values["timeout"])
+            timeout = parse_duration(values["timeout"], high=MAX_TTL)
         except ValueError as e:
             raise ValueError(f"{uri!r}: timeout: {e}") from None
         if timeout <= dt.timedelta(0):
