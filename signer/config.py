@@ -159,6 +159,7 @@ class StoreConfig:
 
 
 JWT_ALGORITHMS = ("RS256", "ES256")
+ACTOR_CASES = ("insensitive", "sensitive")  # how an issuer compares actor names (logins)
 DEFAULT_RECORDED_CLAIMS = (
     "sub",
     "repository",
@@ -193,6 +194,15 @@ class IssuerConfig:
     jwks_refresh: dt.timedelta = dt.timedelta(seconds=30)  # at most this often on unknown kid
     jwks_max_age: dt.timedelta = dt.timedelta(hours=1)
     officers: Mapping[str, str] = field(default_factory=dict)  # actor claim -> officer
+    actor_case: str = "insensitive"  # GitHub and GitLab logins ignore case
+
+    def same_actor(self, a: str, b: str) -> bool:
+        """Whether two actor names are one account, compared as the issuer compares them.
+
+        Case-insensitive unless the issuer is configured `sensitive`: when in doubt,
+        bar more officers, never fewer.
+        """
+        return a == b if self.actor_case == "sensitive" else a.casefold() == b.casefold()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +212,7 @@ class IssuerConfig:
             "algorithms": list(self.algorithms),
             "identity_claim": self.identity_claim,
             "actor_claim": self.actor_claim,
+            "actor_case": self.actor_case,
             "recorded_claims": list(self.recorded_claims),
             "leeway_seconds": int(self.leeway.total_seconds()),
             "officers": dict(sorted(self.officers.items())),
@@ -618,6 +629,7 @@ def _issuers(
             "algorithms",
             "identity_claim",
             "actor_claim",
+            "actor_case",
             "claims",
             "leeway",
             "jwks_refresh",
@@ -663,6 +675,12 @@ def _issuers(
             officers[actor] = officer
         identity_claim = i.get("identity_claim", str, "sub")
         actor_claim = i.get("actor_claim", str, "actor")
+        actor_case = i.get("actor_case", str, "insensitive")
+        if actor_case not in ACTOR_CASES:
+            raise i.error(
+                "actor_case",
+                f"{actor_case!r}: must be insensitive (the default: GitHub, GitLab) or sensitive",
+            )
         recorded = i.names("claims", list(DEFAULT_RECORDED_CLAIMS))
         out[name] = IssuerConfig(
             name=name,
@@ -681,6 +699,7 @@ def _issuers(
                 i, "jwks_max_age", "1h", dt.timedelta(minutes=1), dt.timedelta(days=1)
             ),
             officers=officers,
+            actor_case=actor_case,
         )
     return out
 

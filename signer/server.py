@@ -158,7 +158,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
     rules = {**DEFAULT_RULES, **config.access}
     oidc = None
     if s.oidc_listen is not None:
-        oidc = OidcVerifier(config.issuers)
+        oidc = OidcVerifier(config.issuers, officers=config.approver_keys)
         oidc.load()
     interceptor = AuthInterceptor(
         config.roles_of,
