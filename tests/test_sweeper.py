@@ -9,7 +9,7 @@ each test waits for what the sweeper must still do afterwards.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def sweeper(world: World) -> Iterator[Sweeper]:
     s.stop()
 
 
-def _failures(logs: list[dict[str, Any]], step: str) -> list[dict[str, Any]]:
+def _failures(logs: Sequence[Mapping[str, Any]], step: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"].startswith("sweeper step failed") and e["step"] == step]
 
 
