@@ -7,10 +7,10 @@ verified checkpoint).
 Security rule: nothing outside the directory is ever read or written through
 it. The directory is opened once (for writing, a symbolic link there is
 refused) and every name in it is opened relative to that descriptor with
-O_NOFOLLOW, so no link is followed, whatever is planted. A copy whose files are not plain files (a
-symbolic link, a FIFO, a device) is refused, and so, when it is to be
-written, is one whose files have other hard links (writing would change them
-too). A file is replaced by writing a fresh name created exclusively in the
+O_NOFOLLOW, so no link is followed, whatever is planted. A copy whose files
+are not plain files (a symbolic link, a FIFO, a device) is refused, and so,
+when it is to be written, is one whose files have other hard links (writing
+would change them too). A file is replaced by writing a fresh name created exclusively in the
 directory (O_CREAT|O_EXCL|O_NOFOLLOW), syncing it, and renaming it over the
 old one; entries are appended in place and synced before the checkpoint that
 commits them is written.
@@ -83,10 +83,12 @@ class LogDir:
         self.close()
 
     def close(self) -> None:
-        for fd in (self._fd, self._history_fd):
-            if fd is not None:
-                os.close(fd)
-        self._history_fd = None
+        if self._history_fd is not None:
+            os.close(self._history_fd)
+            self._history_fd = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     # -- opening -----------------------------------------------------------------------
 

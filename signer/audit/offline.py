@@ -17,8 +17,8 @@ verifier key. Checks, and names the first entry that fails:
 
 Whatever the files hold, the result is a report or one `VerificationError`
 naming the entry and the field, never another exception. The files are read
-through `LogDir`: no symbolic link is followed, and memory stays bounded (one
-entry and O(log n) hashes at a time).
+through `LogDir` (no symbolic link is followed), one entry at a time: the tree
+needs O(log n) hashes, the replay what it keeps of each request.
 """
 
 from __future__ import annotations
