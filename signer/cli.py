@@ -44,7 +44,7 @@ from signer.clikit import (
     stderr,
     stubs,
 )
-from signer.config import load_config, parse_duration
+from signer.config import MAX_TTL, load_config, parse_duration
 from signer.convert import HASH_FROM_PB, HASH_TO_PB
 from signer.devenv import init_devenv
 from signer.errors import ConfigError, ResponseMismatchError, VerificationError
@@ -279,9 +279,9 @@ def _context(pairs: tuple[str, ...]) -> dict[str, str]:
     return ctx
 
 
-def _duration(text: str, hint: str) -> dt.timedelta:
+def _duration(text: str, hint: str, low: dt.timedelta = dt.timedelta(0)) -> dt.timedelta:
     try:
-        return parse_duration(text)
+        return parse_duration(text, low, MAX_TTL)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint=hint) from None
 
@@ -355,6 +355,8 @@ def sign(
     sends an in-toto Statement over the artifacts, which the officers see, and
     writes the signed DSSE envelope plus a bundle for it.
     """
+    lifetime = _duration(ttl, "--ttl", dt.timedelta(seconds=1)) if ttl else None
+    wait_for = _duration(timeout, "--timeout")  # both checked before anything is sent
     digests = _digests(files, raw_digests, hash_name)
     if not digests:
         raise click.UsageError("give --file or --digest")
@@ -384,8 +386,8 @@ def sign(
         ]
     profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
     ttl_pb = duration_pb2.Duration()
-    if ttl:
-        ttl_pb.FromTimedelta(_duration(ttl, "--ttl"))
+    if lifetime is not None:
+        ttl_pb.FromTimedelta(lifetime)
     create = signing_pb2.CreateSigningRequestRequest(
         key_name=key_name,
         digests=digests,
@@ -406,7 +408,7 @@ def sign(
             f"(request {request.id})..."
         )
         asked = asked.for_request(request.id)
-        last, _ = workflow.wait(profile, stub, asked, _duration(timeout, "--timeout"))
+        last, _ = workflow.wait(profile, stub, asked, wait_for)
         request = last or request
         if as_json:
             print_json(request_dict(request))
@@ -760,8 +762,10 @@ def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     try:
         ts.FromDatetime(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO time", param_hint=hint) from None
+    except (ValueError, OverflowError):  # OverflowError: a time zone shifts it past 0001..9999
+        raise click.BadParameter(
+            f"{text!r} is not an ISO time from 0001 to 9999", param_hint=hint
+        ) from None
     return ts
 
 
@@ -854,7 +858,7 @@ def audit_export(profile_path: Path | None, server: str | None, fmt: str, **filt
 
 
 @audit.command("show")
-@click.argument("index", type=click.IntRange(0))
+@click.argument("index", type=click.IntRange(0, 2**63 - 2))
 @profile_opt
 @server_opt
 @handle_errors

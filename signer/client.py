@@ -130,7 +130,9 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
     if not isinstance(addr, str) or ":" not in addr:
         raise ConfigError(f"profile {path}: server must be HOST:PORT")
     try:
-        timeout = parse_duration(str(raw.get("timeout", "30s")))
+        timeout = parse_duration(
+            str(raw.get("timeout", "30s")), dt.timedelta(seconds=1), dt.timedelta(hours=1)
+        )
     except ValueError as e:
         raise ConfigError(f"profile {path}: timeout: {e}") from None
     verifier = None

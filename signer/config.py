@@ -31,6 +31,8 @@ from signer.errors import ConfigError
 from signer.text import KEY_NAME
 
 __all__ = [
+    "MAX_DURATION",
+    "MAX_TTL",
     "ROLES",
     "ClaimRule",
     "Config",
@@ -38,6 +40,7 @@ __all__ = [
     "KeyPolicy",
     "ServerConfig",
     "TokenConfig",
+    "format_duration",
     "load_config",
     "parse_duration",
     "read_secret",
@@ -45,24 +48,44 @@ __all__ = [
 
 ROLES = ("requester", "approver", "auditor", "admin")
 _NAME = KEY_NAME
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+# The longest duration any setting, flag or URI may name: far below what datetime holds,
+# so no expiry or deadline computed from one can overflow.
+MAX_DURATION = dt.timedelta(days=366)
+MAX_TTL = dt.timedelta(days=30)  # a request's lifetime (keys.NAME.max_ttl, --ttl, waits on one)
+_SECOND = dt.timedelta(seconds=1)
 
 
 def parse_address(address: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) -> (host, port); ValueError if malformed."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
+        raise ValueError(f"{address!r} must be HOST:PORT (port 1-65535), e.g. 127.0.0.1:9464")
     return host.strip("[]"), int(port)
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    """Parse `1h30m`, `15m`, `90s`, `2d`; ValueError otherwise."""
-    m = _DURATION.match(text.strip())
+def parse_duration(
+    text: str, low: dt.timedelta = dt.timedelta(0), high: dt.timedelta = MAX_DURATION
+) -> dt.timedelta:
+    """Parse `1h30m`, `15m`, `90s`, `2d` within [low, high]; ValueError naming the range."""
+    m = _DURATION.fullmatch(text.strip()) if len(text) <= 64 else None
     if not text.strip() or m is None:
         raise ValueError(f"{text!r} is not a duration like 15m, 1h or 1h30m")
     d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-    return dt.timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    seconds = ((d * 24 + h) * 60 + mi) * 60 + s  # exact (Python ints): checked before timedelta
+    if not low.total_seconds() <= seconds <= high.total_seconds():
+        raise ValueError(
+            f"{text.strip()!r} is out of range: must be from {format_duration(low)} "
+            f"to {format_duration(high)}"
+        )
+    return dt.timedelta(seconds=seconds)
+
+
+def format_duration(d: dt.timedelta) -> str:
+    """The shortest `parse_duration` text for a whole number of seconds, e.g. 1h30m."""
+    s = int(d.total_seconds())
+    parts = [(s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "m"), (s % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
 def read_secret(file: Path | None, env: str | None, what: str) -> str:
@@ -137,6 +160,7 @@ class StoreConfig:
 
 
 JWT_ALGORITHMS = ("RS256", "ES256")
+ACTOR_CASES = ("insensitive", "sensitive")  # how an issuer compares actor names (logins)
 DEFAULT_RECORDED_CLAIMS = (
     "sub",
     "repository",
@@ -171,6 +195,15 @@ class IssuerConfig:
     jwks_refresh: dt.timedelta = dt.timedelta(seconds=30)  # at most this often on unknown kid
     jwks_max_age: dt.timedelta = dt.timedelta(hours=1)
     officers: Mapping[str, str] = field(default_factory=dict)  # actor claim -> officer
+    actor_case: str = "insensitive"  # GitHub and GitLab logins ignore case
+
+    def same_actor(self, a: str, b: str) -> bool:
+        """Whether two actor names are one account, compared as the issuer compares them.
+
+        Case-insensitive unless the issuer is configured `sensitive`: when in doubt,
+        bar more officers, never fewer.
+        """
+        return a == b if self.actor_case == "sensitive" else a.casefold() == b.casefold()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +213,7 @@ class IssuerConfig:
             "algorithms": list(self.algorithms),
             "identity_claim": self.identity_claim,
             "actor_claim": self.actor_claim,
+            "actor_case": self.actor_case,
             "recorded_claims": list(self.recorded_claims),
             "leeway_seconds": int(self.leeway.total_seconds()),
             "officers": dict(sorted(self.officers.items())),
@@ -432,11 +466,18 @@ def _server(r: _Reader) -> ServerConfig:
         "workers",
     )
     listen = r.get("listen", str)
-    if ":" not in listen:
-        raise r.error("listen", f"{listen!r} must be HOST:PORT, e.g. 127.0.0.1:7443")
+    try:
+        parse_address(listen)
+    except ValueError as e:
+        raise r.error("listen", str(e)) from None
     oidc_listen = r.get("oidc_listen", str, None)
-    if oidc_listen is not None and (":" not in oidc_listen or oidc_listen == listen):
-        raise r.error("oidc_listen", f"{oidc_listen!r} must be a HOST:PORT other than listen")
+    if oidc_listen is not None:
+        try:
+            parse_address(oidc_listen)
+        except ValueError as e:
+            raise r.error("oidc_listen", str(e)) from None
+        if oidc_listen == listen:
+            raise r.error("oidc_listen", f"{oidc_listen!r} must be a HOST:PORT other than listen")
     metrics_listen = r.get("metrics_listen", str, None)
     if metrics_listen is not None:
         try:
@@ -448,10 +489,7 @@ def _server(r: _Reader) -> ServerConfig:
     max_bytes = r.get("max_message_bytes", int, 4 * 1024 * 1024)
     if not 1024 <= max_bytes <= 64 * 1024 * 1024:
         raise r.error("max_message_bytes", "must be between 1024 and 67108864")
-    try:
-        max_wait = parse_duration(r.get("max_wait", str, "60s"))
-    except ValueError as e:
-        raise r.error("max_wait", str(e)) from None
+    max_wait = _duration_of(r, "max_wait", "60s", _SECOND, dt.timedelta(hours=1))
     workers = r.get("workers", int, 64)
     if not 4 <= workers <= 1024:
         raise r.error("workers", "must be between 4 and 1024")
@@ -567,9 +605,11 @@ def _approver_keys(
     return out
 
 
-def _duration_of(r: _Reader, key: str, default: str) -> dt.timedelta:
+def _duration_of(
+    r: _Reader, key: str, default: str, low: dt.timedelta, high: dt.timedelta
+) -> dt.timedelta:
     try:
-        value = parse_duration(r.get(key, str, default))
+        value = parse_duration(r.get(key, str, default), low, high)
     except ValueError as e:
         raise r.error(key, str(e)) from None
     return value
@@ -590,6 +630,7 @@ def _issuers(
             "algorithms",
             "identity_claim",
             "actor_claim",
+            "actor_case",
             "claims",
             "leeway",
             "jwks_refresh",
@@ -635,6 +676,12 @@ def _issuers(
             officers[actor] = officer
         identity_claim = i.get("identity_claim", str, "sub")
         actor_claim = i.get("actor_claim", str, "actor")
+        actor_case = i.get("actor_case", str, "insensitive")
+        if actor_case not in ACTOR_CASES:
+            raise i.error(
+                "actor_case",
+                f"{actor_case!r}: must be insensitive (the default: GitHub, GitLab) or sensitive",
+            )
         recorded = i.names("claims", list(DEFAULT_RECORDED_CLAIMS))
         out[name] = IssuerConfig(
             name=name,
@@ -647,13 +694,14 @@ def _issuers(
             identity_claim=identity_claim,
             actor_claim=actor_claim,
             recorded_claims=tuple(dict.fromkeys((*recorded, identity_claim, actor_claim))),
-            leeway=_duration_of(i, "leeway", "30s"),
-            jwks_refresh=_duration_of(i, "jwks_refresh", "30s"),
-            jwks_max_age=_duration_of(i, "jwks_max_age", "1h"),
+            leeway=_duration_of(i, "leeway", "30s", dt.timedelta(0), dt.timedelta(minutes=5)),
+            jwks_refresh=_duration_of(i, "jwks_refresh", "30s", _SECOND, dt.timedelta(hours=1)),
+            jwks_max_age=_duration_of(
+                i, "jwks_max_age", "1h", dt.timedelta(minutes=1), dt.timedelta(days=1)
+            ),
             officers=officers,
+            actor_case=actor_case,
         )
-        if out[name].leeway > dt.timedelta(minutes=5):
-            raise i.error("leeway", "must be at most 5m")
     return out
 
 
@@ -735,12 +783,7 @@ def _keys(
         for q in requesters:
             if "requester" not in identities.get(q, frozenset()):
                 raise k.error("requesters", f"{q!r} has no requester role under [identities]")
-        try:
-            max_ttl = parse_duration(k.get("max_ttl", str, "1h"))
-        except ValueError as e:
-            raise k.error("max_ttl", str(e)) from None
-        if max_ttl <= dt.timedelta(0):
-            raise k.error("max_ttl", "must be positive")
+        max_ttl = _duration_of(k, "max_ttl", "1h", _SECOND, MAX_TTL)
         out[name] = KeyPolicy(
             name,
             ALGORITHMS[alg_name] if alg_name else None,

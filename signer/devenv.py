@@ -43,11 +43,16 @@ def init_devenv(
 ) -> list[str]:
     """Create the environment under `root`; return the names of the files made."""
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) == 0:
-        raise ConfigError(f"--listen {listen!r} must be HOST:PORT with a fixed port")
-    if root.exists() and any(root.iterdir()):
-        raise ConfigError(f"{root} exists and is not empty; choose a new directory")
-    root.mkdir(parents=True, exist_ok=True)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {listen!r} must be HOST:PORT with a fixed port (1-65535)")
+    try:
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{root} is a file, not a directory; choose a new directory")
+        if root.exists() and any(root.iterdir()):
+            raise ConfigError(f"{root} exists and is not empty; choose a new directory")
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent is a file, or not readable or writable
+        raise ConfigError(f"cannot use {root} as a new directory: {e.strerror}") from None
     root = root.resolve()
     for d in ("secrets", "tls", "approvers", "profiles", "trust"):
         (root / d).mkdir(mode=0o700 if d == "secrets" else 0o755)

@@ -11,6 +11,12 @@ a bounded rate, when the kid is unknown); the signature verifies with that
 key, whose own algorithm must match; `iss`, `aud`, `exp`, `nbf` and `iat`
 hold within a small leeway. PyJWT does the JOSE work. The identity is
 `oidc:ISSUER:<identity claim>`; the configured claims are recorded.
+
+The pipeline's actor may not decide on its request (invariant 2): every
+officer the actor claim maps to, and every officer named like the actor, is
+barred. Actor names are compared as the issuer compares logins: without
+regard to case unless the issuer is configured `actor_case = "sensitive"`,
+so `Octo-Alice` is barred as the officer mapped from `octo-alice`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jwt
@@ -139,9 +145,13 @@ class OidcVerifier:
     """Verifies bearer tokens against the configured issuers."""
 
     def __init__(
-        self, issuers: Mapping[str, IssuerConfig], jwks: Mapping[str, Jwks] | None = None
+        self,
+        issuers: Mapping[str, IssuerConfig],
+        jwks: Mapping[str, Jwks] | None = None,
+        officers: Iterable[str] = (),
     ) -> None:
         self._by_iss = {i.issuer: i for i in issuers.values()}
+        self._officers = tuple(officers)  # every officer's name, to bar one named like the actor
         self._jwks = dict(jwks) if jwks is not None else {n: Jwks(i) for n, i in issuers.items()}
 
     def load(self) -> None:
@@ -214,8 +224,7 @@ class OidcVerifier:
             raise _fail("TOKEN_INVALID", str(e)) from None
         return claims
 
-    @staticmethod
-    def _caller(issuer: IssuerConfig, claims: Mapping[str, Any]) -> TokenCaller:
+    def _caller(self, issuer: IssuerConfig, claims: Mapping[str, Any]) -> TokenCaller:
         recorded: dict[str, str] = {}
         for name in issuer.recorded_claims:
             value = claims.get(name)
@@ -234,11 +243,16 @@ class OidcVerifier:
         if not subject:
             raise _fail("TOKEN_CLAIMS", f"the token has no {issuer.identity_claim!r} claim")
         actor = recorded.get(issuer.actor_claim, "")
-        barred = tuple(sorted({o for a, o in issuer.officers.items() if a == actor} | {actor}))
         return TokenCaller(
             issuer=issuer.name,
             identity=f"oidc:{issuer.name}:{subject}",
             claims=recorded,
             actor=actor,
-            barred=tuple(b for b in barred if b),
+            barred=self._barred(issuer, actor),
         )
+
+    def _barred(self, issuer: IssuerConfig, actor: str) -> tuple[str, ...]:
+        """The actor itself, the officers it maps to and the officers named like it."""
+        mapped = {o for a, o in issuer.officers.items() if issuer.same_actor(a, actor)}
+        named = {o for o in self._officers if issuer.same_actor(o, actor)}
+        return tuple(sorted(b for b in mapped | named | {actor} if b))

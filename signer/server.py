@@ -9,10 +9,8 @@ outage left unsigned (invariant 9).
 
 from __future__ import annotations
 
-import datetime as dt
-import threading
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -24,12 +22,14 @@ from signer.admin import checkpointer_for, open_token
 from signer.auth import DEFAULT_RULES, AuthInterceptor
 from signer.config import Config
 from signer.core import Core, KeySpec
-from signer.errors import ConfigError, SignerError
+from signer.errors import ConfigError
 from signer.hsm import Token
 from signer.metrics import Metrics
 from signer.oidc import OidcVerifier
 from signer.service import ApprovalService, AuditService, SigningService
 from signer.store import Store, open_store
+from signer.sweeper import Sweeper
+from signer.tls import check_server_files
 from signer.v1 import (
     approval_pb2,
     approval_pb2_grpc,
@@ -73,11 +73,11 @@ class Server:
     oidc_port: int = 0
     metrics: Metrics | None = None
     metrics_port: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _sweeper: threading.Thread | None = None
+    _sweeper: Sweeper | None = None
 
     @classmethod
     def build(cls, config: Config) -> Server:
+        _check_tls(config)  # before the token, the store or a port is touched
         token = open_token(config)
         store: Store | None = None
         metrics: Metrics | None = None
@@ -129,7 +129,7 @@ class Server:
         self.core.recover()
         self.core.expire_due()
         self.grpc_server.start()
-        self._sweeper = threading.Thread(target=self._sweep, name="sweeper", daemon=True)
+        self._sweeper = Sweeper(self.core)
         self._sweeper.start()
         log.info(
             "serving",
@@ -140,22 +140,13 @@ class Server:
             policy_hash=self.config.policy_hash,
         )
 
-    def _sweep(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                self.core.expire_due()
-                self.core.recover(min_age=dt.timedelta(seconds=10))
-            except SignerError as e:
-                log.error("sweeper failed; will retry", error=str(e))
-
     def wait(self) -> None:
         self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float = 2.0) -> None:
-        self._stop.set()
-        self.grpc_server.stop(grace).wait()
         if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
+            self._sweeper.stop()
+        self.grpc_server.stop(grace).wait()
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
@@ -167,7 +158,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
     rules = {**DEFAULT_RULES, **config.access}
     oidc = None
     if s.oidc_listen is not None:
-        oidc = OidcVerifier(config.issuers)
+        oidc = OidcVerifier(config.issuers, officers=config.approver_keys)
         oidc.load()
     interceptor = AuthInterceptor(
         config.roles_of,
@@ -209,6 +200,15 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
         tls = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
         oidc_port = _bind(server, s.oidc_listen, tls, config, "oidc_listen")
     return server, port, oidc_port
+
+
+def _check_tls(config: Config) -> None:
+    """A mismatched certificate and key is named as such (gRPC says only that it cannot bind)."""
+    s = config.server
+    try:
+        check_server_files(s.tls_cert, s.tls_key, s.client_ca)
+    except ValueError as e:
+        raise ConfigError(f"{config.path}: server.tls_cert, tls_key, client_ca: {e}") from None
 
 
 def _bind(

@@ -7,7 +7,7 @@ idempotently). A URI names a service key and, optionally, how to reach it:
     signer:KEY_NAME[?profile=PATH][&timeout=15m][&artifact=NAME]
 
 `profile` is a client profile (default $SIGNER_PROFILE), `timeout` how long
-`sign()` waits for the officers (default 15m), `artifact` the name officers see
+`sign()` waits for the officers (default 15m, at most 30d), `artifact` the name officers see
 (default "tuf metadata"); values are percent-decoded, and anything else in the
 URI is a ValueError. `sign(payload)` hashes the payload with the key scheme's
 hash, asks for a signature over that one digest, prints progress on stderr and
@@ -64,7 +64,7 @@ from signer import workflow
 from signer.algorithms import ALGORITHMS, HASH_SIZES
 from signer.client import Profile, RemoteError, load_profile
 from signer.clikit import stubs
-from signer.config import parse_duration
+from signer.config import MAX_TTL, parse_duration
 from signer.convert import HASH_TO_PB
 from signer.errors import ConfigError, SignerError, VerificationError
 from signer.text import DISPLAY_RULE, KEY_NAME, MAX_ARTIFACT, is_artifact_name, shown
@@ -187,7 +187,7 @@ def parse_uri(uri: str) -> KeyURI:
     timeout = DEFAULT_TIMEOUT
     if "timeout" in values:
         try:
-            timeout = parse_duration(values["timeout"])
+            timeout = parse_duration(values["timeout"], high=MAX_TTL)
         except ValueError as e:
             raise ValueError(f"{uri!r}: timeout: {e}") from None
         if timeout <= dt.timedelta(0):

@@ -1,8 +1,11 @@
-"""A small X.509 CA for the dev environment and the tests.
+"""A small X.509 CA for the dev environment and the tests, and the server's TLS check.
 
 Issues the server certificate with both `DNS:localhost` and the listen
 host as SANs (strict gRPC clients check them) and client certificates whose
 CN is the identity the server will see. Private keys are written 0600.
+`check_server_files` proves, before the server binds a port, that its
+certificate and key belong together and that its client CA is a certificate,
+so a mistake there is named as such (gRPC only reports that it cannot bind).
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import datetime as dt
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DevCA", "write_private"]
+__all__ = ["DevCA", "check_server_files", "write_private"]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -26,6 +31,38 @@ def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def _spki(key: Any) -> bytes:
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def check_server_files(cert: Path, key: Path, client_ca: Path | None = None) -> None:
+    """ValueError naming the file unless `key` is the private key of `cert`'s (first)
+    certificate, and `client_ca` (if given) holds PEM certificates."""
+    try:
+        leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cert} is not a PEM certificate ({e})") from None
+    try:
+        private = serialization.load_pem_private_key(key.read_bytes(), None)
+    except TypeError:
+        raise ValueError(f"{key} is encrypted; the server needs an unencrypted key") from None
+    except (OSError, ValueError, UnsupportedAlgorithm) as e:
+        raise ValueError(f"{key} is not a PEM private key ({e})") from None
+    if _spki(private.public_key()) != _spki(leaf.public_key()):
+        raise ValueError(
+            f"the key {key} does not match the certificate {cert} (another key pair's "
+            "certificate or key); use the key the certificate was issued for"
+        )
+    if client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(client_ca.read_bytes())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{client_ca} is not a PEM certificate ({e})") from None
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

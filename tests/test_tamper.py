@@ -623,7 +623,7 @@ def test_offline_edits_name_the_first_bad_entry(offline: Case) -> None:
         # fields the semantic checks need, missing or mistyped (once a traceback)
         (
             [*lines[:created], _without_key_name(lines[created]), *lines[created + 1 :]],
-            [f"entry {late} (request.approved): malformed details (KeyError: 'key_name')"],
+            [f"entry {created} (request.created): details.key_name is missing"],
         ),
         (
             [*lines[:late], _with(lines[late], time=5), *lines[late + 1 :]],

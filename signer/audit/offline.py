@@ -5,7 +5,8 @@ verifier key. Checks, and names the first entry that fails:
 
 - every checkpoint's signature (signed note, pinned verifier) and that no two
   checkpoints of one size differ (a fork);
-- every entry is canonical JSON with the index of its position, and the tree
+- every entry is canonical JSON with the index of its position, each of its
+  fields of its type (and each detail the checks below read), and the tree
   recomputed from the entries has, at each checkpoint's size, that
   checkpoint's root (so any edit, deletion, insertion or reordering shows);
 - the semantics: every `request.signed` entry is backed by at least m valid
@@ -13,12 +14,19 @@ verifier key. Checks, and names the first entry that fails:
   policy in force (recorded whole in `server.started`, hash checked), each
   bound to the same request id, key name, key id and digests, none from the
   requester (nor the actor of an OIDC pipeline), and no denial.
+
+Whatever the files hold, the result is a report or one `VerificationError`
+naming the entry and the field, never another exception. The files are read
+through `LogDir` (no symbolic link is followed), one entry at a time: the tree
+needs O(log n) hashes, the replay what it keeps of each request.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,47 +35,25 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
+from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.dsse import Envelope
 from signer.encoding import canonical_json
 from signer.errors import EnvelopeError, VerificationError
 from signer.model import Digest
 
-__all__ = ["LogDir", "Report", "verify_dir"]
+__all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
+
+_PUBLIC_KEY = re.compile(r"[0-9a-f]{64}\Z")
+_JSON_TYPES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    list: "a list",
+    dict: "an object",
+}
 
 
-class LogDir:
-    """The files of a fetched log: entries.jsonl, checkpoint, checkpoints/SIZE.note."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries = path / "entries.jsonl"
-        self.checkpoint = path / "checkpoint"
-        self.history = path / "checkpoints"
-
-    def read_entries(self) -> Iterator[bytes]:
-        if not self.entries.exists():
-            return
-        with self.entries.open("rb") as f:
-            for line in f:
-                yield line.rstrip(b"\n")
-
-    @staticmethod
-    def read_note(path: Path) -> str:
-        """A note file's text; undecodable bytes become lone surrogates, which the
-        note parser refuses as invalid UTF-8 (instead of a UnicodeDecodeError)."""
-        return path.read_text(encoding="utf-8", errors="surrogateescape")
-
-    def notes(self) -> list[tuple[Path, str]]:
-        found = list(self.history.glob("*.note"))
-        for p in found:
-            if not p.stem.isdecimal():
-                raise VerificationError(f"{p}: not a checkpoint file (checkpoints/SIZE.note)")
-        found.sort(key=lambda p: int(p.stem))
-        return [(p, self.read_note(p)) for p in found]
-
-
-class _Prefix:
+class PrefixTree:
     """Roots of every prefix of a stream of leaves, in O(log n) memory."""
 
     def __init__(self) -> None:
@@ -91,6 +77,83 @@ class _Prefix:
         return h
 
 
+# -- the type of every field -------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return next((n for t, n in _JSON_TYPES.items() if isinstance(value, t)), type(value).__name__)
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    """`value` if it is of the JSON type `kind` (a boolean is not an integer)."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{where} must be {_JSON_TYPES[kind]}, not {_json_type(value)}")
+
+
+def _field(d: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    if key not in d:
+        if default is not ...:
+            return default
+        raise ValueError(f"{where}.{key} is missing")
+    return _typed(d[key], kind, f"{where}.{key}")
+
+
+def _strings(d: Mapping[str, Any], key: str, where: str, default: Any = ...) -> list[str]:
+    values: list[str] = _field(d, key, list, where, default)
+    for i, v in enumerate(values):
+        _typed(v, str, f"{where}.{key}[{i}]")
+    return values
+
+
+_ENTRY_FIELDS: dict[str, type] = {
+    "index": int,
+    "time": str,
+    "event": str,
+    "actor": str,
+    "request_id": str,
+    "details": dict,
+}
+
+
+def _entry_problem(raw: bytes, error: Exception) -> str:
+    """Why `raw` is not an audit entry, naming the field where one is to blame."""
+    try:
+        d = json.loads(raw)
+        _typed(d, dict, "the entry")
+        for key, kind in _ENTRY_FIELDS.items():
+            _field(d, key, kind, "entry")
+    except (ValueError, RecursionError) as e:
+        return str(e)[:200]
+    return str(error)[:200]
+
+
+def parse_entry(raw: bytes, position: int) -> AuditEntry:
+    """The entry at `position`: canonical JSON, each field of its type, its own index."""
+    try:
+        entry = AuditEntry.from_bytes(raw)  # a time that parsed was a string
+        for key, kind in _ENTRY_FIELDS.items():
+            if key != "time":
+                _typed(getattr(entry, key), kind, f"entry.{key}")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise VerificationError(
+            f"entry {position}: not a canonical audit entry: {_entry_problem(raw, e)}"
+        ) from None
+    if entry.index != position:
+        raise VerificationError(
+            f"entry {position}: says it is entry {entry.index}: entries were removed, "
+            "inserted or reordered"
+        )
+    return entry
+
+
+# -- the semantics -----------------------------------------------------------------------
+
+
 @dataclass
 class Report:
     entries: int = 0
@@ -101,19 +164,76 @@ class Report:
     policies: int = 0
 
 
+@dataclass(frozen=True)
+class _KeyRule:
+    approvers: frozenset[str]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class _Policy:
+    """What the checks read of a recorded policy, every field checked for its type."""
+
+    keys: dict[str, _KeyRule]
+    approver_keys: dict[str, bytes]  # officer -> raw Ed25519 public key
+
+    @classmethod
+    def parse(cls, policy: Mapping[str, Any]) -> _Policy:
+        where = "details.policy"
+        keys = {}
+        for name, rule in _field(policy, "keys", dict, where, {}).items():
+            at = f"{where}.keys.{name}"
+            _typed(rule, dict, at)
+            threshold = _field(rule, "threshold", int, at)
+            if threshold < 1:
+                raise ValueError(f"{at}.threshold must be at least 1, not {threshold}")
+            keys[name] = _KeyRule(frozenset(_strings(rule, "approvers", at)), threshold)
+        approver_keys = {}
+        for name, key in _field(policy, "approver_keys", dict, where, {}).items():
+            at = f"{where}.approver_keys.{name}"
+            if not _PUBLIC_KEY.match(_typed(key, str, at)):
+                raise ValueError(f"{at} must be 64 lowercase hex digits (an Ed25519 public key)")
+            approver_keys[name] = bytes.fromhex(key)
+        return cls(keys, approver_keys)
+
+
+def _digest(value: Any, where: str) -> Digest:
+    _typed(value, dict, where)
+    for key in ("algorithm", "digest", "artifact"):
+        _field(value, key, str, where)
+    try:
+        return Digest.from_dict(value)
+    except ValueError:
+        raise ValueError(f"{where}.digest must be hex digits") from None
+
+
 @dataclass
 class _Request:
-    created: dict[str, Any]
+    key_name: str
+    key_id: str
+    digests: tuple[Digest, ...]
     requester: str
+    barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
     approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> raw key
     denied: bool = False
     signed: bool = False
 
-    @property
-    def barred(self) -> list[str]:
-        """Officers who may not decide: the OIDC pipeline's actor, as mapped at creation."""
-        caller = self.created.get("caller") or {}
-        return list(caller.get("barred_approvers", []))
+    @classmethod
+    def parse(cls, e: AuditEntry) -> _Request:
+        d = e.details
+        digests = tuple(
+            _digest(x, f"details.digests[{i}]")
+            for i, x in enumerate(_field(d, "digests", list, "details"))
+        )
+        caller = _field(d, "caller", dict, "details", {})
+        barred = _strings(caller, "barred_approvers", "details.caller", [])
+        return cls(
+            _field(d, "key_name", str, "details"),
+            _field(d, "key_id", str, "details"),
+            digests,
+            e.actor,
+            frozenset(barred),
+        )
 
 
 class _Semantics:
@@ -121,7 +241,7 @@ class _Semantics:
 
     def __init__(self, report: Report) -> None:
         self.report = report
-        self.policy: dict[str, Any] | None = None
+        self.policy = _Policy({}, {})
         self.requests: dict[str, _Request] = {}
 
     def check(self, e: AuditEntry) -> None:
@@ -132,18 +252,17 @@ class _Semantics:
             handler(e)
 
     def _server_started(self, e: AuditEntry) -> None:
-        policy = e.details.get("policy")
-        if not isinstance(policy, dict):
-            raise ValueError("server.started does not record the policy")
-        if hashlib.sha256(canonical_json(policy)).hexdigest() != e.details.get("policy_hash"):
+        policy = _field(e.details, "policy", dict, "details")
+        policy_hash = _field(e.details, "policy_hash", str, "details")
+        if hashlib.sha256(canonical_json(policy)).hexdigest() != policy_hash:
             raise ValueError("the recorded policy does not match its policy_hash")
-        self.policy = policy
+        self.policy = _Policy.parse(policy)
         self.report.policies += 1
 
     def _request_created(self, e: AuditEntry) -> None:
         if e.request_id in self.requests:
             raise ValueError("request created twice")
-        self.requests[e.request_id] = _Request(e.details, e.actor)
+        self.requests[e.request_id] = _Request.parse(e)
 
     def _request(self, e: AuditEntry) -> _Request:
         r = self.requests.get(e.request_id)
@@ -165,54 +284,52 @@ class _Semantics:
 
     def _request_signed(self, e: AuditEntry) -> None:
         r = self._request(e)
+        key_id = _field(e.details, "key_id", str, "details")
+        named = _strings(e.details, "approvers", "details", [])
         if r.signed:
             raise ValueError("request signed twice")
         if r.denied:
             raise ValueError("request signed after a denial")
-        key_name = r.created["key_name"]
-        key_policy = (self.policy or {}).get("keys", {}).get(key_name)
-        if key_policy is None:
-            raise ValueError(f"no policy in force for key {key_name!r}")
-        if e.details.get("key_id") != r.created["key_id"]:
+        rule = self.policy.keys.get(r.key_name)
+        if rule is None:
+            raise ValueError(f"no policy in force for key {r.key_name!r}")
+        if key_id != r.key_id:
             raise ValueError("signed with another key id than the request names")
         valid: dict[str, bytes] = {
             a: k
             for a, k in r.approvals.items()
-            if a in key_policy["approvers"] and a != r.requester and a not in r.barred
+            if a in rule.approvers and a != r.requester and a not in r.barred
         }
-        distinct_keys = len(set(valid.values()))
-        if min(len(valid), distinct_keys) < key_policy["threshold"]:
+        distinct = min(len(valid), len(set(valid.values())))
+        if distinct < rule.threshold:
             raise ValueError(
-                f"signed with {min(len(valid), distinct_keys)} valid distinct approvals; "
-                f"the policy needs {key_policy['threshold']}"
+                f"signed with {distinct} valid distinct approvals; "
+                f"the policy needs {rule.threshold}"
             )
-        if not set(e.details.get("approvers", [])) <= set(valid):
+        if not set(named) <= set(valid):
             raise ValueError("the signed entry names approvers without a valid approval")
         r.signed = True
         self.report.signed += 1
 
     def _verify_envelope(self, e: AuditEntry, r: _Request, decision: str = "approve") -> bytes:
-        keys = (self.policy or {}).get("approver_keys", {})
-        if e.actor not in keys or e.details.get("approver") != e.actor:
+        approver = _field(e.details, "approver", str, "details")
+        envelope = _field(e.details, "envelope", str, "details")
+        raw = self.policy.approver_keys.get(e.actor)
+        if raw is None or approver != e.actor:
             raise ValueError(f"{e.actor!r} has no approval key in the policy in force")
-        raw = bytes.fromhex(keys[e.actor])
         try:
-            st = Envelope.parse(str(e.details["envelope"]).encode()).verify(
+            st = Envelope.parse(envelope.encode()).verify(
                 ed25519.Ed25519PublicKey.from_public_bytes(raw)
             )
-        except (EnvelopeError, KeyError) as x:
+        except EnvelopeError as x:
             raise ValueError(f"approval envelope by {e.actor} does not verify: {x}") from None
-        try:
-            created = [Digest.from_dict(x) for x in r.created["digests"]]
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError("the request.created entry's digests are malformed") from None
         bound = (
             st.request_id == e.request_id
-            and st.key_name == r.created["key_name"]
-            and st.key_id == r.created["key_id"]
+            and st.key_name == r.key_name
+            and st.key_id == r.key_id
             and st.approver == e.actor
             and st.decision == decision
-            and st.binds(created)
+            and st.binds(r.digests)
         )
         if not bound:
             raise ValueError(f"the {decision} by {e.actor} is not bound to this request")
@@ -225,50 +342,50 @@ class _Semantics:
 
 def verify_dir(path: Path, verifier: Verifier) -> Report:
     """Verify a fetched log; VerificationError names the first problem."""
-    log = LogDir(path)
-    if not log.checkpoint.exists():
-        raise VerificationError(f"{path} has no checkpoint; run `signer audit fetch` first")
-    report = Report()
+    with LogDir(path) as log:
+        if not log.has_checkpoint():
+            raise VerificationError(f"{path} has no checkpoint; run `signer audit fetch` first")
+        by_size = _checkpoints(log, verifier)
+        report = Report(checkpoints=len(by_size), tree_size=max(by_size))
+        tree, semantics = PrefixTree(), _Semantics(report)
+        for i, raw in enumerate(log.read_entries()):
+            entry = parse_entry(raw, i)
+            tree.push(merkle.leaf_hash(raw))
+            covering = by_size.get(tree.size)
+            if covering is not None and covering.root != tree.root():
+                raise VerificationError(
+                    f"entry {i}: the log up to here does not match the signed checkpoint of "
+                    f"size {tree.size}: an entry at or before {i} was changed, removed or "
+                    "reordered"
+                )
+            _check_semantics(semantics, entry, i)
+    report.entries = tree.size
+    if tree.size != report.tree_size:
+        raise VerificationError(
+            f"the log has {tree.size} entries but its latest checkpoint covers {report.tree_size}"
+        )
+    return report
+
+
+def _checkpoints(log: LogDir, verifier: Verifier) -> dict[int, Checkpoint]:
+    """Every checkpoint of the copy by size, each signature verified; a fork is refused."""
     by_size: dict[int, Checkpoint] = {}
-    for p, note in [*log.notes(), (log.checkpoint, log.read_note(log.checkpoint))]:
+    for p, note in [*log.notes(), (log.checkpoint, log.read_checkpoint())]:
         cp = open_checkpoint(note, verifier, str(p))
         if cp.size in by_size and by_size[cp.size].root != cp.root:
             raise VerificationError(
                 f"two checkpoints of size {cp.size} have different roots: the log forked"
             )
         by_size[cp.size] = cp
-    report.checkpoints = len(by_size)
-    latest = max(by_size)
-    tree, semantics = _Prefix(), _Semantics(report)
-    for i, raw in enumerate(log.read_entries()):
-        try:
-            entry = AuditEntry.from_bytes(raw)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise VerificationError(f"entry {i}: not a canonical audit entry: {e}") from None
-        if entry.index != i:
-            raise VerificationError(
-                f"entry {i}: says it is entry {entry.index}: entries were removed, "
-                "inserted or reordered"
-            )
-        tree.push(merkle.leaf_hash(raw))
-        covering = by_size.get(tree.size)
-        if covering is not None and covering.root != tree.root():
-            raise VerificationError(
-                f"entry {i}: the log up to here does not match the signed checkpoint of size "
-                f"{tree.size}: an entry at or before {i} was changed, removed or reordered"
-            )
-        try:
-            semantics.check(entry)
-        except ValueError as e:
-            raise VerificationError(f"entry {i} ({entry.event}): {e}") from None
-        except (KeyError, TypeError, AttributeError) as e:  # fields missing or mistyped
-            raise VerificationError(
-                f"entry {i} ({entry.event}): malformed details ({type(e).__name__}: {e})"
-            ) from None
-    report.entries = tree.size
-    report.tree_size = latest
-    if tree.size != latest:
+    return by_size
+
+
+def _check_semantics(semantics: _Semantics, entry: AuditEntry, i: int) -> None:
+    try:
+        semantics.check(entry)
+    except ValueError as e:
+        raise VerificationError(f"entry {i} ({entry.event}): {e}") from None
+    except (KeyError, TypeError, AttributeError) as e:  # a check that missed a type
         raise VerificationError(
-            f"the log has {tree.size} entries but its latest checkpoint covers {latest}"
-        )
-    return report
+            f"entry {i} ({entry.event}): malformed details ({type(e).__name__}: {e})"
+        ) from None
