@@ -302,7 +302,7 @@ class ServerProcess:
             "server.log" if self.env.name == "signer" else f"{self.env.name}.log"
         )
 
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 60) -> ServerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [*SIGNER, "serve", "--config", str(self.env.config)],

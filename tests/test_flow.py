@@ -115,12 +115,15 @@ def test_wait_returns_when_signed(shared: Running) -> None:
     clients = shared.clients
     r = clients.create()
     result: list[signing_pb2.WaitSigningRequestResponse] = []
+    # The server's whole max_wait (60 s), past the join below: only a wait that heard
+    # the decision returns in time.
     t = threading.Thread(
         target=lambda: result.append(
             clients.signing().WaitSigningRequest(
-                signing_pb2.WaitSigningRequestRequest(id=r.id), timeout=30
+                signing_pb2.WaitSigningRequestRequest(id=r.id), timeout=120
             )
-        )
+        ),
+        daemon=True,
     )
     t.start()
     wait_until(lambda: shared.server.logged("waiting for a decision", request_id=r.id))
@@ -137,7 +140,7 @@ def test_wait_is_bounded(clients: Clients) -> None:
     r = clients.create()
     resp = clients.signing().WaitSigningRequest(
         signing_pb2.WaitSigningRequestRequest(id=r.id, timeout=duration_pb2.Duration(seconds=1)),
-        timeout=10,
+        timeout=RPC_TIMEOUT,
     )
     assert not resp.done and resp.request.state == PENDING
 

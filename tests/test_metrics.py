@@ -137,7 +137,7 @@ def test_metrics_listen_flag_overrides_config(fresh_env: Env) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_until(ServerProcess(fresh_env).healthy, timeout=30)
+        wait_until(ServerProcess(fresh_env).healthy, timeout=60)
         _, m = _scrape(port)
         assert m["signer_store_up", ()] == 1
         assert m["signer_audit_entries", ()] >= 1  # server.started at least

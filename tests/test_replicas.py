@@ -158,21 +158,22 @@ def test_audit_log_stays_one_linear_log_under_concurrent_writes(
 
 
 def test_waiter_on_one_replica_hears_a_decision_made_on_another(three: Replicas) -> None:
+    """A wait parked on replica 0 returns SIGNED, long before its end, when others decide."""
     r = three.clients[0].create()
     result: list[types_pb2.SigningRequest] = []
 
     def wait() -> None:
+        # The server's whole max_wait (60 s), well past how long the test waits below:
+        # an answer given at the end of the wait, unheard, cannot pass for one heard.
         req = signing_pb2.WaitSigningRequestRequest(id=r.id)
-        result.append(
-            three.clients[0].signing().WaitSigningRequest(req, timeout=RPC_TIMEOUT).request
-        )
+        result.append(three.clients[0].signing().WaitSigningRequest(req, timeout=120).request)
 
-    waiter = threading.Thread(target=wait)
+    waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
     wait_until(lambda: three.servers[0].logged("waiting for a decision", request_id=r.id))
     three.clients[1].approve("alice", r)
     three.clients[2].approve("bob", r)
-    waiter.join(timeout=RPC_TIMEOUT)
+    waiter.join(timeout=30)
     assert result and result[0].state == SIGNED
 
 
@@ -275,7 +276,7 @@ def test_replica_killed_mid_approval_and_mid_signing_loses_nothing(
                     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
         # What replica 0 left APPROVED but unsigned is signed by a live replica's sweeper.
         wait_until(
-            lambda: all(three.clients[2].get(r.id).state == SIGNED for r in requests), timeout=40
+            lambda: all(three.clients[2].get(r.id).state == SIGNED for r in requests), timeout=120
         )
         for r in requests:
             decided = [
@@ -333,6 +334,6 @@ def test_postgresql_restart_fails_calls_unavailable_then_recovers(
                 assert e.code() == grpc.StatusCode.UNAVAILABLE, e
                 return False
 
-        wait_until(bob_approves, timeout=30, step=0.5)
+        wait_until(bob_approves, timeout=60, step=0.5)
         assert all(s.proc is not None and s.proc.poll() is None for s in two.servers)
         assert "OK" in two.verify_log(tmp_path, via=1)
