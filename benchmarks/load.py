@@ -157,7 +157,10 @@ def _one_flow(setup: Setup, pipeline: str, first: int) -> Flow:
 
 
 def drive(setup: Setup, pipelines: int, duration: float) -> tuple[list[Flow], float]:
-    """`pipelines` threads run flows until `duration` is up; in-flight flows finish."""
+    """`pipelines` threads run flows until `duration` is up; in-flight flows finish.
+
+    Each pipeline runs one flow at least, however late its thread starts.
+    """
     flows: list[Flow] = []
     lock = threading.Lock()
     start = time.monotonic()
@@ -165,11 +168,13 @@ def drive(setup: Setup, pipelines: int, duration: float) -> tuple[list[Flow], fl
 
     def pipeline(number: int) -> None:
         i = number
-        while time.monotonic() < deadline:
+        while True:
             f = _one_flow(setup, pipeline_name(number), i % len(setup.clients))
             with lock:
                 flows.append(f)
             i += 1
+            if time.monotonic() >= deadline:
+                return
 
     threads = [threading.Thread(target=pipeline, args=(k,)) for k in range(pipelines)]
     for t in threads:

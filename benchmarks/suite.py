@@ -67,7 +67,7 @@ from signer.dsse import Statement, pae, sign_statement
 from signer.model import Digest
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from signer.verify import verify_digest
-from tests.harness import Clients, Env, make_env, sha256_digest
+from tests.harness import Clients, Env, ServerProcess, make_env, sha256_digest, wait_until
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {  # (compare, target); ratios are measured / floor
@@ -248,6 +248,7 @@ def batch(
         signing_pb2.GetPublicKeyRequest(key_name=key), timeout=_RPC_TIMEOUT
     )
     public = serialization.load_pem_public_key(info.key.public_key_pem.encode())
+    server = ServerProcess(env)
     rates, floors = [], []
     for _ in range(runs):
         before = floor.rate(algorithm, n, runs=1) if floor is not None else 0.0
@@ -263,7 +264,8 @@ def batch(
 
         thread = threading.Thread(target=waiter)
         thread.start()
-        time.sleep(0.3)  # the long poll is in place before the last approval
+        # The long poll is in place before the last approval.
+        wait_until(functools.partial(server.logged, "waiting for a decision", request_id=r.id))
         t0 = time.monotonic()
         officers.approve(clients, "bob", r)
         thread.join(_RPC_TIMEOUT)

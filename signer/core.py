@@ -348,6 +348,8 @@ class Core:
         deadline = self.clock() + timeout
         since = self.notifier.version
         request = self.get_for_requester(actor, request_id)
+        if not request.terminal:  # from here on, every change to the request is heard
+            log.info("waiting for a decision", request_id=request_id)
         last_read = time.monotonic()
         while True:
             remaining = (deadline - self.clock()).total_seconds()

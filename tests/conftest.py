@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from signer.softhsm import DEFAULT_MODULE
 from signer.tls import DevCA
@@ -32,6 +33,11 @@ from tests.harness import (
 from tests.pg import PgServer, find_bin_dir
 
 BACKENDS = ("sqlite", "postgresql")
+
+# Property tests are never timed: no per-example deadline and no slow-generation check,
+# which a loaded machine would trip without anything being wrong.
+settings.register_profile("untimed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("untimed")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

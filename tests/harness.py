@@ -17,9 +17,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,7 @@ class ServerProcess:
             "server.log" if self.env.name == "signer" else f"{self.env.name}.log"
         )
 
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 60) -> ServerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [*SIGNER, "serve", "--config", str(self.env.config)],
@@ -331,6 +332,23 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def logged(self, event: str, **fields: str) -> bool:
+        """Whether the server has logged `event` with these fields (its JSON log lines)."""
+        for line in self.output().splitlines():
+            if not all(v in line for v in fields.values()):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the CLI's own console lines
+            if (
+                isinstance(entry, dict)
+                and entry.get("event") == event
+                and all(entry.get(k) == v for k, v in fields.items())
+            ):
+                return True
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -503,12 +521,57 @@ def checkpoints_match_the_log(env: Env) -> int:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15, step: float = 0.1) -> None:
+    """Poll `predicate` until it holds; fail once `timeout` seconds pass without it."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return
         time.sleep(step)
     raise AssertionError("condition not met in time")
+
+
+def kill_mid_burst(
+    server: ServerProcess, bursts: Sequence[Sequence[Callable[[], object]]], each: int
+) -> list[int]:
+    """Run each list of calls in a thread of its own; kill -9 `server` mid-burst.
+
+    The kill comes once every thread has had `each` calls return (so each kind of
+    call is under way), and each thread's last call is sent only after the kill (so
+    the burst cannot end before it): the kill provably lands inside the burst. A
+    call that fails (raises grpc.RpcError) ends its thread. Returns, per thread,
+    how many calls returned.
+    """
+    killed = threading.Event()
+    done = [0] * len(bursts)
+
+    def run(t: int) -> None:
+        for i, call in enumerate(bursts[t]):
+            if i == len(bursts[t]) - 1:
+                killed.wait()
+            try:
+                call()
+            except grpc.RpcError:
+                return
+            done[t] += 1
+
+    workers = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(len(bursts))]
+    for w in workers:
+        w.start()
+    try:
+        wait_until(
+            lambda: all(n >= each or not w.is_alive() for n, w in zip(done, workers, strict=True)),
+            timeout=120,
+            step=0.01,
+        )
+        at_kill = list(done)
+    finally:
+        server.kill()
+        killed.set()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers), "a burst thread is still running"
+    assert all(n >= each for n in at_kill), f"a burst thread stopped before the kill: {at_kill}"
+    return done
 
 
 @dataclass

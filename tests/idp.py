@@ -274,10 +274,20 @@ class _BackgroundServer:
         )
         self._thread.start()
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread serving requests, while the server runs."""
+        return self._thread
+
+    @property
+    def closed(self) -> bool:
+        """Whether the listening socket is released."""
+        return self._server.socket.fileno() == -1
+
     def close(self) -> None:
         if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=2)
+            self._server.shutdown()  # returns once serve_forever has stopped
+            self._thread.join(timeout=30)
             self._thread = None
         self._server.server_close()
 

@@ -12,10 +12,9 @@ kill -9 mid-burst every stored checkpoint still proves a prefix of the log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from tests.harness import (
     Clients,
     Env,
     Running,
+    kill_mid_burst,
     rpc_error,
     run,
     running,
@@ -300,40 +300,28 @@ def test_kill9_mid_burst_leaves_every_checkpoint_consistent(fresh_env: Env) -> N
         signing = c.signing()
         # Envelopes are signed up front, so the burst is only RPCs.
         envelopes = {who: [c.envelope(who, r) for r in targets] for who in ("alice", "bob")}
-        done = [0] * threads  # calls that returned OK, per thread
-
-        def approvals(t: int, who: str) -> None:
-            for i, r in enumerate(targets):
-                req = approval_pb2.ApproveRequest(id=r.id, envelope=envelopes[who][i])
-                try:
-                    stubs[who].Approve(req, timeout=5)
-                except grpc.RpcError:
-                    return
-                done[t] += 1
-
-        def creates(t: int) -> None:
-            for i in range(per_thread):
-                req = signing_pb2.CreateSigningRequestRequest(
-                    key_name="release", digests=[sha256_digest(f"burst {i}".encode())]
+        approve: list[list[Callable[[], object]]] = [
+            [
+                functools.partial(
+                    stubs[who].Approve,
+                    approval_pb2.ApproveRequest(id=r.id, envelope=envelopes[who][i]),
+                    timeout=RPC_TIMEOUT,
                 )
-                try:
-                    signing.CreateSigningRequest(req, timeout=5)
-                except grpc.RpcError:
-                    return
-                done[t] += 1
-
-        workers = [
-            threading.Thread(target=approvals, args=(0, "alice")),
-            threading.Thread(target=approvals, args=(1, "bob")),
-            threading.Thread(target=creates, args=(2,)),
+                for i, r in enumerate(targets)
+            ]
+            for who in ("alice", "bob")
         ]
-        for w in workers:
-            w.start()
-        time.sleep(0.3)
-        srv.server.kill()
-        for w in workers:
-            w.join(timeout=30)
-        assert not any(w.is_alive() for w in workers)
+        create: list[Callable[[], object]] = [
+            functools.partial(
+                signing.CreateSigningRequest,
+                signing_pb2.CreateSigningRequestRequest(
+                    key_name="release", digests=[sha256_digest(f"burst {i}".encode())]
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+            for i in range(per_thread)
+        ]
+        done = kill_mid_burst(srv.server, [*approve, create], each=5)
     assert sum(done) > 0, "nothing finished before the kill"
     assert sum(done) < threads * per_thread, "the kill did not interrupt the burst"
 

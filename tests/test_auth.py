@@ -76,7 +76,7 @@ def _invoke(
     """Call one RPC with a deadline; a server stream is consumed to its end."""
     fn = getattr(STUBS[service](channel), method)
     if stream:
-        return list(fn(request, timeout=5, metadata=metadata))
+        return list(fn(request, timeout=RPC_TIMEOUT, metadata=metadata))
     return fn(request, timeout=RPC_TIMEOUT, metadata=metadata)
 
 
@@ -358,7 +358,9 @@ def test_allowed_calls_succeed(shared: Running) -> None:
         approval_pb2.ListRequestsRequest(page_size=500), timeout=RPC_TIMEOUT
     )
     assert listed.requests
-    got = c.approval("alice").GetRequest(approval_pb2.GetRequestRequest(id=r.id), timeout=5)
+    got = c.approval("alice").GetRequest(
+        approval_pb2.GetRequestRequest(id=r.id), timeout=RPC_TIMEOUT
+    )
     assert got.request.id == r.id
     events = c.audit("auditor").ListAuditEvents(
         audit_pb2.ListAuditEventsRequest(request_id=r.id), timeout=RPC_TIMEOUT
@@ -370,16 +372,18 @@ def test_allowed_calls_succeed(shared: Running) -> None:
 def test_public_keys_readable_by_every_role(shared: Running, who: str) -> None:
     """GetPublicKey and ListKeys are open to every configured role."""
     stub = shared.clients.signing(who)
-    pub = stub.GetPublicKey(signing_pb2.GetPublicKeyRequest(key_name="release"), timeout=5)
+    pub = stub.GetPublicKey(
+        signing_pb2.GetPublicKeyRequest(key_name="release"), timeout=RPC_TIMEOUT
+    )
     assert pub.key.public_key_pem.startswith("-----BEGIN PUBLIC KEY-----")
-    assert stub.ListKeys(signing_pb2.ListKeysRequest(), timeout=5).keys
+    assert stub.ListKeys(signing_pb2.ListKeysRequest(), timeout=RPC_TIMEOUT).keys
 
 
 def test_watch_allowed_for_approver(shared: Running) -> None:
     """An approver's WatchRequests stream opens and delivers pending requests."""
     c = shared.clients
     r = c.create()
-    stream = c.approval("alice").WatchRequests(approval_pb2.WatchRequestsRequest(), timeout=10)
+    stream = c.approval("alice").WatchRequests(approval_pb2.WatchRequestsRequest(), timeout=60)
     try:
         seen = set()
         for resp in stream:
@@ -394,6 +398,6 @@ def test_watch_allowed_for_approver(shared: Running) -> None:
 def test_health_open_to_any_certificate(shared: Running) -> None:
     """Health checks need a valid certificate but no role."""
     resp = health_pb2_grpc.HealthStub(shared.clients.channel("nobody")).Check(
-        health_pb2.HealthCheckRequest(), timeout=5
+        health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT
     )
     assert resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from tests.harness import (
     audit_events,
     rpc_error,
     sha256_digest,
+    wait_until,
 )
 
 PENDING = types_pb2.REQUEST_STATE_PENDING
@@ -510,10 +510,6 @@ def test_tampered_payload_fails_signature(shared: Running) -> None:
     _assert_pending(c, other, [])
 
 
-_FUTURE = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-_PAST = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-
-
 @pytest.mark.parametrize(
     ("overrides", "phrase"),
     [
@@ -527,8 +523,8 @@ _PAST = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         ({"key_id": "0" * 64}, "key_id differ"),
         ({"approver": "bob"}, "approver differ"),
         ({"decision": "deny", "reason": "no"}, "decision differ"),
-        ({"issued_at": _FUTURE}, "issued_at is in the future"),
-        ({"issued_at": _PAST}, "issued before the request existed"),
+        ({"issued_at": "FUTURE"}, "issued_at is in the future"),
+        ({"issued_at": "PAST"}, "issued before the request existed"),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
 )
@@ -546,6 +542,10 @@ def test_statement_mismatch(shared: Running, overrides: dict[str, Any], phrase: 
         fields["digests"] = (Digest("sha256", d.value, d.artifact_name + ".evil"),)
     if fields.get("key_id") == "P384":
         fields["key_id"] = _key_id(c, "k-ecdsa-p384")
+    if fields.get("issued_at") == "FUTURE":  # an hour ahead of now, however long the run
+        fields["issued_at"] = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    if fields.get("issued_at") == "PAST":
+        fields["issued_at"] = r.create_time.ToDatetime(dt.UTC) - dt.timedelta(hours=1)
     err = _expect(
         shared.env,
         _approve_call(c, "alice", r.id, c.envelope("alice", r, **fields)),
@@ -695,9 +695,10 @@ def test_approve_after_denial(shared: Running) -> None:
 def test_approve_after_expiry(shared: Running) -> None:
     """An approval after the TTL is FAILED_PRECONDITION REQUEST_EXPIRED; the request is EXPIRED."""
     c = shared.clients
-    r = c.create(ttl=duration_pb2.Duration(seconds=1))
+    r = c.create(ttl=duration_pb2.Duration(seconds=3))
     c.approve("alice", r)
-    time.sleep(1.5)
+    expires = r.expire_time.ToDatetime(dt.UTC)
+    wait_until(lambda: dt.datetime.now(dt.UTC) > expires, timeout=30)  # the TTL is over
     err = rpc_error(_approve_call(c, "bob", r.id, c.envelope("bob", r)))
     assert (err.code, err.reason) == (PRECONDITION, "REQUEST_EXPIRED"), err
     assert "expired" in err.message.lower()

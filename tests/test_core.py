@@ -816,10 +816,20 @@ def test_a_waiter_sees_a_change_it_was_never_told_of(world: World) -> None:
     r = world.create()
     world.approve("alice", r)
     got: list[Request] = []
+    parked = threading.Event()
+    notifier = world.core.notifier
+    wait_for = notifier.wait_for
+
+    def parking(request_id: str, since: int, timeout: float) -> tuple[int, bool]:
+        parked.set()
+        return wait_for(request_id, since, timeout)
+
+    notifier.wait_for = parking  # type: ignore[method-assign]
     waiter = threading.Thread(
         target=lambda: got.append(world.core.wait("ci", r.id, dt.timedelta(minutes=10)))
     )
     waiter.start()
+    assert parked.wait(60), "the waiter never waited"  # it read the request PENDING
     elsewhere = world._core()  # same store, a notifier of its own: the waiter hears nothing
     elsewhere.decide("bob", r.id, world.envelope("bob", r), "approve")
     waiter.join(timeout=30)

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -29,6 +30,7 @@ from tests.harness import (
     Db,
     Env,
     audit_events,
+    kill_mid_burst,
     rpc_error,
     running,
     sha256_digest,
@@ -240,14 +242,12 @@ def test_kill9_during_create_burst_leaves_request_and_audit_consistent(fresh_env
     ok: dict[str, str] = {}
     failed: list[str] = []
     lock = threading.Lock()
-    enough = threading.Event()
 
     with serving(fresh_env) as run:
         stub = run.clients.signing()
 
-        def burst(t: int) -> None:
-            for i in range(per_thread):
-                key = f"burst-{t}-{i}"
+        def create(key: str) -> Callable[[], None]:
+            def call() -> None:
                 digest = sha256_digest(key.encode())
                 with lock:
                     attempted[key] = digest
@@ -255,24 +255,18 @@ def test_kill9_during_create_burst_leaves_request_and_audit_consistent(fresh_env
                     key_name="release", digests=[digest], idempotency_key=key
                 )
                 try:
-                    resp = stub.CreateSigningRequest(req, timeout=5)
+                    resp = stub.CreateSigningRequest(req, timeout=RPC_TIMEOUT)
                 except grpc.RpcError:
                     with lock:
                         failed.append(key)
-                    return
+                    raise
                 with lock:
                     ok[key] = resp.request.id
-                    if len(ok) >= 12:
-                        enough.set()
 
-        workers = [threading.Thread(target=burst, args=(t,)) for t in range(threads)]
-        for w in workers:
-            w.start()
-        enough.wait(timeout=10)
-        run.server.kill()
-        for w in workers:
-            w.join(timeout=30)
-        assert not any(w.is_alive() for w in workers)
+            return call
+
+        bursts = [[create(f"burst-{t}-{i}") for i in range(per_thread)] for t in range(threads)]
+        kill_mid_burst(run.server, bursts, each=3)
 
     assert ok, "no create finished before the kill"
     assert failed, "the kill did not interrupt the burst"

@@ -164,7 +164,7 @@ def test_no_signature_released_without_its_audit_entry(fresh_env: Env) -> None:
 def test_server_start_fails_closed_when_audit_log_unwritable(fresh_env: Env) -> None:
     """The server refuses to start when it cannot record `server.started`."""
     _fail_audit(fresh_env)
-    p = run([*SIGNER, "serve", "--config", str(fresh_env.config)], check=False, timeout=30)
+    p = run([*SIGNER, "serve", "--config", str(fresh_env.config)], check=False, timeout=60)
     assert p.returncode != 0
     assert "disk full" in p.stderr and "could not be written" in p.stderr
     assert not any(e["event"] == "server.started" for e in audit_events(fresh_env))

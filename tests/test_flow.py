@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import DIGEST_ALGORITHMS, RPC_TIMEOUT, Clients, Running, audit_events
+from tests.harness import (
+    DIGEST_ALGORITHMS,
+    RPC_TIMEOUT,
+    Clients,
+    Running,
+    audit_events,
+    wait_until,
+)
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 PENDING = types_pb2.REQUEST_STATE_PENDING
@@ -101,20 +108,25 @@ def test_several_digests_signed_in_order(clients: Clients) -> None:
         pub.verify(s, d.value, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
 
-def test_wait_returns_when_signed(clients: Clients) -> None:
+def test_wait_returns_when_signed(shared: Running) -> None:
     """WaitSigningRequest returns done once the quorum is reached by other calls."""
     import threading
 
+    clients = shared.clients
     r = clients.create()
     result: list[signing_pb2.WaitSigningRequestResponse] = []
+    # The server's whole max_wait (60 s), past the join below: only a wait that heard
+    # the decision returns in time.
     t = threading.Thread(
         target=lambda: result.append(
             clients.signing().WaitSigningRequest(
-                signing_pb2.WaitSigningRequestRequest(id=r.id), timeout=30
+                signing_pb2.WaitSigningRequestRequest(id=r.id), timeout=120
             )
-        )
+        ),
+        daemon=True,
     )
     t.start()
+    wait_until(lambda: shared.server.logged("waiting for a decision", request_id=r.id))
     clients.approve("alice", r)
     clients.approve("bob", r)
     t.join(timeout=30)
@@ -128,7 +140,7 @@ def test_wait_is_bounded(clients: Clients) -> None:
     r = clients.create()
     resp = clients.signing().WaitSigningRequest(
         signing_pb2.WaitSigningRequestRequest(id=r.id, timeout=duration_pb2.Duration(seconds=1)),
-        timeout=10,
+        timeout=RPC_TIMEOUT,
     )
     assert not resp.done and resp.request.state == PENDING
 
@@ -162,12 +174,12 @@ def test_health_and_reflection(clients: Clients) -> None:
 
     ch = clients.channel("ci")
     h = health_pb2_grpc.HealthStub(ch).Check(
-        health_pb2.HealthCheckRequest(service="signer.v1.SigningService"), timeout=5
+        health_pb2.HealthCheckRequest(service="signer.v1.SigningService"), timeout=RPC_TIMEOUT
     )
     assert h.status == health_pb2.HealthCheckResponse.SERVING
     stub = reflection_pb2_grpc.ServerReflectionStub(ch)
     responses = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=RPC_TIMEOUT
     )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {
@@ -198,7 +210,7 @@ def test_watch_streams_new_and_changed_requests(clients: Clients) -> None:
 
     seen: queue.Queue[types_pb2.SigningRequest] = queue.Queue()
     stream = clients.approval("alice").WatchRequests(
-        approval_pb2.WatchRequestsRequest(), timeout=20
+        approval_pb2.WatchRequestsRequest(), timeout=60
     )
 
     def consume() -> None:
@@ -214,7 +226,7 @@ def test_watch_streams_new_and_changed_requests(clients: Clients) -> None:
 
     def next_state(request_id: str, state: int) -> None:
         while True:
-            item = seen.get(timeout=10)
+            item = seen.get(timeout=RPC_TIMEOUT)
             if item.id == request_id and item.state == state:
                 return
 
@@ -223,7 +235,7 @@ def test_watch_streams_new_and_changed_requests(clients: Clients) -> None:
     clients.approve("carol", r)
     next_state(r.id, SIGNED)
     stream.cancel()
-    t.join(timeout=5)
+    t.join(timeout=30)
 
 
 def test_list_keys_shows_every_configured_key(clients: Clients) -> None:

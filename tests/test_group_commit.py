@@ -52,7 +52,7 @@ def _in_threads(n: int, fn: Callable[[int], object]) -> list[object]:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(120)
     assert not any(t.is_alive() for t in threads)
     return results
 
@@ -75,7 +75,7 @@ def test_concurrent_appends_share_one_commit_and_one_checkpoint(world: World) ->
             # Hold the first commit until the other 15 are behind it: the next group's
             # leader waiting for the store, 14 members queued to join it.
             first.set()
-            wait_until(lambda: world.core.group.queued() == MEMBERS - 2, timeout=10, step=0.01)
+            wait_until(lambda: world.core.group.queued() == MEMBERS - 2, timeout=60, step=0.01)
         return b""
 
     _checkpointer(world, slow_first_signature)
@@ -83,7 +83,7 @@ def test_concurrent_appends_share_one_commit_and_one_checkpoint(world: World) ->
 
     def append(i: int) -> tuple[int, bool, bool]:
         if i:
-            first.wait(10)
+            assert first.wait(60), "the first commit never started"
         entry = world.core.record("test.event", f"t{i}", {"n": i})
         # Checked the moment the call returns, through another connection:
         durable = (entry.index, f"t{i}") in _entry_rows(world)
@@ -107,13 +107,13 @@ def _group_of(world: World, bodies: list[Callable[[Tx], object]]) -> list[object
 
     def member(i: int) -> None:
         if i:
-            started.wait(10)
+            assert started.wait(60), "the leader never opened its transaction"
         try:
             with world.core.group.transaction() as tx:
                 if i == 0:
                     started.set()
                     wait_until(
-                        lambda: world.core.group.queued() == len(bodies) - 1, timeout=10, step=0.01
+                        lambda: world.core.group.queued() == len(bodies) - 1, timeout=60, step=0.01
                     )
                 results[i] = bodies[i](tx)
         except BaseException as e:

@@ -144,7 +144,7 @@ def test_health_watch_is_not_open(clients: Clients) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     stream = health_pb2_grpc.HealthStub(clients.channel("admin")).Watch(
-        health_pb2.HealthCheckRequest(), timeout=5
+        health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT
     )
     err = rpc_error(lambda: next(iter(stream)))
     assert err.code == grpc.StatusCode.PERMISSION_DENIED

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,7 +38,7 @@ def header_of(token: str) -> dict[str, Any]:
 
 def fetch_json(url: str, ctx: ssl.SSLContext | None = None, **headers: str) -> Any:
     req = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) to localhost only
-    with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310
         return json.load(resp)
 
 
@@ -112,7 +111,6 @@ def test_jwks_server_over_https_with_rotation(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     ctx = ssl.create_default_context(cafile=str(ca))
     idp = IdP(ISSUER, [SigningKey.ec("old")])
-    started = time.monotonic()
     with JwksServer(idp, cert, key) as server:
         assert server.url == f"https://127.0.0.1:{server.port}/.well-known/jwks"
         assert [k["kid"] for k in fetch_json(server.url, ctx)["keys"]] == ["old"]
@@ -135,7 +133,11 @@ def test_jwks_server_over_https_with_rotation(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.URLError):
             fetch_json(server.url, ssl.create_default_context())
         assert fetch_json(server.url, ctx)["keys"]
-    assert time.monotonic() - started < 5
+        thread = server.thread
+        assert thread is not None and thread.is_alive()
+    # Closed on exit: its thread has ended and its socket is released.
+    assert not thread.is_alive()
+    assert server.thread is None and server.closed
 
 
 def test_github_token_endpoint(idp: IdP) -> None:

@@ -101,7 +101,7 @@ def test_replicas_starting_together_migrate_once(pg: PgServer) -> None:
     start = threading.Barrier(replicas)
 
     def open_one() -> None:
-        start.wait(10)
+        start.wait(60)
         try:
             opened.append(db.open())
         except BaseException as e:

@@ -114,7 +114,7 @@ def test_simultaneous_approvals_on_different_replicas_sign_exactly_once(
     def approve(
         officer: str, replica: int, r: types_pb2.SigningRequest, barrier: threading.Barrier
     ) -> str:
-        barrier.wait(timeout=10)
+        barrier.wait(timeout=60)
         try:
             return types_pb2.RequestState.Name(three.clients[replica].approve(officer, r).state)
         except grpc.RpcError as e:
@@ -158,21 +158,22 @@ def test_audit_log_stays_one_linear_log_under_concurrent_writes(
 
 
 def test_waiter_on_one_replica_hears_a_decision_made_on_another(three: Replicas) -> None:
+    """A wait parked on replica 0 returns SIGNED, long before its end, when others decide."""
     r = three.clients[0].create()
     result: list[types_pb2.SigningRequest] = []
 
     def wait() -> None:
+        # The server's whole max_wait (60 s), well past how long the test waits below:
+        # an answer given at the end of the wait, unheard, cannot pass for one heard.
         req = signing_pb2.WaitSigningRequestRequest(id=r.id)
-        result.append(
-            three.clients[0].signing().WaitSigningRequest(req, timeout=RPC_TIMEOUT).request
-        )
+        result.append(three.clients[0].signing().WaitSigningRequest(req, timeout=120).request)
 
-    waiter = threading.Thread(target=wait)
+    waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    time.sleep(0.3)  # the waiter is parked on replica 0
+    wait_until(lambda: three.servers[0].logged("waiting for a decision", request_id=r.id))
     three.clients[1].approve("alice", r)
     three.clients[2].approve("bob", r)
-    waiter.join(timeout=RPC_TIMEOUT)
+    waiter.join(timeout=30)
     assert result and result[0].state == SIGNED
 
 
@@ -183,16 +184,25 @@ def test_store_listener_hears_commits_of_another_connection(pg: PgServer) -> Non
     a = PostgresStore(url, password)
     try:
         a.subscribe(heard.append)
-        time.sleep(0.3)  # LISTEN is in place
-        with psycopg.connect(url, password=password) as conn, conn.transaction():
-            conn.execute(  # a bare row: enough to fire the trigger
-                b"INSERT INTO requests (id, key_name, key_id, algorithm, requester, digests, "
-                b"context, state, created, expires, updated, params_hash) "
-                b"VALUES ('r-1', 'k', 'id', 'alg', 'ci', '[]', '{}', 'PENDING', '', '', '', '')"
-            )
-            time.sleep(0.3)
-            assert heard == []  # not before the commit
-        wait_until(lambda: heard == ["r-1"], timeout=10)
+        with psycopg.connect(url, password=password, autocommit=True) as probe:
+
+            def probe_heard(tag: str) -> bool:
+                probe.execute("SELECT pg_notify('signer_requests', %s)", (tag,))
+                return tag in heard
+
+            wait_until(lambda: probe_heard("probe-listening"))  # LISTEN is in place
+            with psycopg.connect(url, password=password) as conn, conn.transaction():
+                conn.execute(  # a bare row: enough to fire the trigger
+                    b"INSERT INTO requests (id, key_name, key_id, algorithm, requester, digests, "
+                    b"context, state, created, expires, updated, params_hash) "
+                    b"VALUES ('r-1', 'k', 'id', 'alg', 'ci', '[]', '{}', 'PENDING', '', '', '', '')"
+                )
+                # Notifications arrive in commit order: one committed after the insert has
+                # arrived, the insert's has not (not before the commit).
+                wait_until(lambda: probe_heard("probe-uncommitted"))
+                assert "r-1" not in heard
+        wait_until(lambda: "r-1" in heard, timeout=30)
+        assert [h for h in heard if not h.startswith("probe-")] == ["r-1"]
     finally:
         a.close()
 
@@ -205,15 +215,14 @@ def test_replica_killed_mid_approval_and_mid_signing_loses_nothing(
 ) -> None:
     """SIGKILL replica 0 while bob's approvals (and the signing they start) run on it.
 
-    Whatever each call saw, nothing acknowledged is lost: bob retries the calls
-    that failed on replica 2, the others sign what was left APPROVED, every
-    request ends SIGNED exactly once, with alice's and bob's approvals, and the
-    log verifies.
+    The test holds a lock that keeps any signature from being committed, kills
+    replica 0 once a signing is waiting on it, then lets go: whatever each call
+    saw, nothing acknowledged is lost: bob retries the calls that failed on
+    replica 2, the others sign what was left APPROVED, every request ends SIGNED
+    exactly once, with alice's and bob's approvals, and the log verifies.
     """
     env = make_env(tmp_path / "env", Db(pg.database("kill"), pg.password_file))
     with replicas(env) as three:
-        # 1,000 digests each: the 16 signings queue on the one token for well over a
-        # second, so the kill lands while approvals and signings are under way.
         requests = [
             three.clients[1].create(
                 digests=[sha256_digest(os.urandom(16), f"f{i}") for i in range(1000)]
@@ -223,28 +232,41 @@ def test_replica_killed_mid_approval_and_mid_signing_loses_nothing(
         for r in requests:
             three.clients[1].approve("alice", r)
         acked: dict[str, bool] = {}
-        started = threading.Event()
 
         def bob(r: types_pb2.SigningRequest) -> None:
-            started.set()
             try:
                 three.clients[0].approve("bob", r)
                 acked[r.id] = True
             except grpc.RpcError:
                 acked[r.id] = False
 
-        with ThreadPoolExecutor(16) as pool:
-            futures = [pool.submit(bob, r) for r in requests]
-            started.wait(timeout=10)
-            time.sleep(0.5)
-            three.servers[0].kill()
-            for f in futures:
-                f.result(timeout=RPC_TIMEOUT)
-        # The kill hit the window: some calls never returned, and some requests were left
-        # APPROVED (quorum recorded, signature not yet) for the other replicas to finish.
+        with (
+            psycopg.connect(env.store.url, password=pg.password) as gate,
+            gate.transaction(),
+        ):
+            # Approvals commit; the first signing to reach its commit waits on this lock
+            # (and every transaction behind it waits too): the kill lands mid-signing.
+            gate.execute("LOCK TABLE signatures IN SHARE MODE")
+
+            def signing_waits() -> bool:
+                row = gate.execute(
+                    "SELECT count(*) FROM pg_locks "
+                    "WHERE relation = 'signatures'::regclass AND NOT granted"
+                ).fetchone()
+                return bool(row and row[0])
+
+            with ThreadPoolExecutor(16) as pool:
+                futures = [pool.submit(bob, r) for r in requests]
+                wait_until(signing_waits, timeout=60)
+                three.servers[0].kill()
+                for f in futures:
+                    f.result(timeout=RPC_TIMEOUT)
+            # Read while no replica can commit: some requests are left APPROVED (quorum
+            # recorded, signature not yet) for the other replicas to finish.
+            left: dict[str, str] = dict(gate.execute("SELECT id, state FROM requests").fetchall())
+        # The kill hit the window: some calls never returned.
         assert not all(acked.values()), "every approval returned: the kill came too late"
-        left = [three.clients[2].get(r.id).state for r in requests]
-        assert types_pb2.REQUEST_STATE_APPROVED in left, left
+        assert "APPROVED" in [left[r.id] for r in requests], left
         for r in requests:
             if not acked[r.id]:
                 # Retried on another replica: recorded once, whether or not the first landed.
@@ -254,7 +276,7 @@ def test_replica_killed_mid_approval_and_mid_signing_loses_nothing(
                     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
         # What replica 0 left APPROVED but unsigned is signed by a live replica's sweeper.
         wait_until(
-            lambda: all(three.clients[2].get(r.id).state == SIGNED for r in requests), timeout=40
+            lambda: all(three.clients[2].get(r.id).state == SIGNED for r in requests), timeout=120
         )
         for r in requests:
             decided = [
@@ -312,6 +334,6 @@ def test_postgresql_restart_fails_calls_unavailable_then_recovers(
                 assert e.code() == grpc.StatusCode.UNAVAILABLE, e
                 return False
 
-        wait_until(bob_approves, timeout=30, step=0.5)
+        wait_until(bob_approves, timeout=60, step=0.5)
         assert all(s.proc is not None and s.proc.poll() is None for s in two.servers)
         assert "OK" in two.verify_log(tmp_path, via=1)

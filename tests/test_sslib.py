@@ -88,7 +88,7 @@ def _pending(clients: Clients, digest: bytes, officer: str = "alice") -> list[An
 
 def _request_for(clients: Clients, digest: bytes) -> Any:
     """Wait for the signer to create its request; return it as the officers see it."""
-    wait_until(lambda: bool(_pending(clients, digest)), timeout=15)
+    wait_until(lambda: bool(_pending(clients, digest)), timeout=60)
     (request,) = _pending(clients, digest)
     return request
 
