@@ -173,7 +173,9 @@ class GetEntriesRequest(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     start: _builtins.int
     end: _builtins.int
-    """Exclusive; the server returns at most 1000 entries and never past the tree size."""
+    """Exclusive; the server returns a page from start (see GetEntries), never past the
+    tree size: ask again from the next index until end.
+    """
     def __init__(
         self,
         *,
