@@ -211,8 +211,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         try:
             caller = self._authenticate(context)
         except UnauthenticatedError as e:
-            event = "token rejected" if e.reason.startswith("TOKEN") else "call unauthenticated"
-            self._log(event, "", context, reason=e.reason, error=str(e))
+            if not e.reason.startswith("TOKEN"):  # those are logged where they are found
+                self._log("call unauthenticated", "", context, reason=e.reason)
             abort(context, e)
         identity = caller if isinstance(caller, str) else caller.identity
         current_caller.set(None if isinstance(caller, str) else caller)
@@ -286,10 +286,15 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             value = bearer[0] if isinstance(bearer[0], str) else ""
             scheme, _, token = value.partition(" ")
             if len(bearer) != 1 or scheme.lower() != "bearer" or not token.strip():
+                self._log("token rejected", "", context, reason="TOKEN_MALFORMED")
                 raise UnauthenticatedError(
                     "authorization metadata must be one `Bearer TOKEN`", reason="TOKEN_MALFORMED"
                 )
-            return self._oidc.verify(token.strip())
+            try:
+                return self._oidc.verify(token.strip())
+            except UnauthenticatedError as e:
+                self._log("token rejected", "", context, reason=e.reason, error=str(e))
+                raise
         raise UnauthenticatedError(
             "a client certificate or an OIDC bearer token is required", reason="NO_CREDENTIALS"
         )
