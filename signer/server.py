@@ -11,7 +11,8 @@ connection carries at most `STREAMS_PER_CONNECTION` streams at once (gRPC
 core then also paces rapid stream resets), an idle one is closed, a dead peer
 is found by keepalive pings, and every connection is recycled after
 `CONNECTION_AGE` with a grace longer than any call may last, which bounds the
-life of every stream. Each identity holds at most half the workers.
+life of every stream. Each identity holds at most half the workers, and a
+caller without a role none for longer than it takes to refuse it.
 """
 
 from __future__ import annotations
@@ -193,7 +194,10 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
         futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
         options=_options(config),
-        maximum_concurrent_rpcs=s.workers * 4,
+        # Calls waiting for a worker hold no message yet (served as request streams, see
+        # signer.auth) and a connection brings at most STREAMS_PER_CONNECTION: room for a
+        # burst of refused calls from many connections, without refusing the others.
+        maximum_concurrent_rpcs=s.workers * STREAMS_PER_CONNECTION,
     )
     signing = SigningService(core, s.max_wait, log_limit)
     approval = ApprovalService(core, s.max_wait, log_limit)
