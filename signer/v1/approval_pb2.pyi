@@ -54,6 +54,7 @@ class ListRequestsResponse(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty when there is no more (the last page may be empty)."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SigningRequest]: ...
     def __init__(
