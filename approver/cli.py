@@ -24,7 +24,7 @@ from approver.errors import ApproverError
 from signer import __version__
 from signer.algorithms import HASH_SIZES
 from signer.approval_keys import generate, load_private
-from signer.client import Profile, load_profile
+from signer.client import Profile, fetch_request, list_requests, load_profile
 from signer.clikit import (
     Cell,
     call,
@@ -116,16 +116,9 @@ def keygen(
 def list_(profile_path: Path | None, server: str | None, state: str, as_json: bool) -> None:
     """List requests on keys you approve for."""
     profile = load_profile(profile_path, server)
-    found: list[types_pb2.SigningRequest] = []
-    req = approval_pb2.ListRequestsRequest(state=STATE_TO_PB[State(state.upper())], page_size=500)
     with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
-        while True:
-            resp = call(profile, stub.ListRequests, req)
-            found += resp.requests
-            if not resp.next_page_token:
-                break
-            req.page_token = resp.next_page_token
-    rows = [request_dict(r) for r in found]
+        found = list(list_requests(profile, stub, STATE_TO_PB[State(state.upper())]))
+    rows = [_summary_dict(r) for r in found]
     if as_json:
         print_json(rows)
         return
@@ -137,7 +130,7 @@ def list_(profile_path: Path | None, server: str | None, state: str, as_json: bo
                 d["id"],
                 d["key_name"],
                 d["requester"],
-                str(len(d["digests"])),
+                str(d["digest_count"]),
                 f"{sum(a['decision'] == 'approve' for a in d['approvals'])}/{d['threshold']}",
                 d["expire_time"],
                 " ".join(f"{k}={v}" for k, v in d["context"].items()),
@@ -147,11 +140,19 @@ def list_(profile_path: Path | None, server: str | None, state: str, as_json: bo
     )
 
 
+def _summary_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:
+    """A listed request: a summary, whose digests may be only the first of a batch."""
+    d = request_dict(r)
+    d["digest_count"] = max(r.digest_count, len(r.digests))
+    if d["digest_count"] > len(r.digests):
+        d["manifest_sha256"] = None  # see `approver show` for every digest and the manifest
+    return d
+
+
 def _fetch(profile: Profile, request_id: str) -> types_pb2.SigningRequest:
+    """The request with every digest (a batch's are fetched page by page)."""
     with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
-        request: types_pb2.SigningRequest = call(
-            profile, stub.GetRequest, approval_pb2.GetRequestRequest(id=request_id)
-        ).request
+        request = fetch_request(profile, stub, request_id)
     if request.id != request_id:
         raise ApproverError(
             f"asked for request {request_id}, the server answered with another request; "

@@ -8,21 +8,37 @@ field or other metadata. A token caller only ever has the requester role;
 other roles come from config. Each method has a rule (the defaults below,
 extended or replaced by config `[access]`), and a method with no rule is
 denied. Rejections are audit-logged through `on_reject`.
+
+No caller holds the server's shared capacity without a role (DESIGN §14):
+every method is served as a request stream, so the caller is authenticated
+and authorized as soon as a worker takes the call, before its request message
+is waited for; a caller without a role, or over its cap of calls in flight,
+is refused at once (PERMISSION_DENIED, RESOURCE_EXHAUSTED) and gives the
+worker back. Log lines of refused calls are rate-limited per identity (per
+peer address before authentication) and echo values cut short.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 import grpc
 import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from signer.errors import PermissionDeniedError, SignerError, StoreError, UnauthenticatedError
+from signer.bounds import MAX_ECHO, RateLimit, Slots, clip, echo
+from signer.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    SignerError,
+    StoreError,
+    UnauthenticatedError,
+)
 from signer.model import TokenCaller
 from signer.oidc import OidcVerifier
 from signer.status import abort
@@ -52,7 +68,14 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
     **{f"/signer.v1.SigningService/{m}": _ANY_ROLE for m in ("GetPublicKey", "ListKeys")},
     **{
         f"/signer.v1.ApprovalService/{m}": frozenset({"approver"})
-        for m in ("ListRequests", "GetRequest", "Approve", "Deny", "WatchRequests")
+        for m in (
+            "ListRequests",
+            "GetRequest",
+            "ListRequestDigests",
+            "Approve",
+            "Deny",
+            "WatchRequests",
+        )
     },
     **{
         f"/signer.v1.AuditService/{m}": frozenset({"auditor"})
@@ -96,6 +119,21 @@ def identity_from_cert(pem: bytes) -> str:
     return str(cns[0].value) if cns else ""
 
 
+def _one_message(method: str, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    """The one request message of a unary method."""
+    try:
+        return next(requests)
+    except StopIteration:
+        abort(context, InvalidArgumentError(f"{method} needs exactly one request message"))
+
+
+def _peer_host(context: grpc.ServicerContext) -> str:
+    """The caller's address without its port (`ipv4:10.0.0.1`), for callers with no identity."""
+    peer = str(context.peer() or "")
+    host, sep, _port = peer.rpartition(":")
+    return clip(host if sep and host else peer, 64)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self,
@@ -103,45 +141,133 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         rules: Mapping[str, frozenset[str]],
         on_reject: Callable[[str, str, SignerError], None],
         oidc: OidcVerifier | None = None,
+        *,
+        calls_per_identity: int = 32,
+        log_limit: RateLimit | None = None,
     ) -> None:
         self._roles_of = roles_of
         self._rules = rules
         self._on_reject = on_reject
         self._oidc = oidc
+        self.calls = Slots(calls_per_identity, "calls in flight", "TOO_MANY_CALLS")
+        self._log_limit = log_limit or RateLimit(60)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
         method: str = details.method
-        if handler.unary_unary:
-            fn, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        elif handler.unary_stream:
-            fn, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        elif handler.stream_unary:
-            fn, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-        else:
-            fn, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        # Every method is served as a request stream: the call reaches `admit` as soon as
+        # a worker takes it, before its message has arrived (a unary handler would hold
+        # the worker waiting for a message that an unauthorized caller may never send).
+        if handler.unary_unary or handler.unary_stream:
+            one = functools.partial(_one_message, method)
+            deserializer = handler.request_deserializer
+            if handler.unary_unary:
+                fn = handler.unary_unary
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            caller = self._authenticate(context)
-            identity = caller if isinstance(caller, str) else caller.identity
-            current_caller.set(None if isinstance(caller, str) else caller)
-            roles = self._roles_of(caller) if isinstance(caller, str) else _TOKEN_ROLES
-            self._authorize(method, identity, roles, context)
-            current_identity.set(identity)
-            current_method.set(method)
-            structlog.contextvars.bind_contextvars(identity=identity, method=method)
-            return fn(request, context)
+                def unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                    identity = self._admit(method, context)
+                    with self._holding(identity, method, context):
+                        return fn(one(requests, context), context)
 
-        return make(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+                return grpc.stream_unary_rpc_method_handler(
+                    unary, deserializer, handler.response_serializer
+                )
+            stream_fn = handler.unary_stream
+
+            def unary_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                identity = self._admit(method, context)
+                return self._streaming(
+                    identity, method, context, lambda: stream_fn(one(requests, context), context)
+                )
+
+            return grpc.stream_stream_rpc_method_handler(
+                unary_stream, deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            fn_su = handler.stream_unary
+
+            def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                identity = self._admit(method, context)
+                with self._holding(identity, method, context):
+                    return fn_su(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
+        fn_ss = handler.stream_stream
+
+        def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            identity = self._admit(method, context)
+            return self._streaming(identity, method, context, lambda: fn_ss(requests, context))
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
         )
 
+    def _admit(self, method: str, context: grpc.ServicerContext) -> str:
+        """Authenticate and authorize the call (aborting it otherwise); its identity."""
+        try:
+            caller = self._authenticate(context)
+        except UnauthenticatedError as e:
+            if not e.reason.startswith("TOKEN"):  # those are logged where they are found
+                self._log("call unauthenticated", "", context, reason=e.reason)
+            abort(context, e)
+        identity = caller if isinstance(caller, str) else caller.identity
+        current_caller.set(None if isinstance(caller, str) else caller)
+        roles = self._roles_of(caller) if isinstance(caller, str) else _TOKEN_ROLES
+        self._authorize(method, identity, roles, context)
+        current_identity.set(identity)
+        current_method.set(method)
+        structlog.contextvars.bind_contextvars(identity=identity, method=method)
+        return identity
+
+    @contextlib.contextmanager
+    def _holding(self, identity: str, method: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """One of the identity's calls in flight, refused at once over its cap."""
+        try:
+            self.calls.acquire(identity)
+        except SignerError as e:
+            self._refuse(identity, method, e, context)
+        try:
+            yield
+        finally:
+            self.calls.release(identity)
+
+    def _streaming(
+        self,
+        identity: str,
+        method: str,
+        context: grpc.ServicerContext,
+        start: Callable[[], Iterator[Any]],
+    ) -> Iterator[Any]:
+        with self._holding(identity, method, context):
+            yield from start()
+
+    def _refuse(
+        self, identity: str, method: str, error: SignerError, context: grpc.ServicerContext
+    ) -> NoReturn:
+        """Log (rate-limited), audit and end a call refused here."""
+        self._log(
+            "call rejected", identity, context, method=method, reason=error.reason, error=str(error)
+        )
+        try:
+            self._on_reject(identity, method, error)
+        except StoreError as e:  # the rejection cannot be audited: fail closed
+            abort(context, e)
+        abort(context, error)
+
+    def _log(self, event: str, identity: str, context: grpc.ServicerContext, **kw: Any) -> None:
+        """A warning, at most a few a minute per identity (per peer address without one)."""
+        peer = _peer_host(context)
+        held = self._log_limit.allow(identity or peer)
+        if held is not None:
+            extra = {"not_logged_before": held} if held else {}
+            log.warning(event, identity=clip(identity, MAX_ECHO), peer=peer, **kw, **extra)
+
     def _authenticate(self, context: grpc.ServicerContext) -> str | TokenCaller:
-        """The certificate identity, or the verified token's caller; aborts otherwise."""
+        """The certificate identity, or the verified token's caller."""
         auth = context.auth_context()
         certs = auth.get("x509_pem_cert") or []
         if certs:
@@ -149,35 +275,28 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             # token there is ignored, the certificate alone says who calls.
             identity = identity_from_cert(certs[0])
             if identity.startswith("oidc:"):
-                abort(context, UnauthenticatedError("certificate identities may not start oidc:"))
+                raise UnauthenticatedError("certificate identities may not start oidc:")
             if identity:
                 return identity
-            abort(context, UnauthenticatedError("a client certificate is required"))
+            raise UnauthenticatedError("a client certificate is required")
         if self._oidc is None:
-            abort(context, UnauthenticatedError("a client certificate is required"))
+            raise UnauthenticatedError("a client certificate is required")
         bearer = [v for k, v in context.invocation_metadata() if k == "authorization"]
         if bearer:
             value = bearer[0] if isinstance(bearer[0], str) else ""
             scheme, _, token = value.partition(" ")
             if len(bearer) != 1 or scheme.lower() != "bearer" or not token.strip():
-                abort(
-                    context,
-                    UnauthenticatedError(
-                        "authorization metadata must be one `Bearer TOKEN`",
-                        reason="TOKEN_MALFORMED",
-                    ),
+                self._log("token rejected", "", context, reason="TOKEN_MALFORMED")
+                raise UnauthenticatedError(
+                    "authorization metadata must be one `Bearer TOKEN`", reason="TOKEN_MALFORMED"
                 )
             try:
                 return self._oidc.verify(token.strip())
             except UnauthenticatedError as e:
-                log.warning("token rejected", reason=e.reason, error=str(e))
-                abort(context, e)
-        abort(
-            context,
-            UnauthenticatedError(
-                "a client certificate or an OIDC bearer token is required",
-                reason="NO_CREDENTIALS",
-            ),
+                self._log("token rejected", "", context, reason=e.reason, error=str(e))
+                raise
+        raise UnauthenticatedError(
+            "a client certificate or an OIDC bearer token is required", reason="NO_CREDENTIALS"
         )
 
     def _authorize(
@@ -189,16 +308,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         elif ANY in allowed or roles & allowed:
             return
         elif not roles:
-            problem = f"identity {identity!r} has no role in this server's config"
+            problem = f"identity {echo(identity)} has no role in this server's config"
         else:
             problem = (
                 f"{method.rsplit('/', 1)[-1]} needs role "
-                f"{' or '.join(sorted(allowed))}; {identity!r} has {', '.join(sorted(roles))}"
+                f"{' or '.join(sorted(allowed))}; {echo(identity)} has {', '.join(sorted(roles))}"
             )
-        error = PermissionDeniedError(problem, reason="ROLE_NOT_ALLOWED")
-        log.warning("call rejected", identity=identity, method=method, reason=problem)
-        try:
-            self._on_reject(identity, method, error)
-        except StoreError as e:  # the rejection cannot be audited: fail closed
-            abort(context, e)
-        abort(context, error)
+        self._refuse(
+            identity, method, PermissionDeniedError(problem, reason="ROLE_NOT_ALLOWED"), context
+        )

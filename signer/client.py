@@ -6,6 +6,12 @@ CI job without any secret, OIDC settings: `oidc_audience`, `oidc_token_file`,
 flags override it and `SIGNER_PROFILE` names a default (DESIGN §9). The
 caller's identity is read from its own certificate, the same way the server
 reads it. Every call gets a deadline.
+
+Listings come a page at a time (`list_requests`), and `fetch_request` gives an
+officer one request with every digest, paging through a large batch's digests:
+what it returns is checked to be whole (as many digests as the request says it
+has, the pages agreeing with what the request carried), so a batch is never
+shown or signed in part.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import dataclasses
 import datetime as dt
 import os
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +35,19 @@ from signer.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
 from signer.config import parse_duration
 from signer.errors import ConfigError, VerificationError
 from signer.text import DISPLAY_RULE, is_displayable, shown
+from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
 
-__all__ = ["Profile", "RemoteError", "load_profile", "remote_error"]
+__all__ = [
+    "Profile",
+    "RemoteError",
+    "call",
+    "fetch_request",
+    "list_requests",
+    "load_profile",
+    "remote_error",
+]
+
+MAX_DIGESTS = 10_000  # the most a request may have (the server's limit)
 
 
 @dataclass(frozen=True)
@@ -194,3 +212,77 @@ def remote_error(e: grpc.RpcError) -> RemoteError:
     if e.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in message.lower():
         message += " (check the profile's CA, client certificate and server address)"
     return RemoteError(e.code(), message, reason)
+
+
+def call(
+    profile: Profile, rpc: Callable[..., Any], request: Any, timeout: float | None = None
+) -> Any:
+    """One RPC with a deadline; RpcError becomes RemoteError."""
+    try:
+        return rpc(request, timeout=timeout or profile.timeout.total_seconds())
+    except grpc.RpcError as e:
+        raise remote_error(e) from None
+
+
+def list_requests(
+    profile: Profile,
+    stub: approval_pb2_grpc.ApprovalServiceStub,
+    state: types_pb2.RequestState.ValueType,
+) -> Iterator[types_pb2.SigningRequest]:
+    """Every request in `state` the caller may decide on, as summaries, page by page."""
+    req = approval_pb2.ListRequestsRequest(state=state, page_size=50)
+    while True:
+        resp = call(profile, stub.ListRequests, req)
+        yield from resp.requests
+        if not resp.next_page_token:
+            return
+        if resp.next_page_token == req.page_token:
+            raise VerificationError("the server sent the same page again; the listing stops")
+        req.page_token = resp.next_page_token
+
+
+def fetch_request(
+    profile: Profile, stub: approval_pb2_grpc.ApprovalServiceStub, request_id: str
+) -> types_pb2.SigningRequest:
+    """One request with all its digests (paged through when it carries only its first)."""
+    r: types_pb2.SigningRequest = call(
+        profile, stub.GetRequest, approval_pb2.GetRequestRequest(id=request_id)
+    ).request
+    count = r.digest_count or len(r.digests)  # a server without paging sends them all
+    if len(r.digests) > count or count > MAX_DIGESTS:
+        raise VerificationError(
+            f"request {request_id}: the server sent {len(r.digests)} digests and says it has "
+            f"{count}; not shown"
+        )
+    if len(r.digests) < count:
+        digests = _all_digests(profile, stub, request_id, count)
+        if digests[: len(r.digests)] != list(r.digests):
+            raise VerificationError(
+                f"request {request_id}: its digest pages differ from the digests it carried"
+            )
+        del r.digests[:]
+        r.digests.extend(digests)
+    return r
+
+
+def _all_digests(
+    profile: Profile, stub: approval_pb2_grpc.ApprovalServiceStub, request_id: str, count: int
+) -> list[types_pb2.Digest]:
+    digests: list[types_pb2.Digest] = []
+    req = approval_pb2.ListRequestDigestsRequest(id=request_id, page_size=MAX_DIGESTS)
+    while len(digests) < count:
+        resp = call(profile, stub.ListRequestDigests, req)
+        if resp.digest_count != count or not resp.digests:
+            raise VerificationError(
+                f"request {request_id}: the server's digest pages stop at {len(digests)} of "
+                f"{count} (or change their count)"
+            )
+        digests += resp.digests
+        if not resp.next_page_token:
+            break
+        req.page_token = resp.next_page_token
+    if len(digests) != count:
+        raise VerificationError(
+            f"request {request_id}: the server sent {len(digests)} digests of {count}"
+        )
+    return digests

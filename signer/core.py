@@ -39,6 +39,7 @@ from signer.audit import merkle
 from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
+from signer.bounds import echo
 from signer.config import KeyPolicy
 from signer.dsse import Envelope, Statement
 from signer.encoding import canonical_json, format_time
@@ -56,7 +57,7 @@ from signer.errors import (
 )
 from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Approval, Digest, Request, State, TokenCaller
-from signer.store.base import AuditFilter, Store, Tx
+from signer.store.base import PAGE_BYTES, AuditFilter, Store, Tx
 from signer.store.group import GroupCommit
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
 
@@ -239,7 +240,7 @@ class Core:
                 )
         elif actor not in policy.requesters:
             raise PermissionDeniedError(
-                f"{actor!r} may not request signatures with key {key_name!r}",
+                f"{echo(actor)} may not request signatures with key {key_name!r}",
                 reason="NOT_A_REQUESTER",
             )
         self._check_digests(digests, spec)
@@ -303,13 +304,13 @@ class Core:
                     earlier, earlier_params = found
                     if earlier_params != params:
                         raise AlreadyExistsError(
-                            f"idempotency key {idempotency_key!r} was used for request "
+                            f"idempotency key {echo(idempotency_key)} was used for request "
                             f"{earlier.id} with other parameters; use a new key"
                         )
                     return earlier
             if tx.count_pending(actor) >= self.limits.max_pending_per_requester:
                 raise TooLargeError(
-                    f"{actor!r} already has {self.limits.max_pending_per_requester} pending "
+                    f"{echo(actor)} already has {self.limits.max_pending_per_requester} pending "
                     "requests; wait for decisions or cancel some",
                     reason="TOO_MANY_PENDING",
                 )
@@ -332,7 +333,7 @@ class Core:
         policy = self.policies.get(request.key_name)
         if policy is None or actor not in policy.approvers:
             raise PermissionDeniedError(
-                f"{actor!r} is not an approver for key {request.key_name!r}",
+                f"{echo(actor)} is not an approver for key {request.key_name!r}",
                 reason="NOT_AN_APPROVER",
             )
         return request
@@ -394,11 +395,13 @@ class Core:
     def list_for_approver(
         self, actor: str, states: frozenset[State], after: int, limit: int
     ) -> list[tuple[int, Request]]:
+        """A page of requests on keys `actor` approves for: at most `limit`, and as many
+        large batches as fit in one page's bytes (one at least)."""
         keys = frozenset(n for n, p in self.policies.items() if actor in p.approvers)
         if not keys:
             return []
         with self._tx() as tx:
-            return tx.list_requests(states, keys, after, limit)
+            return tx.list_requests(states, keys, after, limit, PAGE_BYTES)
 
     # -- approvals ------------------------------------------------------------
 
@@ -408,7 +411,7 @@ class Core:
         approver_key = self.approver_keys.get(actor)
         if approver_key is None:
             raise PermissionDeniedError(
-                f"{actor!r} has no registered approval key", reason="NOT_AN_APPROVER"
+                f"{echo(actor)} has no registered approval key", reason="NOT_AN_APPROVER"
             )
         statement = env.verify(approver_key)
         self._expire_if_due(request_id)
@@ -419,12 +422,12 @@ class Core:
             policy = self.policies.get(request.key_name)
             if policy is None or actor not in policy.approvers:
                 raise PermissionDeniedError(
-                    f"{actor!r} is not an approver for key {request.key_name!r}",
+                    f"{echo(actor)} is not an approver for key {request.key_name!r}",
                     reason="NOT_AN_APPROVER",
                 )
             if not request.may_decide(actor):
                 raise PermissionDeniedError(
-                    f"{actor!r} made request {request_id} (or started its pipeline) "
+                    f"{echo(actor)} made request {request_id} (or started its pipeline) "
                     "and cannot decide on it",
                     reason="REQUESTER_CANNOT_APPROVE",
                 )
@@ -432,7 +435,7 @@ class Core:
             self._require_pending(request, now, decision)
             if any(a.approver == actor for a in request.approvals):
                 raise ConflictError(
-                    f"{actor!r} has already decided on request {request_id}; "
+                    f"{echo(actor)} has already decided on request {request_id}; "
                     "each officer counts once",
                     reason="ALREADY_DECIDED",
                 )
@@ -689,7 +692,8 @@ class Core:
                 start, recorded = minute, 0
             if recorded >= self.limits.max_rejections_per_minute:
                 self._rejections[actor] = (start, recorded, suppressed + 1)
-                log.warning("rejection not audited: rate exceeded", identity=actor)
+                if suppressed == 0:  # once per identity and minute, not once per call
+                    log.warning("rejections not audited: rate exceeded", identity=actor)
                 return
             self._rejections[actor] = (start, recorded + 1, 0)
         details: dict[str, Any] = {
@@ -714,8 +718,9 @@ class Core:
             raise
 
     def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
+        """A page of matching entries: at most `limit`, within one page's bytes (one at least)."""
         with self._tx() as tx:
-            return tx.list_audit(f, after, limit)
+            return tx.list_audit(f, after, limit, PAGE_BYTES)
 
     # -- the tree (DESIGN §6) ------------------------------------------------------
 
@@ -734,7 +739,7 @@ class Core:
                     f"entries [{start}, {end}) are outside the log of {size} entries",
                     reason="BAD_RANGE",
                 )
-            return tx.entries(start, min(end, size, start + 1000))
+            return tx.entries(start, min(end, size, start + 1000), PAGE_BYTES)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         with self._tx() as tx:
@@ -779,7 +784,7 @@ class Core:
         policy, spec = self.policies.get(key_name), self.keys.get(key_name)
         if policy is None or spec is None:
             raise NotFoundError(
-                f"no signing key named {key_name[:64]!r}; see `signer keys list`",
+                f"no signing key named {echo(key_name)}; see `signer keys list`",
                 reason="UNKNOWN_KEY",
             )
         return policy, spec
@@ -792,7 +797,7 @@ class Core:
     def _get_in(tx: Tx, request_id: str) -> Request:
         request = tx.get_request(request_id) if _REQUEST_ID.match(request_id) else None
         if request is None:
-            raise NotFoundError(f"no request with id {request_id!r}", reason="UNKNOWN_REQUEST")
+            raise NotFoundError(f"no request with id {echo(request_id)}", reason="UNKNOWN_REQUEST")
         return request
 
     @staticmethod
@@ -873,7 +878,7 @@ class Core:
         for k, v in context.items():
             if not _CONTEXT_KEY.match(k):
                 raise InvalidArgumentError(
-                    f"context key {k[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . -",
+                    f"context key {echo(k)} must be 1-64 of A-Z a-z 0-9 _ . -",
                     reason="BAD_CONTEXT",
                 )
             if len(v) > self.limits.max_context_value or not is_displayable(v):

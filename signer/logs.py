@@ -1,7 +1,8 @@
 """structlog set-up, done once in `main()`: JSON in production, console on a TTY.
 
 Operational logs are not the audit log. PINs and passphrases are never passed
-to a logger (invariant 7).
+to a logger (invariant 7). No value of a line is longer than `bounds.MAX_MESSAGE`
+characters, whatever a caller sent.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import sys
 
 import structlog
+
+from signer.bounds import clip_log_values
 
 __all__ = ["configure"]
 
@@ -25,6 +28,7 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            clip_log_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

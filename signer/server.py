@@ -5,10 +5,19 @@ security check (invariant 1) and the audit log records the start with the
 loaded policy's hash (invariant 3, DESIGN §4). A background sweeper expires
 PENDING requests past their TTL and signs APPROVED requests that a crash or
 outage left unsigned (invariant 9).
+
+Below gRPC, no connection can take the shared capacity (DESIGN §14): a
+connection carries at most `STREAMS_PER_CONNECTION` streams at once (gRPC
+core then also paces rapid stream resets), an idle one is closed, a dead peer
+is found by keepalive pings, and every connection is recycled after
+`CONNECTION_AGE` with a grace longer than any call may last, which bounds the
+life of every stream. Each identity holds at most half the workers, and a
+caller without a role none for longer than it takes to refuse it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -20,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from signer import __version__
 from signer.admin import checkpointer_for, open_token
 from signer.auth import DEFAULT_RULES, AuthInterceptor
+from signer.bounds import RateLimit
 from signer.config import Config
 from signer.core import Core, KeySpec
 from signer.errors import ConfigError
@@ -42,6 +52,9 @@ from signer.v1 import (
 __all__ = ["Server", "load_keys"]
 
 log = structlog.get_logger("signer.server")
+STREAMS_PER_CONNECTION = 32
+CONNECTION_IDLE = dt.timedelta(minutes=5)
+CONNECTION_AGE = dt.timedelta(hours=1)
 _SERVICES = (
     signing_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name,
     approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
@@ -160,27 +173,30 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
     if s.oidc_listen is not None:
         oidc = OidcVerifier(config.issuers, officers=config.approver_keys)
         oidc.load()
+    log_limit = RateLimit(core.limits.max_rejections_per_minute)
     interceptor = AuthInterceptor(
         config.roles_of,
         rules,
         lambda who, method, e: core.record_rejection(who, method, e),
         oidc,
+        calls_per_identity=max(2, s.workers // 2),
+        log_limit=log_limit,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
-        options=[
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=s.workers * 4,
+        options=_options(config),
+        # Calls waiting for a worker hold no message yet (served as request streams, see
+        # signer.auth) and a connection brings at most STREAMS_PER_CONNECTION: room for a
+        # burst of refused calls from many connections, without refusing the others.
+        maximum_concurrent_rpcs=s.workers * STREAMS_PER_CONNECTION,
     )
-    signing_pb2_grpc.add_SigningServiceServicer_to_server(SigningService(core, s.max_wait), server)
-    approval_pb2_grpc.add_ApprovalServiceServicer_to_server(
-        ApprovalService(core, s.max_wait), server
-    )
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditService(core, s.max_wait), server)
+    signing = SigningService(core, s.max_wait, log_limit)
+    approval = ApprovalService(core, s.max_wait, log_limit)
+    audit = AuditService(core, s.max_wait, log_limit)
+    signing_pb2_grpc.add_SigningServiceServicer_to_server(signing, server)
+    approval_pb2_grpc.add_ApprovalServiceServicer_to_server(approval, server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
     health_servicer = health.HealthServicer()
     for name in ("", *_SERVICES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -209,6 +225,27 @@ def _check_tls(config: Config) -> None:
         check_server_files(s.tls_cert, s.tls_key, s.client_ca)
     except ValueError as e:
         raise ConfigError(f"{config.path}: server.tls_cert, tls_key, client_ca: {e}") from None
+
+
+def _options(config: Config) -> list[tuple[str, int]]:
+    """gRPC core settings that bound what one connection can hold, and for how long."""
+    s = config.server
+    longest = max(ApprovalService.watch_limit, s.max_wait)  # the longest call there is
+    return [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+        ("grpc.max_connection_idle_ms", _ms(CONNECTION_IDLE)),
+        ("grpc.max_connection_age_ms", _ms(CONNECTION_AGE)),
+        ("grpc.max_connection_age_grace_ms", _ms(longest + dt.timedelta(minutes=1))),
+        ("grpc.keepalive_time_ms", _ms(dt.timedelta(minutes=5))),
+        ("grpc.keepalive_timeout_ms", _ms(dt.timedelta(seconds=20))),
+    ]
+
+
+def _ms(d: dt.timedelta) -> int:
+    return min(int(d.total_seconds() * 1000), 2**31 - 1)
 
 
 def _bind(

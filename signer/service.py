@@ -5,28 +5,38 @@ interceptor from the TLS auth context); all rules live in the core. Domain
 errors become gRPC status codes here and only here, with a
 `google.rpc.ErrorInfo` carrying the machine-readable reason. Every rejected
 call is audit-logged; if that audit write fails the call fails UNAVAILABLE.
+Its log line is rate-limited per identity, with every echoed value cut short.
+
+No caller can make an answer too large for others to read (DESIGN §14): a
+listing page holds at most `page_size` items and stops before `PAGE_BYTES` of
+them (always one at least, and no item is larger than a page). Officers get
+requests as summaries (at most `INLINE_DIGESTS` digests inline, and
+`digest_count`) and page through a batch's digests with ListRequestDigests.
+Long-lived calls (waits, watches) have a per-identity cap and a time bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from signer.audit.entry import AuditEntry
 from signer.auth import current_caller, current_identity, current_method
+from signer.bounds import RateLimit, Slots, clip, echo, fitting
 from signer.convert import (
     STATE_FROM_PB,
     audit_event_pb,
     audit_proof_pb,
     digest_from_pb,
+    digest_pb,
     duration,
     key_info_pb,
     request_pb,
@@ -40,11 +50,10 @@ from signer.errors import (
     SignerError,
     StoreError,
     TokenError,
-    TooLargeError,
 )
-from signer.model import Request, State
+from signer.model import INLINE_DIGESTS, Request, State
 from signer.status import abort
-from signer.store.base import AuditFilter
+from signer.store.base import PAGE_BYTES, AuditFilter
 from signer.v1 import (
     approval_pb2,
     approval_pb2_grpc,
@@ -85,15 +94,31 @@ def _stream(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _page_of(items: Sequence[Message], max_bytes: int = PAGE_BYTES) -> int:
+    """How many of the first `items` one page carries: under `max_bytes` serialized (a
+    repeated field's element costs its size and at most 5 bytes of tag and length)."""
+    return fitting([m.ByteSize() + 5 for m in items], max_bytes)
+
+
 class _Base:
-    def __init__(self, core: Core, max_wait: dt.timedelta) -> None:
+    def __init__(
+        self, core: Core, max_wait: dt.timedelta, log_limit: RateLimit | None = None
+    ) -> None:
         self.core = core
         self.max_wait = max_wait
+        self.log_limit = log_limit or RateLimit(core.limits.max_rejections_per_minute)
 
     def _reject(self, error: SignerError, request: Any, context: grpc.ServicerContext) -> None:
         identity = current_identity.get()
         method = current_method.get()
-        log.warning("call rejected", reason=error.reason, error=str(error))
+        held = self.log_limit.allow(identity)
+        if held is not None:  # a flood of bad calls writes a few lines a minute, not one each
+            log.warning(
+                "call rejected",
+                reason=error.reason,
+                error=clip(str(error)),
+                **({"not_logged_before": held} if held else {}),
+            )
         if not isinstance(error, StoreError | TokenError):
             try:
                 self.core.record_rejection(identity, method, error, str(getattr(request, "id", "")))
@@ -101,13 +126,31 @@ class _Base:
                 error = e
         abort(context, error)
 
-    def _pb(self, r: Request) -> types_pb2.SigningRequest:
+    def _pb(self, r: Request, digests: int | None = None) -> types_pb2.SigningRequest:
+        """The request as answered: whole, or with only its first `digests` digests."""
         policy = self.core.policies.get(r.key_name)
-        pb = request_pb(r, policy.threshold if policy else 0)
+        shown = r if digests is None else dataclasses.replace(r, digests=r.digests[:digests])
+        pb = request_pb(shown, policy.threshold if policy else 0)
+        pb.digest_count = len(r.digests)
         if r.state is State.SIGNED:
             proof = self.core.audit_proof(r.id)
             if proof is not None:
                 pb.audit_proof.CopyFrom(audit_proof_pb(proof))
+        return pb
+
+    def _summary(self, r: Request) -> types_pb2.SigningRequest:
+        """The request as listed: at most INLINE_DIGESTS digests (and `digest_count`),
+        approvals without their envelopes, no signatures and no audit proof. Its size is
+        bounded by the core's limits (about 300 KiB at most), well under a page."""
+        policy = self.core.policies.get(r.key_name)
+        shown = dataclasses.replace(
+            r,
+            digests=r.digests[:INLINE_DIGESTS],
+            approvals=tuple(dataclasses.replace(a, envelope=b"") for a in r.approvals),
+            signatures=(),
+        )
+        pb = request_pb(shown, policy.threshold if policy else 0)
+        pb.digest_count = len(r.digests)
         return pb
 
     def _wait_budget(
@@ -123,27 +166,12 @@ class _Base:
 class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
     max_waits_per_identity = 16  # long polls one identity may hold at once
 
-    def __init__(self, core: Core, max_wait: dt.timedelta) -> None:
-        super().__init__(core, max_wait)
-        self._waits: dict[str, int] = {}
-        self._waits_lock = threading.Lock()
-
-    @contextmanager
-    def _waiting(self, identity: str) -> Iterator[None]:
-        """Bound the worker threads one identity can hold in long polls."""
-        with self._waits_lock:
-            if self._waits.get(identity, 0) >= self.max_waits_per_identity:
-                raise TooLargeError(
-                    f"{identity!r} already has {self.max_waits_per_identity} waits open; "
-                    "wait on fewer requests at once",
-                    reason="TOO_MANY_WAITS",
-                )
-            self._waits[identity] = self._waits.get(identity, 0) + 1
-        try:
-            yield
-        finally:
-            with self._waits_lock:
-                self._waits[identity] -= 1
+    def __init__(
+        self, core: Core, max_wait: dt.timedelta, log_limit: RateLimit | None = None
+    ) -> None:
+        super().__init__(core, max_wait, log_limit)
+        # Bound the worker threads one identity can hold in long polls.
+        self.waits = Slots(self.max_waits_per_identity, "waits open", "TOO_MANY_WAITS")
 
     @_rpc
     def CreateSigningRequest(
@@ -176,7 +204,7 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
     ) -> signing_pb2.WaitSigningRequestResponse:
         budget = self._wait_budget(duration(request.timeout), context)
         identity = current_identity.get()
-        with self._waiting(identity):
+        with self.waits.hold(identity):
             r = self.core.wait(identity, request.id, budget, alive=context.is_active)
         return signing_pb2.WaitSigningRequestResponse(request=self._pb(r), done=r.terminal)
 
@@ -193,7 +221,9 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
     ) -> signing_pb2.GetPublicKeyResponse:
         spec = self.core.keys.get(request.key_name)
         if spec is None:
-            raise NotFoundError(f"no signing key named {request.key_name!r}", reason="UNKNOWN_KEY")
+            raise NotFoundError(
+                f"no signing key named {echo(request.key_name)}", reason="UNKNOWN_KEY"
+            )
         return signing_pb2.GetPublicKeyResponse(key=key_info_pb(spec))
 
     @_rpc
@@ -218,6 +248,15 @@ def _page(token: str, size: int, default: int, maximum: int) -> tuple[int, int]:
 
 class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
     watch_limit = dt.timedelta(minutes=10)
+    max_watches_per_identity = 4  # WatchRequests streams one officer may hold at once
+
+    def __init__(
+        self, core: Core, max_wait: dt.timedelta, log_limit: RateLimit | None = None
+    ) -> None:
+        super().__init__(core, max_wait, log_limit)
+        self.watches = Slots(
+            self.max_watches_per_identity, "watch streams open", "TOO_MANY_WATCHES"
+        )
 
     @_rpc
     def ListRequests(
@@ -226,17 +265,36 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
         after, size = _page(request.page_token, request.page_size, 20, 50)
         state = STATE_FROM_PB.get(request.state, State.PENDING)
         rows = self.core.list_for_approver(current_identity.get(), frozenset({state}), after, size)
-        token = str(rows[-1][0]) if len(rows) == size else ""
-        return approval_pb2.ListRequestsResponse(
-            requests=[self._pb(r) for _, r in rows], next_page_token=token
-        )
+        found = [self._summary(r) for _, r in rows]
+        n = _page_of(found)
+        # The store stops early at large batches too: any page but an empty one may have
+        # a next, so the listing ends with the first empty page.
+        token = str(rows[n - 1][0]) if n else ""
+        return approval_pb2.ListRequestsResponse(requests=found[:n], next_page_token=token)
 
     @_rpc
     def GetRequest(
         self, request: approval_pb2.GetRequestRequest, context: grpc.ServicerContext
     ) -> approval_pb2.GetRequestResponse:
         r = self.core.get_for_approver(current_identity.get(), request.id)
-        return approval_pb2.GetRequestResponse(request=self._pb(r))
+        return approval_pb2.GetRequestResponse(request=self._pb(r, digests=INLINE_DIGESTS))
+
+    @_rpc
+    def ListRequestDigests(
+        self, request: approval_pb2.ListRequestDigestsRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.ListRequestDigestsResponse:
+        after, size = _page(request.page_token, request.page_size, 1000, 10_000)
+        r = self.core.get_for_approver(current_identity.get(), request.id)
+        start = after + 1
+        if start > len(r.digests):
+            raise InvalidArgumentError("page_token is not one this server issued")
+        page = [digest_pb(d) for d in r.digests[start : start + size]]
+        end = start + _page_of(page)
+        return approval_pb2.ListRequestDigestsResponse(
+            digests=page[: end - start],
+            next_page_token=str(end - 1) if end < len(r.digests) else "",
+            digest_count=len(r.digests),
+        )
 
     @_rpc
     def Approve(
@@ -257,11 +315,17 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
         self, request: approval_pb2.WatchRequestsRequest, context: grpc.ServicerContext
     ) -> Iterator[approval_pb2.WatchRequestsResponse]:
         identity = current_identity.get()
+        with self.watches.hold(identity):
+            yield from self._watch(identity, context)
+
+    def _watch(
+        self, identity: str, context: grpc.ServicerContext
+    ) -> Iterator[approval_pb2.WatchRequestsResponse]:
         version = self.core.notifier.version
         after = -1
         while rows := self.core.list_for_approver(identity, frozenset({State.PENDING}), after, 50):
             for seq, r in rows:
-                yield approval_pb2.WatchRequestsResponse(request=self._pb(r))
+                yield approval_pb2.WatchRequestsResponse(request=self._summary(r))
                 after = seq
         end = time.monotonic() + self._wait_budget(self.watch_limit, context).total_seconds()
         while context.is_active() and time.monotonic() < end:
@@ -271,7 +335,7 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
                     r = self.core.get_for_approver(identity, rid)
                 except PermissionDeniedError:
                     continue  # a request for a key this officer does not approve
-                yield approval_pb2.WatchRequestsResponse(request=self._pb(r))
+                yield approval_pb2.WatchRequestsResponse(request=self._summary(r))
 
 
 class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
@@ -289,11 +353,11 @@ class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
             start=time_of(request.start_time) if request.HasField("start_time") else None,
             end=time_of(request.end_time) if request.HasField("end_time") else None,
         )
-        entries = self.core.list_audit(f, after, size)
-        token = str(entries[-1].index) if len(entries) == size else ""
-        return audit_pb2.ListAuditEventsResponse(
-            events=[audit_event_pb(e) for e in entries], next_page_token=token
-        )
+        events = [audit_event_pb(e) for e in self.core.list_audit(f, after, size)]
+        n = _page_of(events)
+        # The store stops early at large entries too: the listing ends with an empty page.
+        token = str(events[n - 1].index) if n else ""
+        return audit_pb2.ListAuditEventsResponse(events=events[:n], next_page_token=token)
 
     @_rpc
     def GetCheckpoint(
@@ -307,9 +371,8 @@ class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.GetEntriesRequest, context: grpc.ServicerContext
     ) -> audit_pb2.GetEntriesResponse:
         raw = self.core.entries(request.start, request.end)
-        return audit_pb2.GetEntriesResponse(
-            events=[audit_event_pb(AuditEntry.from_bytes(e)) for e in raw]
-        )
+        events = [audit_event_pb(AuditEntry.from_bytes(e)) for e in raw]
+        return audit_pb2.GetEntriesResponse(events=events[: _page_of(events)])
 
     @_rpc
     def GetInclusionProof(

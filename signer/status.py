@@ -1,7 +1,8 @@
 """Domain errors as gRPC statuses: the one mapping used by servicers and the interceptor.
 
 Each status carries an actionable message and a `google.rpc.ErrorInfo`
-(domain `signer.v1`) whose reason clients branch on (DESIGN §9).
+(domain `signer.v1`) whose reason clients branch on (DESIGN §9). The message is
+cut to `MAX_MESSAGE` characters: whatever a caller sent, the answer stays small.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from signer.bounds import clip
 from signer.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -54,7 +56,7 @@ def abort(context: grpc.ServicerContext, error: SignerError) -> NoReturn:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
     status = status_pb2.Status(
-        code=status_code_of(error).value[0], message=str(error), details=[detail]
+        code=status_code_of(error).value[0], message=clip(str(error)), details=[detail]
     )
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")  # abort_with_status raises

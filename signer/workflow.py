@@ -28,13 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2
 
 from signer.audit.proofs import SignedProof, verify_signed_proof
-from signer.client import Profile, RemoteError, remote_error
+from signer.client import Profile, RemoteError, call
 from signer.errors import ConfigError, ResponseMismatchError, VerificationError
 from signer.v1 import signing_pb2, types_pb2
 from signer.verify import verify_digest
@@ -63,16 +62,6 @@ _HASHES = {
     types_pb2.HASH_ALGORITHM_SHA384: "sha384",
     types_pb2.HASH_ALGORITHM_SHA512: "sha512",
 }
-
-
-def call(
-    profile: Profile, rpc: Callable[..., Any], request: Any, timeout: float | None = None
-) -> Any:
-    """One RPC with a deadline; RpcError becomes RemoteError."""
-    try:
-        return rpc(request, timeout=timeout or profile.timeout.total_seconds())
-    except grpc.RpcError as e:
-        raise remote_error(e) from None
 
 
 @dataclass(frozen=True)

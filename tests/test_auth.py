@@ -40,6 +40,7 @@ RPCS: list[tuple[str, str, type[Message], bool]] = [
     ("SigningService", "ListKeys", signing_pb2.ListKeysRequest, False),
     ("ApprovalService", "ListRequests", approval_pb2.ListRequestsRequest, False),
     ("ApprovalService", "GetRequest", approval_pb2.GetRequestRequest, False),
+    ("ApprovalService", "ListRequestDigests", approval_pb2.ListRequestDigestsRequest, False),
     ("ApprovalService", "Approve", approval_pb2.ApproveRequest, False),
     ("ApprovalService", "Deny", approval_pb2.DenyRequest, False),
     ("ApprovalService", "WatchRequests", approval_pb2.WatchRequestsRequest, True),
@@ -283,6 +284,9 @@ class _FakeContext:
     def auth_context(self) -> dict[str, list[bytes]]:
         return self._auth
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details)
 
@@ -311,7 +315,8 @@ def _guard(
         lambda identity: roles, DEFAULT_RULES, lambda *a: rejected.append(a)
     )
     guarded = interceptor.intercept_service(lambda d: handler, _Details(method))
-    return calls, rejected, lambda: guarded.unary_unary("req", _FakeContext(certs))
+    # Served as a request stream: the caller is checked before its one message is read.
+    return calls, rejected, lambda: guarded.stream_unary(iter(["req"]), _FakeContext(certs))
 
 
 def test_interceptor_denies_a_method_without_rule() -> None:

@@ -3,6 +3,11 @@
 Invariant 3 lives here: a state change and its audit entry are written in one
 transaction (`Store.transaction()`), so either both are durable or neither is.
 Database errors are translated to `StoreError` (UNAVAILABLE) at this port.
+
+Reads that return many rows take a byte budget as well as a count, so that no
+caller can make the server hold more than about one page plus one row in
+memory; a row is always returned even when it alone is over the budget. An
+audit entry is at most `MAX_AUDIT_ENTRY_BYTES`: an append past it is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ from typing import Any
 from signer.audit.entry import AuditEntry
 from signer.model import Approval, Request, State
 
-__all__ = ["AuditFilter", "Store", "Tx"]
+__all__ = ["MAX_AUDIT_ENTRY_BYTES", "PAGE_BYTES", "AuditFilter", "Store", "Tx"]
+
+# The largest entry the limits allow (request.created of 10,000 digests with
+# 512-character names in 4-byte UTF-8, full context and payload) is about 23 MB.
+MAX_AUDIT_ENTRY_BYTES = 32 * 1024 * 1024
+PAGE_BYTES = 1024 * 1024  # the byte budget of one page of a listing
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,15 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def list_requests(
-        self, states: frozenset[State], key_names: frozenset[str] | None, after: int, limit: int
+        self,
+        states: frozenset[State],
+        key_names: frozenset[str] | None,
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> list[tuple[int, Request]]:
-        """Requests in `states` (and keys), by creation order, after position `after`."""
+        """Requests in `states` (and keys), by creation order, after position `after`;
+        with `max_bytes`, they stop before that many bytes of stored digests (one at least)."""
 
     @abc.abstractmethod
     def count_by_state(self) -> dict[str, int]:
@@ -109,8 +125,11 @@ class Tx(abc.ABC):
     ) -> AuditEntry: ...
 
     @abc.abstractmethod
-    def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
-        """Entries matching `f` with index > `after`, oldest first."""
+    def list_audit(
+        self, f: AuditFilter, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[AuditEntry]:
+        """Entries matching `f` with index > `after`, oldest first; with `max_bytes`, they
+        stop before that many bytes of entries (one at least)."""
 
     @abc.abstractmethod
     def perfect(self, level: int, index: int) -> bytes:
@@ -127,8 +146,9 @@ class Tx(abc.ABC):
         """The checkpoint for `size` (default: the latest) as (size, signed note)."""
 
     @abc.abstractmethod
-    def entries(self, start: int, end: int) -> list[bytes]:
-        """Canonical bytes of entries [start, end)."""
+    def entries(self, start: int, end: int, max_bytes: int | None = None) -> list[bytes]:
+        """Canonical bytes of entries [start, end); with `max_bytes`, they stop before that
+        many bytes (one at least)."""
 
     @abc.abstractmethod
     def signed_entry(self, request_id: str) -> int | None:
@@ -155,7 +175,7 @@ class Store(abc.ABC):
         after = -1
         while True:
             with self.transaction() as tx:
-                page = tx.list_audit(AuditFilter(), after, 1000)
+                page = tx.list_audit(AuditFilter(), after, 1000, PAGE_BYTES)
             if not page:
                 return
             yield from page

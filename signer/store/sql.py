@@ -10,25 +10,45 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from signer.audit import merkle
 from signer.audit.entry import AuditEntry
+from signer.bounds import fitting
 from signer.encoding import canonical_json, format_time, parse_time
-from signer.errors import StoreError
+from signer.errors import StoreError, TooLargeError
 from signer.model import Approval, Digest, Request, State, TokenCaller
-from signer.store.base import AuditFilter, Tx
+from signer.store.base import MAX_AUDIT_ENTRY_BYTES, AuditFilter, Tx
 
 __all__ = ["SqlTx"]
 
+# Parsed digests of the requests read last, so that a batch is parsed once and not on
+# every read (each quorum check reads it again); bounded by count and by stored size.
+_PARSED: OrderedDict[str, tuple[Digest, ...]] = OrderedDict()
+_PARSED_LOCK = threading.Lock()
+_PARSED_MAX = 32
+_PARSED_MAX_CHARS = 64 * 1024 * 1024
 
-@functools.lru_cache(maxsize=32)
+
 def _digests(stored: str) -> tuple[Digest, ...]:
-    """A request's digests from their stored JSON; a batch is parsed once, not per read."""
-    return tuple(Digest.from_dict(d) for d in json.loads(stored))
+    """A request's digests from their stored JSON, parsed once while recently read."""
+    with _PARSED_LOCK:
+        found = _PARSED.get(stored)
+        if found is not None:
+            _PARSED.move_to_end(stored)
+            return found
+    parsed = tuple(Digest.from_dict(d) for d in json.loads(stored))
+    if len(stored) <= _PARSED_MAX_CHARS // 2:
+        with _PARSED_LOCK:
+            _PARSED[stored] = parsed
+            total = sum(map(len, _PARSED))
+            while len(_PARSED) > _PARSED_MAX or total > _PARSED_MAX_CHARS:
+                total -= len(_PARSED.popitem(last=False)[0])
+    return parsed
 
 
 class SqlTx(Tx):
@@ -194,9 +214,14 @@ class SqlTx(Tx):
         )
 
     def list_requests(
-        self, states: frozenset[State], key_names: frozenset[str] | None, after: int, limit: int
+        self,
+        states: frozenset[State],
+        key_names: frozenset[str] | None,
+        after: int,
+        limit: int,
+        max_bytes: int | None = None,
     ) -> list[tuple[int, Request]]:
-        sql = f"SELECT seq, {self._COLUMNS} FROM requests WHERE seq > ?"  # noqa: S608
+        sql = "SELECT seq FROM requests WHERE seq > ?"
         args: list[Any] = [after]
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
@@ -205,8 +230,19 @@ class SqlTx(Tx):
             sql += f" AND key_name IN ({','.join('?' * len(key_names))})"
             args += sorted(key_names)
         sql += " ORDER BY seq LIMIT ?"
-        rows = self._rows(sql, (*args, limit))
-        return [(row[0], self._request(row[1:])) for row in rows]
+        found: list[tuple[int, Request]] = []
+        stored = 0  # characters of digests read: one large batch at a time, never fifty
+        for (seq,) in self._rows(sql, (*args, limit)):
+            row = self._one(
+                f"SELECT {self._COLUMNS} FROM requests WHERE seq = ?",  # noqa: S608
+                (seq,),
+            )
+            assert row is not None  # the same transaction: the row is still there
+            stored += len(row[5])
+            if found and max_bytes is not None and stored > max_bytes:
+                break
+            found.append((int(seq), self._request(row)))
+        return found
 
     def count_by_state(self) -> dict[str, int]:
         rows = self._rows("SELECT state, count(*) FROM requests GROUP BY state")
@@ -260,7 +296,13 @@ class SqlTx(Tx):
             row = self._one("SELECT size, note FROM checkpoints WHERE size = ?", (size,))
         return (int(row[0]), str(row[1])) if row else None
 
-    def entries(self, start: int, end: int) -> list[bytes]:
+    def entries(self, start: int, end: int, max_bytes: int | None = None) -> list[bytes]:
+        if max_bytes is not None:  # sizes first (read without the entries), then the page
+            sizes = self._rows(
+                "SELECT length(entry) FROM audit_log WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            )
+            end = start + fitting([int(n) for (n,) in sizes], max_bytes)
         return [
             bytes(e)
             for (e,) in self._rows(
@@ -288,6 +330,12 @@ class SqlTx(Tx):
         size = self.tree_size()
         entry = AuditEntry(size, when, event, actor, request_id, details)
         raw = entry.to_bytes()
+        if len(raw) > MAX_AUDIT_ENTRY_BYTES:
+            raise TooLargeError(
+                f"the {event} audit entry would be {len(raw)} bytes; the limit is "
+                f"{MAX_AUDIT_ENTRY_BYTES}",
+                reason="AUDIT_ENTRY_TOO_LARGE",
+            )
         self._run(
             "INSERT INTO audit_log VALUES (?,?,?,?,?,?,?)",
             (entry.index, raw, format_time(when), event, actor, request_id, key_name),
@@ -299,8 +347,10 @@ class SqlTx(Tx):
         self.appended += 1
         return entry
 
-    def list_audit(self, f: AuditFilter, after: int, limit: int) -> list[AuditEntry]:
-        sql = "SELECT entry FROM audit_log WHERE idx > ?"
+    def list_audit(
+        self, f: AuditFilter, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[AuditEntry]:
+        sql = " FROM audit_log WHERE idx > ?"
         args: list[Any] = [after]
         for column, value in (
             ("event", f.event),
@@ -320,5 +370,8 @@ class SqlTx(Tx):
         if f.end is not None:
             sql += " AND time < ?"
             args.append(format_time(f.end))
-        sql += " ORDER BY idx LIMIT ?"
-        return [AuditEntry.from_bytes(bytes(e)) for (e,) in self._rows(sql, (*args, limit))]
+        if max_bytes is not None:  # sizes first (read without the entries), then the page
+            sizes = self._rows(f"SELECT length(entry){sql} ORDER BY idx LIMIT ?", (*args, limit))
+            limit = fitting([int(n) for (n,) in sizes], max_bytes)
+        rows = self._rows(f"SELECT entry{sql} ORDER BY idx LIMIT ?", (*args, limit))
+        return [AuditEntry.from_bytes(bytes(e)) for (e,) in rows]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from signer.v1 import types_pb2 as signer_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18signer/v1/approval.proto\x12\tsigner.v1\x1a\x15signer/v1/types.proto\"d\n\x13ListRequestsRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.signer.v1.RequestState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x14ListRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.signer.v1.SigningRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11GetRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x12GetRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\".\n\x0e\x41pproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"=\n\x0f\x41pproveResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"+\n\x0b\x44\x65nyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\":\n\x0c\x44\x65nyResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"\x16\n\x14WatchRequestsRequest\"C\n\x15WatchRequestsResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest2\xfe\x02\n\x0f\x41pprovalService\x12O\n\x0cListRequests\x12\x1e.signer.v1.ListRequestsRequest\x1a\x1f.signer.v1.ListRequestsResponse\x12I\n\nGetRequest\x12\x1c.signer.v1.GetRequestRequest\x1a\x1d.signer.v1.GetRequestResponse\x12@\n\x07\x41pprove\x12\x19.signer.v1.ApproveRequest\x1a\x1a.signer.v1.ApproveResponse\x12\x37\n\x04\x44\x65ny\x12\x16.signer.v1.DenyRequest\x1a\x17.signer.v1.DenyResponse\x12T\n\rWatchRequests\x12\x1f.signer.v1.WatchRequestsRequest\x1a .signer.v1.WatchRequestsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18signer/v1/approval.proto\x12\tsigner.v1\x1a\x15signer/v1/types.proto\"d\n\x13ListRequestsRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.signer.v1.RequestState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x14ListRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.signer.v1.SigningRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11GetRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x12GetRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"N\n\x19ListRequestDigestsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x1aListRequestDigestsResponse\x12\"\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x14\n\x0c\x64igest_count\x18\x03 \x01(\x05\".\n\x0e\x41pproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"=\n\x0f\x41pproveResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"+\n\x0b\x44\x65nyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\":\n\x0c\x44\x65nyResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"\x16\n\x14WatchRequestsRequest\"C\n\x15WatchRequestsResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest2\xe1\x03\n\x0f\x41pprovalService\x12O\n\x0cListRequests\x12\x1e.signer.v1.ListRequestsRequest\x1a\x1f.signer.v1.ListRequestsResponse\x12I\n\nGetRequest\x12\x1c.signer.v1.GetRequestRequest\x1a\x1d.signer.v1.GetRequestResponse\x12\x61\n\x12ListRequestDigests\x12$.signer.v1.ListRequestDigestsRequest\x1a%.signer.v1.ListRequestDigestsResponse\x12@\n\x07\x41pprove\x12\x19.signer.v1.ApproveRequest\x1a\x1a.signer.v1.ApproveResponse\x12\x37\n\x04\x44\x65ny\x12\x16.signer.v1.DenyRequest\x1a\x17.signer.v1.DenyResponse\x12T\n\rWatchRequests\x12\x1f.signer.v1.WatchRequestsRequest\x1a .signer.v1.WatchRequestsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,18 +40,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREQUESTREQUEST']._serialized_end=289
   _globals['_GETREQUESTRESPONSE']._serialized_start=291
   _globals['_GETREQUESTRESPONSE']._serialized_end=355
-  _globals['_APPROVEREQUEST']._serialized_start=357
-  _globals['_APPROVEREQUEST']._serialized_end=403
-  _globals['_APPROVERESPONSE']._serialized_start=405
-  _globals['_APPROVERESPONSE']._serialized_end=466
-  _globals['_DENYREQUEST']._serialized_start=468
-  _globals['_DENYREQUEST']._serialized_end=511
-  _globals['_DENYRESPONSE']._serialized_start=513
-  _globals['_DENYRESPONSE']._serialized_end=571
-  _globals['_WATCHREQUESTSREQUEST']._serialized_start=573
-  _globals['_WATCHREQUESTSREQUEST']._serialized_end=595
-  _globals['_WATCHREQUESTSRESPONSE']._serialized_start=597
-  _globals['_WATCHREQUESTSRESPONSE']._serialized_end=664
-  _globals['_APPROVALSERVICE']._serialized_start=667
-  _globals['_APPROVALSERVICE']._serialized_end=1049
+  _globals['_LISTREQUESTDIGESTSREQUEST']._serialized_start=357
+  _globals['_LISTREQUESTDIGESTSREQUEST']._serialized_end=435
+  _globals['_LISTREQUESTDIGESTSRESPONSE']._serialized_start=437
+  _globals['_LISTREQUESTDIGESTSRESPONSE']._serialized_end=548
+  _globals['_APPROVEREQUEST']._serialized_start=550
+  _globals['_APPROVEREQUEST']._serialized_end=596
+  _globals['_APPROVERESPONSE']._serialized_start=598
+  _globals['_APPROVERESPONSE']._serialized_end=659
+  _globals['_DENYREQUEST']._serialized_start=661
+  _globals['_DENYREQUEST']._serialized_end=704
+  _globals['_DENYRESPONSE']._serialized_start=706
+  _globals['_DENYRESPONSE']._serialized_end=764
+  _globals['_WATCHREQUESTSREQUEST']._serialized_start=766
+  _globals['_WATCHREQUESTSREQUEST']._serialized_end=788
+  _globals['_WATCHREQUESTSRESPONSE']._serialized_start=790
+  _globals['_WATCHREQUESTSRESPONSE']._serialized_end=857
+  _globals['_APPROVALSERVICE']._serialized_start=860
+  _globals['_APPROVALSERVICE']._serialized_end=1341
 # @@protoc_insertion_point(module_scope)

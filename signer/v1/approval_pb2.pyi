@@ -29,7 +29,9 @@ class ListRequestsRequest(_message.Message):
     state: _types_pb2.RequestState.ValueType
     """Only requests in this state; unspecified means pending."""
     page_size: _builtins.int
+    """At most this many (default 20, at most 50)."""
     page_token: _builtins.str
+    """Opaque; from a previous response."""
     def __init__(
         self,
         *,
@@ -52,6 +54,7 @@ class ListRequestsResponse(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty when there is no more (the last page may be empty)."""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SigningRequest]: ...
     def __init__(
@@ -106,6 +109,61 @@ class GetRequestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRequestResponse: _TypeAlias = GetRequestResponse  # noqa: Y015
+
+@_typing.final
+class ListRequestDigestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The request's id."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    """Opaque; from a previous response."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestDigestsRequest: _TypeAlias = ListRequestDigestsRequest  # noqa: Y015
+
+@_typing.final
+class ListRequestDigestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DIGEST_COUNT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty after the last digest."""
+    digest_count: _builtins.int
+    """How many digests the request has."""
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Digest]: ...
+    def __init__(
+        self,
+        *,
+        digests: _abc.Iterable[_types_pb2.Digest] | None = ...,
+        next_page_token: _builtins.str = ...,
+        digest_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest_count", b"digest_count", "digests", b"digests", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRequestDigestsResponse: _TypeAlias = ListRequestDigestsResponse  # noqa: Y015
 
 @_typing.final
 class ApproveRequest(_message.Message):

@@ -45,6 +45,11 @@ class ApprovalServiceStub:
                 request_serializer=signer_dot_v1_dot_approval__pb2.GetRequestRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_approval__pb2.GetRequestResponse.FromString,
                 _registered_method=True)
+        self.ListRequestDigests = channel.unary_unary(
+                '/signer.v1.ApprovalService/ListRequestDigests',
+                request_serializer=signer_dot_v1_dot_approval__pb2.ListRequestDigestsRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_approval__pb2.ListRequestDigestsResponse.FromString,
+                _registered_method=True)
         self.Approve = channel.unary_unary(
                 '/signer.v1.ApprovalService/Approve',
                 request_serializer=signer_dot_v1_dot_approval__pb2.ApproveRequest.SerializeToString,
@@ -67,14 +72,25 @@ class ApprovalServiceServicer:
     """
 
     def ListRequests(self, request, context):
-        """Lists requests the caller may decide on.
+        """Lists requests the caller may decide on, as summaries: at most the first 16
+        digests (and `digest_count`), approvals without their envelopes, no signatures
+        and no audit proof. A page holds at most page_size summaries and stops before
+        1 MiB of them (it always holds one: a summary is at most about 300 KiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRequest(self, request, context):
-        """Returns one request with its approvals.
+        """Returns one request with its approvals and at most its first 16 digests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRequestDigests(self, request, context):
+        """Returns a page of one request's digests, in request order: at most page_size
+        (default 1000, at most 10000) and less than 1 MiB (a digest is at most about 2 KiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +111,8 @@ class ApprovalServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRequests(self, request, context):
-        """Streams new and changed requests until the call's deadline.
+        """Streams new and changed requests (summaries, as ListRequests) until the call's
+        deadline or 10 minutes; an officer may hold 4 of these streams at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +130,11 @@ def add_ApprovalServiceServicer_to_server(servicer, server):
                     servicer.GetRequest,
                     request_deserializer=signer_dot_v1_dot_approval__pb2.GetRequestRequest.FromString,
                     response_serializer=signer_dot_v1_dot_approval__pb2.GetRequestResponse.SerializeToString,
+            ),
+            'ListRequestDigests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRequestDigests,
+                    request_deserializer=signer_dot_v1_dot_approval__pb2.ListRequestDigestsRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_approval__pb2.ListRequestDigestsResponse.SerializeToString,
             ),
             'Approve': grpc.unary_unary_rpc_method_handler(
                     servicer.Approve,
@@ -185,6 +207,33 @@ class ApprovalService:
             '/signer.v1.ApprovalService/GetRequest',
             signer_dot_v1_dot_approval__pb2.GetRequestRequest.SerializeToString,
             signer_dot_v1_dot_approval__pb2.GetRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRequestDigests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.ApprovalService/ListRequestDigests',
+            signer_dot_v1_dot_approval__pb2.ListRequestDigestsRequest.SerializeToString,
+            signer_dot_v1_dot_approval__pb2.ListRequestDigestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

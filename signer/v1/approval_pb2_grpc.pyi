@@ -34,15 +34,25 @@ class ApprovalServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ApprovalServiceAsyncStub: ...
     ListRequests: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ListRequestsRequest, _approval_pb2.ListRequestsResponse]
-    """Lists requests the caller may decide on."""
+    """Lists requests the caller may decide on, as summaries: at most the first 16
+    digests (and `digest_count`), approvals without their envelopes, no signatures
+    and no audit proof. A page holds at most page_size summaries and stops before
+    1 MiB of them (it always holds one: a summary is at most about 300 KiB).
+    """
     GetRequest: _grpc.UnaryUnaryMultiCallable[_approval_pb2.GetRequestRequest, _approval_pb2.GetRequestResponse]
-    """Returns one request with its approvals."""
+    """Returns one request with its approvals and at most its first 16 digests."""
+    ListRequestDigests: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ListRequestDigestsRequest, _approval_pb2.ListRequestDigestsResponse]
+    """Returns a page of one request's digests, in request order: at most page_size
+    (default 1000, at most 10000) and less than 1 MiB (a digest is at most about 2 KiB).
+    """
     Approve: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ApproveRequest, _approval_pb2.ApproveResponse]
     """Records an approval; signs once the threshold is met."""
     Deny: _grpc.UnaryUnaryMultiCallable[_approval_pb2.DenyRequest, _approval_pb2.DenyResponse]
     """Records a denial; one denial ends the request."""
     WatchRequests: _grpc.UnaryStreamMultiCallable[_approval_pb2.WatchRequestsRequest, _approval_pb2.WatchRequestsResponse]
-    """Streams new and changed requests until the call's deadline."""
+    """Streams new and changed requests (summaries, as ListRequests) until the call's
+    deadline or 10 minutes; an officer may hold 4 of these streams at once.
+    """
 
 @_typing.type_check_only
 class ApprovalServiceAsyncStub(ApprovalServiceStub):
@@ -50,15 +60,25 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRequests: _aio.UnaryUnaryMultiCallable[_approval_pb2.ListRequestsRequest, _approval_pb2.ListRequestsResponse]  # type: ignore[assignment]
-    """Lists requests the caller may decide on."""
+    """Lists requests the caller may decide on, as summaries: at most the first 16
+    digests (and `digest_count`), approvals without their envelopes, no signatures
+    and no audit proof. A page holds at most page_size summaries and stops before
+    1 MiB of them (it always holds one: a summary is at most about 300 KiB).
+    """
     GetRequest: _aio.UnaryUnaryMultiCallable[_approval_pb2.GetRequestRequest, _approval_pb2.GetRequestResponse]  # type: ignore[assignment]
-    """Returns one request with its approvals."""
+    """Returns one request with its approvals and at most its first 16 digests."""
+    ListRequestDigests: _aio.UnaryUnaryMultiCallable[_approval_pb2.ListRequestDigestsRequest, _approval_pb2.ListRequestDigestsResponse]  # type: ignore[assignment]
+    """Returns a page of one request's digests, in request order: at most page_size
+    (default 1000, at most 10000) and less than 1 MiB (a digest is at most about 2 KiB).
+    """
     Approve: _aio.UnaryUnaryMultiCallable[_approval_pb2.ApproveRequest, _approval_pb2.ApproveResponse]  # type: ignore[assignment]
     """Records an approval; signs once the threshold is met."""
     Deny: _aio.UnaryUnaryMultiCallable[_approval_pb2.DenyRequest, _approval_pb2.DenyResponse]  # type: ignore[assignment]
     """Records a denial; one denial ends the request."""
     WatchRequests: _aio.UnaryStreamMultiCallable[_approval_pb2.WatchRequestsRequest, _approval_pb2.WatchRequestsResponse]  # type: ignore[assignment]
-    """Streams new and changed requests until the call's deadline."""
+    """Streams new and changed requests (summaries, as ListRequests) until the call's
+    deadline or 10 minutes; an officer may hold 4 of these streams at once.
+    """
 
 class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
     """ApprovalService is what security officers call (the `approver` CLI)."""
@@ -69,7 +89,11 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _approval_pb2.ListRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_approval_pb2.ListRequestsResponse, _abc.Awaitable[_approval_pb2.ListRequestsResponse]]:
-        """Lists requests the caller may decide on."""
+        """Lists requests the caller may decide on, as summaries: at most the first 16
+        digests (and `digest_count`), approvals without their envelopes, no signatures
+        and no audit proof. A page holds at most page_size summaries and stops before
+        1 MiB of them (it always holds one: a summary is at most about 300 KiB).
+        """
 
     @_abc_1.abstractmethod
     def GetRequest(
@@ -77,7 +101,17 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _approval_pb2.GetRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_approval_pb2.GetRequestResponse, _abc.Awaitable[_approval_pb2.GetRequestResponse]]:
-        """Returns one request with its approvals."""
+        """Returns one request with its approvals and at most its first 16 digests."""
+
+    @_abc_1.abstractmethod
+    def ListRequestDigests(
+        self,
+        request: _approval_pb2.ListRequestDigestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approval_pb2.ListRequestDigestsResponse, _abc.Awaitable[_approval_pb2.ListRequestDigestsResponse]]:
+        """Returns a page of one request's digests, in request order: at most page_size
+        (default 1000, at most 10000) and less than 1 MiB (a digest is at most about 2 KiB).
+        """
 
     @_abc_1.abstractmethod
     def Approve(
@@ -101,6 +135,8 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _approval_pb2.WatchRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_approval_pb2.WatchRequestsResponse], _abc.AsyncIterator[_approval_pb2.WatchRequestsResponse]]:
-        """Streams new and changed requests until the call's deadline."""
+        """Streams new and changed requests (summaries, as ListRequests) until the call's
+        deadline or 10 minutes; an officer may hold 4 of these streams at once.
+        """
 
 def add_ApprovalServiceServicer_to_server(servicer: ApprovalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

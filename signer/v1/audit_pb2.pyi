@@ -111,6 +111,7 @@ class ListAuditEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty when there is no more (the last page may be empty)."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]: ...
     def __init__(
@@ -173,7 +174,9 @@ class GetEntriesRequest(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     start: _builtins.int
     end: _builtins.int
-    """Exclusive; the server returns at most 1000 entries and never past the tree size."""
+    """Exclusive; the server returns a page from start (see GetEntries), never past the
+    tree size: ask again from the next index until end.
+    """
     def __init__(
         self,
         *,

@@ -67,7 +67,9 @@ class AuditServiceServicer:
     """
 
     def ListAuditEvents(self, request, context):
-        """Lists audit events, oldest first, with filters.
+        """Lists audit events, oldest first, with filters. A page holds at most page_size
+        events (default 100, at most 1000) and stops before 1 MiB of them; it always holds
+        one (an entry is at most 32 MiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,7 +83,8 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEntries(self, request, context):
-        """Returns entries [start, end) of the log, at most 1000 per call.
+        """Returns entries from start on, at most 1000 and before 1 MiB of them (always at
+        least one; an entry is at most 32 MiB), never reaching end or the tree size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,11 +34,16 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]
-    """Lists audit events, oldest first, with filters."""
+    """Lists audit events, oldest first, with filters. A page holds at most page_size
+    events (default 100, at most 1000) and stops before 1 MiB of them; it always holds
+    one (an entry is at most 32 MiB).
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]
     """Returns the latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
     GetEntries: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetEntriesRequest, _audit_pb2.GetEntriesResponse]
-    """Returns entries [start, end) of the log, at most 1000 per call."""
+    """Returns entries from start on, at most 1000 and before 1 MiB of them (always at
+    least one; an entry is at most 32 MiB), never reaching end or the tree size.
+    """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
     """Returns the RFC 9162 inclusion proof of one entry in a tree size."""
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
@@ -50,11 +55,16 @@ class AuditServiceAsyncStub(AuditServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListAuditEventsRequest, _audit_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
-    """Lists audit events, oldest first, with filters."""
+    """Lists audit events, oldest first, with filters. A page holds at most page_size
+    events (default 100, at most 1000) and stops before 1 MiB of them; it always holds
+    one (an entry is at most 32 MiB).
+    """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """Returns the latest signed checkpoint (C2SP tlog-checkpoint signed note)."""
     GetEntries: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetEntriesRequest, _audit_pb2.GetEntriesResponse]  # type: ignore[assignment]
-    """Returns entries [start, end) of the log, at most 1000 per call."""
+    """Returns entries from start on, at most 1000 and before 1 MiB of them (always at
+    least one; an entry is at most 32 MiB), never reaching end or the tree size.
+    """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
     """Returns the RFC 9162 inclusion proof of one entry in a tree size."""
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
@@ -69,7 +79,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_pb2.ListAuditEventsResponse]]:
-        """Lists audit events, oldest first, with filters."""
+        """Lists audit events, oldest first, with filters. A page holds at most page_size
+        events (default 100, at most 1000) and stops before 1 MiB of them; it always holds
+        one (an entry is at most 32 MiB).
+        """
 
     @_abc_1.abstractmethod
     def GetCheckpoint(
@@ -85,7 +98,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetEntriesResponse, _abc.Awaitable[_audit_pb2.GetEntriesResponse]]:
-        """Returns entries [start, end) of the log, at most 1000 per call."""
+        """Returns entries from start on, at most 1000 and before 1 MiB of them (always at
+        least one; an entry is at most 32 MiB), never reaching end or the tree size.
+        """
 
     @_abc_1.abstractmethod
     def GetInclusionProof(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signer/v1/types.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x06\x44igest\x12+\n\talgorithm\x18\x01 \x01(\x0e\x32\x18.signer.v1.HashAlgorithm\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x15\n\rartifact_name\x18\x03 \x01(\t\"\x96\x01\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12%\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x13.signer.v1.Decision\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x8e\x05\n\x0eSigningRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x11\n\trequester\x18\x05 \x01(\t\x12\"\n\x07\x64igests\x18\x06 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x37\n\x07\x63ontext\x18\x07 \x03(\x0b\x32&.signer.v1.SigningRequest.ContextEntry\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.signer.v1.RequestState\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tthreshold\x18\x0c \x01(\x05\x12&\n\tapprovals\x18\r \x03(\x0b\x32\x13.signer.v1.Approval\x12\x12\n\nsignatures\x18\x0e \x03(\x0c\x12\x16\n\x0estatus_message\x18\x0f \x01(\t\x12*\n\x0b\x61udit_proof\x18\x10 \x01(\x0b\x32\x15.signer.v1.AuditProof\x12&\n\x06\x63\x61ller\x18\x11 \x01(\x0b\x32\x16.signer.v1.TokenCaller\x12\x14\n\x0cpayload_type\x18\x12 \x01(\t\x12\x0f\n\x07payload\x18\x13 \x01(\x0c\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0bTokenCaller\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x32\n\x06\x63laims\x18\x02 \x03(\x0b\x32\".signer.v1.TokenCaller.ClaimsEntry\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x18\n\x10\x62\x61rred_approvers\x18\x04 \x03(\t\x1a-\n\x0b\x43laimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\nAuditProof\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\ttree_size\x18\x03 \x01(\x03\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x05 \x01(\t\"R\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x04 \x01(\t*\x80\x01\n\rHashAlgorithm\x12\x1e\n\x1aHASH_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15HASH_ALGORITHM_SHA256\x10\x01\x12\x19\n\x15HASH_ALGORITHM_SHA384\x10\x02\x12\x19\n\x15HASH_ALGORITHM_SHA512\x10\x03*\xea\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n\x16REQUEST_STATE_APPROVED\x10\x02\x12\x18\n\x14REQUEST_STATE_SIGNED\x10\x03\x12\x18\n\x14REQUEST_STATE_DENIED\x10\x04\x12\x19\n\x15REQUEST_STATE_EXPIRED\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x07*M\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15signer/v1/types.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x06\x44igest\x12+\n\talgorithm\x18\x01 \x01(\x0e\x32\x18.signer.v1.HashAlgorithm\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x15\n\rartifact_name\x18\x03 \x01(\t\"\x96\x01\n\x08\x41pproval\x12\x10\n\x08\x61pprover\x18\x01 \x01(\t\x12%\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x13.signer.v1.Decision\x12\x10\n\x08\x65nvelope\x18\x03 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xa4\x05\n\x0eSigningRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x11\n\trequester\x18\x05 \x01(\t\x12\"\n\x07\x64igests\x18\x06 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x37\n\x07\x63ontext\x18\x07 \x03(\x0b\x32&.signer.v1.SigningRequest.ContextEntry\x12&\n\x05state\x18\x08 \x01(\x0e\x32\x17.signer.v1.RequestState\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tthreshold\x18\x0c \x01(\x05\x12&\n\tapprovals\x18\r \x03(\x0b\x32\x13.signer.v1.Approval\x12\x12\n\nsignatures\x18\x0e \x03(\x0c\x12\x16\n\x0estatus_message\x18\x0f \x01(\t\x12*\n\x0b\x61udit_proof\x18\x10 \x01(\x0b\x32\x15.signer.v1.AuditProof\x12&\n\x06\x63\x61ller\x18\x11 \x01(\x0b\x32\x16.signer.v1.TokenCaller\x12\x14\n\x0cpayload_type\x18\x12 \x01(\t\x12\x0f\n\x07payload\x18\x13 \x01(\x0c\x12\x14\n\x0c\x64igest_count\x18\x14 \x01(\x05\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0bTokenCaller\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x32\n\x06\x63laims\x18\x02 \x03(\x0b\x32\".signer.v1.TokenCaller.ClaimsEntry\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x18\n\x10\x62\x61rred_approvers\x18\x04 \x03(\t\x1a-\n\x0b\x43laimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\nAuditProof\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\ttree_size\x18\x03 \x01(\x03\x12\x17\n\x0finclusion_proof\x18\x04 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x05 \x01(\t\"R\n\x07KeyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x04 \x01(\t*\x80\x01\n\rHashAlgorithm\x12\x1e\n\x1aHASH_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15HASH_ALGORITHM_SHA256\x10\x01\x12\x19\n\x15HASH_ALGORITHM_SHA384\x10\x02\x12\x19\n\x15HASH_ALGORITHM_SHA512\x10\x03*\xea\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_PENDING\x10\x01\x12\x1a\n\x16REQUEST_STATE_APPROVED\x10\x02\x12\x18\n\x14REQUEST_STATE_SIGNED\x10\x03\x12\x18\n\x14REQUEST_STATE_DENIED\x10\x04\x12\x19\n\x15REQUEST_STATE_EXPIRED\x10\x05\x12\x1b\n\x17REQUEST_STATE_CANCELLED\x10\x06\x12\x18\n\x14REQUEST_STATE_FAILED\x10\x07*M\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,26 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNINGREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_TOKENCALLER_CLAIMSENTRY']._loaded_options = None
   _globals['_TOKENCALLER_CLAIMSENTRY']._serialized_options = b'8\001'
-  _globals['_HASHALGORITHM']._serialized_start=1337
-  _globals['_HASHALGORITHM']._serialized_end=1465
-  _globals['_REQUESTSTATE']._serialized_start=1468
-  _globals['_REQUESTSTATE']._serialized_end=1702
-  _globals['_DECISION']._serialized_start=1704
-  _globals['_DECISION']._serialized_end=1781
+  _globals['_HASHALGORITHM']._serialized_start=1359
+  _globals['_HASHALGORITHM']._serialized_end=1487
+  _globals['_REQUESTSTATE']._serialized_start=1490
+  _globals['_REQUESTSTATE']._serialized_end=1724
+  _globals['_DECISION']._serialized_start=1726
+  _globals['_DECISION']._serialized_end=1803
   _globals['_DIGEST']._serialized_start=69
   _globals['_DIGEST']._serialized_end=160
   _globals['_APPROVAL']._serialized_start=163
   _globals['_APPROVAL']._serialized_end=313
   _globals['_SIGNINGREQUEST']._serialized_start=316
-  _globals['_SIGNINGREQUEST']._serialized_end=970
-  _globals['_SIGNINGREQUEST_CONTEXTENTRY']._serialized_start=924
-  _globals['_SIGNINGREQUEST_CONTEXTENTRY']._serialized_end=970
-  _globals['_TOKENCALLER']._serialized_start=973
-  _globals['_TOKENCALLER']._serialized_end=1142
-  _globals['_TOKENCALLER_CLAIMSENTRY']._serialized_start=1097
-  _globals['_TOKENCALLER_CLAIMSENTRY']._serialized_end=1142
-  _globals['_AUDITPROOF']._serialized_start=1144
-  _globals['_AUDITPROOF']._serialized_end=1250
-  _globals['_KEYINFO']._serialized_start=1252
-  _globals['_KEYINFO']._serialized_end=1334
+  _globals['_SIGNINGREQUEST']._serialized_end=992
+  _globals['_SIGNINGREQUEST_CONTEXTENTRY']._serialized_start=946
+  _globals['_SIGNINGREQUEST_CONTEXTENTRY']._serialized_end=992
+  _globals['_TOKENCALLER']._serialized_start=995
+  _globals['_TOKENCALLER']._serialized_end=1164
+  _globals['_TOKENCALLER_CLAIMSENTRY']._serialized_start=1119
+  _globals['_TOKENCALLER_CLAIMSENTRY']._serialized_end=1164
+  _globals['_AUDITPROOF']._serialized_start=1166
+  _globals['_AUDITPROOF']._serialized_end=1272
+  _globals['_KEYINFO']._serialized_start=1274
+  _globals['_KEYINFO']._serialized_end=1356
 # @@protoc_insertion_point(module_scope)

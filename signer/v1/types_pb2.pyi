@@ -193,6 +193,7 @@ class SigningRequest(_message.Message):
     CALLER_FIELD_NUMBER: _builtins.int
     PAYLOAD_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    DIGEST_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     key_name: _builtins.str
     key_id: _builtins.str
@@ -207,6 +208,11 @@ class SigningRequest(_message.Message):
     payload_type: _builtins.str
     """With payload: a DSSE payload (an in-toto Statement); the one digest is over its PAE."""
     payload: _builtins.bytes
+    digest_count: _builtins.int
+    """How many digests the request has. SigningService answers carry all of them in
+    `digests`; ApprovalService answers carry at most the first 16 (a listing's summary,
+    GetRequest): page through the others with ApprovalService.ListRequestDigests.
+    """
     @_builtins.property
     def digests(self) -> _containers.RepeatedCompositeFieldContainer[Global___Digest]: ...
     @_builtins.property
@@ -253,10 +259,11 @@ class SigningRequest(_message.Message):
         caller: Global___TokenCaller | None = ...,
         payload_type: _builtins.str = ...,
         payload: _builtins.bytes = ...,
+        digest_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audit_proof", b"audit_proof", "caller", b"caller", "create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "approvals", b"approvals", "audit_proof", b"audit_proof", "caller", b"caller", "context", b"context", "create_time", b"create_time", "digests", b"digests", "expire_time", b"expire_time", "id", b"id", "key_id", b"key_id", "key_name", b"key_name", "payload", b"payload", "payload_type", b"payload_type", "requester", b"requester", "signatures", b"signatures", "state", b"state", "status_message", b"status_message", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "approvals", b"approvals", "audit_proof", b"audit_proof", "caller", b"caller", "context", b"context", "create_time", b"create_time", "digest_count", b"digest_count", "digests", b"digests", "expire_time", b"expire_time", "id", b"id", "key_id", b"key_id", "key_name", b"key_name", "payload", b"payload", "payload_type", b"payload_type", "requester", b"requester", "signatures", b"signatures", "state", b"state", "status_message", b"status_message", "threshold", b"threshold", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
