@@ -5,11 +5,23 @@ security check (invariant 1) and the audit log records the start with the
 loaded policy's hash (invariant 3, DESIGN §4). A background sweeper expires
 PENDING requests past their TTL and signs APPROVED requests that a crash or
 outage left unsigned (invariant 9).
+
+Before anything secret is read the server turns core dumps off for itself
+(RLIMIT_CORE 0, and on Linux not dumpable: no core file, even through a
+core_pattern pipe, and no ptrace by the same user), so the token PIN and
+session state never land in a core file (invariant 7). A watcher probes the
+token every second: while it cannot be reached the gRPC health status is
+NOT_SERVING (calls that need it fail UNAVAILABLE and record nothing), and
+SERVING again once the token adapter has found it and logged in.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import os
+import resource
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -39,9 +51,11 @@ from signer.v1 import (
     signing_pb2_grpc,
 )
 
-__all__ = ["Server", "load_keys"]
+__all__ = ["Server", "load_keys", "no_core_dumps"]
 
 log = structlog.get_logger("signer.server")
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+_TOKEN_PROBE_SECONDS = 1.0
 _SERVICES = (
     signing_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name,
     approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
@@ -73,11 +87,14 @@ class Server:
     oidc_port: int = 0
     metrics: Metrics | None = None
     metrics_port: int = 0
+    health_servicer: health.HealthServicer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweeper: threading.Thread | None = None
+    _watcher: threading.Thread | None = None
 
     @classmethod
     def build(cls, config: Config) -> Server:
+        no_core_dumps()
         token = open_token(config)
         store: Store | None = None
         metrics: Metrics | None = None
@@ -94,12 +111,12 @@ class Server:
                 keys,
                 config.keys,
                 config.approver_keys,
-                checkpointer=checkpointer_for(config, token),
+                checkpointer=checkpointer_for(config, token, metrics),
                 observer=metrics,
             )
             # Replicas on one database hear each other's changes through the store.
             store.subscribe(core.notifier.publish)
-            server, port, oidc_port = _grpc_server(config, core)  # binds ports: fails early
+            server, port, oidc_port, health_servicer = _grpc_server(config, core)  # binds early
             core.record(
                 "server.started",
                 "signer",
@@ -123,7 +140,18 @@ class Server:
                 store.close()
             token.close()
             raise
-        return cls(config, token, store, core, server, port, oidc_port, metrics, metrics_port)
+        return cls(
+            config,
+            token,
+            store,
+            core,
+            server,
+            port,
+            oidc_port,
+            metrics,
+            metrics_port,
+            health_servicer,
+        )
 
     def start(self) -> None:
         self.core.recover()
@@ -131,6 +159,8 @@ class Server:
         self.grpc_server.start()
         self._sweeper = threading.Thread(target=self._sweep, name="sweeper", daemon=True)
         self._sweeper.start()
+        self._watcher = threading.Thread(target=self._watch_token, name="token-watch", daemon=True)
+        self._watcher.start()
         log.info(
             "serving",
             listen=self.config.server.listen,
@@ -148,21 +178,64 @@ class Server:
             except SignerError as e:
                 log.error("sweeper failed; will retry", error=str(e))
 
+    def _watch_token(self) -> None:
+        """Health follows the token: NOT_SERVING while it cannot be reached."""
+        names = [self.config.audit_key, *self.core.keys]
+        serving = True
+        while not self._stop.wait(_TOKEN_PROBE_SECONDS):
+            try:
+                self.token.check(names)
+                ok = True
+            except SignerError as e:
+                ok = False
+                if serving:
+                    log.error("token unreachable: not serving", error=str(e))
+            if ok != serving:
+                serving = ok
+                self._set_health(ok)
+                if ok:
+                    log.warning("token reachable again: serving")
+
+    def _set_health(self, serving: bool) -> None:
+        if self.health_servicer is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *_SERVICES):
+            self.health_servicer.set(name, status)
+
     def wait(self) -> None:
         self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float = 2.0) -> None:
         self._stop.set()
         self.grpc_server.stop(grace).wait()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
+        for thread in (self._sweeper, self._watcher):
+            if thread is not None:
+                thread.join(timeout=5)
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
         self.token.close()
 
 
-def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
+def no_core_dumps() -> None:
+    """No core file of this process, and (Linux) not dumpable: secrets stay in memory."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise ConfigError(
+                f"cannot turn core dumps off (prctl): {os.strerror(ctypes.get_errno())}"
+            )
+
+
+def _grpc_server(
+    config: Config, core: Core
+) -> tuple[grpc.Server, int, int, health.HealthServicer]:
     s = config.server
     rules = {**DEFAULT_RULES, **config.access}
     oidc = None
@@ -208,7 +281,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
         # Server-authenticated TLS only: callers prove who they are with a token.
         tls = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
         oidc_port = _bind(server, s.oidc_listen, tls, config, "oidc_listen")
-    return server, port, oidc_port
+    return server, port, oidc_port, health_servicer
 
 
 def _bind(
