@@ -233,9 +233,7 @@ def no_core_dumps() -> None:
             )
 
 
-def _grpc_server(
-    config: Config, core: Core
-) -> tuple[grpc.Server, int, int, health.HealthServicer]:
+def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, health.HealthServicer]:
     s = config.server
     rules = {**DEFAULT_RULES, **config.access}
     oidc = None

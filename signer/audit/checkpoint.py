@@ -155,7 +155,9 @@ class Checkpointer:
             self._refused(e)
 
     def _refused(self, error: AuditHeadError) -> NoReturn:
-        log.error("the audit key refused to sign a checkpoint", reason=error.reason, error=str(error))
+        log.error(
+            "the audit key refused to sign a checkpoint", reason=error.reason, error=str(error)
+        )
         if self.observer is not None:
             self.observer.audit_head_refused(error.reason)
         raise error
@@ -169,6 +171,8 @@ class Checkpointer:
             head = self._stored_head(tx)
         except AuditHeadError as e:
             self._refused(e)
+        if head == EMPTY:
+            return head  # a new log: its first checkpoint writes the first head
         self.heads.write(head)
         log.warning(
             "the token held no audit tree head: initialised from the latest stored checkpoint",

@@ -36,8 +36,8 @@ from signer.audit import merkle
 from signer.errors import AuditHeadError, TokenError, VerificationError
 
 __all__ = [
-    "ROLLBACK",
     "MISMATCH",
+    "ROLLBACK",
     "HeadStore",
     "MemoryHeads",
     "TokenHeads",

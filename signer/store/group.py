@@ -219,4 +219,6 @@ class GroupCommit:
             raise failure  # the member whose body failed hears its own (translated) error
         if leader and group.poison is None:
             raise failure  # the commit or the checkpoint failed
-        raise StoreError(f"the transaction was not committed: {failure}", reason=reason) from failure
+        raise StoreError(
+            f"the transaction was not committed: {failure}", reason=reason
+        ) from failure
