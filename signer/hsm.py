@@ -147,8 +147,13 @@ class TokenKey:
 log = structlog.get_logger("signer.token")
 T = TypeVar("T")
 
+class _TokenGone(p11e.PKCS11Error):
+    """A search came back without a key known to be in the token: it went away."""
+
+
 # The session (or the token behind it) went away: open and log in again, then retry.
 _SESSION_LOST = (
+    _TokenGone,
     p11e.SessionHandleInvalid,
     p11e.SessionClosed,
     p11e.UserNotLoggedIn,
@@ -414,7 +419,7 @@ class Token:
                     raise TokenError(f"two token objects {application!r} in slot {slot}")
                 out[slot] = str(obj[Attribute.LABEL])
             if self._find(ObjectClass.PRIVATE_KEY, beside) is None:
-                raise KeyNotFoundError(f"no key named {beside!r} in token {self.label!r}")
+                raise _TokenGone(f"key {beside!r} not found beside {application!r}")
             return out
 
         return self._retrying(f"reading {application}", read)

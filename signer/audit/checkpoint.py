@@ -40,7 +40,8 @@ First start on a log whose token has no head (a log older than this check):
 the head is taken from the latest stored checkpoint once its signature
 verifies and its root matches the stored tree (no checkpoint: the empty
 tree), written to the token, and logged. That trusts the database as it is
-at that moment; fetch and verify the log before upgrading (deploy/README.md).
+at that moment: have auditors fetch and verify the log just before upgrading
+(deploy/backup-and-restore.md, "The token remembers the last signed log").
 """
 
 from __future__ import annotations
