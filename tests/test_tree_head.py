@@ -26,6 +26,7 @@ import pytest
 from signer.audit import merkle
 from signer.audit.head import MISMATCH, ROLLBACK, MemoryHeads, TreeHead
 from signer.errors import AuditHeadError, ConflictError, StoreError
+from signer.store.postgres import _LOCK
 from signer.store.sql import SqlTx
 from tests.fakes import START, World, make_world
 from tests.harness import Db, Env, run
@@ -203,6 +204,8 @@ def test_a_failed_commit_hands_no_note_to_the_database_and_needs_no_slack(
         world.core.record("test.event", "doomed", {})
     assert stored == []  # signed in memory only: a hostile database saw no note for size 4
     assert _counts(world) == (3, 3)
+    if world.db.backend == "postgresql":  # and the failed commit left no lock held
+        assert world.db.rows("SELECT pg_try_advisory_xact_lock(?)", _LOCK) == [(True,)]
     assert (_heads(world).head, _heads(world).writes) == (head, writes)
 
     world.core.record("test.event", "next", {})

@@ -209,11 +209,18 @@ class PostgresStore(Store):
         try:
             with self._pool.connection() as conn:
                 tx = _PostgresTx(conn)
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-                    yield tx
-                    if tx.follow_ups:  # a session lock outlives the commit, until they ran
-                        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+                held = False  # the session lock, which a failed commit would not release
+                try:
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+                        yield tx
+                        if tx.follow_ups:  # a session lock outlives the commit, until they ran
+                            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+                            held = True
+                except BaseException:
+                    if held:
+                        conn.close()  # ending the session is what releases it
+                    raise
                 tx.committed = True
                 if tx.follow_ups:
                     self._follow_up(conn, tx)
