@@ -147,6 +147,7 @@ class TokenKey:
 log = structlog.get_logger("signer.token")
 T = TypeVar("T")
 
+
 class _TokenGone(p11e.PKCS11Error):
     """A search came back without a key known to be in the token: it went away."""
 
