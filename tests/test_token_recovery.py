@@ -77,7 +77,7 @@ def test_a_token_that_goes_away_and_comes_back_is_served_again_without_a_restart
         finally:
             os.rename(away, token)
         wait_until(lambda: _health(env) == SERVING, timeout=30)
-        assert r.server.proc is not None and r.server.proc.pid == pid  # no restart
+        assert r.server.proc.pid == pid  # no restart
         assert c.approve("bob", pending).state == types_pb2.REQUEST_STATE_SIGNED
         assert c.get(pending.id).HasField("audit_proof")
         c.create()
