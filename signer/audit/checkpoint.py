@@ -34,7 +34,11 @@ statements of a transaction and makes its COMMIT fail never sees a note for a
 tree that is then not durable, so cannot obtain two signed heads that
 disagree. What remains is the ordinary rule: the owner can still append
 entries of their own at the end (the key signs them in the next checkpoint),
-and auditors and offline verification judge every entry.
+and auditors and offline verification judge every entry. Replicas sharing a
+token read and move the head inside the database's one write lock; an owner
+who broke that lock and showed two replicas different logs could race two
+head updates against each other in the token (no PKCS#11 token offers a
+compare-and-swap): witnesses (DESIGN §13) catch what the token cannot.
 
 First start on a log whose token has no head (a log older than this check):
 the head is taken from the latest stored checkpoint once its signature
