@@ -1,5 +1,10 @@
 """Operator commands that work on the token and store directly (no server).
 
+`audit head` shows the token's audit tree head against the stored log, and
+`reset_audit_head` is the one deliberate way to make the audit key accept a
+log that does not extend it (a restored backup): it needs the token's PIN and
+is recorded in the log it accepts (`signer.audit.checkpoint`).
+
 Key generation and its `key.generated` audit entry (and, once the audit key
 exists, a checkpoint covering it) go together: the key is
 generated inside the store transaction that appends the entry, and destroyed
@@ -17,13 +22,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import KeyAlgorithm
-from signer.audit.checkpoint import Checkpointer
+from signer.audit.checkpoint import Checkpointer, HeadStatus, RefusalObserver
+from signer.audit.head import TokenHeads, TreeHead
 from signer.config import Config, load_config
 from signer.errors import KeyNotFoundError
 from signer.hsm import Token, TokenKey
-from signer.store import open_store
+from signer.store import Tx, open_store
 
-__all__ = ["audit_verifier", "checkpointer_for", "generate_key", "list_keys", "open_token"]
+__all__ = [
+    "audit_head",
+    "audit_verifier",
+    "checkpointer_for",
+    "generate_key",
+    "list_keys",
+    "open_token",
+    "reset_audit_head",
+]
 
 
 def open_token(config: Config) -> Token:
@@ -31,12 +45,20 @@ def open_token(config: Config) -> Token:
     return Token(config.token.module, config.token.label, config.token.read_pin())
 
 
-def checkpointer_for(config: Config, token: Token) -> Checkpointer:
-    """Checkpoints signed by the audit key in the token, under the configured origin."""
-    public = serialization.load_der_public_key(token.key(config.audit_key).spki_der)
+def checkpointer_for(
+    config: Config, token: Token, observer: RefusalObserver | None = None
+) -> Checkpointer:
+    """Checkpoints signed by the audit key in the token, under the configured origin,
+    only over trees that extend the tree head the token keeps beside that key."""
+    key = token.key(config.audit_key)
+    public = serialization.load_der_public_key(key.spki_der)
     assert isinstance(public, ed25519.Ed25519PublicKey)
     return Checkpointer(
-        config.audit_origin, public, lambda data: token.sign_message(config.audit_key, data)
+        config.audit_origin,
+        public,
+        lambda data: token.sign_message(config.audit_key, data),
+        heads=TokenHeads(token, config.audit_key, key.key_id),
+        observer=observer,
     )
 
 
@@ -46,6 +68,7 @@ def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) ->
     store = open_store(cfg.store)
     try:
         key: TokenKey | None = None
+        tx: Tx | None = None
         try:
             with store.transaction() as tx:
                 key = token.generate(name, alg)
@@ -68,8 +91,8 @@ def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) ->
                 with contextlib.suppress(KeyNotFoundError):
                     checkpointer_for(cfg, token).cover(tx)
         except BaseException:
-            if key is not None:
-                token.destroy(name)
+            if key is not None and not (tx is not None and tx.committed):
+                token.destroy(name)  # its entry was not written; with it written, keep it
             raise
         return key
     finally:
@@ -91,5 +114,38 @@ def audit_verifier(config_path: Path) -> str:
     token = open_token(cfg)
     try:
         return str(checkpointer_for(cfg, token).verifier)
+    finally:
+        token.close()
+
+
+def audit_head(config_path: Path) -> HeadStatus:
+    """The token's audit tree head and whether the stored log extends it (changes nothing)."""
+    cfg = load_config(config_path)
+    token = open_token(cfg)
+    try:
+        store = open_store(cfg.store)
+        try:
+            with store.transaction() as tx:
+                return checkpointer_for(cfg, token).status(tx)
+        finally:
+            store.close()
+    finally:
+        token.close()
+
+
+def reset_audit_head(config_path: Path, reason: str, actor: str) -> TreeHead:
+    """Accept the stored log as it is (after restoring a backup): an `audit.head_reset`
+    entry records why, the token's head moves to the log with it, a checkpoint covers it."""
+    cfg = load_config(config_path)
+    token = open_token(cfg)
+    try:
+        store = open_store(cfg.store)
+        try:
+            with store.transaction() as tx:
+                return checkpointer_for(cfg, token).reset(
+                    tx, actor, reason, dt.datetime.now(dt.UTC)
+                )
+        finally:
+            store.close()
     finally:
         token.close()

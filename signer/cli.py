@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer import __version__, logs, workflow
-from signer.admin import audit_verifier, generate_key, list_keys, open_token
+from signer.admin import (
+    audit_head,
+    audit_verifier,
+    generate_key,
+    list_keys,
+    open_token,
+    reset_audit_head,
+)
 from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
 from signer.audit import merkle
 from signer.audit.note import Verifier, open_checkpoint
@@ -775,6 +782,51 @@ def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
 def audit_verifier_cmd(config_path: Path) -> None:
     """Print the audit key's signed-note verifier string (pin it in profiles)."""
     click.echo(audit_verifier(config_path))
+
+
+@audit.command("head")
+@_config_opt
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Make the audit key accept the stored log as it is (after restoring a backup); "
+    "needs the token PIN, recorded in the log.",
+)
+@click.option("--reason", default="", help="Why (required with --reset; recorded in the log).")
+@json_opt
+@handle_errors
+def audit_head_cmd(config_path: Path, reset: bool, reason: str, as_json: bool) -> None:
+    """Show the token's audit tree head and whether the stored log extends it (admin)."""
+    if reset:
+        if not reason.strip() or not reason.isprintable() or len(reason) > 1024:
+            raise click.UsageError("--reset needs --reason: one line of up to 1024 characters")
+        new = reset_audit_head(config_path, reason, actor="admin (signer audit head --reset)")
+        click.echo(
+            f"tree head reset: the audit key now signs extensions of the stored log of "
+            f"{new.size} entries (root {new.root_b64}), recorded as audit.head_reset"
+        )
+        return
+    st = audit_head(config_path)
+    if as_json:
+        print_json(
+            {
+                "head": st.head.as_dict() if st.head is not None else None,
+                "store": st.tree.as_dict(),
+                "consistent": st.consistent,
+                "reason": st.problem.reason if st.problem is not None else None,
+                "problem": str(st.problem) if st.problem is not None else None,
+            }
+        )
+    else:
+        if st.head is None:
+            click.echo("token head: none yet (set from the stored checkpoint at the next one)")
+        else:
+            click.echo(f"token head: size {st.head.size}, root {st.head.root_b64}")
+        click.echo(f"stored log: size {st.tree.size}, root {st.tree.root_b64}")
+        if st.problem is None:
+            click.echo("consistent: the stored log extends the token's head")
+    if st.problem is not None:
+        fail(f"{st.problem.reason}: {st.problem}")
 
 
 def _audit_filters(fn: Any) -> Any:

@@ -12,6 +12,7 @@ once, and the gRPC servicer maps them to status codes exactly once.
     │   ├── KeyNotFoundError     no key with that name in the token
     │   └── WeakKeyError         a private key that breaks invariant 1
     ├── StoreError               the database (and so the audit log) cannot be written
+    │   └── AuditHeadError       the stored log is not consistent with the token's tree head
     ├── InvalidArgumentError     malformed input (INVALID_ARGUMENT)
     │   └── EnvelopeError        a DSSE envelope that does not parse or verify
     ├── NotFoundError            unknown request or key (NOT_FOUND)
@@ -33,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "AlreadyExistsError",
+    "AuditHeadError",
     "ConfigError",
     "ConflictError",
     "EnvelopeError",
@@ -92,6 +94,17 @@ class WeakKeyError(TokenError):
 
 class StoreError(SignerError):
     default_reason = "STORE_UNAVAILABLE"
+
+
+class AuditHeadError(StoreError):
+    """The audit key refuses to sign: the stored log does not extend the token's tree head.
+
+    Reasons: AUDIT_ROLLBACK (the log is shorter than the head: truncated or an
+    older copy restored) and AUDIT_HEAD_MISMATCH (entries the head covers were
+    changed, or the log forked).
+    """
+
+    default_reason = "AUDIT_HEAD_MISMATCH"
 
 
 class InvalidArgumentError(SignerError):

@@ -10,8 +10,21 @@ Invariants upheld here (DESIGN §3.1, §8):
   because python-pkcs11 gives SoftHSM no locking callbacks; the session is
   never closed per request (closing logs every session out). Key handles are
   found once and cached. When the session is lost (token reset, session
-  closed, logged out, stale handles) it is opened and logged in again, the
-  handles are re-found, and the call is tried once more;
+  closed, logged out, stale handles, the token gone for a while: a SoftHSM
+  token directory moved away and back, a network HSM restarting) the module
+  is finalized and initialised again (SoftHSM 2.6 reads its token directory
+  only in C_Initialize: once it has lost a token, C_GetSlotList fails until
+  then), the token is found again by label (its slot may have changed), logged
+  in to, the handles are re-found, and the call is tried once more. While the
+  token cannot be found, calls fail at once with `TokenError` (UNAVAILABLE)
+  and it is looked for again at most once a second; `check` is the probe the
+  server's health status follows. Session handles are numbered afresh after
+  C_Initialize, so a session from before is dropped, never closed (closing it
+  could close a new one with the same number);
+- a search that finds nothing on a token that went away returns no objects
+  rather than an error: "no such object" is believed only once a key known to
+  be there is found in the same session (`data_labels` anchors on the audit
+  key), so a token that is gone never reads as one without a tree head;
 - a batch of digests is signed in one loop on that session (`sign_digests`),
   holding the lock throughout except to let an audit checkpoint signature
   (`sign_message`) through: a 10,000-digest release never holds up the audit
@@ -28,6 +41,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -133,8 +147,14 @@ class TokenKey:
 log = structlog.get_logger("signer.token")
 T = TypeVar("T")
 
+
+class _TokenGone(p11e.PKCS11Error):
+    """A search came back without a key known to be in the token: it went away."""
+
+
 # The session (or the token behind it) went away: open and log in again, then retry.
 _SESSION_LOST = (
+    _TokenGone,
     p11e.SessionHandleInvalid,
     p11e.SessionClosed,
     p11e.UserNotLoggedIn,
@@ -143,6 +163,9 @@ _SESSION_LOST = (
     p11e.DeviceRemoved,
     p11e.TokenNotPresent,
 )
+
+
+_RECOVERY_INTERVAL = 1.0  # seconds between attempts to find a lost token again
 
 
 class Token:
@@ -155,8 +178,11 @@ class Token:
         self._keys: dict[str, Any] = {}
         self._pin = pin  # kept in memory only, to log in again after a token reset
         self.label = label
+        self.module_path = module_path
         self.resets = 0  # sessions reopened after being lost
         self.errors = 0  # token calls that failed
+        self._lost: TokenError | None = None  # why the token cannot be reached, while it cannot
+        self._next_attempt = 0.0  # monotonic time of the next attempt to find it again
         if not os.path.exists(module_path):
             raise ConfigError(
                 f"PKCS#11 module {module_path} does not exist; install it "
@@ -175,8 +201,9 @@ class Token:
             raise TokenNotFoundError(f"more than one token labelled {label!r}") from None
         except p11e.PKCS11Error as e:
             raise TokenError(f"cannot open PKCS#11 module {module_path}: {_name(e)}") from e
+        self._lib = lib
         self._token = token
-        self._session = self._login()
+        self._session: Any = self._login()
 
     def _login(self) -> Any:
         try:
@@ -197,6 +224,8 @@ class Token:
     def _call(self, what: str) -> Iterator[None]:
         with self._lock:
             try:
+                if self._session is None:  # lost earlier: find it again first
+                    self._reopen()
                 yield
             except SignerError:
                 raise
@@ -207,8 +236,8 @@ class Token:
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn` under the lock; if the session was lost, log in again and retry once.
 
-        Only for calls that change nothing in the token (signing, reading), so a
-        retry cannot do anything twice.
+        Only for calls that change nothing in the token (signing, reading) or that
+        are idempotent (setting a label), so a retry cannot do anything twice.
         """
         with self._call(what):
             try:
@@ -221,17 +250,71 @@ class Token:
             return fn()
 
     def _reopen(self) -> None:
-        """Drop the session and every cached handle, then open and log in again."""
-        with contextlib.suppress(p11e.PKCS11Error):
-            self._session.close()
+        """Drop the session and every cached handle; initialise the module again, find
+        the token by label and log in. While that fails, tries at most once a second."""
+        lost = self._lost
+        if lost is not None and time.monotonic() < self._next_attempt:
+            self.errors += 1
+            raise type(lost)(str(lost), reason=lost.reason)
         self._keys.clear()
-        self._session = self._login()
+        if self._session is not None:
+            with contextlib.suppress(p11e.PKCS11Error):  # the session may be gone already
+                self._session.close()
+            self._session = None  # from here on, never touched again (see the docstring)
+        try:
+            self._session = self._find_again()
+        except TokenError as e:
+            self.errors += 1
+            self._next_attempt = time.monotonic() + _RECOVERY_INTERVAL
+            if self._lost is None:
+                log.error("token unreachable; calls fail until it is back", token=self.label)
+            self._lost = e
+            raise
+        if self._lost is not None:
+            log.warning("token reachable again; logged in", token=self.label)
+        self._lost = None
         self.resets += 1
+
+    def _find_again(self) -> Any:
+        try:
+            self._lib.reinitialize()
+            self._token = self._lib.get_token(token_label=self.label)
+        except p11e.NoSuchToken:
+            raise TokenNotFoundError(
+                f"the token {self.label!r} is not reachable (no token with that label in "
+                f"{self.module_path}); it is looked for again at the next call"
+            ) from None
+        except p11e.MultipleTokensReturned:
+            raise TokenNotFoundError(f"more than one token labelled {self.label!r}") from None
+        except p11e.PKCS11Error as e:
+            raise TokenError(f"the token {self.label!r} is not reachable: {_name(e)}") from e
+        return self._login()
+
+    def check(self, names: Sequence[str]) -> None:
+        """Raise TokenError unless every key in `names` is found in the token now.
+
+        The probe behind the server's health status: a key missing from a search
+        means the token went away under the session (see the docstring), so the
+        token is looked for again (at most once a second) before the probe fails.
+        """
+
+        def find_all() -> None:
+            for name in names:
+                if self._find(ObjectClass.PRIVATE_KEY, name) is None:
+                    raise KeyNotFoundError(f"no key named {name!r} in token {self.label!r}")
+
+        with self._call("checking the token"):
+            try:
+                find_all()
+            except KeyNotFoundError:
+                self._reopen()
+                find_all()
 
     def close(self) -> None:
         # Already closed or token gone: nothing left to release.
         with self._lock, contextlib.suppress(p11e.PKCS11Error):
-            self._session.close()
+            if self._session is not None:
+                self._session.close()
 
     # -- keys -------------------------------------------------------------
 
@@ -319,6 +402,58 @@ class Token:
                 reason="KEY_ALGORITHM_MISMATCH",
             )
         return key
+
+    # -- private data objects (the audit tree head) -------------------------
+
+    def data_labels(self, application: str, beside: str) -> dict[int, str]:
+        """CKA_LABEL of each private data object of `application`, by slot (its CKA_VALUE).
+
+        `beside` names the key these objects belong to: it must be found in the same
+        session after them, so a token that went away never reads as holding none.
+        """
+
+        def read() -> dict[int, str]:
+            out: dict[int, str] = {}
+            for obj in self._data_objects(application):
+                slot = _slot_of(obj)
+                if slot in out:
+                    raise TokenError(f"two token objects {application!r} in slot {slot}")
+                out[slot] = str(obj[Attribute.LABEL])
+            if self._find(ObjectClass.PRIVATE_KEY, beside) is None:
+                raise _TokenGone(f"key {beside!r} not found beside {application!r}")
+            return out
+
+        return self._retrying(f"reading {application}", read)
+
+    def set_data_label(self, application: str, slot: int, label: str) -> None:
+        """Relabel the data object of `application` in `slot`; create it (private, on the
+        token, its slot as CKA_VALUE) if there is none."""
+
+        def write() -> None:
+            for obj in self._data_objects(application):
+                if _slot_of(obj) == slot:
+                    obj[Attribute.LABEL] = label
+                    return
+            self._session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: True,
+                    Attribute.APPLICATION: application,
+                    Attribute.VALUE: str(slot).encode(),
+                    Attribute.LABEL: label,
+                }
+            )
+
+        self._retrying(f"writing {application}", write)
+
+    def _data_objects(self, application: str) -> list[Any]:
+        return list(
+            self._session.get_objects(
+                {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: application}
+            )
+        )
 
     # -- signing ----------------------------------------------------------
 
@@ -414,6 +549,13 @@ def _sign_one(priv: Any, algorithm: KeyAlgorithm, hash_name: str, digest: bytes)
         return bytes(priv.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS, mechanism_param=param))
     data = DIGEST_INFO_PREFIX[hash_name] + digest  # pkcs1
     return bytes(priv.sign(data, mechanism=Mechanism.RSA_PKCS))
+
+
+def _slot_of(obj: Any) -> int:
+    raw = bytes(obj[Attribute.VALUE])
+    if raw not in (b"0", b"1"):
+        raise TokenError(f"a token data object of this service holds an unknown slot {raw[:16]!r}")
+    return int(raw)
 
 
 def _name(e: Exception) -> str:

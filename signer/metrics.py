@@ -18,7 +18,11 @@ it to loopback or a monitoring network.
 - `signer_signed_requests_total`, `signer_sign_failures_total`: requests this
   replica signed, or failed because the token failed;
 - `signer_token_errors_total`, `signer_token_resets_total`: failed token calls,
-  and sessions logged in again after being lost (a token reset).
+  and sessions logged in again after being lost (a token reset);
+- `signer_audit_head_refusals_total`: checkpoints the audit key refused to sign
+  because the stored log does not extend the token's tree head (the reason,
+  AUDIT_ROLLBACK or AUDIT_HEAD_MISMATCH, is in the call's error and the log):
+  alert on any increase.
 """
 
 from __future__ import annotations
@@ -116,6 +120,11 @@ class Metrics:
             "Requests failed because the token failed to sign",
             registry=self.registry,
         )
+        self.head_refusals = Counter(
+            "signer_audit_head_refusals",
+            "Checkpoints refused: the stored audit log does not extend the token's tree head",
+            registry=self.registry,
+        )
         self.registry.register(_Collector(store, token))
         self._http: WSGIServer | None = None
 
@@ -126,6 +135,9 @@ class Metrics:
 
     def sign_failed(self) -> None:
         self.sign_failures.inc()
+
+    def audit_head_refused(self, reason: str) -> None:
+        self.head_refusals.inc()
 
     def serve(self, address: str, where: str = "server.metrics_listen") -> int:
         """Listen on `address` (HOST:PORT); return the port."""

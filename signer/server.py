@@ -13,13 +13,26 @@ is found by keepalive pings, and every connection is recycled after
 `CONNECTION_AGE` with a grace longer than any call may last, which bounds the
 life of every stream. Each identity holds at most half the workers, and a
 caller without a role none for longer than it takes to refuse it.
+
+Before anything secret is read the server turns core dumps off for itself
+(RLIMIT_CORE 0, and on Linux not dumpable: no core file, even through a
+core_pattern pipe, and no ptrace by the same user), so the token PIN and
+session state never land in a core file (invariant 7). A watcher probes the
+token every second: while it cannot be reached the gRPC health status is
+NOT_SERVING (calls that need it fail UNAVAILABLE and record nothing), and
+SERVING again once the token adapter has found it and logged in.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import os
+import resource
+import sys
+import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -32,7 +45,7 @@ from signer.auth import DEFAULT_RULES, AuthInterceptor
 from signer.bounds import RateLimit
 from signer.config import Config
 from signer.core import Core, KeySpec
-from signer.errors import ConfigError
+from signer.errors import ConfigError, SignerError
 from signer.hsm import Token
 from signer.metrics import Metrics
 from signer.oidc import OidcVerifier
@@ -49,12 +62,14 @@ from signer.v1 import (
     signing_pb2_grpc,
 )
 
-__all__ = ["Server", "load_keys"]
+__all__ = ["Server", "load_keys", "no_core_dumps"]
 
 log = structlog.get_logger("signer.server")
 STREAMS_PER_CONNECTION = 32
 CONNECTION_IDLE = dt.timedelta(minutes=5)
 CONNECTION_AGE = dt.timedelta(hours=1)
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+_TOKEN_PROBE_SECONDS = 1.0
 _SERVICES = (
     signing_pb2.DESCRIPTOR.services_by_name["SigningService"].full_name,
     approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"].full_name,
@@ -86,10 +101,14 @@ class Server:
     oidc_port: int = 0
     metrics: Metrics | None = None
     metrics_port: int = 0
+    health_servicer: health.HealthServicer | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
     _sweeper: Sweeper | None = None
+    _watcher: threading.Thread | None = None
 
     @classmethod
     def build(cls, config: Config) -> Server:
+        no_core_dumps()
         _check_tls(config)  # before the token, the store or a port is touched
         token = open_token(config)
         store: Store | None = None
@@ -107,12 +126,12 @@ class Server:
                 keys,
                 config.keys,
                 config.approver_keys,
-                checkpointer=checkpointer_for(config, token),
+                checkpointer=checkpointer_for(config, token, metrics),
                 observer=metrics,
             )
             # Replicas on one database hear each other's changes through the store.
             store.subscribe(core.notifier.publish)
-            server, port, oidc_port = _grpc_server(config, core)  # binds ports: fails early
+            server, port, oidc_port, health_servicer = _grpc_server(config, core)  # binds early
             core.record(
                 "server.started",
                 "signer",
@@ -136,7 +155,18 @@ class Server:
                 store.close()
             token.close()
             raise
-        return cls(config, token, store, core, server, port, oidc_port, metrics, metrics_port)
+        return cls(
+            config,
+            token,
+            store,
+            core,
+            server,
+            port,
+            oidc_port,
+            metrics,
+            metrics_port,
+            health_servicer,
+        )
 
     def start(self) -> None:
         self.core.recover()
@@ -144,6 +174,8 @@ class Server:
         self.grpc_server.start()
         self._sweeper = Sweeper(self.core)
         self._sweeper.start()
+        self._watcher = threading.Thread(target=self._watch_token, name="token-watch", daemon=True)
+        self._watcher.start()
         log.info(
             "serving",
             listen=self.config.server.listen,
@@ -153,20 +185,63 @@ class Server:
             policy_hash=self.config.policy_hash,
         )
 
+    def _watch_token(self) -> None:
+        """Health follows the token: NOT_SERVING while it cannot be reached."""
+        names = [self.config.audit_key, *self.core.keys]
+        serving = True
+        while not self._stop.wait(_TOKEN_PROBE_SECONDS):
+            try:
+                self.token.check(names)
+                ok = True
+            except SignerError as e:
+                ok = False
+                if serving:
+                    log.error("token unreachable: not serving", error=str(e))
+            if ok != serving:
+                serving = ok
+                self._set_health(ok)
+                if ok:
+                    log.warning("token reachable again: serving")
+
+    def _set_health(self, serving: bool) -> None:
+        if self.health_servicer is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *_SERVICES):
+            self.health_servicer.set(name, status)
+
     def wait(self) -> None:
         self.grpc_server.wait_for_termination()
 
     def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
         if self._sweeper is not None:
             self._sweeper.stop()
         self.grpc_server.stop(grace).wait()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
         self.token.close()
 
 
-def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
+def no_core_dumps() -> None:
+    """No core file of this process, and (Linux) not dumpable: secrets stay in memory."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise ConfigError(
+                f"cannot turn core dumps off (prctl): {os.strerror(ctypes.get_errno())}"
+            )
+
+
+def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, health.HealthServicer]:
     s = config.server
     rules = {**DEFAULT_RULES, **config.access}
     oidc = None
@@ -215,7 +290,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int]:
         # Server-authenticated TLS only: callers prove who they are with a token.
         tls = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
         oidc_port = _bind(server, s.oidc_listen, tls, config, "oidc_listen")
-    return server, port, oidc_port
+    return server, port, oidc_port, health_servicer
 
 
 def _check_tls(config: Config) -> None:

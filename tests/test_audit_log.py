@@ -332,9 +332,12 @@ def test_kill9_mid_burst_leaves_every_checkpoint_consistent(fresh_env: Env) -> N
         assert indexes == list(range(len(indexes))), "gap in the audit log"
         return len(indexes)
 
-    # Each commit carried its checkpoint: after the kill, nothing is uncovered.
+    # A checkpoint is stored right after its commit (never before: its note must not
+    # leave the server for a tree that may not commit); a kill between the two leaves
+    # that commit's entries for the next checkpoint, which the restart below signs.
     assert_intact(db)
-    assert db.rows("SELECT max(size) FROM checkpoints") == [(tree_size(),)]
+    [(stored,)] = db.rows("SELECT max(size) FROM checkpoints")
+    assert 0 < stored <= tree_size()
 
     with serving(fresh_env) as srv:
         c = srv.clients

@@ -7,7 +7,12 @@ is saved, once per store backend (SQLite: copies of the signer.db* files;
 PostgreSQL: a template database). Each server-side test restores that state,
 edits the database directly while no server runs (with the append-only triggers
 dropped on SQLite, disabled on PostgreSQL), restarts the server and checks that
-the auditor's fetch fails naming the problem. Offline, the fetched files
+the auditor's fetch fails naming the problem. The token keeps the tree head
+the audit key last signed, so a server refuses a log that no longer extends
+it (tests/test_audit_head.py); here the operator has reset that head (`signer
+audit head --reset`: the token's PIN, recorded in the log), the one way to make
+the audit key sign such a log, and it is the auditors who must catch it. The
+token's files are saved with the database and put back with it. Offline, the fetched files
 themselves are edited and `audit verify` names the first bad entry (once, on the
 first backend chosen: those files do not depend on the store); and small
 synthetic logs, signed with an in-memory key, check the semantics (every
@@ -127,6 +132,7 @@ class Baseline:
     n: int
     entries: list[dict[str, Any]]
     verifier: str
+    tokens: Path  # a copy of the SoftHSM token directory, saved with the database
 
     def index(self, event: str, actor: str, after: int = 0) -> int:
         """The first entry at or after `after` with this event and actor."""
@@ -221,11 +227,12 @@ def _build_baseline(backend: str, request: pytest.FixtureRequest, root: Path) ->
         c.approve("alice", c.create())
         n = _size(_ok(_fetch(env, end)))
     saved = _save(env, root / "saved")
+    tokens = shutil.copytree(env.root / "tokens", root / "saved-tokens")
     entries = audit_events(env)
     assert len(entries) == n >= 15 and n - n_mid >= 8
     verifier = str(env.profile("auditor").audit_verifier)
     assert "OK: " in _ok(_verify(end, verifier))
-    return Baseline(env, saved, mid, end, n_mid, n, entries, verifier)
+    return Baseline(env, saved, mid, end, n_mid, n, entries, verifier, tokens)
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +288,8 @@ def _copies(base: Baseline, tmp_path: Path) -> Case:
 @pytest.fixture
 def case(baseline: Baseline, tmp_path: Path) -> Case:
     _restore(baseline.env, baseline.saved)
+    shutil.rmtree(baseline.env.root / "tokens")
+    shutil.copytree(baseline.tokens, baseline.env.root / "tokens")
     return _copies(baseline, tmp_path)
 
 
@@ -385,6 +394,12 @@ def _rewrite(env: Env, edit: Callable[[Rows], Rows], *, rebuild: bool = False) -
     return merkle.root_from_leaves(merkle.leaf_hash(raw) for raw, _ in new)[1]
 
 
+def _reset_head(env: Env) -> None:
+    """The operator makes the audit key accept the stored log as it is (recorded)."""
+    why = "accepting the database as it is now"
+    run([*SIGNER, "audit", "head", "--reset", "--config", str(env.config), "--reason", why])
+
+
 def _edit_actor(k: int) -> Callable[[Rows], Rows]:
     def edit(rows: Rows) -> Rows:
         raw, key_name = rows[k]
@@ -432,6 +447,8 @@ def test_edited_entries_fail_fresh_and_incremental_fetch(
     }[kind]
     _rewrite(case.env, edit)
     phrase = phrase.format(k=k, k1=k + 1)
+    if kind == "delete":  # one entry fewer than the token's head: a reset before serving
+        _reset_head(case.env)
     with serving(case.env) as r:
         _refused(_fetch(case.env, case.tmp / "fresh"), phrase)
         assert not (case.tmp / "fresh" / "checkpoint").exists()
@@ -441,56 +458,51 @@ def test_edited_entries_fail_fresh_and_incremental_fetch(
     assert (case.mid / "entries.jsonl").read_bytes() == before  # nothing written
 
 
-@pytest.mark.parametrize(
-    ("kind", "end_phrase"),
-    [
-        ("edit", "does not extend the {n} verified before (fork or rewritten history)"),
-        ("swap", "does not extend the {n} verified before (fork or rewritten history)"),
-        ("delete", "fork: the server signed two different logs of {n} entries"),
-    ],
-    ids=["edit", "swap", "delete"],
-)
-def test_rewritten_history_fails_incremental_fetch(case: Case, kind: str, end_phrase: str) -> None:
+@pytest.mark.parametrize("kind", ["edit", "swap", "delete"])
+def test_rewritten_history_fails_incremental_fetch(case: Case, kind: str) -> None:
     """History rewritten with the tree rebuilt: auditors holding an older checkpoint see it."""
     base = case.base
     k = base.index("request.approved", "alice")
     assert k < base.n_mid - 1
     edit = {"edit": _edit_actor(k), "delete": _delete(k), "swap": _swap(k)}[kind]
     _rewrite(case.env, edit, rebuild=True)
+    _reset_head(case.env)
     with serving(case.env):
         _refused(
             _fetch(case.env, case.mid),
             f"does not extend the {base.n_mid} verified before (fork or rewritten history)",
         )
-        _refused(_fetch(case.env, case.end), end_phrase.format(n=base.n))
+        _refused(
+            _fetch(case.env, case.end),
+            f"does not extend the {base.n} verified before (fork or rewritten history)",
+        )
 
 
 def test_truncated_tail_is_a_rollback(case: Case) -> None:
     """The last entries, their nodes and checkpoints deleted: the auditor's fetch says rollback."""
     n = case.base.n
     _rewrite(case.env, lambda rows: rows[:-4])
+    _reset_head(case.env)  # audit.head_reset and server.started: n - 2
     with serving(case.env):
         _refused(
             _fetch(case.env, case.end),
-            f"rollback: the server's log has {n - 3} entries; {n} were verified before",
+            f"rollback: the server's log has {n - 2} entries; {n} were verified before",
         )
-        assert _size(_ok(_fetch(case.env, case.mid))) == n - 3  # still extends the older copy
+        assert _size(_ok(_fetch(case.env, case.mid))) == n - 2  # still extends the older copy
 
 
-def test_restored_old_database_is_rollback_then_fork(case: Case) -> None:
-    """An old copy of the database put back: rollback, and fork once it regrows to the size."""
+def test_restored_old_database_is_refused_then_a_fork_once_reset(case: Case) -> None:
+    """An old copy of the database put back: the server refuses it; reset, auditors see a fork."""
     env, n = case.env, case.base.n
     old = _save(env, case.tmp / "old")
     with serving(env) as r:  # server.started + one request: n + 2
         r.clients.create()
         assert _size(_ok(_fetch(env, case.end))) == n + 2
     _restore(env, old)
-    with serving(env) as r:  # server.started: n + 1
-        _refused(
-            _fetch(env, case.end),
-            f"rollback: the server's log has {n + 1} entries; {n + 2} were verified before",
-        )
-        r.clients.create()  # n + 2 again, other entries
+    p = run([*SIGNER, "serve", "--config", str(env.config)], check=False, timeout=60)
+    assert p.returncode != 0 and "rolled back or truncated" in " ".join(p.stderr.split())
+    _reset_head(env)  # n + 1
+    with serving(env):  # server.started: n + 2 again, other entries
         _refused(
             _fetch(env, case.end), f"fork: the server signed two different logs of {n + 2} entries"
         )
@@ -556,6 +568,7 @@ def test_checkpoint_forged_with_the_real_key_is_a_fork(case: Case) -> None:
     with _editing(env.store) as execute:
         execute("UPDATE checkpoints SET note = ? WHERE size = ?", forged, base.n)
     assert env.store.rows("SELECT note FROM checkpoints WHERE size = ?", base.n) == [(forged,)]
+    _reset_head(env)
 
     with serving(env):
         _refused(

@@ -30,6 +30,7 @@ EVENTS = (
     "request.expired",
     "request.cancelled",
     "call.rejected",
+    "audit.head_reset",
 )
 
 

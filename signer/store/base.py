@@ -8,6 +8,13 @@ Reads that return many rows take a byte budget as well as a count, so that no
 caller can make the server hold more than about one page plus one row in
 memory; a row is always returned even when it alone is over the budget. An
 audit entry is at most `MAX_AUDIT_ENTRY_BYTES`: an append past it is refused.
+
+A transaction may register follow-ups (`Tx.after_commit`): each runs in a
+transaction of its own once the first has committed, before any other
+transaction of the store (in any process sharing the database) can start, so
+no one reads the first one's writes without the follow-up's. The audit
+checkpoint uses this: its signature leaves the process only once the entries
+it covers are durable (`signer.audit.checkpoint`).
 """
 
 from __future__ import annotations
@@ -49,6 +56,22 @@ class Tx(abc.ABC):
     """
 
     appended: int  # entries appended through this transaction
+    committed: bool  # set by the store once this transaction has committed
+    follow_ups: list[Callable[[Tx], None]]
+
+    def __init__(self) -> None:
+        self.appended = 0
+        self.committed = False
+        self.follow_ups = []
+
+    def after_commit(self, then: Callable[[Tx], None]) -> None:
+        """Run `then(tx2)` in a second transaction right after this one commits, with no
+        other transaction in between; if this one does not commit, `then` never runs.
+
+        An error from `then` rolls back only its own transaction and is raised from
+        the store's `transaction()` context, with `committed` already set.
+        """
+        self.follow_ups.append(then)
 
     @abc.abstractmethod
     def savepoint(self) -> None:

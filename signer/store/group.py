@@ -13,7 +13,13 @@ Invariant 3 is kept for every member, not just the group:
   a member's audit entry is durable and covered by a signed checkpoint before
   its call returns;
 - if the commit, or the checkpoint, fails, every member fails and nothing of
-  the group is written;
+  the group is written; a refusal of the audit key (the stored log does not
+  extend the token's tree head) reaches every member with its reason;
+- the checkpoint is released in a follow-up of the commit (`Tx.after_commit`,
+  see `signer.audit.checkpoint`): one token head update per commit, and no
+  member returns before it. Should that follow-up fail, the group's writes
+  are durable but not yet covered: every member fails, told so, and the next
+  checkpoint covers them;
 - a member's refusal (a `SignerError` other than `StoreError`) rolls back its
   own savepoint only, and it is reported only once the group has committed,
   since it may rest on what earlier members wrote; any other exception in a
@@ -199,8 +205,20 @@ class GroupCommit:
             if own is not None:
                 raise own
             return
+        reason = failure.reason if isinstance(failure, SignerError) else None
+        if group.tx is not None and group.tx.committed:  # only the checkpoint's release failed
+            if own is not None:
+                raise own
+            if leader:
+                raise failure
+            raise StoreError(
+                f"the change was recorded, but the checkpoint covering it was not: {failure}",
+                reason=reason,
+            ) from failure
         if own is not None and own is group.poison:
             raise failure  # the member whose body failed hears its own (translated) error
         if leader and group.poison is None:
             raise failure  # the commit or the checkpoint failed
-        raise StoreError(f"the transaction was not committed: {failure}") from failure
+        raise StoreError(
+            f"the transaction was not committed: {failure}", reason=reason
+        ) from failure

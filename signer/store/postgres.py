@@ -4,7 +4,10 @@ Every transaction starts by taking one transaction-scoped advisory lock, so
 write transactions from all replicas run one at a time, as SQLite's `BEGIN
 IMMEDIATE` makes them in one process: two approvals of one request arriving on
 two replicas are decided in order, and audit appends stay one linear log (the
-database serializes them; no two checkpoints of one size can differ).
+database serializes them; no two checkpoints of one size can differ). A
+transaction with follow-ups (`Tx.after_commit`: the audit checkpoint) takes the
+same lock at session level before it commits and drops it once they have run,
+so no replica reads its writes without theirs.
 
 Times are RFC 3339 text in UTC, compared byte-wise (`COLLATE "C"`) whatever
 the database's locale. A trigger on `requests` sends `NOTIFY signer_requests, '<id>'` with every
@@ -204,13 +207,41 @@ class PostgresStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-                yield _PostgresTx(conn)
+            with self._pool.connection() as conn:
+                tx = _PostgresTx(conn)
+                held = False  # the session lock, which a failed commit would not release
+                try:
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+                        yield tx
+                        if tx.follow_ups:  # a session lock outlives the commit, until they ran
+                            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+                            held = True
+                except BaseException:
+                    if held:
+                        conn.close()  # ending the session is what releases it
+                    raise
+                tx.committed = True
+                if tx.follow_ups:
+                    self._follow_up(conn, tx)
         except psycopg_pool.PoolTimeout as e:
             raise StoreError(f"the database {self._where} is unreachable: {_why(e)}") from None
         except psycopg.Error as e:
             raise StoreError(f"the database (audit log) could not be written: {_why(e)}") from e
+
+    @staticmethod
+    def _follow_up(conn: psycopg.Connection[Any], tx: Tx) -> None:
+        """Run `tx`'s follow-ups, each in its own transaction, then drop the session lock."""
+        try:
+            for then in tx.follow_ups:
+                with conn.transaction():
+                    then(_PostgresTx(conn))
+        finally:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+            except psycopg.Error:
+                conn.close()  # a lock left held would stall every replica: end the session
 
     def subscribe(self, changed: Callable[[str], None]) -> None:
         """Call `changed(request_id)` for every request change committed by any replica."""
@@ -253,8 +284,8 @@ def _why(e: BaseException) -> str:
 
 class _PostgresTx(SqlTx):
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__()
         self._conn = conn
-        self.appended = 0
 
     @staticmethod
     def _sql(sql: str) -> bytes:

@@ -143,19 +143,31 @@ class SqliteStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise StoreError(f"the database cannot be written: {e}") from e
-            try:
-                yield _SqliteTx(self._db)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                self._rollback()
-                raise StoreError(f"the database (audit log) could not be written: {e}") from e
-            except BaseException:
-                self._rollback()
-                raise
+            tx = _SqliteTx(self._db)
+            with self._one(tx):
+                yield tx
+            tx.committed = True
+            # Follow-ups run under the same lock: nothing else of this store runs between.
+            for then in tx.follow_ups:
+                with self._one(_SqliteTx(self._db)) as follow_up:
+                    then(follow_up)
+
+    @contextmanager
+    def _one(self, tx: _SqliteTx) -> Iterator[_SqliteTx]:
+        """BEGIN IMMEDIATE ... COMMIT around the body; roll back if it raises."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(f"the database cannot be written: {e}") from e
+        try:
+            yield tx
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback()
+            raise StoreError(f"the database (audit log) could not be written: {e}") from e
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         # No transaction left to roll back when SQLite already did.
@@ -169,8 +181,8 @@ class SqliteStore(Store):
 
 class _SqliteTx(SqlTx):
     def __init__(self, db: sqlite3.Connection) -> None:
+        super().__init__()
         self._db = db
-        self.appended = 0
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, args).fetchall()
