@@ -23,6 +23,7 @@ import grpc
 import pytest
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]  # no __all__
 
+from signer.client import list_requests
 from signer.sslib import SignatureCheckError, SigningTimeoutError, import_key
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from tests.harness import APPROVER, SIGNER, Clients, Env, run, sha256_digest, wait_until
@@ -53,13 +54,16 @@ def _on_signed(change: Callable[[types_pb2.SigningRequest], None]) -> Callable[[
 def _pending_with(clients: Clients, artifact: str) -> types_pb2.SigningRequest:
     """Wait until a pending request for `artifact` exists; return it as alice sees it."""
     found: list[types_pb2.SigningRequest] = []
+    shared_profile = clients.env.profile("alice")
 
     def look() -> bool:
-        resp = clients.approval("alice").ListRequests(
-            approval_pb2.ListRequestsRequest(state=types_pb2.REQUEST_STATE_PENDING, page_size=500),
-            timeout=20,
-        )
-        found[:] = [r for r in resp.requests if r.digests[0].artifact_name == artifact]
+        found[:] = [
+            r
+            for r in list_requests(
+                shared_profile, clients.approval("alice"), types_pb2.REQUEST_STATE_PENDING
+            )
+            if r.digests and r.digests[0].artifact_name == artifact
+        ]
         return bool(found)
 
     wait_until(look, timeout=30)
