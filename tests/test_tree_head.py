@@ -124,6 +124,23 @@ def test_a_truncated_log_is_refused_as_a_rollback_and_nothing_is_written(world: 
     assert _refusals(world) == [ROLLBACK, ROLLBACK]
 
 
+def test_a_truncated_log_with_its_later_notes_copied_back_is_still_refused(
+    world: World,
+) -> None:
+    """Truncated, with the real later notes put back: the next append still fails."""
+    _record(world, 6)
+    notes = world.db.rows("SELECT size, note FROM checkpoints ORDER BY size")
+    _tampered(world, lambda rows: rows[:-2])
+    kept = {int(size) for (size,) in world.db.rows("SELECT size FROM checkpoints")}
+    for size, note in notes:
+        if int(size) not in kept:
+            world.db.rows("INSERT INTO checkpoints (size, note) VALUES (?, ?)", size, note)
+    with pytest.raises(AuditHeadError) as e:
+        world.core.record("test.event", "after", {})
+    assert e.value.reason == ROLLBACK
+    assert _refusals(world) == [ROLLBACK]
+
+
 def test_rewritten_history_is_refused_as_a_mismatch(world: World) -> None:
     """An entry edited and the tree rebuilt to match: AUDIT_HEAD_MISMATCH, nothing written."""
     _record(world, 6)

@@ -121,10 +121,14 @@ class Checkpointer:
         """Sign a checkpoint for the tree as `tx` leaves it, unless one exists; it is
         stored, and the token's head moved, once `tx` has committed (steps 1-3 above)."""
         size = tx.tree_size()
-        if not size or tx.checkpoint(size) is not None:
+        if not size:
             return
         new = TreeHead(size, merkle.root(tx, size))
+        # Checked even when a note of this size is stored: a truncated or restored
+        # database with the real (public) later notes copied back must not be served.
         self._require(tx, self._head(tx), new)
+        if tx.checkpoint(size) is not None:
+            return
         note = self.note(new.size, new.root)
         tx.after_commit(lambda follow_up: self.release(follow_up, new, note))
 
