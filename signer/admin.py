@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -118,34 +119,30 @@ def audit_verifier(config_path: Path) -> str:
         token.close()
 
 
-def audit_head(config_path: Path) -> HeadStatus:
-    """The token's audit tree head and whether the stored log extends it (changes nothing)."""
+@contextlib.contextmanager
+def _audit_tx(config_path: Path) -> Iterator[tuple[Checkpointer, Tx]]:
+    """The audit checkpointer over the token, and one store transaction; both closed after."""
     cfg = load_config(config_path)
     token = open_token(cfg)
     try:
         store = open_store(cfg.store)
         try:
             with store.transaction() as tx:
-                return checkpointer_for(cfg, token).status(tx)
+                yield checkpointer_for(cfg, token), tx
         finally:
             store.close()
     finally:
         token.close()
+
+
+def audit_head(config_path: Path) -> HeadStatus:
+    """The token's audit tree head and whether the stored log extends it (changes nothing)."""
+    with _audit_tx(config_path) as (checkpointer, tx):
+        return checkpointer.status(tx)
 
 
 def reset_audit_head(config_path: Path, reason: str, actor: str) -> TreeHead:
     """Accept the stored log as it is (after restoring a backup): an `audit.head_reset`
     entry records why, the token's head moves to the log with it, a checkpoint covers it."""
-    cfg = load_config(config_path)
-    token = open_token(cfg)
-    try:
-        store = open_store(cfg.store)
-        try:
-            with store.transaction() as tx:
-                return checkpointer_for(cfg, token).reset(
-                    tx, actor, reason, dt.datetime.now(dt.UTC)
-                )
-        finally:
-            store.close()
-    finally:
-        token.close()
+    with _audit_tx(config_path) as (checkpointer, tx):
+        return checkpointer.reset(tx, actor, reason, dt.datetime.now(dt.UTC))
