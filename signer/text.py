@@ -11,6 +11,10 @@ fields, client profiles, signer URIs) calls `is_displayable`, which refuses:
 - Unicode format characters (category Cf: bidi embeddings, overrides and
   isolates, zero-width spaces and joiners, U+061C, U+FEFF, ...);
 - line and paragraph separators (U+2028, U+2029);
+- the other default-ignorable code points, which a terminal draws as nothing
+  (variation selectors, U+034F, Hangul fillers, U+17B4/U+17B5, Mongolian
+  variation selectors) and U+2800, a blank that is not a space: a name with
+  them looks the same as one without;
 - surrogates, private-use and unassigned code points (nothing a terminal can
   show faithfully).
 
@@ -45,14 +49,21 @@ MAX_ARTIFACT = 512
 
 DISPLAY_RULE = (
     "without control characters, format characters (bidi, zero-width...), line "
-    "separators, private-use or unassigned characters"
+    "separators, invisible characters (variation selectors, fillers), private-use "
+    "or unassigned characters"
 )
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _ASCII_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties) outside the refused
+# categories, and the braille blank: drawn as nothing, or as a space that is not one.
+_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164"
+    "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
 
 
 def _refused(c: str) -> bool:
-    return unicodedata.category(c) in _REFUSED_CATEGORIES
+    return unicodedata.category(c) in _REFUSED_CATEGORIES or _INVISIBLE.match(c) is not None
 
 
 def is_displayable(text: str) -> bool:

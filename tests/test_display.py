@@ -2,9 +2,10 @@
 
 One rule decides what text other people may be shown: no C0/C1 controls (so no
 ESC, CSI or OSC), no Unicode format characters (bidi controls, zero-width
-characters, U+061C, U+FEFF), no line or paragraph separators, nothing private
-or unassigned. The server refuses such text wherever a party sends it, and
-clients print anything else they receive through `shown`, which makes it visible.
+characters, U+061C, U+FEFF), no line or paragraph separators, no invisible
+characters (variation selectors, fillers, U+2800), nothing private or
+unassigned. The server refuses such text wherever a party sends it, and clients
+print anything else they receive through `shown`, which makes it visible.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ REFUSED = {
     "private use": "a\ue000b",
     "unassigned": "a\U000e0fffb",
     "tag character": "a\U000e0041b",
+    "variation selector": "app\ufe0f.tar",
+    "variation selector supplement": "a\U000e0100b",
+    "combining grapheme joiner": "a\u034fb",
+    "hangul filler": "a\u3164b",
+    "hangul choseong filler": "a\u115fb",
+    "halfwidth hangul filler": "a\uffa0b",
+    "khmer inherent vowel": "a\u17b4b",
+    "mongolian variation selector": "a\u180bb",
+    "braille blank": "a\u2800b",
 }
 ALLOWED = ["release-1.2.3.tar.gz", "dist/app (final) [x86_64]", "naïve café", "日本語", "a b"]
 
