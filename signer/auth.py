@@ -14,8 +14,11 @@ every method is served as a request stream, so the caller is authenticated
 and authorized as soon as a worker takes the call, before its request message
 is waited for; a caller without a role, or over its cap of calls in flight,
 is refused at once (PERMISSION_DENIED, RESOURCE_EXHAUSTED) and gives the
-worker back. Log lines of refused calls are rate-limited per identity (per
-peer address before authentication) and echo values cut short.
+worker back. A caller with a role that does not send its message within
+`server.message_timeout` (each message, on a stream) has its call cancelled:
+no one holds a worker by saying nothing. Log lines of refused calls are
+rate-limited per identity (per peer address before authentication) and echo
+values cut short.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from signer.bounds import MAX_ECHO, RateLimit, Slots, clip, echo
+from signer.bounds import MAX_ECHO, RateLimit, Slots, Watchdog, clip, echo
 from signer.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
@@ -100,6 +103,7 @@ current_caller: contextvars.ContextVar[TokenCaller | None] = contextvars.Context
     "caller", default=None
 )
 _TOKEN_ROLES = frozenset({"requester"})
+MESSAGE_TIMEOUT = 10.0  # seconds a call may take to send a request message
 log = structlog.get_logger("signer.auth")
 
 
@@ -119,14 +123,6 @@ def identity_from_cert(pem: bytes) -> str:
     return str(cns[0].value) if cns else ""
 
 
-def _one_message(method: str, requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-    """The one request message of a unary method."""
-    try:
-        return next(requests)
-    except StopIteration:
-        abort(context, InvalidArgumentError(f"{method} needs exactly one request message"))
-
-
 def _peer_host(context: grpc.ServicerContext) -> str:
     """The caller's address without its port (`ipv4:10.0.0.1`), for callers with no identity."""
     peer = str(context.peer() or "")
@@ -144,6 +140,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         *,
         calls_per_identity: int = 32,
         log_limit: RateLimit | None = None,
+        message_timeout: float = MESSAGE_TIMEOUT,
     ) -> None:
         self._roles_of = roles_of
         self._rules = rules
@@ -151,6 +148,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._oidc = oidc
         self.calls = Slots(calls_per_identity, "calls in flight", "TOO_MANY_CALLS")
         self._log_limit = log_limit or RateLimit(60)
+        self._watchdog = Watchdog(message_timeout)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -161,7 +159,6 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         # a worker takes it, before its message has arrived (a unary handler would hold
         # the worker waiting for a message that an unauthorized caller may never send).
         if handler.unary_unary or handler.unary_stream:
-            one = functools.partial(_one_message, method)
             deserializer = handler.request_deserializer
             if handler.unary_unary:
                 fn = handler.unary_unary
@@ -169,7 +166,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 def unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
                     identity = self._admit(method, context)
                     with self._holding(identity, method, context):
-                        return fn(one(requests, context), context)
+                        return fn(self._one(identity, method, requests, context), context)
 
                 return grpc.stream_unary_rpc_method_handler(
                     unary, deserializer, handler.response_serializer
@@ -179,7 +176,10 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def unary_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
                 identity = self._admit(method, context)
                 return self._streaming(
-                    identity, method, context, lambda: stream_fn(one(requests, context), context)
+                    identity,
+                    method,
+                    context,
+                    lambda: stream_fn(self._one(identity, method, requests, context), context),
                 )
 
             return grpc.stream_stream_rpc_method_handler(
@@ -191,7 +191,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
                 identity = self._admit(method, context)
                 with self._holding(identity, method, context):
-                    return fn_su(requests, context)
+                    return fn_su(self._each(identity, method, requests, context), context)
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, handler.request_deserializer, handler.response_serializer
@@ -200,7 +200,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             identity = self._admit(method, context)
-            return self._streaming(identity, method, context, lambda: fn_ss(requests, context))
+            return self._streaming(
+                identity,
+                method,
+                context,
+                lambda: fn_ss(self._each(identity, method, requests, context), context),
+            )
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, handler.request_deserializer, handler.response_serializer
@@ -244,6 +249,45 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> Iterator[Any]:
         with self._holding(identity, method, context):
             yield from start()
+
+    def _next(
+        self, identity: str, method: str, requests: Iterator[Any], context: grpc.ServicerContext
+    ) -> Any:
+        """The call's next message; the call is cancelled if it is not sent in time (a
+        caller with a role holds a worker while it waits, DESIGN §14)."""
+        with self._watchdog.within(context.cancel) as watch:
+            try:
+                return next(requests)
+            except grpc.RpcError:
+                if watch.expired:
+                    self._log(
+                        "call cancelled",
+                        identity,
+                        context,
+                        method=method,
+                        reason="MESSAGE_TIMEOUT",
+                        error=f"no request message within {self._watchdog.seconds:g}s",
+                    )
+                raise
+
+    def _one(
+        self, identity: str, method: str, requests: Iterator[Any], context: grpc.ServicerContext
+    ) -> Any:
+        """The one request message of a unary method."""
+        try:
+            return self._next(identity, method, requests, context)
+        except StopIteration:
+            abort(context, InvalidArgumentError(f"{method} needs exactly one request message"))
+
+    def _each(
+        self, identity: str, method: str, requests: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        """A streaming call's messages, each within the time a unary call's one has."""
+        while True:
+            try:
+                yield self._next(identity, method, requests, context)
+            except StopIteration:
+                return
 
     def _refuse(
         self, identity: str, method: str, error: SignerError, context: grpc.ServicerContext

@@ -11,15 +11,22 @@
   identities as well.
 - `Slots` bounds how many calls of one kind an identity may hold at once; a
   caller over its cap is told at once (RESOURCE_EXHAUSTED), it never queues.
+- `Watchdog` runs an action (cancel the call) when what a call waits for has
+  not come within a fixed time; one thread serves every call.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+import structlog
 
 from signer.errors import TooLargeError
 
@@ -28,11 +35,14 @@ __all__ = [
     "MAX_MESSAGE",
     "RateLimit",
     "Slots",
+    "Watchdog",
     "clip",
     "clip_log_values",
     "echo",
     "fitting",
 ]
+
+log = structlog.get_logger("signer.bounds")
 
 MAX_ECHO = 128  # characters of a caller's value shown in a message
 MAX_MESSAGE = 1024  # characters of a status message or of one log value
@@ -164,3 +174,62 @@ class Slots:
             yield
         finally:
             self.release(identity)
+
+
+@dataclass
+class Watch:
+    """One watched wait: `expired` once the watchdog has acted on it."""
+
+    expired: bool = False
+
+
+class Watchdog:
+    """Runs `on_expiry` for a wait not over within `seconds` (the same for every wait).
+
+    Waits expire in the order they began, so an ordered map is the whole schedule: a
+    wait that ends is taken out of it in O(1), and a single daemon thread, started on
+    the first wait, sleeps until the oldest one's time.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._waits: OrderedDict[int, tuple[float, Watch, Callable[[], object]]] = OrderedDict()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def within(self, on_expiry: Callable[[], object]) -> Iterator[Watch]:
+        """`on_expiry` runs (on the watchdog's thread) if the block lasts over `seconds`."""
+        watch = Watch()
+        key = next(self._ids)
+        with self._cond:
+            self._waits[key] = (self._clock() + self.seconds, watch, on_expiry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+                self._thread.start()
+            elif len(self._waits) == 1:
+                self._cond.notify()
+        try:
+            yield watch
+        finally:
+            with self._cond:
+                self._waits.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waits:
+                    self._cond.wait()
+                key, (deadline, watch, on_expiry) = next(iter(self._waits.items()))
+                left = deadline - self._clock()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                del self._waits[key]
+                watch.expired = True
+            try:
+                on_expiry()
+            except Exception:  # one action that fails stops none of the others
+                log.exception("watchdog action failed")

@@ -119,6 +119,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_wait: dt.timedelta = dt.timedelta(seconds=60)
     workers: int = 64
+    message_timeout: dt.timedelta = dt.timedelta(seconds=10)
     oidc_listen: str | None = None  # server-authenticated TLS port for OIDC requesters
     metrics_listen: str | None = None  # plain-HTTP Prometheus endpoint; off when None
 
@@ -463,6 +464,7 @@ def _server(r: _Reader) -> ServerConfig:
         "client_ca",
         "max_message_bytes",
         "max_wait",
+        "message_timeout",
         "workers",
     )
     listen = r.get("listen", str)
@@ -490,6 +492,7 @@ def _server(r: _Reader) -> ServerConfig:
     if not 1024 <= max_bytes <= 64 * 1024 * 1024:
         raise r.error("max_message_bytes", "must be between 1024 and 67108864")
     max_wait = _duration_of(r, "max_wait", "60s", _SECOND, dt.timedelta(hours=1))
+    message_timeout = _duration_of(r, "message_timeout", "10s", _SECOND, dt.timedelta(minutes=5))
     workers = r.get("workers", int, 64)
     if not 4 <= workers <= 1024:
         raise r.error("workers", "must be between 4 and 1024")
@@ -505,6 +508,7 @@ def _server(r: _Reader) -> ServerConfig:
         max_message_bytes=max_bytes,
         max_wait=max_wait,
         workers=workers,
+        message_timeout=message_timeout,
         oidc_listen=oidc_listen,
         metrics_listen=metrics_listen,
         **paths,

@@ -11,8 +11,9 @@ connection carries at most `STREAMS_PER_CONNECTION` streams at once (gRPC
 core then also paces rapid stream resets), an idle one is closed, a dead peer
 is found by keepalive pings, and every connection is recycled after
 `CONNECTION_AGE` with a grace longer than any call may last, which bounds the
-life of every stream. Each identity holds at most half the workers, and a
-caller without a role none for longer than it takes to refuse it.
+life of every stream. Each identity holds at most half the workers, a caller
+with a role holds one no longer than `server.message_timeout` waiting for a
+message, and a caller without a role none for longer than it takes to refuse it.
 
 Before anything secret is read the server turns core dumps off for itself
 (RLIMIT_CORE 0, and on Linux not dumpable: no core file, even through a
@@ -256,6 +257,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, hea
         oidc,
         calls_per_identity=max(2, s.workers // 2),
         log_limit=log_limit,
+        message_timeout=s.message_timeout.total_seconds(),
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=s.workers, thread_name_prefix="rpc"),

@@ -290,6 +290,9 @@ class _FakeContext:
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise _Aborted(code, details)
 
+    def cancel(self) -> None:
+        raise AssertionError("a call with its message at hand is never cancelled")
+
     def abort_with_status(self, status: Any) -> None:
         raise _Aborted(status.code, status.details)
 

@@ -63,6 +63,8 @@ _CONFIG_BOUNDS = [
     ("max-ttl-digits", ("keys", "release", "max_ttl"), "9" * 5000 + "s", "is not a duration"),
     ("max-wait-huge", ("server", "max_wait"), HUGE, "from 1s to 1h"),
     ("max-wait-zero", ("server", "max_wait"), "0s", "from 1s to 1h"),
+    ("message-timeout-zero", ("server", "message_timeout"), "0s", "from 1s to 5m"),
+    ("message-timeout-huge", ("server", "message_timeout"), "1h", "from 1s to 5m"),
     ("leeway-huge", ("oidc", "ci", "leeway"), HUGE, "from 0s to 5m"),
     ("jwks-refresh-huge", ("oidc", "ci", "jwks_refresh"), HUGE, "from 1s to 1h"),
     ("jwks-max-age-short", ("oidc", "ci", "jwks_max_age"), "10s", "from 1m to 1d"),

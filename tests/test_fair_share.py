@@ -50,6 +50,19 @@ def capped(fresh_env: Env) -> Iterator[Running]:
     fresh_env.add_client("hog", ["requester"])
     cfg = fresh_env.read_config()
     cfg["server"]["workers"] = WORKERS
+    cfg["server"]["message_timeout"] = "5m"  # silent calls here end when the test says
+    fresh_env.write_config(cfg)
+    yield from running(fresh_env)
+
+
+@pytest.fixture
+def impatient(fresh_env: Env) -> Iterator[Running]:
+    """Two requesters that may hold all the workers between them; messages due in 1 s."""
+    fresh_env.add_client("hog", ["requester"])
+    fresh_env.add_client("hog2", ["requester"])
+    cfg = fresh_env.read_config()
+    cfg["server"]["workers"] = WORKERS
+    cfg["server"]["message_timeout"] = "1s"
     fresh_env.write_config(cfg)
     yield from running(fresh_env)
 
@@ -196,6 +209,24 @@ def test_silent_streams_of_one_identity_hold_at_most_its_share(capped: Running) 
             ch.close()
     lines = [e for e in _log_events(capped) if e.get("reason") == "TOO_MANY_CALLS"]
     assert lines and lines[0]["identity"] == "hog"
+
+
+def test_calls_that_never_send_their_message_are_cancelled(impatient: Running) -> None:
+    """Two requesters holding every worker with silent calls: each call is cancelled once
+    `server.message_timeout` passes, the others are answered, and the log says why."""
+    silent = Silent()
+    channels = [_own_channel(impatient.env, who) for who in ("hog", "hog2")]
+    try:
+        calls = [silent.open(ch, GET_REQUEST) for ch in channels for _ in range(CAP)]
+        _flow(impatient)  # answered once the silent calls give their workers back
+        assert [_code(f) for f in calls] == [grpc.StatusCode.CANCELLED] * WORKERS
+    finally:
+        silent.release.set()
+        for ch in channels:
+            ch.close()
+    lines = [e for e in _log_events(impatient) if e.get("reason") == "MESSAGE_TIMEOUT"]
+    assert {e["identity"] for e in lines} == {"hog", "hog2"}
+    assert all("within 1s" in e["error"] for e in lines)
 
 
 @dataclass

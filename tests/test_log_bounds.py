@@ -11,13 +11,22 @@ a few dozen KiB; failed TLS handshakes write nothing.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 
-from signer.bounds import MAX_MESSAGE, RateLimit, Slots, clip, clip_log_values, echo
+from signer.bounds import (
+    MAX_MESSAGE,
+    RateLimit,
+    Slots,
+    Watchdog,
+    clip,
+    clip_log_values,
+    echo,
+)
 from signer.core import LIMITS
 from signer.errors import TooLargeError
 from signer.v1 import (
@@ -207,3 +216,39 @@ def test_slots_refuse_at_once_over_the_cap_and_forget_idle_identities() -> None:
     slots.release("alice")
     slots.release("bob")
     assert slots.held("alice") == 0 and slots._held == {}
+
+
+def test_watchdog_acts_on_waits_over_their_time_and_only_on_those() -> None:
+    """A wait still open after its time has its action run (once, in the order the waits
+    began); a wait that ended in time never has, and the schedule forgets it."""
+    dog = Watchdog(0.05)
+    fired: list[str] = []
+    done = threading.Event()
+    with dog.within(lambda: fired.append("ended in time")) as quick:
+        pass
+
+    def last() -> None:
+        fired.append("second")
+        done.set()
+
+    with (
+        dog.within(lambda: fired.append("first")) as first,
+        dog.within(last) as second,
+    ):
+        assert done.wait(10)
+    # Both expired; the one that ended in time, begun before them, never fired.
+    assert fired == ["first", "second"]
+    assert first.expired and second.expired and not quick.expired
+    assert dog._waits == {}
+
+
+def test_watchdog_survives_an_action_that_fails() -> None:
+    """An action that raises is logged; the watchdog goes on with the next wait."""
+    dog = Watchdog(0.01)
+    done = threading.Event()
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with dog.within(boom), dog.within(done.set):
+        assert done.wait(10)
