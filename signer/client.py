@@ -195,9 +195,18 @@ class RemoteError(Exception):
         super().__init__(message)
         self.code, self.message, self.reason = code, message, reason
 
-    def __str__(self) -> str:
-        tag = f" [{self.reason}]" if self.reason else ""
-        return f"{self.code.name}{tag}: {self.message}"
+    def __str__(self) -> str:  # the server's text, made safe to print wherever it goes
+        tag = f" [{shown(self.reason)}]" if self.reason else ""
+        return f"{self.code.name}{tag}: {shown(self.message)}"
+
+    @property
+    def overloaded(self) -> bool:
+        """gRPC's own refusal of a call the server had no room for: worth a retry."""
+        return (
+            self.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and not self.reason
+            and self.message.startswith("Concurrent RPC limit exceeded")
+        )
 
 
 def remote_error(e: grpc.RpcError) -> RemoteError:

@@ -107,8 +107,8 @@ class SigningRefusedError(ServiceSignerError):
     """The request ended DENIED, EXPIRED, CANCELLED or FAILED."""
 
     def __init__(self, request_id: str, state: str, status_message: str) -> None:
-        why = f": {status_message}" if status_message else ""
-        super().__init__(f"signing request {request_id} ended {state}{why}")
+        why = f": {shown(status_message)}" if status_message else ""  # the server's text
+        super().__init__(f"signing request {shown(request_id)} ended {state}{why}")
         self.request_id, self.state, self.status_message = request_id, state, status_message
 
 

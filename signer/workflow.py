@@ -129,14 +129,16 @@ def check_response(request: types_pb2.SigningRequest, asked: Asked) -> None:
 def create(
     profile: Profile, stub: Any, request: signing_pb2.CreateSigningRequestRequest
 ) -> types_pb2.SigningRequest:
-    """Create, retrying UNAVAILABLE with the same idempotency key; check the answer."""
+    """Create, retrying UNAVAILABLE and an overloaded server with the same idempotency
+    key (so a retry never makes a second request); check the answer."""
     for attempt in range(_CREATE_ATTEMPTS):
         try:
             created: types_pb2.SigningRequest = call(
                 profile, stub.CreateSigningRequest, request
             ).request
         except RemoteError as e:
-            if e.code.name != "UNAVAILABLE" or attempt == _CREATE_ATTEMPTS - 1:
+            transient = e.code.name == "UNAVAILABLE" or e.overloaded
+            if not transient or attempt == _CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 * 2**attempt)
             continue
@@ -197,7 +199,7 @@ def wait(
                 timeout=poll + 10,
             )
         except RemoteError as e:
-            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not e.overloaded:
                 raise
             time.sleep(max(min(1.0, end - time.monotonic()), 0))
             continue

@@ -24,7 +24,12 @@ import pytest
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]  # no __all__
 
 from signer.client import list_requests
-from signer.sslib import SignatureCheckError, SigningTimeoutError, import_key
+from signer.sslib import (
+    SignatureCheckError,
+    SigningRefusedError,
+    SigningTimeoutError,
+    import_key,
+)
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from tests.harness import APPROVER, SIGNER, Clients, Env, run, sha256_digest, wait_until
 from tests.hostile import Abort, HostileServer, hostile
@@ -172,6 +177,47 @@ def test_sign_refuses_a_created_request_for_other_digests(shared_env: Env, tmp_p
         assert proxy.calls["WaitSigningRequest"] == 0
     assert p.returncode == 1
     assert "not what was asked: digests differ" in p.stderr
+
+
+def test_sign_retries_an_overloaded_server_and_makes_one_request(
+    shared_env: Env, clients: Clients, tmp_path: Path
+) -> None:
+    """gRPC's own "no room" refusal of a create (answer lost after the request was made)
+    is retried with the same idempotency key: the signature comes, from one request."""
+    refused: list[str] = []
+
+    def tamper(method: str, answer: Any) -> Any:
+        if method == "CreateSigningRequest" and not refused:
+            refused.append(answer.request.id)
+            raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+        return answer
+
+    with hostile(shared_env, "ci", tamper) as proxy:
+        p, artifact = _sign_via(proxy, clients, tmp_path)
+        creates = proxy.calls["CreateSigningRequest"]
+    assert p.returncode == 0, p.stderr
+    assert creates == 2 and refused
+    assert artifact.with_name(artifact.name + ".sig").exists()
+    assert clients.get(refused[0]).state == types_pb2.REQUEST_STATE_SIGNED
+
+
+def test_other_resource_exhausted_errors_are_not_retried(shared_env: Env, tmp_path: Path) -> None:
+    """A cap of the caller's own (a reason is given) is said at once, not retried."""
+
+    def tamper(method: str, answer: Any) -> Any:
+        raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many pending requests")
+
+    artifact = tmp_path / "a.bin"
+    artifact.write_bytes(b"a")
+    with hostile(shared_env, "ci3", tamper) as proxy:
+        p = run(
+            [*SIGNER, "sign", "--profile", str(proxy.profile("ci3"))]
+            + ["--key-name", "release", "--file", str(artifact)],
+            check=False,
+        )
+        creates = proxy.calls["CreateSigningRequest"]
+    assert p.returncode == 1 and "too many pending requests" in p.stderr
+    assert creates == 1
 
 
 def test_a_public_key_that_is_not_the_key_id_is_refused(
@@ -349,6 +395,31 @@ def test_tuf_signer_progress_shows_server_text_escaped(
     err = capsys.readouterr().err
     assert "\\x1b]0;owned\\x07alice" in err
     assert ESC not in err and chr(7) not in err
+
+
+def test_tuf_signer_refusal_carries_the_server_text_escaped(shared_env: Env) -> None:
+    """A refusal's status message from the server is escaped in the exception's text."""
+
+    def denied(proxy: HostileServer, method: str, request: bytes) -> Any:
+        if method != "WaitSigningRequest":
+            return None
+        asked = signing_pb2.WaitSigningRequestRequest.FromString(request)
+        got = signing_pb2.GetSigningRequestResponse.FromString(
+            proxy.upstream(
+                "/signer.v1.SigningService/GetSigningRequest",
+                signing_pb2.GetSigningRequestRequest(id=asked.id),
+            )
+        )
+        got.request.state = types_pb2.REQUEST_STATE_DENIED
+        got.request.status_message = f"no{ESC}]0;owned{chr(7)}"
+        return signing_pb2.WaitSigningRequestResponse(request=got.request, done=True)
+
+    with hostile(shared_env, "ci3", _unchanged, denied) as proxy:
+        uri, key = import_key("release", proxy.profile("ci3"))
+        with pytest.raises(SigningRefusedError) as e:
+            Signer.from_priv_key_uri(uri, key).sign(b"tuf metadata bytes")
+    assert "ended DENIED: no\\x1b]0;owned\\x07" in str(e.value)
+    assert ESC not in str(e.value)
 
 
 # -- officers -------------------------------------------------------------------------
