@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import signal
 import uuid
@@ -33,7 +34,7 @@ from signer.audit.offline import verify_dir
 from signer.audit.proofs import SignedProof
 from signer.auditor import fetch
 from signer.bundle import Bundle, Trust, dsse_envelope, verify_bundle
-from signer.client import Profile, load_profile
+from signer.client import Profile, load_profile, paged
 from signer.clikit import (
     EXIT_FAILED,
     call,
@@ -862,18 +863,12 @@ def _audit_events(profile: Profile, f: dict[str, Any]) -> Iterator[audit_pb2.Aud
         end_time=_time(f["until"], "--until"),
         page_size=1000,
     )
-    left = f["limit"]
     with stubs(profile, audit_pb2_grpc.AuditServiceStub) as (stub,):
-        while left > 0:
-            resp = call(profile, stub.ListAuditEvents, req)
-            for e in resp.events[:left]:
-                if f["approver"] and e.event not in ("request.approved", "request.denied"):
-                    continue
-                yield e
-            left -= len(resp.events)
-            if not resp.next_page_token:
-                return
-            req.page_token = resp.next_page_token
+        events = paged(profile, stub.ListAuditEvents, req, lambda r: r.events)
+        for e in itertools.islice(events, f["limit"]):
+            if f["approver"] and e.event not in ("request.approved", "request.denied"):
+                continue
+            yield e
 
 
 @audit.command("list")

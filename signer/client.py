@@ -20,7 +20,7 @@ import dataclasses
 import datetime as dt
 import os
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,43 @@ def call(
         raise remote_error(e) from None
 
 
+MAX_LISTED = 100_000  # items of one listing a client takes from a server
+
+
+def paged(
+    profile: Profile,
+    method: Callable[..., Any],
+    request: Any,
+    items: Callable[[Any], Sequence[Any]],
+    limit: int = MAX_LISTED,
+) -> Iterator[Any]:
+    """Every item of a paged listing, page by page (`request.page_token` moves on).
+
+    A server's listing must move on: a page that says more follows carries items and a
+    token not seen before, and a listing ends within `limit` items; else it stops with
+    VerificationError, so no server keeps a client paging forever.
+    """
+    seen: set[str] = set()
+    count = 0
+    while True:
+        resp = call(profile, method, request)
+        got = items(resp)
+        count += len(got)
+        yield from got
+        token = resp.next_page_token
+        if not token:
+            return
+        if not got or token in seen or token == request.page_token:
+            raise VerificationError(
+                "the server's listing does not move on (an empty page, or a page token "
+                "sent before); the listing stops"
+            )
+        if count >= limit:
+            raise VerificationError(f"the server's listing goes past {limit} items; it stops")
+        seen.add(token)
+        request.page_token = token
+
+
 def list_requests(
     profile: Profile,
     stub: approval_pb2_grpc.ApprovalServiceStub,
@@ -240,14 +277,7 @@ def list_requests(
 ) -> Iterator[types_pb2.SigningRequest]:
     """Every request in `state` the caller may decide on, as summaries, page by page."""
     req = approval_pb2.ListRequestsRequest(state=state, page_size=50)
-    while True:
-        resp = call(profile, stub.ListRequests, req)
-        yield from resp.requests
-        if not resp.next_page_token:
-            return
-        if resp.next_page_token == req.page_token:
-            raise VerificationError("the server sent the same page again; the listing stops")
-        req.page_token = resp.next_page_token
+    yield from paged(profile, stub.ListRequests, req, lambda r: r.requests)
 
 
 def fetch_request(

@@ -30,7 +30,7 @@ from signer.sslib import (
     SigningTimeoutError,
     import_key,
 )
-from signer.v1 import approval_pb2, signing_pb2, types_pb2
+from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
 from tests.harness import APPROVER, SIGNER, Clients, Env, run, sha256_digest, wait_until
 from tests.hostile import Abort, HostileServer, hostile
 
@@ -529,3 +529,57 @@ def test_error_texts_from_the_server_are_escaped(shared_env: Env, clients: Clien
     assert p.returncode == 1
     assert ESC not in p.stderr and "\a" not in p.stderr
     assert "no such request\\x1b[2J\\x1b]8;;http://x\\x07" in p.stderr
+
+
+# -- listings that never end ----------------------------------------------------------
+
+
+def _cycling_pages(proxy: HostileServer, method: str, request: bytes) -> Any:
+    """Real pending requests, on pages whose tokens go a, b, a, b, ..."""
+    if method != "ListRequests":
+        return None
+    asked = approval_pb2.ListRequestsRequest.FromString(request)
+    token, asked.page_token = asked.page_token, ""  # always the real first page
+    page = approval_pb2.ListRequestsResponse.FromString(
+        proxy.upstream("/signer.v1.ApprovalService/ListRequests", asked)
+    )
+    page.next_page_token = "b" if token == "a" else "a"
+    return page
+
+
+def _empty_pages(proxy: HostileServer, method: str, request: bytes) -> Any:
+    if method == "ListRequests":
+        return approval_pb2.ListRequestsResponse(next_page_token="more")
+    return None
+
+
+@pytest.mark.parametrize("pages", [_cycling_pages, _empty_pages], ids=["cycling", "empty"])
+def test_approver_list_stops_a_listing_that_never_ends(
+    shared_env: Env, clients: Clients, pages: Any
+) -> None:
+    """Page tokens that come back, or pages without items that say more follows, end
+    the listing with an error after a few calls, not a loop."""
+    clients.create(who="ci3")
+    with hostile(shared_env, "alice", _unchanged, pages) as proxy:
+        p = _approver(proxy, "list")
+        listed = proxy.calls["ListRequests"]
+    assert p.returncode == 1
+    assert "listing does not move on" in p.stderr
+    assert listed <= 3
+
+
+def test_audit_list_stops_on_empty_pages_that_say_more_follows(shared_env: Env) -> None:
+    """`signer audit list` against a server sending empty pages with a token stops at once."""
+
+    def empty(proxy: HostileServer, method: str, request: bytes) -> Any:
+        if method == "ListAuditEvents":
+            return audit_pb2.ListAuditEventsResponse(next_page_token="more")
+        return None
+
+    with hostile(shared_env, "auditor", _unchanged, empty) as proxy:
+        p = run(
+            [*SIGNER, "audit", "list", "--profile", str(proxy.profile("auditor"))], check=False
+        )
+        listed = proxy.calls["ListAuditEvents"]
+    assert p.returncode == 1 and "listing does not move on" in p.stderr
+    assert listed == 1
