@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import shlex
 import signal
 import uuid
 from collections.abc import Iterator
@@ -436,9 +437,11 @@ def _finish(
     state = request_dict(request)["state"]
     if state != "SIGNED":
         if state in ("PENDING", "APPROVED"):
+            # The files' own digests are checked again only when they are named.
+            again = " ".join(f"--file {shlex.quote(str(f))}" for f in files) or "--out FILE"
             fail(
                 f"request {request.id} is still {state} after the timeout; "
-                f"fetch it later with `signer status {request.id} --out FILE`"
+                f"fetch it later with `signer status {request.id} {again}`"
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
     verified = workflow.verify_signed(profile, stub, request, asked, own_digests)
@@ -519,7 +522,8 @@ def _write_signature(path: Path, signature: bytes, proof: SignedProof) -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    help="If SIGNED, write the signature (--format raw: a single one), bundle or envelope here.",
+    help="If SIGNED, write the signature (--format raw: a single one), bundle or envelope "
+    "here. Give --file too to have the files' digests checked.",
 )
 @click.option(
     "--file",

@@ -34,7 +34,10 @@ from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
 from tests.harness import APPROVER, SIGNER, Clients, Env, run, sha256_digest, wait_until
 from tests.hostile import Abort, HostileServer, hostile
 
-pytestmark = pytest.mark.sqlite_only("client-side checks: the store plays no part")
+pytestmark = [
+    pytest.mark.sqlite_only("client-side checks: the store plays no part"),
+    pytest.mark.usefixtures("shared"),  # the proxy forwards to the shared server
+]
 
 ESC = "\x1b"
 
@@ -210,11 +213,9 @@ def test_other_resource_exhausted_errors_are_not_retried(shared_env: Env, tmp_pa
     artifact = tmp_path / "a.bin"
     artifact.write_bytes(b"a")
     with hostile(shared_env, "ci3", tamper) as proxy:
-        p = run(
-            [*SIGNER, "sign", "--profile", str(proxy.profile("ci3"))]
-            + ["--key-name", "release", "--file", str(artifact)],
-            check=False,
-        )
+        profile = str(proxy.profile("ci3"))
+        sign = ["sign", "--profile", profile, "--key-name", "release", "--file", str(artifact)]
+        p = run([*SIGNER, *sign], check=False)
         creates = proxy.calls["CreateSigningRequest"]
     assert p.returncode == 1 and "too many pending requests" in p.stderr
     assert creates == 1
@@ -343,6 +344,8 @@ def test_sign_cli_backs_off_a_server_that_never_says_done(shared_env: Env, tmp_p
         )
         waits = proxy.calls["WaitSigningRequest"]
     assert p.returncode == 1 and "still PENDING" in p.stderr
+    # The way to fetch it later checks the file's digest again.
+    assert "signer status" in p.stderr and f"--file {artifact}" in p.stderr
     assert 1 <= waits <= 8, waits
 
 
@@ -577,9 +580,7 @@ def test_audit_list_stops_on_empty_pages_that_say_more_follows(shared_env: Env) 
         return None
 
     with hostile(shared_env, "auditor", _unchanged, empty) as proxy:
-        p = run(
-            [*SIGNER, "audit", "list", "--profile", str(proxy.profile("auditor"))], check=False
-        )
+        p = run([*SIGNER, "audit", "list", "--profile", str(proxy.profile("auditor"))], check=False)
         listed = proxy.calls["ListAuditEvents"]
     assert p.returncode == 1 and "listing does not move on" in p.stderr
     assert listed == 1
