@@ -7,15 +7,19 @@ what officers are shown is the whole statement (DESIGN §14): duplicate keys, a
 wrong `_type`, no subjects, a subject without a valid sha256/sha384/sha512
 digest, any field officers are not shown (only `_type`, `subject`,
 `predicateType` and `predicate` at the top, `name` and `digest` in a subject),
-a digest-set key or predicate type outside its syntax, and any string anywhere
+a digest-set key or predicate type outside its syntax, any string anywhere
 in the statement (keys of the predicate included) that breaks the displayable
-text rule (`signer.text`) are refused.
+text rule (`signer.text`), and any number officers would be shown otherwise
+than sent (NaN and Infinity, a float with no exact double value such as
+1.00000000000000001 or 1e400, an integer past 2^53-1) are refused.
 """
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +50,7 @@ _HEX = re.compile(r"^[0-9a-f]+\Z")
 # in-toto digest-set keys (sha256, gitCommit, dirHash, ...) and predicate types (URIs).
 _DIGEST_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _PREDICATE_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]{1,1024}\Z")
+_MAX_EXACT_INT = 2**53 - 1  # every JSON reader holds integers up to this exactly
 _TOP_FIELDS = frozenset({"_type", "subject", "predicateType", "predicate"})
 _SUBJECT_FIELDS = frozenset({"name", "digest"})
 
@@ -75,8 +80,29 @@ class InTotoStatement:
                 raise bad("a JSON key appears twice")
             return out
 
+        def exact_float(text: str) -> float:
+            value = float(text)
+            # Shown re-serialised: the number shown must be the number sent.
+            if not math.isfinite(value) or decimal.Decimal(repr(value)) != decimal.Decimal(text):
+                raise bad(f"the number {_quoted(text[:40])} has no exact double value")
+            return value
+
+        def exact_int(text: str) -> int:
+            if len(text) > 17 or abs(int(text)) > _MAX_EXACT_INT:
+                raise bad(f"the integer {_quoted(text[:40])} is past 2^53-1 (I-JSON)")
+            return int(text)
+
+        def no_constant(text: str) -> Any:
+            raise bad(f"{text} is not JSON")
+
         try:
-            doc = json.loads(payload.decode("utf-8"), object_pairs_hook=no_duplicates)
+            doc = json.loads(
+                payload.decode("utf-8"),
+                object_pairs_hook=no_duplicates,
+                parse_float=exact_float,
+                parse_int=exact_int,
+                parse_constant=no_constant,
+            )
         except (UnicodeDecodeError, ValueError) as e:
             if isinstance(e, InvalidArgumentError):
                 raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import decimal
 import hashlib
 import json
 import os
@@ -36,8 +37,10 @@ from signer.intoto import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     STATEMENT_TYPE,
+    InTotoStatement,
     build_statement,
     pae_digest,
+    predicate_json,
 )
 from signer.v1 import signing_pb2, types_pb2
 from tests.harness import (
@@ -336,6 +339,23 @@ _DUPLICATE = (
     + GOOD[1:]
 )
 
+
+def _number(raw: bytes) -> bytes:
+    """A statement whose predicate holds the JSON number text `raw`, as sent."""
+    return _encode(_statement(predicate={"n": "@"})).replace(b'"@"', raw)
+
+
+# Numbers officers would be shown otherwise than sent (the predicate is re-serialised).
+_UNSHOWN_NUMBERS = {
+    "NaN": b"NaN",
+    "Infinity": b"Infinity",
+    "-Infinity": b"-Infinity",
+    "float overflowing to infinity": b"1e400",
+    "float with no exact double": b"1.00000000000000001",
+    "integer past 2^53-1": b"9007199254740993",
+    "integer of 5000 digits": b"9" * 5000,
+}
+
 # (payload_type, payload, digests) -> code, reason
 _CASES: dict[str, tuple[str, bytes, list[types_pb2.Digest], grpc.StatusCode, str]] = {
     "wrong payload_type": (
@@ -400,6 +420,10 @@ _CASES: dict[str, tuple[str, bytes, list[types_pb2.Digest], grpc.StatusCode, str
         )
     },
     "nested too deeply": (PAYLOAD_TYPE, _DEEP, _pae(_DEEP), INVALID, "BAD_STATEMENT"),
+    **{
+        f"number: {name}": (PAYLOAD_TYPE, p, _pae(p), INVALID, "BAD_STATEMENT")
+        for name, p in ((name, _number(raw)) for name, raw in _UNSHOWN_NUMBERS.items())
+    },
     "two digests": (
         PAYLOAD_TYPE,
         GOOD,
@@ -447,6 +471,15 @@ def test_bad_payload_refused(shared: Running, clients: Clients, case: str) -> No
     )
     assert (err.code, err.reason) == (code, reason), err
     assert _created(shared) == before
+
+
+@pytest.mark.parametrize("raw", [b"0.1", b"1.50", b"1e5", b"-0.0", b"9007199254740991", b"-7"])
+def test_numbers_shown_as_sent_are_accepted(raw: bytes) -> None:
+    """Ordinary numbers parse, and officers are shown the same value (not the same text:
+    1.50 is shown 1.5)."""
+    statement = InTotoStatement.parse(_number(raw))
+    shown = json.loads(predicate_json(statement.predicate))["n"]
+    assert decimal.Decimal(repr(shown)) == decimal.Decimal(raw.decode())
 
 
 def test_payload_at_the_limit_is_accepted(shared: Running, clients: Clients) -> None:
