@@ -67,18 +67,21 @@ class Manifest:
             return known[1]  # the same stored batch, read again (see store.sql._digests)
         listing = canonical_json([d.as_dict() for d in digests])
         manifest = cls(len(digests), hashlib.sha256(listing).hexdigest())
-        if isinstance(digests, tuple):
+        if isinstance(digests, tuple) and len(digests) <= _HELD_DIGESTS // 2:
             with _BY_IDENTITY_LOCK:
-                if len(_BY_IDENTITY) >= 32:
-                    _BY_IDENTITY.pop(next(iter(_BY_IDENTITY)))
                 _BY_IDENTITY[key] = (digests, manifest)  # holds the tuple: its id stays its own
+                held = sum(len(d) for d, _ in _BY_IDENTITY.values())
+                while len(_BY_IDENTITY) > 32 or held > _HELD_DIGESTS:
+                    held -= len(_BY_IDENTITY.pop(next(iter(_BY_IDENTITY)))[0])
         return manifest
 
     def as_dict(self) -> dict[str, Any]:
         return {"count": self.count, "sha256": self.sha256}
 
 
-# Each quorum check binds the same stored batch again: its listing is hashed once.
+# Each quorum check binds the same stored batch again: its listing is hashed once. The
+# batches held are bounded by count and by digests (each up to an artifact name's size).
+_HELD_DIGESTS = 20_000
 _BY_IDENTITY: dict[int, tuple[tuple[Digest, ...], Manifest]] = {}
 _BY_IDENTITY_LOCK = threading.Lock()
 

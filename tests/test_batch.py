@@ -21,6 +21,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from signer import model
 from signer.dsse import Statement
 from signer.encoding import canonical_json
 from signer.errors import EnvelopeError
@@ -206,3 +207,17 @@ def test_both_forms_at_once_are_refused() -> None:
     both = {**st.as_dict(), "digests": [d.as_dict()]}
     with pytest.raises(EnvelopeError, match="fields must be exactly"):
         Statement.from_bytes(canonical_json(both))
+
+
+def test_manifest_cache_holds_a_bounded_number_of_digests() -> None:
+    """Hashing many large batches keeps at most 20,000 of their digests alive (not 32
+    batches of 10,000 with 512-character names), and a batch held is hashed once."""
+    name = "n" * 512
+    for i in range(8):
+        batch = tuple(Digest("sha256", bytes([i]) * 32, f"{name}{j}") for j in range(10_000))
+        assert Manifest.of(batch) == Manifest.of(batch)
+        held = sum(len(d) for d, _ in model._BY_IDENTITY.values())
+        assert held <= 20_000
+    small = (Digest("sha256", b"\x01" * 32, "a.bin"),)
+    first = Manifest.of(small)
+    assert model._BY_IDENTITY[id(small)] == (small, first)
