@@ -260,14 +260,20 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return next(requests)
             except grpc.RpcError:
                 if watch.expired:
+                    error = InvalidArgumentError(
+                        f"no request message within {self._watchdog.seconds:g}s; call cancelled",
+                        reason="MESSAGE_TIMEOUT",
+                    )
                     self._log(
                         "call cancelled",
                         identity,
                         context,
                         method=method,
-                        reason="MESSAGE_TIMEOUT",
-                        error=f"no request message within {self._watchdog.seconds:g}s",
+                        reason=error.reason,
+                        error=str(error),
                     )
+                    with contextlib.suppress(StoreError):  # the call is over either way
+                        self._on_reject(identity, method, error)
                 raise
 
     def _one(

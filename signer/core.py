@@ -98,11 +98,13 @@ class DigestSigner(Protocol):
 
 
 class SignObserver(Protocol):
-    """Told of each request signed or failed here (the metrics)."""
+    """Told of each request signed or failed here, and of each call refused (the metrics)."""
 
     def signed_request(self, seconds: float, digests: int) -> None: ...
 
     def sign_failed(self) -> None: ...
+
+    def call_rejected(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -685,6 +687,8 @@ class Core:
         self, actor: str, method: str, error: SignerError, request_id: str = ""
     ) -> None:
         """Audit a rejected call; past the per-identity rate, count it into the next entry."""
+        if self.observer is not None:  # every one, audited or not
+            self.observer.call_rejected(error.reason)
         with self._rejections_lock:
             minute = int(self.clock().timestamp() // 60)
             start, recorded, suppressed = self._rejections.get(actor, (minute, 0, 0))

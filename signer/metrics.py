@@ -19,6 +19,10 @@ it to loopback or a monitoring network.
   replica signed, or failed because the token failed;
 - `signer_token_errors_total`, `signer_token_resets_total`: failed token calls,
   and sessions logged in again after being lost (a token reset);
+- `signer_rejected_calls_total{reason}`: calls refused (ROLE_NOT_ALLOWED,
+  TOO_MANY_CALLS, MESSAGE_TIMEOUT, BAD_STATEMENT, ...), every one, also those
+  past the audit log's per-identity rate; the reason is one of the server's
+  own codes, never a caller's text;
 - `signer_audit_head_refusals_total`: checkpoints the audit key refused to sign
   because the stored log does not extend the token's tree head (the reason,
   AUDIT_ROLLBACK or AUDIT_HEAD_MISMATCH, is in the call's error and the log):
@@ -120,6 +124,12 @@ class Metrics:
             "Requests failed because the token failed to sign",
             registry=self.registry,
         )
+        self.rejected_calls = Counter(
+            "signer_rejected_calls",
+            "Calls refused (unauthenticated, unauthorized, over a cap, bad input...), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.head_refusals = Counter(
             "signer_audit_head_refusals",
             "Checkpoints refused: the stored audit log does not extend the token's tree head",
@@ -135,6 +145,9 @@ class Metrics:
 
     def sign_failed(self) -> None:
         self.sign_failures.inc()
+
+    def call_rejected(self, reason: str) -> None:
+        self.rejected_calls.labels(reason=reason or "UNKNOWN").inc()
 
     def audit_head_refused(self, reason: str) -> None:
         self.head_refusals.inc()

@@ -213,7 +213,8 @@ def test_silent_streams_of_one_identity_hold_at_most_its_share(capped: Running) 
 
 def test_calls_that_never_send_their_message_are_cancelled(impatient: Running) -> None:
     """Two requesters holding every worker with silent calls: each call is cancelled once
-    `server.message_timeout` passes, the others are answered, and the log says why."""
+    `server.message_timeout` passes, the others are answered, and the log and the audit
+    log say why."""
     silent = Silent()
     channels = [_own_channel(impatient.env, who) for who in ("hog", "hog2")]
     try:
@@ -227,6 +228,12 @@ def test_calls_that_never_send_their_message_are_cancelled(impatient: Running) -
     lines = [e for e in _log_events(impatient) if e.get("reason") == "MESSAGE_TIMEOUT"]
     assert {e["identity"] for e in lines} == {"hog", "hog2"}
     assert all("within 1s" in e["error"] for e in lines)
+    audited = {
+        e["actor"]
+        for e in audit_events(impatient.env)
+        if e["event"] == "call.rejected" and e["details"]["reason"] == "MESSAGE_TIMEOUT"
+    }
+    assert audited == {"hog", "hog2"}
 
 
 @dataclass

@@ -20,13 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from signer.errors import StoreError
 from signer.metrics import Metrics
-from signer.v1 import types_pb2
+from signer.v1 import approval_pb2, types_pb2
 from tests.harness import (
+    RPC_TIMEOUT,
     SIGNER,
     Env,
     ServerProcess,
     audit_events,
     free_port,
+    rpc_error,
     running,
     sha256_digest,
     wait_until,
@@ -98,6 +100,12 @@ def test_metrics_report_exact_counts_after_known_flows(metered: tuple[Env, int])
         pending = c.create()
         denied = c.create()
         c.deny("alice", denied)  # one denial ends a request
+        refused = rpc_error(  # a requester has no officer's role
+            lambda: c.approval("ci").ListRequests(
+                approval_pb2.ListRequestsRequest(), timeout=RPC_TIMEOUT
+            )
+        )
+        assert refused.reason == "ROLE_NOT_ALLOWED"
 
         text, m = _scrape(port)
         size = len(audit_events(env))
@@ -119,8 +127,9 @@ def test_metrics_report_exact_counts_after_known_flows(metered: tuple[Env, int])
     assert m["signer_batch_digests_bucket", (("le", "5.0"),)] == 1
     assert m["signer_token_errors_total", ()] == 0
     assert m["signer_token_resets_total", ()] == 0
+    assert m["signer_rejected_calls_total", (("reason", "ROLE_NOT_ALLOWED"),)] == 1
     # Counts and timings only: no request id, key id or identity on the endpoint.
-    assert {k for _, labels in m for k, _ in labels} == {"state", "le"}
+    assert {k for _, labels in m for k, _ in labels} == {"state", "le", "reason"}
     for identifier in (signed.id, pending.id, denied.id, signed.key_id, "alice", "bob"):
         assert identifier not in text
 
