@@ -39,12 +39,12 @@ from signer.clikit import (
     server_opt,
     stubs,
 )
-from signer.config import read_secret
 from signer.convert import STATE_TO_PB
 from signer.dsse import Statement, key_id_of, sign_statement
 from signer.errors import ConfigError
 from signer.intoto import predicate_json
 from signer.model import INLINE_DIGESTS, Digest, State
+from signer.parsing import read_secret
 from signer.text import is_displayable
 from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
 

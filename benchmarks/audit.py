@@ -50,7 +50,7 @@ from signer.audit import merkle
 from signer.audit.checkpoint import Checkpointer
 from signer.audit.note import Checkpoint, Verifier, open_note
 from signer.core import Core
-from signer.store import SqliteStore
+from signer.store.sqlite import SqliteStore
 
 BATCH = 10_000  # entries per transaction while growing the log
 SAMPLES = 200  # single appends and proofs measured at each size

@@ -28,7 +28,8 @@ from signer.audit.head import TokenHeads, TreeHead
 from signer.config import Config, load_config
 from signer.errors import KeyNotFoundError
 from signer.hsm import Token, TokenKey
-from signer.store import Tx, open_store
+from signer.store import Tx
+from signer.store.factory import open_store
 
 __all__ = [
     "audit_head",

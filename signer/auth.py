@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import grpc
 import structlog
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from signer.bounds import MAX_ECHO, RateLimit, Slots, Watchdog, clip, echo
 from signer.errors import (
@@ -45,6 +42,7 @@ from signer.errors import (
 from signer.model import TokenCaller
 from signer.oidc import OidcVerifier
 from signer.status import abort
+from signer.tls import identity_from_cert
 
 __all__ = [
     "ANY",
@@ -105,22 +103,6 @@ current_caller: contextvars.ContextVar[TokenCaller | None] = contextvars.Context
 _TOKEN_ROLES = frozenset({"requester"})
 MESSAGE_TIMEOUT = 10.0  # seconds a call may take to send a request message
 log = structlog.get_logger("signer.auth")
-
-
-@functools.lru_cache(maxsize=1024)
-def identity_from_cert(pem: bytes) -> str:
-    """First URI SAN of the certificate, else its subject common name (cached per
-    certificate: the TLS layer verified it, and the same bytes name the same identity)."""
-    cert = x509.load_pem_x509_certificate(pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uris:
-            return str(uris[0])
-    except x509.ExtensionNotFound:
-        pass
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else ""
 
 
 def _peer_host(context: grpc.ServicerContext) -> str:

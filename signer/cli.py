@@ -52,12 +52,13 @@ from signer.clikit import (
     stderr,
     stubs,
 )
-from signer.config import MAX_TTL, load_config, parse_duration
+from signer.config import load_config
 from signer.convert import HASH_FROM_PB, HASH_TO_PB
 from signer.devenv import init_devenv
 from signer.errors import ConfigError, ResponseMismatchError, VerificationError
 from signer.intoto import PAYLOAD_TYPE, build_statement, pae_digest
 from signer.model import Digest
+from signer.parsing import MAX_TTL, parse_duration
 from signer.text import shown
 from signer.v1 import audit_pb2, audit_pb2_grpc, signing_pb2, signing_pb2_grpc, types_pb2
 from signer.verify import verify_digest

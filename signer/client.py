@@ -21,6 +21,7 @@ import datetime as dt
 import os
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from signer.audit.note import Verifier
-from signer.auth import identity_from_cert
 from signer.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
-from signer.config import parse_duration
 from signer.errors import ConfigError, VerificationError
+from signer.parsing import parse_duration
 from signer.text import DISPLAY_RULE, is_displayable, shown
+from signer.tls import identity_from_cert
 from signer.v1 import approval_pb2, approval_pb2_grpc, types_pb2
 
 __all__ = [
@@ -325,3 +326,10 @@ def _all_digests(
             f"request {request_id}: the server sent {len(digests)} digests of {count}"
         )
     return digests
+
+
+@contextmanager
+def stubs(profile: Profile, *factories: Callable[[grpc.Channel], Any]) -> Iterator[list[Any]]:
+    """Stubs of the given services on one channel to the profile's server."""
+    with profile.channel() as channel:
+        yield [f(channel) for f in factories]

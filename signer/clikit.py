@@ -15,18 +15,16 @@ import base64
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import grpc
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from signer.client import Profile, RemoteError
+from signer.client import RemoteError, stubs
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
 from signer.errors import ConfigError, InvalidArgumentError, SignerError
 from signer.intoto import InTotoStatement, pae_digest
@@ -99,12 +97,6 @@ def handle_errors(fn: F) -> F:
             fail(str(e))
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextmanager
-def stubs(profile: Profile, *factories: Callable[[grpc.Channel], Any]) -> Iterator[list[Any]]:
-    with profile.channel() as channel:
-        yield [f(channel) for f in factories]
 
 
 def request_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
-import fnmatch
 import hashlib
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,9 +23,18 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from signer.algorithms import ALGORITHMS, KeyAlgorithm
+from signer.algorithms import ALGORITHMS
 from signer.encoding import canonical_json
 from signer.errors import ConfigError
+from signer.parsing import (
+    MAX_DURATION,
+    MAX_TTL,
+    format_duration,
+    parse_address,
+    parse_duration,
+    read_secret,
+)
+from signer.policy import ClaimRule, KeyPolicy
 from signer.text import KEY_NAME
 
 __all__ = [
@@ -48,66 +55,7 @@ __all__ = [
 
 ROLES = ("requester", "approver", "auditor", "admin")
 _NAME = KEY_NAME
-_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
-# The longest duration any setting, flag or URI may name: far below what datetime holds,
-# so no expiry or deadline computed from one can overflow.
-MAX_DURATION = dt.timedelta(days=366)
-MAX_TTL = dt.timedelta(days=30)  # a request's lifetime (keys.NAME.max_ttl, --ttl, waits on one)
 _SECOND = dt.timedelta(seconds=1)
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """HOST:PORT (IPv6 in brackets) -> (host, port); ValueError if malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{address!r} must be HOST:PORT (port 1-65535), e.g. 127.0.0.1:9464")
-    return host.strip("[]"), int(port)
-
-
-def parse_duration(
-    text: str, low: dt.timedelta = dt.timedelta(0), high: dt.timedelta = MAX_DURATION
-) -> dt.timedelta:
-    """Parse `1h30m`, `15m`, `90s`, `2d` within [low, high]; ValueError naming the range."""
-    m = _DURATION.fullmatch(text.strip()) if len(text) <= 64 else None
-    if not text.strip() or m is None:
-        raise ValueError(f"{text!r} is not a duration like 15m, 1h or 1h30m")
-    d, h, mi, s = (int(g) if g else 0 for g in m.groups())
-    seconds = ((d * 24 + h) * 60 + mi) * 60 + s  # exact (Python ints): checked before timedelta
-    if not low.total_seconds() <= seconds <= high.total_seconds():
-        raise ValueError(
-            f"{text.strip()!r} is out of range: must be from {format_duration(low)} "
-            f"to {format_duration(high)}"
-        )
-    return dt.timedelta(seconds=seconds)
-
-
-def format_duration(d: dt.timedelta) -> str:
-    """The shortest `parse_duration` text for a whole number of seconds, e.g. 1h30m."""
-    s = int(d.total_seconds())
-    parts = [(s // 86400, "d"), (s // 3600 % 24, "h"), (s // 60 % 60, "m"), (s % 60, "s")]
-    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
-
-
-def read_secret(file: Path | None, env: str | None, what: str) -> str:
-    """Read a secret from a file or environment variable (never argv)."""
-    if file is not None:
-        try:
-            value = file.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read {what} file {file}: {e.strerror}") from None
-        if file.stat().st_mode & 0o077:
-            raise ConfigError(
-                f"{what} file {file} is readable by group or others; run chmod 600 {file}"
-            )
-    elif env is not None:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise ConfigError(f"environment variable {env} ({what}) is not set or empty")
-    else:
-        raise ConfigError(f"no {what} configured: set a file or an environment variable")
-    if not value:
-        raise ConfigError(f"{what} is empty")
-    return value
 
 
 @dataclass(frozen=True)
@@ -218,54 +166,6 @@ class IssuerConfig:
             "recorded_claims": list(self.recorded_claims),
             "leeway_seconds": int(self.leeway.total_seconds()),
             "officers": dict(sorted(self.officers.items())),
-        }
-
-
-@dataclass(frozen=True)
-class ClaimRule:
-    """Admits an OIDC requester to a key when every condition holds (globs, case-sensitive)."""
-
-    issuer: str
-    conditions: tuple[tuple[str, tuple[str, ...]], ...]  # claim -> any of these patterns
-
-    def matches(self, issuer: str, claims: Mapping[str, str]) -> bool:
-        if issuer != self.issuer:
-            return False
-        for claim, patterns in self.conditions:
-            value = claims.get(claim)
-            if value is None or not any(fnmatch.fnmatchcase(value, p) for p in patterns):
-                return False
-        return True
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, **{c: list(p) for c, p in self.conditions}}
-
-
-@dataclass(frozen=True)
-class KeyPolicy:
-    """Who may request and who must approve signatures with one key."""
-
-    name: str
-    algorithm: KeyAlgorithm | None
-    approvers: tuple[str, ...]
-    threshold: int
-    requesters: tuple[str, ...]
-    max_ttl: dt.timedelta
-    oidc: tuple[ClaimRule, ...] = ()
-
-    def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
-        """Whether an OIDC requester with these verified claims may use this key."""
-        return any(rule.matches(issuer, claims) for rule in self.oidc)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "algorithm": self.algorithm.name if self.algorithm else None,
-            "approvers": sorted(self.approvers),
-            "threshold": self.threshold,
-            "requesters": sorted(self.requesters),
-            "max_ttl_seconds": int(self.max_ttl.total_seconds()),
-            "oidc": [r.as_dict() for r in self.oidc],
         }
 
 

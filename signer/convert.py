@@ -8,9 +8,8 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
-from signer.core import KeySpec
 from signer.errors import InvalidArgumentError
-from signer.model import Approval, Digest, Request, State, TokenCaller
+from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
 from signer.v1 import audit_pb2, types_pb2
 
 __all__ = [

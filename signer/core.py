@@ -40,7 +40,6 @@ from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
 from signer.bounds import echo
-from signer.config import KeyPolicy
 from signer.dsse import Envelope, Statement
 from signer.encoding import canonical_json, format_time
 from signer.errors import (
@@ -56,7 +55,8 @@ from signer.errors import (
     TooLargeError,
 )
 from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
-from signer.model import Approval, Digest, Request, State, TokenCaller
+from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
+from signer.policy import KeyPolicy
 from signer.store.base import PAGE_BYTES, AuditFilter, Store, Tx
 from signer.store.group import GroupCommit
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
@@ -105,16 +105,6 @@ class SignObserver(Protocol):
     def sign_failed(self) -> None: ...
 
     def call_rejected(self, reason: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    """A signing key as loaded and checked at start-up."""
-
-    name: str
-    algorithm: KeyAlgorithm
-    key_id: str
-    public_key_pem: str
 
 
 class Notifier:

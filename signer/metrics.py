@@ -39,9 +39,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from signer.config import parse_address
 from signer.errors import ConfigError
 from signer.model import State
+from signer.parsing import parse_address
 from signer.store import Store
 
 __all__ = ["Metrics"]

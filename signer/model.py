@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from signer.algorithms import KeyAlgorithm
 from signer.encoding import canonical_json
 
 __all__ = ["TERMINAL", "Approval", "Digest", "Request", "State", "TokenCaller"]
@@ -29,6 +30,16 @@ class State(enum.StrEnum):
 
 
 TERMINAL = frozenset({State.SIGNED, State.DENIED, State.EXPIRED, State.CANCELLED, State.FAILED})
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A signing key as loaded and checked at start-up."""
+
+    name: str
+    algorithm: KeyAlgorithm
+    key_id: str
+    public_key_pem: str
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ from signer.hsm import Token
 from signer.metrics import Metrics
 from signer.oidc import OidcVerifier
 from signer.service import ApprovalService, AuditService, SigningService
-from signer.store import Store, open_store
+from signer.store import Store
+from signer.store.factory import open_store
 from signer.sweeper import Sweeper
 from signer.tls import check_server_files
 from signer.v1 import (

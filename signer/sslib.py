@@ -62,11 +62,10 @@ from securesystemslib.signer import (  # type: ignore[attr-defined]  # no __all_
 
 from signer import workflow
 from signer.algorithms import ALGORITHMS, HASH_SIZES
-from signer.client import Profile, RemoteError, load_profile
-from signer.clikit import stubs
-from signer.config import MAX_TTL, parse_duration
+from signer.client import Profile, RemoteError, load_profile, stubs
 from signer.convert import HASH_TO_PB
 from signer.errors import ConfigError, SignerError, VerificationError
+from signer.parsing import MAX_TTL, parse_duration
 from signer.text import DISPLAY_RULE, KEY_NAME, MAX_ARTIFACT, is_artifact_name, shown
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
 from signer.workflow import Asked, call

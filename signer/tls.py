@@ -1,4 +1,5 @@
-"""A small X.509 CA for the dev environment and the tests, and the server's TLS check.
+"""A small X.509 CA for the dev environment and the tests, the server's TLS check,
+and the one rule naming the identity a client certificate stands for.
 
 Issues the server certificate with both `DNS:localhost` and the listen
 host as SANs (strict gRPC clients check them) and client certificates whose
@@ -11,6 +12,7 @@ so a mistake there is named as such (gRPC only reports that it cannot bind).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
 from pathlib import Path
@@ -22,7 +24,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DevCA", "check_server_files", "write_private"]
+__all__ = ["DevCA", "check_server_files", "identity_from_cert", "write_private"]
+
+
+@functools.lru_cache(maxsize=1024)
+def identity_from_cert(pem: bytes) -> str:
+    """First URI SAN of the certificate, else its subject common name (cached per
+    certificate: the TLS layer verified it, and the same bytes name the same identity)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uris:
+            return str(uris[0])
+    except x509.ExtensionNotFound:
+        pass
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else ""
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -38,7 +38,8 @@ from signer.client import Profile, RemoteError, load_profile, remote_error
 from signer.config import StoreConfig
 from signer.dsse import Statement, sign_statement
 from signer.model import Digest
-from signer.store import Store, open_store
+from signer.store import Store
+from signer.store.factory import open_store
 from signer.tls import DevCA, write_private
 from signer.v1 import (
     approval_pb2,

@@ -1,22 +1,12 @@
-"""Persistence of requests, approvals, signatures and the audit log."""
+"""Persistence of requests, approvals, signatures and the audit log.
+
+The package itself holds only the interface (`signer.store.base`), so that the
+core can name a store without loading a database driver; `signer.store.factory`
+opens the backend a config names.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from signer.store.base import AuditFilter, Store, Tx
-from signer.store.sqlite import SqliteStore
 
-if TYPE_CHECKING:
-    from signer.config import StoreConfig
-
-__all__ = ["AuditFilter", "SqliteStore", "Store", "Tx", "open_store"]
-
-
-def open_store(config: StoreConfig) -> Store:
-    """The store a config names: a SQLite file (default) or a PostgreSQL database."""
-    if config.path is not None:
-        return SqliteStore(config.path)
-    from signer.store.postgres import PostgresStore  # psycopg only when it is used
-
-    return PostgresStore(config.url, config.read_password(), pool_size=config.pool_size)
+__all__ = ["AuditFilter", "Store", "Tx"]

@@ -1,0 +1,23 @@
+"""Opens the store a config names: a SQLite file (default) or a PostgreSQL database."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from signer.store.base import Store
+
+if TYPE_CHECKING:
+    from signer.config import StoreConfig
+
+__all__ = ["open_store"]
+
+
+def open_store(config: StoreConfig) -> Store:
+    """The store a config names: a SQLite file (default) or a PostgreSQL database."""
+    if config.path is not None:
+        from signer.store.sqlite import SqliteStore
+
+        return SqliteStore(config.path)
+    from signer.store.postgres import PostgresStore  # psycopg only when it is used
+
+    return PostgresStore(config.url, config.read_password(), pool_size=config.pool_size)

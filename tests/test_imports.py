@@ -1,0 +1,151 @@
+"""The layers of DESIGN §2, read from the source: who may import what.
+
+Every `import` of the project's own modules is read with `ast` (imports inside
+functions and under TYPE_CHECKING included, and the packages a module's import
+runs), and the modules each entry point loads are followed to the end. The core
+decides without grpc, a database driver, the token library or a CLI toolkit;
+the clients (the `signer` client library, the TUF signer, the auditor's fetch,
+the `approver` CLI) load nothing of the server, the core, the store or the
+token; the offline verifiers load no RPC and no store; and only the token
+adapter speaks PKCS#11.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("signer", "approver")
+
+
+def _module_files() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for f in (ROOT / package).rglob("*.py"):
+            if "v1" in f.relative_to(ROOT).parts:  # generated protobuf code
+                continue
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = f
+    return out
+
+
+MODULES = _module_files()
+
+
+@cache
+def _imports(module: str) -> frozenset[str]:
+    """Every dotted name `module` imports, wherever in the file."""
+    f = MODULES[module]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(f.read_text(), str(f))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module if f.name == "__init__.py" else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            names.add(base)
+            names |= {f"{base}.{a.name}" for a in node.names}
+    return frozenset(names)
+
+
+def _project_module(name: str) -> str | None:
+    """The project module a dotted name lands in (a module, not a name inside one)."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:k])
+        if candidate in MODULES:
+            return candidate
+    return None
+
+
+@cache
+def loads(start: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(project modules, top-level outside packages) that importing `start` loads."""
+    seen: set[str] = set()
+    outside: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:k]) for k in range(1, len(parts))]  # its packages run first
+        for name in _imports(module):
+            found = _project_module(name)
+            if found is not None:
+                todo.append(found)
+            elif name.split(".")[0] not in PACKAGES:
+                outside.add(name.split(".")[0])
+    return frozenset(seen), frozenset(outside)
+
+
+RPC = {"grpc", "grpc_status", "grpc_health", "grpc_reflection"}
+DRIVERS = {"sqlite3", "psycopg", "psycopg_pool"}
+TOOLKITS = {"click", "rich"}
+SERVER_SIDE = {
+    "signer.admin",
+    "signer.auth",
+    "signer.config",
+    "signer.core",
+    "signer.hsm",
+    "signer.metrics",
+    "signer.oidc",
+    "signer.server",
+    "signer.service",
+    "signer.store",
+    "signer.sweeper",
+}
+
+# entry point -> (outside packages it must not load, project modules it must not load)
+RULES: dict[str, tuple[set[str], set[str]]] = {
+    "signer.core": (RPC | DRIVERS | TOOLKITS | {"pkcs11"}, {"signer.server", "signer.hsm"}),
+    "signer.client": (DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+    "signer.workflow": (DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+    "signer.sslib": (DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE | {"signer.clikit"}),
+    "signer.ci_token": (DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+    "signer.auditor": (DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+    "approver.cli": (DRIVERS | {"pkcs11"}, SERVER_SIDE),
+    "signer.audit.offline": (RPC | DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+    "signer.bundle": (RPC | DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+    "signer.verify": (RPC | DRIVERS | TOOLKITS | {"pkcs11"}, SERVER_SIDE),
+}
+
+
+def _is_in(module: str, forbidden: set[str]) -> bool:
+    return any(module == f or module.startswith(f + ".") for f in forbidden)
+
+
+@pytest.mark.parametrize("entry", list(RULES))
+def test_each_layer_loads_only_what_it_may(entry: str) -> None:
+    """An entry point loads no package and no project module its layer may not use."""
+    modules, outside = loads(entry)
+    forbidden_outside, forbidden_modules = RULES[entry]
+    assert not outside & forbidden_outside, f"{entry} loads {sorted(outside & forbidden_outside)}"
+    wrong = sorted(m for m in modules if m != entry and _is_in(m, forbidden_modules))
+    assert not wrong, f"{entry} loads {wrong}"
+
+
+def test_only_the_token_adapter_speaks_pkcs11() -> None:
+    """No module but the token adapter imports the PKCS#11 library."""
+    users = sorted(m for m in MODULES if any(n.split(".")[0] == "pkcs11" for n in _imports(m)))
+    assert users == ["signer.hsm"]
+
+
+def test_the_reading_finds_what_is_there() -> None:
+    """The reader is not blind: the server loads grpc, the core, the token and the store,
+    and importing a module runs its packages."""
+    modules, outside = loads("signer.server")
+    assert {"grpc", "pkcs11"} <= outside
+    assert {"signer.core", "signer.hsm", "signer.store.base"} <= modules
+    sqlite_modules, sqlite_outside = loads("signer.store.sqlite")
+    assert "sqlite3" in sqlite_outside and "signer.store" in sqlite_modules
+    assert "signer.audit.entry" in loads("signer.audit")[0]  # `from signer.audit.entry` there
