@@ -1,15 +1,18 @@
 """Errors of the approver CLI.
 
-ApproverError          root; the CLI prints it on one line and exits 1
-└── NotConfirmedError  the officer answered no at the confirmation prompt
+SignerError (signer.errors, the project's one root)
+└── ApproverError          the CLI prints it on one line and exits 1
+    └── NotConfirmedError  the officer answered no at the confirmation prompt
 """
 
 from __future__ import annotations
 
+from signer.errors import SignerError
+
 __all__ = ["ApproverError", "NotConfirmedError"]
 
 
-class ApproverError(Exception):
+class ApproverError(SignerError):
     """Root of the approver CLI's own errors."""
 
 

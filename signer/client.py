@@ -32,7 +32,7 @@ from grpc_status import rpc_status
 
 from signer.audit.note import Verifier
 from signer.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
-from signer.errors import ConfigError, VerificationError
+from signer.errors import ConfigError, SignerError, VerificationError
 from signer.parsing import parse_duration
 from signer.text import DISPLAY_RULE, is_displayable, shown
 from signer.tls import identity_from_cert
@@ -189,12 +189,12 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
     )
 
 
-class RemoteError(Exception):
-    """A failed RPC, with its status code and machine-readable reason."""
+class RemoteError(SignerError):
+    """A failed RPC, with its status code and the server's machine-readable reason."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
         super().__init__(message)
-        self.code, self.message, self.reason = code, message, reason
+        self.code, self.message, self.reason = code, message, reason  # "" if none was sent
 
     def __str__(self) -> str:  # the server's text, made safe to print wherever it goes
         tag = f" [{shown(self.reason)}]" if self.reason else ""

@@ -21,8 +21,11 @@ once, and the gRPC servicer maps them to status codes exactly once.
     ├── ConflictError            the request's state forbids this (FAILED_PRECONDITION)
     ├── AlreadyExistsError       idempotency key reused for another request
     ├── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
-    └── VerificationError        a proof, checkpoint or signed note does not verify
-        └── ResponseMismatchError  a server's answer is not for what the client asked
+    ├── VerificationError        a proof, checkpoint or signed note does not verify
+    │   └── ResponseMismatchError  a server's answer is not for what the client asked
+    ├── RemoteError              (signer.client) a call the server failed, with its status
+    ├── ServiceSignerError       (signer.sslib) the TUF signer got no good signature
+    └── ApproverError            (approver.errors) the approver CLI's own errors
 
 Every error carries a short machine-readable `reason` (UPPER_SNAKE) that
 clients branch on; the message is for people.

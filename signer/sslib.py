@@ -98,7 +98,7 @@ _RSA_HASHES = ("sha256", "sha384", "sha512")
 _STATE_NAMES = {v: k.removeprefix("REQUEST_STATE_") for k, v in types_pb2.RequestState.items()}
 
 
-class ServiceSignerError(RuntimeError):
+class ServiceSignerError(SignerError, RuntimeError):
     """No signature: the service could not be used, or refused, or returned a bad one."""
 
 
@@ -361,7 +361,9 @@ class ServiceSigner(Signer):
                     self._cancel(stub, request.id, "interrupted")
                     raise
                 return self._check(stub, request, asked, info, payload)
-        except (RemoteError, SignerError) as e:  # RPC failures; a profile's missing OIDC token
+        except ServiceSignerError:  # already says what went wrong
+            raise
+        except SignerError as e:  # RPC failures (RemoteError); a profile's missing OIDC token
             if isinstance(e, VerificationError):
                 raise SignatureCheckError(str(e)) from e
             raise ServiceSignerError(f"signing with service key {name} failed: {e}") from e
