@@ -57,6 +57,8 @@ def _manifest(digests: list[types_pb2.Digest]) -> Manifest:
 
 
 def test_a_release_manifest_of_10000_digests(fresh: Running, tmp_path: Path) -> None:
+    """10,000 digests are shown a page at a time, approved by manifest hash and signed;
+    the log verifies offline and the bundle proves one artifact, and no other file."""
     digests = [sha256_digest(_content(i), f"pkg-{i}.tar.gz") for i in range(N)]
     request = fresh.clients.create(digests=digests)
     assert len(request.digests) == N
@@ -142,6 +144,8 @@ def _batch(c: Clients, n: int = 20) -> tuple[types_pb2.SigningRequest, list[type
     ["other digest", "other count", "other order", "truncated list"],
 )
 def test_an_approval_of_another_manifest_is_refused(clients: Clients, change: str) -> None:
+    """An approval of another digest, count or order, or of a shortened list, is
+    STATEMENT_MISMATCH; the request stays pending."""
     request, digests = _batch(clients)
     as_model = [Digest("sha256", d.value, d.artifact_name) for d in digests]
     if change == "other digest":
@@ -181,6 +185,8 @@ def test_listing_every_digest_instead_of_the_manifest_binds_too(clients: Clients
     ],
 )
 def test_a_malformed_manifest_is_refused(manifest: object, phrase: str) -> None:
+    """A manifest other than {count, sha256}, a positive count and 64 lowercase hex
+    digits, is an EnvelopeError."""
     good = Statement.from_bytes(
         canonical_json(
             {
@@ -201,6 +207,7 @@ def test_a_malformed_manifest_is_refused(manifest: object, phrase: str) -> None:
 
 
 def test_both_forms_at_once_are_refused() -> None:
+    """A statement carrying both a manifest and a digest list is an EnvelopeError."""
     d = Digest("sha256", bytes(32), "a")
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     st = Statement("r", "release", "k", (), "approve", "alice", now, manifest=Manifest.of([d]))

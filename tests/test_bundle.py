@@ -275,6 +275,8 @@ def test_other_bundle_verifies_for_its_own_artifact(signed: Signed) -> None:
 
 
 def test_signature_changed_cli(signed: Signed) -> None:
+    """One bit of the signature flipped: `signer verify` exits 1, it does not verify."""
+
     def edit(d: dict[str, Any]) -> None:
         d["signatures"][0] = _flip(d["signatures"][0])
 
@@ -296,6 +298,8 @@ def test_signature_from_other_request(signed: Signed) -> None:
 
 
 def test_no_signature(signed: Signed) -> None:
+    """A bundle with no signature is refused: one signature per digest is required."""
+
     def edit(d: dict[str, Any]) -> None:
         d["signatures"] = []
 
@@ -320,6 +324,8 @@ def test_one_approval_removed_cli(signed: Signed) -> None:
 
 
 def test_no_approvals(signed: Signed) -> None:
+    """A bundle with no approvals is refused: 0 distinct officers approved."""
+
     def edit(d: dict[str, Any]) -> None:
         d["approvals"] = []
 
@@ -410,6 +416,8 @@ def test_approval_claiming_another_officer(signed: Signed) -> None:
 
 
 def test_approval_signature_tampered(signed: Signed) -> None:
+    """Bob's approval with a flipped signature bit is signed by no pinned key."""
+
     def edit(d: dict[str, Any]) -> None:
         env = json.loads(_approval(d, "bob"))
         env["signatures"][0]["sig"] = _flip(env["signatures"][0]["sig"])
@@ -432,6 +440,8 @@ def test_denial_is_not_an_approval(signed: Signed) -> None:
 
 
 def test_malformed_approval(signed: Signed) -> None:
+    """An approval that is not a JSON envelope is refused as malformed."""
+
     def edit(d: dict[str, Any]) -> None:
         d["approvals"] = [_approval(d, "alice"), "{not json"]
 
@@ -495,6 +505,7 @@ def test_artifact_renamed_in_digests(signed: Signed) -> None:
 
 
 def test_different_file_cli(signed: Signed) -> None:
+    """The bundle checked against another file: exit 1, that digest is not signed."""
     _refused(
         _verify_cli(signed.bundle_path, signed.other, signed.trust_path),
         "bundle INVALID",
@@ -503,6 +514,7 @@ def test_different_file_cli(signed: Signed) -> None:
 
 
 def test_artifact_modified(signed: Signed) -> None:
+    """One byte of the artifact changed: its digest is not one the bundle signs."""
     changed = signed.dir / "app-changed.tar"
     data = bytearray(signed.artifact.read_bytes())
     data[100] ^= 0xFF
@@ -570,6 +582,7 @@ def test_trust_pins_another_audit_key(signed: Signed) -> None:
 
 
 def test_trust_file_pins_another_audit_key_cli(signed: Signed) -> None:
+    """A trust file pinning another audit key refuses the real checkpoint (exit 1)."""
     name = signed.trust.audit_verifier.name
     other = Verifier.for_key(name, ed25519.Ed25519PrivateKey.generate().public_key())
     trust = _trust_file(signed, "other-audit.toml", audit_verifier=str(other))
@@ -581,6 +594,7 @@ def test_trust_file_pins_another_audit_key_cli(signed: Signed) -> None:
 
 
 def test_inclusion_proof_hash_flipped(signed: Signed) -> None:
+    """One bit of a proof hash flipped: the inclusion proof misses the root."""
     assert signed.doc["audit"]["inclusion_proof"], "a one-entry log has no proof to tamper"
 
     def edit(d: dict[str, Any]) -> None:
@@ -591,6 +605,8 @@ def test_inclusion_proof_hash_flipped(signed: Signed) -> None:
 
 
 def test_inclusion_proof_wrong_index(signed: Signed) -> None:
+    """The entry's index lowered by one: the inclusion proof fails."""
+
     def edit(d: dict[str, Any]) -> None:
         d["audit"]["index"] -= 1
 
@@ -598,6 +614,8 @@ def test_inclusion_proof_wrong_index(signed: Signed) -> None:
 
 
 def test_inclusion_proof_index_out_of_tree(signed: Signed) -> None:
+    """An index equal to the tree size is refused: it is not in the tree."""
+
     def edit(d: dict[str, Any]) -> None:
         d["audit"]["index"] = d["audit"]["tree_size"]
 
@@ -605,6 +623,8 @@ def test_inclusion_proof_index_out_of_tree(signed: Signed) -> None:
 
 
 def test_inclusion_proof_hash_removed(signed: Signed) -> None:
+    """An inclusion proof missing its last hash fails."""
+
     def edit(d: dict[str, Any]) -> None:
         d["audit"]["inclusion_proof"].pop()
 
@@ -612,6 +632,8 @@ def test_inclusion_proof_hash_removed(signed: Signed) -> None:
 
 
 def test_proof_tree_size_differs_from_checkpoint(signed: Signed) -> None:
+    """A proof for one more entry than the checkpoint's tree is refused."""
+
     def edit(d: dict[str, Any]) -> None:
         d["audit"]["tree_size"] += 1
 
@@ -698,6 +720,7 @@ def test_bundle_relabelled_as_the_pinned_key(signed: Signed) -> None:
 
 
 def test_threshold_pinned_higher_cli(signed: Signed) -> None:
+    """A trust file pinning threshold 3 refuses a bundle of two approvals (exit 1)."""
     trust = _trust_file(signed, "threshold3.toml", threshold=3)
     _refused(
         _verify_cli(signed.bundle_path, signed.artifact, trust),
@@ -719,11 +742,14 @@ def test_trust_without_bob(signed: Signed) -> None:
 
 
 def test_not_json_cli(signed: Signed) -> None:
+    """A truncated bundle file makes `signer verify` exit 1: it is not JSON."""
     path = _write(signed, "not-json.json", signed.bundle_path.read_text()[:-20])
     _refused(_verify_cli(path, signed.artifact, signed.trust_path), "bundle INVALID", "is not JSON")
 
 
 def test_wrong_media_type_cli(signed: Signed) -> None:
+    """A bundle of another mediaType is refused by `signer verify`: not a bundle."""
+
     def edit(d: dict[str, Any]) -> None:
         d["mediaType"] = "application/vnd.signer.bundle.v2+json"
 
@@ -759,17 +785,22 @@ def test_wrong_media_type_cli(signed: Signed) -> None:
 def test_malformed_bundle(
     signed: Signed, what: str, edit: Callable[[dict[str, Any]], Any] | None, match: str
 ) -> None:
+    """A bundle missing a part, with a field of the wrong type or form, or a JSON list,
+    is refused, saying what is wrong."""
     doc: Any = [signed.doc] if edit is None else _edited(signed, edit)
     with pytest.raises(VerificationError, match=match):
         verify_bundle(Bundle.from_json(doc), signed.trust, signed.artifact)
 
 
 def test_deeply_nested_bundle_cli(signed: Signed) -> None:
+    """A bundle nested 100,000 deep is refused as too nested, with no traceback."""
     path = _write(signed, "deep.json", "[" * 100_000 + "]" * 100_000)
     _refused(_verify_cli(path, signed.artifact, signed.trust_path), "bundle INVALID", "nested")
 
 
 def test_unknown_algorithm(signed: Signed) -> None:
+    """A bundle naming a signing algorithm the verifier does not know is refused."""
+
     def edit(d: dict[str, Any]) -> None:
         d["key"]["algorithm"] = "ed25519"
 
@@ -788,6 +819,7 @@ def test_unknown_algorithm(signed: Signed) -> None:
     ids=["missing approvers", "threshold over approvers"],
 )
 def test_trust_file_errors_cli(signed: Signed, overrides: dict[str, Any], phrase: str) -> None:
+    """A trust file with no approvers, or a threshold above their number, exits 2."""
     trust = _trust_file(signed, f"bad-{'-'.join(overrides)}.toml", **overrides)
     _refused(_verify_cli(signed.bundle_path, signed.artifact, trust), phrase, code=2)
 
@@ -808,6 +840,7 @@ RELEASE_PEM = "<release.pem>"  # replaced by the absolute path of the release pu
     ids=["zero", "bool", "verifier", "no public key", "unknown", "approver not ed25519"],
 )
 def test_trust_file_errors(signed: Signed, overrides: dict[str, Any], phrase: str) -> None:
+    """Each bad trust setting (threshold, verifier, key, unknown) is a ConfigError."""
     pem = str(signed.r.env.root / "trust" / "release.pem")
     if overrides.get("approvers") == {"alice": RELEASE_PEM}:
         overrides = {"approvers": {"alice": pem}}

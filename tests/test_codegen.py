@@ -1,7 +1,9 @@
-"""The checked-in generated protobuf code matches the protos (no drift)."""
+"""The checked-in generated protobuf code matches the protos (no drift), and every
+test says in its docstring what behaviour it shows."""
 
 from __future__ import annotations
 
+import ast
 import filecmp
 import os
 import subprocess
@@ -40,3 +42,29 @@ def test_generated_code_has_no_drift(tmp_path: Path) -> None:
     )
     _, mismatch, errors = filecmp.cmpfiles(fresh, checked_in, generated, shallow=False)
     assert not mismatch and not errors, f"regenerate with scripts/gen-proto: {mismatch}"
+
+
+def test_every_test_says_what_it_shows() -> None:
+    """Every test function in tests/test_*.py, sync or async, in a class or not, has a
+    docstring; any without one is listed as FILE::NAME."""
+
+    def undocumented(body: list[ast.stmt], prefix: str) -> list[str]:
+        found: list[str] = []
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                found += undocumented(node.body, f"{prefix}::{node.name}")
+            elif (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.name.startswith("test_")
+                and not (ast.get_docstring(node) or "").strip()
+            ):
+                found.append(f"{prefix}::{node.name}")
+        return found
+
+    paths = sorted((ROOT / "tests").glob("test_*.py"))
+    assert paths, "no test files found"
+    missing: list[str] = []
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        missing += undocumented(tree.body, str(path.relative_to(ROOT)))
+    assert not missing, "tests without a behaviour docstring:\n" + "\n".join(missing)

@@ -114,6 +114,8 @@ def _payload(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_envelope_is_intoto_statement_over_both_files(dsse: Dsse) -> None:
+    """The envelope is a Statement v1 with both files as sha256 subjects; the one digest
+    signed is that of its DSSE PAE."""
     env, request = dsse.envelope, dsse.request
     assert set(env) == {"payload", "payloadType", "signatures"}
     assert env["payloadType"] == PAYLOAD_TYPE == "application/vnd.in-toto+json"
@@ -137,6 +139,7 @@ def test_envelope_is_intoto_statement_over_both_files(dsse: Dsse) -> None:
 
 
 def test_bundle_verifies_for_each_file(dsse: Dsse) -> None:
+    """The bundle holds the envelope and `signer verify` accepts it for each file."""
     for f in dsse.files:
         p = _verify_cli(dsse.bundle_path, f, dsse.trust_path, "--json")
         assert p.returncode == 0, p.stderr
@@ -149,6 +152,7 @@ def test_bundle_verifies_for_each_file(dsse: Dsse) -> None:
 
 
 def test_bundle_refuses_file_not_a_subject(dsse: Dsse) -> None:
+    """A file that is not a subject of the statement fails `signer verify` (exit 1)."""
     stranger = dsse.dir / "app-windows.tar"
     stranger.write_bytes(os.urandom(2048))
     p = _verify_cli(dsse.bundle_path, stranger, dsse.trust_path)
@@ -158,6 +162,7 @@ def test_bundle_refuses_file_not_a_subject(dsse: Dsse) -> None:
 
 
 def test_bundle_statement_in_process(dsse: Dsse) -> None:
+    """verify_bundle accepts the second file and returns the statement's subjects."""
     trust = Trust.load(dsse.trust_path)
     bundle = Bundle.read(dsse.bundle_path)
     result = verify_bundle(bundle, trust, dsse.files[1])
@@ -183,6 +188,8 @@ def _bundle_doc(dsse: Dsse, edit: Callable[[dict[str, Any]], None]) -> Bundle:
     ],
 )
 def test_bundle_dsse_tampered(dsse: Dsse, what: str, match: str) -> None:
+    """An edited payload or type, a second signature, or no envelope is refused."""
+
     def edit(doc: dict[str, Any]) -> None:
         env = doc["dsse"]
         if what == "payload":
@@ -212,6 +219,7 @@ def _sslib_key(dsse: Dsse, keyid: str | None) -> SSlibKey:
 
 
 def test_securesystemslib_verifies_envelope(dsse: Dsse) -> None:
+    """securesystemslib, knowing only the release public key, verifies the envelope."""
     key = _sslib_key(dsse, dsse.request.key_id)
     assert key.keyid == dsse.request.key_id
     envelope = SslibEnvelope.from_dict(copy.deepcopy(dsse.envelope))
@@ -222,6 +230,7 @@ def test_securesystemslib_verifies_envelope(dsse: Dsse) -> None:
 
 
 def test_securesystemslib_refuses_tampered_payload(dsse: Dsse) -> None:
+    """securesystemslib refuses the envelope once a subject digest is changed."""
     key = _sslib_key(dsse, dsse.request.key_id)
     doc = copy.deepcopy(dsse.envelope)
     st = _payload(doc)
@@ -232,6 +241,7 @@ def test_securesystemslib_refuses_tampered_payload(dsse: Dsse) -> None:
 
 
 def test_securesystemslib_refuses_tampered_signature_and_other_key(dsse: Dsse) -> None:
+    """securesystemslib refuses a changed signature, and the key under another keyid."""
     key = _sslib_key(dsse, dsse.request.key_id)
     doc = copy.deepcopy(dsse.envelope)
     sig = bytearray(base64.b64decode(doc["signatures"][0]["sig"]))
@@ -250,6 +260,7 @@ def test_securesystemslib_refuses_tampered_signature_and_other_key(dsse: Dsse) -
 
 
 def test_approver_show_json_has_statement(dsse: Dsse) -> None:
+    """`approver show --json` gives the payload, that it matches, and the subjects."""
     profile = str(dsse.r.env.profile_path("alice"))
     shown = json.loads(
         run([*APPROVER, "show", dsse.request.id, "--json", "--profile", profile]).stdout

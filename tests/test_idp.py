@@ -44,6 +44,7 @@ def fetch_json(url: str, ctx: ssl.SSLContext | None = None, **headers: str) -> A
 
 @pytest.mark.parametrize(("kid", "alg"), [("k1", "RS256"), ("k2", "ES256")])
 def test_minted_tokens_verify_against_jwks(idp: IdP, kid: str, alg: str) -> None:
+    """A token minted with k1 (RS256) or k2 (ES256) verifies against the JWKS."""
     key = idp.key(kid)
     assert key.alg == alg
     token = idp.mint(key=key)
@@ -55,6 +56,7 @@ def test_minted_tokens_verify_against_jwks(idp: IdP, kid: str, alg: str) -> None
 
 
 def test_jwks_shape(idp: IdP) -> None:
+    """The JWKS holds a 2048-bit RSA key and a P-256 key, in unpadded base64url."""
     rsa_jwk, ec_jwk = idp.jwks()["keys"]
     assert {k: rsa_jwk[k] for k in ("kty", "kid", "alg", "use", "e")} == {
         "kty": "RSA",
@@ -71,6 +73,7 @@ def test_jwks_shape(idp: IdP) -> None:
 
 
 def test_claim_overrides_and_kid(idp: IdP) -> None:
+    """A claim overridden with None is dropped; the kid can be left out or replaced."""
     claims = idp.claims(aud="other", environment=None)
     assert claims["aud"] == "other" and "environment" not in claims
     assert "kid" not in header_of(idp.mint(claims, kid=None))
@@ -78,6 +81,8 @@ def test_claim_overrides_and_kid(idp: IdP) -> None:
 
 
 def test_forged_tokens(idp: IdP) -> None:
+    """alg=none, HS256 keyed with the public key and tampered tokens come out as asked,
+    and PyJWT refuses each."""
     jwks = idp.jwks()
 
     unsigned = idp.mint_none(idp.claims())
@@ -102,11 +107,14 @@ def test_forged_tokens(idp: IdP) -> None:
 
 
 def test_write_jwks(idp: IdP, tmp_path: Path) -> None:
+    """write_jwks writes the published JWKS as JSON."""
     path = idp.write_jwks(tmp_path / "jwks.json")
     assert json.loads(path.read_text()) == idp.jwks()
 
 
 def test_jwks_server_over_https_with_rotation(tmp_path: Path) -> None:
+    """The JWKS server serves the current keys over HTTPS, also rotated, counts hits,
+    404s other paths, survives a client that does not trust it, and closes cleanly."""
     ca, cert, key = make_tls(tmp_path)
     assert key.stat().st_mode & 0o777 == 0o600
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -141,6 +149,8 @@ def test_jwks_server_over_https_with_rotation(tmp_path: Path) -> None:
 
 
 def test_github_token_endpoint(idp: IdP) -> None:
+    """The runner token endpoint is 401 without the request token, else mints for the
+    audience asked; it records every request."""
     with GitHubTokenEndpoint(idp) as endpoint:
         assert endpoint.url == f"http://127.0.0.1:{endpoint.port}/token?api-version=2.0"
         url = endpoint.url + "&audience=signer-prod"

@@ -26,6 +26,8 @@ SECONDS = 10.0
 def test_three_replicas_32_pipelines_lose_and_duplicate_nothing(
     pg: PgServer, tmp_path: Path
 ) -> None:
+    """Three replicas under 32 pipelines for 10 s lose and duplicate nothing; the
+    checker catches a duplicated, a lost and a stray request."""
     env = make_env(tmp_path / "env", Db(pg.database("load"), pg.password_file))
     load.add_pipelines(env, PIPELINES)
     with load.serving("postgresql", env, 3) as setup:

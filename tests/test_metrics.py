@@ -87,6 +87,8 @@ def test_metrics_are_off_by_default(fresh_env: Env) -> None:
 
 
 def test_metrics_report_exact_counts_after_known_flows(metered: tuple[Env, int]) -> None:
+    """After a signed, a pending and a denied request and one refused call, every metric
+    is exact, and no request id, key id or identity is shown."""
     env, port = metered
     with serving(env) as r:
         c = r.clients
@@ -161,6 +163,7 @@ def test_metrics_listen_flag_overrides_config(fresh_env: Env) -> None:
 def test_metrics_port_in_use_is_refused_before_anything_is_recorded(
     metered: tuple[Env, int],
 ) -> None:
+    """A taken metrics port is a config error (exit 2); no server.started entry."""
     env, port = metered
     before = len(audit_events(env))
     with socket.socket() as taken:
@@ -188,6 +191,7 @@ def test_metrics_port_in_use_is_refused_before_anything_is_recorded(
 )
 @pytest.mark.sqlite_only
 def test_bad_metrics_listen_is_a_config_error(fresh_env: Env, address: str, message: str) -> None:
+    """A metrics_listen that is not HOST:PORT is a config error (exit 2) naming it."""
     _with_metrics(fresh_env, address)
     p = subprocess.run(
         [*SIGNER, "serve", "--config", str(fresh_env.config)],
@@ -201,6 +205,7 @@ def test_bad_metrics_listen_is_a_config_error(fresh_env: Env, address: str, mess
 
 @pytest.mark.sqlite_only
 def test_metrics_listen_on_the_grpc_port_is_refused(fresh_env: Env) -> None:
+    """A metrics_listen on the gRPC address is a config error (exit 2)."""
     _with_metrics(fresh_env, f"127.0.0.1:{fresh_env.port}")
     p = subprocess.run(
         [*SIGNER, "serve", "--config", str(fresh_env.config)],

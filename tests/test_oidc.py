@@ -67,6 +67,9 @@ def assert_pipeline_caller(caller: types_pb2.TokenCaller, **claims: str) -> None
 def test_pipeline_without_any_secret_signs_and_its_bundle_verifies(
     oidc: OidcRunning, tmp_path: Path
 ) -> None:
+    """A pipeline holding only an ID token signs after two approvals and its bundle
+    verifies; the request and its audit entry record the claims, actor and barred
+    officers."""
     o, clients = oidc.oidc, oidc.running.clients
     artifact = tmp_path / "app-1.0.0.tar.gz"
     artifact.write_bytes(os.urandom(4096))
@@ -148,6 +151,8 @@ def test_pipeline_without_any_secret_signs_and_its_bundle_verifies(
 def test_claims_outside_the_key_policy_are_refused_and_audited(
     oidc: OidcRunning, claim: str, value: str
 ) -> None:
+    """A token whose ref, repository or environment no rule admits is
+    CLAIMS_NOT_ALLOWED, logged once as call.rejected with its claims."""
     o = oidc.oidc
     sub = f"repo:org/app:{claim}-{value}"
     err = rpc_error(lambda: o.create(o.mint(sub=sub, **{claim: value})))
@@ -168,6 +173,7 @@ def test_claims_outside_the_key_policy_are_refused_and_audited(
 
 
 def test_pipeline_actor_mapped_to_an_officer_cannot_approve(oidc: OidcRunning) -> None:
+    """The officer mapped to the pipeline's actor cannot approve; two others sign it."""
     o, clients = oidc.oidc, oidc.running.clients
     created = o.create(o.mint())  # actor octocat, mapped to alice
     request = oidc.request(created.id)
@@ -189,6 +195,7 @@ def test_pipeline_actor_mapped_to_an_officer_cannot_approve(oidc: OidcRunning) -
 
 
 def test_officer_not_mapped_to_the_actor_may_approve(oidc: OidcRunning) -> None:
+    """With an actor mapped to no officer, only the actor is barred: alice approves."""
     o, clients = oidc.oidc, oidc.running.clients
     created = o.create(o.mint(actor="hubot"))
     request = oidc.request(created.id)
@@ -233,6 +240,7 @@ BAD_TOKENS: dict[str, tuple[str, Any]] = {
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
 def test_bad_token_is_unauthenticated_with_its_reason(oidc: OidcRunning, case: str) -> None:
+    """Each bad token sent over gRPC is UNAUTHENTICATED with the verifier's reason."""
     o = oidc.oidc
     reason, make = BAD_TOKENS[case]
     token = o.remember(make(o.idp))
@@ -249,6 +257,7 @@ def test_bad_token_is_unauthenticated_with_its_reason(oidc: OidcRunning, case: s
 def test_authorization_that_is_not_one_bearer_token_is_malformed(
     oidc: OidcRunning, value: str
 ) -> None:
+    """An authorization header other than `Bearer TOKEN` is TOKEN_MALFORMED."""
     o = oidc.oidc
     with o.channel() as ch:
         err = rpc_error(
@@ -262,6 +271,7 @@ def test_authorization_that_is_not_one_bearer_token_is_malformed(
 
 
 def test_two_bearer_tokens_are_malformed(oidc: OidcRunning) -> None:
+    """Two authorization headers, even with one valid token, are TOKEN_MALFORMED."""
     o = oidc.oidc
     token = o.mint()
     with o.channel() as ch:
@@ -276,6 +286,7 @@ def test_two_bearer_tokens_are_malformed(oidc: OidcRunning) -> None:
 
 
 def test_no_token_on_the_oidc_port_is_no_credentials(oidc: OidcRunning) -> None:
+    """A call on the OIDC port with no token is UNAUTHENTICATED NO_CREDENTIALS."""
     o = oidc.oidc
     with o.channel() as ch:
         err = rpc_error(
@@ -293,6 +304,7 @@ def test_no_token_on_the_oidc_port_is_no_credentials(oidc: OidcRunning) -> None:
 
 
 def test_token_caller_cannot_use_approval_or_audit_services(oidc: OidcRunning) -> None:
+    """A token grants no approval or audit call (ROLE_NOT_ALLOWED); it may list keys."""
     o = oidc.oidc
     md = bearer(o.mint())
     with o.channel() as ch:
@@ -321,6 +333,8 @@ def test_token_caller_cannot_use_approval_or_audit_services(oidc: OidcRunning) -
 
 
 def test_bearer_token_on_the_mutual_tls_port_is_ignored(oidc: OidcRunning) -> None:
+    """On the mutual-TLS port a valid token counts for nothing: the certificate is the
+    requester, and one without the requester role still may not request."""
     o, clients = oidc.oidc, oidc.running.clients
     md = bearer(o.mint())
     request = signing_pb2.CreateSigningRequestRequest(
@@ -343,6 +357,7 @@ def test_bearer_token_on_the_mutual_tls_port_is_ignored(oidc: OidcRunning) -> No
 
 
 def test_oidc_token_file_flag_is_used(oidc: OidcRunning, tmp_path: Path) -> None:
+    """`--oidc-token-file` wins over SIGNER_OIDC_TOKEN, for sign and status alike."""
     o = oidc.oidc
     artifact = tmp_path / "app.bin"
     artifact.write_bytes(os.urandom(64))
@@ -388,6 +403,7 @@ def test_oidc_token_file_flag_is_used(oidc: OidcRunning, tmp_path: Path) -> None
 def test_github_actions_runner_token_is_fetched_for_the_profile_audience(
     oidc: OidcRunning, tmp_path: Path
 ) -> None:
+    """On a GitHub Actions runner the CLI fetches a token for the profile's audience."""
     o = oidc.oidc
     artifact = tmp_path / "app.bin"
     artifact.write_bytes(os.urandom(64))
@@ -416,6 +432,7 @@ def test_github_actions_runner_token_is_fetched_for_the_profile_audience(
 
 
 def test_missing_token_exits_2_naming_the_variable(oidc: OidcRunning, tmp_path: Path) -> None:
+    """An OIDC profile and no token: `signer sign` exits 2 naming SIGNER_OIDC_TOKEN."""
     o = oidc.oidc
     artifact = tmp_path / "app.bin"
     artifact.write_bytes(b"x")
@@ -440,6 +457,8 @@ def test_missing_token_exits_2_naming_the_variable(oidc: OidcRunning, tmp_path: 
 
 
 def test_tokens_never_reach_the_server_log_or_the_audit_log(oidc: OidcRunning) -> None:
+    """No token or its signature reaches the server log or the audit log, and the server
+    log never says `Bearer`."""
     o = oidc.oidc
     # Some traffic of its own, so this holds even when run alone.
     o.create(o.mint())

@@ -82,6 +82,8 @@ def rejected(verifier: OidcVerifier, token: str) -> str:
 def test_valid_token_is_accepted_with_identity_claims_and_barred_officer(
     verifier: OidcVerifier, idp: IdP, kid: str, alg: str
 ) -> None:
+    """A valid RS256 or ES256 token gives its identity, recorded claims and actor; the
+    actor and the officer it is mapped to are barred from approving."""
     key = idp.key(kid)
     assert key.alg == alg
     caller = verifier.verify(idp.mint(key=key))
@@ -102,12 +104,14 @@ def test_valid_token_is_accepted_with_identity_claims_and_barred_officer(
 
 
 def test_claims_not_configured_are_not_recorded(verifier: OidcVerifier, idp: IdP) -> None:
+    """Claims not configured are not recorded; a recorded number becomes text."""
     caller = verifier.verify(idp.mint(idp.claims(secret_stuff="x", run_id=1234, debug=True)))
     assert "secret_stuff" not in caller.claims and "debug" not in caller.claims
     assert caller.claims["run_id"] == "1234"  # a recorded numeric claim becomes text
 
 
 def test_unmapped_actor_bars_only_itself(verifier: OidcVerifier, idp: IdP) -> None:
+    """An actor mapped to no officer bars only itself; with no actor, none is barred."""
     assert verifier.verify(idp.mint(idp.claims(actor="hubot"))).barred == ("hubot",)
     assert verifier.verify(idp.mint(idp.claims(actor=None))).barred == ()
 
@@ -116,24 +120,28 @@ def test_unmapped_actor_bars_only_itself(verifier: OidcVerifier, idp: IdP) -> No
 
 
 def test_expired_token_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token that expired two minutes ago, past the 30 s leeway, is TOKEN_EXPIRED."""
     now = int(time.time())
     token = idp.mint(idp.claims(iat=now - 600, nbf=now - 600, exp=now - 120))
     assert rejected(verifier, token) == "TOKEN_EXPIRED"
 
 
 def test_token_with_nbf_in_the_future_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token whose nbf is ten minutes ahead is TOKEN_NOT_YET_VALID."""
     now = int(time.time())
     token = idp.mint(idp.claims(nbf=now + 600, exp=now + 900))
     assert rejected(verifier, token) == "TOKEN_NOT_YET_VALID"
 
 
 def test_token_with_iat_in_the_future_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token issued ten minutes in the future (iat, no nbf) is TOKEN_NOT_YET_VALID."""
     now = int(time.time())
     token = idp.mint(idp.claims(iat=now + 600, nbf=None, exp=now + 900))
     assert rejected(verifier, token) == "TOKEN_NOT_YET_VALID"
 
 
 def test_token_replayed_after_expiry_is_refused(jwks_file: Path, idp: IdP) -> None:
+    """With no leeway, a token accepted before its exp is TOKEN_EXPIRED after it."""
     v = verifier_for(jwks_file, leeway=dt.timedelta(0))
     now = int(time.time())
     token = idp.mint(idp.claims(iat=now, nbf=now, exp=now + 3))
@@ -146,6 +154,7 @@ def test_token_replayed_after_expiry_is_refused(jwks_file: Path, idp: IdP) -> No
 
 
 def test_wrong_audience_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token for another audience is TOKEN_AUDIENCE; one with no aud, TOKEN_CLAIMS."""
     assert rejected(verifier, idp.mint(idp.claims(aud="https://github.com/org"))) == (
         "TOKEN_AUDIENCE"
     )
@@ -153,6 +162,8 @@ def test_wrong_audience_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
 
 
 def test_unconfigured_issuer_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """An untrusted iss (another issuer on a published key, a trailing slash, none at
+    all) is TOKEN_ISSUER."""
     # Signed with a published key, but the iss is not one this server trusts.
     other = IdP("https://gitlab.example.com", keys=idp.keys)
     assert rejected(verifier, other.mint()) == "TOKEN_ISSUER"
@@ -161,10 +172,12 @@ def test_unconfigured_issuer_is_refused(verifier: OidcVerifier, idp: IdP) -> Non
 
 
 def test_missing_exp_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token without exp is TOKEN_CLAIMS."""
     assert rejected(verifier, idp.mint(idp.claims(exp=None))) == "TOKEN_CLAIMS"
 
 
 def test_missing_sub_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token with no sub, or an empty one, is TOKEN_CLAIMS."""
     assert rejected(verifier, idp.mint(idp.claims(sub=None))) == "TOKEN_CLAIMS"
     assert rejected(verifier, idp.mint(idp.claims(sub=""))) == "TOKEN_CLAIMS"
 
@@ -207,36 +220,43 @@ def test_unsafe_recorded_claim_is_refused(
 
 
 def test_alg_none_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """An unsigned alg=none token is TOKEN_ALGORITHM."""
     assert rejected(verifier, idp.mint_none()) == "TOKEN_ALGORITHM"
 
 
 def test_hs256_keyed_with_the_rsa_public_key_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """An HS256 token keyed with the RSA public key is TOKEN_ALGORITHM."""
     token = idp.mint_hs256_with_public_key(key=idp.key("k1"))
     assert rejected(verifier, token) == "TOKEN_ALGORITHM"
 
 
 def test_es256_header_naming_the_rsa_key_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """An ES256 token whose kid names the RSA key is TOKEN_ALGORITHM."""
     token = idp.mint(key=SigningKey.ec("k1"))  # ES256 token whose kid is the RSA key's
     assert rejected(verifier, token) == "TOKEN_ALGORITHM"
 
 
 def test_algorithm_not_allowed_for_the_issuer_is_refused(jwks_file: Path, idp: IdP) -> None:
+    """An issuer allowing only RS256 accepts it; an ES256 token is TOKEN_ALGORITHM."""
     v = verifier_for(jwks_file, algorithms=("RS256",))
     assert v.verify(idp.mint(key=idp.key("k1"))).actor == "octocat"
     assert rejected(v, idp.mint(key=idp.key("k2"))) == "TOKEN_ALGORITHM"
 
 
 def test_unknown_kid_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A kid not in the JWKS, or no kid at all, is TOKEN_UNKNOWN_KEY."""
     assert rejected(verifier, idp.mint(key=SigningKey.rsa("k9"))) == "TOKEN_UNKNOWN_KEY"
     assert rejected(verifier, idp.mint(kid=None)) == "TOKEN_UNKNOWN_KEY"
 
 
 def test_tampered_payload_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token whose payload was edited after signing is TOKEN_SIGNATURE."""
     token = IdP.tamper(idp.mint(), "repository", "evil/app")
     assert rejected(verifier, token) == "TOKEN_SIGNATURE"
 
 
 def test_foreign_key_reusing_a_published_kid_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A foreign RSA or EC key signing under a published kid is TOKEN_SIGNATURE."""
     assert rejected(verifier, idp.mint(key=SigningKey.rsa("k1"))) == "TOKEN_SIGNATURE"
     assert rejected(verifier, idp.mint(key=SigningKey.ec("k2"))) == "TOKEN_SIGNATURE"
 
@@ -245,6 +265,7 @@ def test_foreign_key_reusing_a_published_kid_is_refused(verifier: OidcVerifier, 
 
 
 def test_token_over_16_kib_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
+    """A token over 16 KiB is TOKEN_MALFORMED."""
     token = idp.mint(idp.claims(padding="p" * MAX_TOKEN_BYTES))
     assert len(token) > 16 * 1024
     assert rejected(verifier, token) == "TOKEN_MALFORMED"
@@ -263,6 +284,7 @@ def test_token_over_16_kib_is_refused(verifier: OidcVerifier, idp: IdP) -> None:
     ],
 )
 def test_garbage_is_refused(verifier: OidcVerifier, garbage: str) -> None:
+    """Empty, unstructured or undecodable token text is TOKEN_MALFORMED."""
     assert rejected(verifier, garbage) == "TOKEN_MALFORMED"
 
 
@@ -274,6 +296,7 @@ def test_garbage_is_refused(verifier: OidcVerifier, garbage: str) -> None:
 def test_malformed_header_is_refused_as_malformed(
     verifier: OidcVerifier, idp: IdP, header: dict[str, Any]
 ) -> None:
+    """A header with a non-string kid or a crit extension is TOKEN_MALFORMED."""
     _, payload, signature = idp.mint().split(".")
     token = f"{b64url(json.dumps(header).encode())}.{payload}.{signature}"
     assert rejected(verifier, token) == "TOKEN_MALFORMED"
@@ -302,6 +325,7 @@ def live_verifier(server: JwksServer, ca: Path, **overrides: Any) -> OidcVerifie
 def test_jwks_is_refetched_for_an_unknown_kid_after_rotation(
     live: tuple[IdP, JwksServer, Path],
 ) -> None:
+    """A known kid is served from the cache; a new kid after rotation refetches once."""
     idp, server, ca = live
     v = live_verifier(server, ca, jwks_refresh=dt.timedelta(0))
     assert server.hits == 1
@@ -313,6 +337,7 @@ def test_jwks_is_refetched_for_an_unknown_kid_after_rotation(
 
 
 def test_jwks_refetch_is_rate_limited(live: tuple[IdP, JwksServer, Path]) -> None:
+    """Within jwks_refresh, unknown kids refetch nothing and are TOKEN_UNKNOWN_KEY."""
     idp, server, ca = live
     v = live_verifier(server, ca, jwks_refresh=dt.timedelta(hours=1))
     assert server.hits == 1
@@ -324,6 +349,7 @@ def test_jwks_refetch_is_rate_limited(live: tuple[IdP, JwksServer, Path]) -> Non
 
 
 def test_failing_jwks_endpoint_keeps_the_old_keys(live: tuple[IdP, JwksServer, Path]) -> None:
+    """While every JWKS refetch fails (503), the keys already held still verify."""
     idp, server, ca = live
     # max_age 0: every verification tries to refetch, and every refetch fails.
     v = live_verifier(server, ca, jwks_refresh=dt.timedelta(0), jwks_max_age=dt.timedelta(0))
@@ -338,6 +364,8 @@ def test_failing_jwks_endpoint_keeps_the_old_keys(live: tuple[IdP, JwksServer, P
 def test_jwks_unreachable_at_start_is_fetched_on_first_token(
     live: tuple[IdP, JwksServer, Path],
 ) -> None:
+    """A JWKS endpoint down at load is no error: tokens are TOKEN_UNKNOWN_KEY until it
+    answers, then the next token fetches the keys and verifies."""
     idp, server, ca = live
     server.fail_status = 503
     v = live_verifier(server, ca, jwks_refresh=dt.timedelta(0))  # load() logs, does not raise
@@ -349,6 +377,7 @@ def test_jwks_unreachable_at_start_is_fetched_on_first_token(
 def test_jwks_server_with_an_untrusted_certificate_gives_no_keys(
     live: tuple[IdP, JwksServer, Path], tmp_path: Path
 ) -> None:
+    """A JWKS server with a certificate from another CA is never read: no keys."""
     idp, server, _ = live
     (tmp_path / "other").mkdir()
     other_ca, _, _ = make_tls(tmp_path / "other")  # not the CA that issued the server's cert
@@ -441,6 +470,8 @@ def rule(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_valid_oidc_config_loads(config_root: Path) -> None:
+    """An OIDC issuer and claim rule load as written; the rule admits only its issuer's
+    tag builds."""
     cfg = load_config(write(config_root, oidc_config()))
     assert cfg.server.oidc_listen == "127.0.0.1:7444"
     issuer = cfg.issuers["ci-idp"]
@@ -464,6 +495,7 @@ def test_valid_oidc_config_loads(config_root: Path) -> None:
 
 
 def test_rule_without_conditions_is_refused(config_root: Path) -> None:
+    """A claim rule naming only an issuer, with no claim condition, is a ConfigError."""
     cfg = oidc_config()
     cfg["keys"]["release"]["oidc"] = [{"issuer": "ci-idp"}]
     message = refused(config_root, cfg)
@@ -473,6 +505,7 @@ def test_rule_without_conditions_is_refused(config_root: Path) -> None:
 
 @pytest.mark.parametrize("pattern", ["*", "**", ["refs/tags/v*", "*"]])
 def test_match_anything_pattern_is_refused(config_root: Path, pattern: Any) -> None:
+    """A claim pattern matching anything (`*`, `**`, or in a list) is a ConfigError."""
     cfg = oidc_config()
     rule(cfg)["ref"] = pattern
     message = refused(config_root, cfg)
@@ -480,6 +513,7 @@ def test_match_anything_pattern_is_refused(config_root: Path, pattern: Any) -> N
 
 
 def test_rule_naming_an_unknown_issuer_is_refused(config_root: Path) -> None:
+    """A claim rule naming an issuer not configured is a ConfigError naming it."""
     cfg = oidc_config()
     rule(cfg)["issuer"] = "gitlab"
     message = refused(config_root, cfg)
@@ -487,12 +521,14 @@ def test_rule_naming_an_unknown_issuer_is_refused(config_root: Path) -> None:
 
 
 def test_oidc_issuers_without_oidc_listen_are_refused(config_root: Path) -> None:
+    """OIDC issuers without server.oidc_listen are a ConfigError: it is missing."""
     cfg = oidc_config()
     del cfg["server"]["oidc_listen"]
     assert "server.oidc_listen: missing" in refused(config_root, cfg)
 
 
 def test_http_jwks_url_is_refused(config_root: Path) -> None:
+    """A jwks_url over plain http:// is a ConfigError asking for https://."""
     cfg = oidc_config()
     issuer = cfg["oidc"]["ci-idp"]
     del issuer["jwks_file"]
@@ -502,6 +538,7 @@ def test_http_jwks_url_is_refused(config_root: Path) -> None:
 
 
 def test_identity_starting_with_oidc_is_refused(config_root: Path) -> None:
+    """An identity starting `oidc:` in the config is a ConfigError: it is reserved."""
     cfg = oidc_config()
     cfg["identities"]["oidc:ci-idp:repo:org/app:environment:release"] = ["requester", "approver"]
     message = refused(config_root, cfg)

@@ -306,6 +306,8 @@ def own_pg() -> Iterator[PgServer]:
 def test_postgresql_restart_fails_calls_unavailable_then_recovers(
     own_pg: PgServer, tmp_path: Path
 ) -> None:
+    """While PostgreSQL is down, calls on both replicas are UNAVAILABLE and write
+    nothing; once it is back, the approval signs and the log verifies."""
     env = make_env(tmp_path / "env", Db(own_pg.database("restart"), own_pg.password_file))
     with replicas(env, count=2) as two:
         r = two.clients[0].create()

@@ -200,6 +200,8 @@ def test_targets_signed_with_other_algorithms(
 def test_denied_request_raises_and_leaves_no_signature(
     shared_env: Env, clients: Clients, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A denial fails Metadata.sign with SigningRefusedError (DENIED, the reason); the
+    metadata gains no signature."""
     uri, key = import_key("release", shared_env.profile_path("ci"))
     md = Metadata(Root(expires=EXPIRES))
     md.signed.add_key(key, Root.type)
@@ -219,6 +221,7 @@ def test_denied_request_raises_and_leaves_no_signature(
 
 
 def test_undecided_request_times_out_and_is_cancelled(shared_env: Env, clients: Clients) -> None:
+    """Undecided by the URI's timeout, the request is cancelled: SigningTimeoutError."""
     _, key = import_key("release", shared_env.profile_path("ci"))
     uri = KeyURI("release", shared_env.profile_path("ci"), dt.timedelta(seconds=1))
     signer = Signer.from_priv_key_uri(str(uri), key)
@@ -249,6 +252,7 @@ def test_public_key_of_another_service_key_is_refused_before_asking(
 
 
 def test_service_failures_raise_service_signer_error(shared_env: Env) -> None:
+    """An unknown service key: ServiceSignerError from sign(), RemoteError on import."""
     signer = ServiceSigner.from_priv_key_uri(
         f"signer:no-such-key?profile={shared_env.profile_path('ci')}", _local_key()
     )
@@ -307,11 +311,14 @@ def _local_key() -> SSlibKey:
     ],
 )
 def test_bad_uris_raise_value_error(uri: str, message: str) -> None:
+    """Each malformed signer: key URI is a ValueError saying what is wrong."""
     with pytest.raises(ValueError, match=message):
         ServiceSigner.from_priv_key_uri(uri, _local_key())
 
 
 def test_dispatch_and_uri_round_trip(shared_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """register() (twice) maps signer: URIs to ServiceSigner; a URI parses and prints
+    back; one naming no profile uses SIGNER_PROFILE."""
     register()
     register()
     assert SIGNER_FOR_URI_SCHEME[SCHEME] is ServiceSigner
@@ -331,6 +338,7 @@ def test_dispatch_and_uri_round_trip(shared_env: Env, monkeypatch: pytest.Monkey
 
 
 def test_unsupported_keys_and_profiles_are_refused(shared_env: Env, tmp_path: Path) -> None:
+    """An Ed25519 key, a profile with no audit_verifier, a missing profile: refused."""
     ed = SSlibKey.from_crypto(
         serialization.load_pem_public_key(
             b"-----BEGIN PUBLIC KEY-----\n"

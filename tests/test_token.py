@@ -72,6 +72,8 @@ _SCRIPT = textwrap.dedent(
 
 @pytest.mark.sqlite_only  # the store plays no part
 def test_batch_signs_in_one_loop_and_a_lost_session_is_reopened(fresh_env: Env) -> None:
+    """200 digests sign in one loop; a closed session or stale key handle is logged in
+    again (counted in resets); a short digest is refused, and the token still signs."""
     p = run([sys.executable, "-c", _SCRIPT, str(fresh_env.config)], timeout=120)
     out = json.loads(p.stdout.splitlines()[-1])  # after the adapter's log lines
     assert "token session lost; logging in again" in p.stdout
