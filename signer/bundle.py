@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from signer.algorithms import ALGORITHMS, HASH_SIZES
 from signer.audit.note import Verifier
 from signer.audit.proofs import SignedProof, verify_signed_proof
-from signer.dsse import Envelope, Statement
+from signer.dsse import Envelope, Statement, distinct_approvers
 from signer.errors import ConfigError, EnvelopeError, InvalidArgumentError, VerificationError
 from signer.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Digest
@@ -332,9 +332,11 @@ def _verify_by_any(
     return None
 
 
+_RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
-    valid: set[str] = set()
-    keys_used: set[bytes] = set()
+    valid: list[tuple[str, bytes]] = []
     for i, raw in enumerate(bundle.approvals):
         try:
             env = Envelope.parse(raw)
@@ -344,30 +346,24 @@ def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
         if found is None:
             raise VerificationError(f"approval {i} is not signed by any pinned officer's key")
         claimed, key, st = found
-        mismatches = [
-            name
-            for name, ok in (
-                ("decision", st.decision == "approve"),
-                ("approver", st.approver == claimed),
-                ("request_id", st.request_id == bundle.request_id),
-                ("key_name", st.key_name == bundle.key_name),
-                ("key_id", st.key_id == bundle.key_id),
-                ("digests", st.binds(bundle.digests)),
-            )
-            if not ok
-        ]
+        mismatches = st.unbound(
+            approver=claimed,
+            decision="approve",
+            request_id=bundle.request_id,
+            key_name=bundle.key_name,
+            key_id=bundle.key_id,
+            digests=bundle.digests,
+        )
         if mismatches:
             raise VerificationError(
                 f"approval {i} ({claimed}) is not for this signature: "
                 f"{', '.join(mismatches)} differ"
             )
-        raw_key = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        if claimed in valid or raw_key in keys_used:
+        valid.append((claimed, key.public_bytes(*_RAW)))
+        if len(distinct_approvers(valid)) < len(valid):
             raise VerificationError(f"approval {i}: {claimed} is counted twice")
-        valid.add(claimed)
-        keys_used.add(raw_key)
     if len(valid) < trust.threshold:
         raise VerificationError(
             f"{len(valid)} distinct officers approved; the pinned threshold is {trust.threshold}"
         )
-    return tuple(sorted(valid))
+    return tuple(sorted(name for name, _ in valid))

@@ -40,7 +40,7 @@ from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
 from signer.bounds import echo
-from signer.dsse import Envelope, Statement
+from signer.dsse import Envelope, Statement, distinct_approvers
 from signer.encoding import canonical_json, format_time
 from signer.errors import (
     AlreadyExistsError,
@@ -478,18 +478,14 @@ class Core:
 
     def _check_binding(self, st: Statement, request: Request, actor: str, decision: str) -> None:
         """Every field of the signed statement must equal the stored request."""
-        mismatches = [
-            name
-            for name, got, want in (
-                ("approver", st.approver, actor),
-                ("decision", st.decision, decision),
-                ("request_id", st.request_id, request.id),
-                ("key_name", st.key_name, request.key_name),
-                ("key_id", st.key_id, request.key_id),
-                ("digests", st.binds(request.digests), True),
-            )
-            if got != want
-        ]
+        mismatches = st.unbound(
+            approver=actor,
+            decision=decision,
+            request_id=request.id,
+            key_name=request.key_name,
+            key_id=request.key_id,
+            digests=request.digests,
+        )
         if mismatches:
             raise EnvelopeError(
                 f"the signed statement does not match request {request.id}: "
@@ -521,8 +517,7 @@ class Core:
             return None
         if any(a.decision == "deny" for a in request.approvals):
             return None
-        valid: set[str] = set()
-        keys_used: set[bytes] = set()  # one key counts once, whatever names it is under
+        valid: list[tuple[str, bytes]] = []
         for a in request.approvals:
             key = self.approver_keys.get(a.approver)
             if (
@@ -538,11 +533,9 @@ class Core:
             except EnvelopeError:
                 continue
             raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            if raw in keys_used:
-                continue
-            keys_used.add(raw)
-            valid.add(a.approver)
-        return sorted(valid) if len(valid) >= policy.threshold else None
+            valid.append((a.approver, raw))
+        counted = distinct_approvers(valid)
+        return sorted(counted) if len(counted) >= policy.threshold else None
 
     # -- signing --------------------------------------------------------------
 

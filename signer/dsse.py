@@ -24,6 +24,7 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "Envelope",
     "Statement",
+    "distinct_approvers",
     "key_id_of",
     "pae",
     "sign_statement",
@@ -90,6 +92,35 @@ class Statement:
         if self.manifest is not None:
             return self.manifest == Manifest.of(digests)
         return self.digests == tuple(digests)
+
+    def unbound(
+        self,
+        *,
+        approver: str,
+        decision: str,
+        request_id: str,
+        key_name: str,
+        key_id: str,
+        digests: tuple[Digest, ...] | list[Digest],
+    ) -> list[str]:
+        """The fields in which this statement is not `approver`'s `decision` on exactly
+        this request (its id, key, key id and digests); empty when it binds it.
+
+        The one binding rule: the core before it counts an approval, bundle
+        verification and the offline audit verifier all apply it.
+        """
+        return [
+            name
+            for name, ok in (
+                ("approver", self.approver == approver),
+                ("decision", self.decision == decision),
+                ("request_id", self.request_id == request_id),
+                ("key_name", self.key_name == key_name),
+                ("key_id", self.key_id == key_id),
+                ("digests", self.binds(digests)),
+            )
+            if not ok
+        ]
 
     @classmethod
     def for_request(
@@ -171,6 +202,21 @@ class Statement:
         if canonical != payload:
             raise EnvelopeError("approval statement is not in canonical JSON form")
         return st
+
+
+def distinct_approvers(approvals: Iterable[tuple[str, bytes]]) -> list[str]:
+    """The approvers of valid approvals that count toward a quorum, in order: each person
+    once, and each approval key once (a key registered under two names counts for the
+    first). `approvals` are (approver, raw public key) pairs.
+    """
+    people: list[str] = []
+    keys: set[bytes] = set()
+    for approver, key in approvals:
+        if approver in people or key in keys:
+            continue
+        people.append(approver)
+        keys.add(key)
+    return people
 
 
 def _manifest(m: Any) -> Manifest:

@@ -37,7 +37,7 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
-from signer.dsse import Envelope
+from signer.dsse import Envelope, distinct_approvers
 from signer.encoding import canonical_json
 from signer.errors import EnvelopeError, VerificationError
 from signer.model import Digest
@@ -300,7 +300,7 @@ class _Semantics:
             for a, k in r.approvals.items()
             if a in rule.approvers and a != r.requester and a not in r.barred
         }
-        distinct = min(len(valid), len(set(valid.values())))
+        distinct = len(distinct_approvers(valid.items()))
         if distinct < rule.threshold:
             raise ValueError(
                 f"signed with {distinct} valid distinct approvals; "
@@ -323,15 +323,15 @@ class _Semantics:
             )
         except EnvelopeError as x:
             raise ValueError(f"approval envelope by {e.actor} does not verify: {x}") from None
-        bound = (
-            st.request_id == e.request_id
-            and st.key_name == r.key_name
-            and st.key_id == r.key_id
-            and st.approver == e.actor
-            and st.decision == decision
-            and st.binds(r.digests)
+        unbound = st.unbound(
+            approver=e.actor,
+            decision=decision,
+            request_id=e.request_id,
+            key_name=r.key_name,
+            key_id=r.key_id,
+            digests=r.digests,
         )
-        if not bound:
+        if unbound:
             raise ValueError(f"the {decision} by {e.actor} is not bound to this request")
         if e.actor == r.requester or e.actor in r.barred:
             raise ValueError(
