@@ -52,18 +52,11 @@ from cryptography.hazmat.primitives import serialization
 
 from signer.v1 import signing_pb2, types_pb2
 from signer.verify import verify_digest
-from tests.harness import (
-    SIGNER,
-    Clients,
-    Db,
-    Env,
-    ServerProcess,
-    checkpoints_match_the_log,
-    make_env,
-    run,
-    sha256_digest,
-)
-from tests.pg import PgServer, find_bin_dir
+from testbed.clients import Clients, sha256_digest
+from testbed.commands import SIGNER, run
+from testbed.env import Db, Env, checkpoints_match_the_log, make_env
+from testbed.pg import PgServer, find_bin_dir
+from testbed.process import ServerProcess
 
 RESULTS = Path(__file__).parent / "results"
 SIGNED = types_pb2.REQUEST_STATE_SIGNED

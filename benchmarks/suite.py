@@ -67,7 +67,10 @@ from signer.dsse import Statement, pae, sign_statement
 from signer.model import Digest
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from signer.verify import verify_digest
-from tests.harness import Clients, Env, ServerProcess, make_env, sha256_digest, wait_until
+from testbed.clients import Clients, sha256_digest
+from testbed.commands import wait_until
+from testbed.env import Env, make_env
+from testbed.process import ServerProcess
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {  # (compare, target); ratios are measured / floor

@@ -3,7 +3,7 @@
 Every test that touches a store runs on both backends, SQLite and PostgreSQL
 (the session-scoped `backend` parameter; `pytest --backend sqlite` narrows it for
 a quick local run). PostgreSQL is a throwaway server started once per session
-(tests/pg.py), with a new database per environment.
+(testbed/pg.py), with a new database per environment.
 
 SoftHSM and PostgreSQL are required: a missing softhsm2-util, module or initdb
 fails the session (never a silent skip), in CI and locally alike.
@@ -20,17 +20,11 @@ from hypothesis import HealthCheck, settings
 
 from signer.softhsm import DEFAULT_MODULE
 from signer.tls import DevCA
-from tests.harness import (
-    DIGEST_ALGORITHMS,
-    Clients,
-    Db,
-    Env,
-    Running,
-    ServerProcess,
-    make_env,
-    running,
-)
-from tests.pg import PgServer, find_bin_dir
+from testbed.clients import Clients
+from testbed.env import Db, Env, make_env
+from testbed.pg import PgServer, find_bin_dir
+from testbed.process import Running, ServerProcess, running
+from tests.harness import DIGEST_ALGORITHMS
 
 BACKENDS = ("sqlite", "postgresql")
 

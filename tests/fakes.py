@@ -33,7 +33,7 @@ from signer.dsse import Statement, sign_statement
 from signer.errors import KeyNotFoundError, TokenError
 from signer.model import Digest, Request, State
 from signer.store import Store
-from tests.harness import Db
+from testbed.env import Db
 
 __all__ = [
     "AUDIT_ORIGIN",

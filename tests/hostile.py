@@ -25,7 +25,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2
-from tests.harness import Env
+from testbed.env import Env
 
 Tamper = Callable[[str, Any], Any]
 Instead = Callable[["HostileServer", str, bytes], Message | None]

@@ -25,19 +25,12 @@ import grpc
 import pytest
 
 from signer.v1 import approval_pb2, signing_pb2, signing_pb2_grpc, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    SIGNER,
-    Db,
-    Env,
-    Running,
-    free_port,
-    make_env,
-    running,
-    sha256_digest,
-)
+from testbed.clients import RPC_TIMEOUT, sha256_digest
+from testbed.commands import SIGNER, free_port
+from testbed.env import Db, Env, make_env
+from testbed.pg import PgServer
+from testbed.process import Running, running
 from tests.idp import IdP
-from tests.pg import PgServer
 
 __all__ = [
     "IDENTITY",

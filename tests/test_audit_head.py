@@ -28,19 +28,11 @@ import pytest
 
 from signer.audit.head import MISMATCH, ROLLBACK
 from signer.client import RemoteError
-from tests.harness import (
-    SIGNER,
-    Db,
-    Env,
-    audit_events,
-    free_port,
-    make_env,
-    rpc_error,
-    run,
-    running,
-    wait_until,
-)
-from tests.pg import PgServer
+from testbed.commands import SIGNER, free_port, run, wait_until
+from testbed.env import Db, Env, make_env
+from testbed.pg import PgServer
+from testbed.process import running
+from tests.harness import audit_events, rpc_error
 from tests.test_metrics import _scrape, _with_metrics
 from tests.test_tamper import (
     _edit_actor,

@@ -28,19 +28,11 @@ from signer.audit.note import Checkpoint, Verifier, open_note
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.errors import VerificationError
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    SIGNER,
-    Clients,
-    Env,
-    Running,
-    kill_mid_burst,
-    rpc_error,
-    run,
-    running,
-    sha256_digest,
-    sign_in_background,
-)
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.commands import SIGNER, run
+from testbed.env import Env
+from testbed.process import Running, running
+from tests.harness import kill_mid_burst, rpc_error, sign_in_background
 from tests.test_crash import assert_intact
 
 ORIGIN = "localhost/signer-dev"

@@ -16,7 +16,9 @@ from typing import Any
 
 from signer.audit.entry import AuditEntry
 from signer.v1 import types_pb2
-from tests.harness import SIGNER, Clients, Running, run
+from testbed.clients import Clients
+from testbed.commands import SIGNER, run
+from testbed.process import Running
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 _FETCHED = re.compile(

@@ -23,7 +23,10 @@ from signer.v1 import (
     signing_pb2_grpc,
     types_pb2,
 )
-from tests.harness import RPC_TIMEOUT, Env, Running, audit_events, rpc_error
+from testbed.clients import RPC_TIMEOUT
+from testbed.env import Env
+from testbed.process import Running
+from tests.harness import audit_events, rpc_error
 
 STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
     "SigningService": signing_pb2_grpc.SigningServiceStub,

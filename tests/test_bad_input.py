@@ -20,16 +20,11 @@ from signer.dsse import PAYLOAD_TYPE, Statement, pae
 from signer.encoding import canonical_json
 from signer.model import Digest
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    Clients,
-    Env,
-    Running,
-    audit_events,
-    rpc_error,
-    sha256_digest,
-    wait_until,
-)
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.commands import wait_until
+from testbed.env import Env
+from testbed.process import Running
+from tests.harness import audit_events, rpc_error
 
 PENDING = types_pb2.REQUEST_STATE_PENDING
 SHA256 = types_pb2.HASH_ALGORITHM_SHA256

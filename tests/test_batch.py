@@ -28,16 +28,10 @@ from signer.errors import EnvelopeError
 from signer.model import Digest, Manifest
 from signer.v1 import signing_pb2, types_pb2
 from signer.verify import verify_digest
-from tests.harness import (
-    APPROVER,
-    SIGNER,
-    Clients,
-    Running,
-    audit_events,
-    rpc_error,
-    run,
-    sha256_digest,
-)
+from testbed.clients import Clients, sha256_digest
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.process import Running
+from tests.harness import audit_events, rpc_error
 
 N = 10_000
 SIGNED = types_pb2.REQUEST_STATE_SIGNED

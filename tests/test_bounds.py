@@ -24,7 +24,9 @@ from signer.config import load_config, parse_duration
 from signer.errors import ConfigError
 from signer.sslib import parse_uri
 from signer.tls import DevCA, check_server_files, write_private
-from tests.harness import SIGNER, Running, audit_events, run
+from testbed.commands import SIGNER, run
+from testbed.process import Running
+from tests.harness import audit_events
 from tests.test_config import _valid, _write
 from tests.test_config import root as root  # the fixture: TLS files, officers' keys, a PIN
 

@@ -36,7 +36,9 @@ from signer.dsse import Statement, sign_statement
 from signer.errors import ConfigError, VerificationError
 from signer.model import Digest
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import RPC_TIMEOUT, SIGNER, Running, run, sha256_digest
+from testbed.clients import RPC_TIMEOUT, sha256_digest
+from testbed.commands import SIGNER, run
+from testbed.process import Running
 
 OFFICERS = ("alice", "bob", "carol")
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import APPROVER, SIGNER, Running, run, sign_in_background
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.process import Running
+from tests.harness import sign_in_background
 
 
 def _signer(

@@ -1,5 +1,6 @@
-"""The checked-in generated protobuf code matches the protos (no drift), and every
-test says in its docstring what behaviour it shows."""
+"""The checked-in generated protobuf code matches the protos (no drift), every test
+says in its docstring what behaviour it shows, and benchmarks/ and testbed/ import
+nothing from tests/."""
 
 from __future__ import annotations
 
@@ -68,3 +69,31 @@ def test_every_test_says_what_it_shows() -> None:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         missing += undocumented(tree.body, str(path.relative_to(ROOT)))
     assert not missing, "tests without a behaviour docstring:\n" + "\n".join(missing)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, relative imports resolved from its package."""
+    package = path.relative_to(ROOT).parent.parts
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}".lstrip(".") for alias in node.names)
+    return found
+
+
+def test_benchmarks_and_testbed_import_nothing_from_tests() -> None:
+    """No module under benchmarks/ or testbed/ imports `tests` or anything in it."""
+    offending = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in _imported_modules(path) if m == "tests" or m.startswith("tests.")
+        )
+        for top in ("benchmarks", "testbed")
+        for path in sorted((ROOT / top).rglob("*.py"))
+    }
+    assert any(offending), "found no modules to check"
+    assert {p: m for p, m in offending.items() if m} == {}, "move shared code into testbed/"

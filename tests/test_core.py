@@ -39,8 +39,8 @@ from signer.errors import (
 )
 from signer.model import Digest, Request, State
 from signer.verify import verify_digest
+from testbed.env import Db
 from tests.fakes import SimulatedCrash, World, make_world, sha256_digest
-from tests.harness import Db
 
 MIN = dt.timedelta(minutes=1)
 

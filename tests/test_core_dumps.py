@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SIGNER, Env, ServerProcess, wait_until
+from testbed.commands import SIGNER, wait_until
+from testbed.env import Env
+from testbed.process import ServerProcess
 
 NOGROUP = 65534
 

@@ -24,17 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from signer.model import Approval, Digest, State
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    Clients,
-    Db,
-    Env,
-    audit_events,
-    kill_mid_burst,
-    rpc_error,
-    running,
-    sha256_digest,
-)
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.env import Db, Env
+from testbed.process import running
+from tests.harness import audit_events, kill_mid_burst, rpc_error
 
 PENDING = types_pb2.REQUEST_STATE_PENDING
 APPROVED = types_pb2.REQUEST_STATE_APPROVED

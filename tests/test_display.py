@@ -24,7 +24,9 @@ from signer.errors import ConfigError
 from signer.sslib import parse_uri
 from signer.text import is_displayable, shown
 from signer.v1 import approval_pb2, signing_pb2
-from tests.harness import RPC_TIMEOUT, Clients, Running, audit_events, rpc_error, sha256_digest
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.process import Running
+from tests.harness import audit_events, rpc_error
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

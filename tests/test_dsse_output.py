@@ -43,16 +43,10 @@ from signer.intoto import (
     predicate_json,
 )
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import (
-    APPROVER,
-    RPC_TIMEOUT,
-    SIGNER,
-    Clients,
-    Running,
-    audit_events,
-    rpc_error,
-    run,
-)
+from testbed.clients import RPC_TIMEOUT, Clients
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.process import Running
+from tests.harness import audit_events, rpc_error
 
 SHA256 = types_pb2.HASH_ALGORITHM_SHA256
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

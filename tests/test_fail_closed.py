@@ -14,17 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    SIGNER,
-    Clients,
-    Env,
-    audit_events,
-    rpc_error,
-    run,
-    running,
-    sha256_digest,
-)
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.commands import SIGNER, run
+from testbed.env import Env
+from testbed.process import running
+from tests.harness import audit_events, rpc_error
 
 PENDING = types_pb2.REQUEST_STATE_PENDING
 APPROVED = types_pb2.REQUEST_STATE_APPROVED

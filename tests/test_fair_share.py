@@ -25,15 +25,11 @@ from signer.config import load_config
 from signer.core import LIMITS
 from signer.server import STREAMS_PER_CONNECTION, _options
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    Env,
-    Running,
-    audit_events,
-    rpc_error,
-    running,
-    wait_until,
-)
+from testbed.clients import RPC_TIMEOUT
+from testbed.commands import wait_until
+from testbed.env import Env
+from testbed.process import Running, running
+from tests.harness import audit_events, rpc_error
 
 WORKERS = 16  # each identity may hold half: 8 calls in flight
 CAP = WORKERS // 2

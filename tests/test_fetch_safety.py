@@ -37,7 +37,7 @@ from signer.encoding import canonical_json
 from signer.errors import VerificationError
 from signer.tls import DevCA, write_private
 from signer.v1 import audit_pb2, audit_pb2_grpc
-from tests.harness import SIGNER, run
+from testbed.commands import SIGNER, run
 from tests.test_tamper import _OFFICERS, _Synth, _valid
 
 ORIGIN = "example.test/fetch"

@@ -12,14 +12,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import (
-    DIGEST_ALGORITHMS,
-    RPC_TIMEOUT,
-    Clients,
-    Running,
-    audit_events,
-    wait_until,
-)
+from testbed.clients import RPC_TIMEOUT, Clients
+from testbed.commands import wait_until
+from testbed.process import Running
+from tests.harness import DIGEST_ALGORITHMS, audit_events
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 PENDING = types_pb2.REQUEST_STATE_PENDING

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from signer.v1 import types_pb2
-from tests.harness import Running, run
+from testbed.commands import run
+from testbed.process import Running
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = ROOT / "tools" / "node_modules"

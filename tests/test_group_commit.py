@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from signer.audit.checkpoint import Checkpointer
 from signer.errors import ConflictError, StoreError, TokenError
 from signer.store.base import Tx
+from testbed.commands import wait_until
+from testbed.env import Db
 from tests.fakes import AUDIT_ORIGIN, START, World, make_world
-from tests.harness import Db, wait_until
 from tests.test_core import _add_audit_trigger, _drop_audit_trigger
 
 MEMBERS = 16

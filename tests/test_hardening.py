@@ -15,8 +15,11 @@ from signer.core import Limits
 from signer.errors import EnvelopeError, InvalidArgumentError, TooLargeError
 from signer.model import Digest, State
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.env import Db
+from testbed.process import Running
 from tests.fakes import World, make_world
-from tests.harness import RPC_TIMEOUT, Clients, Db, Running, rpc_error, sha256_digest
+from tests.harness import rpc_error
 
 
 @pytest.fixture
@@ -152,7 +155,7 @@ def test_health_watch_is_not_open(clients: Clients) -> None:
 
 def test_markup_in_context_is_shown_literally(shared: Running, tmp_path: Path) -> None:
     """Rich markup in a requester's context is printed as text and breaks nothing."""
-    from tests.harness import APPROVER, run
+    from testbed.commands import APPROVER, run
 
     r = shared.clients.create(context={"ref": "[/x][green]reviewed[/green]"})
     out = run([*APPROVER, "show", r.id, "--profile", str(shared.env.profile_path("alice"))])

@@ -31,7 +31,9 @@ from signer.sslib import (
     import_key,
 )
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
-from tests.harness import APPROVER, SIGNER, Clients, Env, run, sha256_digest, wait_until
+from testbed.clients import Clients, sha256_digest
+from testbed.commands import APPROVER, SIGNER, run, wait_until
+from testbed.env import Env
 from tests.hostile import Abort, HostileServer, hostile
 
 pytestmark = [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import load
-from tests.harness import Db, make_env
-from tests.pg import PgServer
+from testbed.env import Db, make_env
+from testbed.pg import PgServer
 
 PIPELINES = 32
 SECONDS = 10.0

@@ -36,16 +36,10 @@ from signer.v1 import (
     signing_pb2_grpc,
     types_pb2,
 )
-from tests.harness import (
-    RPC_TIMEOUT,
-    Clients,
-    Env,
-    Running,
-    audit_events,
-    rpc_error,
-    running,
-    sha256_digest,
-)
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.env import Env
+from testbed.process import Running, running
+from tests.harness import audit_events, rpc_error
 
 HUGE = "\x1b]0;owned\x07" + "x" * (2 * 1024 * 1024)  # a 2 MiB field, with a terminal escape
 ROUNDS = 15  # ci makes 75 of them: over its 60 lines a minute

@@ -21,18 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from signer.errors import StoreError
 from signer.metrics import Metrics
 from signer.v1 import approval_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    SIGNER,
-    Env,
-    ServerProcess,
-    audit_events,
-    free_port,
-    rpc_error,
-    running,
-    sha256_digest,
-    wait_until,
-)
+from testbed.clients import RPC_TIMEOUT, sha256_digest
+from testbed.commands import SIGNER, free_port, wait_until
+from testbed.env import Env
+from testbed.process import ServerProcess, running
+from tests.harness import audit_events, rpc_error
 
 serving = contextlib.contextmanager(running)
 

@@ -20,8 +20,8 @@ from signer.errors import StoreError
 from signer.model import State
 from signer.store import sqlite as sqlite_store
 from signer.store.base import Store
-from tests.harness import Db
-from tests.pg import PgServer
+from testbed.env import Db
+from testbed.pg import PgServer
 
 _V1_REQUEST = (
     "INSERT INTO requests (id, key_name, key_id, algorithm, requester, digests, context, "

@@ -28,7 +28,9 @@ from signer.v1 import (
     signing_pb2_grpc,
     types_pb2,
 )
-from tests.harness import RPC_TIMEOUT, SIGNER, audit_events, rpc_error, sha256_digest, wait_until
+from testbed.clients import RPC_TIMEOUT, sha256_digest
+from testbed.commands import SIGNER, wait_until
+from tests.harness import audit_events, rpc_error
 from tests.idp import GitHubTokenEndpoint, IdP, SigningKey
 from tests.oidc_env import IDENTITY, ISSUER_NAME, SUBJECT, OidcRunning, bearer
 

@@ -17,7 +17,8 @@ import pytest
 
 from signer.config import load_config
 from signer.oidc import OidcVerifier
-from tests.harness import rpc_error, wait_until
+from testbed.commands import wait_until
+from tests.harness import rpc_error
 from tests.idp import IdP
 from tests.oidc_env import OidcRunning
 from tests.test_oidc_verifier import NAME, issuer_config, oidc_config, refused, write

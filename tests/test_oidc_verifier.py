@@ -24,7 +24,7 @@ from signer.errors import ConfigError, UnauthenticatedError
 from signer.model import TokenCaller
 from signer.oidc import MAX_TOKEN_BYTES, OidcVerifier
 from signer.tls import DevCA, write_private
-from tests.harness import wait_until
+from testbed.commands import wait_until
 from tests.idp import IdP, JwksServer, SigningKey, b64url, make_tls
 
 ISSUER = "https://token.actions.githubusercontent.com"

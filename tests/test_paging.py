@@ -25,19 +25,11 @@ import pytest
 from signer.model import Digest, Manifest
 from signer.store.base import MAX_AUDIT_ENTRY_BYTES, PAGE_BYTES
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
-from tests.harness import (
-    APPROVER,
-    SIGNER,
-    Clients,
-    Db,
-    Env,
-    ServerProcess,
-    audit_events,
-    make_env,
-    rpc_error,
-    run,
-    sha256_digest,
-)
+from testbed.clients import Clients, sha256_digest
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.env import Db, Env, make_env
+from testbed.process import ServerProcess
+from tests.harness import audit_events, rpc_error
 
 WIDE = "\U0001d538"  # MATHEMATICAL DOUBLE-STRUCK CAPITAL A: 4 bytes in UTF-8
 BIG = 4  # largest requests: ~21 MB each, ~85 MB together

@@ -26,22 +26,12 @@ import pytest
 
 from signer.store.postgres import PostgresStore
 from signer.v1 import signing_pb2, types_pb2
-from tests.harness import (
-    RPC_TIMEOUT,
-    SIGNER,
-    Clients,
-    Db,
-    Env,
-    ServerProcess,
-    audit_events,
-    checkpoints_match_the_log,
-    make_env,
-    rpc_error,
-    run,
-    sha256_digest,
-    wait_until,
-)
-from tests.pg import PgServer, find_bin_dir
+from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
+from testbed.commands import SIGNER, run, wait_until
+from testbed.env import Db, Env, checkpoints_match_the_log, make_env
+from testbed.pg import PgServer, find_bin_dir
+from testbed.process import ServerProcess
+from tests.harness import audit_events, rpc_error
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 PENDING = types_pb2.REQUEST_STATE_PENDING

@@ -45,7 +45,9 @@ from signer.sslib import (
     sslib_schemes,
 )
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
-from tests.harness import RPC_TIMEOUT, Clients, Env, wait_until
+from testbed.clients import RPC_TIMEOUT, Clients
+from testbed.commands import wait_until
+from testbed.env import Env
 
 EXPIRES = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
 

@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from signer.config import load_config
-from tests.harness import SIGNER, Env, audit_events, run, running
+from testbed.commands import SIGNER, run
+from testbed.env import Env
+from testbed.process import running
+from tests.harness import audit_events
 
 serving = contextlib.contextmanager(running)
 

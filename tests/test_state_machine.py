@@ -54,8 +54,8 @@ from signer.errors import (
 )
 from signer.model import Digest, Request, State
 from signer.verify import verify_digest
+from testbed.env import Db
 from tests.fakes import AUDIT_ORIGIN, SimulatedCrash, World, make_world
-from tests.harness import Db
 
 # Where a request may be one step later (a step may approve and sign at once).
 _NEXT: dict[State, frozenset[State]] = {

@@ -18,8 +18,9 @@ import structlog
 
 from signer.model import State
 from signer.sweeper import Sweeper
+from testbed.commands import wait_until
+from testbed.env import Db
 from tests.fakes import World, make_world
-from tests.harness import Db, wait_until
 
 MIN = dt.timedelta(minutes=1)
 

@@ -52,18 +52,12 @@ from signer.dsse import Statement, sign_statement
 from signer.encoding import canonical_json
 from signer.model import Digest, Manifest
 from signer.v1 import types_pb2
-from tests.harness import (
-    _PG_CONNECTIONS,
-    SIGNER,
-    Clients,
-    Db,
-    Env,
-    audit_events,
-    make_env,
-    run,
-    running,
-)
-from tests.pg import PgServer
+from testbed.clients import Clients
+from testbed.commands import SIGNER, run
+from testbed.env import _PG_CONNECTIONS, Db, Env, make_env
+from testbed.pg import PgServer
+from testbed.process import running
+from tests.harness import audit_events
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 DENIED = types_pb2.REQUEST_STATE_DENIED

@@ -16,7 +16,8 @@ import textwrap
 
 import pytest
 
-from tests.harness import Env, run
+from testbed.commands import run
+from testbed.env import Env
 
 _SCRIPT = textwrap.dedent(
     """

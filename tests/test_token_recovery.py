@@ -21,7 +21,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from signer.v1 import types_pb2
-from tests.harness import Env, rpc_error, running, wait_until
+from testbed.commands import wait_until
+from testbed.env import Env
+from testbed.process import running
+from tests.harness import rpc_error
 
 serving = contextlib.contextmanager(running)
 SERVING = health_pb2.HealthCheckResponse.SERVING

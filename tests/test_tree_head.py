@@ -28,8 +28,9 @@ from signer.audit.head import MISMATCH, ROLLBACK, MemoryHeads, TreeHead
 from signer.errors import AuditHeadError, ConflictError, StoreError
 from signer.store.postgres import _LOCK
 from signer.store.sql import SqlTx
+from testbed.commands import run
+from testbed.env import Db, Env
 from tests.fakes import START, World, make_world
-from tests.harness import Db, Env, run
 from tests.test_group_commit import _append, _group_of
 from tests.test_tamper import _edit_actor, _rewrite
 

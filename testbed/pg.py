@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the tests: initdb + pg_ctl in a temporary directory.
+"""A throwaway PostgreSQL server for tests and benchmarks: initdb + pg_ctl in a temp dir.
 
 It listens on 127.0.0.1 only, on a free port, with SCRAM passwords (a fresh random
 one per session, in a 0600 file the signer reads through `store.password_file`).
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psycopg
 
+from testbed.commands import free_port
+
 __all__ = ["PgServer", "find_bin_dir"]
 
 
@@ -37,21 +39,13 @@ def find_bin_dir() -> Path | None:
     return versions[-1] if versions else None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class PgServer:
     """One PostgreSQL cluster; `database()` makes a new empty database per test env."""
 
     bin_dir: Path
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="signer-pg-")))
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     # False for the tests (they never crash PostgreSQL itself); True for benchmarks,
     # which must pay for the fsync a real deployment pays for.
