@@ -9,6 +9,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -388,47 +389,309 @@ def test_unknown_request(shared: Running, rpc: str, rid: str) -> None:
 # -- approvals ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("second", ["approve", "deny"])
-def test_same_officer_twice(shared: Running, second: str) -> None:
-    """An officer's second decision is FAILED_PRECONDITION ALREADY_DECIDED; they count once."""
-    c = shared.clients
-    r = c.create()
-    c.approve("alice", r)
-    call: Callable[[], Any]
-    if second == "approve":
-        call = _approve_call(c, "alice", r.id, c.envelope("alice", r))
-        method = APPROVE
-    else:
-        env = c.envelope("alice", r, decision="deny", reason="changed my mind")
-        call, method = _deny_call(c, "alice", r.id, env), DENY
-    _expect(
-        shared.env,
-        call,
+# -- officers' decisions: one table ---------------------------------------------------------
+
+
+@dataclass
+class Made:
+    """What a refused decision is made on: the request, another one of the same key (for
+    the cases that need one), and what the case saw before the refused call."""
+
+    c: Clients
+    r: types_pb2.SigningRequest
+    other_request: types_pb2.SigningRequest | None = None
+    signatures: list[bytes] = field(default_factory=list)
+
+    @property
+    def other(self) -> types_pb2.SigningRequest:
+        assert self.other_request is not None, "the case needs other=True"
+        return self.other_request
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One decision the server must refuse: who sends which envelope to which method
+    (on which request), the status, reason and phrase it gets, and what must not change."""
+
+    officer: str
+    envelope: Callable[[Made], bytes]
+    code: grpc.StatusCode
+    reason: str
+    phrase: str
+    method: str = APPROVE
+    requester: str = "ci"
+    other: bool = False  # the case needs another request
+    on_other: bool = False  # sent for the other request, not `r`
+    before: Callable[[Made], None] = lambda m: None
+    after: Callable[[Made], None] = lambda m: _assert_pending(m.c, m.r, [], who=m.r.requester)
+
+
+def _envelope(officer: str, **fields: Any) -> Callable[[Made], bytes]:
+    return lambda m: m.c.envelope(officer, m.r, **fields)
+
+
+def _approved_by_alice(m: Made) -> None:
+    m.c.approve("alice", m.r)
+
+
+def _still_pending_with_alice(m: Made) -> None:
+    _assert_pending(m.c, m.r, ["alice"])
+
+
+def _denied_by_bob(m: Made) -> None:
+    assert m.c.deny("bob", m.r, reason="unknown commit").state == types_pb2.REQUEST_STATE_DENIED
+
+
+def _still_denied_by_bob(m: Made) -> None:
+    now = m.c.get(m.r.id)
+    assert now.state == types_pb2.REQUEST_STATE_DENIED
+    assert [(a.approver, a.decision) for a in now.approvals] == [("bob", types_pb2.DECISION_DENY)]
+    assert list(now.signatures) == []
+
+
+def _signed(m: Made) -> None:
+    m.c.approve("alice", m.r)
+    signed = m.c.approve("bob", m.r)
+    assert signed.state == types_pb2.REQUEST_STATE_SIGNED
+    m.signatures = list(signed.signatures)
+
+
+def _still_signed_once(m: Made) -> None:
+    now = m.c.get(m.r.id)
+    assert now.state == types_pb2.REQUEST_STATE_SIGNED
+    assert [a.approver for a in now.approvals] == ["alice", "bob"]
+    assert list(now.signatures) == m.signatures
+
+
+def _both_pending(m: Made) -> None:
+    _assert_pending(m.c, m.r, [])
+    _assert_pending(m.c, m.other, [])
+
+
+def _tampered(m: Made) -> bytes:
+    """alice's envelope for `r`, its payload edited to name `other` after signing."""
+    good = json.loads(m.c.envelope("alice", m.r))
+    stmt = json.loads(base64.b64decode(good["payload"]))
+    stmt["request_id"] = m.other.id
+    good["payload"] = base64.b64encode(canonical_json(stmt)).decode()
+    return canonical_json(good)
+
+
+def _statement(m: Made) -> Statement:
+    r = m.r
+    digests = tuple(Digest("sha256", d.value, d.artifact_name) for d in r.digests)
+    return Statement(
+        r.id, r.key_name, r.key_id, digests, "approve", "alice", dt.datetime.now(dt.UTC)
+    )
+
+
+def _mismatch(phrase: str, **fields: Any) -> Refusal:
+    """alice's approval of `r` with statement fields changed (values made per request)."""
+
+    def envelope(m: Made) -> bytes:
+        made = {k: (v(m) if callable(v) else v) for k, v in fields.items()}
+        return m.c.envelope("alice", m.r, **made)
+
+    return Refusal(
+        "alice", envelope, INVALID, "STATEMENT_MISMATCH", phrase, other=True, after=_both_pending
+    )
+
+
+def _malformed(phrase: str, envelope: Callable[[Made], bytes]) -> Refusal:
+    return Refusal("alice", envelope, INVALID, "BAD_ENVELOPE", phrase)
+
+
+def _mangled(how: str) -> Callable[[Made], bytes]:
+    return lambda m: _mangle(m.c.envelope("alice", m.r), how)
+
+
+def _other_digest(m: Made) -> tuple[Digest, ...]:
+    return (Digest("sha256", hashlib.sha256(b"other").digest(), "artifact.bin"),)
+
+
+def _renamed_digest(m: Made) -> tuple[Digest, ...]:
+    d = m.r.digests[0]
+    return (Digest("sha256", d.value, d.artifact_name + ".evil"),)
+
+
+def _p384_key_id(m: Made) -> str:
+    return _key_id(m.c, "k-ecdsa-p384")
+
+
+_NOT_FRESH = "re-fetch the request and sign again"
+
+REFUSALS: dict[str, Refusal] = {
+    # who decides
+    "same officer approves twice": Refusal(
+        "alice",
+        _envelope("alice"),
         PRECONDITION,
         "ALREADY_DECIDED",
         "each officer counts once",
-        actor="alice",
-        method=method,
-        request_id=r.id,
-    )
-    _assert_pending(c, r, ["alice"])
-
-
-def test_non_member_cannot_approve(shared: Running) -> None:
-    """An approver not in the key's policy (dave) is PERMISSION_DENIED NOT_AN_APPROVER."""
-    c = shared.clients
-    r = c.create()
-    _expect(
-        shared.env,
-        _approve_call(c, "dave", r.id, c.envelope("dave", r)),
+        before=_approved_by_alice,
+        after=_still_pending_with_alice,
+    ),
+    "same officer denies after approving": Refusal(
+        "alice",
+        _envelope("alice", decision="deny", reason="changed my mind"),
+        PRECONDITION,
+        "ALREADY_DECIDED",
+        "each officer counts once",
+        method=DENY,
+        before=_approved_by_alice,
+        after=_still_pending_with_alice,
+    ),
+    "approver not in the key's policy": Refusal(
+        "dave",
+        _envelope("dave"),
         DENIED,
         "NOT_AN_APPROVER",
         "'dave' is not an approver for key 'release'",
-        actor="dave",
-        method=APPROVE,
-        request_id=r.id,
+    ),
+    "requester approves own request": Refusal(
+        "carol",
+        _envelope("carol"),
+        DENIED,
+        "REQUESTER_CANNOT_APPROVE",
+        "cannot decide on it",
+        requester="carol",
+    ),
+    # whose key signed
+    "signed with another officer's key": Refusal(
+        "alice",
+        _envelope("alice", signer="bob"),
+        INVALID,
+        "BAD_APPROVAL_SIGNATURE",
+        "does not verify with the approver's registered key",
+    ),
+    "another officer's envelope": Refusal(
+        "alice",
+        _envelope("bob"),
+        INVALID,
+        "BAD_APPROVAL_SIGNATURE",
+        "does not verify with the approver's registered key",
+    ),
+    "payload edited after signing": Refusal(
+        "alice",
+        _tampered,
+        INVALID,
+        "BAD_APPROVAL_SIGNATURE",
+        "does not verify",
+        other=True,
+        on_other=True,
+        after=_both_pending,
+    ),
+    # what the statement binds
+    "statement for another request": _mismatch(
+        "request_id differ", request_id=lambda m: m.other.id
+    ),
+    "statement for another digest": _mismatch("digests differ", digests=_other_digest),
+    "statement for a renamed artifact": _mismatch("digests differ", digests=_renamed_digest),
+    "statement without digests": _mismatch("digests differ", digests=()),
+    "statement for another key": _mismatch(
+        "key_name, key_id differ", key_name="k-ecdsa-p384", key_id=_p384_key_id
+    ),
+    "statement for another key name": _mismatch("key_name differ", key_name="k-ecdsa-p384"),
+    "statement for another key id": _mismatch("key_id differ", key_id=_p384_key_id),
+    "statement for an unknown key id": _mismatch("key_id differ", key_id="0" * 64),
+    "statement by another approver": _mismatch("approver differ", approver="bob"),
+    "statement of a denial sent to Approve": _mismatch(
+        "decision differ", decision="deny", reason="no"
+    ),
+    "statement issued in the future": _mismatch(
+        "issued_at is in the future",
+        issued_at=lambda m: dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+    ),
+    "statement issued before the request": _mismatch(
+        "issued before the request existed",
+        issued_at=lambda m: m.r.create_time.ToDatetime(dt.UTC) - dt.timedelta(hours=1),
+    ),
+    "statement of an approval sent to Deny": Refusal(
+        "alice", _envelope("alice"), INVALID, "STATEMENT_MISMATCH", "decision differ", method=DENY
+    ),
+    # the envelope itself
+    "empty envelope": _malformed("the approval envelope is empty", lambda m: b""),
+    "envelope not JSON": _malformed("not valid DSSE JSON", lambda m: b"this is not json {"),
+    "envelope a JSON list": _malformed("not valid DSSE JSON", lambda m: b"[]"),
+    **{
+        f"envelope with {how}": _malformed(phrase, _mangled(how))
+        for how, phrase in (
+            ("wrong payloadType", "payloadType must be application/vnd.signer.approval.v1+json"),
+            ("two signatures", "exactly one signature"),
+            ("no signatures", "exactly one signature"),
+            ("bad base64 payload", "not valid DSSE JSON"),
+            ("bad base64 sig", "not valid DSSE JSON"),
+            ("missing payload", "not valid DSSE JSON"),
+        )
+    },
+    "oversized envelope": _malformed(
+        "is over 262144 bytes", lambda m: m.c.envelope("alice", m.r) + b" " * (256 * 1024)
+    ),
+    "statement not canonical JSON": _malformed(
+        "not in canonical JSON form",
+        lambda m: _signed_payload(
+            m.c, "alice", json.dumps(_statement(m).as_dict(), indent=2).encode()
+        ),
+    ),
+    "statement with an extra field": _malformed(
+        "fields must be exactly",
+        lambda m: _signed_payload(
+            m.c, "alice", canonical_json({**_statement(m).as_dict(), "extra": 1})
+        ),
+    ),
+    "statement not an object": _malformed(
+        "must be a JSON object", lambda m: _signed_payload(m.c, "alice", b"[]")
+    ),
+    # the request's state
+    "approval after a denial": Refusal(
+        "alice",
+        _envelope("alice"),
+        PRECONDITION,
+        "REQUEST_DENIED",
+        "is DENIED; cannot approve it",
+        before=_denied_by_bob,
+        after=_still_denied_by_bob,
+    ),
+    "approval after signing": Refusal(
+        "carol",
+        _envelope("carol"),
+        PRECONDITION,
+        "REQUEST_SIGNED",
+        "is SIGNED; cannot approve it",
+        before=_signed,
+        after=_still_signed_once,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refused_decision(shared: Running, case: str) -> None:
+    """Each refused decision gets its status, reason and phrase, one audited rejection,
+    and changes nothing: the request keeps its state, approvals and signatures."""
+    refusal = REFUSALS[case]
+    c = shared.clients
+    made = Made(c, c.create(who=refusal.requester), c.create() if refusal.other else None)
+    assert made.r.requester == refusal.requester
+    refusal.before(made)
+    target = made.other if refusal.on_other else made.r
+    envelope = refusal.envelope(made)
+    if refusal.method == APPROVE:
+        call: Callable[[], Any] = _approve_call(c, refusal.officer, target.id, envelope)
+    else:
+        call = _deny_call(c, refusal.officer, target.id, envelope)
+    err = _expect(
+        shared.env,
+        call,
+        refusal.code,
+        refusal.reason,
+        refusal.phrase,
+        actor=refusal.officer,
+        method=refusal.method,
+        request_id=target.id,
     )
-    _assert_pending(c, r, [])
+    if refusal.reason == "STATEMENT_MISMATCH" and "issued" not in refusal.phrase:
+        assert _NOT_FRESH in err.message
+    refusal.after(made)
 
 
 def test_non_member_cannot_get_request(shared: Running) -> None:
@@ -446,131 +709,6 @@ def test_non_member_cannot_get_request(shared: Running) -> None:
         method="/signer.v1.ApprovalService/GetRequest",
         request_id=r.id,
     )
-
-
-def test_requester_cannot_approve(shared: Running) -> None:
-    """An officer who made the request cannot approve it: REQUESTER_CANNOT_APPROVE."""
-    c = shared.clients
-    r = c.create(who="carol")
-    assert r.requester == "carol"
-    _expect(
-        shared.env,
-        _approve_call(c, "carol", r.id, c.envelope("carol", r)),
-        DENIED,
-        "REQUESTER_CANNOT_APPROVE",
-        "cannot decide on it",
-        actor="carol",
-        method=APPROVE,
-        request_id=r.id,
-    )
-    _assert_pending(c, r, [], who="carol")
-
-
-def test_approval_signed_with_another_officers_key(shared: Running) -> None:
-    """An envelope not signed with the caller's own key is BAD_APPROVAL_SIGNATURE."""
-    c = shared.clients
-    r = c.create()
-    for env in (c.envelope("alice", r, signer="bob"), c.envelope("bob", r)):
-        _expect(
-            shared.env,
-            _approve_call(c, "alice", r.id, env),
-            INVALID,
-            "BAD_APPROVAL_SIGNATURE",
-            "does not verify with the approver's registered key",
-            actor="alice",
-            method=APPROVE,
-            request_id=r.id,
-        )
-    _assert_pending(c, r, [])
-
-
-def test_tampered_payload_fails_signature(shared: Running) -> None:
-    """An envelope whose payload was edited after signing is BAD_APPROVAL_SIGNATURE."""
-    c = shared.clients
-    r, other = c.create(), c.create()
-    good = json.loads(c.envelope("alice", r))
-    stmt = json.loads(base64.b64decode(good["payload"]))
-    stmt["request_id"] = other.id
-    good["payload"] = base64.b64encode(canonical_json(stmt)).decode()
-    _expect(
-        shared.env,
-        _approve_call(c, "alice", other.id, canonical_json(good)),
-        INVALID,
-        "BAD_APPROVAL_SIGNATURE",
-        "does not verify",
-        actor="alice",
-        method=APPROVE,
-        request_id=other.id,
-    )
-    _assert_pending(c, other, [])
-
-
-@pytest.mark.parametrize(
-    ("overrides", "phrase"),
-    [
-        ({"request_id": "OTHER"}, "request_id differ"),
-        ({"digests": "OTHER"}, "digests differ"),
-        ({"digests": "RENAMED"}, "digests differ"),
-        ({"digests": ()}, "digests differ"),
-        ({"key_name": "k-ecdsa-p384", "key_id": "P384"}, "key_name, key_id differ"),
-        ({"key_name": "k-ecdsa-p384"}, "key_name differ"),
-        ({"key_id": "P384"}, "key_id differ"),
-        ({"key_id": "0" * 64}, "key_id differ"),
-        ({"approver": "bob"}, "approver differ"),
-        ({"decision": "deny", "reason": "no"}, "decision differ"),
-        ({"issued_at": "FUTURE"}, "issued_at is in the future"),
-        ({"issued_at": "PAST"}, "issued before the request existed"),
-    ],
-    ids=lambda v: "-".join(v) if isinstance(v, dict) else None,
-)
-def test_statement_mismatch(shared: Running, overrides: dict[str, Any], phrase: str) -> None:
-    """A statement bound to another request, digest, key, approver or decision is rejected."""
-    c = shared.clients
-    r, other = c.create(), c.create()
-    fields = dict(overrides)
-    if fields.get("request_id") == "OTHER":
-        fields["request_id"] = other.id
-    if fields.get("digests") == "OTHER":
-        fields["digests"] = (Digest("sha256", hashlib.sha256(b"other").digest(), "artifact.bin"),)
-    if fields.get("digests") == "RENAMED":
-        d = r.digests[0]
-        fields["digests"] = (Digest("sha256", d.value, d.artifact_name + ".evil"),)
-    if fields.get("key_id") == "P384":
-        fields["key_id"] = _key_id(c, "k-ecdsa-p384")
-    if fields.get("issued_at") == "FUTURE":  # an hour ahead of now, however long the run
-        fields["issued_at"] = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    if fields.get("issued_at") == "PAST":
-        fields["issued_at"] = r.create_time.ToDatetime(dt.UTC) - dt.timedelta(hours=1)
-    err = _expect(
-        shared.env,
-        _approve_call(c, "alice", r.id, c.envelope("alice", r, **fields)),
-        INVALID,
-        "STATEMENT_MISMATCH",
-        phrase,
-        actor="alice",
-        method=APPROVE,
-        request_id=r.id,
-    )
-    assert "issued" in phrase or "re-fetch the request and sign again" in err.message
-    _assert_pending(c, r, [])
-    _assert_pending(c, other, [])
-
-
-def test_approve_statement_sent_to_deny(shared: Running) -> None:
-    """An "approve" statement sent to Deny is STATEMENT_MISMATCH and denies nothing."""
-    c = shared.clients
-    r = c.create()
-    _expect(
-        shared.env,
-        _deny_call(c, "alice", r.id, c.envelope("alice", r)),
-        INVALID,
-        "STATEMENT_MISMATCH",
-        "decision differ",
-        actor="alice",
-        method=DENY,
-        request_id=r.id,
-    )
-    _assert_pending(c, r, [])
 
 
 def _mangle(good: bytes, how: str) -> bytes:
@@ -601,92 +739,6 @@ def _signed_payload(c: Clients, officer: str, payload: bytes) -> bytes:
     )
 
 
-@pytest.mark.parametrize(
-    ("how", "phrase"),
-    [
-        ("empty", "the approval envelope is empty"),
-        ("not JSON", "not valid DSSE JSON"),
-        ("JSON list", "not valid DSSE JSON"),
-        ("wrong payloadType", "payloadType must be application/vnd.signer.approval.v1+json"),
-        ("two signatures", "exactly one signature"),
-        ("no signatures", "exactly one signature"),
-        ("bad base64 payload", "not valid DSSE JSON"),
-        ("bad base64 sig", "not valid DSSE JSON"),
-        ("missing payload", "not valid DSSE JSON"),
-        ("oversized", "is over 262144 bytes"),
-        ("statement not canonical", "not in canonical JSON form"),
-        ("statement extra field", "fields must be exactly"),
-        ("statement not an object", "must be a JSON object"),
-    ],
-)
-def test_malformed_envelope(shared: Running, how: str, phrase: str) -> None:
-    """A malformed DSSE envelope or statement is INVALID_ARGUMENT BAD_ENVELOPE."""
-    c = shared.clients
-    r = c.create()
-    good = c.envelope("alice", r)
-    stmt = Statement(
-        r.id,
-        r.key_name,
-        r.key_id,
-        tuple(Digest("sha256", d.value, d.artifact_name) for d in r.digests),
-        "approve",
-        "alice",
-        dt.datetime.now(dt.UTC),
-    )
-    env: bytes
-    if how == "empty":
-        env = b""
-    elif how == "not JSON":
-        env = b"this is not json {"
-    elif how == "JSON list":
-        env = b"[]"
-    elif how == "oversized":
-        env = good + b" " * (256 * 1024)
-    elif how == "statement not canonical":
-        env = _signed_payload(c, "alice", json.dumps(stmt.as_dict(), indent=2).encode())
-    elif how == "statement extra field":
-        env = _signed_payload(c, "alice", canonical_json({**stmt.as_dict(), "extra": 1}))
-    elif how == "statement not an object":
-        env = _signed_payload(c, "alice", b"[]")
-    else:
-        env = _mangle(good, how)
-    _expect(
-        shared.env,
-        _approve_call(c, "alice", r.id, env),
-        INVALID,
-        "BAD_ENVELOPE",
-        phrase,
-        actor="alice",
-        method=APPROVE,
-        request_id=r.id,
-    )
-    _assert_pending(c, r, [])
-
-
-# -- approvals on finished requests ------------------------------------------------------
-
-
-def test_approve_after_denial(shared: Running) -> None:
-    """Once one officer denies, an approval is FAILED_PRECONDITION REQUEST_DENIED."""
-    c = shared.clients
-    r = c.create()
-    assert c.deny("bob", r, reason="unknown commit").state == types_pb2.REQUEST_STATE_DENIED
-    _expect(
-        shared.env,
-        _approve_call(c, "alice", r.id, c.envelope("alice", r)),
-        PRECONDITION,
-        "REQUEST_DENIED",
-        "is DENIED; cannot approve it",
-        actor="alice",
-        method=APPROVE,
-        request_id=r.id,
-    )
-    now = c.get(r.id)
-    assert now.state == types_pb2.REQUEST_STATE_DENIED
-    assert [(a.approver, a.decision) for a in now.approvals] == [("bob", types_pb2.DECISION_DENY)]
-    assert list(now.signatures) == []
-
-
 def test_approve_after_expiry(shared: Running) -> None:
     """An approval after the TTL is FAILED_PRECONDITION REQUEST_EXPIRED; the request is EXPIRED."""
     c = shared.clients
@@ -710,28 +762,6 @@ def test_approve_after_expiry(shared: Running) -> None:
     ]
     assert events[-1]["actor"] == "bob"
     assert events[-1]["details"]["reason"] == "REQUEST_EXPIRED"
-
-
-def test_approve_after_signing(shared: Running) -> None:
-    """A third approval after the request is signed is FAILED_PRECONDITION REQUEST_SIGNED."""
-    c = shared.clients
-    r = c.create()
-    c.approve("alice", r)
-    signed = c.approve("bob", r)
-    assert signed.state == types_pb2.REQUEST_STATE_SIGNED
-    _expect(
-        shared.env,
-        _approve_call(c, "carol", r.id, c.envelope("carol", r)),
-        PRECONDITION,
-        "REQUEST_SIGNED",
-        "is SIGNED; cannot approve it",
-        actor="carol",
-        method=APPROVE,
-        request_id=r.id,
-    )
-    now = c.get(r.id)
-    assert [a.approver for a in now.approvals] == ["alice", "bob"]
-    assert list(now.signatures) == list(signed.signatures)
 
 
 # -- requesters -----------------------------------------------------------------------------
