@@ -54,6 +54,7 @@ from signer.errors import (
     TokenError,
     TooLargeError,
 )
+from signer.events import Event, Hook, Kind
 from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
 from signer.policy import KeyPolicy
@@ -95,16 +96,6 @@ class DigestSigner(Protocol):
     ) -> list[bytes]:
         """(hash name, digest) pairs signed in order, in one token loop."""
         ...
-
-
-class SignObserver(Protocol):
-    """Told of each request signed or failed here, and of each call refused (the metrics)."""
-
-    def signed_request(self, seconds: float, digests: int) -> None: ...
-
-    def sign_failed(self) -> None: ...
-
-    def call_rejected(self, reason: str) -> None: ...
 
 
 class Notifier:
@@ -175,7 +166,7 @@ class Core:
         limits: Limits = LIMITS,
         notifier: Notifier | None = None,
         checkpointer: Checkpointer | None = None,
-        observer: SignObserver | None = None,
+        events: Hook | None = None,
     ) -> None:
         self.store = store
         self.token = token
@@ -186,7 +177,9 @@ class Core:
         self.limits = limits
         self.notifier = notifier or Notifier()
         self.checkpointer = checkpointer
-        self.observer = observer
+        # Transitions are told through one hook; waiters subscribe first.
+        self.events = events or Hook()
+        self.events.subscribe(self._wake_waiters)
         self.group = GroupCommit(
             store, before_commit=checkpointer.cover if checkpointer is not None else None
         )
@@ -194,6 +187,11 @@ class Core:
         self._signing_lock = threading.Lock()
         self._rejections: dict[str, tuple[int, int, int]] = {}  # minute, recorded, suppressed
         self._rejections_lock = threading.Lock()
+
+    def _wake_waiters(self, event: Event) -> None:
+        """Waiters hear of every change of a request (a quorum is told by its approval)."""
+        if event.request_id and event.kind not in (Kind.QUORUM, Kind.REJECTED):
+            self.notifier.publish(event.request_id, terminal=event.terminal)
 
     def _tx(self) -> AbstractContextManager[Tx]:
         """A store transaction, shared with concurrent ones (group commit), that ends
@@ -308,7 +306,7 @@ class Core:
                 )
             tx.insert_request(request, params)
             tx.append_audit(now, "request.created", actor, request.id, key_name, details)
-        self.notifier.publish(request.id, terminal=False)
+        self.events.emit(Event(Kind.CREATED, request.id, key_name, actor))
         log.info("request created", request_id=request.id, key_name=key_name, digests=len(digests))
         return request
 
@@ -381,7 +379,7 @@ class Core:
             tx.append_audit(
                 now, "request.cancelled", actor, request_id, request.key_name, {"reason": reason}
             )
-        self.notifier.publish(request_id)
+        self.events.emit(Event(Kind.CANCELLED, request_id, request.key_name, actor))
         return self._get(request_id)
 
     def list_for_approver(
@@ -464,7 +462,10 @@ class Core:
                     )
                     reached = True
             result = self._get_in(tx, request_id)
-        self.notifier.publish(request_id, terminal=result.terminal)
+        kind = Kind.DENIED if decision == "deny" else Kind.APPROVED
+        self.events.emit(Event(kind, request_id, request.key_name, actor))
+        if reached:
+            self.events.emit(Event(Kind.QUORUM, request_id, request.key_name, actor))
         log.info("decision recorded", request_id=request_id, decision=decision, approver=actor)
         if reached:
             try:
@@ -570,9 +571,7 @@ class Core:
             )
         except TokenError as e:
             log.error("token signing failed", request_id=request_id, error=str(e))
-            if self.observer is not None:
-                self.observer.sign_failed()
-            self._fail(request, f"the token failed to sign: {e}")
+            self._fail(request, f"the token failed to sign: {e}", token=True)
             return None
         token_seconds = time.perf_counter() - started
         now = self.clock()
@@ -595,13 +594,19 @@ class Core:
                 },
             )
             signed = self._get_in(tx, request_id)
-        self.notifier.publish(request_id)
-        if self.observer is not None:
-            self.observer.signed_request(token_seconds, len(signatures))
+        self.events.emit(
+            Event(
+                Kind.SIGNED,
+                request_id,
+                request.key_name,
+                "signer",
+                {"seconds": token_seconds, "signatures": len(signatures)},
+            )
+        )
         log.info("request signed", request_id=request_id, signatures=len(signatures))
         return signed
 
-    def _fail(self, request: Request, why: str) -> None:
+    def _fail(self, request: Request, why: str, token: bool = False) -> None:
         now = self.clock()
         with self._tx() as tx:
             if self._get_in(tx, request.id).state is not State.APPROVED:
@@ -610,7 +615,9 @@ class Core:
             tx.append_audit(
                 now, "request.failed", "signer", request.id, request.key_name, {"error": why}
             )
-        self.notifier.publish(request.id)
+        self.events.emit(
+            Event(Kind.FAILED, request.id, request.key_name, "signer", {"token": token})
+        )
 
     def recover(self, min_age: dt.timedelta = dt.timedelta(0)) -> int:
         """Sign APPROVED requests left unsigned (crash, store outage). Returns how many."""
@@ -643,7 +650,7 @@ class Core:
                     {"expire_time": format_time(request.expires)},
                 )
         for rid in ids:
-            self.notifier.publish(rid)
+            self.events.emit(Event(Kind.EXPIRED, rid, actor="signer"))
         return len(ids)
 
     def _expire_if_due(self, request_id: str) -> None:
@@ -670,8 +677,14 @@ class Core:
         self, actor: str, method: str, error: SignerError, request_id: str = ""
     ) -> None:
         """Audit a rejected call; past the per-identity rate, count it into the next entry."""
-        if self.observer is not None:  # every one, audited or not
-            self.observer.call_rejected(error.reason)
+        self.events.emit(  # every one, audited or not
+            Event(
+                Kind.REJECTED,
+                request_id,
+                actor=actor,
+                details={"reason": error.reason, "method": method},
+            )
+        )
         with self._rejections_lock:
             minute = int(self.clock().timestamp() // 60)
             start, recorded, suppressed = self._rejections.get(actor, (minute, 0, 0))

@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from signer.errors import ConfigError
+from signer.events import Event, Kind
 from signer.model import State
 from signer.parsing import parse_address
 from signer.store import Store
@@ -138,16 +139,16 @@ class Metrics:
         self.registry.register(_Collector(store, token))
         self._http: WSGIServer | None = None
 
-    def signed_request(self, seconds: float, digests: int) -> None:
-        self.sign_seconds.observe(seconds)
-        self.batch_digests.observe(digests)
-        self.signed.inc()
-
-    def sign_failed(self) -> None:
-        self.sign_failures.inc()
-
-    def call_rejected(self, reason: str) -> None:
-        self.rejected_calls.labels(reason=reason or "UNKNOWN").inc()
+    def on_event(self, event: Event) -> None:
+        """The core's lifecycle events this replica counts."""
+        if event.kind is Kind.SIGNED:
+            self.sign_seconds.observe(event.details["seconds"])
+            self.batch_digests.observe(event.details["signatures"])
+            self.signed.inc()
+        elif event.kind is Kind.FAILED and event.details.get("token"):
+            self.sign_failures.inc()
+        elif event.kind is Kind.REJECTED:
+            self.rejected_calls.labels(reason=event.details.get("reason") or "UNKNOWN").inc()
 
     def audit_head_refused(self, reason: str) -> None:
         self.head_refusals.inc()

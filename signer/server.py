@@ -129,8 +129,9 @@ class Server:
                 config.keys,
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token, metrics),
-                observer=metrics,
             )
+            if metrics is not None:
+                core.events.subscribe(metrics.on_event)
             # Replicas on one database hear each other's changes through the store.
             store.subscribe(core.notifier.publish)
             server, port, oidc_port, health_servicer = _grpc_server(config, core)  # binds early

@@ -37,6 +37,7 @@ from signer.errors import (
     StoreError,
     TooLargeError,
 )
+from signer.events import Event, Kind
 from signer.model import Digest, Request, State
 from signer.verify import verify_digest
 from testbed.env import Db
@@ -834,3 +835,39 @@ def test_a_waiter_sees_a_change_it_was_never_told_of(world: World) -> None:
     elsewhere.decide("bob", r.id, world.envelope("bob", r), "approve")
     waiter.join(timeout=30)
     assert not waiter.is_alive() and got[0].state is State.SIGNED
+
+
+def test_each_transition_is_one_event_on_the_hook_after_its_audit_entry(world: World) -> None:
+    """Subscribers hear one typed event per transition, in the audit log's order and after
+    the entry is written; one that raises is skipped and blocks neither the others nor
+    the transition."""
+    heard: list[tuple[str, str, bool, int]] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("a subscriber that fails")
+
+    def recorder(event: Event) -> None:
+        written = sum(e.event == event.kind for e in world.audit())
+        heard.append((event.kind, event.request_id, event.terminal, written))
+
+    world.core.events.subscribe(broken)
+    world.core.events.subscribe(recorder)
+    signed = world.create()
+    world.approve("alice", signed)
+    assert world.approve("bob", signed).state is State.SIGNED
+    denied = world.create()
+    world.deny("alice", denied)
+    kinds = [(k, rid, terminal) for k, rid, terminal, _ in heard]
+    assert kinds == [
+        (Kind.CREATED, signed.id, False),
+        (Kind.APPROVED, signed.id, False),
+        (Kind.APPROVED, signed.id, False),
+        (Kind.QUORUM, signed.id, False),
+        (Kind.SIGNED, signed.id, True),
+        (Kind.CREATED, denied.id, False),
+        (Kind.DENIED, denied.id, True),
+    ]
+    assert all(written >= 1 for *_, written in heard)  # its entry was there already
+    assert [e.event for e in world.audit() if e.request_id == signed.id] == [
+        k for k, rid, _ in kinds if rid == signed.id
+    ]
