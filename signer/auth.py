@@ -89,10 +89,11 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
         )
     },
     # Health/Watch is left without a rule: an open-ended stream would let any
-    # certificate holder pin worker threads. Reflection needs a role.
+    # certificate holder pin worker threads. Reflection, a stream a caller keeps open
+    # as long as it sends a message now and then, is for admins.
     "/grpc.health.v1.Health/Check": frozenset({ANY}),
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _ANY_ROLE,
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _ANY_ROLE,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": frozenset({"admin"}),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": frozenset({"admin"}),
 }
 
 current_identity: contextvars.ContextVar[str] = contextvars.ContextVar("identity", default="")
@@ -236,27 +237,37 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, identity: str, method: str, requests: Iterator[Any], context: grpc.ServicerContext
     ) -> Any:
         """The call's next message; the call is cancelled if it is not sent in time (a
-        caller with a role holds a worker while it waits, DESIGN §14)."""
+        caller with a role holds a worker while it waits, DESIGN §14).
+
+        Once its time is up the call ends, even when a message or the end of the stream
+        (gRPC reports a cancelled call either way) came at that moment: nothing a
+        cancelled call sent is acted on.
+        """
         with self._watchdog.within(context.cancel) as watch:
             try:
-                return next(requests)
-            except grpc.RpcError:
-                if watch.expired:
-                    error = InvalidArgumentError(
-                        f"no request message within {self._watchdog.seconds:g}s; call cancelled",
-                        reason="MESSAGE_TIMEOUT",
-                    )
-                    self._log(
-                        "call cancelled",
-                        identity,
-                        context,
-                        method=method,
-                        reason=error.reason,
-                        error=str(error),
-                    )
-                    with contextlib.suppress(StoreError):  # the call is over either way
-                        self._on_reject(identity, method, error)
-                raise
+                message = next(requests)
+                ended: BaseException | None = None
+            except (grpc.RpcError, StopIteration) as e:
+                ended = e
+        if watch.expired:  # final once `within` is left
+            error = InvalidArgumentError(
+                f"no request message within {self._watchdog.seconds:g}s; call cancelled",
+                reason="MESSAGE_TIMEOUT",
+            )
+            self._log(
+                "call cancelled",
+                identity,
+                context,
+                method=method,
+                reason=error.reason,
+                error=str(error),
+            )
+            with contextlib.suppress(SignerError):  # the call is over either way
+                self._on_reject(identity, method, error)
+            abort(context, error)
+        if ended is not None:
+            raise ended
+        return message
 
     def _one(
         self, identity: str, method: str, requests: Iterator[Any], context: grpc.ServicerContext

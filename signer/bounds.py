@@ -206,7 +206,7 @@ class Watchdog:
         key = next(self._ids)
         with self._cond:
             self._waits[key] = (self._clock() + self.seconds, watch, on_expiry)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():  # first, or it died
                 self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
                 self._thread.start()
             elif len(self._waits) == 1:

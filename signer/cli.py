@@ -869,7 +869,7 @@ def _audit_events(profile: Profile, f: dict[str, Any]) -> Iterator[audit_pb2.Aud
         page_size=1000,
     )
     with stubs(profile, audit_pb2_grpc.AuditServiceStub) as (stub,):
-        events = paged(profile, stub.ListAuditEvents, req, lambda r: r.events)
+        events = paged(profile, stub.ListAuditEvents, req, lambda r: r.events, f["limit"])
         for e in itertools.islice(events, f["limit"]):
             if f["approver"] and e.event not in ("request.approved", "request.denied"):
                 continue

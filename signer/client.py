@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -212,12 +213,14 @@ class RemoteError(SignerError):
 
 def remote_error(e: grpc.RpcError) -> RemoteError:
     reason = ""
-    status = rpc_status.from_call(e)
-    if status is not None:
-        for detail in status.details:
+    try:  # a server's status details that do not parse, or disagree, say nothing
+        status = rpc_status.from_call(e)
+        for detail in status.details if status is not None else ():
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
                 reason = info.reason
+    except (ValueError, DecodeError):
+        reason = ""
     message = e.details() or ""
     if e.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in message.lower():
         message += " (check the profile's CA, client certificate and server address)"
@@ -235,6 +238,7 @@ def call(
 
 
 MAX_LISTED = 100_000  # items of one listing a client takes from a server
+_MAX_TOKEN = 256  # characters of a page token (the server's are a number)
 
 
 def paged(
@@ -247,8 +251,9 @@ def paged(
     """Every item of a paged listing, page by page (`request.page_token` moves on).
 
     A server's listing must move on: a page that says more follows carries items and a
-    token not seen before, and a listing ends within `limit` items; else it stops with
-    VerificationError, so no server keeps a client paging forever.
+    short token not seen before, and a listing ends within `limit` items; else it stops
+    with VerificationError, so no server keeps a client paging forever or holding its
+    tokens.
     """
     seen: set[str] = set()
     count = 0
@@ -260,6 +265,10 @@ def paged(
         token = resp.next_page_token
         if not token:
             return
+        if len(token) > _MAX_TOKEN:
+            raise VerificationError(
+                f"the server sent a page token of {len(token)} characters; the listing stops"
+            )
         if not got or token in seen or token == request.page_token:
             raise VerificationError(
                 "the server's listing does not move on (an empty page, or a page token "

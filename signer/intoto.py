@@ -83,7 +83,13 @@ class InTotoStatement:
         def exact_float(text: str) -> float:
             value = float(text)
             # Shown re-serialised: the number shown must be the number sent.
-            if not math.isfinite(value) or decimal.Decimal(repr(value)) != decimal.Decimal(text):
+            try:
+                exact = math.isfinite(value) and decimal.Decimal(repr(value)) == decimal.Decimal(
+                    text
+                )
+            except decimal.InvalidOperation:  # an exponent past what Decimal compares
+                exact = False
+            if not exact:
                 raise bad(f"the number {_quoted(text[:40])} has no exact double value")
             return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -412,3 +413,42 @@ def test_health_open_to_any_certificate(shared: Running) -> None:
         health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT
     )
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_message_that_comes_as_its_time_runs_out_is_not_acted_on() -> None:
+    """A call whose message arrives only once the watchdog has fired is refused
+    (MESSAGE_TIMEOUT, audited) and its handler never runs: nothing a cancelled call
+    sent is acted on."""
+    cert, _ = DevCA("unit test CA").issue("ci")
+    calls: list[str] = []
+    rejected: list[tuple[str, str, SignerError]] = []
+    cancelled = threading.Event()
+
+    def behaviour(request: str, context: Any) -> str:
+        calls.append(request)
+        return "ok"
+
+    class Late(_FakeContext):
+        def cancel(self) -> None:
+            cancelled.set()
+
+    def late_message() -> Iterator[str]:
+        assert cancelled.wait(10)  # the message comes just after the deadline fired
+        yield "req"
+
+    interceptor = AuthInterceptor(
+        lambda identity: frozenset({"requester"}),
+        DEFAULT_RULES,
+        lambda *a: rejected.append(a),
+        message_timeout=0.05,
+    )
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    guarded = interceptor.intercept_service(
+        lambda d: handler, _Details("/signer.v1.SigningService/CreateSigningRequest")
+    )
+    with pytest.raises(_Aborted) as e:
+        guarded.stream_unary(late_message(), Late([cert]))
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no request message within 0.05s" in e.value.details
+    assert calls == []
+    assert [(who, err.reason) for who, _, err in rejected] == [("ci", "MESSAGE_TIMEOUT")]

@@ -359,6 +359,8 @@ _UNSHOWN_NUMBERS = {
     "float with no exact double": b"1.00000000000000001",
     "integer past 2^53-1": b"9007199254740993",
     "integer of 5000 digits": b"9" * 5000,
+    "zero with a huge exponent": b"0e99999999999999999999999",
+    "float with a huge negative exponent": b"1e-99999999999999999999",
 }
 
 # (payload_type, payload, digests) -> code, reason

@@ -15,7 +15,7 @@ from signer.v1 import signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, Clients
 from testbed.commands import wait_until
 from testbed.process import Running
-from tests.harness import DIGEST_ALGORITHMS, audit_events
+from tests.harness import DIGEST_ALGORITHMS, audit_events, rpc_error
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 PENDING = types_pb2.REQUEST_STATE_PENDING
@@ -164,7 +164,8 @@ def test_audit_records_the_story(shared: Running) -> None:
 
 
 def test_health_and_reflection(clients: Clients) -> None:
-    """Health checking reports SERVING; reflection lists the signer services."""
+    """Health checking reports SERVING to any role; reflection lists the signer services
+    to an admin, and to no one else."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -173,10 +174,17 @@ def test_health_and_reflection(clients: Clients) -> None:
         health_pb2.HealthCheckRequest(service="signer.v1.SigningService"), timeout=RPC_TIMEOUT
     )
     assert h.status == health_pb2.HealthCheckResponse.SERVING
-    stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-    responses = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=RPC_TIMEOUT
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    refused = rpc_error(
+        lambda: list(
+            reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([ask]), timeout=RPC_TIMEOUT
+            )
+        )
     )
+    assert refused.reason == "ROLE_NOT_ALLOWED"
+    stub = reflection_pb2_grpc.ServerReflectionStub(clients.channel("admin"))
+    responses = stub.ServerReflectionInfo(iter([ask]), timeout=RPC_TIMEOUT)
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {
         "signer.v1.SigningService",

@@ -558,18 +558,38 @@ def _empty_pages(proxy: HostileServer, method: str, request: bytes) -> Any:
     return None
 
 
-@pytest.mark.parametrize("pages", [_cycling_pages, _empty_pages], ids=["cycling", "empty"])
+def _huge_tokens(proxy: HostileServer, method: str, request: bytes) -> Any:
+    if method == "ListRequests":
+        asked = approval_pb2.ListRequestsRequest.FromString(request)
+        asked.page_token = ""
+        page = approval_pb2.ListRequestsResponse.FromString(
+            proxy.upstream("/signer.v1.ApprovalService/ListRequests", asked)
+        )
+        page.next_page_token = os.urandom(8).hex() * 100_000  # 1.6 MB, new every time
+        return page
+    return None
+
+
+@pytest.mark.parametrize(
+    ("pages", "phrase"),
+    [
+        (_cycling_pages, "listing does not move on"),
+        (_empty_pages, "listing does not move on"),
+        (_huge_tokens, "page token of 1600000 characters"),
+    ],
+    ids=["cycling", "empty", "huge tokens"],
+)
 def test_approver_list_stops_a_listing_that_never_ends(
-    shared_env: Env, clients: Clients, pages: Any
+    shared_env: Env, clients: Clients, pages: Any, phrase: str
 ) -> None:
-    """Page tokens that come back, or pages without items that say more follows, end
-    the listing with an error after a few calls, not a loop."""
+    """Page tokens that come back, pages without items that say more follows, or tokens
+    of megabytes end the listing with an error after a few calls, not a loop."""
     clients.create(who="ci3")
     with hostile(shared_env, "alice", _unchanged, pages) as proxy:
         p = _approver(proxy, "list")
         listed = proxy.calls["ListRequests"]
     assert p.returncode == 1
-    assert "listing does not move on" in p.stderr
+    assert phrase in p.stderr
     assert listed <= 3
 
 
