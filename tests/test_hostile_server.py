@@ -298,10 +298,8 @@ def test_status_checks_the_files_and_the_request_id(
 # -- polling ----------------------------------------------------------------------------
 
 
-def _never_done(proxy: HostileServer, method: str, request: bytes) -> Any:
-    """Answer every wait at once, undecided (with the real request, so it matches)."""
-    if method != "WaitSigningRequest":
-        return None
+def _waited_on(proxy: HostileServer, request: bytes) -> types_pb2.SigningRequest:
+    """The real request a WaitSigningRequest call names, as the real server has it."""
     asked = signing_pb2.WaitSigningRequestRequest.FromString(request)
     got = signing_pb2.GetSigningRequestResponse.FromString(
         proxy.upstream(
@@ -309,7 +307,14 @@ def _never_done(proxy: HostileServer, method: str, request: bytes) -> Any:
             signing_pb2.GetSigningRequestRequest(id=asked.id),
         )
     )
-    return signing_pb2.WaitSigningRequestResponse(request=got.request, done=False)
+    return got.request
+
+
+def _never_done(proxy: HostileServer, method: str, request: bytes) -> Any:
+    """Answer every wait at once, undecided (with the real request, so it matches)."""
+    if method != "WaitSigningRequest":
+        return None
+    return signing_pb2.WaitSigningRequestResponse(request=_waited_on(proxy, request), done=False)
 
 
 def test_tuf_signer_backs_off_a_server_that_never_says_done(shared_env: Env) -> None:
@@ -408,16 +413,10 @@ def test_tuf_signer_refusal_carries_the_server_text_escaped(shared_env: Env) -> 
     def denied(proxy: HostileServer, method: str, request: bytes) -> Any:
         if method != "WaitSigningRequest":
             return None
-        asked = signing_pb2.WaitSigningRequestRequest.FromString(request)
-        got = signing_pb2.GetSigningRequestResponse.FromString(
-            proxy.upstream(
-                "/signer.v1.SigningService/GetSigningRequest",
-                signing_pb2.GetSigningRequestRequest(id=asked.id),
-            )
-        )
-        got.request.state = types_pb2.REQUEST_STATE_DENIED
-        got.request.status_message = f"no{ESC}]0;owned{chr(7)}"
-        return signing_pb2.WaitSigningRequestResponse(request=got.request, done=True)
+        real = _waited_on(proxy, request)
+        real.state = types_pb2.REQUEST_STATE_DENIED
+        real.status_message = f"no{ESC}]0;owned{chr(7)}"
+        return signing_pb2.WaitSigningRequestResponse(request=real, done=True)
 
     with hostile(shared_env, "ci3", _unchanged, denied) as proxy:
         uri, key = import_key("release", proxy.profile("ci3"))
