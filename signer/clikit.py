@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from signer.client import RemoteError, stubs
+from signer.client import stubs
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
 from signer.errors import ConfigError, InvalidArgumentError, SignerError
 from signer.intoto import InTotoStatement, pae_digest
@@ -83,7 +83,7 @@ def echo(message: str) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn SignerError / RemoteError into one line and an exit code."""
+    """Turn a SignerError (RemoteError included) into one line and an exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -92,8 +92,6 @@ def handle_errors(fn: F) -> F:
         except ConfigError as e:
             fail(str(e), EXIT_USAGE)
         except SignerError as e:
-            fail(str(e))
-        except RemoteError as e:
             fail(str(e))
 
     return wrapper  # type: ignore[return-value]
