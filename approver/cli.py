@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from approver.errors import ApproverError
 from signer import __version__
 from signer.algorithms import HASH_SIZES
-from signer.approval_keys import generate, load_private
-from signer.client import Profile, fetch_request, list_requests, load_profile
-from signer.clikit import (
+from signer.approval.files import generate, load_private
+from signer.cli.kit import (
     Cell,
     call,
     fail,
@@ -39,10 +38,11 @@ from signer.clikit import (
     server_opt,
     stubs,
 )
+from signer.client.profile import Profile, fetch_request, list_requests, load_profile
 from signer.convert import STATE_TO_PB
 from signer.dsse import Statement, key_id_of, sign_statement
 from signer.errors import ConfigError
-from signer.intoto import predicate_json
+from signer.formats.intoto import predicate_json
 from signer.model import INLINE_DIGESTS, Digest, State
 from signer.parsing import read_secret
 from signer.text import is_displayable

@@ -49,7 +49,7 @@ from signer.algorithms import KeyAlgorithm
 from signer.audit import merkle
 from signer.audit.checkpoint import Checkpointer
 from signer.audit.note import Checkpoint, Verifier, open_note
-from signer.core import Core
+from signer.core.machine import Core
 from signer.store.sqlite import SqliteStore
 
 BATCH = 10_000  # entries per transaction while growing the log

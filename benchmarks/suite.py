@@ -25,7 +25,7 @@ or duplicated, the audit log fetches and verifies). A missed target is
 reported with how far off it is and, when py-spy is installed (the dev
 extras), the server's profile during the missed path.
 
-This is the one place outside `signer/hsm.py` that imports pkcs11: the floor is
+This is the one place outside `signer/token/hsm.py` that imports pkcs11: the floor is
 by definition the bare library loop.
 """
 
@@ -62,9 +62,9 @@ from pkcs11 import MGF, Mechanism, ObjectClass
 
 from benchmarks import audit as audit_bench
 from benchmarks.load import Flow, Setup, add_pipelines, check, pipeline_name, serving
-from signer.config import load_config
 from signer.dsse import Statement, pae, sign_statement
 from signer.model import Digest
+from signer.server.config import load_config
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from signer.verify import verify_digest
 from testbed.clients import Clients, sha256_digest

@@ -1,5 +1,5 @@
 """`python -m signer` runs the `signer` command."""
 
-from signer.cli import main
+from signer.cli.main import main
 
 main()

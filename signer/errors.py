@@ -23,7 +23,7 @@ once, and the gRPC servicer maps them to status codes exactly once.
     ├── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
     ├── VerificationError        a proof, checkpoint or signed note does not verify
     │   └── ResponseMismatchError  a server's answer is not for what the client asked
-    ├── RemoteError              (signer.client) a call the server failed, with its status
+    ├── RemoteError              (signer.client.profile) a call the server failed, with its status
     ├── ServiceSignerError       (signer.sslib) the TUF signer got no good signature
     └── ApproverError            (approver.errors) the approver CLI's own errors
 

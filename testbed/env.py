@@ -20,12 +20,12 @@ from typing import Any
 import psycopg
 import tomli_w
 
-from signer.approval_keys import generate as generate_approval_key
-from signer.approval_keys import load_private
+from signer.approval.files import generate as generate_approval_key
+from signer.approval.files import load_private
 from signer.audit import merkle
 from signer.audit.note import open_checkpoint
-from signer.client import Profile, load_profile
-from signer.config import StoreConfig
+from signer.client.profile import Profile, load_profile
+from signer.server.config import StoreConfig
 from signer.store import Store
 from signer.store.factory import open_store
 from signer.tls import DevCA, write_private

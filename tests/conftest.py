@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from signer.softhsm import DEFAULT_MODULE
 from signer.tls import DevCA
+from signer.token.softhsm import DEFAULT_MODULE
 from testbed.clients import Clients
 from testbed.env import Db, Env, make_env
 from testbed.pg import PgServer, find_bin_dir

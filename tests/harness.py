@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from signer.client import RemoteError, remote_error
+from signer.client.profile import RemoteError, remote_error
 from testbed.commands import SIGNER, wait_until
 from testbed.env import Env
 from testbed.process import ServerProcess

@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from signer.audit.head import MISMATCH, ROLLBACK
-from signer.client import RemoteError
+from signer.client.profile import RemoteError
 from testbed.commands import SIGNER, free_port, run, wait_until
 from testbed.env import Db, Env, make_env
 from testbed.pg import PgServer

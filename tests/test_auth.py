@@ -12,8 +12,8 @@ from cryptography import x509
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from signer.auth import ANY, DEFAULT_RULES, AuthInterceptor
 from signer.errors import SignerError
+from signer.server.auth import ANY, DEFAULT_RULES, AuthInterceptor
 from signer.tls import DevCA
 from signer.v1 import (
     approval_pb2,

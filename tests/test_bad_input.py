@@ -16,7 +16,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from signer.client import RemoteError
+from signer.client.profile import RemoteError
 from signer.dsse import PAYLOAD_TYPE, Statement, pae
 from signer.encoding import canonical_json
 from signer.model import Digest

@@ -19,9 +19,9 @@ import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from signer.client import load_profile
-from signer.config import load_config, parse_duration
+from signer.client.profile import load_profile
 from signer.errors import ConfigError
+from signer.server.config import load_config, parse_duration
 from signer.sslib import parse_uri
 from signer.tls import DevCA, check_server_files, write_private
 from testbed.commands import SIGNER, run

@@ -31,9 +31,9 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.audit.note import Verifier, sign_note
-from signer.bundle import MEDIA_TYPE, Bundle, Trust, verify_bundle
 from signer.dsse import Statement, sign_statement
 from signer.errors import ConfigError, VerificationError
+from signer.formats.bundle import MEDIA_TYPE, Bundle, Trust, verify_bundle
 from signer.model import Digest
 from signer.v1 import signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, sha256_digest

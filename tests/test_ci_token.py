@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from signer.ci_token import TokenSource
+from signer.client.ci_token import TokenSource
 from signer.errors import ConfigError
 
 

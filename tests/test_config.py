@@ -18,9 +18,9 @@ import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from signer import approval_keys
-from signer.config import Config, load_config, read_secret
+from signer.approval import files as approval_keys
 from signer.errors import ConfigError
+from signer.server.config import Config, load_config, read_secret
 from signer.tls import DevCA, write_private
 
 PIN = "pin-4242-very-secret"

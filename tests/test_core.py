@@ -23,8 +23,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import ALGORITHMS
-from signer.config import KeyPolicy
-from signer.core import Core, KeySpec, Limits
+from signer.core.events import Event, Kind
+from signer.core.machine import Core, KeySpec, Limits
 from signer.dsse import PAYLOAD_TYPE, Statement, key_id_of, pae
 from signer.errors import (
     AlreadyExistsError,
@@ -37,8 +37,8 @@ from signer.errors import (
     StoreError,
     TooLargeError,
 )
-from signer.events import Event, Kind
 from signer.model import Digest, Request, State
+from signer.server.config import KeyPolicy
 from signer.verify import verify_digest
 from testbed.env import Db
 from tests.fakes import SimulatedCrash, World, make_world, sha256_digest

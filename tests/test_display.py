@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signer.client import load_profile
+from signer.client.profile import load_profile
 from signer.errors import ConfigError
 from signer.sslib import parse_uri
 from signer.text import is_displayable, shown

@@ -30,9 +30,9 @@ from securesystemslib import exceptions as sslib_exceptions
 from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]  # no __all__
 
-from signer.bundle import Bundle, Trust, verify_bundle
 from signer.errors import VerificationError
-from signer.intoto import (
+from signer.formats.bundle import Bundle, Trust, verify_bundle
+from signer.formats.intoto import (
     MAX_PAYLOAD_BYTES,
     PAYLOAD_TYPE,
     PREDICATE_TYPE,

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from signer.algorithms import HASH_SIZES
 from signer.audit.entry import EVENTS, AuditEntry
-from signer.config import parse_duration
 from signer.dsse import (
     MAX_ENVELOPE_BYTES,
     PAYLOAD_TYPE,
@@ -33,6 +32,7 @@ from signer.dsse import (
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import EnvelopeError
 from signer.model import Digest
+from signer.server.config import parse_duration
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 OTHER_KEY = ed25519.Ed25519PrivateKey.generate()

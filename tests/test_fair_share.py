@@ -21,9 +21,9 @@ from typing import Any
 import grpc
 import pytest
 
-from signer.config import load_config
-from signer.core import LIMITS
-from signer.server import STREAMS_PER_CONNECTION, _options
+from signer.core.machine import LIMITS
+from signer.server.app import STREAMS_PER_CONNECTION, _options
+from signer.server.config import load_config
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT
 from testbed.commands import wait_until

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from securesystemslib.signer import Signer  # type: ignore[attr-defined]  # no __all__
 
-from signer.client import list_requests
+from signer.client.profile import list_requests
 from signer.sslib import (
     SignatureCheckError,
     SigningRefusedError,

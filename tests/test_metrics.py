@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from signer.errors import StoreError
-from signer.metrics import Metrics
+from signer.server.metrics import Metrics
 from signer.v1 import approval_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, sha256_digest
 from testbed.commands import SIGNER, free_port, wait_until

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from signer.config import load_config
-from signer.oidc import OidcVerifier
+from signer.server.config import load_config
+from signer.server.oidc import OidcVerifier
 from testbed.commands import wait_until
 from tests.harness import rpc_error
 from tests.idp import IdP

@@ -28,7 +28,7 @@ from securesystemslib.signer import (  # type: ignore[attr-defined]  # no __all_
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root, Targets  # type: ignore[attr-defined]
 
-from signer.client import RemoteError
+from signer.client.profile import RemoteError
 from signer.convert import HASH_TO_PB
 from signer.errors import ConfigError
 from signer.sslib import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from signer.config import load_config
+from signer.server.config import load_config
 from testbed.commands import SIGNER, run
 from testbed.env import Env
 from testbed.process import running

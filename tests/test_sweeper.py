@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from signer.model import State
-from signer.sweeper import Sweeper
+from signer.server.sweeper import Sweeper
 from testbed.commands import wait_until
 from testbed.env import Db
 from tests.fakes import World, make_world

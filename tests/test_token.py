@@ -27,8 +27,8 @@ _SCRIPT = textwrap.dedent(
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
 
-    from signer.admin import open_token
-    from signer.config import load_config
+    from signer.server.admin import open_token
+    from signer.server.config import load_config
     from signer.errors import InvalidArgumentError
     from signer.verify import verify_digest
 
@@ -93,9 +93,9 @@ _STEP_ASIDE = textwrap.dedent(
 
     from cryptography.hazmat.primitives import serialization
 
-    from signer import hsm
-    from signer.admin import open_token
-    from signer.config import load_config
+    from signer.token import hsm
+    from signer.server.admin import open_token
+    from signer.server.config import load_config
     from signer.verify import verify_digest
 
     config = load_config(Path(sys.argv[1]))

@@ -338,9 +338,9 @@ _TOKEN_HEADS = textwrap.dedent(
     import json, sys
     from pathlib import Path
 
-    from signer.admin import open_token
+    from signer.server.admin import open_token
     from signer.audit.head import TokenHeads, TreeHead
-    from signer.config import load_config
+    from signer.server.config import load_config
 
     config = load_config(Path(sys.argv[1]))
     token = open_token(config)

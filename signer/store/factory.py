@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from signer.store.base import Store
 
 if TYPE_CHECKING:
-    from signer.config import StoreConfig
+    from signer.server.config import StoreConfig
 
 __all__ = ["open_store"]
 

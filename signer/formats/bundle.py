@@ -40,7 +40,7 @@ from signer.audit.note import Verifier
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.dsse import Envelope, Statement, distinct_approvers
 from signer.errors import ConfigError, EnvelopeError, InvalidArgumentError, VerificationError
-from signer.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
+from signer.formats.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Digest
 from signer.verify import verify_digest
 

@@ -24,14 +24,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from signer.client import stubs
+from signer.client.profile import stubs
+from signer.client.workflow import call
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
 from signer.errors import ConfigError, InvalidArgumentError, SignerError
-from signer.intoto import InTotoStatement, pae_digest
+from signer.formats.intoto import InTotoStatement, pae_digest
 from signer.model import Digest, Manifest
 from signer.text import shown
 from signer.v1 import types_pb2
-from signer.workflow import call
 
 __all__ = [
     "EXIT_FAILED",

@@ -1,6 +1,6 @@
 """The signing policy: who may request a signature with each key, and who must approve.
 
-Loaded from the server's config file (`signer.config` builds it and hashes it
+Loaded from the server's config file (`signer.server.config` builds it and hashes it
 into the audit log at start-up); the core decides with it alone.
 """
 

@@ -40,6 +40,8 @@ from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
 from signer.bounds import echo
+from signer.core.events import Event, Hook, Kind
+from signer.core.policy import KeyPolicy
 from signer.dsse import Envelope, Statement, distinct_approvers
 from signer.encoding import canonical_json, format_time
 from signer.errors import (
@@ -54,17 +56,15 @@ from signer.errors import (
     TokenError,
     TooLargeError,
 )
-from signer.events import Event, Hook, Kind
-from signer.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
+from signer.formats.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
-from signer.policy import KeyPolicy
 from signer.store.base import PAGE_BYTES, AuditFilter, Store, Tx
 from signer.store.group import GroupCommit
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
 
 __all__ = ["LIMITS", "Core", "DigestSigner", "KeySpec", "Limits", "Notifier"]
 
-log = structlog.get_logger("signer.core")
+log = structlog.get_logger("signer.core.machine")
 
 _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,128}\Z")

@@ -33,14 +33,14 @@ from typing import Any
 import jwt
 import structlog
 
-from signer.config import IssuerConfig
 from signer.errors import ConfigError, UnauthenticatedError
 from signer.model import TokenCaller
+from signer.server.config import IssuerConfig
 from signer.text import DISPLAY_RULE, is_displayable
 
 __all__ = ["MAX_TOKEN_BYTES", "Jwks", "OidcVerifier"]
 
-log = structlog.get_logger("signer.oidc")
+log = structlog.get_logger("signer.server.oidc")
 MAX_TOKEN_BYTES = 16 * 1024
 _MAX_JWKS_BYTES = 1024 * 1024
 _MAX_CLAIM = 1024

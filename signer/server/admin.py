@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from signer.algorithms import KeyAlgorithm
 from signer.audit.checkpoint import Checkpointer, HeadStatus, RefusalObserver
 from signer.audit.head import TokenHeads, TreeHead
-from signer.config import Config, load_config
 from signer.errors import KeyNotFoundError
-from signer.hsm import Token, TokenKey
+from signer.server.config import Config, load_config
 from signer.store import Tx
 from signer.store.factory import open_store
+from signer.token.hsm import Token, TokenKey
 
 __all__ = [
     "audit_head",

@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import structlog
 
-from signer.core import Core
+from signer.core.machine import Core
 
 __all__ = ["Sweeper"]
 
-log = structlog.get_logger("signer.sweeper")
+log = structlog.get_logger("signer.server.sweeper")
 _MAX_ERROR = 500  # characters of an exception's text in the log line
 
 

@@ -41,20 +41,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
-from signer.admin import checkpointer_for, open_token
-from signer.auth import DEFAULT_RULES, AuthInterceptor
 from signer.bounds import RateLimit
-from signer.config import Config
-from signer.core import Core, KeySpec
+from signer.core.machine import Core, KeySpec
 from signer.errors import ConfigError, SignerError
-from signer.hsm import Token
-from signer.metrics import Metrics
-from signer.oidc import OidcVerifier
-from signer.service import ApprovalService, AuditService, SigningService
+from signer.server.admin import checkpointer_for, open_token
+from signer.server.auth import DEFAULT_RULES, AuthInterceptor
+from signer.server.config import Config
+from signer.server.metrics import Metrics
+from signer.server.oidc import OidcVerifier
+from signer.server.service import ApprovalService, AuditService, SigningService
+from signer.server.sweeper import Sweeper
 from signer.store import Store
 from signer.store.factory import open_store
-from signer.sweeper import Sweeper
 from signer.tls import check_server_files
+from signer.token.hsm import Token
 from signer.v1 import (
     approval_pb2,
     approval_pb2_grpc,
@@ -66,7 +66,7 @@ from signer.v1 import (
 
 __all__ = ["Server", "load_keys", "no_core_dumps"]
 
-log = structlog.get_logger("signer.server")
+log = structlog.get_logger("signer.server.app")
 STREAMS_PER_CONNECTION = 32
 CONNECTION_IDLE = dt.timedelta(minutes=5)
 CONNECTION_AGE = dt.timedelta(hours=1)
@@ -266,7 +266,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, hea
         interceptors=[interceptor],
         options=_options(config),
         # Calls waiting for a worker hold no message yet (served as request streams, see
-        # signer.auth) and a connection brings at most STREAMS_PER_CONNECTION: room for a
+        # signer.server.auth) and a connection brings at most STREAMS_PER_CONNECTION: room for a
         # burst of refused calls from many connections, without refusing the others.
         maximum_concurrent_rpcs=s.workers * STREAMS_PER_CONNECTION,
     )

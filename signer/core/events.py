@@ -20,7 +20,7 @@ import structlog
 
 __all__ = ["Event", "Hook", "Kind", "Subscriber"]
 
-log = structlog.get_logger("signer.events")
+log = structlog.get_logger("signer.core.events")
 
 
 class Kind(enum.StrEnum):

@@ -29,7 +29,6 @@ import structlog
 from google.protobuf.message import Message
 
 from signer.audit.entry import AuditEntry
-from signer.auth import current_caller, current_identity, current_method
 from signer.bounds import RateLimit, Slots, clip, echo, fitting
 from signer.convert import (
     STATE_FROM_PB,
@@ -42,7 +41,7 @@ from signer.convert import (
     request_pb,
     time_of,
 )
-from signer.core import Core
+from signer.core.machine import Core
 from signer.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -52,7 +51,8 @@ from signer.errors import (
     TokenError,
 )
 from signer.model import INLINE_DIGESTS, Request, State
-from signer.status import abort
+from signer.server.auth import current_caller, current_identity, current_method
+from signer.server.status import abort
 from signer.store.base import PAGE_BYTES, AuditFilter
 from signer.v1 import (
     approval_pb2,
@@ -66,7 +66,7 @@ from signer.v1 import (
 
 __all__ = ["ApprovalService", "AuditService", "SigningService"]
 
-log = structlog.get_logger("signer.service")
+log = structlog.get_logger("signer.server.service")
 F = TypeVar("F", bound=Callable[..., Any])
 
 

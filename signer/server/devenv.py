@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from signer import approval_keys, softhsm
-from signer.admin import audit_verifier, generate_key
 from signer.algorithms import algorithm
+from signer.approval import files as approval_keys
 from signer.errors import ConfigError
+from signer.server.admin import audit_verifier, generate_key
 from signer.tls import DevCA, write_private
+from signer.token import softhsm
 
 __all__ = ["OFFICERS", "TOKEN_LABEL", "init_devenv"]
 

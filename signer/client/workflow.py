@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2
 
 from signer.audit.proofs import SignedProof, verify_signed_proof
-from signer.client import Profile, RemoteError, call
+from signer.client.profile import Profile, RemoteError, call
 from signer.errors import ConfigError, ResponseMismatchError, VerificationError
 from signer.v1 import signing_pb2, types_pb2
 from signer.verify import verify_digest

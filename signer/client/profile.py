@@ -2,7 +2,7 @@
 
 A profile names the server address, CA, client certificate and key (or, for a
 CI job without any secret, OIDC settings: `oidc_audience`, `oidc_token_file`,
-`oidc_token_env`; see `signer.ci_token`), and for officers the approval key;
+`oidc_token_env`; see `signer.client.ci_token`), and for officers the approval key;
 flags override it and `SIGNER_PROFILE` names a default (DESIGN §9). The
 caller's identity is read from its own certificate, the same way the server
 reads it. Every call gets a deadline.
@@ -32,7 +32,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from signer.audit.note import Verifier
-from signer.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
+from signer.client.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
 from signer.errors import ConfigError, SignerError, VerificationError
 from signer.parsing import parse_duration
 from signer.text import DISPLAY_RULE, is_displayable, shown

@@ -30,7 +30,7 @@ from signer.audit import merkle
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.audit.offline import PrefixTree, parse_entry
-from signer.client import Profile, remote_error
+from signer.client.profile import Profile, remote_error
 from signer.errors import ConfigError, VerificationError
 from signer.v1 import audit_pb2, audit_pb2_grpc
 

@@ -3,7 +3,7 @@
 The caller's identity comes only from the verified TLS client certificate in
 the gRPC auth context (its first URI SAN, else its subject CN) or, on the
 OIDC port where no client certificate is asked for, from a verified OIDC ID
-token (`authorization: Bearer ...`; see `signer.oidc`). Never from a request
+token (`authorization: Bearer ...`; see `signer.server.oidc`). Never from a request
 field or other metadata. A token caller only ever has the requester role;
 other roles come from config. Each method has a rule (the defaults below,
 extended or replaced by config `[access]`), and a method with no rule is
@@ -40,8 +40,8 @@ from signer.errors import (
     UnauthenticatedError,
 )
 from signer.model import TokenCaller
-from signer.oidc import OidcVerifier
-from signer.status import abort
+from signer.server.oidc import OidcVerifier
+from signer.server.status import abort
 from signer.tls import identity_from_cert
 
 __all__ = [
@@ -103,7 +103,7 @@ current_caller: contextvars.ContextVar[TokenCaller | None] = contextvars.Context
 )
 _TOKEN_ROLES = frozenset({"requester"})
 MESSAGE_TIMEOUT = 10.0  # seconds a call may take to send a request message
-log = structlog.get_logger("signer.auth")
+log = structlog.get_logger("signer.server.auth")
 
 
 def _peer_host(context: grpc.ServicerContext) -> str:

@@ -39,8 +39,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from signer.core.events import Event, Kind
 from signer.errors import ConfigError
-from signer.events import Event, Kind
 from signer.model import State
 from signer.parsing import parse_address
 from signer.store import Store

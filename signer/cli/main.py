@@ -19,24 +19,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from signer import __version__, logs, workflow
-from signer.admin import (
-    audit_head,
-    audit_verifier,
-    generate_key,
-    list_keys,
-    open_token,
-    reset_audit_head,
-)
+from signer import __version__, logs
 from signer.algorithms import ALGORITHMS, HASH_SIZES, algorithm
 from signer.audit import merkle
 from signer.audit.note import Verifier, open_checkpoint
 from signer.audit.offline import verify_dir
 from signer.audit.proofs import SignedProof
-from signer.auditor import fetch
-from signer.bundle import Bundle, Trust, dsse_envelope, verify_bundle
-from signer.client import Profile, load_profile, paged
-from signer.clikit import (
+from signer.cli.kit import (
     EXIT_FAILED,
     call,
     echo,
@@ -52,17 +41,29 @@ from signer.clikit import (
     stderr,
     stubs,
 )
-from signer.config import load_config
+from signer.client import workflow
+from signer.client.auditor import fetch
+from signer.client.profile import Profile, load_profile, paged
+from signer.client.workflow import Asked
 from signer.convert import HASH_FROM_PB, HASH_TO_PB
-from signer.devenv import init_devenv
 from signer.errors import ConfigError, ResponseMismatchError, VerificationError
-from signer.intoto import PAYLOAD_TYPE, build_statement, pae_digest
+from signer.formats.bundle import Bundle, Trust, dsse_envelope, verify_bundle
+from signer.formats.intoto import PAYLOAD_TYPE, build_statement, pae_digest
 from signer.model import Digest
 from signer.parsing import MAX_TTL, parse_duration
+from signer.server.admin import (
+    audit_head,
+    audit_verifier,
+    generate_key,
+    list_keys,
+    open_token,
+    reset_audit_head,
+)
+from signer.server.config import load_config
+from signer.server.devenv import init_devenv
 from signer.text import shown
 from signer.v1 import audit_pb2, audit_pb2_grpc, signing_pb2, signing_pb2_grpc, types_pb2
 from signer.verify import verify_digest
-from signer.workflow import Asked
 
 __all__ = ["main"]
 
@@ -137,7 +138,7 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
 @handle_errors
 def serve(config_path: Path, metrics_listen: str | None) -> None:
     """Run the signing server until SIGTERM or SIGINT."""
-    from signer.server import Server
+    from signer.server.app import Server
 
     config = load_config(config_path)
     if metrics_listen is not None:

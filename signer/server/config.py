@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import ALGORITHMS
+from signer.core.policy import ClaimRule, KeyPolicy
 from signer.encoding import canonical_json
 from signer.errors import ConfigError
 from signer.parsing import (
@@ -34,7 +35,6 @@ from signer.parsing import (
     parse_duration,
     read_secret,
 )
-from signer.policy import ClaimRule, KeyPolicy
 from signer.text import KEY_NAME
 
 __all__ = [

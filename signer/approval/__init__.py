@@ -1,0 +1,1 @@
+"""Officers' approval keys."""

@@ -1,0 +1,1 @@
+"""The `signer` command, one module per audience, and the pieces it shares with `approver`."""

@@ -1,0 +1,3 @@
+"""The signing core: the request state machine, the key policy and its rules, lifecycle events.
+
+Imports no gRPC, SQL driver, PKCS#11 or CLI toolkit (tests/test_imports.py)."""

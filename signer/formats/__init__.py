@@ -1,0 +1,1 @@
+"""Output formats: what a request carries, what officers see, how its file is made and checked."""

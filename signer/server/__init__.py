@@ -1,0 +1,1 @@
+"""The gRPC server: wiring, servicers, authentication, OIDC, status mapping, metrics, config."""

@@ -1,0 +1,1 @@
+"""The PKCS#11 token: the only package that imports `pkcs11`."""
