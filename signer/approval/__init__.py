@@ -1,1 +1,3 @@
 """Officers' approval keys."""
+
+__all__: list[str] = []
