@@ -34,6 +34,7 @@ import structlog
 
 from signer.errors import StoreError
 from signer.store.base import Store, Tx
+from signer.store.schema import Dialect, pending, tables
 from signer.store.sql import SqlTx
 
 __all__ = ["PostgresStore", "redact"]
@@ -44,68 +45,14 @@ log = structlog.get_logger("signer.store")
 _LOCK = int.from_bytes(b"signer", "big")
 _CHANNEL = "signer_requests"
 SCHEMA_VERSION = 1
-_MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (
-        1,
-        """
-CREATE TABLE requests (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    key_name TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    requester TEXT NOT NULL,
-    digests TEXT NOT NULL,
-    context TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created TEXT COLLATE "C" NOT NULL,
-    expires TEXT COLLATE "C" NOT NULL,
-    updated TEXT COLLATE "C" NOT NULL,
-    status_message TEXT NOT NULL DEFAULT '',
-    idempotency_key TEXT,
-    params_hash TEXT NOT NULL,
-    caller TEXT,
-    payload_type TEXT NOT NULL DEFAULT '',
-    payload BYTEA NOT NULL DEFAULT '',
-    UNIQUE (requester, idempotency_key)
-);
-CREATE INDEX requests_state ON requests (state, expires);
-CREATE INDEX requests_requester ON requests (requester, state);
-CREATE TABLE approvals (
-    request_id TEXT NOT NULL REFERENCES requests (id),
-    approver TEXT NOT NULL,
-    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
-    envelope BYTEA NOT NULL,
-    created TEXT COLLATE "C" NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (request_id, approver)
-);
-CREATE TABLE signatures (
-    request_id TEXT NOT NULL REFERENCES requests (id),
-    idx INTEGER NOT NULL,
-    signature BYTEA NOT NULL,
-    PRIMARY KEY (request_id, idx)
-);
-CREATE TABLE audit_log (
-    idx BIGINT PRIMARY KEY,
-    entry BYTEA NOT NULL,
-    time TEXT COLLATE "C" NOT NULL,
-    event TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    key_name TEXT NOT NULL
-);
-CREATE INDEX audit_request ON audit_log (request_id);
-CREATE TABLE audit_nodes (
-    level INTEGER NOT NULL,
-    idx BIGINT NOT NULL,
-    hash BYTEA NOT NULL,
-    PRIMARY KEY (level, idx)
-);
-CREATE TABLE checkpoints (
-    size BIGINT PRIMARY KEY,
-    note TEXT NOT NULL
-);
+_DIALECT = Dialect(
+    seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    big="BIGINT",
+    blob="BYTEA",
+    empty="''",
+    time='TEXT COLLATE "C"',
+)
+_FUNCTIONS_AND_TRIGGERS = """\
 CREATE FUNCTION signer_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
 CREATE FUNCTION signer_audit_append() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -133,7 +80,11 @@ CREATE FUNCTION signer_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_notify('signer_requests', NEW.id); RETURN NULL; END $$;
 CREATE TRIGGER requests_notify AFTER INSERT OR UPDATE ON requests
     FOR EACH ROW EXECUTE FUNCTION signer_notify();
-""",
+"""
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        tables(_DIALECT, with_v2_columns=True) + _FUNCTIONS_AND_TRIGGERS,
     ),
 )
 
@@ -194,15 +145,9 @@ class PostgresStore(Store):
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             version = (row[0] if row else None) or 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {self._where} has schema {version}, newer than this "
-                    f"server's {SCHEMA_VERSION}; upgrade the server"
-                )
-            for target, script in _MIGRATIONS:
-                if version < target:
-                    conn.execute(script.encode())
-                    conn.execute("INSERT INTO schema_version VALUES (%s)", (target,))
+            for target, script in pending(version, _MIGRATIONS, self._where):
+                conn.execute(script.encode())
+                conn.execute("INSERT INTO schema_version VALUES (%s)", (target,))
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from signer.errors import StoreError
 from signer.store.base import Store, Tx
+from signer.store.schema import Dialect, pending, tables
 from signer.store.sql import SqlTx
 
 __all__ = ["SqliteStore"]
@@ -31,62 +32,15 @@ ALTER TABLE requests ADD COLUMN caller TEXT;
 ALTER TABLE requests ADD COLUMN payload_type TEXT NOT NULL DEFAULT '';
 ALTER TABLE requests ADD COLUMN payload BLOB NOT NULL DEFAULT x''
 """
-_SCHEMA = """
-CREATE TABLE requests (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    key_name TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    requester TEXT NOT NULL,
-    digests TEXT NOT NULL,
-    context TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created TEXT NOT NULL,
-    expires TEXT NOT NULL,
-    updated TEXT NOT NULL,
-    status_message TEXT NOT NULL DEFAULT '',
-    idempotency_key TEXT,
-    params_hash TEXT NOT NULL,
-    UNIQUE (requester, idempotency_key)
-);
-CREATE INDEX requests_state ON requests (state, expires);
-CREATE INDEX requests_requester ON requests (requester, state);
-CREATE TABLE approvals (
-    request_id TEXT NOT NULL REFERENCES requests (id),
-    approver TEXT NOT NULL,
-    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
-    envelope BLOB NOT NULL,
-    created TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (request_id, approver)
-);
-CREATE TABLE signatures (
-    request_id TEXT NOT NULL REFERENCES requests (id),
-    idx INTEGER NOT NULL,
-    signature BLOB NOT NULL,
-    PRIMARY KEY (request_id, idx)
-);
-CREATE TABLE audit_log (
-    idx INTEGER PRIMARY KEY,
-    entry BLOB NOT NULL,
-    time TEXT NOT NULL,
-    event TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    key_name TEXT NOT NULL
-);
-CREATE INDEX audit_request ON audit_log (request_id);
-CREATE TABLE audit_nodes (
-    level INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (level, idx)
-) WITHOUT ROWID;
-CREATE TABLE checkpoints (
-    size INTEGER PRIMARY KEY,
-    note TEXT NOT NULL
-);
+_DIALECT = Dialect(
+    seq="INTEGER PRIMARY KEY AUTOINCREMENT",
+    big="INTEGER",
+    blob="BLOB",
+    empty="x''",
+    time="TEXT",
+    node_options=" WITHOUT ROWID",
+)
+_TRIGGERS = """\
 CREATE TRIGGER audit_nodes_no_update BEFORE UPDATE ON audit_nodes
 BEGIN SELECT RAISE(ABORT, 'the audit tree is append-only'); END;
 CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
@@ -99,6 +53,8 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+_SCHEMA = tables(_DIALECT, with_v2_columns=False) + _TRIGGERS
+_MIGRATIONS = ((1, _SCHEMA), (SCHEMA_VERSION, _SCHEMA_V2))
 
 
 class SqliteStore(Store):
@@ -123,18 +79,11 @@ class SqliteStore(Store):
             try:
                 self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
                 row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
-                version = row[0] or 0
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"database {self.path} has schema {version}, newer than this "
-                        f"server's {SCHEMA_VERSION}; upgrade the server"
-                    )
-                for target, script in ((1, _SCHEMA), (2, _SCHEMA_V2)):
-                    if version < target:
-                        for stmt in script.split(";\n"):
-                            if stmt.strip():
-                                self._db.execute(stmt)
-                        self._db.execute("INSERT INTO schema_version VALUES (?)", (target,))
+                for target, script in pending(row[0] or 0, _MIGRATIONS, str(self.path)):
+                    for stmt in script.split(";\n"):
+                        if stmt.strip():
+                            self._db.execute(stmt)
+                    self._db.execute("INSERT INTO schema_version VALUES (?)", (target,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -1,0 +1,119 @@
+"""The tables every backend creates, written once in each dialect's words.
+
+A schema version once released is never edited: a database created by it is
+migrated forward by the later versions' scripts. Both backends build their first
+version from `tables()` and check a database's version with `pending()`, which
+refuses a database newer than the server (it would be read wrongly, not safely).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from signer.errors import StoreError
+
+__all__ = ["Dialect", "pending", "tables"]
+
+# Columns added to `requests` after the first SQLite schema (the OIDC caller, a DSSE payload).
+_REQUEST_V2 = """    caller TEXT,
+    payload_type TEXT NOT NULL DEFAULT '',
+    payload {blob} NOT NULL DEFAULT {empty},
+"""
+
+_TABLES = """
+CREATE TABLE requests (
+    seq {seq},
+    id TEXT NOT NULL UNIQUE,
+    key_name TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    digests TEXT NOT NULL,
+    context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created {time} NOT NULL,
+    expires {time} NOT NULL,
+    updated {time} NOT NULL,
+    status_message TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT,
+    params_hash TEXT NOT NULL,
+{request_v2}    UNIQUE (requester, idempotency_key)
+);
+CREATE INDEX requests_state ON requests (state, expires);
+CREATE INDEX requests_requester ON requests (requester, state);
+CREATE TABLE approvals (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    approver TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+    envelope {blob} NOT NULL,
+    created {time} NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (request_id, approver)
+);
+CREATE TABLE signatures (
+    request_id TEXT NOT NULL REFERENCES requests (id),
+    idx INTEGER NOT NULL,
+    signature {blob} NOT NULL,
+    PRIMARY KEY (request_id, idx)
+);
+CREATE TABLE audit_log (
+    idx {big} PRIMARY KEY,
+    entry {blob} NOT NULL,
+    time {time} NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    key_name TEXT NOT NULL
+);
+CREATE INDEX audit_request ON audit_log (request_id);
+CREATE TABLE audit_nodes (
+    level INTEGER NOT NULL,
+    idx {big} NOT NULL,
+    hash {blob} NOT NULL,
+    PRIMARY KEY (level, idx)
+){node_options};
+CREATE TABLE checkpoints (
+    size {big} PRIMARY KEY,
+    note TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The words one SQL dialect spells the shared tables with."""
+
+    seq: str  # an increasing row number, the creation order of requests
+    big: str  # a 64-bit integer
+    blob: str  # bytes
+    empty: str  # the empty bytes literal
+    time: str  # RFC 3339 text that must sort byte-wise
+    node_options: str = ""  # after the audit_nodes table
+
+
+def tables(dialect: Dialect, *, with_v2_columns: bool) -> str:
+    """The CREATE statements of the shared tables (`requests` with or without the v2 columns)."""
+    words = {
+        "seq": dialect.seq,
+        "big": dialect.big,
+        "blob": dialect.blob,
+        "empty": dialect.empty,
+        "time": dialect.time,
+        "node_options": dialect.node_options,
+    }
+    v2 = _REQUEST_V2.format(**words) if with_v2_columns else ""
+    return _TABLES.format(request_v2=v2, **words)
+
+
+def pending(
+    version: int, migrations: Sequence[tuple[int, str]], where: str
+) -> list[tuple[int, str]]:
+    """The migrations a database at `version` still needs, in order; a newer one is refused."""
+    current = max(target for target, _ in migrations)
+    if version > current:
+        raise StoreError(
+            f"database {where} has schema {version}, newer than this "
+            f"server's {current}; upgrade the server"
+        )
+    return [(target, script) for target, script in migrations if version < target]
