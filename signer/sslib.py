@@ -4,34 +4,7 @@ The implementation lives in `signer.client.tuf`; see its docstring for the URI a
 the checks made before a signature is returned.
 """
 
-from signer.client.tuf import (
-    DEFAULT_ARTIFACT,
-    DEFAULT_TIMEOUT,
-    SCHEME,
-    KeyURI,
-    ServiceSigner,
-    ServiceSignerError,
-    SignatureCheckError,
-    SigningRefusedError,
-    SigningTimeoutError,
-    import_key,
-    parse_uri,
-    register,
-    sslib_schemes,
-)
+from signer.client import tuf as _tuf
+from signer.client.tuf import *  # noqa: F403  # the names are tuf's own __all__
 
-__all__ = [
-    "DEFAULT_ARTIFACT",
-    "DEFAULT_TIMEOUT",
-    "SCHEME",
-    "KeyURI",
-    "ServiceSigner",
-    "ServiceSignerError",
-    "SignatureCheckError",
-    "SigningRefusedError",
-    "SigningTimeoutError",
-    "import_key",
-    "parse_uri",
-    "register",
-    "sslib_schemes",
-]
+__all__ = _tuf.__all__
