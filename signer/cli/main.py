@@ -5,10 +5,10 @@ The other audiences' commands live beside it and are added to the group here:
 an artifact, offline) and `audit` (operators and auditors). Those modules never
 import this one, so registering them makes no import cycle.
 
-The operator's commands run where the token is. The token PIN and a database
-password are read from a file or an environment variable named in the config,
-never from argv (invariant 7); keys are generated inside the token, sign-only,
-and every generation is audit-logged (`signer.server.admin`).
+The operator's commands run where the token is. The token PIN is read from a
+file or an environment variable named in the config and a database password
+from a file, never from argv (invariant 7); keys are generated inside the
+token, sign-only, and every generation is audit-logged (`signer.server.admin`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 What CI runs. Every answer is checked before it is used (`signer.client.workflow`):
 it must be the request asked for, and a signature is written only after it
 and its audit proof verify (`signer.cli._outputs`). With `status --file`, the
-request's digests must be those of the files. A retry of `sign` reuses its
-idempotency key, so it never makes a second request.
+request's digests must be those of the files. `sign` sends one idempotency
+key per invocation and its retries reuse it, so a flaky network never yields
+two requests.
 """
 
 from __future__ import annotations
