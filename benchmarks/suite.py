@@ -25,7 +25,7 @@ or duplicated, the audit log fetches and verifies). A missed target is
 reported with how far off it is and, when py-spy is installed (the dev
 extras), the server's profile during the missed path.
 
-This is the one place outside `signer/token/hsm.py` that imports pkcs11: the floor is
+This is the one place outside `signer/token/` that imports pkcs11: the floor is
 by definition the bare library loop.
 """
 

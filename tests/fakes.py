@@ -28,10 +28,10 @@ from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.note import Verifier
 from signer.core.machine import LIMITS, Core, KeySpec, Limits
+from signer.core.policy import KeyPolicy
 from signer.dsse import Statement, sign_statement
 from signer.errors import KeyNotFoundError, TokenError
 from signer.model import Digest, Request, State
-from signer.server.config import KeyPolicy
 from signer.store import Store
 from testbed.env import Db
 

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from signer.client.profile import load_profile
 from signer.errors import ConfigError
-from signer.server.config import load_config, parse_duration
+from signer.parsing import parse_duration
+from signer.server.config import load_config
 from signer.sslib import parse_uri
 from signer.tls import DevCA, check_server_files, write_private
 from testbed.commands import SIGNER, run

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from signer.approval import files as approval_keys
 from signer.errors import ConfigError
-from signer.server.config import Config, load_config, read_secret
+from signer.parsing import read_secret
+from signer.server.config import Config, load_config
 from signer.tls import DevCA, write_private
 
 PIN = "pin-4242-very-secret"

@@ -32,7 +32,7 @@ from signer.dsse import (
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import EnvelopeError
 from signer.model import Digest
-from signer.server.config import parse_duration
+from signer.parsing import parse_duration
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 OTHER_KEY = ed25519.Ed25519PrivateKey.generate()

@@ -21,8 +21,9 @@ import tomli_w
 from signer.approval import files as approval_keys
 from signer.errors import ConfigError, UnauthenticatedError
 from signer.model import TokenCaller
-from signer.server.config import IssuerConfig, load_config
+from signer.server.config import load_config
 from signer.server.oidc import MAX_TOKEN_BYTES, OidcVerifier
+from signer.server.policy_config import IssuerConfig
 from signer.tls import DevCA, write_private
 from testbed.commands import wait_until
 from tests.idp import IdP, JwksServer, SigningKey, b64url, make_tls

@@ -106,7 +106,7 @@ _STEP_ASIDE = textwrap.dedent(
     digests = [("sha256", hashlib.sha256(b"%d" % i).digest()) for i in range(3000)]
     made = []  # the batch's signatures so far, counted as they come out of the token
     done = {}
-    sign_one = hsm._sign_one
+    sign_one = hsm.sign_one
 
     def until(predicate, what):
         end = time.monotonic() + 60
@@ -121,7 +121,7 @@ _STEP_ASIDE = textwrap.dedent(
             until(lambda: token._urgent, "the checkpoint")  # checkpoint is waiting
         return made[-1]
 
-    hsm._sign_one = counted
+    hsm.sign_one = counted
     private = token._private
 
     def private_counted(name):  # called under the token's lock, as the checkpoint signs

@@ -29,7 +29,8 @@ from signer.errors import KeyNotFoundError
 from signer.server.config import Config, load_config
 from signer.store import Tx
 from signer.store.factory import open_store
-from signer.token.hsm import Token, TokenKey
+from signer.token.hsm import Token
+from signer.token.keys import TokenKey
 
 __all__ = [
     "audit_head",

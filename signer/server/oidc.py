@@ -35,7 +35,7 @@ import structlog
 
 from signer.errors import ConfigError, UnauthenticatedError
 from signer.model import TokenCaller
-from signer.server.config import IssuerConfig
+from signer.server.policy_config import IssuerConfig
 from signer.text import DISPLAY_RULE, is_displayable
 
 __all__ = ["MAX_TOKEN_BYTES", "Jwks", "OidcVerifier"]

@@ -1,0 +1,159 @@
+"""`approve` and `deny`: sign a decision on exactly the request shown (invariant 6).
+
+The whole request is shown first (`approver.review`); an approval is refused,
+nothing sent, for a request holding text that had to be escaped to be shown,
+a digest that is not what its hash says, or a statement that did not parse (a
+denial is always possible). The statement signed with the officer's own
+Ed25519 key is built only from what was shown (request id, key, key id,
+digests), and an answer for another request is reported as an error. The key's
+passphrase comes from a file, an environment variable or a prompt, never argv.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from approver.errors import ApproverError
+from approver.review import describe, fetch
+from signer.algorithms import HASH_SIZES
+from signer.approval.files import load_private
+from signer.cli.kit import call, request_dict, say, stubs
+from signer.client.profile import Profile, load_profile
+from signer.dsse import Statement, sign_statement
+from signer.errors import ConfigError
+from signer.model import Digest
+from signer.parsing import read_secret
+from signer.text import is_displayable
+from signer.v1 import approval_pb2, approval_pb2_grpc
+
+__all__ = ["decide"]
+
+
+def _approval_key(profile: Profile) -> ed25519.Ed25519PrivateKey:
+    if profile.approval_key is None:
+        raise ConfigError(f"profile {profile.path} has no approval_key")
+    passphrase = None
+    if profile.approval_passphrase_file or profile.approval_passphrase_env:
+        passphrase = read_secret(
+            profile.approval_passphrase_file,
+            profile.approval_passphrase_env,
+            "approval key passphrase",
+        )
+    elif b"ENCRYPTED" in profile.approval_key.read_bytes()[:64] and sys.stdin.isatty():
+        passphrase = getpass.getpass(f"passphrase for {profile.approval_key}: ")
+    return load_private(profile.approval_key, passphrase)
+
+
+def _unshowable(d: dict[str, Any]) -> list[str]:
+    """What in this request an officer could not be shown faithfully (empty if nothing).
+
+    An approval is never signed over text that had to be escaped to be shown, a
+    digest that is not what its hash says, or a statement that did not parse.
+    """
+    texts: list[tuple[str, str]] = [
+        ("request id", d["id"]),
+        ("key", d["key_name"]),
+        ("key id", d["key_id"]),
+        ("algorithm", d["algorithm"]),
+        ("requester", d["requester"]),
+        ("status", d["status_message"]),
+    ]
+    texts += [(f"context {k}", f"{k}={v}") for k, v in d["context"].items()]
+    texts += [(f"digest {i} artifact", x["artifact"]) for i, x in enumerate(d["digests"])]
+    texts += [
+        (f"{a['approver']}'s decision", f"{a['approver']} {a['reason']}") for a in d["approvals"]
+    ]
+    if "caller" in d:
+        c = d["caller"]
+        texts += [("oidc issuer", c["issuer"]), ("oidc actor", c["actor"])]
+        texts += [(f"claim {k}", f"{k}={v}") for k, v in c["claims"].items()]
+        texts += [("barred officers", o) for o in c["barred_approvers"]]
+    problems = [
+        f"the {what} holds characters that cannot be shown"
+        for what, t in texts
+        if not is_displayable(t)
+    ]
+    for i, x in enumerate(d["digests"]):
+        size = HASH_SIZES.get(x["algorithm"])
+        if size is None or len(x["digest"]) != 2 * size:
+            problems.append(f"digest {i} is not a valid sha256, sha384 or sha512 digest")
+    if "payload_type" in d:
+        if not is_displayable(d["payload_type"]):
+            problems.append("the payload type holds characters that cannot be shown")
+        if "statement" not in d:
+            problems.append(f"the statement cannot be shown: {d['statement_error']}")
+        if not d["payload_matches_digest"]:
+            problems.append("the digest to sign is not that of the statement shown")
+    return problems
+
+
+def _shown_digests(d: dict[str, Any]) -> tuple[Digest, ...]:
+    return tuple(
+        Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"]) for x in d["digests"]
+    )
+
+
+def decide(
+    profile_path: Path | None,
+    server: str | None,
+    request_id: str,
+    decision: str,
+    reason: str,
+    yes: bool,
+) -> None:
+    """Show the whole request, ask, sign a statement built from what was shown, send it."""
+    profile = load_profile(profile_path, server)
+    key = _approval_key(profile)
+    d = request_dict(fetch(profile, request_id))
+    describe(d, page=None)
+    if d["state"] != "PENDING":
+        raise ApproverError(f"request {request_id} is {d['state']}; nothing to decide")
+    problems = _unshowable(d)
+    if decision == "approve" and problems:
+        raise ApproverError(f"request {request_id}: {'; '.join(problems)}; refusing to approve")
+    if not yes and not click.confirm(
+        f"{decision} this request as {profile.identity}?", default=False, err=True
+    ):
+        raise ApproverError("not confirmed; nothing was sent")
+    digests = _shown_digests(d)
+    statement = Statement(
+        request_id=d["id"],
+        key_name=d["key_name"],
+        key_id=d["key_id"],
+        decision=decision,
+        approver=profile.identity,
+        issued_at=dt.datetime.now(dt.UTC),
+        reason=reason,
+        **Statement.binding(digests),
+    )
+    envelope = sign_statement(statement, key)
+    with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
+        if decision == "approve":
+            resp = call(
+                profile, stub.Approve, approval_pb2.ApproveRequest(id=request_id, envelope=envelope)
+            )
+        else:
+            resp = call(
+                profile, stub.Deny, approval_pb2.DenyRequest(id=request_id, envelope=envelope)
+            )
+    after = request_dict(resp.request)
+    if (after["id"], after["key_name"], after["key_id"], _shown_digests(after)) != (
+        d["id"],
+        d["key_name"],
+        d["key_id"],
+        digests,
+    ):
+        raise ApproverError(
+            f"the server answered the {decision} of request {request_id} with a different "
+            "request (id, key, key id or digests differ); your signed decision covers only "
+            "the request shown above"
+        )
+    done = "approved" if decision == "approve" else "denied"
+    say(f"{done}; request {request_id} is now {after['state']}")

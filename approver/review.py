@@ -1,0 +1,138 @@
+"""What an officer is shown of a request before deciding on it.
+
+The request fetched is the one asked for (an answer for another id is
+refused), with every digest of a batch; the table shows every field the
+officer decides on (requester, OIDC caller and claims, CI context, key, key id,
+digests a page at a time, the batch's manifest hash, an in-toto statement's
+subjects and predicate, and whether the digest is that statement's) and warns
+when something must not be approved. Every cell passes through
+`signer.cli.kit.print_table`, which escapes whatever the server sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from approver.errors import ApproverError
+from signer.cli.kit import Cell, print_table, request_dict, stubs
+from signer.client.profile import Profile, fetch_request
+from signer.formats.intoto import predicate_json
+from signer.model import INLINE_DIGESTS
+from signer.v1 import approval_pb2_grpc, types_pb2
+
+__all__ = ["PAGE_SIZE", "describe", "fetch", "summary_dict"]
+
+
+def summary_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:
+    """A listed request: a summary, whose digests may be only the first of a batch."""
+    d = request_dict(r)
+    d["digest_count"] = max(r.digest_count, len(r.digests))
+    if d["digest_count"] > len(r.digests):
+        d["manifest_sha256"] = None  # see `approver show` for every digest and the manifest
+    return d
+
+
+def fetch(profile: Profile, request_id: str) -> types_pb2.SigningRequest:
+    """The request with every digest (a batch's are fetched page by page)."""
+    with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):
+        request = fetch_request(profile, stub, request_id)
+    if request.id != request_id:
+        raise ApproverError(
+            f"asked for request {request_id}, the server answered with another request; "
+            "nothing was signed"
+        )
+    return request
+
+
+PAGE_SIZE = 50  # digests per page in `approver show`
+
+
+def _header(d: dict[str, Any]) -> list[list[Cell]]:
+    rows: list[list[Cell]] = [
+        ["request", d["id"]],
+        ["state", d["state"]],
+        ["requester", d["requester"]],
+        ["key", f"{d['key_name']} ({d['algorithm']})"],
+        ["key id", d["key_id"]],
+        ["expires", d["expire_time"]],
+        [
+            "approvals",
+            f"{sum(a['decision'] == 'approve' for a in d['approvals'])} of {d['threshold']} needed",
+        ],
+    ]
+    rows += [[f"context.{k}", v] for k, v in d["context"].items()]
+    rows.append(["digests", str(d["digest_count"])])
+    if d["digest_count"] > INLINE_DIGESTS:
+        rows.append(["manifest sha256", (d["manifest_sha256"], "(your approval signs this hash)")])
+    return rows
+
+
+def _digest_rows(d: dict[str, Any], start: int, stop: int) -> list[list[Cell]]:
+    return [
+        [f"digest {i}", (x["artifact"], f"{x['algorithm']}:{x['digest']}")]
+        for i, x in enumerate(d["digests"][start:stop], start)
+    ]
+
+
+def _footer(d: dict[str, Any]) -> list[list[Cell]]:
+    rows: list[list[Cell]] = [
+        [a["decision"], f"{a['approver']} at {a['time']} {a['reason']}".strip()]
+        for a in d["approvals"]
+    ]
+    if "caller" in d:
+        c = d["caller"]
+        rows.append(["oidc issuer", c["issuer"]])
+        rows += [[f"claim.{k}", v] for k, v in c["claims"].items()]
+        if c["barred_approvers"]:
+            rows.append(["may not decide", ", ".join(c["barred_approvers"])])
+    if "payload_type" in d:
+        rows.append(["payload", d["payload_type"]])
+        if "statement" in d:
+            st = d["statement"]
+            rows.append(["predicate type", st["predicate_type"]])
+            rows += [
+                [
+                    f"subject {i}",
+                    (x["name"], *(f"{a}:{v}" for a, v in x["digest"].items())),
+                ]
+                for i, x in enumerate(st["subjects"])
+            ]
+            rows.append(["predicate", tuple(predicate_json(st["predicate"]).splitlines())])
+        else:
+            rows.append(["statement", f"UNREADABLE: {d['statement_error']}; do not approve"])
+        rows.append(
+            [
+                "payload check",
+                "the digest is the payload's DSSE PAE"
+                if d["payload_matches_digest"]
+                else "MISMATCH: the digest is NOT of this payload; do not approve",
+            ]
+        )
+    if d["status_message"]:
+        rows.append(["status", d["status_message"]])
+    return rows
+
+
+def describe(d: dict[str, Any], page: int | None = 1, page_size: int = PAGE_SIZE) -> None:
+    """The request as a table: every field, and its digests a page at a time.
+
+    `page=None` shows every digest (what `approve` and `deny` do before asking).
+    """
+    count = d["digest_count"]
+    pages = max(1, -(-count // page_size))
+    if page is not None and not 1 <= page <= pages:
+        raise click.UsageError(f"--page must be between 1 and {pages} ({count} digests)")
+    start, stop = (0, count) if page is None else ((page - 1) * page_size, page * page_size)
+    rows = _header(d) + _digest_rows(d, start, stop)
+    if page is not None and pages > 1:
+        shown = min(stop, count) - start
+        rows.append(
+            [
+                "page",
+                f"{page} of {pages}: digests {start}..{start + shown - 1} of {count}; "
+                "see the others with --page N",
+            ]
+        )
+    print_table("signing request", ["field", "value"], rows + _footer(d))

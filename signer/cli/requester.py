@@ -1,0 +1,355 @@
+"""The requester's commands: `signer sign`, `status`, `cancel` and `public-key`.
+
+What CI runs. Every answer is checked before it is used (`signer.client.workflow`):
+it must be the request asked for, and a signature is written only after it
+and its audit proof verify (`signer.cli._outputs`). With `status --file`, the
+request's digests must be those of the files. `sign` sends one idempotency
+key per invocation and its retries reuse it, so a flaky network never yields
+two requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf import duration_pb2
+
+from signer.algorithms import HASH_SIZES
+from signer.cli._common import digests_of, emit, file_digest
+from signer.cli._outputs import finish
+from signer.cli.kit import (
+    call,
+    echo,
+    fail,
+    handle_errors,
+    json_opt,
+    print_json,
+    print_table,
+    profile_opt,
+    request_dict,
+    say,
+    server_opt,
+    stubs,
+)
+from signer.client import workflow
+from signer.client.profile import load_profile
+from signer.client.workflow import Asked
+from signer.convert import HASH_FROM_PB, HASH_TO_PB
+from signer.errors import ResponseMismatchError
+from signer.formats.intoto import PAYLOAD_TYPE, build_statement, pae_digest
+from signer.parsing import MAX_TTL, parse_duration
+from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
+
+__all__ = ["cancel", "public_key", "sign", "status"]
+
+format_opt = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["raw", "dsse", "bundle"]),
+    default="raw",
+    show_default=True,
+    help="raw signatures, a DSSE envelope over an in-toto statement, or an evidence bundle.",
+)
+oidc_token_opt = click.option(
+    "--oidc-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the CI job's OIDC ID token from this file (OIDC profiles).",
+)
+
+
+def _context(pairs: tuple[str, ...]) -> dict[str, str]:
+    ctx = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{p!r} is not KEY=VALUE", param_hint="--context")
+        ctx[k] = v
+    return ctx
+
+
+def _duration(text: str, hint: str, low: dt.timedelta = dt.timedelta(0)) -> dt.timedelta:
+    try:
+        return parse_duration(text, low, MAX_TTL)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=hint) from None
+
+
+@click.command()
+@profile_opt
+@server_opt
+@click.option("--key-name", required=True, help="Signing key to use.")
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Artifact to sign (its digest is sent, not the file).",
+)
+@click.option(
+    "--digest",
+    "raw_digests",
+    multiple=True,
+    help="A precomputed digest ALG:HEX[:ARTIFACT], e.g. sha256:ab12...:app.tar.",
+)
+@click.option(
+    "--hash",
+    "hash_name",
+    default="sha256",
+    show_default=True,
+    type=click.Choice(list(HASH_SIZES)),
+    help="Hash for --file.",
+)
+@click.option("--context", "ctx", multiple=True, help="CI context KEY=VALUE (repeatable).")
+@click.option("--ttl", default="", help="Request lifetime, e.g. 30m (capped by policy).")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait for the decision and write the signature.",
+)
+@click.option("--timeout", default="15m", show_default=True, help="How long --wait waits.")
+@click.option("--idempotency-key", default="", help="Default: a fresh one per invocation.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Output file (one artifact, or a bundle/envelope); default next to the first --file.",
+)
+@format_opt
+@oidc_token_opt
+@json_opt
+@handle_errors
+def sign(
+    profile_path: Path | None,
+    server: str | None,
+    key_name: str,
+    files: tuple[Path, ...],
+    raw_digests: tuple[str, ...],
+    hash_name: str,
+    ctx: tuple[str, ...],
+    ttl: str,
+    wait: bool,
+    timeout: str,
+    idempotency_key: str,
+    out: Path | None,
+    fmt: str,
+    oidc_token_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Ask for a signature; print the request id at once; optionally wait for it.
+
+    --format raw writes one signature per artifact (ARTIFACT.sig, with its audit
+    proof beside it); bundle writes one JSON bundle with the signatures, the
+    officers' approvals and the audit proof (`signer verify --bundle`); dsse
+    sends an in-toto Statement over the artifacts, which the officers see, and
+    writes the signed DSSE envelope plus a bundle for it.
+    """
+    lifetime = _duration(ttl, "--ttl", dt.timedelta(seconds=1)) if ttl else None
+    wait_for = _duration(timeout, "--timeout")  # both checked before anything is sent
+    digests = digests_of(files, raw_digests, hash_name)
+    if not digests:
+        raise click.UsageError("give --file or --digest")
+    if fmt == "raw":
+        if out is not None and len(digests) != 1:
+            raise click.UsageError("--out needs exactly one --file or --digest")
+        if wait and out is None and len(files) != len(digests):
+            raise click.UsageError("with --digest, give --out (or use --no-wait)")
+    elif wait and out is None and not files:
+        raise click.UsageError(f"with --format {fmt} and only --digest, give --out")
+    context = _context(ctx)
+    payload_type, payload = "", b""
+    if fmt == "dsse":
+        payload_type = PAYLOAD_TYPE
+        payload = build_statement(
+            [(d.artifact_name, HASH_FROM_PB[d.algorithm], d.value) for d in digests],
+            {"context": context} if context else {},
+        )
+        names = [d.artifact_name for d in digests]
+        label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
+        digests = [
+            types_pb2.Digest(
+                algorithm=HASH_TO_PB[hash_name],
+                value=pae_digest(payload_type, payload, hash_name),
+                artifact_name=f"in-toto statement: {label}"[:512],
+            )
+        ]
+    profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
+    ttl_pb = duration_pb2.Duration()
+    if lifetime is not None:
+        ttl_pb.FromTimedelta(lifetime)
+    create = signing_pb2.CreateSigningRequestRequest(
+        key_name=key_name,
+        digests=digests,
+        context=context,
+        ttl=ttl_pb,
+        idempotency_key=idempotency_key or str(uuid.uuid4()),
+        payload_type=payload_type,
+        payload=payload,
+    )
+    asked = Asked.of(create)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        request = workflow.create(profile, stub, create)
+        echo(request.id)
+        if not wait:
+            return
+        say(
+            f"waiting for {request.threshold} approvals on {request.key_name} "
+            f"(request {request.id})..."
+        )
+        asked = asked.for_request(request.id)
+        last, _ = workflow.wait(profile, stub, asked, wait_for)
+        request = last or request
+        if as_json:
+            print_json(request_dict(request))
+        finish(profile, stub, request, asked, fmt, files, out)
+
+
+@click.command()
+@click.argument("request_id")
+@profile_opt
+@server_opt
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="If SIGNED, write the signature (--format raw: a single one), bundle or envelope "
+    "here. Give --file too to have the files' digests checked.",
+)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The artifacts, in request order: their digests must be the request's.",
+)
+@format_opt
+@oidc_token_opt
+@json_opt
+@handle_errors
+def status(
+    request_id: str,
+    profile_path: Path | None,
+    server: str | None,
+    out: Path | None,
+    files: tuple[Path, ...],
+    fmt: str,
+    oidc_token_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Show one of your requests (and fetch its signature).
+
+    With --file, the request's digests must be those of the files, and each
+    signature must verify over its file's own digest, before anything is written.
+    """
+    profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
+    asked = Asked(request_id=request_id)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        r = call(
+            profile, stub.GetSigningRequest, signing_pb2.GetSigningRequestRequest(id=request_id)
+        ).request
+        workflow.check_response(r, asked)
+        own = _own_digests(r, files) if files else None
+        d = request_dict(r)
+        if as_json:
+            print_json(d)
+        else:
+            _show_request(d)
+        if out is not None or files:
+            if d["state"] != "SIGNED" or (fmt == "raw" and out and len(r.digests) != 1):
+                fail(f"request {request_id} is {d['state']}; no single signature to write")
+            finish(profile, stub, r, asked, fmt, files, out, own)
+
+
+def _own_digests(r: types_pb2.SigningRequest, files: tuple[Path, ...]) -> list[tuple[str, bytes]]:
+    """The files' own digests, hashed as the request's are; they must be the request's."""
+    if r.payload:
+        raise click.UsageError(
+            f"request {r.id} signs a DSSE statement, not the files; leave out --file"
+        )
+    if len(files) != len(r.digests):
+        raise ResponseMismatchError(
+            f"request {r.id} has {len(r.digests)} digests, {len(files)} files were given"
+        )
+    own = []
+    for f, d in zip(files, r.digests, strict=True):
+        hash_name = HASH_FROM_PB.get(d.algorithm)
+        if hash_name is None:
+            raise ResponseMismatchError(f"request {r.id} has a digest of an unknown hash")
+        value = file_digest(f, hash_name)
+        if value != d.value:
+            raise ResponseMismatchError(
+                f"request {r.id}: the {hash_name} of {f} is not the request's digest "
+                f"for {d.artifact_name}; nothing was written"
+            )
+        own.append((hash_name, value))
+    return own
+
+
+def _show_request(d: dict[str, Any]) -> None:
+    rows = [
+        [k, str(d[k])]
+        for k in (
+            "id",
+            "state",
+            "key_name",
+            "key_id",
+            "algorithm",
+            "requester",
+            "threshold",
+            "create_time",
+            "expire_time",
+        )
+    ]
+    rows += [[f"context.{k}", v] for k, v in d["context"].items()]
+    rows += [
+        [f"digest[{i}]", f"{x['algorithm']}:{x['digest']}  {x['artifact']}"]
+        for i, x in enumerate(d["digests"])
+    ]
+    rows += [
+        [
+            f"{a['decision']}d by" if a["decision"] == "deny" else "approved by",
+            f"{a['approver']} at {a['time']} {a['reason']}",
+        ]
+        for a in d["approvals"]
+    ]
+    if d["status_message"]:
+        rows.append(["status", d["status_message"]])
+    print_table(f"request {d['id']}", ["field", "value"], rows)
+
+
+@click.command()
+@click.argument("request_id")
+@profile_opt
+@server_opt
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+@handle_errors
+def cancel(request_id: str, profile_path: Path | None, server: str | None, reason: str) -> None:
+    """Cancel one of your pending requests."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        call(
+            profile,
+            stub.CancelSigningRequest,
+            signing_pb2.CancelSigningRequestRequest(id=request_id, reason=reason),
+        )
+    say(f"request {request_id} cancelled")
+
+
+@click.command("public-key")
+@profile_opt
+@server_opt
+@click.option("--key-name", required=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the PEM here.")
+@handle_errors
+def public_key(
+    profile_path: Path | None, server: str | None, key_name: str, out: Path | None
+) -> None:
+    """Fetch a signing key's public key (PEM) from the server."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        key = call(
+            profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=key_name)
+        ).key
+    emit(workflow.checked_key(key, key_name), out)
