@@ -12,12 +12,9 @@ and signing a decision on what was shown is `approver.decide`.
 
 from __future__ import annotations
 
-import functools
 import getpass
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
@@ -27,7 +24,6 @@ from approver.review import PAGE_SIZE, describe, fetch, summary_dict
 from signer import __version__
 from signer.approval.files import generate
 from signer.cli.kit import (
-    fail,
     handle_errors,
     json_opt,
     print_json,
@@ -45,19 +41,6 @@ from signer.parsing import read_secret
 from signer.v1 import approval_pb2_grpc
 
 __all__ = ["main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _approver_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ApproverError as e:
-            fail(str(e))
-
-    return handle_errors(wrapper)  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,7 +63,7 @@ def main() -> None:
 )
 @click.option("--passphrase-env", help="Encrypt the key with the passphrase in this variable.")
 @click.option("--encrypt", is_flag=True, help="Ask for a passphrase on the terminal.")
-@_approver_errors
+@handle_errors
 def keygen(
     out: Path, passphrase_file: Path | None, passphrase_env: str | None, encrypt: bool
 ) -> None:
@@ -108,7 +91,7 @@ def keygen(
     type=click.Choice([s.value.lower() for s in State]),
 )
 @json_opt
-@_approver_errors
+@handle_errors
 def list_(profile_path: Path | None, server: str | None, state: str, as_json: bool) -> None:
     """List requests on keys you approve for."""
     profile = load_profile(profile_path, server)
@@ -149,7 +132,7 @@ def list_(profile_path: Path | None, server: str | None, state: str, as_json: bo
     show_default=True,
     help="Digests per page.",
 )
-@_approver_errors
+@handle_errors
 def show(
     request_id: str,
     profile_path: Path | None,
@@ -175,7 +158,7 @@ def show(
 @profile_opt
 @server_opt
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_approver_errors
+@handle_errors
 def approve(request_id: str, profile_path: Path | None, server: str | None, yes: bool) -> None:
     """Approve a request (signed with your approval key)."""
     decide(profile_path, server, request_id, "approve", "", yes)
@@ -187,7 +170,7 @@ def approve(request_id: str, profile_path: Path | None, server: str | None, yes:
 @profile_opt
 @server_opt
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_approver_errors
+@handle_errors
 def deny(
     request_id: str, reason: str, profile_path: Path | None, server: str | None, yes: bool
 ) -> None:
