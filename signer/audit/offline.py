@@ -37,10 +37,10 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
-from signer.dsse import Envelope, distinct_approvers
+from signer.dsse import Binding, Envelope, distinct_approvers
 from signer.encoding import canonical_json
-from signer.errors import EnvelopeError, VerificationError
-from signer.model import Digest
+from signer.errors import EnvelopeError, StatementMismatchError, VerificationError
+from signer.model import Digest, may_decide
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
@@ -175,7 +175,7 @@ class _Policy:
     """What the checks read of a recorded policy, every field checked for its type."""
 
     keys: dict[str, _KeyRule]
-    approver_keys: dict[str, bytes]  # officer -> raw Ed25519 public key
+    approver_keys: dict[str, ed25519.Ed25519PublicKey]
 
     @classmethod
     def parse(cls, policy: Mapping[str, Any]) -> _Policy:
@@ -193,7 +193,7 @@ class _Policy:
             at = f"{where}.approver_keys.{name}"
             if not _PUBLIC_KEY.match(_typed(key, str, at)):
                 raise ValueError(f"{at} must be 64 lowercase hex digits (an Ed25519 public key)")
-            approver_keys[name] = bytes.fromhex(key)
+            approver_keys[name] = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
         return cls(keys, approver_keys)
 
 
@@ -214,7 +214,7 @@ class _Request:
     digests: tuple[Digest, ...]
     requester: str
     barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
-    approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> raw key
+    approvals: dict[str, ed25519.Ed25519PublicKey] = field(default_factory=dict)
     denied: bool = False
     signed: bool = False
 
@@ -295,10 +295,10 @@ class _Semantics:
             raise ValueError(f"no policy in force for key {r.key_name!r}")
         if key_id != r.key_id:
             raise ValueError("signed with another key id than the request names")
-        valid: dict[str, bytes] = {
+        valid = {
             a: k
             for a, k in r.approvals.items()
-            if a in rule.approvers and a != r.requester and a not in r.barred
+            if a in rule.approvers and may_decide(a, r.requester, r.barred)
         }
         distinct = len(distinct_approvers(valid.items()))
         if distinct < rule.threshold:
@@ -311,33 +311,28 @@ class _Semantics:
         r.signed = True
         self.report.signed += 1
 
-    def _verify_envelope(self, e: AuditEntry, r: _Request, decision: str = "approve") -> bytes:
+    def _verify_envelope(
+        self, e: AuditEntry, r: _Request, decision: str = "approve"
+    ) -> ed25519.Ed25519PublicKey:
         approver = _field(e.details, "approver", str, "details")
         envelope = _field(e.details, "envelope", str, "details")
-        raw = self.policy.approver_keys.get(e.actor)
-        if raw is None or approver != e.actor:
+        key = self.policy.approver_keys.get(e.actor)
+        if key is None or approver != e.actor:
             raise ValueError(f"{e.actor!r} has no approval key in the policy in force")
         try:
-            st = Envelope.parse(envelope.encode()).verify(
-                ed25519.Ed25519PublicKey.from_public_bytes(raw)
-            )
+            statement = Envelope.parse(envelope.encode()).verify(key)
         except EnvelopeError as x:
             raise ValueError(f"approval envelope by {e.actor} does not verify: {x}") from None
-        unbound = st.unbound(
-            approver=e.actor,
-            decision=decision,
-            request_id=e.request_id,
-            key_name=r.key_name,
-            key_id=r.key_id,
-            digests=r.digests,
-        )
-        if unbound:
-            raise ValueError(f"the {decision} by {e.actor} is not bound to this request")
-        if e.actor == r.requester or e.actor in r.barred:
+        binding = Binding(e.request_id, r.key_name, r.key_id, r.digests)
+        try:
+            binding.check(statement, e.actor, decision)
+        except StatementMismatchError:
+            raise ValueError(f"the {decision} by {e.actor} is not bound to this request") from None
+        if not may_decide(e.actor, r.requester, r.barred):
             raise ValueError(
                 f"{e.actor} decided on a request they made or whose pipeline they started"
             )
-        return raw
+        return key
 
 
 def verify_dir(path: Path, verifier: Verifier) -> Report:

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import HASH_SIZES, KeyAlgorithm
@@ -42,7 +41,7 @@ from signer.audit.proofs import SignedProof
 from signer.bounds import echo
 from signer.core.events import Event, Hook, Kind
 from signer.core.policy import KeyPolicy
-from signer.dsse import Envelope, Statement, distinct_approvers
+from signer.dsse import Binding, Envelope, Statement, distinct_approvers
 from signer.encoding import canonical_json, format_time
 from signer.errors import (
     AlreadyExistsError,
@@ -479,20 +478,7 @@ class Core:
 
     def _check_binding(self, st: Statement, request: Request, actor: str, decision: str) -> None:
         """Every field of the signed statement must equal the stored request."""
-        mismatches = st.unbound(
-            approver=actor,
-            decision=decision,
-            request_id=request.id,
-            key_name=request.key_name,
-            key_id=request.key_id,
-            digests=request.digests,
-        )
-        if mismatches:
-            raise EnvelopeError(
-                f"the signed statement does not match request {request.id}: "
-                f"{', '.join(mismatches)} differ; re-fetch the request and sign again",
-                reason="STATEMENT_MISMATCH",
-            )
+        Binding.of(request).check(st, actor, decision)
         if st.issued_at > self.clock() + _CLOCK_SKEW:
             raise EnvelopeError(
                 "the statement's issued_at is in the future; check the clock",
@@ -518,7 +504,7 @@ class Core:
             return None
         if any(a.decision == "deny" for a in request.approvals):
             return None
-        valid: list[tuple[str, bytes]] = []
+        valid: list[tuple[str, ed25519.Ed25519PublicKey]] = []
         for a in request.approvals:
             key = self.approver_keys.get(a.approver)
             if (
@@ -533,8 +519,7 @@ class Core:
                 self._check_binding(st, request, a.approver, "approve")
             except EnvelopeError:
                 continue
-            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            valid.append((a.approver, raw))
+            valid.append((a.approver, key))
         counted = distinct_approvers(valid)
         return sorted(counted) if len(counted) >= policy.threshold else None
 
