@@ -4,8 +4,8 @@ Knows nothing of gRPC, SQL or PKCS#11: it talks to a `Store`, a token-like
 `DigestSigner` and a `Notifier`. Invariants upheld here:
 
 - (2) `_quorum` is the one place that decides whether a request may be signed:
-  m valid approvals from m distinct approvers in the key's policy, none from
-  the requester, no denial, each envelope verifying with the approver's
+  m valid approvals (the key's policy rules, `signer.core.rules`, say whose
+  count and how many make m) from distinct approvers, none from the requester, no denial, each envelope verifying with the approver's
   registered key and binding the exact request id, key, key id and digests.
   It runs when an approval arrives and again right before the token signs.
 - (3) every state change appends its audit entry in the same store
@@ -41,6 +41,7 @@ from signer.audit.proofs import SignedProof
 from signer.bounds import echo
 from signer.core.events import Event, Hook, Kind
 from signer.core.policy import KeyPolicy
+from signer.core.rules import Ask, not_an_approver
 from signer.dsse import Binding, Envelope, Statement, distinct_approvers
 from signer.encoding import canonical_json, format_time
 from signer.errors import (
@@ -219,23 +220,12 @@ class Core:
         payload), the one digest must be of its PAE.
         """
         policy, spec = self._key(key_name)
-        if caller is not None:
-            if caller.identity != actor or not policy.admits(caller.issuer, caller.claims):
-                raise PermissionDeniedError(
-                    f"the token's claims do not meet key {key_name!r}'s conditions "
-                    f"({'; '.join(f'{k}={v}' for k, v in sorted(caller.claims.items()))})",
-                    reason="CLAIMS_NOT_ALLOWED",
-                    details={"issuer": caller.issuer, "claims": dict(caller.claims)},
-                )
-        elif actor not in policy.requesters:
-            raise PermissionDeniedError(
-                f"{echo(actor)} may not request signatures with key {key_name!r}",
-                reason="NOT_A_REQUESTER",
-            )
+        lifetime = self._lifetime(ttl, policy)
+        policy.check_request(Ask(actor, caller, lifetime))
         self._check_digests(digests, spec)
         self._check_context(context)
         self._check_payload(payload_type, payload, digests)
-        lifetime = self._ttl(ttl, policy)
+        self._check_ttl(ttl)
         if idempotency_key and not _IDEMPOTENCY.match(idempotency_key):
             raise InvalidArgumentError(
                 "idempotency_key must be 1-128 printable ASCII characters without spaces"
@@ -319,12 +309,7 @@ class Core:
 
     def get_for_approver(self, actor: str, request_id: str) -> Request:
         request = self._get(request_id)
-        policy = self.policies.get(request.key_name)
-        if policy is None or actor not in policy.approvers:
-            raise PermissionDeniedError(
-                f"{echo(actor)} is not an approver for key {request.key_name!r}",
-                reason="NOT_AN_APPROVER",
-            )
+        self._approver_policy(actor, request.key_name)
         return request
 
     def wait(
@@ -386,7 +371,7 @@ class Core:
     ) -> list[tuple[int, Request]]:
         """A page of requests on keys `actor` approves for: at most `limit`, and as many
         large batches as fit in one page's bytes (one at least)."""
-        keys = frozenset(n for n, p in self.policies.items() if actor in p.approvers)
+        keys = frozenset(n for n, p in self.policies.items() if p.may_approve(actor))
         if not keys:
             return []
         with self._tx() as tx:
@@ -408,12 +393,7 @@ class Core:
         reached = False
         with self._tx() as tx:
             request = self._get_in(tx, request_id)
-            policy = self.policies.get(request.key_name)
-            if policy is None or actor not in policy.approvers:
-                raise PermissionDeniedError(
-                    f"{echo(actor)} is not an approver for key {request.key_name!r}",
-                    reason="NOT_AN_APPROVER",
-                )
+            policy = self._approver_policy(actor, request.key_name)
             if not request.may_decide(actor):
                 raise PermissionDeniedError(
                     f"{echo(actor)} made request {request_id} (or started its pipeline) "
@@ -509,7 +489,7 @@ class Core:
             key = self.approver_keys.get(a.approver)
             if (
                 a.decision != "approve"
-                or a.approver not in policy.approvers
+                or not policy.may_approve(a.approver)
                 or not request.may_decide(a.approver)
                 or key is None
             ):
@@ -521,7 +501,7 @@ class Core:
                 continue
             valid.append((a.approver, key))
         counted = distinct_approvers(valid)
-        return sorted(counted) if len(counted) >= policy.threshold else None
+        return None if policy.quorum_problem(counted) is not None else sorted(counted)
 
     # -- signing --------------------------------------------------------------
 
@@ -881,11 +861,24 @@ class Core:
         if not is_displayable(reason):
             raise InvalidArgumentError(f"reason must be {DISPLAY_RULE}", reason="BAD_REASON")
 
-    def _ttl(self, ttl: dt.timedelta | None, policy: KeyPolicy) -> dt.timedelta:
+    @staticmethod
+    def _lifetime(ttl: dt.timedelta | None, policy: KeyPolicy) -> dt.timedelta:
+        """The lifetime of a request asking for `ttl`: the key's max_ttl when none is
+        asked (or zero), and never more (the `MaxTtl` rule)."""
         if ttl is None or ttl == dt.timedelta(0):
             return policy.max_ttl
-        if ttl < self.limits.min_ttl:
+        return min(ttl, policy.max_ttl)
+
+    def _check_ttl(self, ttl: dt.timedelta | None) -> None:
+        if ttl is not None and ttl != dt.timedelta(0) and ttl < self.limits.min_ttl:
             raise InvalidArgumentError(
                 f"ttl must be at least {self.limits.min_ttl}", reason="BAD_TTL"
             )
-        return min(ttl, policy.max_ttl)
+
+    def _approver_policy(self, actor: str, key_name: str) -> KeyPolicy:
+        """The policy of `key_name` if its rules let `actor` decide on its requests."""
+        policy = self.policies.get(key_name)
+        if policy is None:
+            raise not_an_approver(actor, key_name)
+        policy.check_approver(actor)
+        return policy
