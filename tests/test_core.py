@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import ALGORITHMS
 from signer.core.events import Event, Kind
-from signer.core.machine import Core, KeySpec, Limits
+from signer.core.intake import Limits
+from signer.core.machine import Core
 from signer.dsse import PAYLOAD_TYPE, Statement, key_id_of, pae
 from signer.errors import (
     AlreadyExistsError,
@@ -37,7 +38,7 @@ from signer.errors import (
     StoreError,
     TooLargeError,
 )
-from signer.model import Digest, Request, State
+from signer.model import Digest, KeySpec, Request, State
 from signer.server.config import KeyPolicy
 from signer.verify import verify_digest
 from testbed.env import Db

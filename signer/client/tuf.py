@@ -91,7 +91,7 @@ DEFAULT_TIMEOUT = dt.timedelta(minutes=15)
 DEFAULT_ARTIFACT = "tuf metadata"
 CONTEXT = {"signer": "securesystemslib"}
 
-# The server's rules for key names and artifact names (signer.server.config, signer.core.machine).
+# The server's rules for key names and artifact names (signer.server.config, signer.core.intake).
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PARAMS = ("profile", "timeout", "artifact")
 _RSA_HASHES = ("sha256", "sha384", "sha512")
