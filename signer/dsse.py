@@ -15,6 +15,11 @@ approver, issued_at, for a denial the reason, and exactly one of
   carry, so an approval stays small and binds every digest all the same.
 Either form binds exactly one digest list; the server and the offline
 verifiers accept both.
+
+Two rules of invariant 2 live here once, and the core, bundle verification and
+the offline audit verifier all call them: `Binding.check` (a statement is this
+officer's decision on exactly this request: id, key, key id, digests or their
+manifest) and `distinct_approvers` (each person once and each approval key once).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import binascii
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +38,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.encoding import canonical_json, format_time, parse_time
-from signer.errors import EnvelopeError
+from signer.errors import EnvelopeError, StatementMismatchError
 from signer.model import INLINE_DIGESTS, Digest, Manifest, Request
 
 __all__ = [
     "MAX_ENVELOPE_BYTES",
     "PAYLOAD_TYPE",
+    "Binding",
     "Envelope",
     "Statement",
     "distinct_approvers",
@@ -87,40 +93,11 @@ class Statement:
             return {"digests": digests, "manifest": None}
         return {"digests": (), "manifest": Manifest.of(digests)}
 
-    def binds(self, digests: tuple[Digest, ...] | list[Digest]) -> bool:
+    def binds(self, digests: Sequence[Digest]) -> bool:
         """True if this statement names exactly these digests, in this order."""
         if self.manifest is not None:
             return self.manifest == Manifest.of(digests)
         return self.digests == tuple(digests)
-
-    def unbound(
-        self,
-        *,
-        approver: str,
-        decision: str,
-        request_id: str,
-        key_name: str,
-        key_id: str,
-        digests: tuple[Digest, ...] | list[Digest],
-    ) -> list[str]:
-        """The fields in which this statement is not `approver`'s `decision` on exactly
-        this request (its id, key, key id and digests); empty when it binds it.
-
-        The one binding rule: the core before it counts an approval, bundle
-        verification and the offline audit verifier all apply it.
-        """
-        return [
-            name
-            for name, ok in (
-                ("approver", self.approver == approver),
-                ("decision", self.decision == decision),
-                ("request_id", self.request_id == request_id),
-                ("key_name", self.key_name == key_name),
-                ("key_id", self.key_id == key_id),
-                ("digests", self.binds(digests)),
-            )
-            if not ok
-        ]
 
     @classmethod
     def for_request(
@@ -204,14 +181,58 @@ class Statement:
         return st
 
 
-def distinct_approvers(approvals: Iterable[tuple[str, bytes]]) -> list[str]:
+@dataclass(frozen=True)
+class Binding:
+    """The request an approval must name: its id, key name, key id and digests."""
+
+    request_id: str
+    key_name: str
+    key_id: str
+    digests: Sequence[Digest]
+
+    @classmethod
+    def of(cls, request: Request) -> Binding:
+        return cls(request.id, request.key_name, request.key_id, request.digests)
+
+    def check(self, statement: Statement, approver: str, decision: str) -> Statement:
+        """`statement` if it is `approver`'s `decision` on exactly this request;
+        otherwise `StatementMismatchError` naming the fields that differ.
+
+        The one binding rule: the core before it records or counts a decision,
+        bundle verification and the offline audit verifier all apply it.
+        """
+        mismatches = tuple(
+            name
+            for name, ok in (
+                ("approver", statement.approver == approver),
+                ("decision", statement.decision == decision),
+                ("request_id", statement.request_id == self.request_id),
+                ("key_name", statement.key_name == self.key_name),
+                ("key_id", statement.key_id == self.key_id),
+                ("digests", statement.binds(self.digests)),
+            )
+            if not ok
+        )
+        if mismatches:
+            raise StatementMismatchError(
+                f"the signed statement does not match request {self.request_id}: "
+                f"{', '.join(mismatches)} differ; re-fetch the request and sign again",
+                mismatches,
+            )
+        return statement
+
+
+def distinct_approvers(
+    approvals: Iterable[tuple[str, ed25519.Ed25519PublicKey]],
+) -> list[str]:
     """The approvers of valid approvals that count toward a quorum, in order: each person
     once, and each approval key once (a key registered under two names counts for the
-    first). `approvals` are (approver, raw public key) pairs.
+    first). `approvals` are (approver, the public key their approval verified with).
     """
     people: list[str] = []
     keys: set[bytes] = set()
-    for approver, key in approvals:
+    for approver, public_key in approvals:
+        key = public_key.public_bytes_raw()
         if approver in people or key in keys:
             continue
         people.append(approver)

@@ -15,6 +15,7 @@ once, and the gRPC servicer maps them to status codes exactly once.
     │   └── AuditHeadError       the stored log is not consistent with the token's tree head
     ├── InvalidArgumentError     malformed input (INVALID_ARGUMENT)
     │   └── EnvelopeError        a DSSE envelope that does not parse or verify
+    │       └── StatementMismatchError  a signed statement that does not bind the request
     ├── NotFoundError            unknown request or key (NOT_FOUND)
     ├── UnauthenticatedError     no verified client identity (UNAUTHENTICATED)
     ├── PermissionDeniedError    the caller may not do this (PERMISSION_DENIED)
@@ -47,6 +48,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResponseMismatchError",
     "SignerError",
+    "StatementMismatchError",
     "StoreError",
     "TokenError",
     "TokenNotFoundError",
@@ -116,6 +118,17 @@ class InvalidArgumentError(SignerError):
 
 class EnvelopeError(InvalidArgumentError):
     default_reason = "BAD_ENVELOPE"
+
+
+class StatementMismatchError(EnvelopeError):
+    """A verified approval statement that is not this decision on this request; `fields`
+    names the statement's fields that differ (each verifier words its own message)."""
+
+    default_reason = "STATEMENT_MISMATCH"
+
+    def __init__(self, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class NotFoundError(SignerError):

@@ -9,14 +9,14 @@ import datetime as dt
 import enum
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from signer.algorithms import KeyAlgorithm
 from signer.encoding import canonical_json
 
-__all__ = ["TERMINAL", "Approval", "Digest", "Request", "State", "TokenCaller"]
+__all__ = ["TERMINAL", "Approval", "Digest", "Request", "State", "TokenCaller", "may_decide"]
 
 
 class State(enum.StrEnum):
@@ -133,6 +133,13 @@ class TokenCaller:
         )
 
 
+def may_decide(approver: str, requester: str, barred: Iterable[str]) -> bool:
+    """Separation of duties (invariant 2): an officer decides on no request they made,
+    nor on one from a pipeline they started (`barred`: its actor, as mapped in config).
+    The core and the offline audit verifier both ask this."""
+    return approver != requester and approver not in barred
+
+
 @dataclass(frozen=True)
 class Request:
     id: str
@@ -156,9 +163,7 @@ class Request:
 
     def may_decide(self, approver: str) -> bool:
         """Whether `approver` is neither the requester nor the pipeline's actor."""
-        return approver != self.requester and not (
-            self.caller is not None and approver in self.caller.barred
-        )
+        return may_decide(approver, self.requester, self.caller.barred if self.caller else ())
 
     @property
     def terminal(self) -> bool:

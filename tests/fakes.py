@@ -27,11 +27,12 @@ from signer.algorithms import ALGORITHMS, KeyAlgorithm
 from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.note import Verifier
-from signer.core.machine import LIMITS, Core, KeySpec, Limits
+from signer.core.intake import LIMITS, Limits
+from signer.core.machine import Core
 from signer.core.policy import KeyPolicy
 from signer.dsse import Statement, sign_statement
 from signer.errors import KeyNotFoundError, TokenError
-from signer.model import Digest, Request, State
+from signer.model import Digest, KeySpec, Request, State
 from signer.store import Store
 from testbed.env import Db
 

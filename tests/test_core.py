@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import ALGORITHMS
 from signer.core.events import Event, Kind
-from signer.core.machine import Core, KeySpec, Limits
+from signer.core.intake import Limits
+from signer.core.machine import Core
 from signer.core.policy import KeyPolicy
 from signer.dsse import PAYLOAD_TYPE, Statement, key_id_of, pae
 from signer.errors import (
@@ -38,7 +39,7 @@ from signer.errors import (
     StoreError,
     TooLargeError,
 )
-from signer.model import Digest, Request, State
+from signer.model import Digest, KeySpec, Request, State
 from signer.verify import verify_digest
 from testbed.env import Db
 from tests.fakes import SimulatedCrash, World, make_world, sha256_digest

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from signer.core.machine import LIMITS
+from signer.core.intake import LIMITS
 from signer.server.app import STREAMS_PER_CONNECTION, _options
 from signer.server.config import load_config
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2

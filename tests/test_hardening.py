@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from signer.core.machine import Limits
+from signer.core.intake import Limits
 from signer.errors import EnvelopeError, InvalidArgumentError, TooLargeError
 from signer.model import Digest, State
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2

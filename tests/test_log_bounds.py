@@ -27,7 +27,7 @@ from signer.bounds import (
     clip_log_values,
     echo,
 )
-from signer.core.machine import LIMITS
+from signer.core.intake import LIMITS
 from signer.errors import TooLargeError
 from signer.v1 import (
     approval_pb2,

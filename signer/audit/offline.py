@@ -9,11 +9,17 @@ verifier key. Checks, and names the first entry that fails:
   fields of its type (and each detail the checks below read), and the tree
   recomputed from the entries has, at each checkpoint's size, that
   checkpoint's root (so any edit, deletion, insertion or reordering shows);
-- the semantics: every `request.signed` entry is backed by at least m valid
-  approval envelopes from distinct approvers (distinct keys) of the key's
-  policy in force (recorded whole in `server.started`, hash checked), each
-  bound to the same request id, key name, key id and digests, none from the
-  requester (nor the actor of an OIDC pipeline), and no denial.
+- the semantics, under the policy in force (recorded whole in `server.started`,
+  hash checked, read back strictly with `KeyPolicy.from_dict`) and with the
+  core's own rules (`signer.core.rules.RULES`, applied through `KeyPolicy`):
+  every `request.created` is one its rules admit (the requester or the OIDC
+  pipeline's claims, the lifetime), and every `request.signed` entry is backed
+  by approval envelopes, each verified and bound (`dsse.Binding.check`) to the
+  same request id, key name, key id and digests, none from the requester (nor
+  the actor of an OIDC pipeline), no denial, whose approvers the rules let
+  count and make a quorum (distinct people with distinct keys,
+  `dsse.distinct_approvers`). Only what the log records is checked: an entry
+  without an `expire_time` has no lifetime to check.
 
 Whatever the files hold, the result is a report or one `VerificationError`
 naming the entry and the field, never another exception. The files are read
@@ -23,11 +29,13 @@ needs O(log n) hashes, the replay what it keeps of each request.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +45,17 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
-from signer.dsse import Envelope, distinct_approvers
-from signer.encoding import canonical_json
-from signer.errors import EnvelopeError, VerificationError
-from signer.model import Digest
+from signer.core.policy import KeyPolicy
+from signer.core.rules import Ask
+from signer.dsse import Binding, Envelope, distinct_approvers
+from signer.encoding import canonical_json, parse_time
+from signer.errors import EnvelopeError, SignerError, StatementMismatchError, VerificationError
+from signer.fields import field, strings, typed
+from signer.model import Digest, TokenCaller, may_decide
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
 _PUBLIC_KEY = re.compile(r"[0-9a-f]{64}\Z")
-_JSON_TYPES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    list: "a list",
-    dict: "an object",
-}
 
 
 class PrefixTree:
@@ -80,36 +85,6 @@ class PrefixTree:
 # -- the type of every field -------------------------------------------------------------
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return next((n for t, n in _JSON_TYPES.items() if isinstance(value, t)), type(value).__name__)
-
-
-def _typed(value: Any, kind: type, where: str) -> Any:
-    """`value` if it is of the JSON type `kind` (a boolean is not an integer)."""
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise ValueError(f"{where} must be {_JSON_TYPES[kind]}, not {_json_type(value)}")
-
-
-def _field(d: Mapping[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
-    if key not in d:
-        if default is not ...:
-            return default
-        raise ValueError(f"{where}.{key} is missing")
-    return _typed(d[key], kind, f"{where}.{key}")
-
-
-def _strings(d: Mapping[str, Any], key: str, where: str, default: Any = ...) -> list[str]:
-    values: list[str] = _field(d, key, list, where, default)
-    for i, v in enumerate(values):
-        _typed(v, str, f"{where}.{key}[{i}]")
-    return values
-
-
 _ENTRY_FIELDS: dict[str, type] = {
     "index": int,
     "time": str,
@@ -124,9 +99,9 @@ def _entry_problem(raw: bytes, error: Exception) -> str:
     """Why `raw` is not an audit entry, naming the field where one is to blame."""
     try:
         d = json.loads(raw)
-        _typed(d, dict, "the entry")
+        typed(d, dict, "the entry")
         for key, kind in _ENTRY_FIELDS.items():
-            _field(d, key, kind, "entry")
+            field(d, key, kind, "entry")
     except (ValueError, RecursionError) as e:
         return str(e)[:200]
     return str(error)[:200]
@@ -138,7 +113,7 @@ def parse_entry(raw: bytes, position: int) -> AuditEntry:
         entry = AuditEntry.from_bytes(raw)  # a time that parsed was a string
         for key, kind in _ENTRY_FIELDS.items():
             if key != "time":
-                _typed(getattr(entry, key), kind, f"entry.{key}")
+                typed(getattr(entry, key), kind, f"entry.{key}")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise VerificationError(
             f"entry {position}: not a canonical audit entry: {_entry_problem(raw, e)}"
@@ -165,46 +140,68 @@ class Report:
 
 
 @dataclass(frozen=True)
-class _KeyRule:
-    approvers: frozenset[str]
-    threshold: int
-
-
-@dataclass(frozen=True)
 class _Policy:
-    """What the checks read of a recorded policy, every field checked for its type."""
+    """A recorded policy in the core's model, every field checked for its type."""
 
-    keys: dict[str, _KeyRule]
-    approver_keys: dict[str, bytes]  # officer -> raw Ed25519 public key
+    keys: dict[str, KeyPolicy]
+    approver_keys: dict[str, ed25519.Ed25519PublicKey]
 
     @classmethod
     def parse(cls, policy: Mapping[str, Any]) -> _Policy:
         where = "details.policy"
         keys = {}
-        for name, rule in _field(policy, "keys", dict, where, {}).items():
+        for name, rule in field(policy, "keys", dict, where, {}).items():
             at = f"{where}.keys.{name}"
-            _typed(rule, dict, at)
-            threshold = _field(rule, "threshold", int, at)
-            if threshold < 1:
-                raise ValueError(f"{at}.threshold must be at least 1, not {threshold}")
-            keys[name] = _KeyRule(frozenset(_strings(rule, "approvers", at)), threshold)
+            keys[name] = KeyPolicy.from_dict(rule, at)
+            if keys[name].name != name:
+                raise ValueError(f"{at}.name must be {name!r}, the name it is recorded under")
         approver_keys = {}
-        for name, key in _field(policy, "approver_keys", dict, where, {}).items():
+        for name, key in field(policy, "approver_keys", dict, where, {}).items():
             at = f"{where}.approver_keys.{name}"
-            if not _PUBLIC_KEY.match(_typed(key, str, at)):
+            if not _PUBLIC_KEY.match(typed(key, str, at)):
                 raise ValueError(f"{at} must be 64 lowercase hex digits (an Ed25519 public key)")
-            approver_keys[name] = bytes.fromhex(key)
+            approver_keys[name] = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
         return cls(keys, approver_keys)
 
 
 def _digest(value: Any, where: str) -> Digest:
-    _typed(value, dict, where)
+    typed(value, dict, where)
     for key in ("algorithm", "digest", "artifact"):
-        _field(value, key, str, where)
+        field(value, key, str, where)
     try:
         return Digest.from_dict(value)
     except ValueError:
         raise ValueError(f"{where}.digest must be hex digits") from None
+
+
+def _caller(d: Mapping[str, Any]) -> TokenCaller | None:
+    """The OIDC pipeline that made a request, as recorded; None for an mTLS requester."""
+    where = "details.caller"
+    caller = field(d, "caller", dict, "details", None)
+    if caller is None:
+        return None
+    barred = strings(caller, "barred_approvers", where, [])
+    claims = field(caller, "claims", dict, where)
+    for claim, value in claims.items():
+        typed(value, str, f"{where}.claims.{claim}")
+    return TokenCaller(
+        field(caller, "issuer", str, where),
+        field(caller, "identity", str, where),
+        claims,
+        field(caller, "actor", str, where, ""),
+        tuple(barred),
+    )
+
+
+def _lifetime(e: AuditEntry) -> dt.timedelta | None:
+    """How long the request was to live (its expire_time less its creation), if recorded."""
+    expires = field(e.details, "expire_time", str, "details", None)
+    if expires is None:
+        return None
+    try:
+        return parse_time(expires) - e.time
+    except ValueError:
+        raise ValueError("details.expire_time must be an RFC 3339 time") from None
 
 
 @dataclass
@@ -214,30 +211,35 @@ class _Request:
     digests: tuple[Digest, ...]
     requester: str
     barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
-    approvals: dict[str, bytes] = field(default_factory=dict)  # approver -> raw key
+    approvals: dict[str, ed25519.Ed25519PublicKey] = dataclasses.field(default_factory=dict)
     denied: bool = False
     signed: bool = False
 
     @classmethod
-    def parse(cls, e: AuditEntry) -> _Request:
+    def parse(cls, e: AuditEntry) -> tuple[_Request, Ask]:
+        """The request an entry creates, and what the policy's rules check of it."""
         d = e.details
         digests = tuple(
             _digest(x, f"details.digests[{i}]")
-            for i, x in enumerate(_field(d, "digests", list, "details"))
+            for i, x in enumerate(field(d, "digests", list, "details"))
         )
-        caller = _field(d, "caller", dict, "details", {})
-        barred = _strings(caller, "barred_approvers", "details.caller", [])
-        return cls(
-            _field(d, "key_name", str, "details"),
-            _field(d, "key_id", str, "details"),
+        caller = _caller(d)
+        request = cls(
+            field(d, "key_name", str, "details"),
+            field(d, "key_id", str, "details"),
             digests,
             e.actor,
-            frozenset(barred),
+            frozenset(caller.barred if caller else ()),
         )
+        return request, Ask(e.actor, caller, _lifetime(e))
+
+    def binding(self, request_id: str) -> Binding:
+        return Binding(request_id, self.key_name, self.key_id, self.digests)
 
 
 class _Semantics:
-    """Replays the log and checks every signature's quorum under the policy in force."""
+    """Replays the log and checks, under the policy in force, each request's creation and
+    each signature's quorum with the core's own rules."""
 
     def __init__(self, report: Report) -> None:
         self.report = report
@@ -252,17 +254,28 @@ class _Semantics:
             handler(e)
 
     def _server_started(self, e: AuditEntry) -> None:
-        policy = _field(e.details, "policy", dict, "details")
-        policy_hash = _field(e.details, "policy_hash", str, "details")
+        policy = field(e.details, "policy", dict, "details")
+        policy_hash = field(e.details, "policy_hash", str, "details")
         if hashlib.sha256(canonical_json(policy)).hexdigest() != policy_hash:
             raise ValueError("the recorded policy does not match its policy_hash")
         self.policy = _Policy.parse(policy)
         self.report.policies += 1
 
+    def _key_policy(self, key_name: str) -> KeyPolicy:
+        policy = self.policy.keys.get(key_name)
+        if policy is None:
+            raise ValueError(f"no policy in force for key {key_name!r}")
+        return policy
+
     def _request_created(self, e: AuditEntry) -> None:
         if e.request_id in self.requests:
             raise ValueError("request created twice")
-        self.requests[e.request_id] = _Request.parse(e)
+        request, ask = _Request.parse(e)
+        try:
+            self._key_policy(request.key_name).check_request(ask)
+        except SignerError as x:
+            raise ValueError(f"the policy in force refuses this request: {x}") from None
+        self.requests[e.request_id] = request
 
     def _request(self, e: AuditEntry) -> _Request:
         r = self.requests.get(e.request_id)
@@ -284,60 +297,49 @@ class _Semantics:
 
     def _request_signed(self, e: AuditEntry) -> None:
         r = self._request(e)
-        key_id = _field(e.details, "key_id", str, "details")
-        named = _strings(e.details, "approvers", "details", [])
+        key_id = field(e.details, "key_id", str, "details")
+        named = strings(e.details, "approvers", "details", [])
         if r.signed:
             raise ValueError("request signed twice")
         if r.denied:
             raise ValueError("request signed after a denial")
-        rule = self.policy.keys.get(r.key_name)
-        if rule is None:
-            raise ValueError(f"no policy in force for key {r.key_name!r}")
+        policy = self._key_policy(r.key_name)
         if key_id != r.key_id:
             raise ValueError("signed with another key id than the request names")
-        valid: dict[str, bytes] = {
+        valid = {
             a: k
             for a, k in r.approvals.items()
-            if a in rule.approvers and a != r.requester and a not in r.barred
+            if policy.may_approve(a) and may_decide(a, r.requester, r.barred)
         }
-        distinct = len(distinct_approvers(valid.items()))
-        if distinct < rule.threshold:
-            raise ValueError(
-                f"signed with {distinct} valid distinct approvals; "
-                f"the policy needs {rule.threshold}"
-            )
+        problem = policy.quorum_problem(distinct_approvers(valid.items()))
+        if problem is not None:
+            raise ValueError(f"signed with {problem}")
         if not set(named) <= set(valid):
             raise ValueError("the signed entry names approvers without a valid approval")
         r.signed = True
         self.report.signed += 1
 
-    def _verify_envelope(self, e: AuditEntry, r: _Request, decision: str = "approve") -> bytes:
-        approver = _field(e.details, "approver", str, "details")
-        envelope = _field(e.details, "envelope", str, "details")
-        raw = self.policy.approver_keys.get(e.actor)
-        if raw is None or approver != e.actor:
+    def _verify_envelope(
+        self, e: AuditEntry, r: _Request, decision: str = "approve"
+    ) -> ed25519.Ed25519PublicKey:
+        approver = field(e.details, "approver", str, "details")
+        envelope = field(e.details, "envelope", str, "details")
+        key = self.policy.approver_keys.get(e.actor)
+        if key is None or approver != e.actor:
             raise ValueError(f"{e.actor!r} has no approval key in the policy in force")
         try:
-            st = Envelope.parse(envelope.encode()).verify(
-                ed25519.Ed25519PublicKey.from_public_bytes(raw)
-            )
+            statement = Envelope.parse(envelope.encode()).verify(key)
         except EnvelopeError as x:
             raise ValueError(f"approval envelope by {e.actor} does not verify: {x}") from None
-        unbound = st.unbound(
-            approver=e.actor,
-            decision=decision,
-            request_id=e.request_id,
-            key_name=r.key_name,
-            key_id=r.key_id,
-            digests=r.digests,
-        )
-        if unbound:
-            raise ValueError(f"the {decision} by {e.actor} is not bound to this request")
-        if e.actor == r.requester or e.actor in r.barred:
+        try:
+            r.binding(e.request_id).check(statement, e.actor, decision)
+        except StatementMismatchError:
+            raise ValueError(f"the {decision} by {e.actor} is not bound to this request") from None
+        if not may_decide(e.actor, r.requester, r.barred):
             raise ValueError(
                 f"{e.actor} decided on a request they made or whose pipeline they started"
             )
-        return raw
+        return key
 
 
 def verify_dir(path: Path, verifier: Verifier) -> Report:

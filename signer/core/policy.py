@@ -1,20 +1,33 @@
 """The signing policy: who may request a signature with each key, and who must approve.
 
-Loaded from the server's config file (`signer.server.config` builds it and hashes it
-into the audit log at start-up); the core decides with it alone.
+Loaded from the server's config file (`signer.server.config` builds it and hashes
+`as_dict()` into the audit log at start-up); the core decides with it alone, and
+the offline audit verifier reads the recorded copy back with `from_dict`, which
+refuses any field of the wrong type or unknown to it (a rule it cannot check).
+`KeyPolicy` applies the rules registered in `signer.core.rules.RULES`, the same
+ones for the core and the verifier (invariants 2 and 5). Loads nothing of the
+state machine, the store or the token.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from signer.algorithms import KeyAlgorithm
+from signer.algorithms import ALGORITHMS, KeyAlgorithm
+from signer.core import rules
+from signer.errors import SignerError
+from signer.fields import field, strings, typed
+from signer.parsing import MAX_TTL
 
 __all__ = ["ClaimRule", "KeyPolicy"]
+
+_KEY_FIELDS = frozenset(
+    {"name", "algorithm", "approvers", "threshold", "requesters", "max_ttl_seconds", "oidc"}
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,14 @@ class ClaimRule:
     def as_dict(self) -> dict[str, Any]:
         return {"issuer": self.issuer, **{c: list(p) for c, p in self.conditions}}
 
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> ClaimRule:
+        """The inverse of `as_dict`, every field checked; ValueError names the field."""
+        typed(d, dict, where)
+        issuer = field(d, "issuer", str, where)
+        conditions = tuple((c, tuple(strings(d, c, where))) for c in d if c != "issuer")
+        return cls(issuer, conditions)
+
 
 @dataclass(frozen=True)
 class KeyPolicy:
@@ -53,6 +74,36 @@ class KeyPolicy:
         """Whether an OIDC requester with these verified claims may use this key."""
         return any(rule.matches(issuer, claims) for rule in self.oidc)
 
+    # -- the rules, applied in the order `rules.RULES` lists them --------------------------
+
+    def check_request(self, ask: rules.Ask) -> None:
+        """Raise the first rule's refusal of `ask` (a `SignerError`)."""
+        for rule in rules.RULES:
+            rule.check_request(self, ask)
+
+    def check_approver(self, approver: str) -> None:
+        """Raise the first rule's refusal of `approver`'s decisions (a `SignerError`)."""
+        for rule in rules.RULES:
+            rule.check_approver(self, approver)
+
+    def may_approve(self, approver: str) -> bool:
+        """Whether every rule lets `approver`'s decisions on this key count."""
+        try:
+            self.check_approver(approver)
+        except SignerError:
+            return False
+        return True
+
+    def quorum_problem(self, counted: Sequence[str]) -> str | None:
+        """What the first rule finds `counted` (distinct valid approvers) lacks, or None."""
+        for rule in rules.RULES:
+            problem = rule.quorum_problem(self, counted)
+            if problem is not None:
+                return problem
+        return None
+
+    # -- the recorded form -------------------------------------------------------------------
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -63,3 +114,49 @@ class KeyPolicy:
             "max_ttl_seconds": int(self.max_ttl.total_seconds()),
             "oidc": [r.as_dict() for r in self.oidc],
         }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "policy") -> KeyPolicy:
+        """The inverse of `as_dict`, for a recorded policy (hostile input): each field of
+        its type and range, no field it does not know; ValueError names the field.
+
+        A missing `oidc` is no claim rules: logs from before OIDC requesters lack it.
+        """
+        typed(d, dict, where)
+        unknown = sorted(set(d) - _KEY_FIELDS)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]} is not a policy field this verifier knows")
+        approvers = strings(d, "approvers", where)
+        if len(set(approvers)) != len(approvers):
+            raise ValueError(f"{where}.approvers lists an approver twice")
+        threshold = field(d, "threshold", int, where)
+        if threshold < 1:
+            raise ValueError(f"{where}.threshold must be at least 1, not {threshold}")
+        ttl = field(d, "max_ttl_seconds", int, where)
+        if not 1 <= ttl <= MAX_TTL.total_seconds():
+            raise ValueError(
+                f"{where}.max_ttl_seconds must be from 1 to {int(MAX_TTL.total_seconds())}"
+            )
+        return cls(
+            name=field(d, "name", str, where),
+            algorithm=_algorithm(d, where),
+            approvers=tuple(approvers),
+            threshold=threshold,
+            requesters=tuple(strings(d, "requesters", where)),
+            max_ttl=dt.timedelta(seconds=ttl),
+            oidc=tuple(
+                ClaimRule.from_dict(r, f"{where}.oidc[{i}]")
+                for i, r in enumerate(field(d, "oidc", list, where, []))
+            ),
+        )
+
+
+def _algorithm(d: Mapping[str, Any], where: str) -> KeyAlgorithm | None:
+    if "algorithm" not in d:
+        raise ValueError(f"{where}.algorithm is missing")
+    name = d["algorithm"]
+    if name is None:
+        return None
+    if typed(name, str, f"{where}.algorithm") not in ALGORITHMS:
+        raise ValueError(f"{where}.algorithm must be one of {', '.join(ALGORITHMS)} or null")
+    return ALGORITHMS[name]

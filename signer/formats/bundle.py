@@ -38,8 +38,14 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from signer.algorithms import ALGORITHMS, HASH_SIZES
 from signer.audit.note import Verifier
 from signer.audit.proofs import SignedProof, verify_signed_proof
-from signer.dsse import Envelope, Statement, distinct_approvers
-from signer.errors import ConfigError, EnvelopeError, InvalidArgumentError, VerificationError
+from signer.dsse import Binding, Envelope, Statement, distinct_approvers
+from signer.errors import (
+    ConfigError,
+    EnvelopeError,
+    InvalidArgumentError,
+    StatementMismatchError,
+    VerificationError,
+)
 from signer.formats.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Digest
 from signer.verify import verify_digest
@@ -332,11 +338,9 @@ def _verify_by_any(
     return None
 
 
-_RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
 def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
-    valid: list[tuple[str, bytes]] = []
+    binding = Binding(bundle.request_id, bundle.key_name, bundle.key_id, bundle.digests)
+    valid: list[tuple[str, ed25519.Ed25519PublicKey]] = []
     for i, raw in enumerate(bundle.approvals):
         try:
             env = Envelope.parse(raw)
@@ -346,20 +350,13 @@ def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
         if found is None:
             raise VerificationError(f"approval {i} is not signed by any pinned officer's key")
         claimed, key, st = found
-        mismatches = st.unbound(
-            approver=claimed,
-            decision="approve",
-            request_id=bundle.request_id,
-            key_name=bundle.key_name,
-            key_id=bundle.key_id,
-            digests=bundle.digests,
-        )
-        if mismatches:
+        try:
+            binding.check(st, claimed, "approve")
+        except StatementMismatchError as e:
             raise VerificationError(
-                f"approval {i} ({claimed}) is not for this signature: "
-                f"{', '.join(mismatches)} differ"
-            )
-        valid.append((claimed, key.public_bytes(*_RAW)))
+                f"approval {i} ({claimed}) is not for this signature: {', '.join(e.fields)} differ"
+            ) from None
+        valid.append((claimed, key))
         if len(distinct_approvers(valid)) < len(valid):
             raise VerificationError(f"approval {i}: {claimed} is counted twice")
     if len(valid) < trust.threshold:

@@ -42,8 +42,9 @@ from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
 from signer.bounds import RateLimit
-from signer.core.machine import Core, KeySpec
+from signer.core.machine import Core
 from signer.errors import ConfigError, SignerError
+from signer.model import KeySpec
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.auth import DEFAULT_RULES, AuthInterceptor
 from signer.server.config import Config

@@ -1,0 +1,131 @@
+"""The rules of a key's policy: one small class per rule, and `RULES`, the one list of them.
+
+A rule speaks to up to three moments, one method each; a method a rule does not
+override allows:
+
+- `check_request`, when a request is made: may this requester ask, and for so long?
+- `check_approver`, for each officer's decision: does this officer's decision count?
+- `quorum_problem`, before the token signs: are the approvals that count enough?
+
+`KeyPolicy` applies every registered rule, in order. The core calls it when a
+request is created, when a decision arrives and before each signature; the
+offline audit verifier calls the very same methods on the log, under the policy
+recorded in force (`check_request` at each `request.created`, `check_approver`
+and `quorum_problem` at each `request.signed`). So no rule is written twice.
+
+Upholds invariant 2 (no signature without a quorum of authorized, distinct
+approvers) and invariant 5 (who may request comes from config, never from the
+request). Adding a rule: one class here, one line in `RULES`; a rule that reads a
+new policy field adds it to `KeyPolicy` (with `as_dict` and `from_dict`) and to
+the config loader.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from signer.bounds import echo
+from signer.errors import InvalidArgumentError, PermissionDeniedError
+from signer.model import TokenCaller
+
+if TYPE_CHECKING:
+    from signer.core.policy import KeyPolicy
+
+__all__ = [
+    "RULES",
+    "Approvers",
+    "Ask",
+    "MaxTtl",
+    "Requesters",
+    "Rule",
+    "Threshold",
+    "not_an_approver",
+]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A request as the rules see it: who asked, with which OIDC token (None: mTLS),
+    and for how long (None when a log did not record it)."""
+
+    requester: str
+    caller: TokenCaller | None = None
+    lifetime: dt.timedelta | None = None
+
+
+class Rule:
+    """One rule of a key's policy. Methods raise a `SignerError` (or name a problem) to
+    refuse; the defaults allow."""
+
+    def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        """Refuse a request that `policy` does not allow."""
+
+    def check_approver(self, policy: KeyPolicy, approver: str) -> None:
+        """Refuse an officer whose decisions on `policy`'s key do not count."""
+
+    def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
+        """What `counted` (the distinct approvers of valid approvals) lacks to be a quorum."""
+        return None
+
+
+def not_an_approver(approver: str, key_name: str) -> PermissionDeniedError:
+    """The refusal of an officer who is not an approver of the key."""
+    return PermissionDeniedError(
+        f"{echo(approver)} is not an approver for key {key_name!r}", reason="NOT_AN_APPROVER"
+    )
+
+
+class Requesters(Rule):
+    """Who may request: an mTLS identity named in `requesters`, or a pipeline whose OIDC
+    token (the identity it names) one of the key's claim rules admits."""
+
+    def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        caller = ask.caller
+        if caller is None:
+            if ask.requester not in policy.requesters:
+                raise PermissionDeniedError(
+                    f"{echo(ask.requester)} may not request signatures with key {policy.name!r}",
+                    reason="NOT_A_REQUESTER",
+                )
+        elif caller.identity != ask.requester or not policy.admits(caller.issuer, caller.claims):
+            raise PermissionDeniedError(
+                f"the token's claims do not meet key {policy.name!r}'s conditions "
+                f"({'; '.join(f'{k}={v}' for k, v in sorted(caller.claims.items()))})",
+                reason="CLAIMS_NOT_ALLOWED",
+                details={"issuer": caller.issuer, "claims": dict(caller.claims)},
+            )
+
+
+class MaxTtl(Rule):
+    """A request lives at most the key's `max_ttl` (the core caps a longer ttl to it)."""
+
+    def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        if ask.lifetime is not None and ask.lifetime > policy.max_ttl:
+            raise InvalidArgumentError(
+                f"a lifetime of {ask.lifetime} is over key {policy.name!r}'s max_ttl "
+                f"of {policy.max_ttl}",
+                reason="BAD_TTL",
+            )
+
+
+class Approvers(Rule):
+    """Only the officers the key's policy names decide on its requests."""
+
+    def check_approver(self, policy: KeyPolicy, approver: str) -> None:
+        if approver not in policy.approvers:
+            raise not_an_approver(approver, policy.name)
+
+
+class Threshold(Rule):
+    """A quorum is `threshold` distinct approvers (distinct people with distinct keys)."""
+
+    def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
+        if len(counted) >= policy.threshold:
+            return None
+        return f"{len(counted)} valid distinct approvals; the policy needs {policy.threshold}"
+
+
+RULES: list[Rule] = [Requesters(), MaxTtl(), Approvers(), Threshold()]

@@ -1,0 +1,179 @@
+"""The signing step: an APPROVED request signed in the token and recorded, or failed.
+
+A mixin of the core (it shares the core's store transactions, keys, policies and
+event hook). Upholds:
+
+- (2) the quorum is checked again (`quorum.quorum`, under the policy loaded now)
+  right before the token is called; a quorum that no longer holds fails the
+  request instead of signing it;
+- (3) the signatures are stored and `request.signed` appended in one
+  transaction: a signature whose entry cannot be written is never returned;
+- (9) one signer per request at a time in this process, and a request no
+  longer APPROVED when the token returns is not recorded twice; `recover()`
+  signs the APPROVED requests a crash or a store outage left unsigned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.algorithms import KeyAlgorithm
+from signer.core.events import Event, Hook, Kind
+from signer.core.intake import Limits, find_request
+from signer.core.policy import KeyPolicy
+from signer.core.quorum import quorum
+from signer.errors import TokenError
+from signer.model import KeySpec, Request, State
+from signer.store.base import Tx
+
+__all__ = ["DigestSigner", "Signing"]
+
+log = structlog.get_logger("signer.core.signing")
+
+
+class DigestSigner(Protocol):
+    """The token as the core sees it."""
+
+    def sign_digests(
+        self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
+    ) -> list[bytes]:
+        """(hash name, digest) pairs signed in order, in one token loop."""
+        ...
+
+
+class Signing:
+    """Signs APPROVED requests; the core sets every attribute named here."""
+
+    token: DigestSigner
+    keys: Mapping[str, KeySpec]
+    policies: Mapping[str, KeyPolicy]
+    approver_keys: Mapping[str, ed25519.Ed25519PublicKey]
+    clock: Callable[[], dt.datetime]
+    limits: Limits
+    events: Hook
+    _signing: set[str]
+    _signing_lock: threading.Lock
+
+    def _tx(self) -> AbstractContextManager[Tx]:
+        raise NotImplementedError
+
+    def _get(self, request_id: str) -> Request:
+        with self._tx() as tx:
+            return find_request(tx, request_id)
+
+    def _quorum(self, request: Request) -> list[str] | None:
+        """Approvers making a valid quorum for `request` now, or None (invariant 2)."""
+        return quorum(
+            request,
+            self.policies.get(request.key_name),
+            self.keys.get(request.key_name),
+            self.approver_keys,
+            self.clock(),
+            self.limits,
+        )
+
+    def recover(self, min_age: dt.timedelta = dt.timedelta(0)) -> int:
+        """Sign APPROVED requests left unsigned (crash, store outage). Returns how many."""
+        with self._tx() as tx:
+            ids = tx.ids_in_state(State.APPROVED)
+        cutoff = self.clock() - min_age
+        done = 0
+        for rid in ids:
+            if self._get(rid).updated <= cutoff:
+                self._sign(rid)
+                done += 1
+        return done
+
+    def _sign(self, request_id: str) -> Request | None:
+        """Sign an APPROVED request in the token and record it; one signer at a time.
+
+        Returns the request as signed here, or None if it was not (signed elsewhere,
+        failed, or no longer APPROVED)."""
+        with self._signing_lock:
+            if request_id in self._signing:
+                return None
+            self._signing.add(request_id)
+        try:
+            return self._sign_now(request_id)
+        finally:
+            with self._signing_lock:
+                self._signing.discard(request_id)
+
+    def _sign_now(self, request_id: str) -> Request | None:
+        request = self._get(request_id)
+        if request.state is not State.APPROVED:
+            return None
+        approvers = self._quorum(request)
+        spec = self.keys.get(request.key_name)
+        if approvers is None or spec is None:
+            self._fail(request, "the quorum no longer holds under the loaded policy")
+            return None
+        started = time.perf_counter()
+        try:
+            signatures = self.token.sign_digests(
+                spec.name, spec.algorithm, [(d.algorithm, d.value) for d in request.digests]
+            )
+        except TokenError as e:
+            log.error("token signing failed", request_id=request_id, error=str(e))
+            self._fail(request, f"the token failed to sign: {e}", token=True)
+            return None
+        token_seconds = time.perf_counter() - started
+        signed = self._record_signed(request, spec, approvers, signatures)
+        if signed is not None:
+            self.events.emit(
+                Event(
+                    Kind.SIGNED,
+                    request_id,
+                    request.key_name,
+                    "signer",
+                    {"seconds": token_seconds, "signatures": len(signatures)},
+                )
+            )
+            log.info("request signed", request_id=request_id, signatures=len(signatures))
+        return signed
+
+    def _record_signed(
+        self, request: Request, spec: KeySpec, approvers: list[str], signatures: list[bytes]
+    ) -> Request | None:
+        """Store the signatures with their audit entry, unless the request moved on."""
+        now = self.clock()
+        with self._tx() as tx:
+            if find_request(tx, request.id).state is not State.APPROVED:
+                return None
+            tx.insert_signatures(request.id, signatures)
+            tx.set_state(request.id, State.SIGNED, now)
+            tx.append_audit(
+                now,
+                "request.signed",
+                "signer",
+                request.id,
+                request.key_name,
+                {
+                    "key_id": spec.key_id,
+                    "approvers": approvers,
+                    "signature_sha256": [hashlib.sha256(s).hexdigest() for s in signatures],
+                },
+            )
+            return find_request(tx, request.id)
+
+    def _fail(self, request: Request, why: str, token: bool = False) -> None:
+        now = self.clock()
+        with self._tx() as tx:
+            if find_request(tx, request.id).state is not State.APPROVED:
+                return
+            tx.set_state(request.id, State.FAILED, now, why)
+            tx.append_audit(
+                now, "request.failed", "signer", request.id, request.key_name, {"error": why}
+            )
+        self.events.emit(
+            Event(Kind.FAILED, request.id, request.key_name, "signer", {"token": token})
+        )
