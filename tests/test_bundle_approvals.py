@@ -26,8 +26,6 @@ from tests.bundle_env import (
     write_doc,
 )
 
-# -- the quorum -----------------------------------------------------------------------------
-
 
 def test_one_approval_removed_cli(signed: Signed) -> None:
     """With bob's approval gone only one officer approved: below the pinned threshold 2."""

@@ -18,8 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from signer.audit.note import Verifier, sign_note
 from tests.bundle_env import Signed, cli_refused, edited, flip_bit, rejects, trust_file, verify_cli
 
-# -- the audit proof ----------------------------------------------------------------------------
-
 
 def _checkpoint_text(note: str) -> str:
     return note[: note.rfind("\n\n") + 1]

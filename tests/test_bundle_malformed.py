@@ -16,8 +16,6 @@ from signer.errors import VerificationError
 from signer.formats.bundle import MEDIA_TYPE, Bundle, verify_bundle
 from tests.bundle_env import Signed, cli_refused, edited, rejects, verify_cli, write_doc
 
-# -- malformed bundles -------------------------------------------------------------------------
-
 
 def test_not_json_cli(signed: Signed) -> None:
     """A truncated bundle file makes `signer verify` exit 1: it is not JSON."""

@@ -21,8 +21,6 @@ from tests.core_world import MIN, add_audit_trigger, drop_audit_trigger, snapsho
 from tests.core_world import world as world  # a fixture
 from tests.fakes import World, sha256_digest
 
-# -- audit in the same transaction -----------------------------------------------------
-
 
 def test_audit_failure_on_create_changes_nothing(world: World) -> None:
     """If the audit insert fails, create raises StoreError and no request exists."""

@@ -32,8 +32,6 @@ from tests.core_world import MIN, snapshot
 from tests.core_world import world as world  # a fixture
 from tests.fakes import World, sha256_digest
 
-# -- bad input -------------------------------------------------------------------------
-
 _D = sha256_digest(b"x")
 _BAD_INPUT: list[tuple[str, dict[str, Any], type[SignerError], str]] = [
     (
