@@ -31,7 +31,8 @@ from signer.v1 import (
 from testbed.clients import RPC_TIMEOUT, sha256_digest
 from testbed.commands import SIGNER, wait_until
 from tests.harness import audit_events, rpc_error
-from tests.idp import GitHubTokenEndpoint, IdP, SigningKey
+from tests.idp import IdP, SigningKey
+from tests.idp_servers import GitHubTokenEndpoint
 from tests.oidc_env import IDENTITY, ISSUER_NAME, SUBJECT, OidcRunning, bearer
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED

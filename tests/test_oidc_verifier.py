@@ -25,7 +25,8 @@ from signer.server.config import IssuerConfig, load_config
 from signer.server.oidc import MAX_TOKEN_BYTES, OidcVerifier
 from signer.tls import DevCA, write_private
 from testbed.commands import wait_until
-from tests.idp import IdP, JwksServer, SigningKey, b64url, make_tls
+from tests.idp import IdP, SigningKey, b64url
+from tests.idp_servers import JwksServer, make_tls
 
 ISSUER = "https://token.actions.githubusercontent.com"
 NAME = "gh"
