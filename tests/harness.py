@@ -28,10 +28,17 @@ __all__ = [
     "ok",
     "refused",
     "rpc_error",
+    "sign_args",
     "sign_in_background",
 ]
 
 DIGEST_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-pss-3072", "rsa-pss-4096", "rsa-pkcs1-3072")
+
+
+def sign_args(profile: Path, artifact: Path, *extra: str) -> list[str]:
+    """`signer sign` arguments: ARTIFACT, with the `release` key, as PROFILE's identity; EXTRA."""
+    what = ["--profile", str(profile), "--key-name", "release", "--file", str(artifact)]
+    return ["sign", *what, *extra]
 
 
 def sign_in_background(
@@ -39,19 +46,7 @@ def sign_in_background(
 ) -> tuple[subprocess.Popen[str], str]:
     """Start `signer sign --file ARTIFACT` waiting for the decision; return it and the id."""
     proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(env.profile_path(who)),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--timeout",
-            "60s",
-            *extra,
-        ],
+        [*SIGNER, *sign_args(env.profile_path(who), artifact, "--timeout", "60s", *extra)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,7 +9,8 @@ not), or raises `Abort` to fail the call with a status and message of its choice
 `instead(proxy, method, request)`, if given, may answer a call without forwarding
 it (return None to forward). `calls` counts the calls per method name.
 
-Common alterations: `unchanged`; `on_signed(change)` alters every SIGNED request
+Common alterations: `unchanged`; `on_answer(method, change)` alters the request
+in every answer to one method; `on_signed(change)` alters every SIGNED request
 a requester is sent; `other_digest` makes a request name another digest;
 `waited_on` is the real request a wait names. `pending_with` waits for the
 pending request of an artifact, as an officer sees it.
@@ -163,6 +164,17 @@ ESC = "\x1b"
 
 def unchanged(method: str, answer: Any) -> Any:
     return answer
+
+
+def on_answer(method: str, change: Callable[[types_pb2.SigningRequest], None]) -> Tamper:
+    """Apply `change` to the request in every answer to `method`."""
+
+    def tamper(called: str, answer: Any) -> Any:
+        if called == method:
+            change(answer.request)
+        return answer
+
+    return tamper
 
 
 def on_signed(change: Callable[[types_pb2.SigningRequest], None]) -> Callable[[str, Any], Any]:

@@ -20,7 +20,7 @@ from signer.v1 import approval_pb2, audit_pb2, types_pb2
 from testbed.clients import Clients
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
-from tests.hostile import ESC, Abort, HostileServer, hostile, other_digest, unchanged
+from tests.hostile import ESC, Abort, HostileServer, hostile, on_answer, other_digest, unchanged
 
 pytestmark = [
     pytest.mark.sqlite_only("client-side checks: the store plays no part"),
@@ -63,12 +63,7 @@ def test_approver_reports_an_approve_answer_for_other_digests(
     """An Approve answer whose digests differ from those shown and signed is an error."""
     request = clients.create(who="ci3")
 
-    def tamper(method: str, answer: Any) -> Any:
-        if method == "Approve":
-            other_digest(answer.request)
-        return answer
-
-    with hostile(shared_env, "alice", tamper) as proxy:
+    with hostile(shared_env, "alice", on_answer("Approve", other_digest)) as proxy:
         p = _approver(proxy, "approve", request.id, "--yes")
     assert p.returncode == 1 and "with a different request" in p.stderr
     # What was signed is the statement over what was shown: the real request.
@@ -90,12 +85,7 @@ def test_approver_shows_escaped_text_and_refuses_to_approve_it(
     """Control or format characters from the server are shown as escapes; approve refuses."""
     request = clients.create(who="ci3")
 
-    def tamper(method: str, answer: Any) -> Any:
-        if method == "GetRequest":
-            change(answer.request)
-        return answer
-
-    with hostile(shared_env, "alice", tamper) as proxy:
+    with hostile(shared_env, "alice", on_answer("GetRequest", change)) as proxy:
         shown = _approver(proxy, "show", request.id)
         approved = _approver(proxy, "approve", request.id, "--yes")
         assert proxy.calls["Approve"] == 0
@@ -111,12 +101,10 @@ def test_a_denial_of_escaped_text_is_still_possible(shared_env: Env, clients: Cl
     """An officer can always deny a request, even one whose text had to be escaped."""
     request = clients.create(who="ci3")
 
-    def tamper(method: str, answer: Any) -> Any:
-        if method == "GetRequest":
-            answer.request.requester = f"ci{ESC}[2J"
-        return answer
+    def escaped(r: types_pb2.SigningRequest) -> None:
+        r.requester = f"ci{ESC}[2J"
 
-    with hostile(shared_env, "alice", tamper) as proxy:
+    with hostile(shared_env, "alice", on_answer("GetRequest", escaped)) as proxy:
         p = _approver(proxy, "deny", request.id, "--reason", "odd text", "--yes")
     assert p.returncode == 0, p.stderr
     assert clients.get(request.id, "ci3").state == types_pb2.REQUEST_STATE_DENIED

@@ -26,6 +26,7 @@ from signer.v1 import signing_pb2, types_pb2
 from testbed.clients import Clients
 from testbed.commands import SIGNER, run
 from testbed.env import Env
+from tests.harness import sign_args
 from tests.hostile import (
     ESC,
     HostileServer,
@@ -67,21 +68,8 @@ def test_sign_cli_backs_off_a_server_that_never_says_done(shared_env: Env, tmp_p
     artifact = tmp_path / "a.bin"
     artifact.write_bytes(b"a")
     with hostile(shared_env, "ci3", unchanged, _never_done) as proxy:
-        p = run(
-            [
-                *SIGNER,
-                "sign",
-                "--profile",
-                str(proxy.profile("ci3")),
-                "--key-name",
-                "release",
-                "--file",
-                str(artifact),
-                "--timeout",
-                "4s",
-            ],
-            check=False,
-        )
+        sign = sign_args(proxy.profile("ci3"), artifact, "--timeout", "4s")
+        p = run([*SIGNER, *sign], check=False)
         waits = proxy.calls["WaitSigningRequest"]
     assert p.returncode == 1 and "still PENDING" in p.stderr
     # The way to fetch it later checks the file's digest again.

@@ -22,10 +22,12 @@ from signer.v1 import signing_pb2, types_pb2
 from testbed.clients import Clients, sha256_digest
 from testbed.commands import SIGNER, run
 from testbed.env import Env
+from tests.harness import sign_args
 from tests.hostile import (
     Abort,
     HostileServer,
     hostile,
+    on_answer,
     on_signed,
     other_digest,
     pending_with,
@@ -44,19 +46,7 @@ def _sign_via(
     """`signer sign --file F` through the proxy while alice and bob approve directly."""
     artifact = tmp_path / f"app-{uuid.uuid4().hex[:8]}.tar.gz"
     artifact.write_bytes(os.urandom(64))
-    cmd = [
-        *SIGNER,
-        "sign",
-        "--profile",
-        str(proxy.profile("ci")),
-        "--key-name",
-        "release",
-        "--file",
-        str(artifact),
-        "--timeout",
-        "60s",
-        *extra,
-    ]
+    cmd = [*SIGNER, *sign_args(proxy.profile("ci"), artifact, "--timeout", "60s", *extra)]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         request = pending_with(clients, artifact.name)
         clients.approve("alice", request)
@@ -112,27 +102,10 @@ def test_sign_refuses_an_altered_signed_answer_and_writes_nothing(
 def test_sign_refuses_a_created_request_for_other_digests(shared_env: Env, tmp_path: Path) -> None:
     """The server's answer to Create must be for the digests asked: else nothing waits."""
 
-    def tamper(method: str, answer: Any) -> Any:
-        if method == "CreateSigningRequest":
-            other_digest(answer.request)
-        return answer
-
     artifact = tmp_path / "app.tar.gz"
     artifact.write_bytes(b"release")
-    with hostile(shared_env, "ci", tamper) as proxy:
-        p = run(
-            [
-                *SIGNER,
-                "sign",
-                "--profile",
-                str(proxy.profile("ci")),
-                "--key-name",
-                "release",
-                "--file",
-                str(artifact),
-            ],
-            check=False,
-        )
+    with hostile(shared_env, "ci", on_answer("CreateSigningRequest", other_digest)) as proxy:
+        p = run([*SIGNER, *sign_args(proxy.profile("ci"), artifact)], check=False)
         assert proxy.calls["WaitSigningRequest"] == 0
     assert p.returncode == 1
     assert "not what was asked: digests differ" in p.stderr
@@ -169,9 +142,7 @@ def test_other_resource_exhausted_errors_are_not_retried(shared_env: Env, tmp_pa
     artifact = tmp_path / "a.bin"
     artifact.write_bytes(b"a")
     with hostile(shared_env, "ci3", tamper) as proxy:
-        profile = str(proxy.profile("ci3"))
-        sign = ["sign", "--profile", profile, "--key-name", "release", "--file", str(artifact)]
-        p = run([*SIGNER, *sign], check=False)
+        p = run([*SIGNER, *sign_args(proxy.profile("ci3"), artifact)], check=False)
         creates = proxy.calls["CreateSigningRequest"]
     assert p.returncode == 1 and "too many pending requests" in p.stderr
     assert creates == 1

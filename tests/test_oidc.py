@@ -30,7 +30,7 @@ from signer.v1 import (
 )
 from testbed.clients import RPC_TIMEOUT, sha256_digest
 from testbed.commands import SIGNER, wait_until
-from tests.harness import audit_events, rpc_error
+from tests.harness import audit_events, rpc_error, sign_args
 from tests.idp import IdP
 from tests.oidc_env import (
     IDENTITY,
@@ -67,21 +67,9 @@ def test_pipeline_without_any_secret_signs_and_its_bundle_verifies(
     artifact = tmp_path / "app-1.0.0.tar.gz"
     artifact.write_bytes(os.urandom(4096))
     token = o.mint()
+    sign = sign_args(o.pipeline_profile, artifact, "--format", "bundle", "--timeout", "60s")
     proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(o.pipeline_profile),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--format",
-            "bundle",
-            "--timeout",
-            "60s",
-        ],
+        [*SIGNER, *sign],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from tests.harness import sign_args
 from tests.idp_servers import GitHubTokenEndpoint
 from tests.oidc_env import (
     IDENTITY,
@@ -31,16 +32,7 @@ def test_oidc_token_file_flag_is_used(oidc: OidcRunning, tmp_path: Path) -> None
     env = o.cli_env(SIGNER_OIDC_TOKEN="garbage")
     profile = str(o.pipeline_profile)
     made = o.signer(
-        "sign",
-        "--profile",
-        profile,
-        "--key-name",
-        "release",
-        "--file",
-        str(artifact),
-        "--no-wait",
-        "--oidc-token-file",
-        str(token_file),
+        *sign_args(o.pipeline_profile, artifact, "--no-wait", "--oidc-token-file", str(token_file)),
         env=env,
     )
     request_id = made.stdout.strip()
@@ -73,14 +65,7 @@ def test_github_actions_runner_token_is_fetched_for_the_profile_audience(
     artifact.write_bytes(os.urandom(64))
     with GitHubTokenEndpoint(o.idp) as endpoint:
         made = o.signer(
-            "sign",
-            "--profile",
-            str(o.pipeline_profile),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--no-wait",
+            *sign_args(o.pipeline_profile, artifact, "--no-wait"),
             env=o.cli_env(
                 ACTIONS_ID_TOKEN_REQUEST_URL=endpoint.url,
                 ACTIONS_ID_TOKEN_REQUEST_TOKEN=endpoint.request_token,
@@ -101,14 +86,7 @@ def test_missing_token_exits_2_naming_the_variable(oidc: OidcRunning, tmp_path: 
     artifact = tmp_path / "app.bin"
     artifact.write_bytes(b"x")
     p = o.signer(
-        "sign",
-        "--profile",
-        str(o.pipeline_profile),
-        "--key-name",
-        "release",
-        "--file",
-        str(artifact),
-        "--no-wait",
+        *sign_args(o.pipeline_profile, artifact, "--no-wait"),
         env=o.cli_env(),
         check=False,
     )
