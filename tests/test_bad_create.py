@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from signer.client.profile import RemoteError
 from signer.v1 import signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, Clients, sha256_digest
 from testbed.process import Running
@@ -40,6 +41,14 @@ def _digest(algorithm: Any, size: int) -> types_pb2.Digest:
     return types_pb2.Digest(algorithm=algorithm, value=os.urandom(size), artifact_name="a.bin")
 
 
+def _refused_create(
+    shared: Running, code: grpc.StatusCode, reason: str, phrase: str, **fields: Any
+) -> RemoteError:
+    """A CreateSigningRequest by ci with exactly `fields`, refused as `expect_refused` checks."""
+    call = create_call(shared.clients, **fields)
+    return expect_refused(shared.env, call, code, reason, phrase, actor="ci", method=CREATE)
+
+
 @pytest.mark.parametrize(
     ("algorithm", "size", "want"),
     [
@@ -52,15 +61,13 @@ def _digest(algorithm: Any, size: int) -> types_pb2.Digest:
 )
 def test_wrong_digest_length(shared: Running, algorithm: int, size: int, want: int) -> None:
     """A digest whose length does not match its hash algorithm is INVALID_ARGUMENT."""
-    call = create_call(shared.clients, key_name="release", digests=[_digest(algorithm, size)])
-    err = expect_refused(
-        shared.env,
-        call,
+    err = _refused_create(
+        shared,
         INVALID,
         "BAD_DIGEST_LENGTH",
         f"is {want} bytes, got {size}",
-        actor="ci",
-        method=CREATE,
+        key_name="release",
+        digests=[_digest(algorithm, size)],
     )
     assert "digest 0" in err.message
 
@@ -68,44 +75,38 @@ def test_wrong_digest_length(shared: Running, algorithm: int, size: int, want: i
 def test_wrong_digest_length_names_the_digest(shared: Running) -> None:
     """With several digests the message names the position of the bad one."""
     digests = [sha256_digest(b"ok"), _digest(SHA384, 32)]
-    call = create_call(shared.clients, key_name="release", digests=digests)
-    expect_refused(
-        shared.env,
-        call,
+    _refused_create(
+        shared,
         INVALID,
         "BAD_DIGEST_LENGTH",
         "digest 1: a sha384 digest is 48 bytes",
-        actor="ci",
-        method=CREATE,
+        key_name="release",
+        digests=digests,
     )
 
 
 @pytest.mark.parametrize("algorithm", [types_pb2.HASH_ALGORITHM_UNSPECIFIED, 99])
 def test_unknown_hash_algorithm(shared: Running, algorithm: int) -> None:
     """An unspecified or out-of-range hash algorithm is INVALID_ARGUMENT UNKNOWN_HASH."""
-    call = create_call(shared.clients, key_name="release", digests=[_digest(algorithm, 32)])
-    expect_refused(
-        shared.env,
-        call,
+    _refused_create(
+        shared,
         INVALID,
         "UNKNOWN_HASH",
         "use SHA256, SHA384 or SHA512",
-        actor="ci",
-        method=CREATE,
+        key_name="release",
+        digests=[_digest(algorithm, 32)],
     )
 
 
 def test_unknown_key(shared: Running) -> None:
     """A request for a key the server does not have is NOT_FOUND UNKNOWN_KEY."""
-    call = create_call(shared.clients, key_name="no-such-key", digests=[sha256_digest(b"x")])
-    expect_refused(
-        shared.env,
-        call,
+    _refused_create(
+        shared,
         NOT_FOUND,
         "UNKNOWN_KEY",
         "no signing key named 'no-such-key'",
-        actor="ci",
-        method=CREATE,
+        key_name="no-such-key",
+        digests=[sha256_digest(b"x")],
     )
 
 
@@ -125,30 +126,21 @@ def test_unknown_key_for_public_key(shared: Running) -> None:
 
 def test_no_digests(shared: Running) -> None:
     """A request with no digests is INVALID_ARGUMENT NO_DIGESTS."""
-    call = create_call(shared.clients, key_name="release", digests=[])
-    expect_refused(
-        shared.env,
-        call,
-        INVALID,
-        "NO_DIGESTS",
-        "send at least one",
-        actor="ci",
-        method=CREATE,
+    _refused_create(
+        shared, INVALID, "NO_DIGESTS", "send at least one", key_name="release", digests=[]
     )
 
 
 def test_too_many_digests(shared: Running) -> None:
     """10,001 digests in one request is RESOURCE_EXHAUSTED TOO_MANY_DIGESTS."""
     digests = [sha256_digest(i.to_bytes(4, "big"), f"f{i}") for i in range(10_001)]
-    call = create_call(shared.clients, key_name="release", digests=digests)
-    expect_refused(
-        shared.env,
-        call,
+    _refused_create(
+        shared,
         EXHAUSTED,
         "TOO_MANY_DIGESTS",
         "the limit is 10000",
-        actor="ci",
-        method=CREATE,
+        key_name="release",
+        digests=digests,
     )
 
 
@@ -183,10 +175,10 @@ def test_oversized_message(shared: Running, what: str) -> None:
 )
 def test_bad_context(shared: Running, context: dict[str, str], phrase: str) -> None:
     """A context key outside [A-Za-z0-9_.-]{1,64} or a bad value is INVALID_ARGUMENT."""
-    call = create_call(
-        shared.clients, key_name="release", digests=[sha256_digest(b"x")], context=context
+    digests = [sha256_digest(b"x")]
+    _refused_create(
+        shared, INVALID, "BAD_CONTEXT", phrase, key_name="release", digests=digests, context=context
     )
-    expect_refused(shared.env, call, INVALID, "BAD_CONTEXT", phrase, actor="ci", method=CREATE)
 
 
 @pytest.mark.parametrize(
@@ -199,8 +191,10 @@ def test_bad_context(shared: Running, context: dict[str, str], phrase: str) -> N
 )
 def test_bad_ttl(shared: Running, ttl: duration_pb2.Duration, phrase: str) -> None:
     """A negative TTL, or one under the 1 s minimum, is INVALID_ARGUMENT BAD_TTL."""
-    call = create_call(shared.clients, key_name="release", digests=[sha256_digest(b"x")], ttl=ttl)
-    expect_refused(shared.env, call, INVALID, "BAD_TTL", phrase, actor="ci", method=CREATE)
+    digests = [sha256_digest(b"x")]
+    _refused_create(
+        shared, INVALID, "BAD_TTL", phrase, key_name="release", digests=digests, ttl=ttl
+    )
 
 
 def test_ttl_above_policy_is_capped(clients: Clients) -> None:
@@ -221,14 +215,13 @@ def test_idempotency_key_reused_with_other_parameters(shared: Running) -> None:
         {"key_name": "k-ecdsa-p256", "digests": [sha256_digest(b"one")]},
         {"key_name": "release", "digests": [sha256_digest(b"one")], "context": {"a": "b"}},
     ):
-        err = expect_refused(
-            shared.env,
-            create_call(c, idempotency_key=key, **fields),
+        err = _refused_create(
+            shared,
             grpc.StatusCode.ALREADY_EXISTS,
             "IDEMPOTENCY_KEY_REUSED",
             "use a new key",
-            actor="ci",
-            method=CREATE,
+            idempotency_key=key,
+            **fields,
         )
         assert first.id in err.message
     assert_pending(c, first, [])
