@@ -36,7 +36,6 @@ from tests.strategies import T, noncanonical_forms, times
 KEY = ed25519.Ed25519PrivateKey.generate()
 OTHER_KEY = ed25519.Ed25519PrivateKey.generate()
 
-
 digests = st.sampled_from(sorted(HASH_SIZES)).flatmap(
     lambda alg: st.builds(
         Digest,
@@ -45,29 +44,24 @@ digests = st.sampled_from(sorted(HASH_SIZES)).flatmap(
         st.text(min_size=1, max_size=40),
     )
 )
+
+
+def _statements(decision: str, reason: st.SearchStrategy[str]) -> st.SearchStrategy[Statement]:
+    return st.builds(
+        Statement,
+        request_id=st.uuids().map(str),
+        key_name=st.text(min_size=1, max_size=20),
+        key_id=st.binary(min_size=32, max_size=32).map(bytes.hex),
+        digests=st.lists(digests, min_size=1, max_size=4).map(tuple),
+        decision=st.just(decision),
+        approver=st.text(min_size=1, max_size=20),
+        issued_at=times,
+        reason=reason,
+    )
+
+
 statements = st.one_of(
-    st.builds(
-        Statement,
-        request_id=st.uuids().map(str),
-        key_name=st.text(min_size=1, max_size=20),
-        key_id=st.binary(min_size=32, max_size=32).map(bytes.hex),
-        digests=st.lists(digests, min_size=1, max_size=4).map(tuple),
-        decision=st.just("approve"),
-        approver=st.text(min_size=1, max_size=20),
-        issued_at=times,
-        reason=st.just(""),
-    ),
-    st.builds(
-        Statement,
-        request_id=st.uuids().map(str),
-        key_name=st.text(min_size=1, max_size=20),
-        key_id=st.binary(min_size=32, max_size=32).map(bytes.hex),
-        digests=st.lists(digests, min_size=1, max_size=4).map(tuple),
-        decision=st.just("deny"),
-        approver=st.text(min_size=1, max_size=20),
-        issued_at=times,
-        reason=st.text(max_size=50),
-    ),
+    _statements("approve", st.just("")), _statements("deny", st.text(max_size=50))
 )
 
 
