@@ -1,8 +1,9 @@
 """Server config files for tests: a valid baseline, the files it names, and one-setting changes.
 
-`root` (a fixture) is a directory with TLS files from DevCA, officers' keys
-from approval_keys.generate and a 0600 PIN file; `valid_config()` is a config
-that loads there, `write_config` writes one as TOML, and `set_value(*keys,
+`root` (a fixture; `make_root` for any directory) is a directory with TLS
+files from DevCA, officers' keys from approval_keys.generate and a 0600 PIN
+file; `base_config()` is what every test config holds, `valid_config()` a
+config that loads there, `write_config` writes one as TOML, and `set_value(*keys,
 value=...)` is a change that sets one setting.
 """
 
@@ -20,20 +21,31 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from signer.approval import files as approval_keys
 from signer.tls import DevCA, write_private
 
-__all__ = ["OFFICERS", "PIN", "RELEASE", "root", "set_value", "valid_config", "write_config"]
+__all__ = [
+    "OFFICERS",
+    "PIN",
+    "RELEASE",
+    "base_config",
+    "make_root",
+    "root",
+    "set_value",
+    "valid_config",
+    "write_config",
+]
 
 PIN = "pin-4242-very-secret"
 OFFICERS = ("alice", "bob", "carol", "dave")
 
 
-def valid_config() -> dict[str, Any]:
+def base_config() -> dict[str, Any]:
+    """What every test config holds: the listen address and TLS files, the token, the
+    store and the audit key, all as `make_root` lays them out."""
     return {
         "server": {
             "listen": "127.0.0.1:7443",
             "tls_cert": "tls/server.pem",
             "tls_key": "tls/server.key",
             "client_ca": "tls/ca.pem",
-            "max_wait": "60s",
         },
         "token": {
             "module": "/usr/lib/softhsm/libsofthsm2.so",
@@ -42,6 +54,14 @@ def valid_config() -> dict[str, Any]:
         },
         "store": {"url": "sqlite:///signer.db"},
         "audit": {"key": "audit"},
+    }
+
+
+def valid_config() -> dict[str, Any]:
+    cfg = base_config()
+    cfg["server"]["max_wait"] = "60s"
+    return {
+        **cfg,
         "log": {"format": "auto"},
         "identities": {
             "ci": ["requester"],
@@ -64,25 +84,31 @@ def valid_config() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """A directory with TLS files, officers' keys and a 0600 PIN file (no config yet)."""
+def make_root(path: Path) -> Path:
+    """TLS files, officers' keys (and an EC key that is not one) and a 0600 PIN file in
+    `path`, where a config from `base_config` finds them; return `path`."""
     ca = DevCA("test CA")
-    (tmp_path / "tls").mkdir()
-    (tmp_path / "tls" / "ca.pem").write_bytes(ca.pem)
+    (path / "tls").mkdir()
+    (path / "tls" / "ca.pem").write_bytes(ca.pem)
     cert, key = ca.issue("signer server", server_hosts=["127.0.0.1"])
-    (tmp_path / "tls" / "server.pem").write_bytes(cert)
-    write_private(tmp_path / "tls" / "server.key", key)
+    (path / "tls" / "server.pem").write_bytes(cert)
+    write_private(path / "tls" / "server.key", key)
     for o in OFFICERS:
-        approval_keys.generate(tmp_path / "approvers" / f"{o}.key")
+        approval_keys.generate(path / "approvers" / f"{o}.key")
     ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key()
-    (tmp_path / "approvers" / "ec.pub").write_bytes(
+    (path / "approvers" / "ec.pub").write_bytes(
         ec_pub.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    write_private(tmp_path / "secrets" / "token.pin", PIN.encode() + b"\n")
-    return tmp_path
+    write_private(path / "secrets" / "token.pin", PIN.encode() + b"\n")
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A directory with TLS files, officers' keys and a 0600 PIN file (no config yet)."""
+    return make_root(tmp_path)
 
 
 def write_config(root: Path, cfg: dict[str, Any], name: str = "signer.toml") -> Path:

@@ -15,12 +15,10 @@ from typing import Any
 
 import pytest
 
-from signer.approval import files as approval_keys
 from signer.errors import ConfigError, UnauthenticatedError
 from signer.server.config import IssuerConfig, load_config
 from signer.server.oidc import OidcVerifier
-from signer.tls import DevCA, write_private
-from tests.config_files import write_config
+from tests.config_files import base_config, make_root, write_config
 from tests.idp import IdP
 from tests.oidc_env import ISSUER
 
@@ -79,35 +77,17 @@ def rejected(verifier: OidcVerifier, token: str) -> str:
 
 @pytest.fixture
 def config_root(tmp_path: Path, jwks_file: Path) -> Path:
-    ca = DevCA("test CA")
-    (tmp_path / "tls").mkdir()
-    (tmp_path / "tls" / "ca.pem").write_bytes(ca.pem)
-    cert, key = ca.issue("signer server", server_hosts=["127.0.0.1"])
-    (tmp_path / "tls" / "server.pem").write_bytes(cert)
-    write_private(tmp_path / "tls" / "server.key", key)
-    for o in ("alice", "bob", "carol"):
-        approval_keys.generate(tmp_path / "approvers" / f"{o}.key")
-    write_private(tmp_path / "secrets" / "token.pin", b"1234\n")
+    """A directory where `oidc_config()` loads: `config_files.make_root` and the JWKS file."""
+    make_root(tmp_path)
     (tmp_path / "jwks.json").write_bytes(jwks_file.read_bytes())
     return tmp_path
 
 
 def oidc_config() -> dict[str, Any]:
+    cfg = base_config()
+    cfg["server"]["oidc_listen"] = "127.0.0.1:7444"
     return {
-        "server": {
-            "listen": "127.0.0.1:7443",
-            "oidc_listen": "127.0.0.1:7444",
-            "tls_cert": "tls/server.pem",
-            "tls_key": "tls/server.key",
-            "client_ca": "tls/ca.pem",
-        },
-        "token": {
-            "module": "/usr/lib/softhsm/libsofthsm2.so",
-            "label": "signer-test",
-            "pin_file": "secrets/token.pin",
-        },
-        "store": {"url": "sqlite:///signer.db"},
-        "audit": {"key": "audit"},
+        **cfg,
         "identities": {o: ["approver"] for o in ("alice", "bob", "carol")},
         "approvers": {o: f"approvers/{o}.key.pub" for o in ("alice", "bob", "carol")},
         "oidc": {
