@@ -123,8 +123,16 @@ _UNSHOWN_NUMBERS = {
     "float with a huge negative exponent": b"1e-99999999999999999999",
 }
 
+_Case = tuple[str, bytes, list[types_pb2.Digest], grpc.StatusCode, str]
+
+
+def _bad_statement(payload: bytes) -> _Case:
+    """`payload` sent as an in-toto statement with its PAE digest: refused as BAD_STATEMENT."""
+    return (PAYLOAD_TYPE, payload, _pae(payload), INVALID, "BAD_STATEMENT")
+
+
 # (payload_type, payload, digests) -> code, reason
-_CASES: dict[str, tuple[str, bytes, list[types_pb2.Digest], grpc.StatusCode, str]] = {
+_CASES: dict[str, _Case] = {
     "wrong payload_type": (
         "application/json",
         GOOD,
@@ -147,50 +155,25 @@ _CASES: dict[str, tuple[str, bytes, list[types_pb2.Digest], grpc.StatusCode, str
         EXHAUSTED,
         "PAYLOAD_TOO_LARGE",
     ),
-    "payload_type without payload": (PAYLOAD_TYPE, b"", _pae(b""), INVALID, "BAD_STATEMENT"),
-    "not JSON": (PAYLOAD_TYPE, b"not json", _pae(b"not json"), INVALID, "BAD_STATEMENT"),
-    "not UTF-8": (PAYLOAD_TYPE, b'{"\xff":1}', _pae(b'{"\xff":1}'), INVALID, "BAD_STATEMENT"),
-    "JSON array": (PAYLOAD_TYPE, b"[]", _pae(b"[]"), INVALID, "BAD_STATEMENT"),
-    "wrong _type": (
-        PAYLOAD_TYPE,
-        _encode(_statement(_type="https://in-toto.io/Statement/v0.1")),
-        _pae(_encode(_statement(_type="https://in-toto.io/Statement/v0.1"))),
-        INVALID,
-        "BAD_STATEMENT",
+    "payload_type without payload": _bad_statement(b""),
+    "not JSON": _bad_statement(b"not json"),
+    "not UTF-8": _bad_statement(b'{"\xff":1}'),
+    "JSON array": _bad_statement(b"[]"),
+    "wrong _type": _bad_statement(_encode(_statement(_type="https://in-toto.io/Statement/v0.1"))),
+    "no subjects": _bad_statement(_encode(_statement(subject=[]))),
+    "subject without a sha2 digest": _bad_statement(
+        _encode(_statement(subject=[{"name": "a", "digest": {"md5": "00" * 16}}]))
     ),
-    "no subjects": (
-        PAYLOAD_TYPE,
-        _encode(_statement(subject=[])),
-        _pae(_encode(_statement(subject=[]))),
-        INVALID,
-        "BAD_STATEMENT",
+    "subject digest in upper case": _bad_statement(
+        _encode(_statement(subject=[{"name": "a", "digest": {"sha256": "AB" * 32}}]))
     ),
-    "subject without a sha2 digest": (
-        PAYLOAD_TYPE,
-        _encode(_statement(subject=[{"name": "a", "digest": {"md5": "00" * 16}}])),
-        _pae(_encode(_statement(subject=[{"name": "a", "digest": {"md5": "00" * 16}}]))),
-        INVALID,
-        "BAD_STATEMENT",
-    ),
-    "subject digest in upper case": (
-        PAYLOAD_TYPE,
-        _encode(_statement(subject=[{"name": "a", "digest": {"sha256": "AB" * 32}}])),
-        _pae(_encode(_statement(subject=[{"name": "a", "digest": {"sha256": "AB" * 32}}]))),
-        INVALID,
-        "BAD_STATEMENT",
-    ),
-    "duplicate JSON key": (PAYLOAD_TYPE, _DUPLICATE, _pae(_DUPLICATE), INVALID, "BAD_STATEMENT"),
+    "duplicate JSON key": _bad_statement(_DUPLICATE),
     **{
-        f"hidden text: {name}": (PAYLOAD_TYPE, p, _pae(p), INVALID, "BAD_STATEMENT")
-        for name, p in (
-            (name, _encode(_statement(**changes))) for name, changes in _HIDDEN_STATEMENTS.items()
-        )
+        f"hidden text: {name}": _bad_statement(_encode(_statement(**changes)))
+        for name, changes in _HIDDEN_STATEMENTS.items()
     },
-    "nested too deeply": (PAYLOAD_TYPE, _DEEP, _pae(_DEEP), INVALID, "BAD_STATEMENT"),
-    **{
-        f"number: {name}": (PAYLOAD_TYPE, p, _pae(p), INVALID, "BAD_STATEMENT")
-        for name, p in ((name, _number(raw)) for name, raw in _UNSHOWN_NUMBERS.items())
-    },
+    "nested too deeply": _bad_statement(_DEEP),
+    **{f"number: {name}": _bad_statement(_number(raw)) for name, raw in _UNSHOWN_NUMBERS.items()},
     "two digests": (
         PAYLOAD_TYPE,
         GOOD,
