@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
@@ -155,6 +156,14 @@ def hostile(
         yield proxy
     finally:
         proxy.stop()
+
+
+# The marks of a test file whose clients talk to the proxy: it forwards to the shared
+# server, and what is checked is the client's, so one store backend is enough.
+CLIENT_SIDE = [
+    pytest.mark.sqlite_only("client-side checks: the store plays no part"),
+    pytest.mark.usefixtures("shared"),  # the proxy forwards to the shared server
+]
 
 
 # -- alterations -------------------------------------------------------------------------

@@ -20,12 +20,18 @@ from signer.v1 import approval_pb2, audit_pb2, types_pb2
 from testbed.clients import Clients
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
-from tests.hostile import ESC, Abort, HostileServer, hostile, on_answer, other_digest, unchanged
+from tests.hostile import (
+    CLIENT_SIDE,
+    ESC,
+    Abort,
+    HostileServer,
+    hostile,
+    on_answer,
+    other_digest,
+    unchanged,
+)
 
-pytestmark = [
-    pytest.mark.sqlite_only("client-side checks: the store plays no part"),
-    pytest.mark.usefixtures("shared"),  # the proxy forwards to the shared server
-]
+pytestmark = CLIENT_SIDE
 
 # -- officers -------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from testbed.commands import SIGNER, run
 from testbed.env import Env
 from tests.harness import sign_args
 from tests.hostile import (
+    CLIENT_SIDE,
     ESC,
     HostileServer,
     hostile,
@@ -38,10 +39,7 @@ from tests.hostile import (
     waited_on,
 )
 
-pytestmark = [
-    pytest.mark.sqlite_only("client-side checks: the store plays no part"),
-    pytest.mark.usefixtures("shared"),  # the proxy forwards to the shared server
-]
+pytestmark = CLIENT_SIDE
 
 
 def _never_done(proxy: HostileServer, method: str, request: bytes) -> Any:

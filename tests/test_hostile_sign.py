@@ -24,6 +24,7 @@ from testbed.commands import SIGNER, run
 from testbed.env import Env
 from tests.harness import sign_args
 from tests.hostile import (
+    CLIENT_SIDE,
     Abort,
     HostileServer,
     hostile,
@@ -34,10 +35,7 @@ from tests.hostile import (
     unchanged,
 )
 
-pytestmark = [
-    pytest.mark.sqlite_only("client-side checks: the store plays no part"),
-    pytest.mark.usefixtures("shared"),  # the proxy forwards to the shared server
-]
+pytestmark = CLIENT_SIDE
 
 
 def _sign_via(
