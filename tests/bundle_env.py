@@ -5,7 +5,7 @@ the way a pipeline makes it (`signer sign --no-wait --format bundle` as ci,
 approvals by alice and bob, `signer status ID --format bundle --out B`), plus a
 second one for another artifact to splice pieces from. A test edits a copy
 (`edited`) and checks it through the CLI (`verify_cli`, exit 1 "bundle
-INVALID": `cli_refused`) or in process (`rejects`: `verify_bundle` raising
+INVALID": `cli_refused`, `cli_rejects`) or in process (`rejects`: `verify_bundle` raising
 VerificationError naming the check); `trust_file` writes a trust file like
 trust/release.toml with settings changed.
 """
@@ -42,6 +42,7 @@ __all__ = [
     "approval_of",
     "approver_of",
     "cli_refused",
+    "cli_rejects",
     "edited",
     "flip_bit",
     "rejects",
@@ -136,6 +137,13 @@ def cli_refused(p: subprocess.CompletedProcess[str], *phrases: str, code: int = 
     message = refused(p, *phrases, code=code)
     assert p.stdout == "", p.stdout
     return message
+
+
+def cli_rejects(s: Signed, name: str, doc: Any, *phrases: str) -> None:
+    """`signer verify --bundle` of `doc`, written as NAME, exits 1: "bundle INVALID" and
+    every phrase."""
+    path = write_doc(s, name, doc)
+    cli_refused(verify_cli(path, s.artifact, s.trust_path), "bundle INVALID", *phrases)
 
 
 def write_doc(s: Signed, name: str, doc: Any) -> Path:

@@ -17,13 +17,11 @@ from signer.dsse import sign_statement
 from tests.bundle_env import (
     Signed,
     approval_of,
-    cli_refused,
+    cli_rejects,
     edited,
     flip_bit,
     rejects,
     statement_for,
-    verify_cli,
-    write_doc,
 )
 
 
@@ -33,10 +31,10 @@ def test_one_approval_removed_cli(signed: Signed) -> None:
     def edit(d: dict[str, Any]) -> None:
         d["approvals"] = [approval_of(d, "alice")]
 
-    path = write_doc(signed, "one-approval.json", edited(signed, edit))
-    cli_refused(
-        verify_cli(path, signed.artifact, signed.trust_path),
-        "bundle INVALID",
+    cli_rejects(
+        signed,
+        "one-approval.json",
+        edited(signed, edit),
         "1 distinct officers approved; the pinned threshold is 2",
     )
 

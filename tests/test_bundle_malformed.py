@@ -14,15 +14,12 @@ import pytest
 
 from signer.errors import VerificationError
 from signer.formats.bundle import MEDIA_TYPE, Bundle, verify_bundle
-from tests.bundle_env import Signed, cli_refused, edited, rejects, verify_cli, write_doc
+from tests.bundle_env import Signed, cli_rejects, edited, rejects
 
 
 def test_not_json_cli(signed: Signed) -> None:
     """A truncated bundle file makes `signer verify` exit 1: it is not JSON."""
-    path = write_doc(signed, "not-json.json", signed.bundle_path.read_text()[:-20])
-    cli_refused(
-        verify_cli(path, signed.artifact, signed.trust_path), "bundle INVALID", "is not JSON"
-    )
+    cli_rejects(signed, "not-json.json", signed.bundle_path.read_text()[:-20], "is not JSON")
 
 
 def test_wrong_media_type_cli(signed: Signed) -> None:
@@ -31,10 +28,10 @@ def test_wrong_media_type_cli(signed: Signed) -> None:
     def edit(d: dict[str, Any]) -> None:
         d["mediaType"] = "application/vnd.signer.bundle.v2+json"
 
-    path = write_doc(signed, "media-type.json", edited(signed, edit))
-    cli_refused(
-        verify_cli(path, signed.artifact, signed.trust_path),
-        "bundle INVALID",
+    cli_rejects(
+        signed,
+        "media-type.json",
+        edited(signed, edit),
         f"not a bundle: mediaType is not {MEDIA_TYPE}",
     )
 
@@ -72,8 +69,7 @@ def test_malformed_bundle(
 
 def test_deeply_nested_bundle_cli(signed: Signed) -> None:
     """A bundle nested 100,000 deep is refused as too nested, with no traceback."""
-    path = write_doc(signed, "deep.json", "[" * 100_000 + "]" * 100_000)
-    cli_refused(verify_cli(path, signed.artifact, signed.trust_path), "bundle INVALID", "nested")
+    cli_rejects(signed, "deep.json", "[" * 100_000 + "]" * 100_000, "nested")
 
 
 def test_unknown_algorithm(signed: Signed) -> None:
