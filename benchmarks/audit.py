@@ -19,155 +19,39 @@ At the largest size it then verifies the log offline as an auditor does
 (`merkle.root_from_leaves` over every entry, leaf hashing included) and
 compares that with plain SHA-256 over the same bytes. Every proof and root
 measured is also checked against the signed checkpoints, so a fast wrong
-answer cannot pass. Results: benchmarks/results/audit.{json,md}.
+answer cannot pass. Results: benchmarks/results/audit.{json,md}. The log's content
+is in benchmarks/audit_log.py, the report's layout in benchmarks/audit_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
-import platform
 import random
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from signer.algorithms import KeyAlgorithm
+from benchmarks.audit_log import Counting, lifecycle_entries, make_checkpointer, make_core
+from benchmarks.audit_report import machine, markdown
 from signer.audit import merkle
-from signer.audit.checkpoint import Checkpointer
 from signer.audit.note import Checkpoint, Verifier, open_note
-from signer.core.machine import Core
 from signer.store.sqlite import SqliteStore
 
 BATCH = 10_000  # entries per transaction while growing the log
 SAMPLES = 200  # single appends and proofs measured at each size
 REPEAT = 3  # offline hashing runs; the fastest is reported
-ORIGIN = "bench/log"
 RESULTS = Path(__file__).parent / "results"
 _T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-# -- the log's content -------------------------------------------------------------------
-
-
-def _request_id(n: int) -> str:
-    return f"{n & 0xFFFFFFFF:08x}-0000-4000-8000-{n:012x}"
-
-
-def _envelope(rid: str, officer: str) -> str:
-    """A string the size and shape of a DSSE approval envelope (about 700 bytes)."""
-    seed = hashlib.sha256(f"{rid}/{officer}".encode()).digest()
-    payload = base64.b64encode(seed * 12).decode()
-    sig = base64.b64encode(seed * 2).decode()
-    return json.dumps(
-        {
-            "payload": payload,
-            "payloadType": "application/vnd.signer.approval.v1+json",
-            "signatures": [{"keyid": seed.hex(), "sig": sig}],
-        }
-    )
-
-
-def _lifecycle(n: int) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """The five entries of request n: (event, actor, request id, details)."""
-    rid = _request_id(n)
-    digest = hashlib.sha256(rid.encode()).hexdigest()
-    key_id = "cf28e3b218df42344bc06ffcd2bb838e4e7c6d4880beb635313fa32d03fde2ee"
-    return [
-        (
-            "request.created",
-            "ci",
-            rid,
-            {
-                "algorithm": "ecdsa-p256",
-                "approvers": ["alice", "bob", "carol"],
-                "context": {"repository": "org/app", "commit": digest[:12]},
-                "digests": [{"algorithm": "sha256", "artifact": "app.tar", "digest": digest}],
-                "expire_time": "2026-01-01T01:00:00.000000Z",
-                "idempotency_key": "",
-                "key_id": key_id,
-                "key_name": "release",
-                "requester": "ci",
-                "threshold": 2,
-            },
-        ),
-        *(
-            (
-                "request.approved",
-                officer,
-                rid,
-                {"approver": officer, "envelope": _envelope(rid, officer)},
-            )
-            for officer in ("alice", "bob")
-        ),
-        ("request.quorum", "bob", rid, {"approvers": ["alice", "bob"], "threshold": 2}),
-        (
-            "request.signed",
-            "signer",
-            rid,
-            {
-                "approvers": ["alice", "bob"],
-                "key_id": key_id,
-                "signature_sha256": [hashlib.sha256(digest.encode()).hexdigest()],
-            },
-        ),
-    ]
-
-
-def _entries() -> Iterator[tuple[str, str, str, dict[str, Any]]]:
-    n = 0
-    while True:
-        yield from _lifecycle(n)
-        n += 1
-
-
-# -- collaborators -------------------------------------------------------------------------
-
-
-class _NoToken:
-    """The core's DigestSigner; the benchmark never signs a digest."""
-
-    def sign_digests(
-        self, name: str, algorithm: KeyAlgorithm, digests: Sequence[tuple[str, bytes]]
-    ) -> list[bytes]:
-        raise RuntimeError("the audit benchmark signs no digests")
-
-
-class _Counting:
-    """A NodeSource that counts the stored nodes read through it."""
-
-    def __init__(self, src: merkle.NodeSource) -> None:
-        self.src = src
-        self.reads = 0
-
-    def perfect(self, level: int, index: int) -> bytes:
-        self.reads += 1
-        return self.src.perfect(level, index)
-
-
-def _checkpointer() -> Checkpointer:
-    key = ed25519.Ed25519PrivateKey.generate()
-    return Checkpointer(ORIGIN, key.public_key(), key.sign)
-
-
-def _core(store: SqliteStore, checkpointer: Checkpointer) -> Core:
-    return Core(store, _NoToken(), {}, {}, {}, checkpointer=checkpointer)
-
-
-# -- measuring -------------------------------------------------------------------------------
 
 
 def _ms(ns: float) -> float:
@@ -190,11 +74,11 @@ def _summary(ns: list[float]) -> dict[str, float]:
 class Bench:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "audit.db"
-        self.checkpointer = _checkpointer()
+        self.checkpointer = make_checkpointer()
         self.verifier: Verifier = self.checkpointer.verifier
         self.store = SqliteStore(self.path)
-        self.core = _core(self.store, self.checkpointer)
-        self.entries = _entries()
+        self.core = make_core(self.store, self.checkpointer)
+        self.entries = lifecycle_entries()
         self.size = 0
 
     def close(self) -> None:
@@ -235,10 +119,10 @@ class Bench:
         t1 = time.perf_counter_ns()
         with self.store.transaction() as tx:
             size = tx.tree_size()
-            counting = _Counting(tx)
+            counting = Counting(tx)
             root = merkle.root(counting, size)
         t2 = time.perf_counter_ns()
-        self.core = _core(self.store, self.checkpointer)
+        self.core = make_core(self.store, self.checkpointer)
         latest_size, note = self.core.latest_checkpoint()
         assert size == latest_size == self.size, (size, latest_size, self.size)
         assert self._opened(note).root == root, "start-up root differs from the checkpoint"
@@ -260,13 +144,13 @@ class Bench:
         incl_reads, cons_reads = [], []
         with self.store.transaction() as tx:
             for i in indexes:
-                counting = _Counting(tx)
+                counting = Counting(tx)
                 proof = merkle.inclusion_proof(counting, i, size)
                 incl_reads.append(counting.reads)
                 leaf = merkle.leaf_hash(tx.entries(i, i + 1)[0])
                 merkle.verify_inclusion(leaf, i, size, proof, root)
             for old in olds:
-                counting = _Counting(tx)
+                counting = Counting(tx)
                 proof = merkle.consistency_proof(counting, old, size)
                 cons_reads.append(counting.reads)
                 old_root = merkle.root(tx, old)
@@ -343,111 +227,6 @@ class Bench:
         }
 
 
-# -- reporting ---------------------------------------------------------------------------------
-
-
-def _machine() -> dict[str, Any]:
-    model = "unknown"
-    with Path("/proc/cpuinfo").open() as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-    }
-
-
-_HEADER = (
-    "entries",
-    "grow/s",
-    "append p50",
-    "append p99",
-    "incl p50",
-    "incl p99",
-    "cons p50",
-    "cons p99",
-    "incl reads",
-    "cons reads",
-    "open",
-    "root",
-    "root reads",
-    "db MB",
-)
-
-
-def _row(r: dict[str, Any]) -> tuple[str, ...]:
-    i, c, s, a = r["proofs"]["inclusion"], r["proofs"]["consistency"], r["startup"], r["append"]
-    return (
-        f"{r['size']:,}",
-        f"{r['grow']['entries_per_s']:,}",
-        f"{a['median_ms']:.2f}",
-        f"{a['p99_ms']:.2f}",
-        f"{i['median_ms']:.3f}",
-        f"{i['p99_ms']:.3f}",
-        f"{c['median_ms']:.3f}",
-        f"{c['p99_ms']:.3f}",
-        f"{i['reads_mean']:.1f} / {i['reads_max']}",
-        f"{c['reads_mean']:.1f} / {c['reads_max']}",
-        f"{s['open_ms']:.2f}",
-        f"{s['root_ms']:.2f}",
-        f"{s['root_reads']}",
-        f"{r['db_mb']:.0f}",
-    )
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [_HEADER, *(_row(r) for r in rows)]
-    widths = [max(len(line[k]) for line in lines) for k in range(len(_HEADER))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("| " + " | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) + " |")
-        if n == 0:
-            out.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    return "\n".join(out)
-
-
-def _offline_text(o: dict[str, Any]) -> str:
-    return (
-        f"Offline verification of {o['entries']:,} entries ({o['bytes'] / 1e6:.0f} MB, "
-        f"{o['mean_entry_bytes']} bytes each on average; reading them from SQLite took "
-        f"{o['read_from_sqlite_s']} s, not counted below):\n\n"
-        f"| what | seconds | vs tree |\n|---|---:|---:|\n"
-        f"| `merkle.root_from_leaves(map(leaf_hash, entries))` | {o['root_from_leaves_s']} | 1 |\n"
-        f"| `sha256(e).digest()` for each entry | {o['sha256_per_entry_s']} | "
-        f"{o['ratio_vs_per_entry']}x faster |\n"
-        f"| one `sha256` over the concatenated entries | {o['sha256_concatenated_s']} | "
-        f"{o['ratio_vs_concatenated']}x faster |\n\n"
-        f"The tree check runs at {o['tree_MB_per_s']} MB/s: "
-        f"{o['ratio_vs_per_entry']}x the time of hashing each entry once and "
-        f"{o['ratio_vs_concatenated']}x the time of one hash over all the bytes."
-    )
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    return f"""# Audit log benchmark
-
-Run {result["date"]} by `python -m benchmarks.audit` in {result["total_seconds"]} s.
-Machine: {m["nproc"]} CPUs ({m["cpu_model"]}), Python {m["python"]}, SQLite {m["sqlite"]},
-{m["platform"]}. See benchmarks/README.md for how to read this.
-
-Times in milliseconds unless named. "append" is one transaction of one entry
-with its signed checkpoint (fsync included); proofs are through `Core`
-(transaction included), at {result["config"]["samples"]} random points;
-"reads" are stored tree nodes read per proof (mean / max); "open" reopens
-the store, "root" then computes the whole tree's root from stored nodes.
-
-{_table(result["sizes"])}
-
-{_offline_text(result["offline"])}
-"""
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.audit", description=__doc__)
     parser.add_argument("--max-exp", type=int, default=6, help="largest size is 10**N (6)")
@@ -478,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             bench.close()
     result = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": _machine(),
+        "machine": machine(),
         "config": {"batch": BATCH, "samples": SAMPLES, "offline_repeat": REPEAT},
         "sizes": rows,
         "offline": offline,
@@ -486,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = _markdown(result)
+    md = markdown(result)
     (args.out / "audit.md").write_text(md)
     print(md)
 

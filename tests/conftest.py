@@ -159,5 +159,10 @@ def fresh(fresh_env: Env) -> Iterator[Running]:
 __all__ = ["ServerProcess"]
 
 
-# An OIDC-enabled environment and server (tests/oidc_env.py), for tests/test_oidc.py.
+# Session fixtures kept in modules of their own, each shared by several test files: an
+# OIDC-enabled environment and server (tests/oidc_env.py, for tests/test_oidc*.py), two
+# real signed bundles (tests/bundle_env.py, for tests/test_bundle*.py) and the tampering
+# baseline (tests/tamper.py, for tests/test_tamper_*.py), built once a backend.
+from tests.bundle_env import signed  # noqa: E402, F401
 from tests.oidc_env import oidc, oidc_env  # noqa: E402, F401
+from tests.tamper import baselines  # noqa: E402, F401

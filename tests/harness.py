@@ -1,4 +1,4 @@
-"""Test-only helpers over the testbed: failing calls, audit rows, kills mid-burst.
+"""Test-only helpers over the testbed: failing calls and commands, audit rows, kills mid-burst.
 
 The shared machinery (dev environments, `signer serve` processes, mTLS
 clients, the throwaway PostgreSQL server) is in `testbed/`, which benchmarks
@@ -25,11 +25,20 @@ __all__ = [
     "DIGEST_ALGORITHMS",
     "audit_events",
     "kill_mid_burst",
+    "ok",
+    "refused",
     "rpc_error",
+    "sign_args",
     "sign_in_background",
 ]
 
 DIGEST_ALGORITHMS = ("ecdsa-p256", "ecdsa-p384", "rsa-pss-3072", "rsa-pss-4096", "rsa-pkcs1-3072")
+
+
+def sign_args(profile: Path, artifact: Path, *extra: str) -> list[str]:
+    """`signer sign` arguments: ARTIFACT, with the `release` key, as PROFILE's identity; EXTRA."""
+    what = ["--profile", str(profile), "--key-name", "release", "--file", str(artifact)]
+    return ["sign", *what, *extra]
 
 
 def sign_in_background(
@@ -37,19 +46,7 @@ def sign_in_background(
 ) -> tuple[subprocess.Popen[str], str]:
     """Start `signer sign --file ARTIFACT` waiting for the decision; return it and the id."""
     proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(env.profile_path(who)),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--timeout",
-            "60s",
-            *extra,
-        ],
+        [*SIGNER, *sign_args(env.profile_path(who), artifact, "--timeout", "60s", *extra)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -65,6 +62,22 @@ def rpc_error(fn: Callable[[], Any]) -> RemoteError:
     except grpc.RpcError as e:
         return remote_error(e)
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    """The command exited 0; return what it printed."""
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def refused(p: subprocess.CompletedProcess[str], *phrases: str, code: int = 1) -> str:
+    """The command exited `code` with one clear message holding every phrase, no traceback."""
+    message = " ".join(p.stderr.split())
+    assert p.returncode == code, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    for phrase in phrases:
+        assert phrase in message, message
+    return message
 
 
 def audit_events(env: Env) -> list[dict[str, Any]]:

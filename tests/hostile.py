@@ -8,11 +8,18 @@ answer)` before returning it. A tamper function returns the answer (changed or
 not), or raises `Abort` to fail the call with a status and message of its choice.
 `instead(proxy, method, request)`, if given, may answer a call without forwarding
 it (return None to forward). `calls` counts the calls per method name.
+
+Common alterations: `unchanged`; `on_answer(method, change)` alters the request
+in every answer to one method; `on_signed(change)` alters every SIGNED request
+a requester is sent; `other_digest` makes a request name another digest;
+`waited_on` is the real request a wait names. `pending_with` waits for the
+pending request of an artifact, as an officer sees it.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -21,10 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from signer.v1 import approval_pb2, audit_pb2, signing_pb2
+from signer.client.profile import list_requests
+from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
+from testbed.clients import Clients
+from testbed.commands import wait_until
 from testbed.env import Env
 
 Tamper = Callable[[str, Any], Any]
@@ -145,3 +156,79 @@ def hostile(
         yield proxy
     finally:
         proxy.stop()
+
+
+# The marks of a test file whose clients talk to the proxy: it forwards to the shared
+# server, and what is checked is the client's, so one store backend is enough.
+CLIENT_SIDE = [
+    pytest.mark.sqlite_only("client-side checks: the store plays no part"),
+    pytest.mark.usefixtures("shared"),  # the proxy forwards to the shared server
+]
+
+
+# -- alterations -------------------------------------------------------------------------
+
+ESC = "\x1b"
+
+
+def unchanged(method: str, answer: Any) -> Any:
+    return answer
+
+
+def on_answer(method: str, change: Callable[[types_pb2.SigningRequest], None]) -> Tamper:
+    """Apply `change` to the request in every answer to `method`."""
+
+    def tamper(called: str, answer: Any) -> Any:
+        if called == method:
+            change(answer.request)
+        return answer
+
+    return tamper
+
+
+def on_signed(change: Callable[[types_pb2.SigningRequest], None]) -> Callable[[str, Any], Any]:
+    """Apply `change` to every SIGNED request the server returns to a requester."""
+
+    def tamper(method: str, answer: Any) -> Any:
+        if method in ("WaitSigningRequest", "GetSigningRequest") and (
+            answer.request.state == types_pb2.REQUEST_STATE_SIGNED
+        ):
+            change(answer.request)
+        return answer
+
+    return tamper
+
+
+def pending_with(clients: Clients, artifact: str) -> types_pb2.SigningRequest:
+    """Wait until a pending request for `artifact` exists; return it as alice sees it."""
+    found: list[types_pb2.SigningRequest] = []
+    shared_profile = clients.env.profile("alice")
+
+    def look() -> bool:
+        found[:] = [
+            r
+            for r in list_requests(
+                shared_profile, clients.approval("alice"), types_pb2.REQUEST_STATE_PENDING
+            )
+            if r.digests and r.digests[0].artifact_name == artifact
+        ]
+        return bool(found)
+
+    wait_until(look, timeout=30)
+    return found[0]
+
+
+def other_digest(r: types_pb2.SigningRequest) -> None:
+    r.digests[0].value = hashlib.sha256(b"another artifact").digest()
+
+
+def waited_on(proxy: HostileServer, request: bytes) -> types_pb2.SigningRequest:
+    """The real request a WaitSigningRequest call names, as the real server has it."""
+    asked = signing_pb2.WaitSigningRequestRequest.FromString(request)
+    got = signing_pb2.GetSigningRequestResponse.FromString(
+        proxy.upstream(
+            "/signer.v1.SigningService/GetSigningRequest",
+            signing_pb2.GetSigningRequestRequest(id=asked.id),
+        )
+    )
+    return got.request

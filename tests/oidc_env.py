@@ -39,6 +39,7 @@ __all__ = [
     "SUBJECT",
     "OidcEnv",
     "OidcRunning",
+    "assert_pipeline_caller",
     "bearer",
     "make_oidc_env",
     "oidc",
@@ -140,6 +141,22 @@ class OidcRunning:
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
+
+
+def assert_pipeline_caller(caller: types_pb2.TokenCaller, **claims: str) -> None:
+    """The caller is the pipeline of a default token from the CI issuer (claims as changed)."""
+    assert caller.issuer == ISSUER_NAME
+    expected = {
+        "sub": SUBJECT,
+        "repository": "org/app",
+        "ref": "refs/tags/v1.0.0",
+        "workflow": "release",
+        "environment": "release",
+        "actor": "octocat",
+        **claims,
+    }
+    assert dict(caller.claims) == expected
+    assert caller.actor == expected["actor"]
 
 
 def make_oidc_env(root: Path, db: Db | None = None) -> OidcEnv:

@@ -1,7 +1,7 @@
 """A database owner without the token cannot make the audit key sign a fork or rollback.
 
 Real servers, both backends. The owner edits the database while the server
-runs (append-only triggers dropped or disabled, as in test_tamper): truncates
+runs (append-only triggers dropped or disabled, as in tests/tamper.py): truncates
 the log, or rewrites its history with the tree rebuilt to match. Every call
 that would append then fails UNAVAILABLE with AUDIT_ROLLBACK or
 AUDIT_HEAD_MISMATCH, writes nothing, is logged and counted in
@@ -32,19 +32,17 @@ from testbed.commands import SIGNER, free_port, run, wait_until
 from testbed.env import Db, Env, make_env
 from testbed.pg import PgServer
 from testbed.process import running
-from tests.harness import audit_events, rpc_error
-from tests.test_metrics import _scrape, _with_metrics
-from tests.test_tamper import (
-    _edit_actor,
-    _fetch,
-    _ok,
-    _refused,
-    _restore,
-    _rewrite,
-    _save,
-    _size,
-    _verify,
+from tests.harness import audit_events, ok, refused, rpc_error
+from tests.tamper import (
+    audit_fetch,
+    audit_verify,
+    edit_actor,
+    fetched_size,
+    restore_db,
+    rewrite_log,
+    save_db,
 )
+from tests.test_metrics import _scrape, _with_metrics
 
 serving = contextlib.contextmanager(running)
 
@@ -94,7 +92,7 @@ def _drop(env: Env, name: str, table: str) -> None:
     ("edit", "rebuild", "reason", "phrase"),
     [
         (lambda rows: rows[:-3], False, ROLLBACK, "the database was rolled back or truncated"),
-        (_edit_actor(1), True, MISMATCH, "were changed, removed or reordered"),
+        (edit_actor(1), True, MISMATCH, "were changed, removed or reordered"),
     ],
     ids=["truncated", "rewritten"],
 )
@@ -110,7 +108,7 @@ def test_a_tampered_log_stops_the_audit_key_with_a_named_reason(
         pending = c.create()
         c.create()
         assert _head(fresh_env).returncode == 0
-        _rewrite(fresh_env, edit, rebuild=rebuild)
+        rewrite_log(fresh_env, edit, rebuild=rebuild)
         before = _counts(fresh_env)
 
         for call in (lambda: c.create(), lambda: c.approve("alice", pending)):
@@ -139,11 +137,11 @@ def test_a_restored_backup_is_refused_until_a_recorded_reset(
     env, auditor = fresh_env, tmp_path / "auditor"
     with serving(env) as r:
         r.clients.create()
-    old = _save(env, tmp_path / "old")
+    old = save_db(env, tmp_path / "old")
     with serving(env) as r:
         r.clients.create()
-        n = _size(_ok(_fetch(env, auditor)))
-    _restore(env, old)
+        n = fetched_size(ok(audit_fetch(env, auditor)))
+    restore_db(env, old)
     before = _counts(env)
 
     p = run([*SIGNER, "serve", "--config", str(env.config)], check=False, timeout=60)
@@ -166,11 +164,11 @@ def test_a_restored_backup_is_refused_until_a_recorded_reset(
     assert _head(env, "--reset", "--reason", "again").returncode == 1  # nothing to reset
 
     with serving(env):  # the reset and server.started: n entries again, other ones
-        _refused(_fetch(env, auditor), f"fork: the server signed two different logs of {n}")
+        refused(audit_fetch(env, auditor), f"fork: the server signed two different logs of {n}")
         fresh = tmp_path / "fresh"
-        assert _size(_ok(_fetch(env, fresh))) == n
+        assert fetched_size(ok(audit_fetch(env, fresh))) == n
     verifier = str(env.profile("auditor").audit_verifier)
-    assert "OK: " in _ok(_verify(fresh, verifier))
+    assert "OK: " in ok(audit_verify(fresh, verifier))
 
 
 # -- crashes in the middle of a commit ----------------------------------------------------

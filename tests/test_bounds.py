@@ -27,9 +27,9 @@ from signer.sslib import parse_uri
 from signer.tls import DevCA, check_server_files, write_private
 from testbed.commands import SIGNER, run
 from testbed.process import Running
+from tests.config_files import root as root  # the fixture: TLS files, officers' keys, a PIN
+from tests.config_files import valid_config, write_config
 from tests.harness import audit_events
-from tests.test_config import _valid, _write
-from tests.test_config import root as root  # the fixture: TLS files, officers' keys, a PIN
 
 HUGE = "999999999999d"  # timedelta(days=...) of this overflowed
 
@@ -85,10 +85,10 @@ def test_config_value_out_of_range_names_file_key_and_range(
     root: Path, path: tuple[str, ...], value: str, allowed: str
 ) -> None:
     """A config duration or port out of range is a ConfigError naming file, key and range."""
-    cfg = _valid()
+    cfg = valid_config()
     _with_issuer(root)(cfg)
     _in(*path, value=value)(cfg)
-    config = _write(root, cfg)
+    config = write_config(root, cfg)
     with pytest.raises(ConfigError) as e:
         load_config(config)
     assert str(e.value).startswith(f"{config.resolve()}: {'.'.join(path)}: "), str(e.value)
@@ -97,7 +97,7 @@ def test_config_value_out_of_range_names_file_key_and_range(
 
 def test_config_durations_at_their_bounds_load(root: Path) -> None:
     """The largest values allowed load: 30d max_ttl, 1h max_wait, 5m leeway, 1d JWKS age."""
-    cfg = _valid()
+    cfg = valid_config()
     _with_issuer(root)(cfg)
     for path, value in [
         (("keys", "release", "max_ttl"), "30d"),
@@ -106,7 +106,7 @@ def test_config_durations_at_their_bounds_load(root: Path) -> None:
         (("oidc", "ci", "jwks_max_age"), "1d"),
     ]:
         _in(*path, value=value)(cfg)
-    loaded = load_config(_write(root, cfg))
+    loaded = load_config(write_config(root, cfg))
     assert loaded.keys["release"].max_ttl.days == 30
     assert loaded.issuers["ci"].jwks_max_age.days == 1
 
@@ -250,9 +250,9 @@ def test_check_server_files_names_the_problem(root: Path) -> None:
 
 def test_serve_with_mismatched_certificate_and_key_exits_2_saying_so(root: Path) -> None:
     """`signer serve` with another key than its certificate's exits 2 naming both files."""
-    cfg = _valid()
+    cfg = valid_config()
     cfg["server"]["tls_key"] = str(_other_key(root))
-    config = _write(root, cfg)
+    config = write_config(root, cfg)
     p = run([*SIGNER, "serve", "--config", str(config)], check=False, timeout=60)
     message = _cli_refused(
         p, "server.tls_cert, tls_key, client_ca", "does not match the certificate"

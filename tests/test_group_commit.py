@@ -21,8 +21,8 @@ from signer.errors import ConflictError, StoreError, TokenError
 from signer.store.base import Tx
 from testbed.commands import wait_until
 from testbed.env import Db
+from tests.core_world import add_audit_trigger, drop_audit_trigger
 from tests.fakes import AUDIT_ORIGIN, START, World, make_world
-from tests.test_core import _add_audit_trigger, _drop_audit_trigger
 
 MEMBERS = 16
 
@@ -166,12 +166,12 @@ def test_a_failed_checkpoint_fails_every_member_and_writes_nothing(world: World)
 
 def test_a_database_error_in_one_member_rolls_back_the_whole_group(world: World) -> None:
     """An audit write that fails (disk full) fails the group: nothing of it is written."""
-    _add_audit_trigger(world, "NEW.actor = 'b'")
+    add_audit_trigger(world, "NEW.actor = 'b'")
     results = _group_of(world, [_append("a"), _append("b"), _append("c")])
     assert isinstance(results[1], StoreError) and "disk full" in str(results[1])
     assert isinstance(results[0], StoreError) and isinstance(results[2], StoreError)
     assert _entry_rows(world) == [] and _checkpoint_sizes(world) == []
-    _drop_audit_trigger(world)
+    drop_audit_trigger(world)
     assert world.core.record("test.event", "after", {}).index == 0  # and the store works on
 
 

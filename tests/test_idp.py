@@ -12,7 +12,8 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.idp import GitHubTokenEndpoint, IdP, JwksServer, SigningKey, b64url_decode, make_tls
+from tests.idp import IdP, SigningKey, b64url_decode
+from tests.idp_servers import GitHubTokenEndpoint, JwksServer, make_tls
 
 ISSUER = "https://token.actions.githubusercontent.com"
 

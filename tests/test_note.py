@@ -1,8 +1,9 @@
-"""C2SP signed notes and tlog checkpoints: Go known answers, strict parsing, unknown keys.
+"""C2SP signed notes: Go known answers, signing, strict parsing, verifier strings, unknown keys.
 
 Known answers: tests/assets/go_sumdb_note.json (golang.org/x/mod/sumdb/note
-tests) and tests/assets/c2sp_examples.json (C2SP spec examples); see
-tests/assets/README.md.
+tests) and tests/assets/c2sp_examples.json (C2SP spec examples), loaded by
+tests/vectors.py; see tests/assets/README.md. Checkpoints:
+tests/test_note_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import json
-from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -26,23 +24,20 @@ from signer.audit.note import (
     sign_note,
 )
 from signer.errors import InvalidArgumentError, VerificationError
+from tests.vectors import C2SP, GO_NOTE
 
-ASSETS = Path(__file__).parent / "assets"
-GO: dict[str, Any] = json.loads((ASSETS / "go_sumdb_note.json").read_text(encoding="utf-8"))
-C2SP: dict[str, Any] = json.loads((ASSETS / "c2sp_examples.json").read_text(encoding="utf-8"))
-
-TEXT: str = GO["text"]
-PETER_SIG: str = GO["peter_sig_line"]
-ENOCH_SIG: str = GO["enoch_sig_line"]
-PETER = Verifier.parse(GO["peter_vkey"])
-ENOCH = Verifier.parse(GO["enoch_vkey"])
+TEXT: str = GO_NOTE["text"]
+PETER_SIG: str = GO_NOTE["peter_sig_line"]
+ENOCH_SIG: str = GO_NOTE["enoch_sig_line"]
+PETER = Verifier.parse(GO_NOTE["peter_vkey"])
+ENOCH = Verifier.parse(GO_NOTE["enoch_vkey"])
 BOTH = f"{TEXT}\n{PETER_SIG}{ENOCH_SIG}"
 DASH = "\u2014"
 
 
 def _peter_private_key() -> ed25519.Ed25519PrivateKey:
     """The test signer key published in note_test.go: PRIVATE+KEY+name+hash+base64(0x01||seed)."""
-    encoded = GO["peter_skey"].split("+", 4)[4]
+    encoded = GO_NOTE["peter_skey"].split("+", 4)[4]
     return ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(encoded)[1:])
 
 
@@ -62,8 +57,8 @@ def test_go_verifier_keys_parse() -> None:
     """The published verifier strings parse, with their names and key ids, and print back."""
     assert (PETER.name, PETER.key_id.hex()) == ("PeterNeumann", "c74f20a3")
     assert (ENOCH.name, ENOCH.key_id.hex()) == ("EnochRoot", "af0cfe78")
-    assert str(PETER) == GO["peter_vkey"]
-    assert str(ENOCH) == GO["enoch_vkey"]
+    assert str(PETER) == GO_NOTE["peter_vkey"]
+    assert str(ENOCH) == GO_NOTE["enoch_vkey"]
 
 
 def test_key_id_matches_go() -> None:
@@ -74,14 +69,14 @@ def test_key_id_matches_go() -> None:
 
 def test_go_signed_note_opens() -> None:
     """The published signed note opens with the published verifier and yields its text."""
-    assert open_note(GO["signed_note"], [PETER]) == TEXT
+    assert open_note(GO_NOTE["signed_note"], [PETER]) == TEXT
 
 
 def test_sign_note_reproduces_go_note_byte_for_byte() -> None:
     """Signing the published text with the published test key gives Go's TestSign output."""
     key = _peter_private_key()
     assert Verifier.for_key("PeterNeumann", key.public_key()) == PETER
-    assert sign_note(TEXT, "PeterNeumann", key.public_key(), key.sign) == GO["signed_note"]
+    assert sign_note(TEXT, "PeterNeumann", key.public_key(), key.sign) == GO_NOTE["signed_note"]
 
 
 def test_note_signed_by_two_keys_opens_with_either() -> None:
@@ -155,7 +150,7 @@ def test_colliding_key_ids() -> None:
     )
     assert a.key_id == b.key_id
     with pytest.raises(VerificationError, match="share the name and key id"):
-        open_note(GO["signed_note"], [a, b])
+        open_note(GO_NOTE["signed_note"], [a, b])
     forged = base64.b64encode(a.key_id + bytes(64)).decode()
     line = f"{DASH} collide {forged}\n"
     with pytest.raises(VerificationError, match="invalid signature"):
@@ -205,6 +200,14 @@ def test_sign_note_checks_the_signer() -> None:
     other = ed25519.Ed25519PrivateKey.generate()
     with pytest.raises(VerificationError, match="does not verify"):
         sign_note("ok\n", "k", key.public_key(), other.sign)
+
+
+def test_signed_checkpoint_flow() -> None:
+    """A checkpoint signed with sign_note opens and parses back to the same checkpoint."""
+    key, verifier = _fresh("log.example/audit")
+    cp = Checkpoint("log.example/audit", 123, hashlib.sha256(b"root").digest())
+    note = sign_note(cp.text(), verifier.name, key.public_key(), key.sign)
+    assert Checkpoint.parse(open_note(note, [verifier])) == cp
 
 
 # -- malformed notes ----------------------------------------------------------------
@@ -273,12 +276,12 @@ def test_c2sp_example_with_empty_text_line_is_rejected() -> None:
 
 
 def _bad_vkeys() -> list[str]:
-    vkey: str = GO["peter_vkey"]
+    vkey: str = GO_NOTE["peter_vkey"]
     subs = {vkey[i:j] for i in range(len(vkey) + 1) for j in range(i, len(vkey) + 1)}
     bumped = {vkey[:i] + chr(ord(vkey[i]) + 1) + vkey[i + 1 :] for i in range(len(vkey))}
     raw = base64.b64decode(vkey.split("+")[2])
     return sorted(
-        (subs | bumped | set(GO["bad_vkeys"])) - {vkey}
+        (subs | bumped | set(GO_NOTE["bad_vkeys"])) - {vkey}
         | {
             vkey.replace("c74f20a3", "C74F20A3"),  # uppercase key id
             vkey.replace("c74f20a3", "0c74f20a3"),
@@ -322,95 +325,3 @@ def test_verifier_rejects_wrong_key_id() -> None:
         Verifier("PeterNeumann", b"\x00\x00\x00\x00", PETER.public_key)
     with pytest.raises(InvalidArgumentError):
         key_id("PeterNeumann", b"\x00" * 31)
-
-
-# -- checkpoints ------------------------------------------------------------------------
-
-
-def test_c2sp_checkpoint_example_parses() -> None:
-    """The C2SP tlog-checkpoint example body parses and prints back identically."""
-    note: str = C2SP["checkpoint_example"]
-    body = note[: note.index("\n\n") + 1]
-    cp = Checkpoint.parse(body)
-    assert (cp.origin, cp.size) == ("example.com/behind-the-sofa", 20852163)
-    assert cp.root == base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=")
-    assert cp.text() == body
-
-
-@pytest.mark.parametrize("size", [0, 1, 10, 2**63, 2**64 - 1])
-def test_checkpoint_round_trip(size: int) -> None:
-    """Checkpoint text is origin, size and base64 root lines, and parses back equal."""
-    cp = Checkpoint("log.example/audit", size, bytes(range(32)))
-    root_b64 = base64.b64encode(bytes(range(32))).decode()
-    assert cp.text() == f"log.example/audit\n{size}\n{root_b64}\n"
-    assert Checkpoint.parse(cp.text()) == cp
-
-
-def test_checkpoint_extension_lines_are_ignored() -> None:
-    """Non-empty lines after the root are allowed and ignored."""
-    cp = Checkpoint("o", 5, b"\x01" * 32)
-    assert Checkpoint.parse(cp.text() + "ext one\n— ext two\n") == cp
-
-
-def test_signed_checkpoint_flow() -> None:
-    """A checkpoint signed with sign_note opens and parses back to the same checkpoint."""
-    key, verifier = _fresh("log.example/audit")
-    cp = Checkpoint("log.example/audit", 123, hashlib.sha256(b"root").digest())
-    note = sign_note(cp.text(), verifier.name, key.public_key(), key.sign)
-    assert Checkpoint.parse(open_note(note, [verifier])) == cp
-
-
-ROOT = base64.b64encode(b"\x11" * 32).decode()
-BAD_CHECKPOINTS = {
-    "empty origin": f"\n5\n{ROOT}\n",
-    "leading zero": f"o\n05\n{ROOT}\n",
-    "double zero": f"o\n00\n{ROOT}\n",
-    "plus sign": f"o\n+5\n{ROOT}\n",
-    "negative": f"o\n-1\n{ROOT}\n",
-    "leading space": f"o\n 5\n{ROOT}\n",
-    "trailing space": f"o\n5 \n{ROOT}\n",
-    "exponent": f"o\n1e3\n{ROOT}\n",
-    "hex": f"o\n0x10\n{ROOT}\n",
-    "fullwidth digit": f"o\n\uff15\n{ROOT}\n",
-    "arabic-indic digit": f"o\n\u0665\n{ROOT}\n",
-    "underscore": f"o\n1_000\n{ROOT}\n",
-    "over 2**64-1": f"o\n{2**64}\n{ROOT}\n",
-    "empty size": f"o\n\n{ROOT}\n",
-    "31-byte root": f"o\n5\n{base64.b64encode(b'x' * 31).decode()}\n",
-    "33-byte root": f"o\n5\n{base64.b64encode(b'x' * 33).decode()}\n",
-    "url-safe root": f"o\n5\n{base64.urlsafe_b64encode(bytes([255] * 32)).decode()}\n",
-    "unpadded root": f"o\n5\n{ROOT.rstrip('=')}\n",
-    "non-canonical root": f"o\n5\n{ROOT[:-2]}R=\n",
-    "hex root": f"o\n5\n{'11' * 32}\n",
-    "nul in origin": f"o\x00\n5\n{ROOT}\n",
-    "tab in origin": f"o\tx\n5\n{ROOT}\n",
-    "cr line ends": f"o\r\n5\r\n{ROOT}\r\n",
-    "no final newline": f"o\n5\n{ROOT}",
-    "two lines": "o\n5\n",
-    "empty extension line": f"o\n5\n{ROOT}\n\next\n",
-    "empty": "",
-}
-
-
-@pytest.mark.parametrize("text", BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
-def test_checkpoint_parse_is_strict(text: str) -> None:
-    """Malformed checkpoint text raises VerificationError."""
-    with pytest.raises(VerificationError):
-        Checkpoint.parse(text)
-
-
-@pytest.mark.parametrize(
-    ("origin", "size", "root"),
-    [
-        ("", 1, bytes(32)),
-        ("a\nb", 1, bytes(32)),
-        ("o", -1, bytes(32)),
-        ("o", 2**64, bytes(32)),
-        ("o", True, bytes(32)),
-        ("o", 1, bytes(31)),
-    ],
-)
-def test_checkpoint_rejects_bad_fields(origin: str, size: int, root: bytes) -> None:
-    """A checkpoint cannot be built with text that would not parse back."""
-    with pytest.raises(InvalidArgumentError):
-        Checkpoint(origin, size, root)

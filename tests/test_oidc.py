@@ -2,9 +2,10 @@
 
 A CI job with no long-lived secret at all signs with its CI system's ID
 token; the key's claim rules, not a requester list, decide; the pipeline's
-actor (mapped to an officer) cannot approve; every bad token is refused with
-its reason; tokens grant nothing but requesting, count for nothing on the
-mutual-TLS port, and are never written to a log.
+actor (mapped to an officer) cannot approve; tokens grant nothing but
+requesting, count for nothing on the mutual-TLS port, and are never written to
+a log (tests/oidc_env.py). Bad tokens: tests/test_oidc_tokens.py; where the
+CLI finds its token: tests/test_oidc_cli.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,15 @@ from signer.v1 import (
 )
 from testbed.clients import RPC_TIMEOUT, sha256_digest
 from testbed.commands import SIGNER, wait_until
-from tests.harness import audit_events, rpc_error
-from tests.idp import GitHubTokenEndpoint, IdP, SigningKey
-from tests.oidc_env import IDENTITY, ISSUER_NAME, SUBJECT, OidcRunning, bearer
+from tests.harness import audit_events, rpc_error, sign_args
+from tests.idp import IdP
+from tests.oidc_env import (
+    IDENTITY,
+    ISSUER_NAME,
+    OidcRunning,
+    assert_pipeline_caller,
+    bearer,
+)
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 PENDING = types_pb2.REQUEST_STATE_PENDING
@@ -48,21 +54,6 @@ def created_entry(running: OidcRunning, request_id: str) -> dict[str, Any]:
     return entries[0]
 
 
-def assert_pipeline_caller(caller: types_pb2.TokenCaller, **claims: str) -> None:
-    assert caller.issuer == ISSUER_NAME
-    expected = {
-        "sub": SUBJECT,
-        "repository": "org/app",
-        "ref": "refs/tags/v1.0.0",
-        "workflow": "release",
-        "environment": "release",
-        "actor": "octocat",
-        **claims,
-    }
-    assert dict(caller.claims) == expected
-    assert caller.actor == expected["actor"]
-
-
 # -- the pipeline that holds no secret ---------------------------------------------------------
 
 
@@ -76,21 +67,9 @@ def test_pipeline_without_any_secret_signs_and_its_bundle_verifies(
     artifact = tmp_path / "app-1.0.0.tar.gz"
     artifact.write_bytes(os.urandom(4096))
     token = o.mint()
+    sign = sign_args(o.pipeline_profile, artifact, "--format", "bundle", "--timeout", "60s")
     proc = subprocess.Popen(
-        [
-            *SIGNER,
-            "sign",
-            "--profile",
-            str(o.pipeline_profile),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--format",
-            "bundle",
-            "--timeout",
-            "60s",
-        ],
+        [*SIGNER, *sign],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -207,101 +186,6 @@ def test_officer_not_mapped_to_the_actor_may_approve(oidc: OidcRunning) -> None:
     wait_until(lambda: oidc.request(created.id).state == SIGNED)
 
 
-# -- bad tokens over real gRPC -----------------------------------------------------------------
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-BAD_TOKENS: dict[str, tuple[str, Any]] = {
-    "expired": (
-        "TOKEN_EXPIRED",
-        lambda idp: idp.mint(idp.claims(iat=_now() - 900, nbf=_now() - 900, exp=_now() - 60)),
-    ),
-    "wrong-audience": ("TOKEN_AUDIENCE", lambda idp: idp.mint(idp.claims(aud="other"))),
-    "wrong-issuer": (
-        "TOKEN_ISSUER",
-        lambda idp: idp.mint(idp.claims(iss="https://gitlab.example.com")),
-    ),
-    "unknown-kid": ("TOKEN_UNKNOWN_KEY", lambda idp: idp.mint(key=SigningKey.ec("k9"))),
-    "alg-none": ("TOKEN_ALGORITHM", lambda idp: idp.mint_none()),
-    "hs256-public-key": ("TOKEN_ALGORITHM", lambda idp: idp.mint_hs256_with_public_key()),
-    "es256-on-rsa-kid": ("TOKEN_ALGORITHM", lambda idp: idp.mint(key=SigningKey.ec("k1"))),
-    "tampered": ("TOKEN_SIGNATURE", lambda idp: IdP.tamper(idp.mint(), "ref", "refs/tags/v9")),
-    "foreign-key-same-kid": ("TOKEN_SIGNATURE", lambda idp: idp.mint(key=SigningKey.ec("k2"))),
-    "not-yet-valid": (
-        "TOKEN_NOT_YET_VALID",
-        lambda idp: idp.mint(idp.claims(nbf=_now() + 600, exp=_now() + 900)),
-    ),
-    "no-sub": ("TOKEN_CLAIMS", lambda idp: idp.mint(idp.claims(sub=None))),
-    "control-character": ("TOKEN_CLAIMS", lambda idp: idp.mint(idp.claims(ref="v1\nx: y"))),
-    "garbage": ("TOKEN_MALFORMED", lambda idp: "garbage"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_TOKENS))
-def test_bad_token_is_unauthenticated_with_its_reason(oidc: OidcRunning, case: str) -> None:
-    """Each bad token sent over gRPC is UNAUTHENTICATED with the verifier's reason."""
-    o = oidc.oidc
-    reason, make = BAD_TOKENS[case]
-    token = o.remember(make(o.idp))
-    err = rpc_error(lambda: o.create(token))
-    assert err.code == grpc.StatusCode.UNAUTHENTICATED
-    assert err.reason == reason
-    assert err.message.startswith("OIDC token rejected")
-
-
-@pytest.mark.parametrize(
-    "value",
-    ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "token-without-scheme"],
-)
-def test_authorization_that_is_not_one_bearer_token_is_malformed(
-    oidc: OidcRunning, value: str
-) -> None:
-    """An authorization header other than `Bearer TOKEN` is TOKEN_MALFORMED."""
-    o = oidc.oidc
-    with o.channel() as ch:
-        err = rpc_error(
-            lambda: signing_pb2_grpc.SigningServiceStub(ch).ListKeys(
-                signing_pb2.ListKeysRequest(),
-                timeout=RPC_TIMEOUT,
-                metadata=(("authorization", value),),
-            )
-        )
-    assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MALFORMED")
-
-
-def test_two_bearer_tokens_are_malformed(oidc: OidcRunning) -> None:
-    """Two authorization headers, even with one valid token, are TOKEN_MALFORMED."""
-    o = oidc.oidc
-    token = o.mint()
-    with o.channel() as ch:
-        err = rpc_error(
-            lambda: signing_pb2_grpc.SigningServiceStub(ch).ListKeys(
-                signing_pb2.ListKeysRequest(),
-                timeout=RPC_TIMEOUT,
-                metadata=(*bearer(token), *bearer(token)),
-            )
-        )
-    assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MALFORMED")
-
-
-def test_no_token_on_the_oidc_port_is_no_credentials(oidc: OidcRunning) -> None:
-    """A call on the OIDC port with no token is UNAUTHENTICATED NO_CREDENTIALS."""
-    o = oidc.oidc
-    with o.channel() as ch:
-        err = rpc_error(
-            lambda: signing_pb2_grpc.SigningServiceStub(ch).CreateSigningRequest(
-                signing_pb2.CreateSigningRequestRequest(
-                    key_name="release", digests=[sha256_digest(b"x")]
-                ),
-                timeout=RPC_TIMEOUT,
-            )
-        )
-    assert (err.code, err.reason) == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
-
-
 # -- what a token grants, and where ------------------------------------------------------------
 
 
@@ -353,106 +237,6 @@ def test_bearer_token_on_the_mutual_tls_port_is_ignored(oidc: OidcRunning) -> No
         )
     )
     assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")
-
-
-# -- the command line's token sources ----------------------------------------------------------
-
-
-def test_oidc_token_file_flag_is_used(oidc: OidcRunning, tmp_path: Path) -> None:
-    """`--oidc-token-file` wins over SIGNER_OIDC_TOKEN, for sign and status alike."""
-    o = oidc.oidc
-    artifact = tmp_path / "app.bin"
-    artifact.write_bytes(os.urandom(64))
-    token_file = tmp_path / "id-token"
-    token_file.write_text(o.mint(sub="repo:org/app:ref:refs/tags/v2") + "\n")
-    # The file wins over the environment variable (which would be refused).
-    env = o.cli_env(SIGNER_OIDC_TOKEN="garbage")
-    profile = str(o.pipeline_profile)
-    made = o.signer(
-        "sign",
-        "--profile",
-        profile,
-        "--key-name",
-        "release",
-        "--file",
-        str(artifact),
-        "--no-wait",
-        "--oidc-token-file",
-        str(token_file),
-        env=env,
-    )
-    request_id = made.stdout.strip()
-    request = oidc.request(request_id)
-    assert request.requester == f"oidc:{ISSUER_NAME}:repo:org/app:ref:refs/tags/v2"
-    assert request.caller.claims["repository"] == "org/app"
-    shown = o.signer(
-        "status",
-        request_id,
-        "--profile",
-        profile,
-        "--oidc-token-file",
-        str(token_file),
-        "--json",
-        env=env,
-    )
-    assert json.loads(shown.stdout)["state"] == "PENDING"
-    # Without the file, the (bad) variable is what is sent.
-    refused = o.signer("status", request_id, "--profile", profile, env=env, check=False)
-    assert refused.returncode == 1
-    assert "TOKEN_MALFORMED" in refused.stderr
-
-
-def test_github_actions_runner_token_is_fetched_for_the_profile_audience(
-    oidc: OidcRunning, tmp_path: Path
-) -> None:
-    """On a GitHub Actions runner the CLI fetches a token for the profile's audience."""
-    o = oidc.oidc
-    artifact = tmp_path / "app.bin"
-    artifact.write_bytes(os.urandom(64))
-    with GitHubTokenEndpoint(o.idp) as endpoint:
-        made = o.signer(
-            "sign",
-            "--profile",
-            str(o.pipeline_profile),
-            "--key-name",
-            "release",
-            "--file",
-            str(artifact),
-            "--no-wait",
-            env=o.cli_env(
-                ACTIONS_ID_TOKEN_REQUEST_URL=endpoint.url,
-                ACTIONS_ID_TOKEN_REQUEST_TOKEN=endpoint.request_token,
-            ),
-        )
-        seen = list(endpoint.requests)
-    assert seen, "the runner's token endpoint was never asked"
-    assert {r["audience"] for r in seen} == {"signer"}
-    assert {r["authorization"] for r in seen} == {f"Bearer {endpoint.request_token}"}
-    request = oidc.request(made.stdout.strip())
-    assert request.requester == IDENTITY
-    assert_pipeline_caller(request.caller)
-
-
-def test_missing_token_exits_2_naming_the_variable(oidc: OidcRunning, tmp_path: Path) -> None:
-    """An OIDC profile and no token: `signer sign` exits 2 naming SIGNER_OIDC_TOKEN."""
-    o = oidc.oidc
-    artifact = tmp_path / "app.bin"
-    artifact.write_bytes(b"x")
-    p = o.signer(
-        "sign",
-        "--profile",
-        str(o.pipeline_profile),
-        "--key-name",
-        "release",
-        "--file",
-        str(artifact),
-        "--no-wait",
-        env=o.cli_env(),
-        check=False,
-    )
-    assert p.returncode == 2, p.stderr
-    assert "SIGNER_OIDC_TOKEN" in p.stderr
-    assert p.stdout == ""
 
 
 # -- secrecy -----------------------------------------------------------------------------------

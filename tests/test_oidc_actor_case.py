@@ -18,13 +18,14 @@ import pytest
 from signer.server.config import load_config
 from signer.server.oidc import OidcVerifier
 from testbed.commands import wait_until
+from tests.config_files import write_config
 from tests.harness import rpc_error
 from tests.idp import IdP
 from tests.oidc_env import OidcRunning
-from tests.test_oidc_verifier import NAME, issuer_config, oidc_config, refused, write
-from tests.test_oidc_verifier import config_root as config_root  # fixtures
-from tests.test_oidc_verifier import idp as idp
-from tests.test_oidc_verifier import jwks_file as jwks_file
+from tests.oidc_issuer import NAME, config_refused, issuer_config, oidc_config
+from tests.oidc_issuer import config_root as config_root  # fixtures
+from tests.oidc_issuer import idp as idp
+from tests.oidc_issuer import jwks_file as jwks_file
 
 OFFICERS = ("alice", "bob", "carol")
 
@@ -62,12 +63,12 @@ def test_actor_case_config_defaults_to_insensitive_and_is_recorded(config_root: 
     """actor_case is insensitive unless set; sensitive loads; another value names the key;
     the setting is part of the policy recorded in the audit log."""
     cfg = oidc_config()
-    assert load_config(write(config_root, cfg)).issuers["ci-idp"].actor_case == "insensitive"
+    assert load_config(write_config(config_root, cfg)).issuers["ci-idp"].actor_case == "insensitive"
     cfg["oidc"]["ci-idp"]["actor_case"] = "sensitive"
-    loaded = load_config(write(config_root, cfg))
+    loaded = load_config(write_config(config_root, cfg))
     assert loaded.policy_document["oidc"]["ci-idp"]["actor_case"] == "sensitive"
     cfg["oidc"]["ci-idp"]["actor_case"] = "lower"
-    message = refused(config_root, cfg)
+    message = config_refused(config_root, cfg)
     assert "oidc.ci-idp.actor_case: 'lower': must be insensitive" in message
 
 

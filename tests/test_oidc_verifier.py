@@ -1,9 +1,10 @@
-"""OidcVerifier and the OIDC config, in process: every bad token is refused for its reason.
+"""OidcVerifier, in process: a valid token gives its identity; a bad one is refused for its reason.
 
 Tokens come from the throwaway IdP in tests/idp.py; the verifier reads the
-issuer's keys from a JWKS file, or live from a JwksServer over HTTPS (for
-refresh, rate limiting and a failing endpoint). No server, no network beyond
-127.0.0.1.
+issuer's keys from a JWKS file (tests/oidc_issuer.py). Expired or early tokens,
+another audience or issuer, missing or unsafe claims, a wrong algorithm, key
+or signature, and text that is not a token each get their reason. No server, no
+network.
 """
 
 from __future__ import annotations
@@ -11,54 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 
-from signer.approval import files as approval_keys
-from signer.errors import ConfigError, UnauthenticatedError
 from signer.model import TokenCaller
-from signer.server.config import load_config
 from signer.server.oidc import MAX_TOKEN_BYTES, OidcVerifier
-from signer.server.policy_config import IssuerConfig
-from signer.tls import DevCA, write_private
 from testbed.commands import wait_until
-from tests.idp import IdP, JwksServer, SigningKey, b64url, make_tls
-
-ISSUER = "https://token.actions.githubusercontent.com"
-NAME = "gh"
-SUB = "repo:org/app:environment:release"
-
-
-@pytest.fixture(scope="module")
-def idp() -> IdP:
-    """k1 (RS256) and k2 (ES256), published; shared, never rotated."""
-    return IdP(ISSUER)
-
-
-@pytest.fixture(scope="module")
-def jwks_file(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return idp.write_jwks(tmp_path_factory.mktemp("jwks") / "jwks.json")
-
-
-def issuer_config(jwks_file: Path | None = None, **overrides: Any) -> IssuerConfig:
-    fields: dict[str, Any] = {
-        "name": NAME,
-        "issuer": ISSUER,
-        "audience": "signer",
-        "jwks_file": jwks_file,
-        "jwks_url": None,
-        "officers": {"octocat": "alice"},
-        **overrides,
-    }
-    return IssuerConfig(**fields)
-
-
-def verifier_for(jwks_file: Path, **overrides: Any) -> OidcVerifier:
-    return OidcVerifier({NAME: issuer_config(jwks_file, **overrides)})
+from tests.idp import IdP, SigningKey, b64url
+from tests.oidc_env import ISSUER
+from tests.oidc_issuer import NAME, SUB, rejected, verifier_for
+from tests.oidc_issuer import idp as idp  # a fixture
+from tests.oidc_issuer import jwks_file as jwks_file  # a fixture
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +32,6 @@ def verifier(jwks_file: Path) -> OidcVerifier:
     v = verifier_for(jwks_file)
     v.load()
     return v
-
-
-def rejected(verifier: OidcVerifier, token: str) -> str:
-    """Verify `token`, which must be refused; return the reason."""
-    with pytest.raises(UnauthenticatedError) as info:
-        verifier.verify(token)
-    assert str(info.value).startswith("OIDC token rejected")
-    return info.value.reason
 
 
 # -- accepted ----------------------------------------------------------------------------------
@@ -301,246 +259,3 @@ def test_malformed_header_is_refused_as_malformed(
     _, payload, signature = idp.mint().split(".")
     token = f"{b64url(json.dumps(header).encode())}.{payload}.{signature}"
     assert rejected(verifier, token) == "TOKEN_MALFORMED"
-
-
-# -- the JWKS over HTTPS: refresh, rate limit, failure -----------------------------------------
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[IdP, JwksServer, Path]]:
-    """A fresh IdP served live over HTTPS, with the CA to trust it."""
-    ca, cert, key = make_tls(tmp_path)
-    idp = IdP(ISSUER)
-    with JwksServer(idp, cert, key) as server:
-        yield idp, server, ca
-
-
-def live_verifier(server: JwksServer, ca: Path, **overrides: Any) -> OidcVerifier:
-    v = OidcVerifier(
-        {NAME: issuer_config(None, jwks_url=server.url, jwks_ca=ca, **overrides)},
-    )
-    v.load()
-    return v
-
-
-def test_jwks_is_refetched_for_an_unknown_kid_after_rotation(
-    live: tuple[IdP, JwksServer, Path],
-) -> None:
-    """A known kid is served from the cache; a new kid after rotation refetches once."""
-    idp, server, ca = live
-    v = live_verifier(server, ca, jwks_refresh=dt.timedelta(0))
-    assert server.hits == 1
-    assert v.verify(idp.mint()).identity == f"oidc:{NAME}:{SUB}"
-    assert server.hits == 1  # a known kid is served from the cache
-    idp.rotate(SigningKey.ec("k3"))
-    assert v.verify(idp.mint()).identity == f"oidc:{NAME}:{SUB}"
-    assert server.hits == 2
-
-
-def test_jwks_refetch_is_rate_limited(live: tuple[IdP, JwksServer, Path]) -> None:
-    """Within jwks_refresh, unknown kids refetch nothing and are TOKEN_UNKNOWN_KEY."""
-    idp, server, ca = live
-    v = live_verifier(server, ca, jwks_refresh=dt.timedelta(hours=1))
-    assert server.hits == 1
-    idp.rotate(SigningKey.ec("k3"))
-    token = idp.mint()
-    for _ in range(3):
-        assert rejected(v, token) == "TOKEN_UNKNOWN_KEY"
-    assert server.hits == 1  # no refetch within jwks_refresh, however many unknown kids
-
-
-def test_failing_jwks_endpoint_keeps_the_old_keys(live: tuple[IdP, JwksServer, Path]) -> None:
-    """While every JWKS refetch fails (503), the keys already held still verify."""
-    idp, server, ca = live
-    # max_age 0: every verification tries to refetch, and every refetch fails.
-    v = live_verifier(server, ca, jwks_refresh=dt.timedelta(0), jwks_max_age=dt.timedelta(0))
-    assert server.hits == 1
-    server.fail_status = 503
-    for _ in range(2):
-        assert v.verify(idp.mint()).identity == f"oidc:{NAME}:{SUB}"
-    assert server.hits == 3  # it did try, and kept what it had
-    assert rejected(v, idp.mint(key=SigningKey.rsa("k9"))) == "TOKEN_UNKNOWN_KEY"
-
-
-def test_jwks_unreachable_at_start_is_fetched_on_first_token(
-    live: tuple[IdP, JwksServer, Path],
-) -> None:
-    """A JWKS endpoint down at load is no error: tokens are TOKEN_UNKNOWN_KEY until it
-    answers, then the next token fetches the keys and verifies."""
-    idp, server, ca = live
-    server.fail_status = 503
-    v = live_verifier(server, ca, jwks_refresh=dt.timedelta(0))  # load() logs, does not raise
-    assert rejected(v, idp.mint()) == "TOKEN_UNKNOWN_KEY"
-    server.fail_status = None
-    assert v.verify(idp.mint()).identity == f"oidc:{NAME}:{SUB}"
-
-
-def test_jwks_server_with_an_untrusted_certificate_gives_no_keys(
-    live: tuple[IdP, JwksServer, Path], tmp_path: Path
-) -> None:
-    """A JWKS server with a certificate from another CA is never read: no keys."""
-    idp, server, _ = live
-    (tmp_path / "other").mkdir()
-    other_ca, _, _ = make_tls(tmp_path / "other")  # not the CA that issued the server's cert
-    v = live_verifier(server, other_ca, jwks_refresh=dt.timedelta(0))
-    assert rejected(v, idp.mint()) == "TOKEN_UNKNOWN_KEY"
-    assert server.hits == 0
-
-
-# -- config ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def config_root(tmp_path: Path, jwks_file: Path) -> Path:
-    ca = DevCA("test CA")
-    (tmp_path / "tls").mkdir()
-    (tmp_path / "tls" / "ca.pem").write_bytes(ca.pem)
-    cert, key = ca.issue("signer server", server_hosts=["127.0.0.1"])
-    (tmp_path / "tls" / "server.pem").write_bytes(cert)
-    write_private(tmp_path / "tls" / "server.key", key)
-    for o in ("alice", "bob", "carol"):
-        approval_keys.generate(tmp_path / "approvers" / f"{o}.key")
-    write_private(tmp_path / "secrets" / "token.pin", b"1234\n")
-    (tmp_path / "jwks.json").write_bytes(jwks_file.read_bytes())
-    return tmp_path
-
-
-def oidc_config() -> dict[str, Any]:
-    return {
-        "server": {
-            "listen": "127.0.0.1:7443",
-            "oidc_listen": "127.0.0.1:7444",
-            "tls_cert": "tls/server.pem",
-            "tls_key": "tls/server.key",
-            "client_ca": "tls/ca.pem",
-        },
-        "token": {
-            "module": "/usr/lib/softhsm/libsofthsm2.so",
-            "label": "signer-test",
-            "pin_file": "secrets/token.pin",
-        },
-        "store": {"url": "sqlite:///signer.db"},
-        "audit": {"key": "audit"},
-        "identities": {o: ["approver"] for o in ("alice", "bob", "carol")},
-        "approvers": {o: f"approvers/{o}.key.pub" for o in ("alice", "bob", "carol")},
-        "oidc": {
-            "ci-idp": {
-                "issuer": ISSUER,
-                "audience": "signer",
-                "jwks_file": "jwks.json",
-                "leeway": "5s",
-                "officers": {"octocat": "alice"},
-            }
-        },
-        "keys": {
-            "release": {
-                "algorithm": "ecdsa-p256",
-                "approvers": ["alice", "bob", "carol"],
-                "threshold": 2,
-                "requesters": [],
-                "oidc": [
-                    {
-                        "issuer": "ci-idp",
-                        "repository": "org/app",
-                        "ref": ["refs/tags/v*"],
-                        "environment": "release",
-                    }
-                ],
-            }
-        },
-    }
-
-
-def write(root: Path, cfg: dict[str, Any]) -> Path:
-    path = root / "signer.toml"
-    path.write_text(tomli_w.dumps(cfg))
-    return path
-
-
-def refused(root: Path, cfg: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(write(root, cfg))
-    message = str(info.value)
-    assert message.startswith(str((root / "signer.toml").resolve()))
-    return message
-
-
-def rule(cfg: dict[str, Any]) -> dict[str, Any]:
-    rules: list[dict[str, Any]] = cfg["keys"]["release"]["oidc"]
-    return rules[0]
-
-
-def test_valid_oidc_config_loads(config_root: Path) -> None:
-    """An OIDC issuer and claim rule load as written; the rule admits only its issuer's
-    tag builds."""
-    cfg = load_config(write(config_root, oidc_config()))
-    assert cfg.server.oidc_listen == "127.0.0.1:7444"
-    issuer = cfg.issuers["ci-idp"]
-    assert (issuer.issuer, issuer.audience, issuer.jwks_file) == (
-        ISSUER,
-        "signer",
-        (config_root / "jwks.json").resolve(),
-    )
-    assert issuer.leeway == dt.timedelta(seconds=5)
-    assert dict(issuer.officers) == {"octocat": "alice"}
-    policy = cfg.keys["release"]
-    assert policy.requesters == ()
-    assert policy.admits(
-        "ci-idp", {"repository": "org/app", "ref": "refs/tags/v2.1", "environment": "release"}
-    )
-    assert not policy.admits(
-        "ci-idp", {"repository": "org/app", "ref": "refs/heads/main", "environment": "release"}
-    )
-    assert not policy.admits("other", {"repository": "org/app", "ref": "refs/tags/v2.1"})
-    assert "oidc" in cfg.policy_document
-
-
-def test_rule_without_conditions_is_refused(config_root: Path) -> None:
-    """A claim rule naming only an issuer, with no claim condition, is a ConfigError."""
-    cfg = oidc_config()
-    cfg["keys"]["release"]["oidc"] = [{"issuer": "ci-idp"}]
-    message = refused(config_root, cfg)
-    assert "keys.release.oidc[0].issuer" in message
-    assert "at least one claim condition" in message
-
-
-@pytest.mark.parametrize("pattern", ["*", "**", ["refs/tags/v*", "*"]])
-def test_match_anything_pattern_is_refused(config_root: Path, pattern: Any) -> None:
-    """A claim pattern matching anything (`*`, `**`, or in a list) is a ConfigError."""
-    cfg = oidc_config()
-    rule(cfg)["ref"] = pattern
-    message = refused(config_root, cfg)
-    assert "keys.release.oidc[0].ref" in message and "matches anything" in message
-
-
-def test_rule_naming_an_unknown_issuer_is_refused(config_root: Path) -> None:
-    """A claim rule naming an issuer not configured is a ConfigError naming it."""
-    cfg = oidc_config()
-    rule(cfg)["issuer"] = "gitlab"
-    message = refused(config_root, cfg)
-    assert "keys.release.oidc[0].issuer" in message and "'gitlab'" in message
-
-
-def test_oidc_issuers_without_oidc_listen_are_refused(config_root: Path) -> None:
-    """OIDC issuers without server.oidc_listen are a ConfigError: it is missing."""
-    cfg = oidc_config()
-    del cfg["server"]["oidc_listen"]
-    assert "server.oidc_listen: missing" in refused(config_root, cfg)
-
-
-def test_http_jwks_url_is_refused(config_root: Path) -> None:
-    """A jwks_url over plain http:// is a ConfigError asking for https://."""
-    cfg = oidc_config()
-    issuer = cfg["oidc"]["ci-idp"]
-    del issuer["jwks_file"]
-    issuer["jwks_url"] = "http://127.0.0.1:8080/jwks"
-    message = refused(config_root, cfg)
-    assert "oidc.ci-idp.jwks_url" in message and "https://" in message
-
-
-def test_identity_starting_with_oidc_is_refused(config_root: Path) -> None:
-    """An identity starting `oidc:` in the config is a ConfigError: it is reserved."""
-    cfg = oidc_config()
-    cfg["identities"]["oidc:ci-idp:repo:org/app:environment:release"] = ["requester", "approver"]
-    message = refused(config_root, cfg)
-    assert "identities.oidc:ci-idp" in message and "reserved" in message

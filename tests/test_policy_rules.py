@@ -3,7 +3,7 @@ offline audit verifier; the policy recorded in the log read back strictly.
 
 A toy rule registered in `signer.core.rules.RULES` (by monkeypatch) must change what
 the core allows and what `verify_dir` accepts, with nothing else changed; the real
-rules must hold offline on synthetic logs (`tests.test_tamper._Synth`, signed with
+rules must hold offline on synthetic logs (`tests.synthetic_log.Synth`, signed with
 in-memory keys) and on the core's own log; `KeyPolicy.from_dict` inverts
 `as_dict` and names the field of any wrong type.
 """
@@ -35,7 +35,8 @@ from signer.errors import PermissionDeniedError, StatementMismatchError, Verific
 from signer.model import State
 from testbed.env import Db
 from tests.fakes import World, make_world
-from tests.test_tamper import _Synth, _valid
+from tests.synthetic_log import Synth as _Synth
+from tests.synthetic_log import valid_quorum as _valid
 
 _OFFICERS = ("alice", "bob", "carol", "dave")
 

@@ -2,7 +2,7 @@
 
 In process, over a real store on both backends, with the head in memory where
 the server keeps it in the token (`MemoryHeads`): a database owner who
-truncates or rewrites the stored log (triggers dropped, as in test_tamper) gets
+truncates or rewrites the stored log (triggers dropped, as in tests/tamper.py) gets
 every later checkpoint refused with a named reason and nothing written; a
 checkpoint's note reaches the database only after the commit of the entries it
 covers, so a commit that fails leaves no note behind and needs no slack; a
@@ -31,8 +31,8 @@ from signer.store.sql import SqlTx
 from testbed.commands import run
 from testbed.env import Db, Env
 from tests.fakes import START, World, make_world
+from tests.tamper import edit_actor, rewrite_log
 from tests.test_group_commit import _append, _group_of
-from tests.test_tamper import _edit_actor, _rewrite
 
 
 class Refusals:
@@ -84,8 +84,8 @@ def _record(w: World, n: int, actor: str = "t") -> None:
 
 
 def _tampered(w: World, edit: Callable[[Any], Any], *, rebuild: bool = False) -> None:
-    """The database owner rewrites the stored log (see test_tamper._rewrite)."""
-    _rewrite(Env(Path("."), 0, w.db), edit, rebuild=rebuild)
+    """The database owner rewrites the stored log (see tests/tamper.py rewrite_log)."""
+    rewrite_log(Env(Path("."), 0, w.db), edit, rebuild=rebuild)
 
 
 # -- the head follows the log, one update per commit ------------------------------------
@@ -145,7 +145,7 @@ def test_a_truncated_log_with_its_later_notes_copied_back_is_still_refused(
 def test_rewritten_history_is_refused_as_a_mismatch(world: World) -> None:
     """An entry edited and the tree rebuilt to match: AUDIT_HEAD_MISMATCH, nothing written."""
     _record(world, 6)
-    _tampered(world, _edit_actor(2), rebuild=True)
+    _tampered(world, edit_actor(2), rebuild=True)
     before = _counts(world)
     with pytest.raises(AuditHeadError, match="entries before 6 were changed") as e:
         world.core.record("test.event", "after", {})
@@ -167,7 +167,7 @@ def test_every_member_of_a_refused_group_hears_the_reason(world: World) -> None:
 def test_the_same_size_with_another_root_is_an_edit_or_fork(world: World) -> None:
     """A stored log of the head's size but other entries: the status names a fork or edit."""
     _record(world, 4)
-    _tampered(world, _edit_actor(3), rebuild=True)
+    _tampered(world, edit_actor(3), rebuild=True)
     assert world.checkpointer is not None
     with world.store.transaction() as tx:
         status = world.checkpointer.status(tx)
@@ -297,7 +297,7 @@ def test_a_token_without_a_head_refuses_a_stored_log_its_checkpoint_does_not_mat
 ) -> None:
     """No head, and the stored tree was rebuilt under the latest checkpoint: refused."""
     _record(world, 3)
-    _tampered(world, _edit_actor(1), rebuild=True)
+    _tampered(world, edit_actor(1), rebuild=True)
     assert world.checkpointer is not None
     world.checkpointer.heads = MemoryHeads()
     with pytest.raises(AuditHeadError, match="does not match the stored tree") as e:
