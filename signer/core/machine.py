@@ -56,7 +56,7 @@ from signer.errors import (
     TokenError,
     TooLargeError,
 )
-from signer.formats.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
+from signer.formats import registry as formats
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
 from signer.store.base import PAGE_BYTES, AuditFilter, Store, Tx
 from signer.store.group import GroupCommit
@@ -844,30 +844,9 @@ class Core:
                 )
 
     def _check_payload(self, payload_type: str, payload: bytes, digests: list[Digest]) -> None:
-        if not payload_type and not payload:
-            return
-        if payload_type != PAYLOAD_TYPE:
-            raise InvalidArgumentError(
-                f"payload_type must be {PAYLOAD_TYPE} (an in-toto Statement v1)",
-                reason="BAD_PAYLOAD_TYPE",
-            )
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise TooLargeError(
-                f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-                reason="PAYLOAD_TOO_LARGE",
-            )
-        InTotoStatement.parse(payload, self.limits.max_digests)
-        if len(digests) != 1:
-            raise InvalidArgumentError(
-                "with a payload, send exactly one digest: of the payload's DSSE PAE",
-                reason="PAYLOAD_DIGEST_MISMATCH",
-            )
-        d = digests[0]
-        if pae_digest(payload_type, payload, d.algorithm) != d.value:
-            raise InvalidArgumentError(
-                f"the digest is not the {d.algorithm} of the payload's DSSE PAE",
-                reason="PAYLOAD_DIGEST_MISMATCH",
-            )
+        if payload_type or payload:
+            fmt = formats.for_payload_type(payload_type)
+            fmt.check_payload(payload, digests, self.limits.max_digests)
 
     def _check_context(self, context: Mapping[str, str]) -> None:
         if len(context) > self.limits.max_context_entries:
