@@ -28,6 +28,7 @@ from signer.cli.kit import call, request_dict, say, stubs
 from signer.client.profile import Profile, load_profile
 from signer.dsse import Statement, sign_statement
 from signer.errors import ConfigError
+from signer.formats import registry
 from signer.model import Digest
 from signer.parsing import read_secret
 from signer.text import is_displayable
@@ -87,10 +88,7 @@ def _unshowable(d: dict[str, Any]) -> list[str]:
     if "payload_type" in d:
         if not is_displayable(d["payload_type"]):
             problems.append("the payload type holds characters that cannot be shown")
-        if "statement" not in d:
-            problems.append(f"the statement cannot be shown: {d['statement_error']}")
-        if not d["payload_matches_digest"]:
-            problems.append("the digest to sign is not that of the statement shown")
+        problems += registry.shown_by(d["payload_type"]).problems(d)
     return problems
 
 

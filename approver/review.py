@@ -3,9 +3,10 @@
 The request fetched is the one asked for (an answer for another id is
 refused), with every digest of a batch; the table shows every field the
 officer decides on (requester, OIDC caller and claims, CI context, key, key id,
-digests a page at a time, the batch's manifest hash, an in-toto statement's
-subjects and predicate, and whether the digest is that statement's) and warns
-when something must not be approved. Every cell passes through
+digests a page at a time, the batch's manifest hash, and a carried payload as
+its format shows it: an in-toto statement's subjects and predicate, and
+whether the digest is that statement's) and warns when something must not be
+approved. Every cell passes through
 `signer.cli.kit.print_table`, which escapes whatever the server sent.
 """
 
@@ -18,7 +19,7 @@ import click
 from approver.errors import ApproverError
 from signer.cli.kit import Cell, print_table, request_dict, stubs
 from signer.client.profile import Profile, fetch_request
-from signer.formats.intoto import predicate_json
+from signer.formats import registry
 from signer.model import INLINE_DIGESTS
 from signer.v1 import approval_pb2_grpc, types_pb2
 
@@ -89,27 +90,7 @@ def _footer(d: dict[str, Any]) -> list[list[Cell]]:
             rows.append(["may not decide", ", ".join(c["barred_approvers"])])
     if "payload_type" in d:
         rows.append(["payload", d["payload_type"]])
-        if "statement" in d:
-            st = d["statement"]
-            rows.append(["predicate type", st["predicate_type"]])
-            rows += [
-                [
-                    f"subject {i}",
-                    (x["name"], *(f"{a}:{v}" for a, v in x["digest"].items())),
-                ]
-                for i, x in enumerate(st["subjects"])
-            ]
-            rows.append(["predicate", tuple(predicate_json(st["predicate"]).splitlines())])
-        else:
-            rows.append(["statement", f"UNREADABLE: {d['statement_error']}; do not approve"])
-        rows.append(
-            [
-                "payload check",
-                "the digest is the payload's DSSE PAE"
-                if d["payload_matches_digest"]
-                else "MISMATCH: the digest is NOT of this payload; do not approve",
-            ]
-        )
+        rows += [list(row) for row in registry.shown_by(d["payload_type"]).rows(d)]
     if d["status_message"]:
         rows.append(["status", d["status_message"]])
     return rows

@@ -27,8 +27,8 @@ from rich.table import Table
 from signer.client.profile import stubs
 from signer.client.workflow import call
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
-from signer.errors import ConfigError, InvalidArgumentError, SignerError
-from signer.formats.intoto import InTotoStatement, pae_digest
+from signer.errors import ConfigError, SignerError
+from signer.formats import registry
 from signer.model import Digest, Manifest
 from signer.text import shown
 from signer.v1 import types_pb2
@@ -155,21 +155,11 @@ def _caller_and_payload(r: types_pb2.SigningRequest) -> dict[str, Any]:
     if r.payload_type or r.payload:
         out["payload_type"] = r.payload_type
         out["payload"] = base64.b64encode(r.payload).decode()
-        try:
-            st = InTotoStatement.parse(r.payload)
-            out["statement"] = {
-                "predicate_type": st.predicate_type,
-                "subjects": [{"name": x.name, "digest": dict(x.digest)} for x in st.subjects],
-                "predicate": dict(st.predicate),
-            }
-        except InvalidArgumentError as e:
-            out["statement_error"] = str(e)
-        out["payload_matches_digest"] = bool(
-            len(r.digests) == 1
-            and r.digests[0].algorithm in HASH_FROM_PB
-            and pae_digest(r.payload_type, r.payload, HASH_FROM_PB[r.digests[0].algorithm])
-            == r.digests[0].value
-        )
+        digests = [
+            Digest(HASH_FROM_PB.get(d.algorithm, "?"), d.value, d.artifact_name) for d in r.digests
+        ]
+        shown_by = registry.shown_by(r.payload_type)
+        out.update(shown_by.describe(r.payload_type, r.payload, digests))
     return out
 
 

@@ -38,21 +38,46 @@ from signer.cli.kit import (
 from signer.client import workflow
 from signer.client.profile import load_profile
 from signer.client.workflow import Asked
-from signer.convert import HASH_FROM_PB, HASH_TO_PB
+from signer.convert import HASH_FROM_PB, digest_pb
 from signer.errors import ResponseMismatchError
-from signer.formats.intoto import PAYLOAD_TYPE, build_statement, pae_digest
+from signer.formats import registry
+from signer.model import Digest
 from signer.parsing import MAX_TTL, parse_duration
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
 
 __all__ = ["cancel", "public_key", "sign", "status"]
 
+
+class _FormatChoice(click.Choice[str]):
+    """The registry's format names, read when the option is parsed, not when imported."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(registry.FORMATS)
+
+    @choices.setter
+    def choices(self, _ignored: object) -> None:
+        pass  # always the registry's
+
+
+def _formats_help() -> str:
+    """The formats' summaries as one sentence, in the registry's order."""
+    *rest, last = (f.summary for f in registry.FORMATS.values())
+    if not rest:
+        return f"{last}."
+    return f"{', '.join(rest)}{',' if len(rest) > 1 else ''} or {last}."
+
+
 format_opt = click.option(
     "--format",
     "fmt",
-    type=click.Choice(["raw", "dsse", "bundle"]),
-    default="raw",
+    type=_FormatChoice(),
+    default=next(iter(registry.FORMATS)),
     show_default=True,
-    help="raw signatures, a DSSE envelope over an in-toto statement, or an evidence bundle.",
+    help=_formats_help(),
 )
 oidc_token_opt = click.option(
     "--oidc-token-file",
@@ -152,42 +177,28 @@ def sign(
     digests = digests_of(files, raw_digests, hash_name)
     if not digests:
         raise click.UsageError("give --file or --digest")
-    if fmt == "raw":
-        if out is not None and len(digests) != 1:
-            raise click.UsageError("--out needs exactly one --file or --digest")
-        if wait and out is None and len(files) != len(digests):
-            raise click.UsageError("with --digest, give --out (or use --no-wait)")
-    elif wait and out is None and not files:
-        raise click.UsageError(f"with --format {fmt} and only --digest, give --out")
+    output = registry.FORMATS[fmt]
+    problem = output.out_problem(out, len(files), len(digests), wait)
+    if problem:
+        raise click.UsageError(problem)
     context = _context(ctx)
-    payload_type, payload = "", b""
-    if fmt == "dsse":
-        payload_type = PAYLOAD_TYPE
-        payload = build_statement(
-            [(d.artifact_name, HASH_FROM_PB[d.algorithm], d.value) for d in digests],
-            {"context": context} if context else {},
-        )
-        names = [d.artifact_name for d in digests]
-        label = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} more"
-        digests = [
-            types_pb2.Digest(
-                algorithm=HASH_TO_PB[hash_name],
-                value=pae_digest(payload_type, payload, hash_name),
-                artifact_name=f"in-toto statement: {label}"[:512],
-            )
-        ]
+    carried = output.carry(
+        [Digest(HASH_FROM_PB[d.algorithm], d.value, d.artifact_name) for d in digests],
+        context,
+        hash_name,
+    )
     profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
     ttl_pb = duration_pb2.Duration()
     if lifetime is not None:
         ttl_pb.FromTimedelta(lifetime)
     create = signing_pb2.CreateSigningRequestRequest(
         key_name=key_name,
-        digests=digests,
+        digests=[digest_pb(d) for d in carried.digests],
         context=context,
         ttl=ttl_pb,
         idempotency_key=idempotency_key or str(uuid.uuid4()),
-        payload_type=payload_type,
-        payload=payload,
+        payload_type=carried.payload_type,
+        payload=carried.payload,
     )
     asked = Asked.of(create)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
@@ -257,7 +268,8 @@ def status(
         else:
             _show_request(d)
         if out is not None or files:
-            if d["state"] != "SIGNED" or (fmt == "raw" and out and len(r.digests) != 1):
+            one_each = registry.FORMATS[fmt].per_artifact
+            if d["state"] != "SIGNED" or (one_each and out and len(r.digests) != 1):
                 fail(f"request {request_id} is {d['state']}; no single signature to write")
             finish(profile, stub, r, asked, fmt, files, out, own)
 

@@ -1,10 +1,13 @@
 """`signer verify`: what whoever downloads an artifact runs, offline.
 
 It talks to no server and trusts only what it is given out of band: a
-signature is checked against the public key named on the command line; a
-bundle against pinned trust (`--trust`: the signing key, the officers' keys,
+signature is checked against the public key named on the command line (the
+raw format's check); a bundle, written by `--format bundle` or beside a DSSE
+envelope, against pinned trust (`--trust`: the signing key, the officers' keys,
 the threshold, the audit verifier), its quorum and its place in the audit log
-included, by `signer.formats.bundle.verify_bundle`. Exit 0 valid, 1 invalid.
+included, by `signer.formats.bundle.verify_bundle`. Each check is its format's
+`verify`, found in `signer.formats.registry`. Exit 0 valid, 1 invalid: a
+failed check raises VerificationError, which ends the command with exit 1.
 """
 
 from __future__ import annotations
@@ -12,16 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
 from signer.algorithms import HASH_SIZES
 from signer.cli._common import digests_of
-from signer.cli.kit import EXIT_FAILED, echo, fail, handle_errors, json_opt, print_json
-from signer.convert import HASH_TO_PB
-from signer.errors import ConfigError, VerificationError
-from signer.formats.bundle import Bundle, Trust, verify_bundle
-from signer.verify import verify_digest
+from signer.cli.kit import echo, handle_errors, json_opt, print_json
+from signer.convert import HASH_FROM_PB
+from signer.formats import registry
+from signer.formats.base import Evidence
+from signer.model import Digest
 
 __all__ = ["verify"]
 
@@ -81,42 +82,18 @@ def verify(
             raise click.UsageError("--bundle needs --file and --trust")
         if signature is not None or raw_digest is not None:
             raise click.UsageError("--bundle replaces --signature and --digest")
-        trust = Trust.load(trust_path)
-        try:
-            result = verify_bundle(Bundle.read(bundle_path), trust, file)
-        except VerificationError as e:
-            fail(f"bundle INVALID: {e}", EXIT_FAILED)
-        if as_json:
-            print_json(
-                {
-                    "request_id": result.request_id,
-                    "key_name": result.key_name,
-                    "artifact": result.artifact,
-                    "approvers": list(result.approvers),
-                    "log_index": result.log_index,
-                    "tree_size": result.tree_size,
-                }
-            )
-            return
-        echo(
-            f"bundle OK: {file.name} signed by key {result.key_name} after approval by "
-            f"{', '.join(result.approvers)} ({len(result.approvers)} of the required "
-            f"{trust.threshold}); on the audit log at index {result.log_index} "
-            f"(checkpoint of {result.tree_size} entries signed by {trust.audit_verifier.name})"
-        )
-        return
-    if public_key_path is None or signature is None:
-        raise click.UsageError("give --public-key and --signature (or --bundle and --trust)")
-    if (file is None) == (raw_digest is None):
-        raise click.UsageError("give exactly one of --file or --digest")
-    digest = digests_of((file,) if file else (), (raw_digest,) if raw_digest else (), hash_name)[0]
-    try:
-        pub = serialization.load_pem_public_key(public_key_path.read_bytes())
-    except ValueError:
-        raise ConfigError(f"{public_key_path} is not a PEM public key") from None
-    hname = {v: k for k, v in HASH_TO_PB.items()}[digest.algorithm]
-    try:
-        used = verify_digest(pub, hname, digest.value, signature.read_bytes(), scheme)
-    except InvalidSignature:
-        fail("signature INVALID", EXIT_FAILED)
-    click.echo(f"signature OK ({used}, {hname})")
+        evidence = Evidence(bundle_path, file=file, trust=trust_path)
+        verdict = registry.FORMATS["bundle"].verify(evidence)
+    else:
+        if public_key_path is None or signature is None:
+            raise click.UsageError("give --public-key and --signature (or --bundle and --trust)")
+        if (file is None) == (raw_digest is None):
+            raise click.UsageError("give exactly one of --file or --digest")
+        pb = digests_of((file,) if file else (), (raw_digest,) if raw_digest else (), hash_name)[0]
+        digest = Digest(HASH_FROM_PB[pb.algorithm], pb.value, pb.artifact_name)
+        evidence = Evidence(signature, digest=digest, public_key=public_key_path, scheme=scheme)
+        verdict = registry.FORMATS["raw"].verify(evidence)
+    if as_json and verdict.fields is not None:
+        print_json(dict(verdict.fields))
+    else:
+        echo(verdict.text)

@@ -28,7 +28,7 @@ from signer.bounds import echo
 from signer.core.policy import KeyPolicy
 from signer.encoding import canonical_json, format_time
 from signer.errors import InvalidArgumentError, NotFoundError, TooLargeError
-from signer.formats.intoto import MAX_PAYLOAD_BYTES, PAYLOAD_TYPE, InTotoStatement, pae_digest
+from signer.formats import registry as formats
 from signer.model import Digest, KeySpec, Request, State, TokenCaller
 from signer.store.base import Tx
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
@@ -129,30 +129,10 @@ def check_digests(digests: list[Digest], spec: KeySpec, limits: Limits) -> None:
 
 
 def check_payload(payload_type: str, payload: bytes, digests: list[Digest], limits: Limits) -> None:
-    if not payload_type and not payload:
-        return
-    if payload_type != PAYLOAD_TYPE:
-        raise InvalidArgumentError(
-            f"payload_type must be {PAYLOAD_TYPE} (an in-toto Statement v1)",
-            reason="BAD_PAYLOAD_TYPE",
-        )
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise TooLargeError(
-            f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-            reason="PAYLOAD_TOO_LARGE",
-        )
-    InTotoStatement.parse(payload, limits.max_digests)
-    if len(digests) != 1:
-        raise InvalidArgumentError(
-            "with a payload, send exactly one digest: of the payload's DSSE PAE",
-            reason="PAYLOAD_DIGEST_MISMATCH",
-        )
-    d = digests[0]
-    if pae_digest(payload_type, payload, d.algorithm) != d.value:
-        raise InvalidArgumentError(
-            f"the digest is not the {d.algorithm} of the payload's DSSE PAE",
-            reason="PAYLOAD_DIGEST_MISMATCH",
-        )
+    """A carried payload is one its format knows, and the format's own check passes."""
+    if payload_type or payload:
+        fmt = formats.for_payload_type(payload_type)
+        fmt.check_payload(payload, digests, limits.max_digests)
 
 
 # -- what people read ----------------------------------------------------------------------

@@ -16,7 +16,8 @@ verifier key):
    signatures, is included in a checkpoint signed by the pinned audit key.
 
 Any failed check raises VerificationError naming it; nothing is partially
-trusted.
+trusted. `BundleFormat` is the output format (`signer.formats.base`) that
+writes and checks these files; `--format dsse` writes one beside its envelope.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import base64
 import hashlib
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -46,11 +47,20 @@ from signer.errors import (
     StatementMismatchError,
     VerificationError,
 )
+from signer.formats.base import Evidence, OutputFormat, SignedRequest, Verdict, write_json
 from signer.formats.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Digest
 from signer.verify import verify_digest
 
-__all__ = ["MEDIA_TYPE", "Bundle", "Trust", "VerifiedBundle", "dsse_envelope", "verify_bundle"]
+__all__ = [
+    "MEDIA_TYPE",
+    "Bundle",
+    "BundleFormat",
+    "Trust",
+    "VerifiedBundle",
+    "verify_bundle",
+    "verify_bundle_file",
+]
 
 MEDIA_TYPE = "application/vnd.signer.bundle.v1+json"
 _MAX_BUNDLE_BYTES = 16 * 1024 * 1024
@@ -61,17 +71,6 @@ def key_id(public_key: PublicKeyTypes) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).hexdigest()
-
-
-def dsse_envelope(
-    payload_type: str, payload: bytes, key_id: str, signature: bytes
-) -> dict[str, Any]:
-    """A DSSE envelope (JSON form) with one signature."""
-    return {
-        "payload": base64.b64encode(payload).decode(),
-        "payloadType": payload_type,
-        "signatures": [{"keyid": key_id, "sig": base64.b64encode(signature).decode()}],
-    }
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,23 @@ class Bundle:
     approvals: tuple[bytes, ...]  # the officers' DSSE envelopes, verbatim
     audit: SignedProof
     dsse: dict[str, Any] | None = None  # the signed envelope, for a DSSE bundle
+
+    @classmethod
+    def of(cls, signed: SignedRequest, dsse: dict[str, Any] | None = None) -> Bundle:
+        """The bundle of a verified signed request (and its DSSE envelope, if any)."""
+        return cls(
+            request_id=signed.request_id,
+            key_name=signed.key_name,
+            key_id=signed.key_id,
+            algorithm=signed.algorithm,
+            public_key_pem=signed.public_key_pem,
+            digests=signed.digests,
+            signatures=signed.signatures,
+            threshold=signed.threshold,
+            approvals=signed.approvals,
+            audit=signed.proof,
+            dsse=dsse,
+        )
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -148,6 +164,48 @@ class Bundle:
         except RecursionError:
             raise VerificationError(f"bundle {path} is nested too deeply") from None
         return cls.from_json(doc)
+
+
+class BundleFormat(OutputFormat):
+    """`--format bundle`: one JSON bundle with the signatures, approvals and audit proof."""
+
+    name: ClassVar[str] = "bundle"
+    summary: ClassVar[str] = "an evidence bundle"
+    suffix: ClassVar[str] = ".bundle.json"
+
+    def write(self, signed: SignedRequest, targets: Sequence[Path]) -> list[str]:
+        (path,) = targets
+        write_json(path, Bundle.of(signed).to_json())
+        return [f"bundle written to {path}"]
+
+    def verify(self, evidence: Evidence) -> Verdict:
+        return verify_bundle_file(evidence)
+
+
+def verify_bundle_file(evidence: Evidence) -> Verdict:
+    """`signer verify --bundle`: read the trust file and the bundle, then `verify_bundle`."""
+    if evidence.file is None or evidence.trust is None:
+        raise ConfigError("a bundle is checked against a file and a trust file")
+    trust = Trust.load(evidence.trust)
+    try:
+        result = verify_bundle(Bundle.read(evidence.path), trust, evidence.file)
+    except VerificationError as e:
+        raise VerificationError(f"bundle INVALID: {e}") from None
+    text = (
+        f"bundle OK: {evidence.file.name} signed by key {result.key_name} after approval by "
+        f"{', '.join(result.approvers)} ({len(result.approvers)} of the required "
+        f"{trust.threshold}); on the audit log at index {result.log_index} "
+        f"(checkpoint of {result.tree_size} entries signed by {trust.audit_verifier.name})"
+    )
+    fields = {
+        "request_id": result.request_id,
+        "key_name": result.key_name,
+        "artifact": result.artifact,
+        "approvers": list(result.approvers),
+        "log_index": result.log_index,
+        "tree_size": result.tree_size,
+    }
+    return Verdict(text, fields)
 
 
 def _digest(x: Any) -> Digest:

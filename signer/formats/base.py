@@ -1,0 +1,165 @@
+"""What an output format is: the one interface every `signer sign --format` kind implements.
+
+A format says, for its kind of output:
+
+(a) what a request carries (`carry`): the digests sent and, for a format whose
+    signed structure is built from a payload, its payload type and payload;
+(b) the server's check that a carried payload is what the format says
+    (`check_payload`), found by payload type (`signer.formats.registry`);
+(c) what officers are shown of that payload (`describe`, `rows`, `problems`);
+    an approval is refused while `problems` names anything;
+(d) where its file(s) go (`suffix`, `per_artifact`, `out_problem`, `targets`)
+    and how they are assembled and written (`write`) from a `SignedRequest`
+    whose signatures and audit proof the client has already verified;
+(e) how `signer verify` checks them, offline, against what the verifier pins
+    (`verify`).
+
+Nothing here talks to a server, a terminal or a token: the core and the
+offline verifiers load these modules (tests/test_imports.py).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from signer.audit.proofs import SignedProof
+from signer.errors import InvalidArgumentError
+from signer.model import Digest
+
+__all__ = ["Carried", "Evidence", "OutputFormat", "Row", "SignedRequest", "Verdict", "write_json"]
+
+# A row officers are shown: a label and one line, or several shown one under another.
+Row = tuple[str, str | tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a request for a format sends: its digests and, if any, its payload."""
+
+    digests: tuple[Digest, ...]
+    payload_type: str = ""
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A SIGNED request whose signatures and audit proof the client has verified."""
+
+    request_id: str
+    key_name: str
+    key_id: str
+    algorithm: str
+    public_key_pem: str
+    digests: tuple[Digest, ...]
+    signatures: tuple[bytes, ...]
+    threshold: int
+    approvals: tuple[bytes, ...]  # the approving officers' DSSE envelopes, verbatim
+    proof: SignedProof
+    payload_type: str = ""
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What `signer verify` was given: the output file, the artifact, and what is pinned."""
+
+    path: Path  # the signature, or the bundle
+    file: Path | None = None
+    digest: Digest | None = None  # instead of `file`, where the format allows it
+    public_key: Path | None = None  # the signing key's PEM
+    trust: Path | None = None  # a trust file (signer.formats.bundle.Trust)
+    scheme: str = "auto"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A valid output: the line people read and, where the format has one, its JSON form."""
+
+    text: str
+    fields: Mapping[str, Any] | None = None
+
+
+class OutputFormat(ABC):
+    """One kind of output of `signer sign --format NAME`.
+
+    The payload methods' defaults are those of a format that carries no
+    payload; a format with a `payload_type` overrides them.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # for `--format`'s help, e.g. "raw signatures"
+    suffix: ClassVar[str]  # appended to the artifact's name when no --out is given
+    per_artifact: ClassVar[bool] = False  # one file per signed digest, not one per request
+    payload_type: ClassVar[str] = ""  # the DSSE payload type a request carries ("" for none)
+    payload_description: ClassVar[str] = ""  # what that payload is, e.g. "an in-toto Statement v1"
+
+    # (a) What the request carries.
+    def carry(
+        self, digests: Sequence[Digest], context: Mapping[str, str], hash_name: str
+    ) -> Carried:
+        """What to send for the artifacts' `digests`: by default the digests themselves."""
+        return Carried(tuple(digests))
+
+    # (b) The server's check of a carried payload.
+    def check_payload(self, payload: bytes, digests: Sequence[Digest], max_subjects: int) -> None:
+        """Raise InvalidArgumentError (or TooLargeError) unless `payload` is this format's
+        and the one digest is the one it signs."""
+        raise InvalidArgumentError(
+            f"the {self.name} format carries no payload", reason="BAD_PAYLOAD_TYPE"
+        )
+
+    # (c) What officers are shown of a payload.
+    def describe(
+        self, payload_type: str, payload: bytes, digests: Sequence[Digest]
+    ) -> dict[str, Any]:
+        """The JSON fields that show the payload (beside payload_type and payload)."""
+        return {}
+
+    def rows(self, described: Mapping[str, Any]) -> list[Row]:
+        """The table rows that show the payload, from `describe`'s fields."""
+        return []
+
+    def problems(self, described: Mapping[str, Any]) -> list[str]:
+        """Why an officer must not approve this payload, from `describe`'s fields."""
+        return []
+
+    # (d) Where the files go and how they are written.
+    def out_problem(self, out: Path | None, files: int, digests: int, wait: bool) -> str | None:
+        """Why `--out` and the `--file`s given cannot name where the output goes, or None."""
+        if self.per_artifact:
+            if out is not None and digests != 1:
+                return "--out needs exactly one --file or --digest"
+            if wait and out is None and files != digests:
+                return "with --digest, give --out (or use --no-wait)"
+            return None
+        if wait and out is None and not files:
+            return f"with --format {self.name} and only --digest, give --out"
+        return None
+
+    def targets(self, out: Path | None, files: Sequence[Path]) -> tuple[Path, ...]:
+        """The paths written: `--out`, else beside the (first) artifact with `suffix`."""
+        if out is not None:
+            return (out,)
+        named = files if self.per_artifact else files[:1]
+        if not named:
+            raise InvalidArgumentError("no --out and no --file to write beside")
+        return tuple(f.with_name(f.name + self.suffix) for f in named)
+
+    @abstractmethod
+    def write(self, signed: SignedRequest, targets: Sequence[Path]) -> list[str]:
+        """Assemble and write the output at `targets`; return what to tell the user."""
+
+    # (e) Offline verification.
+    @abstractmethod
+    def verify(self, evidence: Evidence) -> Verdict:
+        """Check the output offline; raise VerificationError (or ConfigError) if it fails."""
+
+
+def write_json(path: Path, value: Any) -> None:
+    """A JSON output file: indented, keys sorted, one trailing newline."""
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
