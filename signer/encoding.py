@@ -48,4 +48,7 @@ def parse_time(s: str) -> dt.datetime:
     t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     if t.tzinfo is None:
         raise ValueError(f"time {s!r} has no timezone")
-    return t.astimezone(dt.UTC)
+    try:
+        return t.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC
+        raise ValueError(f"time {s!r} is out of range") from None

@@ -137,6 +137,12 @@ _MISTYPED: list[tuple[str, int, Callable[[Synth, AuditEntry], AuditEntry], str]]
         "entry 1 (request.created): details.key_name must be a string, not an integer",
     ),
     (
+        "expire-time-out-of-range",
+        1,
+        lambda s, e: _details(e, ("expire_time",), "0001-01-01T00:00:00+01:00"),
+        "entry 1 (request.created): ",
+    ),
+    (
         "envelope-object",
         2,
         lambda s, e: _details(e, ("envelope",), {}),

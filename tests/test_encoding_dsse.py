@@ -140,6 +140,8 @@ def test_noncanonical_statement_is_rejected() -> None:
         {"approver": None},
         {"issued_at": "2026-01-02T03:04:05"},
         {"issued_at": "soon"},
+        {"issued_at": "0001-01-01T00:00:00+01:00"},  # before the first representable UTC
+        {"issued_at": "9999-12-31T23:59:59-14:00"},  # after the last
         {"digests": [{"algorithm": "sha256", "digest": "zz", "artifact": "a"}]},
         {"digests": [{"algorithm": "sha256", "artifact": "a"}]},
         {"digests": "abc"},

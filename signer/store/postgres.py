@@ -44,7 +44,6 @@ log = structlog.get_logger("signer.store")
 # pg_advisory_xact_lock key: "signer" as an integer; one lock for every write.
 _LOCK = int.from_bytes(b"signer", "big")
 _CHANNEL = "signer_requests"
-SCHEMA_VERSION = 1
 _DIALECT = Dialect(
     seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     big="BIGINT",
@@ -81,9 +80,10 @@ BEGIN PERFORM pg_notify('signer_requests', NEW.id); RETURN NULL; END $$;
 CREATE TRIGGER requests_notify AFTER INSERT OR UPDATE ON requests
     FOR EACH ROW EXECUTE FUNCTION signer_notify();
 """
+SCHEMA_VERSION = 1
 _MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
-        1,
+        SCHEMA_VERSION,
         tables(_DIALECT, with_v2_columns=True) + _FUNCTIONS_AND_TRIGGERS,
     ),
 )
