@@ -30,6 +30,7 @@ import pytest
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval.ed25519 import Ed25519Signer
 from signer.audit.note import Verifier, sign_note
 from signer.dsse import Statement, sign_statement
 from signer.errors import ConfigError, VerificationError
@@ -395,9 +396,7 @@ def test_approval_by_unpinned_officer_dave(signed: Signed) -> None:
 
 def test_approval_claiming_bob_signed_by_fresh_key(signed: Signed) -> None:
     """A statement naming bob, signed with a key that is not bob's, is refused."""
-    forged = sign_statement(
-        _statement(signed.request, "bob"), ed25519.Ed25519PrivateKey.generate()
-    ).decode()
+    forged = sign_statement(_statement(signed.request, "bob"), Ed25519Signer.generate()).decode()
 
     def edit(d: dict[str, Any]) -> None:
         d["approvals"] = [_approval(d, "alice"), forged]

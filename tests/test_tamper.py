@@ -45,6 +45,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from psycopg import sql
 
+from signer.approval.ed25519 import Ed25519Signer
+from signer.approval.keys import ApprovalSigner
 from signer.audit import merkle
 from signer.audit.entry import AuditEntry
 from signer.audit.note import Checkpoint, Verifier, open_note, sign_note
@@ -701,7 +703,7 @@ _KEY_ID = "ab" * 32
 class _Synth:
     """A small log: one policy, one request, its decisions and its signature."""
 
-    keys: dict[str, ed25519.Ed25519PrivateKey]
+    keys: dict[str, ApprovalSigner]
     entries: list[AuditEntry] = dataclasses.field(default_factory=list)
     rid: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
     digests: tuple[Digest, ...] = (Digest("sha256", hashlib.sha256(b"app").digest(), "app.tar"),)
@@ -732,8 +734,7 @@ class _Synth:
             },
             "identities": {"ci": ["requester"], **{o: ["approver"] for o in _OFFICERS}},
             "approver_keys": {
-                o: self.keys[key_as.get(o, o)].public_key().public_bytes_raw().hex()
-                for o in _OFFICERS
+                o: self.keys[key_as.get(o, o)].public_key().policy_value() for o in _OFFICERS
             },
             "access": {},
             "audit_key": "audit",
@@ -937,7 +938,7 @@ def test_signature_without_valid_quorum_is_named(
     tmp_path: Path, build: Callable[[_Synth], int], event: str, phrase: str
 ) -> None:
     """A correctly signed log whose signature lacks a valid quorum fails, naming the entry."""
-    s = _Synth({o: ed25519.Ed25519PrivateKey.generate() for o in _OFFICERS})
+    s = _Synth({o: Ed25519Signer.generate() for o in _OFFICERS})
     bad = build(s)
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
     _refused(
@@ -947,7 +948,7 @@ def test_signature_without_valid_quorum_is_named(
 
 def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
     """The same synthetic log with a valid 2-of-3 quorum verifies, counting what it checked."""
-    s = _Synth({o: ed25519.Ed25519PrivateKey.generate() for o in _OFFICERS})
+    s = _Synth({o: Ed25519Signer.generate() for o in _OFFICERS})
     _valid(s)
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
     out = run([*SIGNER, "audit", "verify", str(tmp_path / "log"), "--verifier", verifier, "--json"])
@@ -963,7 +964,7 @@ def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
 
 def test_synthetic_manifest_approvals_pass(tmp_path: Path) -> None:
     """Approvals binding the manifest of a batch (instead of listing it) verify offline."""
-    s = _Synth({o: ed25519.Ed25519PrivateKey.generate() for o in _OFFICERS})
+    s = _Synth({o: Ed25519Signer.generate() for o in _OFFICERS})
     s.digests = tuple(
         Digest("sha256", hashlib.sha256(b"%d" % i).digest(), f"pkg-{i}.tar") for i in range(40)
     )
