@@ -3,7 +3,7 @@
 `approve` and `deny` fetch the request, show the officer exactly what they
 are deciding on (requester, CI context, key, digests), ask for confirmation,
 then sign a statement bound to that request id, key, key id and digests with
-the officer's own Ed25519 key (invariant 6). Passphrases come from a file, an
+the officer's own approval key (invariant 6). Passphrases come from a file, an
 environment variable or a prompt, never argv.
 
 The commands are declared here; what an officer is shown is `approver.review`,
@@ -35,7 +35,6 @@ from signer.cli.kit import (
 )
 from signer.client.profile import list_requests, load_profile
 from signer.convert import STATE_TO_PB
-from signer.dsse import key_id_of
 from signer.model import State
 from signer.parsing import read_secret
 from signer.v1 import approval_pb2_grpc
@@ -67,7 +66,7 @@ def main() -> None:
 def keygen(
     out: Path, passphrase_file: Path | None, passphrase_env: str | None, encrypt: bool
 ) -> None:
-    """Create your Ed25519 approval key; give OUT.pub to the server's admin."""
+    """Create your approval key; give OUT.pub to the server's admin."""
     if out.exists():
         raise ApproverError(f"{out} exists; not overwriting a key")
     passphrase = None
@@ -78,7 +77,7 @@ def keygen(
         if passphrase != getpass.getpass("again: "):
             raise ApproverError("the passphrases differ")
     key = generate(out, passphrase)
-    click.echo(f"{out}.pub  key id {key_id_of(key.public_key())}")
+    click.echo(f"{out}.pub  key id {key.public_key().key_id}")
 
 
 @main.command("list")

@@ -4,9 +4,10 @@ The whole request is shown first (`approver.review`); an approval is refused,
 nothing sent, for a request holding text that had to be escaped to be shown,
 a digest that is not what its hash says, or a statement that did not parse (a
 denial is always possible). The statement signed with the officer's own
-Ed25519 key is built only from what was shown (request id, key, key id,
-digests), and an answer for another request is reported as an error. The key's
-passphrase comes from a file, an environment variable or a prompt, never argv.
+approval key (whatever its kind) is built only from what was shown (request
+id, key, key id, digests), and an answer for another request is reported as
+an error. The key's passphrase comes from a file, an environment variable or a
+prompt, never argv.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from approver.errors import ApproverError
 from approver.review import describe, fetch
 from signer.algorithms import HASH_SIZES
-from signer.approval.files import load_private
+from signer.approval.files import load_signer
+from signer.approval.keys import ApprovalSigner
 from signer.cli.kit import call, request_dict, say, stubs
 from signer.client.profile import Profile, load_profile
 from signer.dsse import Statement, sign_statement
@@ -37,7 +38,7 @@ from signer.v1 import approval_pb2, approval_pb2_grpc
 __all__ = ["decide"]
 
 
-def _approval_key(profile: Profile) -> ed25519.Ed25519PrivateKey:
+def _approval_key(profile: Profile) -> ApprovalSigner:
     if profile.approval_key is None:
         raise ConfigError(f"profile {profile.path} has no approval_key")
     passphrase = None
@@ -49,7 +50,7 @@ def _approval_key(profile: Profile) -> ed25519.Ed25519PrivateKey:
         )
     elif b"ENCRYPTED" in profile.approval_key.read_bytes()[:64] and sys.stdin.isatty():
         passphrase = getpass.getpass(f"passphrase for {profile.approval_key}: ")
-    return load_private(profile.approval_key, passphrase)
+    return load_signer(profile.approval_key, passphrase)
 
 
 def _unshowable(d: dict[str, Any]) -> list[str]:

@@ -2,8 +2,9 @@
 
 An approval is the canonical JSON statement below, wrapped in a DSSE envelope
 (payloadType `application/vnd.signer.approval.v1+json`) and signed with the
-approver's own Ed25519 key over the DSSE pre-authentication encoding. The
-server stores the envelope bytes verbatim, so anyone can re-verify it later.
+approver's own key (an `ApprovalKey` of any kind, `signer.approval`) over the
+DSSE pre-authentication encoding. The server stores the envelope bytes
+verbatim, so anyone can re-verify it later.
 
 Statement fields: request_id, key_name, key_id, decision (approve|deny),
 approver, issued_at, for a denial the reason, and exactly one of
@@ -27,18 +28,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
+from signer.approval.keys import ApprovalKey, ApprovalSigner
 from signer.encoding import canonical_json, format_time, parse_time
-from signer.errors import EnvelopeError, StatementMismatchError
+from signer.errors import EnvelopeError, StatementMismatchError, VerificationError
 from signer.model import INLINE_DIGESTS, Digest, Manifest, Request
 
 __all__ = [
@@ -64,12 +61,9 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
-def key_id_of(public_key: ed25519.Ed25519PublicKey) -> str:
-    """Hex SHA-256 of the public key's SubjectPublicKeyInfo DER."""
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
+def key_id_of(public_key: ApprovalKey) -> str:
+    """The keyid an envelope signed by this key names: hex SHA-256 of its SPKI DER."""
+    return public_key.key_id
 
 
 @dataclass(frozen=True)
@@ -223,16 +217,17 @@ class Binding:
 
 
 def distinct_approvers(
-    approvals: Iterable[tuple[str, ed25519.Ed25519PublicKey]],
+    approvals: Iterable[tuple[str, ApprovalKey]],
 ) -> list[str]:
     """The approvers of valid approvals that count toward a quorum, in order: each person
     once, and each approval key once (a key registered under two names counts for the
-    first). `approvals` are (approver, the public key their approval verified with).
+    first; one key is one key id, whatever its kind). `approvals` are (approver, the
+    public key their approval verified with).
     """
     people: list[str] = []
-    keys: set[bytes] = set()
+    keys: set[str] = set()
     for approver, public_key in approvals:
-        key = public_key.public_bytes_raw()
+        key = public_key.key_id
         if approver in people or key in keys:
             continue
         people.append(approver)
@@ -310,11 +305,11 @@ class Envelope:
             raise EnvelopeError(f"payloadType must be {PAYLOAD_TYPE}, got {env.payload_type!r}")
         return env
 
-    def verify(self, public_key: ed25519.Ed25519PublicKey) -> Statement:
+    def verify(self, public_key: ApprovalKey) -> Statement:
         """Check the signature with `public_key`, then parse the statement."""
         try:
             public_key.verify(self.sig, pae(self.payload_type, self.payload))
-        except InvalidSignature:
+        except VerificationError:
             raise EnvelopeError(
                 "the envelope signature does not verify with the approver's registered key",
                 reason="BAD_APPROVAL_SIGNATURE",
@@ -322,15 +317,15 @@ class Envelope:
         return Statement.from_bytes(self.payload)
 
 
-def sign_statement(statement: Statement, private_key: ed25519.Ed25519PrivateKey) -> bytes:
-    """Make the DSSE envelope (JSON bytes) for a statement."""
+def sign_statement(statement: Statement, signer: ApprovalSigner) -> bytes:
+    """Make the DSSE envelope (JSON bytes) for a statement, signed by `signer`."""
     payload = statement.to_bytes()
-    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    sig = signer.sign(pae(PAYLOAD_TYPE, payload))
     env = {
         "payload": base64.b64encode(payload).decode(),
         "payloadType": PAYLOAD_TYPE,
         "signatures": [
-            {"keyid": key_id_of(private_key.public_key()), "sig": base64.b64encode(sig).decode()}
+            {"keyid": key_id_of(signer.public_key()), "sig": base64.b64encode(sig).decode()}
         ],
     }
     return canonical_json(env)

@@ -21,7 +21,8 @@ import psycopg
 import tomli_w
 
 from signer.approval.files import generate as generate_approval_key
-from signer.approval.files import load_private
+from signer.approval.files import load_signer
+from signer.approval.keys import ApprovalSigner
 from signer.audit import merkle
 from signer.audit.note import open_checkpoint
 from signer.client.profile import Profile, load_profile
@@ -197,8 +198,8 @@ class Env:
         }
         self.write_config(cfg)
 
-    def approval_key(self, officer: str) -> Any:
-        return load_private(self.root / "approvers" / f"{officer}.key", None)
+    def approval_key(self, officer: str) -> ApprovalSigner:
+        return load_signer(self.root / "approvers" / f"{officer}.key", None)
 
 
 def make_env(root: Path, db: Db | None = None) -> Env:

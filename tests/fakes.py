@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
+from signer.approval.ed25519 import Ed25519Signer
+from signer.approval.keys import ApprovalSigner
 from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.audit.note import Verifier
@@ -140,7 +142,7 @@ def sha256_digest(data: bytes, artifact: str = "artifact.bin") -> Digest:
 
 
 def make_envelope(
-    private_key: ed25519.Ed25519PrivateKey,
+    private_key: ApprovalSigner,
     request: Request,
     approver: str,
     issued_at: dt.datetime,
@@ -162,7 +164,7 @@ class World:
     db: Db
     token: FakeToken
     clock: FakeClock
-    officers: dict[str, ed25519.Ed25519PrivateKey]
+    officers: dict[str, ApprovalSigner]
     keys: dict[str, KeySpec]
     policies: dict[str, KeyPolicy]
     limits: Limits
@@ -309,7 +311,7 @@ def make_world(
         db=db or Db(f"sqlite:///{directory / 'signer.db'}"),
         token=token,
         clock=clock or FakeClock(),
-        officers={n: ed25519.Ed25519PrivateKey.generate() for n in OFFICERS},
+        officers={n: Ed25519Signer.generate() for n in OFFICERS},
         keys={"release": spec},
         policies={"release": policy},
         limits=limits,

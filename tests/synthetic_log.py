@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval.keys import ApprovalSigner
 from signer.audit import merkle
 from signer.audit.entry import AuditEntry
 from signer.audit.note import Checkpoint, Verifier, sign_note
@@ -39,7 +40,7 @@ def write_lines(d: Path, lines: list[bytes]) -> None:
 class Synth:
     """A small log: one policy, one request, its decisions and its signature."""
 
-    keys: dict[str, ed25519.Ed25519PrivateKey]
+    keys: dict[str, ApprovalSigner]
     entries: list[AuditEntry] = dataclasses.field(default_factory=list)
     rid: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
     digests: tuple[Digest, ...] = (Digest("sha256", hashlib.sha256(b"app").digest(), "app.tar"),)
@@ -70,8 +71,7 @@ class Synth:
             },
             "identities": {"ci": ["requester"], **{o: ["approver"] for o in OFFICERS}},
             "approver_keys": {
-                o: self.keys[key_as.get(o, o)].public_key().public_bytes_raw().hex()
-                for o in OFFICERS
+                o: self.keys[key_as.get(o, o)].public_key().policy_value() for o in OFFICERS
             },
             "access": {},
             "audit_key": "audit",

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval.ed25519 import Ed25519Signer
 from signer.audit import logdir
 from signer.audit.entry import AuditEntry
 from signer.audit.note import Verifier
@@ -174,7 +175,7 @@ def test_a_canonical_entry_with_a_field_of_the_wrong_type_is_one_clear_error(
 ) -> None:
     """A correctly signed log whose entry has a field of another JSON type fails verify with
     one line naming the entry and the field (never a traceback, never a pass)."""
-    s = Synth({o: ed25519.Ed25519PrivateKey.generate() for o in OFFICERS})
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     valid_quorum(s)
     s.entries[index] = change(s, s.entries[index])
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
@@ -186,7 +187,7 @@ def test_a_canonical_entry_with_a_field_of_the_wrong_type_is_one_clear_error(
 
 def test_audit_verify_prints_a_mistyped_field_as_one_line(tmp_path: Path) -> None:
     """The command exits 1 with `verification FAILED: entry N (...): FIELD ...`, no traceback."""
-    s = Synth({o: ed25519.Ed25519PrivateKey.generate() for o in OFFICERS})
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     valid_quorum(s)
     s.entries[1] = _details(s.entries[1], ("caller",), ["not", "an", "object"])
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
@@ -201,7 +202,7 @@ def test_a_line_over_the_limit_is_refused_without_reading_it_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A local entries line longer than the largest entry is refused, naming the line."""
-    s = Synth({o: ed25519.Ed25519PrivateKey.generate() for o in OFFICERS})
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     valid_quorum(s)
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
     longest = max(len(e.to_bytes()) for e in s.entries)

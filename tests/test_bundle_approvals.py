@@ -11,8 +11,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
+from signer.approval.ed25519 import Ed25519Signer
 from signer.dsse import sign_statement
 from tests.bundle_env import (
     Signed,
@@ -107,9 +106,7 @@ def test_approval_by_unpinned_officer_dave(signed: Signed) -> None:
 
 def test_approval_claiming_bob_signed_by_fresh_key(signed: Signed) -> None:
     """A statement naming bob, signed with a key that is not bob's, is refused."""
-    forged = sign_statement(
-        statement_for(signed.request, "bob"), ed25519.Ed25519PrivateKey.generate()
-    ).decode()
+    forged = sign_statement(statement_for(signed.request, "bob"), Ed25519Signer.generate()).decode()
 
     def edit(d: dict[str, Any]) -> None:
         d["approvals"] = [approval_of(d, "alice"), forged]

@@ -16,9 +16,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import ALGORITHMS
+from signer.approval.keys import spki_key_id
 from signer.core.machine import Core
 from signer.core.policy import KeyPolicy
-from signer.dsse import PAYLOAD_TYPE, Statement, key_id_of, pae
+from signer.dsse import PAYLOAD_TYPE, Statement, pae
 from signer.errors import (
     EnvelopeError,
     InvalidArgumentError,
@@ -161,7 +162,7 @@ def test_limits_allow_exactly_the_maximum(world: World) -> None:
 def test_ed25519_key_cannot_sign_digests(world: World) -> None:
     """A request naming an Ed25519 key is refused KEY_CANNOT_SIGN_DIGESTS."""
     pub = ed25519.Ed25519PrivateKey.generate().public_key()
-    spec = KeySpec("notes", ALGORITHMS["ed25519"], key_id_of(pub), "")
+    spec = KeySpec("notes", ALGORITHMS["ed25519"], spki_key_id(pub), "")
     policy = KeyPolicy("notes", ALGORITHMS["ed25519"], ("alice", "bob"), 1, ("ci",), MIN * 60)
     core = Core(
         world.store,

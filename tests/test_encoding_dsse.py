@@ -14,11 +14,11 @@ import json
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signer.algorithms import HASH_SIZES
+from signer.approval.ed25519 import Ed25519Signer
 from signer.dsse import (
     MAX_ENVELOPE_BYTES,
     PAYLOAD_TYPE,
@@ -33,8 +33,8 @@ from signer.errors import EnvelopeError
 from signer.model import Digest
 from tests.strategies import T, noncanonical_forms, times
 
-KEY = ed25519.Ed25519PrivateKey.generate()
-OTHER_KEY = ed25519.Ed25519PrivateKey.generate()
+KEY = Ed25519Signer.generate()
+OTHER_KEY = Ed25519Signer.generate()
 
 digests = st.sampled_from(sorted(HASH_SIZES)).flatmap(
     lambda alg: st.builds(

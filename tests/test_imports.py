@@ -6,8 +6,10 @@ runs), and the modules each entry point loads are followed to the end. The core
 decides without grpc, a database driver, the token library or a CLI toolkit;
 the clients (the `signer` client library, the TUF signer, the auditor's fetch,
 the `approver` CLI) load nothing of the server, the core, the store or the
-token; the offline verifiers load no RPC and no store; and only the token
-adapter speaks PKCS#11. The one part of the core every side may load is the
+token; the offline verifiers load no RPC and no store; the officers' approval
+keys (`signer.approval`, which every side loads) load no RPC, driver, token
+library or toolkit, and none of the server, clients, formats or audit log; and
+only the token adapter speaks PKCS#11. The one part of the core every side may load is the
 key policy model and its rules (`POLICY_MODEL`): the offline audit verifier,
 and so the auditor's client, checks a recorded policy with the core's own
 rule classes, never a copy; those modules load nothing else of the core.
@@ -122,6 +124,10 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "signer.audit.offline": (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"}),
     "signer.audit.proofs": (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"}),
     "signer.formats": (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"}),
+    "signer.approval": (
+        OFFLINE,
+        SERVER_SIDE | {"signer.client", "signer.cli", "signer.formats", "signer.audit"},
+    ),
     **{m: (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"}) for m in SHARED},
     **{
         m: (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"})

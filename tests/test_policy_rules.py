@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from signer.algorithms import ALGORITHMS
+from signer.approval.ed25519 import Ed25519Signer
 from signer.audit.note import Verifier
 from signer.audit.offline import Report, verify_dir
 from signer.core import rules
@@ -50,7 +51,7 @@ def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
 
 @pytest.fixture
 def synth() -> _Synth:
-    return _Synth({o: ed25519.Ed25519PrivateKey.generate() for o in _OFFICERS})
+    return _Synth({o: Ed25519Signer.generate() for o in _OFFICERS})
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, rule: rules.Rule) -> None:
@@ -173,9 +174,7 @@ def test_the_core_log_verifies_offline_under_the_same_rules(
     _register(monkeypatch, _NeedsAlice())
     document = {
         "keys": {n: p.as_dict() for n, p in world.policies.items()},
-        "approver_keys": {
-            n: k.public_key().public_bytes_raw().hex() for n, k in world.officers.items()
-        },
+        "approver_keys": {n: k.public_key().policy_value() for n, k in world.officers.items()},
     }
     digest = hashlib.sha256(canonical_json(document)).hexdigest()
     world.core.record("server.started", "signer", {"policy": document, "policy_hash": digest})

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval.ed25519 import Ed25519Signer
 from signer.encoding import canonical_json
 from signer.model import Digest, Manifest
 from testbed.commands import SIGNER, run
@@ -143,7 +144,7 @@ def test_signature_without_valid_quorum_is_named(
     tmp_path: Path, build: Callable[[Synth], int], event: str, phrase: str
 ) -> None:
     """A correctly signed log whose signature lacks a valid quorum fails, naming the entry."""
-    s = Synth({o: ed25519.Ed25519PrivateKey.generate() for o in OFFICERS})
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     bad = build(s)
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
     refused(
@@ -154,7 +155,7 @@ def test_signature_without_valid_quorum_is_named(
 
 def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
     """The same synthetic log with a valid 2-of-3 quorum verifies, counting what it checked."""
-    s = Synth({o: ed25519.Ed25519PrivateKey.generate() for o in OFFICERS})
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     valid_quorum(s)
     verifier = s.write(tmp_path / "log", ed25519.Ed25519PrivateKey.generate())
     out = run([*SIGNER, "audit", "verify", str(tmp_path / "log"), "--verifier", verifier, "--json"])
@@ -170,7 +171,7 @@ def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
 
 def test_synthetic_manifest_approvals_pass(tmp_path: Path) -> None:
     """Approvals binding the manifest of a batch (instead of listing it) verify offline."""
-    s = Synth({o: ed25519.Ed25519PrivateKey.generate() for o in OFFICERS})
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     s.digests = tuple(
         Digest("sha256", hashlib.sha256(b"%d" % i).digest(), f"pkg-{i}.tar") for i in range(40)
     )

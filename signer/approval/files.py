@@ -1,7 +1,9 @@
-"""Officers' Ed25519 approval keys in files (PEM, PKCS#8, optionally encrypted).
+"""Officers' approval keys in files (PEM; private keys PKCS#8, optionally encrypted).
 
-Passphrases come from a file or an environment variable, or an interactive
-prompt; never from argv (invariant 7). Private key files are written 0600.
+Whatever the key's kind: `signer.approval.registry` says which kind a loaded
+key is, and refuses a key of none. Passphrases come from a file or an
+environment variable, or an interactive prompt; never from argv (invariant 7).
+Private key files are written 0600.
 """
 
 from __future__ import annotations
@@ -9,39 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval import registry
+from signer.approval.keys import ApprovalSigner
 from signer.errors import ConfigError
-from signer.tls import write_private
 
-__all__ = ["generate", "load_private", "public_pem"]
-
-
-def public_pem(key: ed25519.Ed25519PublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+__all__ = ["generate", "load_signer"]
 
 
-def generate(path: Path, passphrase: str | None = None) -> ed25519.Ed25519PrivateKey:
+def generate(path: Path, passphrase: str | None = None) -> ApprovalSigner:
     """Write a new key to `path` (0600) and its public key to `path`.pub."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase.encode())
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    write_private(
-        path,
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        ),
-    )
-    path.with_name(path.name + ".pub").write_bytes(public_pem(key.public_key()))
-    return key
+    return registry.KEYGEN(path, passphrase)
 
 
-def load_private(path: Path, passphrase: str | None) -> ed25519.Ed25519PrivateKey:
+def load_signer(path: Path, passphrase: str | None) -> ApprovalSigner:
+    """The officer's signer from their private key file."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -57,6 +41,7 @@ def load_private(path: Path, passphrase: str | None) -> ed25519.Ed25519PrivateKe
         raise ConfigError(
             f"cannot decrypt or parse approval key {path} (wrong passphrase or not a PEM key)"
         ) from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ConfigError(f"approval key {path} is not an Ed25519 key")
-    return key
+    signer = registry.signer_for(key)
+    if signer is None:
+        raise ConfigError(f"approval key {path} is not an {registry.supported()} key")
+    return signer

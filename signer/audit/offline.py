@@ -10,7 +10,8 @@ verifier key. Checks, and names the first entry that fails:
   recomputed from the entries has, at each checkpoint's size, that
   checkpoint's root (so any edit, deletion, insertion or reordering shows);
 - the semantics, under the policy in force (recorded whole in `server.started`,
-  hash checked, read back strictly with `KeyPolicy.from_dict`) and with the
+  hash checked, read back strictly with `KeyPolicy.from_dict`, the officers'
+  keys with `signer.approval.registry`, whatever their kind) and with the
   core's own rules (`signer.core.rules.RULES`, applied through `KeyPolicy`):
   every `request.created` is one its rules admit (the requester or the OIDC
   pipeline's claims, the lifetime), and every `request.signed` entry is backed
@@ -33,14 +34,13 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
+from signer.approval import registry
+from signer.approval.keys import ApprovalKey
 from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
@@ -54,8 +54,6 @@ from signer.fields import field, strings, typed
 from signer.model import Digest, TokenCaller, may_decide
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
-
-_PUBLIC_KEY = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class PrefixTree:
@@ -144,7 +142,7 @@ class _Policy:
     """A recorded policy in the core's model, every field checked for its type."""
 
     keys: dict[str, KeyPolicy]
-    approver_keys: dict[str, ed25519.Ed25519PublicKey]
+    approver_keys: dict[str, ApprovalKey]
 
     @classmethod
     def parse(cls, policy: Mapping[str, Any]) -> _Policy:
@@ -158,9 +156,11 @@ class _Policy:
         approver_keys = {}
         for name, key in field(policy, "approver_keys", dict, where, {}).items():
             at = f"{where}.approver_keys.{name}"
-            if not _PUBLIC_KEY.match(typed(key, str, at)):
-                raise ValueError(f"{at} must be 64 lowercase hex digits (an Ed25519 public key)")
-            approver_keys[name] = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+            value = typed(key, str, at)
+            try:
+                approver_keys[name] = registry.key_from_policy(value)
+            except ValueError as e:
+                raise ValueError(f"{at} {e}") from None
         return cls(keys, approver_keys)
 
 
@@ -211,7 +211,7 @@ class _Request:
     digests: tuple[Digest, ...]
     requester: str
     barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
-    approvals: dict[str, ed25519.Ed25519PublicKey] = dataclasses.field(default_factory=dict)
+    approvals: dict[str, ApprovalKey] = dataclasses.field(default_factory=dict)
     denied: bool = False
     signed: bool = False
 
@@ -321,7 +321,7 @@ class _Semantics:
 
     def _verify_envelope(
         self, e: AuditEntry, r: _Request, decision: str = "approve"
-    ) -> ed25519.Ed25519PublicKey:
+    ) -> ApprovalKey:
         approver = field(e.details, "approver", str, "details")
         envelope = field(e.details, "envelope", str, "details")
         key = self.policy.approver_keys.get(e.actor)

@@ -27,8 +27,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval.keys import ApprovalKey
 from signer.audit.checkpoint import Checkpointer
 from signer.bounds import echo
 from signer.core import intake
@@ -75,7 +75,7 @@ class Core(Signing, Recording, AuditReader):
         token: DigestSigner,
         keys: Mapping[str, KeySpec],
         policies: Mapping[str, KeyPolicy],
-        approver_keys: Mapping[str, ed25519.Ed25519PublicKey],
+        approver_keys: Mapping[str, ApprovalKey],
         *,
         clock: Callable[[], dt.datetime] = _utcnow,
         limits: Limits = LIMITS,

@@ -17,8 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
+from signer.approval.keys import ApprovalKey
 from signer.core.intake import Limits, check_reason
 from signer.core.policy import KeyPolicy
 from signer.dsse import Binding, Envelope, Statement, distinct_approvers
@@ -53,7 +52,7 @@ def quorum(
     request: Request,
     policy: KeyPolicy | None,
     spec: KeySpec | None,
-    approver_keys: Mapping[str, ed25519.Ed25519PublicKey],
+    approver_keys: Mapping[str, ApprovalKey],
     now: dt.datetime,
     limits: Limits,
 ) -> list[str] | None:
@@ -67,7 +66,7 @@ def quorum(
         return None
     if any(a.decision == "deny" for a in request.approvals):
         return None
-    valid: list[tuple[str, ed25519.Ed25519PublicKey]] = []
+    valid: list[tuple[str, ApprovalKey]] = []
     for a in request.approvals:
         key = approver_keys.get(a.approver)
         if (

@@ -24,9 +24,9 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import KeyAlgorithm
+from signer.approval.keys import ApprovalKey
 from signer.core.events import Event, Hook, Kind
 from signer.core.intake import Limits, find_request
 from signer.core.policy import KeyPolicy
@@ -56,7 +56,7 @@ class Signing:
     token: DigestSigner
     keys: Mapping[str, KeySpec]
     policies: Mapping[str, KeyPolicy]
-    approver_keys: Mapping[str, ed25519.Ed25519PublicKey]
+    approver_keys: Mapping[str, ApprovalKey]
     clock: Callable[[], dt.datetime]
     limits: Limits
     events: Hook

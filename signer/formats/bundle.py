@@ -33,10 +33,11 @@ from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from signer.algorithms import ALGORITHMS, HASH_SIZES
+from signer.approval import registry
+from signer.approval.keys import ApprovalKey
 from signer.audit.note import Verifier
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.dsse import Binding, Envelope, Statement, distinct_approvers
@@ -228,7 +229,7 @@ class Trust:
     """What the consumer of a signature pins, independently of the server."""
 
     public_key: PublicKeyTypes
-    approvers: Mapping[str, ed25519.Ed25519PublicKey]
+    approvers: Mapping[str, ApprovalKey]
     threshold: int
     audit_verifier: Verifier
     path: Path | None = None
@@ -262,9 +263,11 @@ class Trust:
             raise ConfigError(f"trust file {path}: [approvers] must name NAME = PEM-PATH entries")
         approvers = {}
         for name, value in approvers_raw.items():
-            k = pem(value, f"approvers.{name}")
-            if not isinstance(k, ed25519.Ed25519PublicKey):
-                raise ConfigError(f"trust file {path}: approvers.{name} is not an Ed25519 key")
+            k = registry.key_for(pem(value, f"approvers.{name}"))
+            if k is None:
+                raise ConfigError(
+                    f"trust file {path}: approvers.{name} is not an {registry.supported()} key"
+                )
             approvers[name] = k
         threshold = raw.get("threshold")
         if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
@@ -385,8 +388,8 @@ def _check_dsse(
 
 
 def _verify_by_any(
-    env: Envelope, approvers: Mapping[str, ed25519.Ed25519PublicKey]
-) -> tuple[str, ed25519.Ed25519PublicKey, Statement] | None:
+    env: Envelope, approvers: Mapping[str, ApprovalKey]
+) -> tuple[str, ApprovalKey, Statement] | None:
     """The pinned officer whose key verifies the envelope, and what they signed."""
     for name, key in sorted(approvers.items()):
         try:
@@ -398,7 +401,7 @@ def _verify_by_any(
 
 def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
     binding = Binding(bundle.request_id, bundle.key_name, bundle.key_id, bundle.digests)
-    valid: list[tuple[str, ed25519.Ed25519PublicKey]] = []
+    valid: list[tuple[str, ApprovalKey]] = []
     for i, raw in enumerate(bundle.approvals):
         try:
             env = Envelope.parse(raw)

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
+from signer.approval.keys import ApprovalKey
 from signer.core.policy import KeyPolicy
 from signer.encoding import canonical_json
 from signer.errors import ConfigError
@@ -103,7 +101,7 @@ class Config:
     audit_key: str
     audit_origin: str
     identities: Mapping[str, frozenset[str]]
-    approver_keys: Mapping[str, ed25519.Ed25519PublicKey]
+    approver_keys: Mapping[str, ApprovalKey]
     keys: Mapping[str, KeyPolicy]
     access: Mapping[str, frozenset[str]] = field(default_factory=dict)
     log_format: str = "auto"
@@ -132,15 +130,13 @@ class Config:
 
     @property
     def policy_document(self) -> dict[str, Any]:
-        """The policy in force: keys, identities, approver keys (raw hex), access rules.
+        """The policy in force: keys, identities, approver keys (each as its kind records
+        it, `ApprovalKey.policy_value`: an Ed25519 key as raw hex), access rules.
 
         Recorded whole in the audit log at start-up, so an auditor can check every
         signature's quorum offline under the policy that was in force.
         """
-        approver_keys = {
-            name: key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-            for name, key in self.approver_keys.items()
-        }
+        approver_keys = {name: key.policy_value() for name, key in self.approver_keys.items()}
         policy = {
             "keys": {n: p.as_dict() for n, p in self.keys.items()},
             "identities": {i: sorted(r) for i, r in self.identities.items()},

@@ -3,8 +3,9 @@
 Parsed from `[identities]`, `[approvers]`, `[oidc.NAME]`, `[keys.NAME]` (with
 its `[[keys.NAME.oidc]]` claim rules) and `[access]`, each error naming the
 file, the key and the fix. The rules upheld here, before the server starts:
-- one person, one key: no two officers share an approval key, and each is an
-  Ed25519 key of an identity with the approver role;
+- one person, one key: no two officers share an approval key (one key id),
+  and each is a key of a kind `signer.approval.registry` knows, of an identity
+  with the approver role;
 - a key's threshold m is 1 <= m <= n over distinct approvers who all have a
   key; its requesters have the requester role, or it has claim rules;
 - a claim rule names a configured issuer and at least one claim condition, and
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.algorithms import ALGORITHMS
+from signer.approval import registry
+from signer.approval.keys import ApprovalKey
 from signer.core.policy import ClaimRule, KeyPolicy
 from signer.parsing import MAX_TTL
 from signer.server._config_reader import _SECOND, _duration_of, _Reader
@@ -120,30 +122,23 @@ def _identities(r: _Reader) -> dict[str, frozenset[str]]:
     return out
 
 
-def _approver_keys(
-    r: _Reader, identities: Mapping[str, frozenset[str]]
-) -> dict[str, ed25519.Ed25519PublicKey]:
-    out: dict[str, ed25519.Ed25519PublicKey] = {}
+def _approver_keys(r: _Reader, identities: Mapping[str, frozenset[str]]) -> dict[str, ApprovalKey]:
+    out: dict[str, ApprovalKey] = {}
     for name in r.table:
         if "approver" not in identities.get(name, frozenset()):
             raise r.error(name, f"{name!r} has no approver role; add it under [identities]")
         p = r.path_of(name)
         assert p is not None
         try:
-            key = serialization.load_pem_public_key(p.read_bytes())
+            loaded = serialization.load_pem_public_key(p.read_bytes())
         except (OSError, ValueError) as e:
             raise r.error(name, f"cannot load public key {p}: {e}") from None
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise r.error(name, f"{p} is not an Ed25519 public key (make one: approver keygen)")
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        twin = next(
-            (
-                n
-                for n, k in out.items()
-                if k.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw) == raw
-            ),
-            None,
-        )
+        key = registry.key_for(loaded)
+        if key is None:
+            raise r.error(
+                name, f"{p} is not an {registry.supported()} public key (make one: approver keygen)"
+            )
+        twin = next((n for n, k in out.items() if k.key_id == key.key_id), None)
         if twin is not None:
             raise r.error(
                 name,
@@ -153,9 +148,7 @@ def _approver_keys(
     return out
 
 
-def _issuers(
-    r: _Reader, approver_keys: Mapping[str, ed25519.Ed25519PublicKey]
-) -> dict[str, IssuerConfig]:
+def _issuers(r: _Reader, approver_keys: Mapping[str, ApprovalKey]) -> dict[str, IssuerConfig]:
     out: dict[str, IssuerConfig] = {}
     for name in r.table:
         i = r.sub(name)
@@ -287,7 +280,7 @@ def _claim_rules(k: _Reader, issuers: Mapping[str, IssuerConfig]) -> tuple[Claim
 def _keys(
     r: _Reader,
     identities: Mapping[str, frozenset[str]],
-    approver_keys: Mapping[str, ed25519.Ed25519PublicKey],
+    approver_keys: Mapping[str, ApprovalKey],
     issuers: Mapping[str, IssuerConfig],
 ) -> dict[str, KeyPolicy]:
     out = {}
