@@ -24,6 +24,7 @@ from testbed.clients import Clients
 from testbed.env import Db, Env, make_env
 from testbed.pg import PgServer, find_bin_dir
 from testbed.process import Running, ServerProcess, running
+from tests.fakes import World, make_world
 from tests.harness import DIGEST_ALGORITHMS
 
 BACKENDS = ("sqlite", "postgresql")
@@ -154,6 +155,14 @@ def fresh_env(backend: str, new_db: Callable[[], Db], tmp_path: Path) -> Env:
 @pytest.fixture
 def fresh(fresh_env: Env) -> Iterator[Running]:
     yield from running(fresh_env)
+
+
+@pytest.fixture
+def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
+    """The core over a fresh store, a fake token and three officers (tests/fakes.py)."""
+    w = make_world(tmp_path, db=new_db())
+    yield w
+    w.close()
 
 
 __all__ = ["ServerProcess"]

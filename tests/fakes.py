@@ -33,6 +33,7 @@ from signer.core.intake import LIMITS, Limits
 from signer.core.machine import Core
 from signer.core.policy import KeyPolicy
 from signer.dsse import Statement, sign_statement
+from signer.encoding import canonical_json
 from signer.errors import KeyNotFoundError, TokenError
 from signer.model import Digest, KeySpec, Request, State
 from signer.store import Store
@@ -207,6 +208,15 @@ class World:
 
     def close(self) -> None:
         self.store.close()
+
+    def record_policy(self) -> None:
+        """Record the policy in force as `signer serve` does at start-up (for `audit verify`)."""
+        document = {
+            "keys": {n: p.as_dict() for n, p in self.policies.items()},
+            "approver_keys": {n: k.public_key().policy_value() for n, k in self.officers.items()},
+        }
+        digest = hashlib.sha256(canonical_json(document)).hexdigest()
+        self.core.record("server.started", "signer", {"policy": document, "policy_hash": digest})
 
     # -- flows -------------------------------------------------------------------------
 

@@ -42,7 +42,6 @@ from signer.audit.note import Verifier
 from signer.audit.offline import Report, verify_dir
 from signer.core.policy import KeyPolicy
 from signer.dsse import Envelope, Statement, sign_statement
-from signer.encoding import canonical_json
 from signer.errors import ConfigError, EnvelopeError, VerificationError
 from signer.formats.bundle import Bundle, Trust, verify_bundle
 from signer.model import State
@@ -149,12 +148,7 @@ def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
 def _signed_with_alice_and_bob(world: World) -> str:
     """The policy recorded as the server records it, then a request that alice (toy kind)
     and bob (Ed25519) approve; the core signs it."""
-    document = {
-        "keys": {n: p.as_dict() for n, p in world.policies.items()},
-        "approver_keys": {n: k.public_key().policy_value() for n, k in world.officers.items()},
-    }
-    digest = hashlib.sha256(canonical_json(document)).hexdigest()
-    world.core.record("server.started", "signer", {"policy": document, "policy_hash": digest})
+    world.record_policy()
     r = world.create()
     world.approve("alice", r)
     assert world.approve("bob", r).state is State.SIGNED

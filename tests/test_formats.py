@@ -17,7 +17,7 @@ import importlib
 import inspect
 import pkgutil
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,16 +28,15 @@ from cryptography.hazmat.primitives import serialization
 
 import signer.formats
 from signer.cli.main import main
-from signer.core.intake import Limits
 from signer.errors import ConfigError, InvalidArgumentError, VerificationError
 from signer.formats import registry
 from signer.formats.base import Evidence, OutputFormat, Row, SignedRequest, Verdict
 from signer.model import Digest
 from signer.verify import verify_digest
 from testbed.commands import SIGNER, run
-from testbed.env import Db
 from testbed.process import Running
-from tests.fakes import World, make_world, sha256_digest
+from tests.core_world import world as world  # a fixture
+from tests.fakes import World, sha256_digest
 
 _OFFERED = re.compile(r"--format \[([a-z|]+)\]")
 
@@ -83,13 +82,6 @@ class _ToyPayload(_HexSignature):
 
     def rows(self, described: Mapping[str, Any]) -> list[Row]:
         return [("toy", "yes")]
-
-
-@pytest.fixture
-def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
-    w = make_world(tmp_path, db=new_db(), limits=Limits(max_digests=3, max_context_entries=4))
-    yield w
-    w.close()
 
 
 def _offered(command: str) -> list[str]:

@@ -10,8 +10,7 @@ whole group. Runs on both backends.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -20,18 +19,10 @@ from signer.audit.checkpoint import Checkpointer
 from signer.errors import ConflictError, StoreError, TokenError
 from signer.store.base import Tx
 from testbed.commands import wait_until
-from testbed.env import Db
 from tests.core_world import add_audit_trigger, drop_audit_trigger
-from tests.fakes import AUDIT_ORIGIN, START, World, make_world
+from tests.fakes import AUDIT_ORIGIN, START, World
 
 MEMBERS = 16
-
-
-@pytest.fixture
-def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
-    w = make_world(tmp_path, db=new_db())
-    yield w
-    w.close()
 
 
 def _checkpointer(w: World, sign: Callable[[bytes], bytes]) -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +33,11 @@ from signer.dsse import Binding, Statement
 from signer.encoding import canonical_json, format_time
 from signer.errors import PermissionDeniedError, StatementMismatchError, VerificationError
 from signer.model import State
-from testbed.env import Db
-from tests.fakes import World, make_world
+from tests.fakes import World
 from tests.synthetic_log import Synth as _Synth
 from tests.synthetic_log import valid_quorum as _valid
 
 _OFFICERS = ("alice", "bob", "carol", "dave")
-
-
-@pytest.fixture
-def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
-    w = make_world(tmp_path, db=new_db())
-    yield w
-    w.close()
 
 
 @pytest.fixture
@@ -172,12 +163,7 @@ def test_the_core_log_verifies_offline_under_the_same_rules(
     """A log the core wrote (policy recorded as the server does) verifies offline, with a
     toy rule registered for both; a signature it let through the verifier accepts."""
     _register(monkeypatch, _NeedsAlice())
-    document = {
-        "keys": {n: p.as_dict() for n, p in world.policies.items()},
-        "approver_keys": {n: k.public_key().policy_value() for n, k in world.officers.items()},
-    }
-    digest = hashlib.sha256(canonical_json(document)).hexdigest()
-    world.core.record("server.started", "signer", {"policy": document, "policy_hash": digest})
+    world.record_policy()
     r = world.create()
     for officer in ("bob", "carol", "alice"):
         world.approve(officer, r)

@@ -9,8 +9,7 @@ each test waits for what the sweeper must still do afterwards.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -19,17 +18,9 @@ import structlog
 from signer.model import State
 from signer.server.sweeper import Sweeper
 from testbed.commands import wait_until
-from testbed.env import Db
-from tests.fakes import World, make_world
+from tests.fakes import World
 
 MIN = dt.timedelta(minutes=1)
-
-
-@pytest.fixture
-def world(tmp_path: Path, new_db: Callable[[], Db]) -> Iterator[World]:
-    w = make_world(tmp_path, db=new_db())
-    yield w
-    w.close()
 
 
 @pytest.fixture
