@@ -211,9 +211,12 @@ class _Request:
     digests: tuple[Digest, ...]
     requester: str
     barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
-    approvals: dict[str, ApprovalKey] = dataclasses.field(default_factory=dict)
+    # approver -> the key their approval verified with, or None when the policy in force
+    # then did not let them approve (the core would have refused it: it never counts)
+    approvals: dict[str, ApprovalKey | None] = dataclasses.field(default_factory=dict)
     denied: bool = False
     signed: bool = False
+    ended: str = ""  # the event that ended it unsigned: cancelled, expired or failed
 
     @classmethod
     def parse(cls, e: AuditEntry) -> tuple[_Request, Ask]:
@@ -285,15 +288,27 @@ class _Semantics:
 
     def _request_approved(self, e: AuditEntry) -> None:
         r = self._request(e)
-        if r.denied or r.signed or e.actor in r.approvals:
+        if r.denied or r.signed or r.ended or e.actor in r.approvals:
             raise ValueError(f"approval by {e.actor} after the request ended or twice")
-        r.approvals[e.actor] = self._verify_envelope(e, r)
+        key = self._verify_envelope(e, r)
+        r.approvals[e.actor] = key if self._key_policy(r.key_name).may_approve(e.actor) else None
         self.report.approvals += 1
 
     def _request_denied(self, e: AuditEntry) -> None:
         r = self._request(e)
+        if r.signed or r.ended:
+            raise ValueError(f"denial by {e.actor} after the request ended")
         self._verify_envelope(e, r, "deny")
         r.denied = True
+
+    def _request_ended(self, e: AuditEntry) -> None:
+        """Cancelled, expired or failed: nothing is decided or signed after it."""
+        r = self._request(e)
+        if r.signed or r.ended:
+            raise ValueError(f"{e.event} after the request ended")
+        r.ended = e.event
+
+    _request_cancelled = _request_expired = _request_failed = _request_ended
 
     def _request_signed(self, e: AuditEntry) -> None:
         r = self._request(e)
@@ -303,13 +318,20 @@ class _Semantics:
             raise ValueError("request signed twice")
         if r.denied:
             raise ValueError("request signed after a denial")
+        if r.ended:
+            raise ValueError(f"request signed after {r.ended}")
         policy = self._key_policy(r.key_name)
         if key_id != r.key_id:
             raise ValueError("signed with another key id than the request names")
+        # As the core does at signing: an approval counts only under the approver key in
+        # force now (a key rotated since the approval does not verify it any more).
         valid = {
             a: k
             for a, k in r.approvals.items()
-            if policy.may_approve(a) and may_decide(a, r.requester, r.barred)
+            if k is not None
+            and policy.may_approve(a)
+            and may_decide(a, r.requester, r.barred)
+            and self.policy.approver_keys.get(a) == k
         }
         problem = policy.quorum_problem(distinct_approvers(valid.items()))
         if problem is not None:
