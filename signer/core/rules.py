@@ -11,7 +11,8 @@ override allows:
 request is created, when a decision arrives and before each signature; the
 offline audit verifier calls the very same methods on the log, under the policy
 recorded in force (`check_request` at each `request.created`, `check_approver`
-and `quorum_problem` at each `request.signed`). So no rule is written twice.
+at each approval and again, with `quorum_problem`, at each `request.signed`). So
+no rule is written twice.
 
 Upholds invariant 2 (no signature without a quorum of authorized, distinct
 approvers) and invariant 5 (who may request comes from config, never from the
