@@ -93,7 +93,7 @@ def _offered(command: str) -> list[str]:
 def test_registry_lists_exactly_the_formats_the_cli_offers() -> None:
     """`sign` and `status` offer exactly the registry's formats, raw first (the default)."""
     assert _offered("sign") == _offered("status") == list(registry.FORMATS)
-    assert list(registry.FORMATS) == ["raw", "dsse", "bundle"]
+    assert list(registry.FORMATS) == ["raw", "dsse", "bundle", "cosign"]
     assert all(name == f.name for name, f in registry.FORMATS.items())
 
 

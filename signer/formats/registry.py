@@ -12,6 +12,7 @@ from __future__ import annotations
 from signer.errors import InvalidArgumentError
 from signer.formats.base import OutputFormat
 from signer.formats.bundle import BundleFormat
+from signer.formats.cosign import CosignFormat
 from signer.formats.dsse import DsseFormat
 from signer.formats.raw import RawFormat
 
@@ -22,6 +23,7 @@ FORMATS: dict[str, OutputFormat] = {
     "raw": RawFormat(),
     "dsse": DsseFormat(),
     "bundle": BundleFormat(),
+    "cosign": CosignFormat(),
 }
 _SHOWN_OTHERWISE = DsseFormat()
 
