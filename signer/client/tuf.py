@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from google.protobuf import duration_pb2
 from securesystemslib.exceptions import UnsupportedAlgorithmError, UnverifiedSignatureError
 from securesystemslib.signer import (  # type: ignore[attr-defined]  # no __all__
     SIGNER_FOR_URI_SCHEME,
@@ -341,12 +340,6 @@ def _describe(request: types_pb2.SigningRequest) -> str:
         approvals += f" ({', '.join(who)})"
     why = f": {request.status_message}" if request.status_message else ""
     return f"request {request.id} is {state}, {approvals}{why}"
-
-
-def _duration_pb(d: dt.timedelta) -> duration_pb2.Duration:
-    pb = duration_pb2.Duration()
-    pb.FromTimedelta(d)
-    return pb
 
 
 def _fmt(d: dt.timedelta) -> str:
