@@ -12,6 +12,7 @@ prompt, never argv.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import getpass
 import sys
@@ -130,7 +131,11 @@ def decide(
         approver=profile.identity,
         issued_at=dt.datetime.now(dt.UTC),
         reason=reason,
-        **Statement.binding(digests),
+        **Statement.binding(
+            digests,
+            d.get("payload_type", ""),
+            base64.b64decode(d["payload"]) if "payload" in d else b"",
+        ),
     )
     envelope = sign_statement(statement, key)
     with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (stub,):

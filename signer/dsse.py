@@ -15,7 +15,13 @@ approver, issued_at, for a denial the reason, and exactly one of
   what approvals of a batch (a release manifest of up to 10,000 digests)
   carry, so an approval stays small and binds every digest all the same.
 Either form binds exactly one digest list; the server and the offline
-verifiers accept both.
+verifiers accept both. An approval of a typed request (one that carries a
+format's payload: its parameters and the artifacts' own digests, from which
+the signed digests are derived) also names `payload`: {type, sha256} of that
+payload, so the officer's statement binds the format, its parameters and the
+artifact digests as well as what the token signs. Approvals of DSSE in-toto
+payloads made before this field existed omit it; their signed digest (the
+payload's PAE) binds the payload all the same.
 
 Two rules of invariant 2 live here once, and the core, bundle verification and
 the offline audit verifier all call them: `Binding.check` (a statement is this
@@ -28,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "Binding",
     "Envelope",
+    "PayloadBinding",
     "Statement",
     "distinct_approvers",
     "key_id_of",
@@ -53,6 +61,26 @@ __all__ = [
 PAYLOAD_TYPE = "application/vnd.signer.approval.v1+json"
 MAX_ENVELOPE_BYTES = 256 * 1024
 DECISIONS = ("approve", "deny")
+# Payload types an approval may leave unnamed: their one signed digest is the payload's
+# own DSSE PAE, so the digest binds it (approvals made before statements named payloads).
+_BOUND_BY_DIGEST = frozenset({"application/vnd.in-toto+json"})
+
+
+@dataclass(frozen=True)
+class PayloadBinding:
+    """What an approval of a typed request names of its payload: type and SHA-256."""
+
+    type: str
+    sha256: str  # hex
+
+    @classmethod
+    def of(cls, payload_type: str, payload: bytes) -> PayloadBinding | None:
+        if not payload_type and not payload:
+            return None
+        return cls(payload_type, hashlib.sha256(payload).hexdigest())
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "sha256": self.sha256}
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -79,13 +107,18 @@ class Statement:
     issued_at: dt.datetime
     reason: str = ""
     manifest: Manifest | None = None
+    payload: PayloadBinding | None = None
 
     @staticmethod
-    def binding(digests: tuple[Digest, ...]) -> dict[str, Any]:
-        """The `digests`/`manifest` fields an approval of these digests carries."""
+    def binding(
+        digests: tuple[Digest, ...], payload_type: str = "", payload: bytes = b""
+    ) -> dict[str, Any]:
+        """The `digests`/`manifest` (and `payload`) fields an approval of these digests
+        (and this carried payload) carries."""
+        bound = PayloadBinding.of(payload_type, payload)
         if len(digests) <= INLINE_DIGESTS:
-            return {"digests": digests, "manifest": None}
-        return {"digests": (), "manifest": Manifest.of(digests)}
+            return {"digests": digests, "manifest": None, "payload": bound}
+        return {"digests": (), "manifest": Manifest.of(digests), "payload": bound}
 
     def binds(self, digests: Sequence[Digest]) -> bool:
         """True if this statement names exactly these digests, in this order."""
@@ -110,7 +143,7 @@ class Statement:
             approver=approver,
             issued_at=issued_at,
             reason=reason,
-            **cls.binding(request.digests),
+            **cls.binding(request.digests, request.payload_type, request.payload),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,6 +159,8 @@ class Statement:
             d["manifest"] = self.manifest.as_dict()
         else:
             d["digests"] = [x.as_dict() for x in self.digests]
+        if self.payload is not None:
+            d["payload"] = self.payload.as_dict()
         if self.decision == "deny":
             d["reason"] = self.reason
         return d
@@ -148,6 +183,7 @@ class Statement:
                 "approver",
                 "issued_at",
             } | ({"reason"} if d.get("decision") == "deny" else set())
+            expected |= {"payload"} & set(d)
             if set(d) != expected:
                 raise EnvelopeError(
                     f"approval statement fields must be exactly {sorted(expected)}, got {sorted(d)}"
@@ -164,6 +200,7 @@ class Statement:
                 approver=_str(d, "approver"),
                 issued_at=parse_time(_str(d, "issued_at")),
                 reason=_str(d, "reason") if "reason" in d else "",
+                payload=_payload(d["payload"]) if "payload" in d else None,
             )
             canonical = st.to_bytes()
         except EnvelopeError:
@@ -177,16 +214,32 @@ class Statement:
 
 @dataclass(frozen=True)
 class Binding:
-    """The request an approval must name: its id, key name, key id and digests."""
+    """The request an approval must name: its id, key name, key id, digests and payload."""
 
     request_id: str
     key_name: str
     key_id: str
     digests: Sequence[Digest]
+    payload: PayloadBinding | None = None
 
     @classmethod
     def of(cls, request: Request) -> Binding:
-        return cls(request.id, request.key_name, request.key_id, request.digests)
+        return cls(
+            request.id,
+            request.key_name,
+            request.key_id,
+            request.digests,
+            PayloadBinding.of(request.payload_type, request.payload),
+        )
+
+    def _binds_payload(self, statement: Statement) -> bool:
+        if statement.payload == self.payload:
+            return True
+        return (
+            statement.payload is None
+            and self.payload is not None
+            and self.payload.type in _BOUND_BY_DIGEST
+        )
 
     def check(self, statement: Statement, approver: str, decision: str) -> Statement:
         """`statement` if it is `approver`'s `decision` on exactly this request;
@@ -204,6 +257,7 @@ class Binding:
                 ("key_name", statement.key_name == self.key_name),
                 ("key_id", statement.key_id == self.key_id),
                 ("digests", statement.binds(self.digests)),
+                ("payload", self._binds_payload(statement)),
             )
             if not ok
         )
@@ -245,6 +299,18 @@ def _manifest(m: Any) -> Manifest:
         raise EnvelopeError("approval statement manifest sha256 must be 64 lowercase hex digits")
     bytes.fromhex(sha)  # ValueError if not hex: reported as malformed
     return Manifest(count, sha)
+
+
+def _payload(p: Any) -> PayloadBinding:
+    if not isinstance(p, dict) or set(p) != {"type", "sha256"}:
+        raise EnvelopeError("approval statement payload must be {type, sha256}")
+    kind, sha = p["type"], p["sha256"]
+    if not isinstance(kind, str) or not kind:
+        raise EnvelopeError("approval statement payload type must be a non-empty string")
+    if not isinstance(sha, str) or len(sha) != 64 or sha != sha.lower():
+        raise EnvelopeError("approval statement payload sha256 must be 64 lowercase hex digits")
+    bytes.fromhex(sha)
+    return PayloadBinding(kind, sha)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

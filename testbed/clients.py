@@ -97,7 +97,9 @@ class Clients:
                 tuple(
                     Digest(_HASH_NAMES[d.algorithm], d.value, d.artifact_name)
                     for d in request.digests
-                )
+                ),
+                request.payload_type,
+                request.payload,
             ),
             "decision": decision,
             "approver": officer,

@@ -76,7 +76,9 @@ class _ToyPayload(_HexSignature):
     payload_type: ClassVar[str] = _TOY_TYPE
     payload_description: ClassVar[str] = "a toy"
 
-    def check_payload(self, payload: bytes, digests: Sequence[Digest], max_subjects: int) -> None:
+    def check_payload(
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+    ) -> None:
         if payload != b"toy":
             raise InvalidArgumentError("not a toy", reason="NOT_A_TOY")
 
@@ -93,7 +95,7 @@ def _offered(command: str) -> list[str]:
 def test_registry_lists_exactly_the_formats_the_cli_offers() -> None:
     """`sign` and `status` offer exactly the registry's formats, raw first (the default)."""
     assert _offered("sign") == _offered("status") == list(registry.FORMATS)
-    assert list(registry.FORMATS) == ["raw", "dsse", "bundle", "cosign"]
+    assert list(registry.FORMATS) == ["raw", "dsse", "bundle", "cosign", "ssh"]
     assert all(name == f.name for name, f in registry.FORMATS.items())
 
 
@@ -153,7 +155,8 @@ def test_unknown_payload_type_is_refused_by_the_lookup(world: World) -> None:
         registry.for_payload_type(_TOY_TYPE)
     assert e.value.reason == "BAD_PAYLOAD_TYPE"
     assert str(e.value) == (
-        "payload_type must be application/vnd.in-toto+json (an in-toto Statement v1)"
+        "payload_type must be application/vnd.in-toto+json (an in-toto Statement v1) or "
+        "application/vnd.signer.sshsig.v1+json (an SSH signature request)"
     )
     before = world.requests()
     with pytest.raises(InvalidArgumentError, match="payload_type must be") as e:

@@ -30,6 +30,8 @@ needs O(log n) hashes, the replay what it keeps of each request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 import hashlib
@@ -47,7 +49,7 @@ from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.core.policy import KeyPolicy
 from signer.core.rules import Ask
-from signer.dsse import Binding, Envelope, distinct_approvers
+from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
 from signer.errors import EnvelopeError, SignerError, StatementMismatchError, VerificationError
 from signer.fields import field, strings, typed
@@ -204,6 +206,18 @@ def _lifetime(e: AuditEntry) -> dt.timedelta | None:
         raise ValueError("details.expire_time must be an RFC 3339 time") from None
 
 
+def _payload(d: Mapping[str, Any]) -> PayloadBinding | None:
+    """The payload a request.created entry records (payload_type, base64 payload)."""
+    if "payload_type" not in d and "payload" not in d:
+        return None
+    kind = field(d, "payload_type", str, "details")
+    try:
+        raw = base64.b64decode(field(d, "payload", str, "details"), validate=True)
+    except binascii.Error:
+        raise ValueError("details.payload must be base64") from None
+    return PayloadBinding.of(kind, raw)
+
+
 @dataclass
 class _Request:
     key_name: str
@@ -211,6 +225,7 @@ class _Request:
     digests: tuple[Digest, ...]
     requester: str
     barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
+    payload: PayloadBinding | None  # of a typed request's carried payload
     # approver -> the key their approval verified with, or None when the policy in force
     # then did not let them approve (the core would have refused it: it never counts)
     approvals: dict[str, ApprovalKey | None] = dataclasses.field(default_factory=dict)
@@ -233,11 +248,12 @@ class _Request:
             digests,
             e.actor,
             frozenset(caller.barred if caller else ()),
+            _payload(d),
         )
         return request, Ask(e.actor, caller, _lifetime(e))
 
     def binding(self, request_id: str) -> Binding:
-        return Binding(request_id, self.key_name, self.key_id, self.digests)
+        return Binding(request_id, self.key_name, self.key_id, self.digests, self.payload)
 
 
 class _Semantics:

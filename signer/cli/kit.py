@@ -159,7 +159,7 @@ def _caller_and_payload(r: types_pb2.SigningRequest) -> dict[str, Any]:
             Digest(HASH_FROM_PB.get(d.algorithm, "?"), d.value, d.artifact_name) for d in r.digests
         ]
         shown_by = registry.shown_by(r.payload_type)
-        out.update(shown_by.describe(r.payload_type, r.payload, digests))
+        out.update(shown_by.describe(r.payload_type, r.payload, digests, r.algorithm))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,11 @@ def _duration(text: str, hint: str, low: dt.timedelta = dt.timedelta(0)) -> dt.t
     help="Hash for --file.",
 )
 @click.option("--context", "ctx", multiple=True, help="CI context KEY=VALUE (repeatable).")
+@click.option(
+    "--namespace",
+    default="",
+    help="--format ssh: the SSH signature namespace (git signs with `git`, files with `file`).",
+)
 @click.option("--ttl", default="", help="Request lifetime, e.g. 30m (capped by policy).")
 @click.option(
     "--wait/--no-wait",
@@ -155,6 +161,7 @@ def sign(
     raw_digests: tuple[str, ...],
     hash_name: str,
     ctx: tuple[str, ...],
+    namespace: str,
     ttl: str,
     wait: bool,
     timeout: str,
@@ -170,7 +177,10 @@ def sign(
     proof beside it); bundle writes one JSON bundle with the signatures, the
     officers' approvals and the audit proof (`signer verify --bundle`); dsse
     sends an in-toto Statement over the artifacts, which the officers see, and
-    writes the signed DSSE envelope plus a bundle for it.
+    writes the signed DSSE envelope plus a bundle for it; cosign writes
+    ARTIFACT.sig and ARTIFACT.sigstore.json; ssh (with --namespace) sends the
+    files' SHA-512 and the namespace, the server derives the SSH signed data, and
+    writes ARTIFACT.sig as ssh-keygen does.
     """
     lifetime = _duration(ttl, "--ttl", dt.timedelta(seconds=1)) if ttl else None
     wait_for = _duration(timeout, "--timeout")  # both checked before anything is sent
@@ -181,27 +191,32 @@ def sign(
     problem = output.out_problem(out, len(files), len(digests), wait)
     if problem:
         raise click.UsageError(problem)
+    if namespace and fmt != "ssh":
+        raise click.UsageError("--namespace is for --format ssh")
     context = _context(ctx)
-    carried = output.carry(
-        [Digest(HASH_FROM_PB[d.algorithm], d.value, d.artifact_name) for d in digests],
-        context,
-        hash_name,
-    )
+    params = {"namespace": namespace} if fmt == "ssh" else {}
+    own = [Digest(HASH_FROM_PB[d.algorithm], d.value, d.artifact_name) for d in digests]
+    if not output.key_bound:
+        carried = output.carry(own, context, hash_name, params)  # refused before anything is sent
     profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
     ttl_pb = duration_pb2.Duration()
     if lifetime is not None:
         ttl_pb.FromTimedelta(lifetime)
-    create = signing_pb2.CreateSigningRequestRequest(
-        key_name=key_name,
-        digests=[digest_pb(d) for d in carried.digests],
-        context=context,
-        ttl=ttl_pb,
-        idempotency_key=idempotency_key or str(uuid.uuid4()),
-        payload_type=carried.payload_type,
-        payload=carried.payload,
-    )
-    asked = Asked.of(create)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        if output.key_bound:
+            # The signed digests are derived for the key's own signature algorithm.
+            key = workflow.public_key(profile, stub, key_name)
+            carried = output.carry(own, context, hash_name, params, key.algorithm)
+        create = signing_pb2.CreateSigningRequestRequest(
+            key_name=key_name,
+            digests=[digest_pb(d) for d in carried.digests],
+            context=context,
+            ttl=ttl_pb,
+            idempotency_key=idempotency_key or str(uuid.uuid4()),
+            payload_type=carried.payload_type,
+            payload=carried.payload,
+        )
+        asked = Asked.of(create)
         request = workflow.create(profile, stub, create)
         echo(request.id)
         if not wait:
@@ -274,18 +289,27 @@ def status(
             finish(profile, stub, r, asked, fmt, files, out, own)
 
 
-def _own_digests(r: types_pb2.SigningRequest, files: tuple[Path, ...]) -> list[tuple[str, bytes]]:
-    """The files' own digests, hashed as the request's are; they must be the request's."""
-    if r.payload:
-        raise click.UsageError(
-            f"request {r.id} signs a DSSE statement, not the files; leave out --file"
-        )
+def _own_digests(
+    r: types_pb2.SigningRequest, files: tuple[Path, ...]
+) -> list[tuple[str, bytes]] | None:
+    """The files' own digests, hashed as the request's are; they must be the request's
+    (for a typed request, those its payload lists; then None: its signatures are over
+    what the format derives from them)."""
     if len(files) != len(r.digests):
         raise ResponseMismatchError(
             f"request {r.id} has {len(r.digests)} digests, {len(files)} files were given"
         )
-    own = []
-    for f, d in zip(files, r.digests, strict=True):
+    own: list[tuple[str, bytes]] | None = []
+    listed: Sequence[types_pb2.Digest] = r.digests
+    if r.payload:
+        artifacts = registry.shown_by(r.payload_type).artifacts(r.payload)
+        if artifacts is None:
+            raise click.UsageError(
+                f"request {r.id} signs a DSSE statement, not the files; leave out --file"
+            )
+        listed = [digest_pb(a) for a in artifacts]
+        own = None  # each signature is over the format's structure, derived from the files
+    for f, d in zip(files, listed, strict=True):
         hash_name = HASH_FROM_PB.get(d.algorithm)
         if hash_name is None:
             raise ResponseMismatchError(f"request {r.id} has a digest of an unknown hash")
@@ -295,7 +319,8 @@ def _own_digests(r: types_pb2.SigningRequest, files: tuple[Path, ...]) -> list[t
                 f"request {r.id}: the {hash_name} of {f} is not the request's digest "
                 f"for {d.artifact_name}; nothing was written"
             )
-        own.append((hash_name, value))
+        if own is not None:
+            own.append((hash_name, value))
     return own
 
 
@@ -361,7 +386,5 @@ def public_key(
     """Fetch a signing key's public key (PEM) from the server."""
     profile = load_profile(profile_path, server)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
-        key = call(
-            profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=key_name)
-        ).key
+        key = workflow.public_key(profile, stub, key_name)
     emit(workflow.checked_key(key, key_name), out)

@@ -128,11 +128,14 @@ def check_digests(digests: list[Digest], spec: KeySpec, limits: Limits) -> None:
             )
 
 
-def check_payload(payload_type: str, payload: bytes, digests: list[Digest], limits: Limits) -> None:
-    """A carried payload is one its format knows, and the format's own check passes."""
+def check_payload(
+    payload_type: str, payload: bytes, digests: list[Digest], spec: KeySpec, limits: Limits
+) -> None:
+    """A carried payload is one its format knows, and the format's own check passes: the
+    digests are those the format derives from it for this key."""
     if payload_type or payload:
         fmt = formats.for_payload_type(payload_type)
-        fmt.check_payload(payload, digests, limits.max_digests)
+        fmt.check_payload(payload, digests, limits.max_digests, spec.algorithm.name)
 
 
 # -- what people read ----------------------------------------------------------------------

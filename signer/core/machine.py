@@ -139,7 +139,7 @@ class Core(Signing, Recording, AuditReader):
         policy.check_request(Ask(actor, caller, lifetime))
         intake.check_digests(digests, spec, self.limits)
         intake.check_context(context, self.limits)
-        intake.check_payload(payload_type, payload, digests, self.limits)
+        intake.check_payload(payload_type, payload, digests, spec, self.limits)
         intake.check_ttl(ttl, self.limits)
         intake.check_idempotency_key(idempotency_key)
         params = intake.parameters_hash(key_name, digests, context, payload_type, payload)

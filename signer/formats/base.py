@@ -98,24 +98,41 @@ class OutputFormat(ABC):
     payload_type: ClassVar[str] = ""  # the DSSE payload type a request carries ("" for none)
     payload_description: ClassVar[str] = ""  # what that payload is, e.g. "an in-toto Statement v1"
 
+    key_bound: ClassVar[bool] = False  # whether `carry` needs the signing key's algorithm
+
     # (a) What the request carries.
     def carry(
-        self, digests: Sequence[Digest], context: Mapping[str, str], hash_name: str
+        self,
+        digests: Sequence[Digest],
+        context: Mapping[str, str],
+        hash_name: str,
+        params: Mapping[str, str],
+        algorithm: str = "",
     ) -> Carried:
-        """What to send for the artifacts' `digests`: by default the digests themselves."""
+        """What to send for the artifacts' `digests`: by default the digests themselves.
+
+        `params` are the format's own options (`--namespace`...); `algorithm` is the
+        signing key's, given when `key_bound`."""
         return Carried(tuple(digests))
 
     # (b) The server's check of a carried payload.
-    def check_payload(self, payload: bytes, digests: Sequence[Digest], max_subjects: int) -> None:
+    def check_payload(
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+    ) -> None:
         """Raise InvalidArgumentError (or TooLargeError) unless `payload` is this format's
-        and the one digest is the one it signs."""
+        and the digests are those the key (of `algorithm`) signs for it."""
         raise InvalidArgumentError(
             f"the {self.name} format carries no payload", reason="BAD_PAYLOAD_TYPE"
         )
 
+    def artifacts(self, payload: bytes) -> tuple[Digest, ...] | None:
+        """The files' own digests a typed request's payload lists (what `signer status
+        --file` checks the files against), or None if its payload does not list them."""
+        return None
+
     # (c) What officers are shown of a payload.
     def describe(
-        self, payload_type: str, payload: bytes, digests: Sequence[Digest]
+        self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str
     ) -> dict[str, Any]:
         """The JSON fields that show the payload (beside payload_type and payload)."""
         return {}

@@ -40,7 +40,7 @@ from signer.approval import registry
 from signer.approval.keys import ApprovalKey
 from signer.audit.note import Verifier
 from signer.audit.proofs import SignedProof, verify_signed_proof
-from signer.dsse import Binding, Envelope, Statement, distinct_approvers
+from signer.dsse import Binding, Envelope, PayloadBinding, Statement, distinct_approvers
 from signer.errors import (
     ConfigError,
     EnvelopeError,
@@ -399,8 +399,21 @@ def _verify_by_any(
     return None
 
 
+def _payload_of(bundle: Bundle) -> PayloadBinding | None:
+    """The payload a DSSE bundle's request carried: its envelope's (checked before)."""
+    if bundle.dsse is None:
+        return None
+    try:
+        payload = base64.b64decode(bundle.dsse["payload"], validate=True)
+        return PayloadBinding.of(str(bundle.dsse["payloadType"]), payload)
+    except (KeyError, TypeError, ValueError):
+        raise VerificationError("the bundle's DSSE envelope is malformed") from None
+
+
 def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
-    binding = Binding(bundle.request_id, bundle.key_name, bundle.key_id, bundle.digests)
+    binding = Binding(
+        bundle.request_id, bundle.key_name, bundle.key_id, bundle.digests, _payload_of(bundle)
+    )
     valid: list[tuple[str, ApprovalKey]] = []
     for i, raw in enumerate(bundle.approvals):
         try:

@@ -58,7 +58,12 @@ class CosignFormat(OutputFormat):
     per_artifact: ClassVar[bool] = True
 
     def carry(
-        self, digests: Sequence[Digest], context: Mapping[str, str], hash_name: str
+        self,
+        digests: Sequence[Digest],
+        context: Mapping[str, str],
+        hash_name: str,
+        params: Mapping[str, str],
+        algorithm: str = "",
     ) -> Carried:
         if any(d.algorithm != "sha256" for d in digests) or hash_name != "sha256":
             raise InvalidArgumentError(

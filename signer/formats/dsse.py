@@ -54,7 +54,12 @@ class DsseFormat(OutputFormat):
     payload_description: ClassVar[str] = "an in-toto Statement v1"
 
     def carry(
-        self, digests: Sequence[Digest], context: Mapping[str, str], hash_name: str
+        self,
+        digests: Sequence[Digest],
+        context: Mapping[str, str],
+        hash_name: str,
+        params: Mapping[str, str],
+        algorithm: str = "",
     ) -> Carried:
         """A statement over the artifacts (the context its predicate) and its PAE digest."""
         payload = build_statement(
@@ -70,7 +75,9 @@ class DsseFormat(OutputFormat):
         )
         return Carried((signed,), PAYLOAD_TYPE, payload)
 
-    def check_payload(self, payload: bytes, digests: Sequence[Digest], max_subjects: int) -> None:
+    def check_payload(
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+    ) -> None:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise TooLargeError(
                 f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
@@ -90,7 +97,7 @@ class DsseFormat(OutputFormat):
             )
 
     def describe(
-        self, payload_type: str, payload: bytes, digests: Sequence[Digest]
+        self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str
     ) -> dict[str, Any]:
         """The statement (or why it does not parse), and whether the digest is its PAE."""
         out: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from signer.formats.bundle import BundleFormat
 from signer.formats.cosign import CosignFormat
 from signer.formats.dsse import DsseFormat
 from signer.formats.raw import RawFormat
+from signer.formats.ssh import SshFormat
 
 __all__ = ["FORMATS", "for_payload_type", "shown_by"]
 
@@ -24,6 +25,7 @@ FORMATS: dict[str, OutputFormat] = {
     "dsse": DsseFormat(),
     "bundle": BundleFormat(),
     "cosign": CosignFormat(),
+    "ssh": SshFormat(),
 }
 _SHOWN_OTHERWISE = DsseFormat()
 

@@ -1,0 +1,217 @@
+"""`--format ssh`: SSHSIG signatures that `ssh-keygen -Y verify` accepts, for P-256,
+P-384 and RSA PKCS#1 keys; a typed request whose signed digests the server derives
+from the namespace and the files' own SHA-512, shown so to officers and bound by
+their approvals; bad namespaces, unsuitable keys and digests that are not derived
+from the payload are refused with a clear error."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from signer.cli.main import main
+from signer.convert import digest_pb
+from signer.dsse import Statement
+from signer.errors import InvalidArgumentError, VerificationError
+from signer.formats.base import Evidence
+from signer.formats.ssh import PAYLOAD_TYPE, SshFormat, SshRequest, public_key_line
+from signer.model import Digest
+from testbed.commands import run
+from testbed.process import Running
+
+KEYS = ("k-ecdsa-p256", "k-ecdsa-p384", "k-rsa-pkcs1-3072")
+
+
+def _ci(shared: Running) -> list[str]:
+    return ["--profile", str(shared.env.profile_path("ci"))]
+
+
+def _sign(shared: Running, tmp_path: Path, key: str, namespace: str = "file") -> Path:
+    """A file signed with --format ssh through the real server, approved by two officers."""
+    cli = CliRunner()
+    artifact = tmp_path / f"{key}.tar"
+    artifact.write_bytes(b"a release signed for ssh-keygen users " * 50)
+    sign = ["sign", "--key-name", key, "--file", str(artifact), "--hash", "sha512", "--no-wait"]
+    made = cli.invoke(main, [*sign, "--format", "ssh", "--namespace", namespace, *_ci(shared)])
+    assert made.exit_code == 0, made.output
+    request = shared.clients.get(made.stdout.strip())
+    assert request.payload_type == PAYLOAD_TYPE
+    shared.clients.approve("alice", request)
+    shared.clients.approve("bob", request)
+    status = ["status", request.id, "--format", "ssh", "--file", str(artifact)]
+    fetched = cli.invoke(main, [*status, *_ci(shared)])
+    assert fetched.exit_code == 0, fetched.output
+    assert "SSH signature (" + namespace + ")" in fetched.stderr
+    return artifact
+
+
+def _allowed_signers(shared: Running, tmp_path: Path, key: str) -> Path:
+    pem = tmp_path / f"{key}.pem"
+    got = CliRunner().invoke(
+        main, ["public-key", "--key-name", key, "--out", str(pem), *_ci(shared)]
+    )
+    assert got.exit_code == 0, got.output
+    allowed = tmp_path / f"{key}.allowed"
+    allowed.write_text(f"release@example.org {public_key_line(pem.read_text())}\n")
+    return allowed
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_ssh_signatures_verify_with_ssh_keygen(shared: Running, tmp_path: Path, key: str) -> None:
+    """ssh-keygen -Y verify accepts the signature under its namespace; a changed file, or
+    another namespace, fails."""
+    artifact = _sign(shared, tmp_path, key)
+    allowed = _allowed_signers(shared, tmp_path, key)
+    sig = artifact.with_name(artifact.name + ".sig")
+    assert sig.read_text().startswith("-----BEGIN SSH SIGNATURE-----\n")
+    verify = ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "release@example.org"]
+    good = run([*verify, "-n", "file", "-s", str(sig)], input=artifact.read_text())
+    assert 'Good "file" signature for release@example.org' in good.stdout
+    tampered = run(
+        [*verify, "-n", "file", "-s", str(sig)], input=artifact.read_text() + "!", check=False
+    )
+    assert tampered.returncode != 0
+    wrong_ns = run([*verify, "-n", "git", "-s", str(sig)], input=artifact.read_text(), check=False)
+    assert wrong_ns.returncode != 0
+    pem = tmp_path / f"{key}.pem"
+    fmt = SshFormat()
+    assert "OK" in fmt.verify(Evidence(sig, file=artifact, public_key=pem)).text
+    changed = tmp_path / "changed"
+    changed.write_text(artifact.read_text() + "!")
+    with pytest.raises(VerificationError, match="INVALID"):
+        fmt.verify(Evidence(sig, file=changed, public_key=pem))
+
+
+def test_officers_see_the_files_digest_and_approvals_bind_the_payload(
+    shared: Running, tmp_path: Path
+) -> None:
+    """`approver show --json` lists the namespace and the file's own SHA-512, with the check
+    that the digest to sign is derived from them; the approval statement names the payload;
+    an approval naming another payload is refused."""
+    cli = CliRunner()
+    artifact = tmp_path / "app.tar"
+    artifact.write_bytes(b"shown to officers")
+    sign = ["sign", "--key-name", "release", "--file", str(artifact), "--hash", "sha512"]
+    made = cli.invoke(
+        main, [*sign, "--format", "ssh", "--namespace", "git", "--no-wait", *_ci(shared)]
+    )
+    assert made.exit_code == 0, made.output
+    request = shared.clients.get(made.stdout.strip())
+    described = SshFormat().describe(
+        request.payload_type,
+        request.payload,
+        [Digest("sha256", d.value, d.artifact_name) for d in request.digests],
+        request.algorithm,
+    )
+    assert described["ssh"]["namespace"] == "git"
+    assert described["ssh"]["artifacts"] == [
+        {"name": "app.tar", "digest": hashlib.sha512(b"shown to officers").hexdigest()}
+    ]
+    assert described["payload_matches_digest"] is True
+    assert SshFormat().problems(described) == []
+    env = shared.clients.envelope("alice", request)
+    assert b'"payload"' in __import__("base64").b64decode(__import__("json").loads(env)["payload"])
+    other = Statement.binding((), PAYLOAD_TYPE, b"another payload")["payload"]
+    with pytest.raises(grpc.RpcError) as e:
+        shared.clients.approve("alice", request, payload=other)
+    assert "payload" in (e.value.details() or "")
+    shared.clients.approve("alice", request)
+
+
+def test_server_refuses_digests_not_derived_from_the_payload(shared: Running) -> None:
+    """A requester that sends an SSH payload with digests of its own choosing (say, of
+    another file) is refused: the server derives the signed data itself."""
+    request = SshRequest("git", "sha512", [Digest("sha512", hashlib.sha512(b"a").digest(), "a")])
+    honest = request.signed_digests("ecdsa-p256")
+    forged = Digest("sha256", hashlib.sha256(b"something else").digest(), "a")
+    for digests, reason in (
+        ([forged], "not the SSHSIG signed data"),
+        ([*honest, forged], "not the SSHSIG signed data"),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            shared.clients.create(
+                digests=[digest_pb(d) for d in digests],
+                payload_type=PAYLOAD_TYPE,
+                payload=request.to_bytes(),
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason in (e.value.details() or "")
+    made = shared.clients.create(
+        digests=[digest_pb(d) for d in honest],
+        payload_type=PAYLOAD_TYPE,
+        payload=request.to_bytes(),
+    )
+    assert made.payload == request.to_bytes()
+
+
+def test_server_refuses_a_key_that_cannot_make_ssh_signatures(shared: Running) -> None:
+    """An RSA-PSS key cannot make SSH signatures: the error names the key types to use."""
+    request = SshRequest("git", "sha512", [Digest("sha512", hashlib.sha512(b"a").digest(), "a")])
+    with pytest.raises(grpc.RpcError) as e:
+        shared.clients.create(
+            key="k-rsa-pss-3072",
+            digests=[digest_pb(d) for d in request.signed_digests("ecdsa-p256")],
+            payload_type=PAYLOAD_TYPE,
+            payload=request.to_bytes(),
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "need an ecdsa-p256, ecdsa-p384, rsa-pkcs1-3072 or rsa-pkcs1-4096 key" in (
+        e.value.details() or ""
+    )
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"not json", "not an SSH signature request"),
+        (b'{"artifacts":[],"hash_algorithm":"sha512","namespace":"git"}', "non-empty list"),
+        (
+            b'{"artifacts":[{"digest":"00","name":"a"}],"hash_algorithm":"md5","namespace":"git"}',
+            "hash_algorithm must be sha512 or sha256",
+        ),
+        (
+            SshRequest("git", "sha512", [Digest("sha512", bytes(64), "a")]).to_bytes() + b" ",
+            "canonical",
+        ),
+        (
+            SshRequest("bad ns", "sha512", [Digest("sha512", bytes(64), "a")]).to_bytes(),
+            "namespace",
+        ),
+    ],
+)
+def test_malformed_ssh_payloads_are_refused(payload: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        SshFormat().check_payload(payload, [], 100, "ecdsa-p256")
+
+
+@pytest.mark.parametrize("namespace", ["", "has space", "-lead", "x" * 65, "ns\n"])
+def test_a_bad_namespace_is_refused_before_anything_is_sent(
+    shared: Running, tmp_path: Path, namespace: str
+) -> None:
+    artifact = tmp_path / "a"
+    artifact.write_bytes(b"x")
+    sign = ["sign", "--key-name", "release", "--file", str(artifact), "--hash", "sha512"]
+    r = CliRunner().invoke(
+        main, [*sign, "--format", "ssh", "--namespace", namespace, "--no-wait", *_ci(shared)]
+    )
+    assert r.exit_code != 0
+    assert "SSH signature namespace" in r.stderr
+    assert r.stdout == ""
+
+
+def test_an_unsuitable_key_is_refused_before_a_request_is_made(
+    shared: Running, tmp_path: Path
+) -> None:
+    artifact = tmp_path / "a"
+    artifact.write_bytes(b"x")
+    sign = ["sign", "--key-name", "k-rsa-pss-3072", "--file", str(artifact), "--hash", "sha512"]
+    r = CliRunner().invoke(
+        main, [*sign, "--format", "ssh", "--namespace", "git", "--no-wait", *_ci(shared)]
+    )
+    assert r.exit_code != 0
+    assert "is rsa-pss-3072: SSH signatures need" in r.stderr
+    assert r.stdout == ""
