@@ -7,6 +7,9 @@ from the payload are refused with a clear error."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -20,7 +23,8 @@ from signer.errors import InvalidArgumentError, VerificationError
 from signer.formats.base import Evidence
 from signer.formats.ssh import PAYLOAD_TYPE, SshFormat, SshRequest, public_key_line
 from signer.model import Digest
-from testbed.commands import run
+from signer.v1 import approval_pb2, types_pb2
+from testbed.commands import SIGNER, run, wait_until
 from testbed.process import Running
 
 KEYS = ("k-ecdsa-p256", "k-ecdsa-p384", "k-rsa-pkcs1-3072")
@@ -215,3 +219,148 @@ def test_an_unsuitable_key_is_refused_before_a_request_is_made(
     assert r.exit_code != 0
     assert "is rsa-pss-3072: SSH signatures need" in r.stderr
     assert r.stdout == ""
+
+
+# -- the drop-in git runs as gpg.ssh.program ----------------------------------------------
+
+DROPIN = str(Path(sys.executable).with_name("signer-ssh-keygen"))
+
+
+def _pending_dropin_requests(shared: Running) -> list[types_pb2.SigningRequest]:
+    """Pending requests the drop-in made, across every page."""
+    found, token = [], ""
+    while True:
+        page = shared.clients.approval("alice").ListRequests(
+            approval_pb2.ListRequestsRequest(page_size=50, page_token=token), timeout=10
+        )
+        found += [r for r in page.requests if r.context.get("tool") == "ssh-keygen -Y sign"]
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def _approve_next(shared: Running, seen: set[str]) -> types_pb2.SigningRequest:
+    """Wait for the drop-in's new request, then have two officers approve it."""
+    new: list[types_pb2.SigningRequest] = []
+
+    def arrived() -> bool:
+        new[:] = [r for r in _pending_dropin_requests(shared) if r.id not in seen]
+        return bool(new)
+
+    wait_until(arrived, timeout=60)
+    (request,) = new
+    seen.add(request.id)
+    shared.clients.approve("alice", request)
+    shared.clients.approve("bob", request)
+    return request
+
+
+def _git(repo: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["git", "-C", str(repo), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_git_signs_commits_and_tags_through_the_ssh_keygen_dropin(
+    shared: Running, tmp_path: Path
+) -> None:
+    """git commit -S and git tag -s with gpg.ssh.program = signer-ssh-keygen wait for the
+    officers and produce signatures git verify-commit and verify-tag accept (verification
+    passes through to the real ssh-keygen); a tampered commit does not verify."""
+    allowed = _allowed_signers(shared, tmp_path, "release")
+    pub = tmp_path / "release.pub"
+    pub.write_text(allowed.read_text().split(" ", 1)[1])
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "SIGNER_PROFILE": str(shared.env.profile_path("ci")),
+        "SIGNER_TIMEOUT": "2m",
+        "GIT_COMMITTER_NAME": "Release",
+        "GIT_COMMITTER_EMAIL": "release@example.org",
+        "GIT_AUTHOR_NAME": "Release",
+        "GIT_AUTHOR_EMAIL": "release@example.org",
+    }
+    repo = tmp_path / "repo"
+    run(["git", "init", "-q", str(repo)], env=env)
+    for k, v in {
+        "gpg.format": "ssh",
+        "gpg.ssh.program": DROPIN,
+        "gpg.ssh.allowedSignersFile": str(allowed),
+        "user.signingkey": str(pub),
+    }.items():
+        run(["git", "-C", str(repo), "config", k, v], env=env)
+    (repo / "README").write_text("signed release\n")
+    run(["git", "-C", str(repo), "add", "README"], env=env)
+    seen = {r.id for r in _pending_dropin_requests(shared)}
+
+    commit = _git(repo, env, "commit", "-q", "-S", "-m", "release 1.0")
+    request = _approve_next(shared, seen)
+    _, err = commit.communicate(timeout=120)
+    assert commit.returncode == 0, err
+    assert SshRequest.parse(request.payload).namespace == "git"
+    verified = run(["git", "-C", str(repo), "verify-commit", "HEAD"], env=env)
+    assert 'Good "git" signature for release@example.org' in verified.stderr
+
+    tag = _git(repo, env, "tag", "-s", "v1.0", "-m", "release 1.0")
+    _approve_next(shared, seen)
+    _, err = tag.communicate(timeout=120)
+    assert tag.returncode == 0, err
+    verified = run(["git", "-C", str(repo), "verify-tag", "v1.0"], env=env)
+    assert 'Good "git" signature for release@example.org' in verified.stderr
+
+    # The same signature on a changed commit object does not verify.
+    raw = run(["git", "-C", str(repo), "cat-file", "commit", "HEAD"], env=env).stdout
+    forged = raw.replace("release 1.0", "release 6.6")
+    made = subprocess.run(
+        ["git", "-C", str(repo), "hash-object", "-t", "commit", "-w", "--stdin"],
+        input=forged,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    bad = run(["git", "-C", str(repo), "verify-commit", made], env=env, check=False)
+    assert bad.returncode != 0
+
+
+def test_the_dropin_refuses_a_key_the_service_does_not_hold(
+    shared: Running, tmp_path: Path
+) -> None:
+    """A user.signingkey that is no key of the service: a one-line error, nothing asked."""
+    stranger = tmp_path / "stranger.pub"
+    stranger.write_text(
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBAk5"
+        "Lv6C3t+7mw2dKb8JLqC0Ge+ZyD6jY2vjn5mMFcZ6nB1Xn5s0GpmdyZ6Gk0bCNSw1hT5+z7g6hU4a0bC1t1s= x\n"
+    )
+    buffer = tmp_path / "buffer"
+    buffer.write_text("tree 0\n")
+    env = {**os.environ, "SIGNER_PROFILE": str(shared.env.profile_path("ci"))}
+    r = run(
+        [DROPIN, "-Y", "sign", "-n", "git", "-f", str(stranger), str(buffer)], env=env, check=False
+    )
+    assert r.returncode != 0
+    assert f"no signing key on the server has the public key in {stranger}" in r.stderr
+    assert not buffer.with_name("buffer.sig").exists()
+
+
+def test_keys_ssh_prints_the_public_key_and_an_allowed_signers_line(
+    shared: Running,
+) -> None:
+    """`signer keys ssh` names the key as OpenSSH does; an RSA-PSS key is refused, naming
+    the key types SSH signatures need."""
+    config = str(shared.env.config)
+    keys = [*SIGNER, "keys", "ssh", "--config", config, "--name"]
+    r = run([*keys, "release", "--principal", "release@example.org"])
+    key_line, allowed = r.stdout.splitlines()
+    assert key_line.startswith("ecdsa-sha2-nistp256 ") and key_line.endswith(" release")
+    assert allowed.startswith('release@example.org namespaces="git,file" ecdsa-sha2-nistp256 ')
+    bad = run([*keys, "k-rsa-pss-3072"], check=False)
+    assert bad.returncode != 0
+    assert "SSH signatures need an ecdsa-p256" in bad.stderr

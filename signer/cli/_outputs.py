@@ -25,7 +25,7 @@ from signer.formats.base import SignedRequest
 from signer.model import Digest
 from signer.v1 import types_pb2
 
-__all__ = ["finish"]
+__all__ = ["finish", "verified"]
 
 
 def finish(
@@ -49,11 +49,22 @@ def finish(
                 f"fetch it later with `signer status {request.id} {again}`"
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
-    verified = workflow.verify_signed(profile, stub, request, asked, own_digests)
     output = registry.FORMATS[fmt]
-    signed = _signed(request, verified.key, verified.proof)
+    signed = verified(profile, stub, request, asked, own_digests)
     for line in output.write(signed, output.targets(out, files)):
         say(line)
+
+
+def verified(
+    profile: Profile,
+    stub: Any,
+    request: types_pb2.SigningRequest,
+    asked: Asked,
+    own_digests: list[tuple[str, bytes]] | None = None,
+) -> SignedRequest:
+    """A SIGNED answer as the formats take it, once its signatures and proof verify."""
+    checked = workflow.verify_signed(profile, stub, request, asked, own_digests)
+    return _signed(request, checked.key, checked.proof)
 
 
 def _signed(

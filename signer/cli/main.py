@@ -20,9 +20,10 @@ import click
 
 from signer import __version__, logs
 from signer.algorithms import ALGORITHMS, algorithm
-from signer.cli import audit, requester, verify
+from signer.cli import audit, dropins, requester, verify
 from signer.cli._common import config_opt, emit
 from signer.cli.kit import handle_errors, json_opt, print_json, print_table, stderr
+from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.server.admin import generate_key, list_keys, open_token
 from signer.server.config import load_config
 from signer.server.devenv import init_devenv
@@ -169,9 +170,32 @@ def keys_public(config_path: Path, name: str, out: Path | None) -> None:
     emit(pem, out)
 
 
+@keys.command("ssh")
+@config_opt
+@click.option("--name", required=True)
+@click.option(
+    "--principal",
+    help="The allowed_signers principal (e.g. release@example.org); default: the key name.",
+)
+@handle_errors
+def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
+    """Print a key's OpenSSH public key and its allowed_signers line (for
+    `ssh-keygen -Y verify` and git's gpg.ssh.allowedSignersFile)."""
+    token = open_token(load_config(config_path))
+    try:
+        key = token.key(name)
+    finally:
+        token.close()
+    ssh_algorithm(key.algorithm.name if key.algorithm else "", name)  # say which to use
+    line = public_key_line(key.public_key_pem)
+    click.echo(f"{line} {name}")
+    click.echo(f'{principal or name} namespaces="git,file" {line}')
+
+
 main.add_command(requester.sign)
 main.add_command(requester.status)
 main.add_command(requester.cancel)
 main.add_command(requester.public_key)
 main.add_command(verify.verify)
 main.add_command(audit.audit)
+main.add_command(dropins.ssh_keygen)

@@ -64,6 +64,7 @@ __all__ = [
     "public_key_line",
     "signed_data",
     "ssh_algorithm",
+    "write_signatures",
 ]
 
 PAYLOAD_TYPE = "application/vnd.signer.sshsig.v1+json"
@@ -297,6 +298,35 @@ def _unarmor(text: str) -> dict[str, Any]:
     return out
 
 
+def write_signatures(signed: SignedRequest, targets: Sequence[Path]) -> list[tuple[Path, str, str]]:
+    """Write each artifact's armored SSHSIG at its target, only if the signed digests are
+    those derived from the request's payload; (path, namespace, artifact) of each."""
+    if signed.payload_type != PAYLOAD_TYPE:
+        raise InvalidArgumentError(
+            f"request {signed.request_id} is not an SSH signature request; "
+            "use the --format it was made with"
+        )
+    request = SshRequest.parse(signed.payload)
+    if request.signed_digests(signed.algorithm) != signed.digests:
+        raise VerificationError(
+            f"request {signed.request_id}: the signed digests are not those of its files; "
+            "not written"
+        )
+    written = []
+    for path, sig, a in zip(targets, signed.signatures, request.artifacts, strict=True):
+        path.write_text(
+            armor(
+                signed.public_key_pem,
+                signed.algorithm,
+                request.namespace,
+                request.hash_algorithm,
+                sig,
+            )
+        )
+        written.append((path, request.namespace, a.artifact))
+    return written
+
+
 class SshFormat(OutputFormat):
     name: ClassVar[str] = "ssh"
     summary: ClassVar[str] = "SSH signatures (ssh-keygen -Y verify, git)"
@@ -388,33 +418,12 @@ class SshFormat(OutputFormat):
         return []
 
     def write(self, signed: SignedRequest, targets: Sequence[Path]) -> list[str]:
-        if signed.payload_type != PAYLOAD_TYPE:
-            raise InvalidArgumentError(
-                f"request {signed.request_id} is not an SSH signature request; "
-                "use the --format it was made with"
-            )
-        request = SshRequest.parse(signed.payload)
-        if request.signed_digests(signed.algorithm) != signed.digests:
-            raise VerificationError(
-                f"request {signed.request_id}: the signed digests are not those of its files; "
-                "not written"
-            )
         said = []
-        for path, sig, a in zip(targets, signed.signatures, request.artifacts, strict=True):
-            path.write_text(
-                armor(
-                    signed.public_key_pem,
-                    signed.algorithm,
-                    request.namespace,
-                    request.hash_algorithm,
-                    sig,
-                )
-            )
+        for path, namespace, name in write_signatures(signed, targets):
             proof = path.with_name(path.name + ".audit.json")
             write_json(proof, signed.proof.to_json())
             said.append(
-                f"SSH signature ({request.namespace}) of {a.artifact} written to {path} "
-                f"(audit proof: {proof})"
+                f"SSH signature ({namespace}) of {name} written to {path} (audit proof: {proof})"
             )
         return said
 
