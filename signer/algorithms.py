@@ -39,6 +39,12 @@ class KeyAlgorithm:
     bits: int | None = None  # modulus size for RSA keys
 
     @property
+    def default_hash(self) -> str:
+        """The hash a digest is made with unless one is asked for: SHA-384 for P-384
+        (the curve's own strength), SHA-256 for P-256 and RSA."""
+        return "sha384" if self.curve == "secp384r1" else "sha256"
+
+    @property
     def signs_digests(self) -> bool:
         """Whether this algorithm can sign a precomputed digest."""
         return self.scheme != "eddsa"

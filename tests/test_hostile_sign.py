@@ -140,7 +140,9 @@ def test_other_resource_exhausted_errors_are_not_retried(shared_env: Env, tmp_pa
     artifact = tmp_path / "a.bin"
     artifact.write_bytes(b"a")
     with hostile(shared_env, "ci3", tamper) as proxy:
-        p = run([*SIGNER, *sign_args(proxy.profile("ci3"), artifact)], check=False)
+        p = run(
+            [*SIGNER, *sign_args(proxy.profile("ci3"), artifact, "--hash", "sha256")], check=False
+        )
         creates = proxy.calls["CreateSigningRequest"]
     assert p.returncode == 1 and "too many pending requests" in p.stderr
     assert creates == 1
@@ -160,7 +162,13 @@ def test_a_public_key_that_is_not_the_key_id_is_refused(
         return answer
 
     with hostile(shared_env, "ci", tamper) as proxy:
-        p, artifact = _sign_via(proxy, clients, tmp_path)
+        early = tmp_path / "early.bin"
+        early.write_bytes(b"early")
+        # Without --hash the key is asked for first (its own hash): refused, nothing asked.
+        first = run([*SIGNER, *sign_args(proxy.profile("ci"), early)], check=False)
+        assert first.returncode == 1 and "not that of its public key" in first.stderr
+        assert proxy.calls["CreateSigningRequest"] == 0
+        p, artifact = _sign_via(proxy, clients, tmp_path, "--hash", "sha256")
         out = tmp_path / "release.pem"
         pk = run(
             [

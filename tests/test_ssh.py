@@ -6,7 +6,9 @@ from the payload are refused with a clear error."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -118,7 +120,11 @@ def test_officers_see_the_files_digest_and_approvals_bind_the_payload(
     assert described["payload_matches_digest"] is True
     assert SshFormat().problems(described) == []
     env = shared.clients.envelope("alice", request)
-    assert b'"payload"' in __import__("base64").b64decode(__import__("json").loads(env)["payload"])
+    statement = json.loads(base64.b64decode(json.loads(env)["payload"]))
+    assert statement["payload"] == {
+        "type": PAYLOAD_TYPE,
+        "sha256": hashlib.sha256(request.payload).hexdigest(),
+    }
     other = Statement.binding((), PAYLOAD_TYPE, b"another payload")["payload"]
     with pytest.raises(grpc.RpcError) as e:
         shared.clients.approve("alice", request, payload=other)

@@ -101,14 +101,18 @@ def _approve(clients: Clients, request: Any) -> None:
 
 
 def _key(clients: Clients, key_name: str, scheme: str | None = None) -> SSlibKey:
-    """A service key's SSlibKey fetched independently of signer.sslib."""
+    """A service key's SSlibKey fetched independently of signer.sslib, named by the key id
+    DSSE envelopes and bundles use: the hex SHA-256 of its SubjectPublicKeyInfo."""
     pem = (
         clients.signing()
         .GetPublicKey(signing_pb2.GetPublicKeyRequest(key_name=key_name), timeout=RPC_TIMEOUT)
         .key.public_key_pem
     )
     public = serialization.load_pem_public_key(pem.encode())
-    return SSlibKey.from_crypto(public, scheme=scheme)
+    spki = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return SSlibKey.from_crypto(public, keyid=hashlib.sha256(spki).hexdigest(), scheme=scheme)
 
 
 # -- signing TUF metadata ----------------------------------------------------------------

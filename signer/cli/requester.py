@@ -19,7 +19,7 @@ from typing import Any
 import click
 from google.protobuf import duration_pb2
 
-from signer.algorithms import HASH_SIZES
+from signer.algorithms import HASH_SIZES, algorithm
 from signer.cli._common import digests_of, emit, file_digest
 from signer.cli._outputs import finish
 from signer.cli.kit import (
@@ -124,10 +124,10 @@ def _duration(text: str, hint: str, low: dt.timedelta = dt.timedelta(0)) -> dt.t
 @click.option(
     "--hash",
     "hash_name",
-    default="sha256",
-    show_default=True,
+    default=None,
     type=click.Choice(list(HASH_SIZES)),
-    help="Hash for --file.",
+    help="Hash for --file. Default: the format's (cosign sha256, ssh sha512), else the "
+    "key's own (sha384 for ecdsa-p384 keys, sha256 for the others).",
 )
 @click.option("--context", "ctx", multiple=True, help="CI context KEY=VALUE (repeatable).")
 @click.option(
@@ -159,7 +159,7 @@ def sign(
     key_name: str,
     files: tuple[Path, ...],
     raw_digests: tuple[str, ...],
-    hash_name: str,
+    hash_name: str | None,
     ctx: tuple[str, ...],
     namespace: str,
     ttl: str,
@@ -184,29 +184,32 @@ def sign(
     """
     lifetime = _duration(ttl, "--ttl", dt.timedelta(seconds=1)) if ttl else None
     wait_for = _duration(timeout, "--timeout")  # both checked before anything is sent
-    digests = digests_of(files, raw_digests, hash_name)
-    if not digests:
+    if not files and not raw_digests:
         raise click.UsageError("give --file or --digest")
     output = registry.FORMATS[fmt]
-    problem = output.out_problem(out, len(files), len(digests), wait)
+    problem = output.out_problem(out, len(files), len(files) + len(raw_digests), wait)
     if problem:
         raise click.UsageError(problem)
     if namespace and fmt != "ssh":
         raise click.UsageError("--namespace is for --format ssh")
     context = _context(ctx)
     params = {"namespace": namespace} if fmt == "ssh" else {}
-    own = [Digest(HASH_FROM_PB[d.algorithm], d.value, d.artifact_name) for d in digests]
-    if not output.key_bound:
-        carried = output.carry(own, context, hash_name, params)  # refused before anything is sent
+    chosen = hash_name or output.default_hash  # "": the key's own, known once it is fetched
+    needs_key = output.key_bound or not chosen
+    if not needs_key:  # what is refused is refused before anything is sent
+        carried = output.carry(_own(files, raw_digests, chosen), context, chosen, params)
     profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
     ttl_pb = duration_pb2.Duration()
     if lifetime is not None:
         ttl_pb.FromTimedelta(lifetime)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
-        if output.key_bound:
-            # The signed digests are derived for the key's own signature algorithm.
+        if needs_key:
+            # The key's own hash, and for a typed format the signed digests derived for
+            # the key's signature algorithm.
             key = workflow.public_key(profile, stub, key_name)
-            carried = output.carry(own, context, hash_name, params, key.algorithm)
+            chosen = chosen or _key_hash(key)
+            own = _own(files, raw_digests, chosen)
+            carried = output.carry(own, context, chosen, params, key.algorithm)
         create = signing_pb2.CreateSigningRequestRequest(
             key_name=key_name,
             digests=[digest_pb(d) for d in carried.digests],
@@ -231,6 +234,23 @@ def sign(
         if as_json:
             print_json(request_dict(request))
         finish(profile, stub, request, asked, fmt, files, out)
+
+
+def _own(files: tuple[Path, ...], raw: tuple[str, ...], hash_name: str) -> list[Digest]:
+    """The artifacts' own digests: the files' with `hash_name`, then the --digest ones."""
+    return [
+        Digest(HASH_FROM_PB[d.algorithm], d.value, d.artifact_name)
+        for d in digests_of(files, raw, hash_name)
+    ]
+
+
+def _key_hash(key: types_pb2.KeyInfo) -> str:
+    try:
+        return algorithm(key.algorithm).default_hash
+    except KeyError:
+        raise ResponseMismatchError(
+            f"the server says key {key.name} is {key.algorithm[:40]!r}, an unknown algorithm"
+        ) from None
 
 
 @click.command()

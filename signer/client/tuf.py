@@ -115,15 +115,16 @@ def import_key(key_name: str, profile: Path | None = None) -> tuple[str, SSlibKe
 
 
 def _public_key(profile: Profile, stub: Any, key_name: str) -> types_pb2.KeyInfo:
-    resp = call(profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=key_name))
-    info: types_pb2.KeyInfo = resp.key
-    return info
+    """The key's answer, once its name is the one asked and its key id is its own."""
+    return workflow.public_key(profile, stub, key_name)
 
 
 def _sslib_key(info: types_pb2.KeyInfo) -> SSlibKey:
     keytype, schemes = sslib_schemes(info.algorithm)
     public = serialization.load_pem_public_key(info.public_key_pem.encode())
-    key = SSlibKey.from_crypto(public, scheme=schemes[0])
+    # The service's key id (hex SHA-256 of the SubjectPublicKeyInfo), as DSSE envelopes
+    # and bundles name the key: one key, one key id everywhere.
+    key = SSlibKey.from_crypto(public, keyid=info.key_id, scheme=schemes[0])
     if key.keytype != keytype:
         raise UnsupportedAlgorithmError(
             f"service key {info.name} is {info.algorithm} but its public key is {key.keytype}"

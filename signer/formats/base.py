@@ -99,6 +99,7 @@ class OutputFormat(ABC):
     payload_description: ClassVar[str] = ""  # what that payload is, e.g. "an in-toto Statement v1"
 
     key_bound: ClassVar[bool] = False  # whether `carry` needs the signing key's algorithm
+    default_hash: ClassVar[str] = ""  # the files' hash unless --hash says; "" = the key's own
 
     # (a) What the request carries.
     def carry(

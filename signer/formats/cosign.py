@@ -56,6 +56,7 @@ class CosignFormat(OutputFormat):
     summary: ClassVar[str] = "cosign signatures and Sigstore bundles"
     suffix: ClassVar[str] = ".sig"
     per_artifact: ClassVar[bool] = True
+    default_hash: ClassVar[str] = "sha256"
 
     def carry(
         self,

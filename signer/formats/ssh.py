@@ -332,6 +332,7 @@ class SshFormat(OutputFormat):
     summary: ClassVar[str] = "SSH signatures (ssh-keygen -Y verify, git)"
     suffix: ClassVar[str] = ".sig"
     per_artifact: ClassVar[bool] = True
+    default_hash: ClassVar[str] = "sha512"
     key_bound: ClassVar[bool] = True
     payload_type: ClassVar[str] = PAYLOAD_TYPE
     payload_description: ClassVar[str] = "an SSH signature request"
