@@ -7,7 +7,9 @@ verifier key):
 
 1. the key in the bundle is the pinned key (same key id);
 2. the artifact's digest is one the bundle signs (for a DSSE bundle: a subject
-   of the signed in-toto statement, whose PAE digest is the one signed), and
+   of the signed in-toto statement, whose PAE digest is the one signed; for a
+   typed request's bundle (`--format ssh`): a file its payload lists, the signed
+   digests being those the format derives from that payload), and
    every signature verifies with the pinned key under the key's scheme;
 3. every approval envelope verifies with the pinned key of the officer it
    names and binds this request, key, key id and exactly these digests; at
@@ -17,7 +19,8 @@ verifier key):
 
 Any failed check raises VerificationError naming it; nothing is partially
 trusted. `BundleFormat` is the output format (`signer.formats.base`) that
-writes and checks these files; `--format dsse` writes one beside its envelope.
+writes and checks these files; every other format writes one beside its output
+(`write_beside`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from signer.errors import (
     EnvelopeError,
     InvalidArgumentError,
     StatementMismatchError,
+    TooLargeError,
     VerificationError,
 )
 from signer.formats.base import Evidence, OutputFormat, SignedRequest, Verdict, write_json
@@ -61,6 +65,7 @@ __all__ = [
     "VerifiedBundle",
     "verify_bundle",
     "verify_bundle_file",
+    "write_beside",
 ]
 
 MEDIA_TYPE = "application/vnd.signer.bundle.v1+json"
@@ -87,6 +92,8 @@ class Bundle:
     approvals: tuple[bytes, ...]  # the officers' DSSE envelopes, verbatim
     audit: SignedProof
     dsse: dict[str, Any] | None = None  # the signed envelope, for a DSSE bundle
+    payload_type: str = ""  # a typed request's payload (not DSSE: the envelope holds that)
+    payload: bytes = b""
 
     @classmethod
     def of(cls, signed: SignedRequest, dsse: dict[str, Any] | None = None) -> Bundle:
@@ -103,6 +110,8 @@ class Bundle:
             approvals=signed.approvals,
             audit=signed.proof,
             dsse=dsse,
+            payload_type="" if dsse is not None else signed.payload_type,
+            payload=b"" if dsse is not None else signed.payload,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -123,6 +132,11 @@ class Bundle:
         }
         if self.dsse is not None:
             d["dsse"] = self.dsse
+        if self.payload_type:
+            d["payload"] = {
+                "type": self.payload_type,
+                "payload": base64.b64encode(self.payload).decode(),
+            }
         return d
 
     @classmethod
@@ -134,6 +148,11 @@ class Bundle:
             dsse = d.get("dsse")
             if dsse is not None and not isinstance(dsse, dict):
                 raise TypeError("dsse must be an object")
+            typed = d.get("payload", {"type": "", "payload": ""})
+            if not isinstance(typed, dict) or set(typed) != {"type", "payload"}:
+                raise TypeError("payload must be {type, payload}")
+            if dsse is not None and typed["type"]:
+                raise TypeError("a bundle carries a DSSE envelope or a typed payload, not both")
             return cls(
                 request_id=str(d["request_id"]),
                 key_name=str(key["name"]),
@@ -146,6 +165,8 @@ class Bundle:
                 approvals=tuple(str(a).encode() for a in d["approvals"]),
                 audit=SignedProof.from_json(d["audit"]),
                 dsse=dsse,
+                payload_type=str(typed["type"]),
+                payload=base64.b64decode(str(typed["payload"]), validate=True),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VerificationError(f"malformed bundle: {str(e)[:200]}") from None
@@ -332,6 +353,8 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
     statement = None
     if bundle.dsse is not None:
         statement, covered = _check_dsse(bundle, file_digests, artifact)
+    elif bundle.payload_type:
+        covered = _check_typed(bundle, file_digests, artifact)
     else:
         found = next((d for d in bundle.digests if file_digests.get(d.algorithm) == d.value), None)
         if found is None:
@@ -355,6 +378,33 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
         bundle.audit.index,
         checkpoint.size,
         statement,
+    )
+
+
+def _check_typed(bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Path) -> str:
+    """A typed request's bundle: the signed digests are those its format derives from the
+    payload for this key, and the file is one of the artifacts the payload lists."""
+    from signer.formats import registry as formats  # the registry imports this module
+
+    try:
+        fmt = formats.for_payload_type(bundle.payload_type)
+        fmt.check_payload(bundle.payload, bundle.digests, len(bundle.digests), bundle.algorithm)
+        listed = fmt.artifacts(bundle.payload) or ()
+    except (InvalidArgumentError, TooLargeError) as e:
+        raise VerificationError(f"the bundle's {bundle.payload_type} payload: {e}") from None
+    found = next((a for a in listed if file_digests.get(a.algorithm) == a.value), None)
+    if found is None:
+        raise VerificationError(f"{artifact.name} is not a file the bundle's request signs")
+    return found.artifact
+
+
+def write_beside(signed: SignedRequest, first: Path) -> str:
+    """The request's evidence bundle beside a format's (first) output file; what to say."""
+    path = first.with_name(first.name + BundleFormat.suffix)
+    write_json(path, Bundle.of(signed).to_json())
+    files = len(signed.digests)
+    return f"evidence bundle written to {path}" + (
+        f" (one for all {files} files)" if files > 1 else ""
     )
 
 
@@ -400,7 +450,10 @@ def _verify_by_any(
 
 
 def _payload_of(bundle: Bundle) -> PayloadBinding | None:
-    """The payload a DSSE bundle's request carried: its envelope's (checked before)."""
+    """The payload the bundle's request carried: a typed payload, or a DSSE envelope's
+    (checked before)."""
+    if bundle.payload_type:
+        return PayloadBinding.of(bundle.payload_type, bundle.payload)
     if bundle.dsse is None:
         return None
     try:

@@ -6,8 +6,9 @@ signature over the SHA-256 of the file, the signature file cosign reads, and
 its digest and a public-key hint (the key id), which Sigstore verifiers check
 given the public key as trust material; no transparency-log entry or timestamp
 is claimed. The proof that the signature is on our audit log is written beside
-it (`ARTIFACT.sig.audit.json`). cosign signs SHA-256 digests only: a request for
-another hash is refused before anything is sent.
+it (`ARTIFACT.sig.audit.json`), the request's evidence bundle beside the first
+(`ARTIFACT.sig.bundle.json`, for `signer verify --bundle`). cosign signs SHA-256
+digests only: a request for another hash is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from signer.errors import ConfigError, InvalidArgumentError, VerificationError
 from signer.formats.base import Carried, Evidence, OutputFormat, SignedRequest, Verdict, write_json
+from signer.formats.bundle import write_beside
 from signer.model import Digest
 from signer.verify import verify_digest
 
@@ -89,7 +91,7 @@ class CosignFormat(OutputFormat):
                 f"cosign signature written to {path} (Sigstore bundle: {bundle}; "
                 f"audit proof: {proof})"
             )
-        return said
+        return [*said, write_beside(signed, targets[0])]
 
     def verify(self, evidence: Evidence) -> Verdict:
         """The base64 signature (or a bundle's message signature) over the file's SHA-256."""

@@ -3,8 +3,9 @@
 The signature is what the key's scheme produces over the artifact's digest
 (ECDSA DER, RSA-PSS or PKCS#1 v1.5), so `openssl dgst -verify` checks it with
 the key's public key and nothing else; `ARTIFACT.sig.audit.json` holds the
-proof that it is on the audit log. `signer verify --signature` checks it with
-the pinned public key only.
+proof that it is on the audit log, and `ARTIFACT.sig.bundle.json` (beside the
+first artifact's) the request's evidence bundle for `signer verify --bundle`.
+`signer verify --signature` checks it with the pinned public key only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from signer.audit.proofs import SignedProof
 from signer.errors import ConfigError, VerificationError
 from signer.formats.base import Evidence, OutputFormat, SignedRequest, Verdict, write_json
+from signer.formats.bundle import write_beside
 from signer.verify import verify_digest
 
 __all__ = ["RawFormat"]
@@ -31,10 +33,11 @@ class RawFormat(OutputFormat):
     per_artifact: ClassVar[bool] = True
 
     def write(self, signed: SignedRequest, targets: Sequence[Path]) -> list[str]:
-        return [
+        said = [
             _write_signature(path, sig, signed.proof)
             for path, sig in zip(targets, signed.signatures, strict=True)
         ]
+        return [*said, write_beside(signed, targets[0])]
 
     def verify(self, evidence: Evidence) -> Verdict:
         if evidence.public_key is None or evidence.digest is None:

@@ -15,7 +15,10 @@ The server derives them itself and refuses a request whose digests are not
 those; officers are shown the namespace and each file's own digest, and whether
 the digests to sign are derived from them; an approval names the payload. The
 output, per artifact `ARTIFACT.sig`, is the armored SSHSIG blob (the public key,
-namespace, hash and signature), with the audit proof beside it.
+namespace, hash and signature), with the audit proof beside it, and the request's
+evidence bundle beside the first (`ARTIFACT.sig.bundle.json`): `signer verify
+--bundle` checks that the signed digests are those derived from the payload it
+keeps, and that the file is one the payload lists.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from signer.formats.base import (
     Verdict,
     write_json,
 )
+from signer.formats.bundle import write_beside
 from signer.model import Digest
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name
 from signer.verify import verify_digest
@@ -426,7 +430,7 @@ class SshFormat(OutputFormat):
             said.append(
                 f"SSH signature ({namespace}) of {name} written to {path} (audit proof: {proof})"
             )
-        return said
+        return [*said, write_beside(signed, targets[0])]
 
     def verify(self, evidence: Evidence) -> Verdict:
         """The armored SSHSIG over the file, by the pinned public key."""
