@@ -19,7 +19,7 @@ from signer.errors import VerificationError
 from signer.formats.base import Evidence
 from signer.formats.cosign import MEDIA_TYPE, CosignFormat, sigstore_bundle
 from signer.model import Digest
-from testbed.commands import run
+from testbed.commands import SIGNER, run
 from testbed.process import Running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +73,11 @@ def test_cosign_outputs_verify_with_openssl_and_sigstore_js(
     bad = run([*SIGSTORE_VERIFY, str(bundle), str(tampered), str(pem)], check=False)
     assert bad.returncode == 1 and "Verification FAILED" in bad.stderr
     assert run([*openssl, str(tampered)], check=False).returncode == 1
+    check = [*SIGNER, "verify", "--format", "cosign", "--public-key", str(pem), "--signature"]
+    for made in (sig, bundle):
+        assert "cosign signature OK" in run([*check, str(made), "--file", str(artifact)]).stdout
+        refused = run([*check, str(made), "--file", str(tampered)], check=False)
+        assert refused.returncode == 1 and "INVALID" in refused.stderr
 
 
 def test_cosign_refuses_a_hash_it_cannot_use(shared: Running, tmp_path: Path) -> None:

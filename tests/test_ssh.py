@@ -84,6 +84,12 @@ def test_ssh_signatures_verify_with_ssh_keygen(shared: Running, tmp_path: Path, 
     wrong_ns = run([*verify, "-n", "git", "-s", str(sig)], input=artifact.read_text(), check=False)
     assert wrong_ns.returncode != 0
     pem = tmp_path / f"{key}.pem"
+    check = [*SIGNER, "verify", "--format", "ssh", "--public-key", str(pem), "--signature"]
+    assert "SSH signature OK" in run([*check, str(sig), "--file", str(artifact)]).stdout
+    changed_file = tmp_path / "changed-file"
+    changed_file.write_bytes(artifact.read_bytes() + b"!")
+    refused = run([*check, str(sig), "--file", str(changed_file)], check=False)
+    assert refused.returncode == 1 and "SSH signature INVALID" in refused.stderr
     fmt = SshFormat()
     assert "OK" in fmt.verify(Evidence(sig, file=artifact, public_key=pem)).text
     changed = tmp_path / "changed"

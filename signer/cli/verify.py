@@ -26,6 +26,9 @@ from signer.model import Digest
 
 __all__ = ["verify"]
 
+# The formats whose output `--signature` checks with the public key alone.
+_SIGNATURE_FORMATS = ("raw", "cosign", "ssh")
+
 
 @click.command()
 @click.option(
@@ -45,6 +48,15 @@ __all__ = ["verify"]
     default="auto",
     show_default=True,
     type=click.Choice(["auto", "ecdsa", "pss", "pkcs1"]),
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="raw",
+    show_default=True,
+    type=click.Choice(list(_SIGNATURE_FORMATS)),
+    help="What --signature is: a raw signature, a cosign .sig or Sigstore bundle, or an "
+    "SSH signature (with --file).",
 )
 @click.option(
     "--bundle",
@@ -67,6 +79,7 @@ def verify(
     hash_name: str,
     signature: Path | None,
     scheme: str,
+    fmt: str,
     bundle_path: Path | None,
     trust_path: Path | None,
     as_json: bool,
@@ -89,10 +102,14 @@ def verify(
             raise click.UsageError("give --public-key and --signature (or --bundle and --trust)")
         if (file is None) == (raw_digest is None):
             raise click.UsageError("give exactly one of --file or --digest")
+        if fmt == "ssh" and file is None:
+            raise click.UsageError("an SSH signature is checked over --file")
         pb = digests_of((file,) if file else (), (raw_digest,) if raw_digest else (), hash_name)[0]
         digest = Digest(HASH_FROM_PB[pb.algorithm], pb.value, pb.artifact_name)
-        evidence = Evidence(signature, digest=digest, public_key=public_key_path, scheme=scheme)
-        verdict = registry.FORMATS["raw"].verify(evidence)
+        evidence = Evidence(
+            signature, file=file, digest=digest, public_key=public_key_path, scheme=scheme
+        )
+        verdict = registry.FORMATS[fmt].verify(evidence)
     if as_json and verdict.fields is not None:
         print_json(dict(verdict.fields))
     else:
