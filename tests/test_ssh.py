@@ -200,6 +200,7 @@ def test_server_refuses_a_key_that_cannot_make_ssh_signatures(shared: Running) -
     ],
 )
 def test_malformed_ssh_payloads_are_refused(payload: bytes, message: str) -> None:
+    """The server's check refuses a payload that is not a strict canonical SSH request."""
     with pytest.raises(InvalidArgumentError, match=message):
         SshFormat().check_payload(payload, [], 100, "ecdsa-p256")
 
@@ -208,6 +209,7 @@ def test_malformed_ssh_payloads_are_refused(payload: bytes, message: str) -> Non
 def test_a_bad_namespace_is_refused_before_anything_is_sent(
     shared: Running, tmp_path: Path, namespace: str
 ) -> None:
+    """A namespace OpenSSH would not take is refused in one line; no request is made."""
     artifact = tmp_path / "a"
     artifact.write_bytes(b"x")
     sign = ["sign", "--key-name", "release", "--file", str(artifact), "--hash", "sha512"]
@@ -222,6 +224,7 @@ def test_a_bad_namespace_is_refused_before_anything_is_sent(
 def test_an_unsuitable_key_is_refused_before_a_request_is_made(
     shared: Running, tmp_path: Path
 ) -> None:
+    """An RSA-PSS key is refused by the client, naming the key types to use."""
     artifact = tmp_path / "a"
     artifact.write_bytes(b"x")
     sign = ["sign", "--key-name", "k-rsa-pss-3072", "--file", str(artifact), "--hash", "sha512"]
