@@ -26,7 +26,7 @@ from signer.formats.base import Evidence
 from signer.formats.ssh import PAYLOAD_TYPE, SshFormat, SshRequest, public_key_line
 from signer.model import Digest
 from signer.v1 import approval_pb2, types_pb2
-from testbed.commands import SIGNER, run, wait_until
+from testbed.commands import APPROVER, SIGNER, run, wait_until
 from testbed.process import Running
 
 KEYS = ("k-ecdsa-p256", "k-ecdsa-p384", "k-rsa-pkcs1-3072")
@@ -379,3 +379,51 @@ def test_keys_ssh_prints_the_public_key_and_an_allowed_signers_line(
     bad = run([*keys, "k-rsa-pss-3072"], check=False)
     assert bad.returncode != 0
     assert "SSH signatures need an ecdsa-p256" in bad.stderr
+
+
+def _approver(shared: Running, who: str, *args: str) -> str:
+    return run([*APPROVER, *args, "--profile", str(shared.env.profile_path(who))]).stdout
+
+
+def test_approver_shows_the_namespace_and_file_digest_and_signs_the_payload(
+    shared: Running, tmp_path: Path
+) -> None:
+    """`approver show` prints the namespace and the file's own SHA-512 with the check that
+    the digest to sign is derived from them; `approver approve` signs a statement naming
+    the payload, and two such approvals get the request signed."""
+    artifact = tmp_path / "shown.tar"
+    artifact.write_bytes(b"what the officer sees")
+    sign = ["sign", "--key-name", "release", "--file", str(artifact), "--format", "ssh"]
+    made = CliRunner().invoke(main, [*sign, "--namespace", "file", "--no-wait", *_ci(shared)])
+    assert made.exit_code == 0, made.output
+    request_id = made.stdout.strip()
+    shown = json.loads(_approver(shared, "alice", "show", request_id, "--json"))
+    assert shown["ssh"]["namespace"] == "file"
+    own = hashlib.sha512(b"what the officer sees").hexdigest()
+    assert shown["ssh"]["artifacts"] == [{"name": "shown.tar", "digest": own}]
+    assert shown["payload_matches_digest"] is True
+    table = _approver(shared, "alice", "show", request_id)
+    assert "ssh namespace" in table and own[:40] in table.replace("\n", "")
+    assert "the digests to sign are the SSH signatures of these files" in table
+    _approver(shared, "alice", "approve", request_id, "--yes")
+    _approver(shared, "bob", "approve", request_id, "--yes")
+    request = shared.clients.get(request_id)
+    assert request.state == types_pb2.REQUEST_STATE_SIGNED
+    statement = json.loads(base64.b64decode(json.loads(request.approvals[0].envelope)["payload"]))
+    assert statement["payload"]["sha256"] == hashlib.sha256(request.payload).hexdigest()
+
+
+def test_officers_are_warned_when_the_digest_is_not_derived_from_the_files() -> None:
+    """A server that shows one file but asks to sign another's digest: the approver's view
+    says MISMATCH and lists a problem, so the approval is refused."""
+    request = SshRequest("git", "sha512", [Digest("sha512", hashlib.sha512(b"a").digest(), "a")])
+    other = SshRequest("git", "sha512", [Digest("sha512", hashlib.sha512(b"b").digest(), "a")])
+    fmt = SshFormat()
+    described = fmt.describe(
+        PAYLOAD_TYPE, request.to_bytes(), other.signed_digests("ecdsa-p256"), "ecdsa-p256"
+    )
+    assert described["payload_matches_digest"] is False
+    assert fmt.problems(described) == ["the digests to sign are not those of the files shown"]
+    assert any("MISMATCH" in str(cell) for _, cell in fmt.rows(described))
+    broken = fmt.describe(PAYLOAD_TYPE, b"{}", [], "ecdsa-p256")
+    assert fmt.problems(broken)[0].startswith("the SSH signature request cannot be shown")
