@@ -288,7 +288,12 @@ def test_git_signs_commits_and_tags_through_the_ssh_keygen_dropin(
     passes through to the real ssh-keygen); a tampered commit does not verify."""
     allowed = _allowed_signers(shared, tmp_path, "release")
     pub = tmp_path / "release.pub"
-    pub.write_text(allowed.read_text().split(" ", 1)[1])
+    got = CliRunner().invoke(
+        main,
+        ["public-key", "--key-name", "release", "--format", "ssh", "--out", str(pub), *_ci(shared)],
+    )
+    assert got.exit_code == 0, got.output
+    assert pub.read_text().split()[:2] == allowed.read_text().split()[1:3]
     home = tmp_path / "home"
     home.mkdir()
     env = {

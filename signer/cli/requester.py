@@ -42,6 +42,7 @@ from signer.client.workflow import Asked
 from signer.convert import HASH_FROM_PB, digest_pb
 from signer.errors import ResponseMismatchError
 from signer.formats import registry
+from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.model import Digest
 from signer.parsing import MAX_TTL, parse_duration
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
@@ -398,13 +399,27 @@ def cancel(request_id: str, profile_path: Path | None, server: str | None, reaso
 @profile_opt
 @server_opt
 @click.option("--key-name", required=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Write the PEM here.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the key here.")
+@click.option(
+    "--format",
+    "key_format",
+    default="pem",
+    show_default=True,
+    type=click.Choice(["pem", "ssh"]),
+    help="pem: SubjectPublicKeyInfo PEM; ssh: the OpenSSH line git's user.signingkey and "
+    "allowed_signers take.",
+)
 @handle_errors
 def public_key(
-    profile_path: Path | None, server: str | None, key_name: str, out: Path | None
+    profile_path: Path | None, server: str | None, key_name: str, out: Path | None, key_format: str
 ) -> None:
-    """Fetch a signing key's public key (PEM) from the server."""
+    """Fetch a signing key's public key from the server (checked against its key id)."""
     profile = load_profile(profile_path, server)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
         key = workflow.public_key(profile, stub, key_name)
-    emit(workflow.checked_key(key, key_name), out)
+    pem = workflow.checked_key(key, key_name)
+    if key_format == "ssh":
+        ssh_algorithm(key.algorithm, key_name)  # a key SSH cannot use: say which to use
+        emit(f"{public_key_line(pem)} {key_name}\n", out)
+    else:
+        emit(pem, out)
