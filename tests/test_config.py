@@ -195,6 +195,13 @@ _CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("server-missing", _drop("server"), "server"),
     ("server-not-table", set_value("server", value="127.0.0.1:7443"), "server"),
     ("log-format", set_value("log", "format", value="xml"), "log.format"),
+    ("key-formats-unknown", set_value(*RELEASE, "formats", value=["gpg"]), "keys.release.formats"),
+    ("key-formats-empty", set_value(*RELEASE, "formats", value=[]), "keys.release.formats"),
+    (
+        "key-formats-twice",
+        set_value(*RELEASE, "formats", value=["ssh", "ssh"]),
+        "keys.release.formats",
+    ),
     (
         "access-method",
         set_value("access", value={"SignerService": ["admin"]}),
@@ -260,6 +267,15 @@ def test_relative_paths_resolve_against_the_config_file(root: Path, monkeypatch:
     path = write_config(root, valid_config())
     monkeypatch.chdir("/")
     assert load_config(path).token.pin_file == (root / "secrets" / "token.pin").resolve()
+
+
+def test_key_formats_load_as_payload_types(root: Path) -> None:
+    """`formats = ["ssh", "digests"]` keeps a key to SSH requests and plain digests."""
+    cfg = valid_config()
+    set_value(*RELEASE, "formats", value=["ssh", "digests"])(cfg)
+    policy = load_config(write_config(root, cfg)).keys["release"]
+    assert policy.payload_types == ("application/vnd.signer.sshsig.v1+json", "")
+    assert load_config(write_config(root, valid_config())).keys["release"].payload_types == ()
 
 
 def test_config_is_frozen(root: Path) -> None:

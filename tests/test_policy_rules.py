@@ -32,7 +32,8 @@ from signer.core.policy import ClaimRule, KeyPolicy
 from signer.dsse import Binding, Statement
 from signer.encoding import canonical_json, format_time
 from signer.errors import PermissionDeniedError, StatementMismatchError, VerificationError
-from signer.model import State
+from signer.formats.ssh import SshRequest
+from signer.model import Digest, State
 from tests.fakes import World
 from tests.synthetic_log import Synth as _Synth
 from tests.synthetic_log import valid_quorum as _valid
@@ -277,6 +278,7 @@ def _policies(draw: st.DrawFn) -> KeyPolicy:
             ClaimRule(issuer, conditions)
             for issuer, conditions in draw(st.lists(st.tuples(_NAMES, claims), max_size=3))
         ),
+        payload_types=tuple(sorted(draw(st.sets(st.sampled_from(["", _SSH]), max_size=2)))),
     )
 
 
@@ -373,3 +375,69 @@ def test_the_core_and_the_offline_verifier_call_the_one_binding_rule(
     assert _refused(synth, tmp_path / "log") == (
         "entry 2 (request.approved): the approve by alice is not bound to this request"
     )
+
+
+# -- a key kept to its typed requests ------------------------------------------------------
+
+_SSH = "application/vnd.signer.sshsig.v1+json"
+
+
+def test_a_key_kept_to_ssh_refuses_plain_digests_and_other_payloads(world: World) -> None:
+    """With payload_types = [sshsig], a bare digest (which could be an SSHSIG signed-data
+    digest officers cannot read as one) and a DSSE statement are refused, nothing is
+    recorded; an SSH request is taken."""
+    old = world.policies["release"]
+    world.policies["release"] = dataclasses.replace(old, payload_types=(_SSH,))
+    world.restart()
+    before = len(world.audit())
+    with pytest.raises(PermissionDeniedError, match=re.escape("signs only " + _SSH)):
+        world.create()
+    with pytest.raises(PermissionDeniedError) as e:
+        world.core.create(
+            "ci",
+            "release",
+            [],
+            {},
+            None,
+            payload_type="application/vnd.in-toto+json",
+            payload=b"{}",
+        )
+    assert e.value.reason == "FORMAT_NOT_ALLOWED"
+    assert world.requests() == [] and len(world.audit()) == before
+    ssh = SshRequest("git", "sha512", [Digest("sha512", bytes(64), "commit")])
+    made = world.core.create(
+        "ci",
+        "release",
+        list(ssh.signed_digests("ecdsa-p256")),
+        {},
+        None,
+        payload_type=_SSH,
+        payload=ssh.to_bytes(),
+    )
+    assert made.payload_type == _SSH
+
+
+def test_offline_refuses_a_plain_request_on_a_key_kept_to_ssh(
+    synth: _Synth, tmp_path: Path
+) -> None:
+    """A request.created of plain digests under a policy kept to SSH requests is refused."""
+    policy = synth.policy()
+    policy["keys"]["release"]["payload_types"] = [_SSH]
+    synth.started(policy)
+    bad = synth.created()
+    assert _refused(synth, tmp_path / "log") == (
+        f"entry {bad} (request.created): the policy in force refuses this request: "
+        f"key 'release' signs only {_SSH}, not plain digests"
+    )
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [([], "names at least one"), ([_SSH, _SSH], "lists one twice"), ("x", "list")],
+)
+def test_recorded_payload_types_are_checked(value: Any, message: str) -> None:
+    """A recorded policy's payload_types must be a non-empty list without repeats."""
+    d = KeyPolicy("release", None, ("alice",), 1, ("ci",), dt.timedelta(hours=1)).as_dict()
+    d["payload_types"] = value
+    with pytest.raises(ValueError, match=message):
+        KeyPolicy.from_dict(d)

@@ -250,7 +250,8 @@ class _Request:
             frozenset(caller.barred if caller else ()),
             _payload(d),
         )
-        return request, Ask(e.actor, caller, _lifetime(e))
+        payload_type = field(d, "payload_type", str, "details", "")
+        return request, Ask(e.actor, caller, _lifetime(e), payload_type)
 
     def binding(self, request_id: str) -> Binding:
         return Binding(request_id, self.key_name, self.key_id, self.digests, self.payload)

@@ -136,7 +136,7 @@ class Core(Signing, Recording, AuditReader):
         """
         policy, spec = self._key(key_name)
         lifetime = intake.lifetime(ttl, policy)
-        policy.check_request(Ask(actor, caller, lifetime))
+        policy.check_request(Ask(actor, caller, lifetime, payload_type))
         intake.check_digests(digests, spec, self.limits)
         intake.check_context(context, self.limits)
         intake.check_payload(payload_type, payload, digests, spec, self.limits)

@@ -26,7 +26,16 @@ from signer.parsing import MAX_TTL
 __all__ = ["ClaimRule", "KeyPolicy"]
 
 _KEY_FIELDS = frozenset(
-    {"name", "algorithm", "approvers", "threshold", "requesters", "max_ttl_seconds", "oidc"}
+    {
+        "name",
+        "algorithm",
+        "approvers",
+        "threshold",
+        "requesters",
+        "max_ttl_seconds",
+        "oidc",
+        "payload_types",
+    }
 )
 
 
@@ -69,6 +78,7 @@ class KeyPolicy:
     requesters: tuple[str, ...]
     max_ttl: dt.timedelta
     oidc: tuple[ClaimRule, ...] = ()
+    payload_types: tuple[str, ...] = ()  # the payloads its requests may carry ("": digests)
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -105,7 +115,7 @@ class KeyPolicy:
     # -- the recorded form -------------------------------------------------------------------
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "algorithm": self.algorithm.name if self.algorithm else None,
             "approvers": sorted(self.approvers),
@@ -114,13 +124,17 @@ class KeyPolicy:
             "max_ttl_seconds": int(self.max_ttl.total_seconds()),
             "oidc": [r.as_dict() for r in self.oidc],
         }
+        if self.payload_types:  # absent: any (what policies recorded before it said)
+            d["payload_types"] = sorted(self.payload_types)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "policy") -> KeyPolicy:
         """The inverse of `as_dict`, for a recorded policy (hostile input): each field of
         its type and range, no field it does not know; ValueError names the field.
 
-        A missing `oidc` is no claim rules: logs from before OIDC requesters lack it.
+        A missing `oidc` is no claim rules: logs from before OIDC requesters lack it;
+        a missing `payload_types` is any payload, as before the rule.
         """
         typed(d, dict, where)
         unknown = sorted(set(d) - _KEY_FIELDS)
@@ -148,7 +162,17 @@ class KeyPolicy:
                 ClaimRule.from_dict(r, f"{where}.oidc[{i}]")
                 for i, r in enumerate(field(d, "oidc", list, where, []))
             ),
+            payload_types=_payload_types(d, where),
         )
+
+
+def _payload_types(d: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    kinds = strings(d, "payload_types", where, [])
+    if "payload_types" in d and not kinds:
+        raise ValueError(f"{where}.payload_types, when present, names at least one")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"{where}.payload_types lists one twice")
+    return tuple(kinds)
 
 
 def _algorithm(d: Mapping[str, Any], where: str) -> KeyAlgorithm | None:

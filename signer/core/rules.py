@@ -40,6 +40,7 @@ __all__ = [
     "Approvers",
     "Ask",
     "MaxTtl",
+    "Payloads",
     "Requesters",
     "Rule",
     "Threshold",
@@ -50,11 +51,12 @@ __all__ = [
 @dataclass(frozen=True)
 class Ask:
     """A request as the rules see it: who asked, with which OIDC token (None: mTLS),
-    and for how long (None when a log did not record it)."""
+    for how long (None when a log did not record it), and carrying which payload."""
 
     requester: str
     caller: TokenCaller | None = None
     lifetime: dt.timedelta | None = None
+    payload_type: str = ""  # the format payload it carries; "" for plain digests
 
 
 class Rule:
@@ -112,6 +114,23 @@ class MaxTtl(Rule):
             )
 
 
+class Payloads(Rule):
+    """A key may be kept to the typed requests it exists for (`payload_types`): then a
+    request carrying any other payload, or plain digests ("" unless listed), is refused.
+    So a key git trusts for SSH signatures never signs a bare digest an officer cannot
+    read as a commit, nor a DSSE statement."""
+
+    def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        allowed = policy.payload_types
+        if allowed and ask.payload_type not in allowed:
+            shown = ", ".join(t or "plain digests" for t in allowed)
+            asked = echo(ask.payload_type) if ask.payload_type else "plain digests"
+            raise PermissionDeniedError(
+                f"key {policy.name!r} signs only {shown}, not {asked}",
+                reason="FORMAT_NOT_ALLOWED",
+            )
+
+
 class Approvers(Rule):
     """Only the officers the key's policy names decide on its requests."""
 
@@ -129,4 +148,4 @@ class Threshold(Rule):
         return f"{len(counted)} valid distinct approvals; the policy needs {policy.threshold}"
 
 
-RULES: list[Rule] = [Requesters(), MaxTtl(), Approvers(), Threshold()]
+RULES: list[Rule] = [Requesters(), MaxTtl(), Payloads(), Approvers(), Threshold()]

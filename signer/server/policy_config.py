@@ -32,6 +32,7 @@ from signer.algorithms import ALGORITHMS
 from signer.approval import registry
 from signer.approval.keys import ApprovalKey
 from signer.core.policy import ClaimRule, KeyPolicy
+from signer.formats import registry as formats
 from signer.parsing import MAX_TTL
 from signer.server._config_reader import _SECOND, _duration_of, _Reader
 from signer.text import KEY_NAME
@@ -286,7 +287,7 @@ def _keys(
     out = {}
     for name in r.table:
         k = r.sub(name)
-        k.only("algorithm", "approvers", "threshold", "requesters", "max_ttl", "oidc")
+        k.only("algorithm", "approvers", "threshold", "requesters", "max_ttl", "oidc", "formats")
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
         alg_name = k.get("algorithm", str, None)
@@ -323,8 +324,28 @@ def _keys(
             requesters,
             max_ttl,
             oidc,
+            _payload_types(k),
         )
     return out
+
+
+def _payload_types(k: _Reader) -> tuple[str, ...]:
+    """`formats = ["ssh"]`: the typed formats (and `digests`, plain digests) a key's
+    requests may use; absent: any. Recorded as the payload types they carry."""
+    names = k.names("formats", [])
+    if "formats" in k.table and not names:
+        raise k.error("formats", "names no format; leave it out to allow any")
+    typed = {f.name: f.payload_type for f in formats.FORMATS.values() if f.payload_type}
+    known = {"digests": "", **typed}
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise k.error(
+            "formats",
+            f"unknown {bad[0]!r}; one of {', '.join(known)} (digests: raw, bundle and cosign)",
+        )
+    if len(set(names)) != len(names):
+        raise k.error("formats", "lists a format twice")
+    return tuple(known[n] for n in names)
 
 
 def _access(r: _Reader) -> dict[str, frozenset[str]]:
