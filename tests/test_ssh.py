@@ -17,13 +17,22 @@ from pathlib import Path
 import grpc
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from signer.cli.main import main
 from signer.convert import digest_pb
 from signer.dsse import Statement
 from signer.errors import InvalidArgumentError, VerificationError
 from signer.formats.base import Evidence
-from signer.formats.ssh import PAYLOAD_TYPE, SshFormat, SshRequest, public_key_line
+from signer.formats.ssh import (
+    PAYLOAD_TYPE,
+    SshFormat,
+    SshRequest,
+    armor,
+    public_key_line,
+    signed_data,
+)
 from signer.model import Digest
 from signer.v1 import approval_pb2, types_pb2
 from testbed.commands import APPROVER, SIGNER, run, wait_until
@@ -85,11 +94,16 @@ def test_ssh_signatures_verify_with_ssh_keygen(shared: Running, tmp_path: Path, 
     assert wrong_ns.returncode != 0
     pem = tmp_path / f"{key}.pem"
     check = [*SIGNER, "verify", "--format", "ssh", "--public-key", str(pem), "--signature"]
-    assert "SSH signature OK" in run([*check, str(sig), "--file", str(artifact)]).stdout
+    ok = run([*check, str(sig), "--file", str(artifact), "--namespace", "file"])
+    assert "SSH signature OK" in ok.stdout
     changed_file = tmp_path / "changed-file"
     changed_file.write_bytes(artifact.read_bytes() + b"!")
-    refused = run([*check, str(sig), "--file", str(changed_file)], check=False)
+    refused = run(
+        [*check, str(sig), "--file", str(changed_file), "--namespace", "file"], check=False
+    )
     assert refused.returncode == 1 and "SSH signature INVALID" in refused.stderr
+    other_ns = run([*check, str(sig), "--file", str(artifact), "--namespace", "git"], check=False)
+    assert other_ns.returncode == 1 and "not 'git': INVALID" in other_ns.stderr
     fmt = SshFormat()
     assert "OK" in fmt.verify(Evidence(sig, file=artifact, public_key=pem)).text
     changed = tmp_path / "changed"
@@ -205,7 +219,7 @@ def test_malformed_ssh_payloads_are_refused(payload: bytes, message: str) -> Non
         SshFormat().check_payload(payload, [], 100, "ecdsa-p256")
 
 
-@pytest.mark.parametrize("namespace", ["", "has space", "-lead", "x" * 65, "ns\n"])
+@pytest.mark.parametrize("namespace", ["has space", "-lead", "x" * 65, "ns\n", "é"])
 def test_a_bad_namespace_is_refused_before_anything_is_sent(
     shared: Running, tmp_path: Path, namespace: str
 ) -> None:
@@ -432,3 +446,56 @@ def test_officers_are_warned_when_the_digest_is_not_derived_from_the_files() -> 
     assert any("MISMATCH" in str(cell) for _, cell in fmt.rows(described))
     broken = fmt.describe(PAYLOAD_TYPE, b"{}", [], "ecdsa-p256")
     assert fmt.problems(broken)[0].startswith("the SSH signature request cannot be shown")
+
+
+def test_a_missing_namespace_is_refused_before_connecting(tmp_path: Path) -> None:
+    """--format ssh without --namespace is a usage error, said before any profile or server
+    is needed."""
+    artifact = tmp_path / "a"
+    artifact.write_bytes(b"x")
+    r = CliRunner().invoke(
+        main, ["sign", "--key-name", "release", "--file", str(artifact), "--format", "ssh"]
+    )
+    assert r.exit_code == 2 and "--format ssh needs --namespace" in r.stderr
+
+
+def test_verify_refuses_a_signature_labelled_with_another_algorithm(tmp_path: Path) -> None:
+    """A P-384 key's signature labelled ecdsa-sha2-nistp256 (over SHA-256) is refused, as
+    ssh-keygen refuses it; the correctly labelled one verifies."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    pem_path = tmp_path / "k.pem"
+    pem_path.write_text(pem)
+    artifact = tmp_path / "f"
+    artifact.write_bytes(b"labelled")
+    data = signed_data("file", "sha512", hashlib.sha512(b"labelled").digest())
+    sig = tmp_path / "f.sig"
+    for label, hash_name, good in (("ecdsa-p384", "sha384", True), ("ecdsa-p256", "sha256", False)):
+        h = hashes.SHA384() if hash_name == "sha384" else hashes.SHA256()
+        der = key.sign(hashlib.new(hash_name, data).digest(), ec.ECDSA(utils.Prehashed(h)))
+        sig.write_text(armor(pem, label, "file", "sha512", der))
+        evidence = Evidence(sig, file=artifact, public_key=pem_path, namespace="file")
+        if good:
+            assert "OK" in SshFormat().verify(evidence).text
+        else:
+            with pytest.raises(VerificationError, match="this key signs ecdsa-sha2-nistp384"):
+                SshFormat().verify(evidence)
+
+
+def test_the_dropin_runs_only_an_absolute_real_ssh_keygen_and_never_itself(
+    tmp_path: Path,
+) -> None:
+    """A relative $SIGNER_REAL_SSH_KEYGEN (a repository's own ./ssh-keygen) is refused, and a
+    pass-through that reaches a drop-in again stops with a message instead of looping."""
+    env = {**os.environ, "SIGNER_REAL_SSH_KEYGEN": "ssh-keygen"}
+    r = run([DROPIN, "-Y", "check-novalidate"], env=env, check=False)
+    assert r.returncode == 2 and "must be an absolute path" in r.stderr
+    env = {**os.environ, "SIGNER_REAL_SSH_KEYGEN": DROPIN}
+    r = run([DROPIN, "-Y", "check-novalidate"], env=env, check=False, timeout=60)
+    assert r.returncode == 2 and "is a drop-in again" in r.stderr
+    passed = run([DROPIN, "-l", "-f", "/nonexistent"], check=False)
+    assert "nonexistent" in passed.stderr  # the real ssh-keygen's own complaint

@@ -45,13 +45,22 @@ __all__ = ["ssh_keygen", "ssh_keygen_main"]
 _SIGN_OPTIONS = "n:f:O:UqI:"  # what `ssh-keygen -Y sign` takes (-I, -q accepted, ignored)
 
 
+_PASSED = "SIGNER_DROPIN_PASSED"  # set for the real tool: a drop-in reached again stops
+
+
 def _real(env: str, program: str) -> str:
-    """The real program: $ENV, else the first `program` on PATH that is not this one."""
+    """The real program: $ENV (an absolute path), else the first `program` in PATH's
+    absolute directories that is not this drop-in (git runs it inside a worktree, so a
+    relative entry could name the repository's own `./ssh-keygen`)."""
     named = os.environ.get(env)
     if named:
+        if not os.path.isabs(named):
+            raise ConfigError(f"${env} must be an absolute path, not {named[:80]!r}")
         return named
     me = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
     for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not os.path.isabs(directory):
+            continue
         found = shutil.which(program, path=directory)
         if found and (me is None or Path(found).resolve() != me):
             return found
@@ -59,8 +68,16 @@ def _real(env: str, program: str) -> str:
 
 
 def _pass_through(env: str, program: str, args: Sequence[str]) -> NoReturn:
+    if os.environ.get(_PASSED):
+        raise ConfigError(
+            f"the {program} this drop-in passes calls to is a drop-in again; set ${env} "
+            f"to the real {program}"
+        )
     real = _real(env, program)
-    os.execv(real, [real, *args])  # noqa: S606 -- the real tool, given the same arguments
+    try:
+        os.execve(real, [real, *args], {**os.environ, _PASSED: "1"})  # noqa: S606 -- the real tool, same arguments
+    except OSError as e:
+        raise ConfigError(f"cannot run {real}: {e.strerror}") from None
 
 
 def _key_line(path: Path) -> tuple[str, str]:
@@ -95,9 +112,20 @@ def _find_key(profile: Profile, stub: signing_pb2_grpc.SigningServiceStub, path:
 def _timeout() -> dt.timedelta:
     text = os.environ.get("SIGNER_TIMEOUT", "15m")
     try:
-        return parse_duration(text, dt.timedelta(0), MAX_TTL)
+        return parse_duration(text, dt.timedelta(seconds=1), MAX_TTL)
     except ValueError as e:
         raise ConfigError(f"SIGNER_TIMEOUT: {e}") from None
+
+
+def _hashed(path: Path, hash_name: str) -> bytes:
+    h = hashlib.new(hash_name)
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return h.digest()
 
 
 def _sign(args: Sequence[str]) -> None:
@@ -125,10 +153,8 @@ def _sign(args: Sequence[str]) -> None:
             stdin = Path(scratch) / "stdin"
             stdin.write_bytes(sys.stdin.buffer.read())
             paths = [stdin]
-        artifacts = [
-            Digest(hash_name, hashlib.new(hash_name, p.read_bytes()).digest(), p.name)
-            for p in paths
-        ]
+        artifacts = [Digest(hash_name, _hashed(p, hash_name), p.name) for p in paths]
+        wanted = _key_line(Path(given["-f"]))
         with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
             key_name = _find_key(profile, stub, Path(given["-f"]))
             key = workflow.public_key(profile, stub, key_name)
@@ -154,6 +180,8 @@ def _sign(args: Sequence[str]) -> None:
             if request.state != types_pb2.REQUEST_STATE_SIGNED:
                 fail(f"request {request.id} was not signed: {request.status_message or 'timeout'}")
             signed = verified(profile, stub, request, asked)
+        if tuple(ssh.public_key_line(signed.public_key_pem).split()[:2]) != wanted:
+            fail(f"request {request.id} was signed by a key other than the one in {given['-f']}")
         targets = [p.with_name(p.name + ".sig") for p in paths]
         ssh.write_signatures(signed, targets)
         if not files:

@@ -193,6 +193,8 @@ def sign(
         raise click.UsageError(problem)
     if namespace and fmt != "ssh":
         raise click.UsageError("--namespace is for --format ssh")
+    if fmt == "ssh" and not namespace:
+        raise click.UsageError("--format ssh needs --namespace (git signs with `git`)")
     context = _context(ctx)
     params = {"namespace": namespace} if fmt == "ssh" else {}
     chosen = hash_name or output.default_hash  # "": the key's own, known once it is fetched
@@ -297,7 +299,7 @@ def status(
             profile, stub.GetSigningRequest, signing_pb2.GetSigningRequestRequest(id=request_id)
         ).request
         workflow.check_response(r, asked)
-        own = _own_digests(r, files) if files else None
+        own = _own_digests(r, files, fmt) if files else None
         d = request_dict(r)
         if as_json:
             print_json(d)
@@ -311,7 +313,7 @@ def status(
 
 
 def _own_digests(
-    r: types_pb2.SigningRequest, files: tuple[Path, ...]
+    r: types_pb2.SigningRequest, files: tuple[Path, ...], fmt: str
 ) -> list[tuple[str, bytes]] | None:
     """The files' own digests, hashed as the request's are; they must be the request's
     (for a typed request, those its payload lists; then None: its signatures are over
@@ -323,10 +325,19 @@ def _own_digests(
     own: list[tuple[str, bytes]] | None = []
     listed: Sequence[types_pb2.Digest] = r.digests
     if r.payload:
-        artifacts = registry.shown_by(r.payload_type).artifacts(r.payload)
+        carrier = registry.shown_by(r.payload_type)
+        artifacts = carrier.artifacts(r.payload)
         if artifacts is None:
             raise click.UsageError(
                 f"request {r.id} signs a DSSE statement, not the files; leave out --file"
+            )
+        if carrier.name != fmt:
+            raise click.UsageError(
+                f"request {r.id} is a {carrier.name} request; use --format {carrier.name}"
+            )
+        if len(artifacts) != len(files):
+            raise ResponseMismatchError(
+                f"request {r.id} lists {len(artifacts)} files, {len(files)} were given"
             )
         listed = [digest_pb(a) for a in artifacts]
         own = None  # each signature is over the format's structure, derived from the files

@@ -59,6 +59,9 @@ _SIGNATURE_FORMATS = ("raw", "cosign", "ssh")
     "SSH signature (with --file).",
 )
 @click.option(
+    "--namespace", default="", help="--format ssh: the namespace the signature must be for."
+)
+@click.option(
     "--bundle",
     "bundle_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -80,6 +83,7 @@ def verify(
     signature: Path | None,
     scheme: str,
     fmt: str,
+    namespace: str,
     bundle_path: Path | None,
     trust_path: Path | None,
     as_json: bool,
@@ -102,12 +106,21 @@ def verify(
             raise click.UsageError("give --public-key and --signature (or --bundle and --trust)")
         if (file is None) == (raw_digest is None):
             raise click.UsageError("give exactly one of --file or --digest")
-        if fmt == "ssh" and file is None:
-            raise click.UsageError("an SSH signature is checked over --file")
+        if fmt == "ssh" and (file is None or not namespace):
+            raise click.UsageError(
+                "an SSH signature is checked over --file, for a --namespace (git, file...)"
+            )
+        if namespace and fmt != "ssh":
+            raise click.UsageError("--namespace is for --format ssh")
         pb = digests_of((file,) if file else (), (raw_digest,) if raw_digest else (), hash_name)[0]
         digest = Digest(HASH_FROM_PB[pb.algorithm], pb.value, pb.artifact_name)
         evidence = Evidence(
-            signature, file=file, digest=digest, public_key=public_key_path, scheme=scheme
+            signature,
+            file=file,
+            digest=digest,
+            public_key=public_key_path,
+            scheme=scheme,
+            namespace=namespace,
         )
         verdict = registry.FORMATS[fmt].verify(evidence)
     if as_json and verdict.fields is not None:

@@ -74,6 +74,7 @@ class Evidence:
     public_key: Path | None = None  # the signing key's PEM
     trust: Path | None = None  # a trust file (signer.formats.bundle.Trust)
     scheme: str = "auto"
+    namespace: str = ""  # an SSH signature's namespace, which the verifier demands
 
 
 @dataclass(frozen=True)

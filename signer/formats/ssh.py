@@ -316,19 +316,47 @@ def write_signatures(signed: SignedRequest, targets: Sequence[Path]) -> list[tup
             f"request {signed.request_id}: the signed digests are not those of its files; "
             "not written"
         )
+    expected, _ = _expected_algorithm(_key_blob(signed.public_key_pem)[1])
+    if ssh_algorithm(signed.algorithm)[0] != expected:
+        raise VerificationError(
+            f"request {signed.request_id}: the key is said to be {signed.algorithm}, its public "
+            "key is not; not written"
+        )
     written = []
     for path, sig, a in zip(targets, signed.signatures, request.artifacts, strict=True):
-        path.write_text(
-            armor(
+        try:
+            text = armor(
                 signed.public_key_pem,
                 signed.algorithm,
                 request.namespace,
                 request.hash_algorithm,
                 sig,
             )
-        )
+        except ValueError:
+            raise VerificationError(
+                f"request {signed.request_id}: a signature is not one the key makes; not written"
+            ) from None
+        path.write_text(text)
         written.append((path, request.namespace, a.artifact))
     return written
+
+
+def _expected_algorithm(pub: Any) -> tuple[str, str]:
+    """The SSH signature algorithm (and its hash) this service makes with `pub`."""
+    if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1":
+        return _SSH_ALGORITHMS["ecdsa-p256"]
+    if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp384r1":
+        return _SSH_ALGORITHMS["ecdsa-p384"]
+    if isinstance(pub, rsa.RSAPublicKey):
+        return _SSH_ALGORITHMS["rsa-pkcs1-3072"]
+    raise ConfigError("the public key cannot make SSH signatures (P-256, P-384 or RSA)")
+
+
+def _positive_mpint(b: bytes) -> int:
+    """An SSH mpint that is positive and minimally encoded (RFC 4251 §5)."""
+    if not b or b[0] & 0x80 or (b[0] == 0 and (len(b) == 1 or not b[1] & 0x80)):
+        raise ValueError("not a minimal positive mpint")
+    return int.from_bytes(b, "big")
 
 
 class SshFormat(OutputFormat):
@@ -449,20 +477,30 @@ class SshFormat(OutputFormat):
             raise VerificationError("the SSH signature is by another key: INVALID")
         if sig["hash_algorithm"] not in ARTIFACT_HASHES or sig["reserved"]:
             raise VerificationError("the SSH signature's hash is not sha512 or sha256: INVALID")
-        file_digest = hashlib.new(sig["hash_algorithm"], evidence.file.read_bytes()).digest()
+        if evidence.namespace and sig["namespace"] != evidence.namespace:
+            raise VerificationError(
+                f"the SSH signature is for namespace {sig['namespace'][:64]!r}, not "
+                f"{evidence.namespace!r}: INVALID"
+            )
+        expected, hash_name = _expected_algorithm(pub)
+        if sig["sig_algorithm"] != expected:
+            raise VerificationError(
+                f"the SSH signature is {sig['sig_algorithm'][:40]!r}; this key signs "
+                f"{expected}: INVALID"
+            )
+        try:
+            file_digest = hashlib.new(sig["hash_algorithm"], evidence.file.read_bytes()).digest()
+        except OSError as e:
+            raise ConfigError(f"cannot read {evidence.file}: {e.strerror}") from None
         data = signed_data(sig["namespace"], sig["hash_algorithm"], file_digest)
-        algorithm = next(
-            (a for a, (n, _) in _SSH_ALGORITHMS.items() if n == sig["sig_algorithm"]), ""
-        )
-        _, hash_name = ssh_algorithm(algorithm)
         try:
             raw = sig["sig_blob"]
             if isinstance(pub, ec.EllipticCurvePublicKey):
                 r = _Reader(raw)
-                rs = [int.from_bytes(r.string(), "big") for _ in range(2)]
+                rs = [_positive_mpint(r.string()) for _ in range(2)]
+                if r.at != len(raw):
+                    raise ValueError("trailing bytes after the ECDSA signature")
                 raw = encode_dss_signature(*rs)
-            elif not isinstance(pub, rsa.RSAPublicKey):
-                raise VerificationError("the key cannot make SSH signatures")
             verify_digest(pub, hash_name, hashlib.new(hash_name, data).digest(), raw, "pkcs1")
         except (InvalidSignature, ValueError, struct.error):
             raise VerificationError("SSH signature INVALID") from None
