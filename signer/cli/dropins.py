@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getopt
-import hashlib
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from typing import NoReturn
 
 import click
 
+from signer.cli._common import file_digest
 from signer.cli._outputs import verified
 from signer.cli.kit import call, fail, handle_errors, say, stubs
 from signer.client import workflow
@@ -118,14 +118,10 @@ def _timeout() -> dt.timedelta:
 
 
 def _hashed(path: Path, hash_name: str) -> bytes:
-    h = hashlib.new(hash_name)
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        return file_digest(path, hash_name)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    return h.digest()
 
 
 def _sign(args: Sequence[str]) -> None:
