@@ -95,9 +95,10 @@ def _key_line(path: Path) -> tuple[str, str]:
     )
 
 
-def _find_key(profile: Profile, stub: signing_pb2_grpc.SigningServiceStub, path: Path) -> str:
-    """The name of the service's signing key whose public key is the one in `path`."""
-    wanted = _key_line(path)
+def _find_key(
+    profile: Profile, stub: signing_pb2_grpc.SigningServiceStub, wanted: tuple[str, str], path: Path
+) -> str:
+    """The name of the service's signing key whose public key is `wanted` (from `path`)."""
     keys = call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys
     for key in keys:
         try:
@@ -152,7 +153,7 @@ def _sign(args: Sequence[str]) -> None:
         artifacts = [Digest(hash_name, _hashed(p, hash_name), p.name) for p in paths]
         wanted = _key_line(Path(given["-f"]))
         with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
-            key_name = _find_key(profile, stub, Path(given["-f"]))
+            key_name = _find_key(profile, stub, wanted, Path(given["-f"]))
             key = workflow.public_key(profile, stub, key_name)
             carried = ssh.SshFormat().carry(
                 artifacts, {}, hash_name, {"namespace": namespace}, key.algorithm
