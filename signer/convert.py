@@ -130,7 +130,11 @@ def audit_proof_pb(p: SignedProof) -> types_pb2.AuditProof:
 
 def key_info_pb(k: KeySpec) -> types_pb2.KeyInfo:
     return types_pb2.KeyInfo(
-        name=k.name, algorithm=k.algorithm.name, key_id=k.key_id, public_key_pem=k.public_key_pem
+        name=k.name,
+        algorithm=k.algorithm.name,
+        key_id=k.key_id,
+        public_key_pem=k.public_key_pem,
+        openpgp_created=k.openpgp_created or 0,
     )
 
 

@@ -40,6 +40,7 @@ class KeySpec:
     algorithm: KeyAlgorithm
     key_id: str
     public_key_pem: str
+    openpgp_created: int | None = None  # the OpenPGP creation time kept in the token
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,16 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from signer.algorithms import HASH_SIZES
 
@@ -46,6 +51,7 @@ __all__ = [
     "POSITIVE_CERTIFICATION",
     "RSA",
     "TEXT",
+    "Certificate",
     "Hashed",
     "Hasher",
     "PgpFormatError",
@@ -62,13 +68,16 @@ __all__ = [
     "finish",
     "key_id",
     "packet",
+    "parse_certificate",
     "parse_signature_packet",
     "public_key_body",
+    "public_key_of",
     "read_packets",
     "signature_packet",
     "start",
     "unarmor",
     "user_id_packet",
+    "verify_signature",
 ]
 
 BINARY, TEXT, POSITIVE_CERTIFICATION = 0x00, 0x01, 0x13  # signature types (§5.2.1)
@@ -96,6 +105,7 @@ _SUBPACKET_NAMES = {
     _PREFERRED_HASHES: "preferred hash algorithms",
 }
 _DOCUMENT_SUBPACKETS = (_CREATED, _ISSUER_FPR)  # what a document signature's hashed part holds
+_CERTIFICATION_SUBPACKETS = (_CREATED, _ISSUER_FPR, _KEY_FLAGS, _PREFERRED_HASHES)
 
 _ARMOR_LINE = 64
 _CRC24_INIT, _CRC24_POLY = 0xB704CE, 0x1864CFB
@@ -261,15 +271,21 @@ class Hashed:
         return encoded + b"\x04\xff" + struct.pack(">I", len(encoded))
 
     @classmethod
-    def parse(cls, data: bytes) -> Hashed:
-        """A document signature's hashed part, strictly (see the module docstring);
-        PgpFormatError saying what is wrong with anything else."""
+    def parse(cls, data: bytes, *, certification: bool = False) -> Hashed:
+        """A document signature's hashed part, strictly (see the module docstring), or with
+        `certification` a self-signature's as this module writes it (positive
+        certification 0x13 with creation time, issuer fingerprint, key flags and preferred
+        hashes); PgpFormatError saying what is wrong with anything else."""
         if len(data) < 6:
             raise PgpFormatError(f"the hashed part is {len(data)} bytes; it starts with 6")
         version, sig_type, pk, hash_id, size = struct.unpack(">BBBBH", data[:6])
         if version != 4:
             raise PgpFormatError(f"signature version {version}; only version 4 is accepted")
-        if sig_type not in _DOCUMENT_TYPES:
+        if certification and sig_type != POSITIVE_CERTIFICATION:
+            raise PgpFormatError(
+                f"signature type {sig_type:#04x} is not a positive certification (0x13)"
+            )
+        if not certification and sig_type not in _DOCUMENT_TYPES:
             raise PgpFormatError(
                 f"signature type {sig_type:#04x} is not a document signature "
                 "(0x00 binary or 0x01 canonical text)"
@@ -286,7 +302,8 @@ class Hashed:
             )
         if 6 + size < len(data):
             raise PgpFormatError(f"{len(data) - 6 - size} trailing bytes after the hashed part")
-        found = _document_subpackets(data[6:])
+        kinds = _CERTIFICATION_SUBPACKETS if certification else _DOCUMENT_SUBPACKETS
+        found = _subpackets_of(data[6:], kinds)
         created, fpr = found[_CREATED], found[_ISSUER_FPR]
         if len(created) != 4:
             raise PgpFormatError(f"the signature creation time is {len(created)} bytes, not 4")
@@ -295,14 +312,28 @@ class Hashed:
                 "the issuer fingerprint must be version 4 and 20 bytes "
                 f"(got {len(fpr)} bytes, version {fpr[:1].hex() or 'none'})"
             )
-        hashed = cls(sig_type, pk, _HASH_NAMES[hash_id], struct.unpack(">I", created)[0], fpr[1:])
+        extra: dict[str, Any] = {}
+        if certification:
+            flags, prefs = found[_KEY_FLAGS], found[_PREFERRED_HASHES]
+            if len(flags) != 1 or not prefs or any(h not in _HASH_NAMES for h in prefs):
+                raise PgpFormatError(
+                    "the key flags must be one byte and the preferred hashes SHA-256, SHA-384 "
+                    "or SHA-512"
+                )
+            extra = {
+                "key_flags": flags[0],
+                "preferred_hashes": tuple(_HASH_NAMES[h] for h in prefs),
+            }
+        hashed = cls(
+            sig_type, pk, _HASH_NAMES[hash_id], struct.unpack(">I", created)[0], fpr[1:], **extra
+        )
         if hashed.encode() != data:  # unreachable if the checks above are complete
             raise PgpFormatError("the hashed part is not in the form this module writes")
         return hashed
 
 
-def _document_subpackets(area: bytes) -> dict[int, bytes]:
-    """Creation time and issuer fingerprint, each once, in that order, shortest lengths."""
+def _subpackets_of(area: bytes, kinds: tuple[int, ...]) -> dict[int, bytes]:
+    """The subpackets `kinds`, each once, in that order, shortest lengths, nothing else."""
     found: dict[int, bytes] = {}
     at = 0
     while at < len(area):
@@ -331,10 +362,12 @@ def _document_subpackets(area: bytes) -> dict[int, bytes]:
             raise PgpFormatError(
                 f"{_subpacket_name(kind & 0x7F)} is marked critical; it is written non-critical"
             )
-        if kind not in _DOCUMENT_SUBPACKETS:
+        if kind not in kinds:
+            what = "self-signature" if kinds == _CERTIFICATION_SUBPACKETS else "document signature"
+            allowed = ", ".join(f"{_SUBPACKET_NAMES[k]} ({k})" for k in kinds)
             raise PgpFormatError(
-                f"{_subpacket_name(kind)} is not accepted in a document signature's hashed "
-                "part; only signature creation time (2) and issuer fingerprint (33) are"
+                f"{_subpacket_name(kind)} is not accepted in a {what}'s hashed part; "
+                f"only {allowed} are"
             )
         if kind in found:
             raise PgpFormatError(f"{_subpacket_name(kind)} appears more than once")
@@ -343,12 +376,11 @@ def _document_subpackets(area: bytes) -> dict[int, bytes]:
                 f"{_subpacket_name(kind)} has a {at - start - n}-byte length where the "
                 "shortest form is required"
             )
-        if found and kind == _CREATED:
-            raise PgpFormatError(
-                "the signature creation time (2) must come before the issuer fingerprint (33)"
-            )
+        if any(kinds.index(k) > kinds.index(kind) for k in found):
+            order = ", ".join(f"{_SUBPACKET_NAMES[k]} ({k})" for k in kinds)
+            raise PgpFormatError(f"the hashed subpackets must come in the order {order}")
         found[kind] = body
-    for kind in _DOCUMENT_SUBPACKETS:
+    for kind in kinds:
         if kind not in found:
             raise PgpFormatError(f"no {_subpacket_name(kind)} in the hashed part")
     return found
@@ -570,6 +602,105 @@ def certificate(key_body: bytes, uid: str, self_signature: bytes) -> bytes:
     if [tag for tag, _ in read_packets(self_signature)] != [2]:
         raise ValueError("the self-signature is one signature packet")
     return packet(6, key_body) + user_id_packet(uid) + self_signature
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A certificate as `certificate` writes it, read back by `parse_certificate`."""
+
+    key_body: bytes
+    uid: str
+    signature: Signature
+    hashed: Hashed
+
+    @property
+    def fingerprint(self) -> bytes:
+        return fingerprint(self.key_body)
+
+    @property
+    def created(self) -> int:
+        """The key's creation time."""
+        return int.from_bytes(self.key_body[1:5], "big")
+
+
+def parse_certificate(data: bytes) -> Certificate:
+    """A transferable public key of exactly a v4 public-key packet, one user ID and its
+    self-signature by that key (checked by `verify_signature`, not here); PgpFormatError
+    for anything else."""
+    packets = read_packets(data)
+    if [tag for tag, _ in packets] != [6, 13, 2]:
+        raise PgpFormatError("not a public key, one user ID and its self-signature")
+    (_, body), (_, raw_uid), (_, sig_body) = packets
+    if len(body) < 6 or body[0] != 4:
+        raise PgpFormatError("not a version 4 public key")
+    try:
+        uid = raw_uid.decode("utf-8")
+        _uid_bytes(uid)
+    except ValueError:
+        raise PgpFormatError("the user ID is not one line of UTF-8") from None
+    signature = parse_signature_packet(packet(2, sig_body))
+    hashed = Hashed.parse(signature.hashed, certification=True)
+    if hashed.issuer_fingerprint != fingerprint(body):
+        raise PgpFormatError("the self-signature names another key as its issuer")
+    return Certificate(body, uid, signature, hashed)
+
+
+def public_key_of(key_body: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+    """The public key in a v4 public-key packet body this module writes."""
+    if len(key_body) < 6 or key_body[0] != 4:
+        raise PgpFormatError("not a version 4 public key")
+    material = key_body[6:]
+    if key_body[5] == RSA:
+        n, at = _read_mpi(material, 0)
+        e, at = _read_mpi(material, at)
+        if at != len(material):
+            raise PgpFormatError("trailing bytes after the RSA public key")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if key_body[5] == ECDSA and material:
+        size = material[0]
+        oid = material[1 : 1 + size]
+        curve = {v: k for k, v in _CURVES.items()}.get(oid)
+        if curve is None:
+            raise PgpFormatError("an ECDSA key on a curve other than P-256 or P-384")
+        point, at = _read_mpi(material, 1 + size)
+        if at != len(material):
+            raise PgpFormatError("trailing bytes after the ECDSA public key")
+        octets = point.to_bytes((point.bit_length() + 7) // 8, "big")
+        curve_class = ec.SECP256R1 if curve == "secp256r1" else ec.SECP384R1
+        try:
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve_class(), octets)
+        except ValueError:
+            raise PgpFormatError("the ECDSA public point is not on its curve") from None
+    raise PgpFormatError(f"public-key algorithm {key_body[5]} is not RSA (1) or ECDSA (19)")
+
+
+def _read_mpi(data: bytes, at: int) -> tuple[int, int]:
+    if at + 2 > len(data):
+        raise PgpFormatError("an MPI length is cut off")
+    size = (struct.unpack(">H", data[at : at + 2])[0] + 7) // 8
+    if at + 2 + size > len(data):
+        raise PgpFormatError("an MPI runs past the packet")
+    return int.from_bytes(data[at + 2 : at + 2 + size], "big"), at + 2 + size
+
+
+def verify_signature(key_body: bytes, signature: Signature, digest: bytes) -> None:
+    """Raise InvalidSignature unless `signature` (whose hashed part gave `digest`) is by the
+    key in `key_body`: its left 16 bits and its MPIs, RSASSA-PKCS1-v1_5 or ECDSA."""
+    hashed = Hashed.parse(signature.hashed, certification=signature.hashed[1] == 0x13)
+    key = public_key_of(key_body)
+    if signature.left16 != digest[:2]:
+        raise InvalidSignature("the signature's left 16 bits are not the digest's")
+    chosen = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
+    pre = Prehashed(chosen[hashed.hash_algorithm])
+    if isinstance(key, rsa.RSAPublicKey):
+        if hashed.pubkey_algorithm != RSA or len(signature.mpis) != 1:
+            raise InvalidSignature("not an RSA signature")
+        raw = signature.mpis[0].to_bytes((key.key_size + 7) // 8, "big")
+        key.verify(raw, digest, padding.PKCS1v15(), pre)
+    else:
+        if hashed.pubkey_algorithm != ECDSA or len(signature.mpis) != 2:
+            raise InvalidSignature("not an ECDSA signature")
+        key.verify(encode_dss_signature(*signature.mpis), digest, ec.ECDSA(pre))
 
 
 # Armor and cleartext signatures.

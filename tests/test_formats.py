@@ -30,7 +30,7 @@ import signer.formats
 from signer.cli.main import main
 from signer.errors import ConfigError, InvalidArgumentError, VerificationError
 from signer.formats import registry
-from signer.formats.base import Evidence, OutputFormat, Row, SignedRequest, Verdict
+from signer.formats.base import Evidence, OutputFormat, PayloadKey, Row, SignedRequest, Verdict
 from signer.model import Digest
 from signer.verify import verify_digest
 from testbed.commands import SIGNER, run
@@ -77,7 +77,7 @@ class _ToyPayload(_HexSignature):
     payload_description: ClassVar[str] = "a toy"
 
     def check_payload(
-        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, key: PayloadKey
     ) -> None:
         if payload != b"toy":
             raise InvalidArgumentError("not a toy", reason="NOT_A_TOY")

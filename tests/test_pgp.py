@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 from signer import pgp
 from signer.pgp import BINARY, ECDSA, POSITIVE_CERTIFICATION, RSA, TEXT, Hashed, PgpFormatError
+from testbed.gnupg import Gnupg
 
 KEY_CREATED = 1_700_000_000
 SIGNED_AT = KEY_CREATED + 600
 UID = "Release <rel@example.org>"
-TIMEOUT = 60
 _HASHES: dict[str, hashes.HashAlgorithm] = {
     "sha256": hashes.SHA256(),
     "sha384": hashes.SHA384(),
@@ -111,44 +111,9 @@ def p256() -> Key:
     return _make_key("ecdsa-p256")
 
 
-GPG_FLAGS = ("--batch", "--no-tty", "--no-autostart", "--trust-model", "always")
-
-
-class Tools:
-    """gpg, gpgv and sq with a throwaway GNUPGHOME (and HOME), no agent, no network."""
-
-    def __init__(self, home: Path, key: Key):
-        self.home = home / "gnupg"
-        self.home.mkdir(mode=0o700)
-        self.env = {"PATH": os.environ["PATH"], "HOME": str(home), "GNUPGHOME": str(self.home)}
-        self.cert = home / "cert.pgp"
-        self.cert.write_bytes(key.cert)
-        self.imported = self.gpg("--import", str(self.cert))
-        self.keyring = home / "keyring.pgp"
-        self.keyring.write_bytes(self.export())
-
-    def run(self, args: list[str]) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(args, check=False, capture_output=True, timeout=TIMEOUT, env=self.env)
-
-    def gpg(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return self.run(["gpg", *GPG_FLAGS, "--status-fd", "1", *args])
-
-    def export(self, *args: str) -> bytes:
-        """`gpg --export` (no status lines: they would go into the keyring)."""
-        exported = self.run(["gpg", *GPG_FLAGS, "--export", *args])
-        assert exported.returncode == 0, exported.stderr.decode()
-        return exported.stdout
-
-    def gpgv(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return self.run(["gpgv", "--status-fd", "1", "--keyring", str(self.keyring), *args])
-
-    def sq_verify(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return self.run(["sq", "verify", "--signer-cert", str(self.cert), *args])
-
-
 @pytest.fixture
-def tools(tmp_path: Path, key: Key) -> Tools:
-    return Tools(tmp_path, key)
+def tools(tmp_path: Path, key: Key) -> Gnupg:
+    return Gnupg(tmp_path, key.cert)
 
 
 def _validsig(out: bytes) -> list[str]:
@@ -171,7 +136,7 @@ def _good(done: subprocess.CompletedProcess[bytes], key: Key, sig_class: str) ->
 # Against the real tools, for each key type.
 
 
-def test_certificate_imports_into_gpg_under_the_modules_fingerprint(tools: Tools, key: Key) -> None:
+def test_certificate_imports_into_gpg_under_the_modules_fingerprint(tools: Gnupg, key: Key) -> None:
     """gpg imports the certificate with the module's fingerprint, key ID, user ID, a good
     self-signature and key flags certify + sign; its armored export unarmors to its export."""
     fpr = key.fpr.hex().upper()
@@ -193,7 +158,7 @@ def test_certificate_imports_into_gpg_under_the_modules_fingerprint(tools: Tools
 
 
 def test_detached_signatures_verify_with_gpg_gpgv_and_sq(
-    tools: Tools, key: Key, tmp_path: Path
+    tools: Gnupg, key: Key, tmp_path: Path
 ) -> None:
     """A binary detached signature and its armored form verify with gpg --verify, gpgv and
     sq verify --detached, gpg reporting the module's fingerprint, algorithm, hash and
@@ -211,7 +176,7 @@ def test_detached_signatures_verify_with_gpg_gpgv_and_sq(
         assert verified.returncode == 0, verified.stderr.decode()
 
 
-def test_tampered_files_fail_every_tool(tools: Tools, key: Key, tmp_path: Path) -> None:
+def test_tampered_files_fail_every_tool(tools: Gnupg, key: Key, tmp_path: Path) -> None:
     """A file changed after signing fails gpg, gpgv and sq, binary and armored alike."""
     sig = tmp_path / "a.sig"
     sig.write_bytes(key.detached(b"the release"))
@@ -239,7 +204,7 @@ INRELEASE = (
 
 
 def test_cleartext_signature_verifies_with_gpg_gpgv_and_sq(
-    tools: Tools, key: Key, tmp_path: Path
+    tools: Gnupg, key: Key, tmp_path: Path
 ) -> None:
     """A clearsigned InRelease-like file (dash lines, trailing blanks, blank line) verifies
     with gpg, gpgv and sq, class 01; gpg recovers the text without trailing blanks."""
@@ -264,7 +229,7 @@ def test_cleartext_signature_verifies_with_gpg_gpgv_and_sq(
     assert verified.stdout.replace(b"\r\n", b"\n").rstrip(b"\n") == stripped.rstrip(b"\n")
 
 
-def test_tampered_cleartext_fails_every_tool(tools: Tools, key: Key, tmp_path: Path) -> None:
+def test_tampered_cleartext_fails_every_tool(tools: Gnupg, key: Key, tmp_path: Path) -> None:
     """A clearsigned file whose text was changed fails gpg, gpgv and sq."""
     signed = tmp_path / "InRelease"
     signed.write_bytes(key.clearsigned(INRELEASE).replace(b"Suite: stable", b"Suite: stablf"))
@@ -277,7 +242,7 @@ def test_tampered_cleartext_fails_every_tool(tools: Tools, key: Key, tmp_path: P
 def test_canonical_text_signature_covers_either_line_ending(tmp_path: Path, p256: Key) -> None:
     """A canonical text (0x01) signature made over LF text verifies with gpg and sq over
     the same text with LF or CRLF line endings, and not over other text."""
-    tools = Tools(tmp_path, p256)
+    tools = Gnupg(tmp_path, p256.cert)
     text = b"line one\nline two  \n\nend"
     sig = tmp_path / "text.sig"
     sig.write_bytes(p256.detached(text, TEXT))
@@ -477,7 +442,7 @@ BAD_HASHED: list[tuple[str, bytes, str]] = [
     ("no fingerprint", _hashed(CREATED), "no subpacket 33 .issuer fingerprint"),
     ("repeated time", _hashed(CREATED + CREATED + FPR), "subpacket 2 .* more than once"),
     ("repeated fpr", _hashed(CREATED + FPR + FPR), "subpacket 33 .* more than once"),
-    ("out of order", _hashed(FPR + CREATED), "must come before"),
+    ("out of order", _hashed(FPR + CREATED), "must come in the order signature creation time"),
     ("hashed key id", _hashed(CREATED + FPR + _sp(16, bytes(8))), "subpacket 16 .issuer key"),
     ("key flags", _hashed(CREATED + FPR + _sp(27, b"\x03")), "subpacket 27 .key flags"),
     ("notation", _hashed(CREATED + FPR + _sp(20, bytes(12))), "subpacket 20 .unknown"),

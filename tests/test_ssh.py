@@ -24,7 +24,7 @@ from signer.cli.main import main
 from signer.convert import digest_pb
 from signer.dsse import Statement
 from signer.errors import InvalidArgumentError, VerificationError
-from signer.formats.base import Evidence
+from signer.formats.base import Evidence, PayloadKey
 from signer.formats.ssh import (
     PAYLOAD_TYPE,
     SshFormat,
@@ -216,7 +216,7 @@ def test_server_refuses_a_key_that_cannot_make_ssh_signatures(shared: Running) -
 def test_malformed_ssh_payloads_are_refused(payload: bytes, message: str) -> None:
     """The server's check refuses a payload that is not a strict canonical SSH request."""
     with pytest.raises(InvalidArgumentError, match=message):
-        SshFormat().check_payload(payload, [], 100, "ecdsa-p256")
+        SshFormat().check_payload(payload, [], 100, PayloadKey("ecdsa-p256"))
 
 
 @pytest.mark.parametrize("namespace", ["has space", "-lead", "x" * 65, "ns\n", "é"])

@@ -10,7 +10,10 @@ signed digest is that of its payload) are in its module.
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +22,13 @@ from signer.cli.kit import fail, request_dict, say
 from signer.client import workflow
 from signer.client.profile import Profile
 from signer.client.workflow import Asked
-from signer.convert import HASH_FROM_PB
+from signer.convert import HASH_FROM_PB, digest_pb
 from signer.formats import registry
-from signer.formats.base import SignedRequest
+from signer.formats.base import Carried, SignedRequest
 from signer.model import Digest
-from signer.v1 import types_pb2
+from signer.v1 import signing_pb2, types_pb2
 
-__all__ = ["finish", "verified"]
+__all__ = ["finish", "obtain", "verified"]
 
 
 def finish(
@@ -50,9 +53,38 @@ def finish(
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
     output = registry.FORMATS[fmt]
-    signed = verified(profile, stub, request, asked, own_digests)
-    for line in output.write(signed, output.targets(out, files)):
+    signed = replace(verified(profile, stub, request, asked, own_digests), files=files)
+    for line in output.write(signed, output.targets(out, files, request.payload)):
         say(line)
+
+
+def obtain(
+    profile: Profile,
+    stub: Any,
+    key_name: str,
+    carried: Carried,
+    context: dict[str, str],
+    wait_for: dt.timedelta,
+) -> SignedRequest:
+    """Ask for `carried` to be signed, wait at most `wait_for` for the officers, and return
+    the answer once its signatures and proof verify; fail unless it was signed."""
+    create = signing_pb2.CreateSigningRequestRequest(
+        key_name=key_name,
+        digests=[digest_pb(d) for d in carried.digests],
+        context=context,
+        idempotency_key=str(uuid.uuid4()),
+        payload_type=carried.payload_type,
+        payload=carried.payload,
+    )
+    asked = Asked.of(create)
+    request = workflow.create(profile, stub, create)
+    say(f"waiting for {request.threshold} approvals on {key_name} (request {request.id})...")
+    asked = asked.for_request(request.id)
+    last, _ = workflow.wait(profile, stub, asked, wait_for)
+    request = last or request
+    if request.state != types_pb2.REQUEST_STATE_SIGNED:
+        fail(f"request {request.id} was not signed: {request.status_message or 'timeout'}")
+    return verified(profile, stub, request, asked)
 
 
 def verified(

@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -28,17 +27,15 @@ from typing import NoReturn
 import click
 
 from signer.cli._common import file_digest
-from signer.cli._outputs import verified
-from signer.cli.kit import call, fail, handle_errors, say, stubs
+from signer.cli._outputs import obtain
+from signer.cli.kit import call, fail, handle_errors, stubs
 from signer.client import workflow
 from signer.client.profile import Profile, load_profile
-from signer.client.workflow import Asked
-from signer.convert import digest_pb
 from signer.errors import ConfigError
 from signer.formats import ssh
 from signer.model import Digest
 from signer.parsing import MAX_TTL, parse_duration
-from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
+from signer.v1 import signing_pb2, signing_pb2_grpc
 
 __all__ = ["ssh_keygen", "ssh_keygen_main"]
 
@@ -158,27 +155,13 @@ def _sign(args: Sequence[str]) -> None:
             carried = ssh.SshFormat().carry(
                 artifacts, {}, hash_name, {"namespace": namespace}, key.algorithm
             )
-            create = signing_pb2.CreateSigningRequestRequest(
-                key_name=key_name,
-                digests=[digest_pb(d) for d in carried.digests],
-                context={"tool": "ssh-keygen -Y sign", "namespace": namespace},
-                idempotency_key=str(uuid.uuid4()),
-                payload_type=carried.payload_type,
-                payload=carried.payload,
-            )
-            asked = Asked.of(create)
-            request = workflow.create(profile, stub, create)
-            say(
-                f"waiting for {request.threshold} approvals on {key_name} (request {request.id})..."
-            )
-            asked = asked.for_request(request.id)
-            last, _ = workflow.wait(profile, stub, asked, wait_for)
-            request = last or request
-            if request.state != types_pb2.REQUEST_STATE_SIGNED:
-                fail(f"request {request.id} was not signed: {request.status_message or 'timeout'}")
-            signed = verified(profile, stub, request, asked)
+            context = {"tool": "ssh-keygen -Y sign", "namespace": namespace}
+            signed = obtain(profile, stub, key_name, carried, context, wait_for)
         if tuple(ssh.public_key_line(signed.public_key_pem).split()[:2]) != wanted:
-            fail(f"request {request.id} was signed by a key other than the one in {given['-f']}")
+            fail(
+                f"request {signed.request_id} was signed by a key other than the one in "
+                f"{given['-f']}"
+            )
         targets = [p.with_name(p.name + ".sig") for p in paths]
         ssh.write_signatures(signed, targets)
         if not files:

@@ -13,20 +13,46 @@ token, sign-only, and every generation is audit-logged (`signer.server.admin`).
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
+import time
 from pathlib import Path
 
 import click
 
-from signer import __version__, logs
+from signer import __version__, logs, pgp
 from signer.algorithms import ALGORITHMS, algorithm
 from signer.cli import audit, dropins, requester, verify
 from signer.cli._common import config_opt, emit
-from signer.cli.kit import handle_errors, json_opt, print_json, print_table, stderr
+from signer.cli._outputs import obtain
+from signer.cli.kit import (
+    handle_errors,
+    json_opt,
+    print_json,
+    print_table,
+    profile_opt,
+    stderr,
+    stubs,
+)
+from signer.client import workflow
+from signer.client.profile import load_profile
+from signer.errors import ResponseMismatchError
+from signer.formats.base import PayloadKey
+from signer.formats.bundle import write_beside
+from signer.formats.openpgp import (
+    certification_request,
+    check_certificate,
+    openpgp_algorithm,
+    signature_packets,
+)
 from signer.formats.ssh import public_key_line, ssh_algorithm
+from signer.parsing import MAX_TTL, parse_duration
+from signer.server import openpgp_keys
 from signer.server.admin import generate_key, list_keys, open_token
 from signer.server.config import load_config
 from signer.server.devenv import init_devenv
+from signer.text import DISPLAY_RULE, is_artifact_name
+from signer.v1 import signing_pb2_grpc
 
 __all__ = ["main"]
 
@@ -190,6 +216,70 @@ def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
     line = public_key_line(key.public_key_pem)
     click.echo(f"{line} {name}")
     click.echo(f'{principal or name} namespaces="git,file" {line}')
+
+
+@keys.command("openpgp")
+@config_opt
+@profile_opt
+@click.option("--name", required=True, help="The signing key (rsa-pkcs1-* or ecdsa-*).")
+@click.option("--uid", required=True, help='The user ID, e.g. "Release <rel@example.org>".')
+@click.option("--out", type=click.Path(path_type=Path), help="Write the armored certificate here.")
+@click.option("--timeout", default="15m", show_default=True, help="How long to wait.")
+@handle_errors
+def keys_openpgp(
+    config_path: Path,
+    profile_path: Path | None,
+    name: str,
+    uid: str,
+    out: Path | None,
+    timeout: str,
+) -> None:
+    """Make the key's OpenPGP certificate: its public key with the creation time the token
+    keeps and a self-signature on --uid, a signing request the officers approve (sent with
+    the requester --profile). Printed armored, and kept in the token for `signer
+    public-key --format openpgp`."""
+    try:
+        wait_for = parse_duration(timeout, dt.timedelta(seconds=1), MAX_TTL)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--timeout") from None
+    if not is_artifact_name(uid):
+        raise click.BadParameter(f"a user ID is one line {DISPLAY_RULE}", param_hint="--uid")
+    config = load_config(config_path)
+    token = open_token(config)
+    try:
+        key = token.key(name)
+        openpgp_algorithm(key.algorithm.name if key.algorithm else "", name)
+        created = openpgp_keys.creation_time(token, name, int(time.time()))
+    finally:
+        token.close()
+    profile = load_profile(profile_path)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        served = workflow.public_key(profile, stub, name)
+        if workflow.checked_key(served, name) != key.public_key_pem:
+            raise ResponseMismatchError(f"the server's key {name} is not the one in the token")
+        signing = PayloadKey(served.algorithm, key.public_key_pem, created, int(time.time()))
+        if served.openpgp_created != created:
+            raise ResponseMismatchError(
+                f"the server gives key {name} OpenPGP creation time {served.openpgp_created}, "
+                f"the token {created}: restart the server"
+            )
+        carried, _ = certification_request(uid, signing)
+        context = {"tool": "signer keys openpgp", "uid": uid}
+        signed = obtain(profile, stub, name, carried, context, wait_for)
+    checked, (packet,) = signature_packets(signed)
+    cert = pgp.certificate(checked.key, checked.uid, packet)
+    check_certificate(cert, key.public_key_pem, created)
+    emit(pgp.armor("PUBLIC KEY BLOCK", cert), out)  # out first: a crash after loses nothing
+    if out is not None:
+        stderr.print(write_beside(signed, out))
+    token = open_token(config)
+    try:
+        openpgp_keys.store_certificate(token, name, cert)
+    finally:
+        token.close()
+    stderr.print(
+        f"OpenPGP certificate of {name}: {pgp.fingerprint(checked.key).hex().upper()} {uid}"
+    )
 
 
 main.add_command(requester.sign)

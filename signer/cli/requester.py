@@ -11,6 +11,7 @@ two requests.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import click
 from google.protobuf import duration_pb2
 
+from signer import pgp
 from signer.algorithms import HASH_SIZES, algorithm
 from signer.cli._common import digests_of, emit, file_digest
 from signer.cli._outputs import finish
@@ -42,6 +44,8 @@ from signer.client.workflow import Asked
 from signer.convert import HASH_FROM_PB, digest_pb
 from signer.errors import ResponseMismatchError
 from signer.formats import registry
+from signer.formats.base import PayloadKey
+from signer.formats.openpgp import check_certificate, openpgp_algorithm
 from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.model import Digest
 from signer.parsing import MAX_TTL, parse_duration
@@ -136,6 +140,14 @@ def _duration(text: str, hint: str, low: dt.timedelta = dt.timedelta(0)) -> dt.t
     default="",
     help="--format ssh: the SSH signature namespace (git signs with `git`, files with `file`).",
 )
+@click.option(
+    "--armor", is_flag=True, help="--format openpgp: armored signatures (FILE.asc), not binary."
+)
+@click.option(
+    "--clearsign",
+    is_flag=True,
+    help="--format openpgp: a cleartext signed message (apt's InRelease) of each text file.",
+)
 @click.option("--ttl", default="", help="Request lifetime, e.g. 30m (capped by policy).")
 @click.option(
     "--wait/--no-wait",
@@ -163,6 +175,8 @@ def sign(
     hash_name: str | None,
     ctx: tuple[str, ...],
     namespace: str,
+    armor: bool,
+    clearsign: bool,
     ttl: str,
     wait: bool,
     timeout: str,
@@ -181,7 +195,9 @@ def sign(
     writes the signed DSSE envelope plus a bundle for it; cosign writes
     ARTIFACT.sig and ARTIFACT.sigstore.json; ssh (with --namespace) sends the
     files' SHA-512 and the namespace, the server derives the SSH signed data, and
-    writes ARTIFACT.sig as ssh-keygen does.
+    writes ARTIFACT.sig as ssh-keygen does; openpgp hashes each file with the
+    signature's trailer and writes ARTIFACT.sig (binary), ARTIFACT.asc (--armor) or
+    a cleartext signed ARTIFACT.asc (--clearsign), all files in one request.
     """
     lifetime = _duration(ttl, "--ttl", dt.timedelta(seconds=1)) if ttl else None
     wait_for = _duration(timeout, "--timeout")  # both checked before anything is sent
@@ -195,8 +211,19 @@ def sign(
         raise click.UsageError("--namespace is for --format ssh")
     if fmt == "ssh" and not namespace:
         raise click.UsageError("--format ssh needs --namespace (git signs with `git`)")
+    if (armor or clearsign) and fmt != "openpgp":
+        raise click.UsageError("--armor and --clearsign are for --format openpgp")
+    if armor and clearsign:
+        raise click.UsageError("give --armor or --clearsign, not both")
+    if output.hashes_files and raw_digests:
+        raise click.UsageError(
+            f"--format {fmt} hashes each file with the signature's trailer: give --file, "
+            "not --digest"
+        )
     context = _context(ctx)
     params = {"namespace": namespace} if fmt == "ssh" else {}
+    if fmt == "openpgp":
+        params = {"mode": "cleartext" if clearsign else "armor" if armor else "binary"}
     chosen = hash_name or output.default_hash  # "": the key's own, known once it is fetched
     needs_key = output.key_bound or not chosen
     if not needs_key:  # what is refused is refused before anything is sent
@@ -211,8 +238,17 @@ def sign(
             # the key's signature algorithm.
             key = workflow.public_key(profile, stub, key_name)
             chosen = chosen or _key_hash(key)
-            own = _own(files, raw_digests, chosen)
-            carried = output.carry(own, context, chosen, params, key.algorithm)
+            if output.hashes_files:
+                signing = PayloadKey(
+                    key.algorithm,
+                    workflow.checked_key(key, key_name),
+                    key.openpgp_created or None,
+                    int(time.time()),
+                )
+                carried = output.carry_files(files, params, signing, chosen)
+            else:
+                own = _own(files, raw_digests, chosen)
+                carried = output.carry(own, context, chosen, params, key.algorithm)
         create = signing_pb2.CreateSigningRequestRequest(
             key_name=key_name,
             digests=[digest_pb(d) for d in carried.digests],
@@ -416,9 +452,9 @@ def cancel(request_id: str, profile_path: Path | None, server: str | None, reaso
     "key_format",
     default="pem",
     show_default=True,
-    type=click.Choice(["pem", "ssh"]),
+    type=click.Choice(["pem", "ssh", "openpgp"]),
     help="pem: SubjectPublicKeyInfo PEM; ssh: the OpenSSH line git's user.signingkey and "
-    "allowed_signers take.",
+    "allowed_signers take; openpgp: the key's armored OpenPGP certificate (gpg --import).",
 )
 @handle_errors
 def public_key(
@@ -432,5 +468,14 @@ def public_key(
     if key_format == "ssh":
         ssh_algorithm(key.algorithm, key_name)  # a key SSH cannot use: say which to use
         emit(f"{public_key_line(pem)} {key_name}\n", out)
+    elif key_format == "openpgp":
+        openpgp_algorithm(key.algorithm, key_name)
+        if not key.openpgp_certificate:
+            fail(
+                f"key {key_name} has no OpenPGP certificate yet; an operator makes it with "
+                f"`signer keys openpgp --name {key_name} --uid 'NAME <EMAIL>'`"
+            )
+        check_certificate(key.openpgp_certificate, pem, key.openpgp_created or None)
+        emit(pgp.armor("PUBLIC KEY BLOCK", key.openpgp_certificate), out)
     else:
         emit(pem, out)

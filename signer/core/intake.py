@@ -29,6 +29,7 @@ from signer.core.policy import KeyPolicy
 from signer.encoding import canonical_json, format_time
 from signer.errors import InvalidArgumentError, NotFoundError, TooLargeError
 from signer.formats import registry as formats
+from signer.formats.base import PayloadKey
 from signer.model import Digest, KeySpec, Request, State, TokenCaller
 from signer.store.base import Tx
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
@@ -129,13 +130,21 @@ def check_digests(digests: list[Digest], spec: KeySpec, limits: Limits) -> None:
 
 
 def check_payload(
-    payload_type: str, payload: bytes, digests: list[Digest], spec: KeySpec, limits: Limits
+    payload_type: str,
+    payload: bytes,
+    digests: list[Digest],
+    spec: KeySpec,
+    limits: Limits,
+    now: dt.datetime,
 ) -> None:
     """A carried payload is one its format knows, and the format's own check passes: the
-    digests are those the format derives from it for this key."""
+    digests are those the format derives from it for this key, now."""
     if payload_type or payload:
         fmt = formats.for_payload_type(payload_type)
-        fmt.check_payload(payload, digests, limits.max_digests, spec.algorithm.name)
+        key = PayloadKey(
+            spec.algorithm.name, spec.public_key_pem, spec.openpgp_created, int(now.timestamp())
+        )
+        fmt.check_payload(payload, digests, limits.max_digests, key)
 
 
 # -- what people read ----------------------------------------------------------------------

@@ -139,11 +139,11 @@ class Core(Signing, Recording, AuditReader):
         policy.check_request(Ask(actor, caller, lifetime, payload_type))
         intake.check_digests(digests, spec, self.limits)
         intake.check_context(context, self.limits)
-        intake.check_payload(payload_type, payload, digests, spec, self.limits)
+        now = self.clock()
+        intake.check_payload(payload_type, payload, digests, spec, self.limits, now)
         intake.check_ttl(ttl, self.limits)
         intake.check_idempotency_key(idempotency_key)
         params = intake.parameters_hash(key_name, digests, context, payload_type, payload)
-        now = self.clock()
         request = intake.new_request(
             actor,
             key_name,

@@ -31,7 +31,16 @@ from signer.audit.proofs import SignedProof
 from signer.errors import InvalidArgumentError
 from signer.model import Digest
 
-__all__ = ["Carried", "Evidence", "OutputFormat", "Row", "SignedRequest", "Verdict", "write_json"]
+__all__ = [
+    "Carried",
+    "Evidence",
+    "OutputFormat",
+    "PayloadKey",
+    "Row",
+    "SignedRequest",
+    "Verdict",
+    "write_json",
+]
 
 # A row officers are shown: a label and one line, or several shown one under another.
 Row = tuple[str, str | tuple[str, ...]]
@@ -44,6 +53,16 @@ class Carried:
     digests: tuple[Digest, ...]
     payload_type: str = ""
     payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class PayloadKey:
+    """What a payload check knows of the signing key, and at the server of the time."""
+
+    algorithm: str
+    public_key_pem: str = ""
+    openpgp_created: int | None = None  # the key's stored OpenPGP creation time (server)
+    now: int | None = None  # the server's clock, in seconds; None offline
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class SignedRequest:
     proof: SignedProof
     payload_type: str = ""
     payload: bytes = b""
+    files: tuple[Path, ...] = ()  # the --file paths, in request order, if they were named
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,7 @@ class OutputFormat(ABC):
 
     key_bound: ClassVar[bool] = False  # whether `carry` needs the signing key's algorithm
     default_hash: ClassVar[str] = ""  # the files' hash unless --hash says; "" = the key's own
+    hashes_files: ClassVar[bool] = False  # whether `carry_files`, not `carry`, makes a request
 
     # (a) What the request carries.
     def carry(
@@ -117,15 +138,29 @@ class OutputFormat(ABC):
         signing key's, given when `key_bound`."""
         return Carried(tuple(digests))
 
+    def carry_files(
+        self, files: Sequence[Path], params: Mapping[str, str], key: PayloadKey, hash_name: str
+    ) -> Carried:
+        """For a format whose signed digests the requester computes over each file's bytes
+        (`hashes_files`): what to send for `files`, signed by `key` at `key.now`."""
+        raise InvalidArgumentError(f"the {self.name} format signs the files' digests")
+
     # (b) The server's check of a carried payload.
     def check_payload(
-        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, key: PayloadKey
     ) -> None:
         """Raise InvalidArgumentError (or TooLargeError) unless `payload` is this format's
-        and the digests are those the key (of `algorithm`) signs for it."""
+        and the digests are those `key` signs for it. Offline (`key.now` None) the checks
+        that need the server's clock or stored key facts are left out."""
         raise InvalidArgumentError(
             f"the {self.name} format carries no payload", reason="BAD_PAYLOAD_TYPE"
         )
+
+    def check_file(self, payload: bytes, digests: Sequence[Digest], data: bytes, name: str) -> None:
+        """Offline, for `signer verify --bundle`: raise VerificationError unless the digest
+        signed for artifact `name` is the one its file `data` gives. By default nothing: a
+        format whose signed digests are derived from the artifacts' own needs no more."""
+        return
 
     def artifacts(self, payload: bytes) -> tuple[Digest, ...] | None:
         """The files' own digests a typed request's payload lists (what `signer status
@@ -160,8 +195,11 @@ class OutputFormat(ABC):
             return f"with --format {self.name} and only --digest, give --out"
         return None
 
-    def targets(self, out: Path | None, files: Sequence[Path]) -> tuple[Path, ...]:
-        """The paths written: `--out`, else beside the (first) artifact with `suffix`."""
+    def targets(
+        self, out: Path | None, files: Sequence[Path], payload: bytes = b""
+    ) -> tuple[Path, ...]:
+        """The paths written: `--out`, else beside the (first) artifact with `suffix`
+        (`payload`, the request's, for a format whose suffix it decides)."""
         if out is not None:
             return (out,)
         named = files if self.per_artifact else files[:1]

@@ -52,7 +52,14 @@ from signer.errors import (
     TooLargeError,
     VerificationError,
 )
-from signer.formats.base import Evidence, OutputFormat, SignedRequest, Verdict, write_json
+from signer.formats.base import (
+    Evidence,
+    OutputFormat,
+    PayloadKey,
+    SignedRequest,
+    Verdict,
+    write_json,
+)
 from signer.formats.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Digest
 from signer.verify import verify_digest
@@ -388,13 +395,24 @@ def _check_typed(bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Pa
 
     try:
         fmt = formats.for_payload_type(bundle.payload_type)
-        fmt.check_payload(bundle.payload, bundle.digests, len(bundle.digests), bundle.algorithm)
+        fmt.check_payload(
+            bundle.payload,
+            bundle.digests,
+            len(bundle.digests),
+            PayloadKey(bundle.algorithm, bundle.public_key_pem),
+        )
         listed = fmt.artifacts(bundle.payload) or ()
     except (InvalidArgumentError, TooLargeError) as e:
         raise VerificationError(f"the bundle's {bundle.payload_type} payload: {e}") from None
     found = next((a for a in listed if file_digests.get(a.algorithm) == a.value), None)
     if found is None:
         raise VerificationError(f"{artifact.name} is not a file the bundle's request signs")
+    if fmt.hashes_files:  # the signed digest is over the file and more: recompute it
+        try:
+            data = artifact.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read {artifact}: {e.strerror}") from None
+        fmt.check_file(bundle.payload, bundle.digests, data, found.artifact)
     return found.artifact
 
 

@@ -25,6 +25,7 @@ from signer.formats.base import (
     Carried,
     Evidence,
     OutputFormat,
+    PayloadKey,
     Row,
     SignedRequest,
     Verdict,
@@ -76,7 +77,7 @@ class DsseFormat(OutputFormat):
         return Carried((signed,), PAYLOAD_TYPE, payload)
 
     def check_payload(
-        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, key: PayloadKey
     ) -> None:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise TooLargeError(

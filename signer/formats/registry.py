@@ -14,6 +14,7 @@ from signer.formats.base import OutputFormat
 from signer.formats.bundle import BundleFormat
 from signer.formats.cosign import CosignFormat
 from signer.formats.dsse import DsseFormat
+from signer.formats.openpgp import OpenPgpFormat
 from signer.formats.raw import RawFormat
 from signer.formats.ssh import SshFormat
 
@@ -26,6 +27,7 @@ FORMATS: dict[str, OutputFormat] = {
     "bundle": BundleFormat(),
     "cosign": CosignFormat(),
     "ssh": SshFormat(),
+    "openpgp": OpenPgpFormat(),
 }
 _SHOWN_OTHERWISE = DsseFormat()
 

@@ -48,6 +48,7 @@ from signer.formats.base import (
     Carried,
     Evidence,
     OutputFormat,
+    PayloadKey,
     Row,
     SignedRequest,
     Verdict,
@@ -389,9 +390,9 @@ class SshFormat(OutputFormat):
         return Carried(request.signed_digests(algorithm), PAYLOAD_TYPE, request.to_bytes())
 
     def check_payload(
-        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, algorithm: str
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, key: PayloadKey
     ) -> None:
-        derived = SshRequest.parse(payload, max_subjects).signed_digests(algorithm)
+        derived = SshRequest.parse(payload, max_subjects).signed_digests(key.algorithm)
         if tuple(digests) != derived:
             raise InvalidArgumentError(
                 "the digests are not the SSHSIG signed data of the files named in the payload "

@@ -32,6 +32,7 @@ import os
 import resource
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -45,11 +46,13 @@ from signer.bounds import RateLimit
 from signer.core.machine import Core
 from signer.errors import ConfigError, SignerError
 from signer.model import KeySpec
+from signer.server import openpgp_keys
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.auth import DEFAULT_RULES, AuthInterceptor
 from signer.server.config import Config
 from signer.server.metrics import Metrics
 from signer.server.oidc import OidcVerifier
+from signer.server.openpgp_keys import can_openpgp
 from signer.server.service import ApprovalService, AuditService, SigningService
 from signer.server.sweeper import Sweeper
 from signer.store import Store
@@ -81,12 +84,15 @@ _SERVICES = (
 
 
 def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
-    """Check every configured key in the token (invariant 1) and describe it."""
+    """Check every configured key in the token (invariant 1) and describe it; the OpenPGP
+    creation time of a key that can make OpenPGP signatures is fixed now if it has none."""
     keys = {}
+    now = int(time.time())
     for name, policy in config.keys.items():
         k = token.check_key(name, policy.algorithm)
         assert k.algorithm is not None
-        keys[name] = KeySpec(name, k.algorithm, k.key_id, k.public_key_pem)
+        created = openpgp_keys.creation_time(token, name, now) if can_openpgp(k.algorithm) else None
+        keys[name] = KeySpec(name, k.algorithm, k.key_id, k.public_key_pem, created)
     audit = token.check_key(config.audit_key)
     if audit.algorithm is None or audit.algorithm.name != "ed25519":
         raise ConfigError(f"{config.path}: audit.key {config.audit_key!r} must be an ed25519 key")
@@ -147,7 +153,11 @@ class Server:
                     "oidc_listen": config.server.oidc_listen,
                     "metrics_listen": config.server.metrics_listen,
                     "keys": {
-                        n: {"key_id": k.key_id, "algorithm": k.algorithm.name}
+                        n: {
+                            "key_id": k.key_id,
+                            "algorithm": k.algorithm.name,
+                            **({"openpgp_created": k.openpgp_created} if k.openpgp_created else {}),
+                        }
                         for n, k in sorted(keys.items())
                     },
                 },
@@ -271,7 +281,11 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, hea
         # burst of refused calls from many connections, without refusing the others.
         maximum_concurrent_rpcs=s.workers * STREAMS_PER_CONNECTION,
     )
-    signing = SigningService(core, s.max_wait, log_limit)
+    token = core.token
+    certificates = (
+        (lambda name: openpgp_keys.certificate(token, name)) if isinstance(token, Token) else None
+    )
+    signing = SigningService(core, s.max_wait, log_limit, certificates)
     approval = ApprovalService(core, s.max_wait, log_limit)
     audit = AuditService(core, s.max_wait, log_limit)
     signing_pb2_grpc.add_SigningServiceServicer_to_server(signing, server)

@@ -167,9 +167,14 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
     max_waits_per_identity = 16  # long polls one identity may hold at once
 
     def __init__(
-        self, core: Core, max_wait: dt.timedelta, log_limit: RateLimit | None = None
+        self,
+        core: Core,
+        max_wait: dt.timedelta,
+        log_limit: RateLimit | None = None,
+        certificates: Callable[[str], bytes] | None = None,
     ) -> None:
         super().__init__(core, max_wait, log_limit)
+        self.certificates = certificates  # a key's OpenPGP certificate, read from the token
         # Bound the worker threads one identity can hold in long polls.
         self.waits = Slots(self.max_waits_per_identity, "waits open", "TOO_MANY_WAITS")
 
@@ -224,7 +229,10 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
             raise NotFoundError(
                 f"no signing key named {echo(request.key_name)}", reason="UNKNOWN_KEY"
             )
-        return signing_pb2.GetPublicKeyResponse(key=key_info_pb(spec))
+        info = key_info_pb(spec)
+        if spec.openpgp_created is not None and self.certificates is not None:
+            info.openpgp_certificate = self.certificates(spec.name)
+        return signing_pb2.GetPublicKeyResponse(key=info)
 
     @_rpc
     def ListKeys(

@@ -191,6 +191,49 @@ class Token(Connection):
 
         self._retrying(f"writing {application}", write)
 
+    # -- facts kept beside a key (its OpenPGP creation time and certificate) --------
+
+    def key_data(self, application: str, name: str) -> list[bytes]:
+        """CKA_VALUE of each private data object of `application` kept beside key `name`
+        (labelled with its name). The key must be found in the same session after them,
+        so a token that went away never reads as holding none."""
+
+        def read() -> list[bytes]:
+            found = [
+                bytes(o[Attribute.VALUE])
+                for o in self._data_objects(application)
+                if str(o[Attribute.LABEL]) == name
+            ]
+            if self._find(ObjectClass.PRIVATE_KEY, name) is None:
+                raise KeyNotFoundError(f"no key named {name!r} in token {self.label!r}")
+            return found
+
+        return self._retrying(f"reading {application} of {name}", read)
+
+    def add_key_data(self, application: str, name: str, value: bytes) -> None:
+        """Keep `value` beside key `name`: a new private, unmodifiable data object."""
+        with self._call(f"writing {application} of {name}"):
+            if self._find(ObjectClass.PRIVATE_KEY, name) is None:
+                raise KeyNotFoundError(f"no key named {name!r} in token {self.label!r}")
+            self._session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: False,
+                    Attribute.APPLICATION: application,
+                    Attribute.VALUE: value,
+                    Attribute.LABEL: name,
+                }
+            )
+
+    def remove_key_data(self, application: str, name: str, value: bytes) -> None:
+        """Destroy the data objects of `application` beside key `name` holding `value`."""
+        with self._call(f"removing {application} of {name}"):
+            for o in self._data_objects(application):
+                if str(o[Attribute.LABEL]) == name and bytes(o[Attribute.VALUE]) == value:
+                    o.destroy()
+
     def _data_objects(self, application: str) -> list[Any]:
         return list(
             self._session.get_objects(

@@ -377,10 +377,20 @@ class KeyInfo(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    OPENPGP_CREATED_FIELD_NUMBER: _builtins.int
+    OPENPGP_CERTIFICATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     algorithm: _builtins.str
     key_id: _builtins.str
     public_key_pem: _builtins.str
+    openpgp_created: _builtins.int
+    """The key's OpenPGP creation time (seconds since the epoch), fixed in the token: part
+    of its OpenPGP fingerprint. 0 for a key that cannot make OpenPGP signatures.
+    """
+    openpgp_certificate: _builtins.bytes
+    """Its OpenPGP certificate (binary transferable public key) once `signer keys openpgp`
+    made one; only in GetPublicKey's answer.
+    """
     def __init__(
         self,
         *,
@@ -388,10 +398,12 @@ class KeyInfo(_message.Message):
         algorithm: _builtins.str = ...,
         key_id: _builtins.str = ...,
         public_key_pem: _builtins.str = ...,
+        openpgp_created: _builtins.int = ...,
+        openpgp_certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "name", b"name", "public_key_pem", b"public_key_pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "key_id", b"key_id", "name", b"name", "openpgp_certificate", b"openpgp_certificate", "openpgp_created", b"openpgp_created", "public_key_pem", b"public_key_pem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

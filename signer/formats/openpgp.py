@@ -1,0 +1,610 @@
+"""`--format openpgp`: OpenPGP v4 signatures (RFC 4880), what gpg, gpgv, sq, apt, rpm,
+Maven Central and git check; and the key's self-signature (`signer keys openpgp`).
+
+An OpenPGP signature's digest is H(file || trailer), the trailer holding the
+signature's hashed part (type, key, hash, creation time, issuer fingerprint), so
+the requester, who has the file, computes it. The request's payload (canonical JSON)
+carries what was hashed:
+
+    {"mode": "binary" | "armor" | "cleartext" | "certify",
+     "key": hex(public-key packet body), "hashed": hex(hashed part),
+     "artifacts": [{"name", "digest": hex H(file)}]   (not for certify)
+     "uid": "Release <rel@example.org>"}               (certify only)
+
+The server checks the hashed part strictly (`signer.pgp.Hashed.parse`): signature
+type (binary 0x00 for detached, canonical text 0x01 for cleartext, positive
+certification 0x13 for certify), the key's public-key algorithm, a hash the key
+may use, issuer fingerprint equal to this key's OpenPGP fingerprint (its public
+key and the creation time the token keeps), the signature's creation time within
+`SKEW` of the server's clock and not before the key's. A certification's digest
+the server derives itself; a document signature's digests are the requester's,
+and officers are shown each file's digest labelled as the requester's claim. The
+evidence bundle (`ARTIFACT.bundle.json` beside the first output) keeps the payload,
+so `signer verify --bundle B --file F` recomputes H(F || trailer) and catches a
+false claim.
+
+Output: `ARTIFACT.sig` (binary, `mode` binary: rpm, apt's Release.gpg),
+`ARTIFACT.asc` (armored: Maven Central, git), or with `cleartext` the cleartext
+signed message (apt's InRelease), one per file, all from one request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cryptography.exceptions import InvalidSignature
+
+from signer import pgp
+from signer.algorithms import ALGORITHMS, HASH_SIZES
+from signer.encoding import canonical_json
+from signer.errors import ConfigError, InvalidArgumentError, TooLargeError, VerificationError
+from signer.formats.base import (
+    Carried,
+    Evidence,
+    OutputFormat,
+    PayloadKey,
+    Row,
+    SignedRequest,
+    Verdict,
+    write_json,
+)
+from signer.formats.bundle import write_beside
+from signer.model import Digest
+from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name
+
+__all__ = [
+    "CERTIFICATION",
+    "MODES",
+    "PAYLOAD_TYPE",
+    "SKEW",
+    "OpenPgpFormat",
+    "OpenPgpRequest",
+    "certification_request",
+    "check_certificate",
+    "document_request",
+    "openpgp_algorithm",
+    "signature_packets",
+]
+
+PAYLOAD_TYPE = "application/vnd.signer.openpgp.v1+json"
+MODES = ("binary", "armor", "cleartext", "certify")
+SKEW = 300  # seconds a signature's creation time may be off the server's clock
+CERTIFICATION = "openpgp-certification"  # the artifact name of a self-signature's digest
+_MAX_PAYLOAD = 4 * 1024 * 1024
+_SIG_TYPES = {
+    "binary": pgp.BINARY,
+    "armor": pgp.BINARY,
+    "cleartext": pgp.TEXT,
+    "certify": pgp.POSITIVE_CERTIFICATION,
+}
+_SUFFIXES = {"binary": ".sig", "armor": ".asc", "cleartext": ".asc"}
+_KEY_FLAGS = 0x03  # certify + sign: what a self-signature here says the key is for
+_SUITABLE = "an rsa-pkcs1-3072, rsa-pkcs1-4096, ecdsa-p256 or ecdsa-p384 key"
+
+
+def openpgp_algorithm(algorithm: str, key_name: str = "") -> int:
+    """The OpenPGP public-key algorithm (RSA 1, ECDSA 19) of a key algorithm;
+    InvalidArgumentError naming the key types to use if OpenPGP cannot use it."""
+    alg = ALGORITHMS.get(algorithm)
+    if alg is None or alg.scheme not in ("pkcs1", "ecdsa"):
+        key = f"key {key_name!r}" if key_name else "the key"
+        why = " (gpg and sq refuse RSA-PSS)" if alg is not None and alg.scheme == "pss" else ""
+        raise InvalidArgumentError(
+            f"{key} is {algorithm or 'of an unknown type'}: OpenPGP signatures need "
+            f"{_SUITABLE}{why}",
+            reason="KEY_UNSUITABLE_FOR_FORMAT",
+        )
+    return pgp.RSA if alg.scheme == "pkcs1" else pgp.ECDSA
+
+
+def _allowed_hashes(algorithm: str) -> tuple[str, ...]:
+    """ECDSA needs a hash at least as long as its curve (gpg refuses shorter)."""
+    return ("sha384", "sha512") if algorithm == "ecdsa-p384" else tuple(pgp.HASH_IDS)
+
+
+def _refuse(message: str, reason: str = "BAD_OPENPGP_REQUEST") -> InvalidArgumentError:
+    return InvalidArgumentError(message, reason=reason)
+
+
+class OpenPgpRequest:
+    """A typed OpenPGP request's payload, parsed strictly (`parse`)."""
+
+    def __init__(
+        self,
+        mode: str,
+        key: bytes,
+        hashed: pgp.Hashed,
+        artifacts: Sequence[Digest] = (),
+        uid: str = "",
+    ):
+        self.mode, self.key, self.hashed = mode, key, hashed
+        self.artifacts, self.uid = tuple(artifacts), uid
+
+    def to_bytes(self) -> bytes:
+        d: dict[str, Any] = {
+            "mode": self.mode,
+            "key": self.key.hex(),
+            "hashed": self.hashed.encode().hex(),
+        }
+        if self.mode == "certify":
+            d["uid"] = self.uid
+        else:
+            d["artifacts"] = [{"name": a.artifact, "digest": a.value.hex()} for a in self.artifacts]
+        return canonical_json(d)
+
+    @property
+    def fingerprint(self) -> bytes:
+        return pgp.fingerprint(self.key)
+
+    @property
+    def key_created(self) -> int:
+        return int.from_bytes(self.key[1:5], "big")
+
+    @classmethod
+    def parse(cls, payload: bytes, max_artifacts: int = 10_000) -> OpenPgpRequest:
+        """The payload, strictly: exact fields, canonical JSON, a hashed part `signer.pgp`
+        accepts of the mode's signature type, valid names and claimed digests."""
+        if len(payload) > _MAX_PAYLOAD:
+            raise TooLargeError(
+                f"payload is {len(payload)} bytes; the limit is {_MAX_PAYLOAD}",
+                reason="PAYLOAD_TOO_LARGE",
+            )
+        try:
+            d = json.loads(payload)
+            if not isinstance(d, dict) or d.get("mode") not in MODES:
+                raise ValueError(f"mode must be {', '.join(MODES)}")
+            mode = d["mode"]
+            last = "uid" if mode == "certify" else "artifacts"
+            if set(d) != {"mode", "key", "hashed", last}:
+                raise ValueError(f"fields must be exactly {last}, hashed, key, mode")
+            key, hashed_hex = d["key"], d["hashed"]
+            if not isinstance(key, str) or not isinstance(hashed_hex, str):
+                raise ValueError("key and hashed must be hex strings")
+            body = bytes.fromhex(key)
+            pgp.public_key_of(body)  # a key this module reads
+            try:
+                hashed = pgp.Hashed.parse(bytes.fromhex(hashed_hex), certification=last == "uid")
+            except pgp.PgpFormatError as e:
+                raise _refuse(f"the OpenPGP hashed part: {e}", "BAD_HASHED_PART") from None
+            if hashed.sig_type != _SIG_TYPES[mode]:
+                raise _refuse(
+                    f"a {mode} request signs with signature type {_SIG_TYPES[mode]:#04x}, "
+                    f"the hashed part says {hashed.sig_type:#04x}",
+                    "BAD_HASHED_PART",
+                )
+            if mode == "certify":
+                uid = d["uid"]
+                if not isinstance(uid, str) or not is_artifact_name(uid):
+                    raise ValueError(f"uid must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}")
+                parsed = cls(mode, body, hashed, uid=uid)
+            else:
+                artifacts = _artifacts(d["artifacts"], hashed.hash_algorithm, max_artifacts)
+                parsed = cls(mode, body, hashed, artifacts)
+        except (InvalidArgumentError, TooLargeError):
+            raise
+        except (ValueError, RecursionError) as e:
+            raise InvalidArgumentError(
+                f"not an OpenPGP signature request: {str(e)[:200]}", reason="BAD_PAYLOAD"
+            ) from None
+        if parsed.to_bytes() != payload:
+            raise InvalidArgumentError(
+                "the OpenPGP signature request is not in canonical JSON form", reason="BAD_PAYLOAD"
+            )
+        return parsed
+
+    def check(self, key: PayloadKey) -> None:
+        """The hashed part is one this key makes: algorithm, hash, issuer, times. At the
+        server (`key.now` set) also the key's stored creation time and the clock."""
+        h = self.hashed
+        if h.pubkey_algorithm != openpgp_algorithm(key.algorithm):
+            raise _refuse(
+                f"the hashed part is for public-key algorithm {h.pubkey_algorithm}; this key "
+                f"is {key.algorithm}",
+                "BAD_HASHED_PART",
+            )
+        if h.hash_algorithm not in _allowed_hashes(key.algorithm):
+            raise _refuse(
+                f"a {key.algorithm} key signs with {' or '.join(_allowed_hashes(key.algorithm))}, "
+                f"not {h.hash_algorithm}",
+                "BAD_HASH_FOR_FORMAT",
+            )
+        if key.now is not None:
+            if key.openpgp_created is None:
+                raise _refuse(
+                    "this key has no OpenPGP creation time in the token, so no OpenPGP fingerprint",
+                    "KEY_UNSUITABLE_FOR_FORMAT",
+                )
+            if self.key_created != key.openpgp_created:
+                raise _refuse(
+                    f"the key's OpenPGP creation time is {key.openpgp_created}, the request "
+                    f"says {self.key_created}: see `signer public-key --format openpgp`",
+                    "FOREIGN_ISSUER",
+                )
+        try:
+            own = pgp.public_key_body(key.public_key_pem, self.key_created)
+        except ValueError as e:
+            raise _refuse(f"the key cannot make OpenPGP signatures: {e}") from None
+        if own != self.key:
+            raise _refuse("the OpenPGP key in the request is not this key", "FOREIGN_ISSUER")
+        if h.issuer_fingerprint != self.fingerprint:
+            raise _refuse(
+                f"the hashed part names issuer {h.issuer_fingerprint.hex().upper()}; this "
+                f"key's OpenPGP fingerprint is {self.fingerprint.hex().upper()}",
+                "FOREIGN_ISSUER",
+            )
+        if h.created < self.key_created:
+            raise _refuse("the signature's creation time is before the key's", "CREATION_TIME_SKEW")
+        if key.now is not None and abs(h.created - key.now) > SKEW:
+            raise _refuse(
+                f"the signature's creation time {_when(h.created)} is more than {SKEW} s "
+                f"from the server's clock ({_when(key.now)})",
+                "CREATION_TIME_SKEW",
+            )
+        if self.mode == "certify" and (
+            h.key_flags != _KEY_FLAGS or h.preferred_hashes != (h.hash_algorithm,)
+        ):
+            raise _refuse(
+                "a self-signature here says certify and sign (key flags 0x03) and prefers "
+                "its own hash",
+                "BAD_HASHED_PART",
+            )
+
+    def signed_digests(self) -> tuple[Digest, ...] | None:
+        """What the token signs, where it is derived from the payload (a certification);
+        None for document signatures, whose digests are over files the server never sees."""
+        if self.mode != "certify":
+            return None
+        value = pgp.certification_digest(self.key, self.uid, self.hashed)
+        return (Digest(self.hashed.hash_algorithm, value, CERTIFICATION),)
+
+    def check_digests(self, digests: Sequence[Digest]) -> None:
+        derived = self.signed_digests()
+        if derived is not None:
+            if tuple(digests) != derived:
+                raise _refuse(
+                    "the digest is not the certification of this user ID on this key",
+                    "PAYLOAD_DIGEST_MISMATCH",
+                )
+            return
+        if len(digests) != len(self.artifacts):
+            raise _refuse(
+                f"{len(digests)} digests for {len(self.artifacts)} files; send one per file",
+                "PAYLOAD_DIGEST_MISMATCH",
+            )
+        for i, (d, a) in enumerate(zip(digests, self.artifacts, strict=True)):
+            if d.artifact != a.artifact or d.algorithm != self.hashed.hash_algorithm:
+                raise _refuse(
+                    f"digest {i} must be the {self.hashed.hash_algorithm} signature digest of "
+                    f"file {a.artifact!r}",
+                    "PAYLOAD_DIGEST_MISMATCH",
+                )
+
+    def file_digest(self, data: bytes) -> bytes:
+        """The digest the signature over a file with these bytes signs."""
+        if self.mode == "cleartext":
+            return pgp.cleartext_digest(data, self.hashed)
+        return pgp.document_digest(data, self.hashed)
+
+
+def _artifacts(items: Any, hash_name: str, limit: int) -> list[Digest]:
+    if not isinstance(items, list) or not items:
+        raise ValueError("artifacts must be a non-empty list")
+    if len(items) > limit:
+        raise TooLargeError(
+            f"{len(items)} artifacts; the limit is {limit}", reason="TOO_MANY_DIGESTS"
+        )
+    out = []
+    for i, a in enumerate(items):
+        if not isinstance(a, dict) or set(a) != {"name", "digest"}:
+            raise ValueError(f"artifacts[{i}] must be exactly {{digest, name}}")
+        name, hexed = a["name"], a["digest"]
+        if not isinstance(name, str) or not is_artifact_name(name):
+            raise ValueError(
+                f"artifacts[{i}].name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}"
+            )
+        if (
+            not isinstance(hexed, str)
+            or hexed != hexed.lower()
+            or len(hexed) != 2 * HASH_SIZES[hash_name]
+        ):
+            raise ValueError(f"artifacts[{i}].digest must be a lowercase hex {hash_name}")
+        out.append(Digest(hash_name, bytes.fromhex(hexed), name))
+    return out
+
+
+def _when(t: int) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fpr(fpr: bytes) -> str:
+    text = fpr.hex().upper()
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def document_request(
+    mode: str,
+    files: Sequence[tuple[str, bytes]],
+    key: PayloadKey,
+    hash_name: str,
+) -> tuple[Carried, OpenPgpRequest]:
+    """The request for signing `files` ((name, bytes) each) in `mode`, made now."""
+    if mode not in ("binary", "armor", "cleartext"):
+        raise InvalidArgumentError(f"OpenPGP mode {mode!r} is not binary, armor or cleartext")
+    if key.openpgp_created is None or key.now is None:
+        raise InvalidArgumentError(
+            "the server gives this key no OpenPGP creation time: it cannot make OpenPGP "
+            f"signatures (OpenPGP needs {_SUITABLE})",
+            reason="KEY_UNSUITABLE_FOR_FORMAT",
+        )
+    pk = openpgp_algorithm(key.algorithm)
+    if hash_name not in _allowed_hashes(key.algorithm):
+        raise InvalidArgumentError(
+            f"a {key.algorithm} key makes OpenPGP signatures with "
+            f"{' or '.join(_allowed_hashes(key.algorithm))}; use --hash",
+            reason="BAD_HASH_FOR_FORMAT",
+        )
+    body = pgp.public_key_body(key.public_key_pem, key.openpgp_created)
+    hashed = pgp.Hashed(_SIG_TYPES[mode], pk, hash_name, key.now, pgp.fingerprint(body))
+    claimed = [Digest(hash_name, hashlib.new(hash_name, data).digest(), n) for n, data in files]
+    request = OpenPgpRequest(mode, body, hashed, claimed)
+    try:
+        signed = tuple(Digest(hash_name, request.file_digest(data), n) for n, data in files)
+    except ValueError as e:
+        raise InvalidArgumentError(f"cannot sign this text: {e}") from None
+    return Carried(signed, PAYLOAD_TYPE, request.to_bytes()), request
+
+
+def certification_request(
+    uid: str, key: PayloadKey, hash_name: str = ""
+) -> tuple[Carried, OpenPgpRequest]:
+    """The request for the key's self-signature on `uid`, made now."""
+    if key.openpgp_created is None or key.now is None:
+        raise InvalidArgumentError("the key has no OpenPGP creation time")
+    pk = openpgp_algorithm(key.algorithm)
+    hash_name = hash_name or ALGORITHMS[key.algorithm].default_hash
+    body = pgp.public_key_body(key.public_key_pem, key.openpgp_created)
+    hashed = pgp.Hashed(
+        pgp.POSITIVE_CERTIFICATION,
+        pk,
+        hash_name,
+        key.now,
+        pgp.fingerprint(body),
+        key_flags=_KEY_FLAGS,
+        preferred_hashes=(hash_name,),
+    )
+    request = OpenPgpRequest("certify", body, hashed, uid=uid)
+    derived = request.signed_digests()
+    assert derived is not None
+    return Carried(derived, PAYLOAD_TYPE, request.to_bytes()), request
+
+
+def signature_packets(signed: SignedRequest) -> tuple[OpenPgpRequest, list[bytes]]:
+    """The request's payload and one signature packet per digest, each checked to verify
+    by the key in the payload, which must be the signed key (nothing else is written)."""
+    if signed.payload_type != PAYLOAD_TYPE:
+        raise InvalidArgumentError(
+            f"request {signed.request_id} is not an OpenPGP signature request; "
+            "use the --format it was made with"
+        )
+    request = OpenPgpRequest.parse(signed.payload)
+    try:
+        request.check(PayloadKey(signed.algorithm, signed.public_key_pem))
+        request.check_digests(signed.digests)
+    except InvalidArgumentError as e:
+        raise VerificationError(f"request {signed.request_id}: {e}; not written") from None
+    packets = []
+    for d, sig in zip(signed.digests, signed.signatures, strict=True):
+        try:
+            packet = pgp.signature_packet(request.hashed, d.value, sig)
+            pgp.verify_signature(request.key, pgp.parse_signature_packet(packet), d.value)
+        except (ValueError, InvalidSignature):
+            raise VerificationError(
+                f"request {signed.request_id}: a signature is not one the key makes; not written"
+            ) from None
+        packets.append(packet)
+    return request, packets
+
+
+def check_certificate(cert: bytes, public_key_pem: str, created: int | None) -> pgp.Certificate:
+    """A certificate of exactly this key (its public key, and the creation time the server
+    gives) whose self-signature verifies; VerificationError otherwise."""
+    try:
+        c = pgp.parse_certificate(cert)
+        own = pgp.public_key_body(public_key_pem, c.created)
+    except ValueError as e:
+        raise VerificationError(f"not an OpenPGP certificate of this key: {e}") from None
+    if own != c.key_body or (created is not None and c.created != created):
+        raise VerificationError("the OpenPGP certificate is of another key")
+    digest = pgp.certification_digest(c.key_body, c.uid, c.hashed)
+    try:
+        pgp.verify_signature(c.key_body, c.signature, digest)
+    except (InvalidSignature, ValueError):
+        raise VerificationError("the certificate's self-signature does not verify") from None
+    return c
+
+
+class OpenPgpFormat(OutputFormat):
+    name: ClassVar[str] = "openpgp"
+    summary: ClassVar[str] = "OpenPGP signatures (gpg, gpgv, sq, apt, rpm, Maven Central)"
+    suffix: ClassVar[str] = ".sig"
+    per_artifact: ClassVar[bool] = True
+    key_bound: ClassVar[bool] = True
+    hashes_files: ClassVar[bool] = True
+    payload_type: ClassVar[str] = PAYLOAD_TYPE
+    payload_description: ClassVar[str] = "an OpenPGP signature request"
+
+    def carry(
+        self,
+        digests: Sequence[Digest],
+        context: Mapping[str, str],
+        hash_name: str,
+        params: Mapping[str, str],
+        algorithm: str = "",
+    ) -> Carried:
+        raise InvalidArgumentError(
+            "an OpenPGP signature hashes the file with its trailer: give --file, not --digest"
+        )
+
+    def carry_files(
+        self, files: Sequence[Path], params: Mapping[str, str], key: PayloadKey, hash_name: str
+    ) -> Carried:
+        named = []
+        for f in files:
+            try:
+                named.append((f.name, f.read_bytes()))
+            except OSError as e:
+                raise ConfigError(f"cannot read {f}: {e.strerror}") from None
+        return document_request(params.get("mode", "binary"), named, key, hash_name)[0]
+
+    def check_payload(
+        self, payload: bytes, digests: Sequence[Digest], max_subjects: int, key: PayloadKey
+    ) -> None:
+        request = OpenPgpRequest.parse(payload, max_subjects)
+        request.check(key)
+        request.check_digests(digests)
+
+    def check_file(self, payload: bytes, digests: Sequence[Digest], data: bytes, name: str) -> None:
+        request = OpenPgpRequest.parse(payload)
+        try:
+            own = request.file_digest(data)
+        except ValueError as e:
+            raise VerificationError(f"{name}: {e}") from None
+        if not any(d.artifact == name and d.value == own for d in digests):
+            raise VerificationError(
+                f"the OpenPGP signature digest of {name} is not the one signed: the "
+                "requester's claim was false"
+            )
+
+    def artifacts(self, payload: bytes) -> tuple[Digest, ...] | None:
+        request = OpenPgpRequest.parse(payload)
+        return None if request.mode == "certify" else request.artifacts
+
+    def describe(
+        self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str
+    ) -> dict[str, Any]:
+        try:
+            request = OpenPgpRequest.parse(payload)
+        except (InvalidArgumentError, TooLargeError) as e:
+            return {"openpgp_error": str(e), "payload_matches_digest": False}
+        h = request.hashed
+        shown: dict[str, Any] = {
+            "mode": request.mode,
+            "key_fingerprint": request.fingerprint.hex().upper(),
+            "key_created": _when(request.key_created),
+            "signature_created": _when(h.created),
+            "hash_algorithm": h.hash_algorithm,
+            "issuer_is_key": h.issuer_fingerprint == request.fingerprint,
+        }
+        try:
+            request.check_digests(digests)
+            matches = shown["issuer_is_key"]
+        except InvalidArgumentError:
+            matches = False
+        if request.mode == "certify":
+            shown["uid"] = request.uid
+        else:
+            shown["claimed_artifacts"] = [
+                {"name": a.artifact, "digest": a.value.hex()} for a in request.artifacts
+            ]
+        return {"openpgp": shown, "payload_matches_digest": matches}
+
+    def rows(self, described: Mapping[str, Any]) -> list[Row]:
+        if "openpgp" not in described:
+            return [
+                ("openpgp request", f"UNREADABLE: {described['openpgp_error']}; do not approve")
+            ]
+        o = described["openpgp"]
+        what = {
+            "binary": "detached signatures (binary)",
+            "armor": "detached signatures (armored)",
+            "cleartext": "cleartext signature (apt InRelease)",
+            "certify": "the key's certificate: a self-signature binding a user ID",
+        }[o["mode"]]
+        rows: list[Row] = [
+            ("openpgp", what),
+            ("key fingerprint", _fpr(bytes.fromhex(o["key_fingerprint"]))),
+            ("key created", o["key_created"]),
+            ("signature created", f"{o['signature_created']} ({o['hash_algorithm']})"),
+        ]
+        if o["mode"] == "certify":
+            rows.append(("user id", o["uid"]))
+        else:
+            rows += [
+                (
+                    f"file {i}",
+                    (a["name"], f"{o['hash_algorithm']}:{a['digest']} (claimed by the requester)"),
+                )
+                for i, a in enumerate(o["claimed_artifacts"])
+            ]
+        if not described["payload_matches_digest"]:
+            check = "MISMATCH: the digests to sign do not follow from this request; do not approve"
+        elif o["mode"] == "certify":
+            check = "the digest to sign is this user ID's certification on this key"
+        else:
+            check = (
+                "fields checked; the digests to sign are the requester's, over each file and "
+                "this trailer: the evidence bundle lets anyone recompute them from the files"
+            )
+        rows.append(("payload check", check))
+        return rows
+
+    def problems(self, described: Mapping[str, Any]) -> list[str]:
+        if "openpgp" not in described:
+            return [f"the OpenPGP request cannot be shown: {described['openpgp_error']}"]
+        if not described["payload_matches_digest"]:
+            return ["the digests to sign do not follow from the OpenPGP request shown"]
+        return []
+
+    def targets(
+        self, out: Path | None, files: Sequence[Path], payload: bytes = b""
+    ) -> tuple[Path, ...]:
+        if out is not None:
+            return (out,)
+        mode = OpenPgpRequest.parse(payload).mode if payload else "binary"
+        if mode == "certify":
+            raise InvalidArgumentError("a certification is written by `signer keys openpgp`")
+        if not files:
+            raise InvalidArgumentError("no --out and no --file to write beside")
+        return tuple(f.with_name(f.name + _SUFFIXES[mode]) for f in files)
+
+    def write(self, signed: SignedRequest, targets: Sequence[Path]) -> list[str]:
+        request, packets = signature_packets(signed)
+        if request.mode == "certify":
+            raise InvalidArgumentError(
+                f"request {signed.request_id} is a certification; `signer keys openpgp` "
+                "writes the certificate"
+            )
+        said = []
+        sources = signed.files or (None,) * len(packets)
+        for path, packet, a, d, source in zip(
+            targets, packets, request.artifacts, signed.digests, sources, strict=False
+        ):
+            data = source.read_bytes() if source is not None else None
+            if data is not None and request.file_digest(data) != d.value:
+                raise VerificationError(f"{source} changed since it was hashed; not written")
+            if request.mode == "binary":
+                path.write_bytes(packet)
+            elif request.mode == "armor":
+                path.write_text(pgp.armor("SIGNATURE", packet))
+            else:
+                if data is None:
+                    raise InvalidArgumentError("a cleartext signature is written with its --file")
+                path.write_bytes(pgp.clearsign(data, packet))
+            proof = path.with_name(path.name + ".audit.json")
+            write_json(proof, signed.proof.to_json())
+            said.append(
+                f"OpenPGP signature ({request.mode}) of {a.artifact} written to {path} "
+                f"(audit proof: {proof})"
+            )
+        return [*said, write_beside(signed, targets[0])]
+
+    def verify(self, evidence: Evidence) -> Verdict:
+        raise ConfigError(
+            "check an OpenPGP signature with gpg, gpgv or sq against the key's certificate "
+            "(`signer public-key --format openpgp`), or its evidence with `signer verify --bundle`"
+        )
