@@ -335,13 +335,13 @@ def document_request(
     """The request for signing `files` ((name, bytes) each) in `mode`, made now."""
     if mode not in ("binary", "armor", "cleartext"):
         raise InvalidArgumentError(f"OpenPGP mode {mode!r} is not binary, armor or cleartext")
+    pk = openpgp_algorithm(key.algorithm)
     if key.openpgp_created is None or key.now is None:
         raise InvalidArgumentError(
             "the server gives this key no OpenPGP creation time: it cannot make OpenPGP "
             f"signatures (OpenPGP needs {_SUITABLE})",
             reason="KEY_UNSUITABLE_FOR_FORMAT",
         )
-    pk = openpgp_algorithm(key.algorithm)
     if hash_name not in _allowed_hashes(key.algorithm):
         raise InvalidArgumentError(
             f"a {key.algorithm} key makes OpenPGP signatures with "

@@ -1,0 +1,405 @@
+"""`--format openpgp` through the real server and SoftHSM: `signer keys openpgp` makes each
+key's certificate (a self-signature the officers approve) that gpg imports and
+`signer public-key --format openpgp` serves; detached binary and armored signatures of
+several files in one request, and a cleartext InRelease, verify with gpg, gpgv and sq,
+and a tampered file fails each; officers see the checked trailer fields and each file's
+digest labelled as the requester's claim; the evidence bundle catches a false claim;
+bad input (unsuitable key, foreign or malformed hashed part, creation time far off) is
+refused with a clear error."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from signer import pgp
+from signer.cli.main import main
+from signer.convert import digest_pb
+from signer.errors import InvalidArgumentError
+from signer.formats.base import PayloadKey
+from signer.formats.openpgp import (
+    PAYLOAD_TYPE,
+    OpenPgpFormat,
+    OpenPgpRequest,
+    document_request,
+)
+from signer.model import Digest
+from signer.v1 import approval_pb2, signing_pb2, types_pb2
+from testbed.commands import APPROVER, SIGNER, run, wait_until
+from testbed.gnupg import Gnupg
+from testbed.process import Running
+
+KEYS = ("k-ecdsa-p256", "k-ecdsa-p384", "k-rsa-pkcs1-3072")
+UID = "Release Team <release@example.org>"
+
+
+def _ci(shared: Running) -> list[str]:
+    return ["--profile", str(shared.env.profile_path("ci"))]
+
+
+def _pending(shared: Running, key: str) -> types_pb2.SigningRequest | None:
+    listed = (
+        shared.clients.approval("alice")
+        .ListRequests(approval_pb2.ListRequestsRequest(page_size=50), timeout=10)
+        .requests
+    )
+    return next((r for r in listed if r.key_name == key and r.payload_type == PAYLOAD_TYPE), None)
+
+
+def _certify(shared: Running, key: str, out: Path, uid: str = UID) -> tuple[str, str]:
+    """`signer keys openpgp` for `key`, approved by alice and bob once its request is
+    pending: (stdout, stderr)."""
+    args = [*SIGNER, "keys", "openpgp", "--config", str(shared.env.config), *_ci(shared)]
+    with subprocess.Popen(
+        [*args, "--name", key, "--uid", uid, "--out", str(out), "--timeout", "2m"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as p:
+        try:
+            wait_until(lambda: p.poll() is not None or _pending(shared, key) is not None, 60)
+            pending = _pending(shared, key)
+            if pending is not None:
+                shared.clients.approve("alice", pending)
+                shared.clients.approve("bob", pending)
+            stdout, stderr = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == 0, stderr
+    return stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def certs(shared: Running, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Each key's certificate, made once for this module."""
+    root = tmp_path_factory.mktemp("openpgp-certs")
+    out = {}
+    for key in KEYS:
+        path = root / f"{key}.asc"
+        _certify(shared, key, path)
+        out[key] = pgp.unarmor(path.read_text())[1]
+    return out
+
+
+@pytest.fixture(params=KEYS)
+def key(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _tools(tmp_path: Path, cert: bytes) -> Gnupg:
+    tools = Gnupg(tmp_path, cert)
+    assert tools.imported.returncode == 0, tools.imported.stderr.decode()
+    return tools
+
+
+def _sign(shared: Running, files: list[Path], key: str, *flags: str) -> str:
+    """`signer sign --format openpgp FLAGS` of all `files` in one request, approved; the id."""
+    cli = CliRunner()
+    named = [a for f in files for a in ("--file", str(f))]
+    made = cli.invoke(
+        main,
+        [
+            "sign",
+            "--key-name",
+            key,
+            "--format",
+            "openpgp",
+            *flags,
+            *named,
+            "--no-wait",
+            *_ci(shared),
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    request = shared.clients.get(made.stdout.strip())
+    assert request.payload_type == PAYLOAD_TYPE and len(request.digests) == len(files)
+    shared.clients.approve("alice", request)
+    shared.clients.approve("bob", request)
+    return request.id
+
+
+def _fetch(shared: Running, request_id: str, files: list[Path], *extra: str) -> str:
+    named = [a for f in files for a in ("--file", str(f))]
+    status = ["status", request_id, "--format", "openpgp", *named, *extra, *_ci(shared)]
+    fetched = CliRunner().invoke(main, status)
+    assert fetched.exit_code == 0, fetched.output
+    return fetched.stderr
+
+
+def _release(tmp_path: Path) -> list[Path]:
+    files = [tmp_path / n for n in ("lib-1.0.jar", "lib-1.0.pom", "lib-1.0-sources.jar")]
+    for i, f in enumerate(files):
+        f.write_bytes(f"maven artifact {i}\n".encode() * 300)
+    return files
+
+
+def test_the_certificate_is_approved_imported_and_served(
+    shared: Running, certs: dict[str, bytes], key: str, tmp_path: Path
+) -> None:
+    """The certificate's self-signature was an approved request; gpg imports it with the
+    user ID and a good self-signature; `signer public-key --format openpgp` serves the same
+    certificate, whose creation time the server gives for the key."""
+    cert = pgp.parse_certificate(certs[key])
+    assert cert.uid == UID
+    tools = _tools(tmp_path, certs[key])
+    fpr = cert.fingerprint.hex().upper()
+    assert f"[GNUPG:] IMPORT_OK 1 {fpr}" in tools.imported.stdout.decode()
+    listed = tools.gpg("--with-colons", "--check-sigs").stdout.decode()
+    assert re.search(rf"^sig:!::.*:13x::{fpr}:", listed, re.M), listed
+    served = CliRunner().invoke(
+        main, ["public-key", "--key-name", key, "--format", "openpgp", *_ci(shared)]
+    )
+    assert served.exit_code == 0, served.output
+    assert pgp.unarmor(served.stdout) == ("PUBLIC KEY BLOCK", certs[key])
+    info = shared.clients.signing().GetPublicKey(
+        signing_pb2.GetPublicKeyRequest(key_name=key), timeout=10
+    )
+    assert info.key.openpgp_created == cert.created
+
+
+def test_a_key_without_a_certificate_says_how_to_make_one(shared: Running) -> None:
+    got = CliRunner().invoke(
+        main, ["public-key", "--key-name", "k-rsa-pss-3072", "--format", "openpgp", *_ci(shared)]
+    )
+    assert got.exit_code == 1
+    assert "rsa-pss-3072" in got.stderr and "rsa-pkcs1-3072" in got.stderr
+
+
+@pytest.mark.parametrize("armor", [False, True])
+def test_detached_signatures_of_a_release_verify_with_gpg_gpgv_and_sq(
+    shared: Running, certs: dict[str, bytes], key: str, tmp_path: Path, armor: bool
+) -> None:
+    """One request signs every file of a release (one approval for all); each signature,
+    binary or armored, verifies with gpg, gpgv and sq; a tampered file fails each."""
+    files = _release(tmp_path)
+    request_id = _sign(shared, files, key, *(["--armor"] if armor else []))
+    said = _fetch(shared, request_id, files)
+    assert "one for all 3 files" in said
+    tools = _tools(tmp_path, certs[key])
+    fpr = pgp.parse_certificate(certs[key]).fingerprint.hex().upper()
+    for f in files:
+        sig = f.with_name(f.name + (".asc" if armor else ".sig"))
+        if armor:
+            assert sig.read_text().startswith("-----BEGIN PGP SIGNATURE-----\n")
+        verified = tools.gpg("--verify", str(sig), str(f))
+        assert verified.returncode == 0, verified.stderr.decode()
+        assert f"[GNUPG:] VALIDSIG {fpr} " in verified.stdout.decode()
+        assert tools.gpgv(str(sig), str(f)).returncode == 0
+        assert tools.sq_verify("--detached", str(sig), str(f)).returncode == 0
+    tampered = tmp_path / "tampered.jar"
+    tampered.write_bytes(files[0].read_bytes() + b"!")
+    sig = files[0].with_name(files[0].name + (".asc" if armor else ".sig"))
+    assert tools.gpg("--verify", str(sig), str(tampered)).returncode != 0
+    assert tools.gpgv(str(sig), str(tampered)).returncode != 0
+    assert tools.sq_verify("--detached", str(sig), str(tampered)).returncode != 0
+
+
+def test_a_cleartext_inrelease_verifies_with_gpgv(
+    shared: Running, certs: dict[str, bytes], tmp_path: Path
+) -> None:
+    """--clearsign writes a cleartext signed message gpgv and sq accept; a changed line fails."""
+    release = tmp_path / "Release"
+    release.write_text(
+        "Origin: Example\nSuite: stable\n-dash line\nSHA256:\n "
+        + hashlib.sha256(b"x").hexdigest()
+        + " 1 main/binary-amd64/Packages\n"
+    )
+    in_release = tmp_path / "InRelease"
+    request_id = _sign(shared, [release], "k-rsa-pkcs1-3072", "--clearsign")
+    _fetch(shared, request_id, [release], "--out", str(in_release))
+    text = in_release.read_text()
+    assert text.startswith("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n")
+    assert "\n- -dash line\n" in text
+    tools = _tools(tmp_path, certs["k-rsa-pkcs1-3072"])
+    assert tools.gpgv(str(in_release)).returncode == 0
+    assert tools.sq_verify(str(in_release)).returncode == 0
+    changed = tmp_path / "InRelease.changed"
+    changed.write_text(text.replace("Suite: stable", "Suite: stab1e"))
+    assert tools.gpgv(str(changed)).returncode != 0
+    assert tools.sq_verify(str(changed)).returncode != 0
+
+
+def test_officers_see_the_checked_fields_and_the_claimed_digests(
+    shared: Running, certs: dict[str, bytes], tmp_path: Path
+) -> None:
+    """`approver show` names the key's fingerprint, the signature's creation time and hash,
+    and each file's digest labelled as the requester's claim."""
+    files = _release(tmp_path)[:1]
+    cli = CliRunner()
+    made = cli.invoke(
+        main,
+        [
+            *("sign", "--key-name", "k-ecdsa-p256", "--format", "openpgp"),
+            *("--file", str(files[0]), "--no-wait", *_ci(shared)),
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    request_id = made.stdout.strip()
+    alice = ["--profile", str(shared.env.profile_path("alice"))]
+    shown = run([*APPROVER, "show", request_id, *alice], env={"COLUMNS": "200"}).stdout
+    fpr = pgp.parse_certificate(certs["k-ecdsa-p256"]).fingerprint.hex().upper()
+    assert " ".join(fpr[i : i + 4] for i in range(0, 40, 4)) in shown
+    assert "(claimed by the requester)" in shown
+    assert hashlib.sha256(files[0].read_bytes()).hexdigest() in shown
+    described = json.loads(run([*APPROVER, "show", request_id, "--json", *alice]).stdout)
+    assert described["openpgp"]["mode"] == "binary"
+    assert described["openpgp"]["claimed_artifacts"][0]["name"] == "lib-1.0.jar"
+    assert described["payload_matches_digest"] is True
+
+
+def test_the_bundle_recomputes_the_signed_digest_and_catches_a_false_claim(
+    shared: Running, certs: dict[str, bytes], tmp_path: Path
+) -> None:
+    """A requester who claims one file's digest but has another's signed gets a signature
+    the bundle check refuses for the claimed file; an honest request's bundle passes."""
+    honest, other = tmp_path / "honest.tar", tmp_path / "other.tar"
+    honest.write_bytes(b"the file officers were told about")
+    other.write_bytes(b"a different file altogether")
+    key = "release"
+    info = shared.clients.signing().GetPublicKey(
+        signing_pb2.GetPublicKeyRequest(key_name=key), timeout=10
+    )
+    signing = PayloadKey(
+        info.key.algorithm, info.key.public_key_pem, info.key.openpgp_created, int(time.time())
+    )
+    carried, request = document_request(
+        "binary", [("honest.tar", honest.read_bytes())], signing, "sha256"
+    )
+    false_digest = Digest("sha256", request.file_digest(other.read_bytes()), "honest.tar")
+    made = shared.clients.create(
+        key=key,
+        digests=[digest_pb(false_digest)],
+        payload_type=carried.payload_type,
+        payload=carried.payload,
+    )
+    shared.clients.approve("alice", made)
+    shared.clients.approve("bob", made)
+    out = tmp_path / "honest.tar.sig"
+    refused = CliRunner().invoke(
+        main,
+        ["status", made.id, "--format", "openpgp", "--file", str(honest), *_ci(shared)],
+    )
+    assert refused.exit_code == 1 and "changed since it was hashed" in refused.stderr
+    _fetch(shared, made.id, [], "--out", str(out))
+    trust = shared.env.root / "trust" / "release.toml"
+    bundle = out.with_name(out.name + ".bundle.json")
+    check = [*SIGNER, "verify", "--bundle", str(bundle), "--trust", str(trust), "--file"]
+    caught = run([*check, str(honest)], check=False)
+    assert caught.returncode == 1 and "claim was false" in caught.stderr
+    good_id = _sign(shared, [honest], key)
+    _fetch(shared, good_id, [honest])
+    ok = run([*check, str(honest)], check=False, input=None)
+    assert ok.returncode == 0, ok.stderr
+
+
+def _payload_key(shared: Running, key: str) -> PayloadKey:
+    info = shared.clients.signing().GetPublicKey(
+        signing_pb2.GetPublicKeyRequest(key_name=key), timeout=10
+    )
+    return PayloadKey(
+        info.key.algorithm, info.key.public_key_pem, info.key.openpgp_created, int(time.time())
+    )
+
+
+def _refused(shared: Running, key: str, digests: list[Digest], payload: bytes) -> str:
+    with pytest.raises(grpc.RpcError) as e:
+        shared.clients.create(
+            key=key,
+            digests=[digest_pb(d) for d in digests],
+            payload_type=PAYLOAD_TYPE,
+            payload=payload,
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return str(e.value.details())
+
+
+def test_the_server_refuses_foreign_stale_and_malformed_trailers(shared: Running) -> None:
+    """Creation time far off, another key's fingerprint, a hashed part of the wrong type or
+    with extra subpackets, and digests that do not match the files listed: each refused."""
+    signing = _payload_key(shared, "k-rsa-pkcs1-3072")
+    carried, request = document_request("binary", [("a.tar", b"data")], signing, "sha256")
+    digests = list(carried.digests)
+
+    def payload_with(hashed: pgp.Hashed) -> bytes:
+        return OpenPgpRequest(request.mode, request.key, hashed, request.artifacts).to_bytes()
+
+    h = request.hashed
+    ahead = pgp.Hashed(
+        h.sig_type, h.pubkey_algorithm, h.hash_algorithm, h.created + 3600, h.issuer_fingerprint
+    )
+    assert "more than 300 s from the server's clock" in _refused(
+        shared, "k-rsa-pkcs1-3072", digests, payload_with(ahead)
+    )
+    before = pgp.Hashed(
+        h.sig_type,
+        h.pubkey_algorithm,
+        h.hash_algorithm,
+        h.created - 7 * 86400,
+        h.issuer_fingerprint,
+    )
+    assert "before the key's" in _refused(shared, "k-rsa-pkcs1-3072", digests, payload_with(before))
+    foreign = pgp.Hashed(h.sig_type, h.pubkey_algorithm, h.hash_algorithm, h.created, bytes(20))
+    assert "names issuer 0000" in _refused(
+        shared, "k-rsa-pkcs1-3072", digests, payload_with(foreign)
+    )
+    text = pgp.Hashed(
+        pgp.TEXT, h.pubkey_algorithm, h.hash_algorithm, h.created, h.issuer_fingerprint
+    )
+    assert "signature type 0x00" in _refused(
+        shared, "k-rsa-pkcs1-3072", digests, payload_with(text)
+    )
+    extra = json.loads(carried.payload)
+    extra["hashed"] = (
+        h.encode()[:4]
+        + (len(h.encode()) - 6 + 3).to_bytes(2, "big")
+        + h.encode()[6:]
+        + bytes([2, 27, 3])
+    ).hex()
+    assert "key flags" in _refused(
+        shared,
+        "k-rsa-pkcs1-3072",
+        digests,
+        json.dumps(extra, sort_keys=True, separators=(",", ":")).encode(),
+    )
+    renamed = [Digest("sha256", digests[0].value, "b.tar")]
+    assert "file 'a.tar'" in _refused(shared, "k-rsa-pkcs1-3072", renamed, carried.payload)
+    # The same request sent for another key: its hashed part is not one that key makes.
+    assert "public-key algorithm 1; this key is ecdsa-p256" in _refused(
+        shared, "k-ecdsa-p256", digests, carried.payload
+    )
+
+
+def test_unsuitable_keys_are_refused_naming_the_key_types_to_use(
+    shared: Running, tmp_path: Path
+) -> None:
+    """An RSA-PSS key cannot make OpenPGP signatures: refused before anything is sent,
+    naming rsa-pkcs1-* and ecdsa-*; `signer keys openpgp` refuses it too."""
+    f = tmp_path / "a.tar"
+    f.write_bytes(b"x")
+    got = CliRunner().invoke(
+        main,
+        [
+            *("sign", "--key-name", "k-rsa-pss-3072", "--format", "openpgp"),
+            *("--file", str(f), "--no-wait", *_ci(shared)),
+        ],
+    )
+    assert got.exit_code == 1
+    assert "rsa-pss-3072" in got.stderr and "rsa-pkcs1-3072" in got.stderr
+    assert "refuse RSA-PSS" in got.stderr
+    args = ["keys", "openpgp", "--config", str(shared.env.config), *_ci(shared)]
+    made = CliRunner().invoke(main, [*args, "--name", "k-rsa-pss-3072", "--uid", UID])
+    assert made.exit_code == 1 and "ecdsa-p256" in made.stderr
+
+
+def test_digests_instead_of_files_are_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="give --file"):
+        OpenPgpFormat().carry([Digest("sha256", bytes(32), "a")], {}, "sha256", {})
