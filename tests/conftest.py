@@ -174,4 +174,5 @@ __all__ = ["ServerProcess"]
 # baseline (tests/tamper.py, for tests/test_tamper_*.py), built once a backend.
 from tests.bundle_env import signed  # noqa: E402, F401
 from tests.oidc_env import oidc, oidc_env  # noqa: E402, F401
+from tests.openpgp_env import openpgp_certs  # noqa: E402, F401
 from tests.tamper import baselines  # noqa: E402, F401

@@ -95,7 +95,7 @@ def _offered(command: str) -> list[str]:
 def test_registry_lists_exactly_the_formats_the_cli_offers() -> None:
     """`sign` and `status` offer exactly the registry's formats, raw first (the default)."""
     assert _offered("sign") == _offered("status") == list(registry.FORMATS)
-    assert list(registry.FORMATS) == ["raw", "dsse", "bundle", "cosign", "ssh"]
+    assert list(registry.FORMATS) == ["raw", "dsse", "bundle", "cosign", "ssh", "openpgp"]
     assert all(name == f.name for name, f in registry.FORMATS.items())
 
 
@@ -156,7 +156,8 @@ def test_unknown_payload_type_is_refused_by_the_lookup(world: World) -> None:
     assert e.value.reason == "BAD_PAYLOAD_TYPE"
     assert str(e.value) == (
         "payload_type must be application/vnd.in-toto+json (an in-toto Statement v1) or "
-        "application/vnd.signer.sshsig.v1+json (an SSH signature request)"
+        "application/vnd.signer.sshsig.v1+json (an SSH signature request) or "
+        "application/vnd.signer.openpgp.v1+json (an OpenPGP signature request)"
     )
     before = world.requests()
     with pytest.raises(InvalidArgumentError, match="payload_type must be") as e:

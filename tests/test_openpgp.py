@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,62 +31,17 @@ from signer.formats.openpgp import (
     document_request,
 )
 from signer.model import Digest
-from signer.v1 import approval_pb2, signing_pb2, types_pb2
-from testbed.commands import APPROVER, SIGNER, run, wait_until
+from signer.v1 import signing_pb2
+from testbed.commands import APPROVER, SIGNER, run
 from testbed.gnupg import Gnupg
 from testbed.process import Running
+from tests.openpgp_env import OPENPGP_KEYS, UID
 
-KEYS = ("k-ecdsa-p256", "k-ecdsa-p384", "k-rsa-pkcs1-3072")
-UID = "Release Team <release@example.org>"
+KEYS = OPENPGP_KEYS
 
 
 def _ci(shared: Running) -> list[str]:
     return ["--profile", str(shared.env.profile_path("ci"))]
-
-
-def _pending(shared: Running, key: str) -> types_pb2.SigningRequest | None:
-    listed = (
-        shared.clients.approval("alice")
-        .ListRequests(approval_pb2.ListRequestsRequest(page_size=50), timeout=10)
-        .requests
-    )
-    return next((r for r in listed if r.key_name == key and r.payload_type == PAYLOAD_TYPE), None)
-
-
-def _certify(shared: Running, key: str, out: Path, uid: str = UID) -> tuple[str, str]:
-    """`signer keys openpgp` for `key`, approved by alice and bob once its request is
-    pending: (stdout, stderr)."""
-    args = [*SIGNER, "keys", "openpgp", "--config", str(shared.env.config), *_ci(shared)]
-    with subprocess.Popen(
-        [*args, "--name", key, "--uid", uid, "--out", str(out), "--timeout", "2m"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as p:
-        try:
-            wait_until(lambda: p.poll() is not None or _pending(shared, key) is not None, 60)
-            pending = _pending(shared, key)
-            if pending is not None:
-                shared.clients.approve("alice", pending)
-                shared.clients.approve("bob", pending)
-            stdout, stderr = p.communicate(timeout=120)
-        finally:
-            if p.poll() is None:
-                p.kill()
-    assert p.returncode == 0, stderr
-    return stdout, stderr
-
-
-@pytest.fixture(scope="module")
-def certs(shared: Running, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """Each key's certificate, made once for this module."""
-    root = tmp_path_factory.mktemp("openpgp-certs")
-    out = {}
-    for key in KEYS:
-        path = root / f"{key}.asc"
-        _certify(shared, key, path)
-        out[key] = pgp.unarmor(path.read_text())[1]
-    return out
 
 
 @pytest.fixture(params=KEYS)
@@ -143,14 +97,14 @@ def _release(tmp_path: Path) -> list[Path]:
 
 
 def test_the_certificate_is_approved_imported_and_served(
-    shared: Running, certs: dict[str, bytes], key: str, tmp_path: Path
+    shared: Running, openpgp_certs: dict[str, bytes], key: str, tmp_path: Path
 ) -> None:
     """The certificate's self-signature was an approved request; gpg imports it with the
     user ID and a good self-signature; `signer public-key --format openpgp` serves the same
     certificate, whose creation time the server gives for the key."""
-    cert = pgp.parse_certificate(certs[key])
+    cert = pgp.parse_certificate(openpgp_certs[key])
     assert cert.uid == UID
-    tools = _tools(tmp_path, certs[key])
+    tools = _tools(tmp_path, openpgp_certs[key])
     fpr = cert.fingerprint.hex().upper()
     assert f"[GNUPG:] IMPORT_OK 1 {fpr}" in tools.imported.stdout.decode()
     listed = tools.gpg("--with-colons", "--check-sigs").stdout.decode()
@@ -159,7 +113,7 @@ def test_the_certificate_is_approved_imported_and_served(
         main, ["public-key", "--key-name", key, "--format", "openpgp", *_ci(shared)]
     )
     assert served.exit_code == 0, served.output
-    assert pgp.unarmor(served.stdout) == ("PUBLIC KEY BLOCK", certs[key])
+    assert pgp.unarmor(served.stdout) == ("PUBLIC KEY BLOCK", openpgp_certs[key])
     info = shared.clients.signing().GetPublicKey(
         signing_pb2.GetPublicKeyRequest(key_name=key), timeout=10
     )
@@ -176,7 +130,7 @@ def test_a_key_without_a_certificate_says_how_to_make_one(shared: Running) -> No
 
 @pytest.mark.parametrize("armor", [False, True])
 def test_detached_signatures_of_a_release_verify_with_gpg_gpgv_and_sq(
-    shared: Running, certs: dict[str, bytes], key: str, tmp_path: Path, armor: bool
+    shared: Running, openpgp_certs: dict[str, bytes], key: str, tmp_path: Path, armor: bool
 ) -> None:
     """One request signs every file of a release (one approval for all); each signature,
     binary or armored, verifies with gpg, gpgv and sq; a tampered file fails each."""
@@ -184,8 +138,8 @@ def test_detached_signatures_of_a_release_verify_with_gpg_gpgv_and_sq(
     request_id = _sign(shared, files, key, *(["--armor"] if armor else []))
     said = _fetch(shared, request_id, files)
     assert "one for all 3 files" in said
-    tools = _tools(tmp_path, certs[key])
-    fpr = pgp.parse_certificate(certs[key]).fingerprint.hex().upper()
+    tools = _tools(tmp_path, openpgp_certs[key])
+    fpr = pgp.parse_certificate(openpgp_certs[key]).fingerprint.hex().upper()
     for f in files:
         sig = f.with_name(f.name + (".asc" if armor else ".sig"))
         if armor:
@@ -204,7 +158,7 @@ def test_detached_signatures_of_a_release_verify_with_gpg_gpgv_and_sq(
 
 
 def test_a_cleartext_inrelease_verifies_with_gpgv(
-    shared: Running, certs: dict[str, bytes], tmp_path: Path
+    shared: Running, openpgp_certs: dict[str, bytes], tmp_path: Path
 ) -> None:
     """--clearsign writes a cleartext signed message gpgv and sq accept; a changed line fails."""
     release = tmp_path / "Release"
@@ -219,7 +173,7 @@ def test_a_cleartext_inrelease_verifies_with_gpgv(
     text = in_release.read_text()
     assert text.startswith("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n")
     assert "\n- -dash line\n" in text
-    tools = _tools(tmp_path, certs["k-rsa-pkcs1-3072"])
+    tools = _tools(tmp_path, openpgp_certs["k-rsa-pkcs1-3072"])
     assert tools.gpgv(str(in_release)).returncode == 0
     assert tools.sq_verify(str(in_release)).returncode == 0
     changed = tmp_path / "InRelease.changed"
@@ -229,7 +183,7 @@ def test_a_cleartext_inrelease_verifies_with_gpgv(
 
 
 def test_officers_see_the_checked_fields_and_the_claimed_digests(
-    shared: Running, certs: dict[str, bytes], tmp_path: Path
+    shared: Running, openpgp_certs: dict[str, bytes], tmp_path: Path
 ) -> None:
     """`approver show` names the key's fingerprint, the signature's creation time and hash,
     and each file's digest labelled as the requester's claim."""
@@ -246,7 +200,7 @@ def test_officers_see_the_checked_fields_and_the_claimed_digests(
     request_id = made.stdout.strip()
     alice = ["--profile", str(shared.env.profile_path("alice"))]
     shown = run([*APPROVER, "show", request_id, *alice], env={"COLUMNS": "200"}).stdout
-    fpr = pgp.parse_certificate(certs["k-ecdsa-p256"]).fingerprint.hex().upper()
+    fpr = pgp.parse_certificate(openpgp_certs["k-ecdsa-p256"]).fingerprint.hex().upper()
     assert " ".join(fpr[i : i + 4] for i in range(0, 40, 4)) in shown
     assert "(claimed by the requester)" in shown
     assert hashlib.sha256(files[0].read_bytes()).hexdigest() in shown
@@ -257,7 +211,7 @@ def test_officers_see_the_checked_fields_and_the_claimed_digests(
 
 
 def test_the_bundle_recomputes_the_signed_digest_and_catches_a_false_claim(
-    shared: Running, certs: dict[str, bytes], tmp_path: Path
+    shared: Running, openpgp_certs: dict[str, bytes], tmp_path: Path
 ) -> None:
     """A requester who claims one file's digest but has another's signed gets a signature
     the bundle check refuses for the claimed file; an honest request's bundle passes."""

@@ -1,5 +1,7 @@
 """Drop-ins for the signing programs other tools call: `signer ssh-keygen`
-(console script `signer-ssh-keygen`), what git runs as `gpg.ssh.program`.
+(console script `signer-ssh-keygen`), what git runs as `gpg.ssh.program`, and
+`signer gpg` (console script `signer-gpg`), what git runs as `gpg.program` and
+rpm as `%__gpg`.
 
 git signs a commit or tag with `PROGRAM -Y sign -n git -f KEYFILE [-U] BUFFER` and
 reads `BUFFER.sig`. The drop-in finds the service's signing key whose public key
@@ -10,6 +12,15 @@ and its audit proof as `signer sign` does, and writes `BUFFER.sig` (stdout when
 no file is named). Every other call (`-Y verify`, `-Y find-principals`,
 `-Y check-novalidate`, key generation...) runs the real ssh-keygen
 ($SIGNER_REAL_SSH_KEYGEN, else `ssh-keygen` on PATH) with the same arguments.
+
+git signs with `gpg --status-fd=2 -bsau KEY` (the object on stdin, the armored
+signature on stdout, `[GNUPG:] SIG_CREATED` on the status fd), rpm with `gpg
+--no-armor -u KEY -sbo SIGFILE [-- FILE]`, apt repository tools with `gpg
+--clearsign -o InRelease Release`. The gpg drop-in finds the service key whose
+OpenPGP fingerprint (or long key ID, or name) is KEY, asks for an OpenPGP
+signature of the data (`--format openpgp`), and writes it as gpg would. Every call
+that signs nothing (`--verify`, `--import`, `--list-keys`...) runs the real gpg
+($SIGNER_REAL_GPG, else `gpg` on PATH).
 """
 
 from __future__ import annotations
@@ -20,24 +31,28 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
+from signer import pgp
+from signer.algorithms import ALGORITHMS
 from signer.cli._common import file_digest
 from signer.cli._outputs import obtain
 from signer.cli.kit import call, fail, handle_errors, stubs
 from signer.client import workflow
 from signer.client.profile import Profile, load_profile
-from signer.errors import ConfigError
-from signer.formats import ssh
+from signer.errors import ConfigError, InvalidArgumentError
+from signer.formats import openpgp, ssh
+from signer.formats.base import PayloadKey
 from signer.model import Digest
 from signer.parsing import MAX_TTL, parse_duration
-from signer.v1 import signing_pb2, signing_pb2_grpc
+from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
 
-__all__ = ["ssh_keygen", "ssh_keygen_main"]
+__all__ = ["gpg", "gpg_main", "ssh_keygen", "ssh_keygen_main"]
 
 _SIGN_OPTIONS = "n:f:O:UqI:"  # what `ssh-keygen -Y sign` takes (-I, -q accepted, ignored)
 
@@ -175,6 +190,180 @@ def run_ssh_keygen(args: Sequence[str]) -> None:
     _pass_through("SIGNER_REAL_SSH_KEYGEN", "ssh-keygen", args)
 
 
+# gpg's options a signing call may carry; anything else in a signing call is refused.
+_GPG_SHORT = "absu:o:qvn"
+_GPG_LONG = [
+    "armor",
+    "no-armor",
+    "sign",
+    "detach-sign",
+    "clearsign",
+    "clear-sign",
+    "local-user=",
+    "output=",
+    "status-fd=",
+    "digest-algo=",
+    "no-verbose",
+    "no-secmem-warning",
+    "batch",
+    "yes",
+    "quiet",
+    "verbose",
+    "no-tty",
+    "keyid-format=",
+    "pinentry-mode=",
+]
+_SIGNING = {"-s", "-b", "--sign", "--detach-sign", "--clearsign", "--clear-sign"}
+
+
+def _signs(args: Sequence[str]) -> bool:
+    """Whether a gpg call makes a signature: -s/-b (alone or in a cluster such as -bsau)
+    or --sign, --detach-sign, --clearsign before a `--`."""
+    for a in args:
+        if a == "--":
+            return False
+        if a in _SIGNING or a.split("=", 1)[0] in _SIGNING:
+            return True
+        if a.startswith("-") and not a.startswith("--"):
+            cluster = a[1:].split("u", 1)[0].split("o", 1)[0]  # up to an option's argument
+            if "s" in cluster or "b" in cluster:
+                return True
+    return False
+
+
+def _openpgp_key(
+    profile: Profile, stub: signing_pb2_grpc.SigningServiceStub, wanted: str
+) -> types_pb2.KeyInfo:
+    """The service key named by gpg's -u: its OpenPGP fingerprint, long key ID (hex, with
+    or without 0x, a trailing ! ignored), or its name."""
+    text = wanted.strip().removesuffix("!")
+    hexed = text.removeprefix("0x").removeprefix("0X").replace(" ", "").upper()
+    keys = call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys
+    for key in keys:
+        if key.name == text:
+            return workflow.public_key(profile, stub, key.name)
+        if not key.openpgp_created:
+            continue
+        try:
+            body = pgp.public_key_body(workflow.checked_key(key, key.name), key.openpgp_created)
+        except ValueError:
+            continue
+        fpr = pgp.fingerprint(body).hex().upper()
+        if len(hexed) in (16, 40) and fpr.endswith(hexed):
+            return workflow.public_key(profile, stub, key.name)
+    raise ConfigError(
+        f"no signing key on the server has OpenPGP fingerprint, key ID or name {wanted[:80]!r} "
+        "(git: user.signingkey; rpm: %_gpg_name)"
+    )
+
+
+def _gpg_sign(args: Sequence[str]) -> None:
+    try:
+        opts, files = getopt.gnu_getopt(list(args), _GPG_SHORT, _GPG_LONG)
+    except getopt.GetoptError as e:
+        raise click.UsageError(f"gpg drop-in: {e} (a signing call takes only {_usage()})") from None
+    flags = [name for name, _ in opts]
+    given = {name: value for name, value in opts}
+    user = given.get("-u", given.get("--local-user"))
+    if not user:
+        raise click.UsageError("gpg drop-in: give -u KEY (git: user.signingkey)")
+    if len(files) > 1:
+        raise click.UsageError("gpg drop-in: sign one file (or stdin) per call")
+    clear = "--clearsign" in flags or "--clear-sign" in flags
+    armored = ("-a" in flags or "--armor" in flags) and "--no-armor" not in flags
+    mode = "cleartext" if clear else "armor" if armored else "binary"
+    status_fd = _status_fd(given.get("--status-fd"))
+    hash_name = given.get("--digest-algo", "").lower()
+    if hash_name and hash_name not in pgp.HASH_IDS:
+        raise click.UsageError("gpg drop-in: --digest-algo must be SHA256, SHA384 or SHA512")
+    wait_for = _timeout()
+    profile = load_profile(None)
+    if files and files[0] != "-":
+        name, data = Path(files[0]).name, _read(Path(files[0]))
+    else:
+        name, data = "stdin", sys.stdin.buffer.read()
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        key = _openpgp_key(profile, stub, user)
+        if _called_by_rpm() and not key.algorithm.startswith("rsa-pkcs1-"):
+            raise InvalidArgumentError(
+                f"key {key.name} is {key.algorithm[:40]}: rpm 4.18 accepts only RSA OpenPGP "
+                "keys; sign packages with an rsa-pkcs1-3072 or rsa-pkcs1-4096 key",
+                reason="KEY_UNSUITABLE_FOR_FORMAT",
+            )
+        pem = workflow.checked_key(key, key.name)
+        signing = PayloadKey(key.algorithm, pem, key.openpgp_created or None, int(time.time()))
+        hash_name = hash_name or algorithm_hash(key)
+        carried, _ = openpgp.document_request(mode, [(name, data)], signing, hash_name)
+        context = {"tool": f"gpg ({mode})", "file": name}
+        signed = obtain(profile, stub, key.name, carried, context, wait_for)
+    request, (packet,) = openpgp.signature_packets(signed)
+    if request.file_digest(data) != signed.digests[0].value:
+        fail(f"request {signed.request_id} signed other data than was sent; not written")
+    if mode == "binary":
+        out = packet
+    elif mode == "armor":
+        out = pgp.armor("SIGNATURE", packet).encode()
+    else:
+        out = pgp.clearsign(data, packet)
+    target = given.get("-o", given.get("--output"))
+    if target and target != "-":
+        Path(target).write_bytes(out)
+    else:
+        sys.stdout.buffer.write(out)
+        sys.stdout.buffer.flush()
+    if status_fd is not None:
+        h = request.hashed
+        kind = {"binary": "D", "armor": "D", "cleartext": "C"}[mode]
+        line = (
+            f"[GNUPG:] KEY_CONSIDERED {request.fingerprint.hex().upper()} 0\n"
+            f"[GNUPG:] BEGIN_SIGNING H{pgp.HASH_IDS[h.hash_algorithm]}\n"
+            f"[GNUPG:] SIG_CREATED {kind} {h.pubkey_algorithm} {pgp.HASH_IDS[h.hash_algorithm]} "
+            f"{h.sig_type:02x} {h.created} {request.fingerprint.hex().upper()}\n"
+        )
+        os.write(status_fd, line.encode())
+
+
+def _called_by_rpm() -> bool:
+    """Whether rpm (rpmsign, rpmbuild --sign) ran this call: its parent's name says."""
+    try:
+        parent = Path(f"/proc/{os.getppid()}/comm").read_text().strip()
+    except OSError:
+        return False
+    return parent in ("rpm", "rpmsign", "rpmbuild")
+
+
+def _usage() -> str:
+    return "-s/-b/--clearsign, -a/--armor, -u KEY, -o FILE, --status-fd N, --digest-algo"
+
+
+def _status_fd(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) > 1023:
+        raise click.UsageError(f"gpg drop-in: --status-fd {text[:20]!r} is not a descriptor")
+    return int(text)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+
+
+def algorithm_hash(key: types_pb2.KeyInfo) -> str:
+    """The key's own hash (sha384 for P-384, else sha256)."""
+    alg = ALGORITHMS.get(key.algorithm)
+    return alg.default_hash if alg is not None else "sha256"
+
+
+def run_gpg(args: Sequence[str]) -> None:
+    if _signs(args):
+        _gpg_sign(args)
+        return
+    _pass_through("SIGNER_REAL_GPG", "gpg", args)
+
+
 _PASS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
@@ -185,6 +374,20 @@ def ssh_keygen(args: tuple[str, ...]) -> None:
     """A drop-in for git's gpg.ssh.program: `-Y sign` signs through the service, every
     other call runs the real ssh-keygen."""
     run_ssh_keygen(args)
+
+
+@click.command("gpg", context_settings=_PASS)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def gpg(args: tuple[str, ...]) -> None:
+    """A drop-in for git's gpg.program and rpm's %__gpg: signing calls sign through the
+    service (OpenPGP), every other call runs the real gpg."""
+    run_gpg(args)
+
+
+def gpg_main() -> None:
+    """The `signer-gpg` console script (git's gpg.program and rpm's %__gpg take one path)."""
+    gpg.main(sys.argv[1:], prog_name="signer-gpg")
 
 
 def ssh_keygen_main() -> None:
