@@ -13,16 +13,21 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from signer import pgp
 from signer.cli.main import main
 from signer.convert import digest_pb
-from signer.errors import InvalidArgumentError
+from signer.errors import InvalidArgumentError, TooLargeError
 from signer.formats.base import PayloadKey
 from signer.formats.openpgp import (
     PAYLOAD_TYPE,
@@ -357,3 +362,71 @@ def test_unsuitable_keys_are_refused_naming_the_key_types_to_use(
 def test_digests_instead_of_files_are_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="give --file"):
         OpenPgpFormat().carry([Digest("sha256", bytes(32), "a")], {}, "sha256", {})
+
+
+def _offline_request() -> tuple[OpenPgpRequest, PayloadKey]:
+    pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    key = PayloadKey("ecdsa-p256", pem, 1_700_000_000, 1_700_000_600)
+    _, request = document_request("armor", [("a.jar", b"a"), ("b.pom", b"b")], key, "sha256")
+    return request, key
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_mangled_payload_is_refused_or_reads_back_exactly(data: st.DataObject) -> None:
+    """Any change to a valid payload's bytes is refused with InvalidArgumentError (or
+    TooLargeError), or parses to a request that encodes back to exactly those bytes."""
+    request, _ = _offline_request()
+    raw = bytearray(request.to_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    try:
+        parsed = OpenPgpRequest.parse(bytes(raw))
+    except (InvalidArgumentError, TooLargeError):
+        return
+    assert parsed.to_bytes() == bytes(raw)
+
+
+def test_a_certification_is_not_accepted_as_a_document_signature() -> None:
+    """A self-signature's hashed part (0x13, with key flags) sent as a detached request, or
+    a document trailer sent as a certification, is refused naming the signature type."""
+    request, _ = _offline_request()
+    cert = pgp.Hashed(
+        pgp.POSITIVE_CERTIFICATION,
+        pgp.ECDSA,
+        "sha256",
+        request.hashed.created,
+        request.hashed.issuer_fingerprint,
+        key_flags=0x03,
+        preferred_hashes=("sha256",),
+    )
+    payload = json.loads(request.to_bytes())
+    payload["hashed"] = cert.encode().hex()
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(InvalidArgumentError, match="not a document signature"):
+        OpenPgpRequest.parse(raw)
+    as_cert = {"mode": "certify", "key": payload["key"], "uid": UID}
+    as_cert["hashed"] = request.hashed.encode().hex()
+    raw = json.dumps(as_cert, sort_keys=True, separators=(",", ":")).encode()
+    with pytest.raises(InvalidArgumentError, match="not a positive certification"):
+        OpenPgpRequest.parse(raw)
+
+
+def test_offline_checks_need_no_clock_but_the_server_checks_it() -> None:
+    """Offline (no `now`), the key, issuer and times relative to the key are checked; at the
+    server also the clock and the creation time the token keeps."""
+    request, key = _offline_request()
+    offline = PayloadKey(key.algorithm, key.public_key_pem)
+    request.check(offline)
+    with pytest.raises(InvalidArgumentError, match="more than 300 s"):
+        request.check(replace(key, now=request.hashed.created + 301))
+    with pytest.raises(InvalidArgumentError, match="creation time is 1700000001"):
+        request.check(replace(key, openpgp_created=1_700_000_001))
+    with pytest.raises(InvalidArgumentError, match="no OpenPGP creation time"):
+        request.check(replace(key, openpgp_created=None))
