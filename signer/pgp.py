@@ -8,9 +8,10 @@ ASCII armor and cleartext signed messages (apt's InRelease). No I/O, no private
 keys.
 
 A signature's digest is H(signed data || hashed part || 0x04 0xFF || len32(hashed
-part)), so a requester who hashes its own file also sends the hashed part it
-hashed. The security rule: the server signs such a digest only after
-`Hashed.parse` accepted that hashed part, which is strict: a v4 document
+part)), so a requester who hashes its own file also sends the hashed part, and
+the server finishes the hash over it (`signer.sha2`). The security rule: the
+server signs such a digest only after `Hashed.parse` accepted that hashed part and
+it finished the hash with that trailer itself. The parser is strict: a v4 document
 signature (binary 0x00 or canonical text 0x01) with a known hash, exactly a
 signature creation time (2) and an issuer fingerprint (33), each once, in the
 form and order this module writes them (`Hashed.parse(data).encode() == data`),

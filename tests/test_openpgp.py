@@ -34,6 +34,7 @@ from signer.formats.openpgp import (
     OpenPgpFormat,
     OpenPgpRequest,
     document_request,
+    hash_file,
 )
 from signer.model import Digest
 from signer.v1 import signing_pb2
@@ -218,8 +219,8 @@ def test_officers_see_the_checked_fields_and_the_claimed_digests(
 def test_the_bundle_recomputes_the_signed_digest_and_catches_a_false_claim(
     shared: Running, openpgp_certs: dict[str, bytes], tmp_path: Path
 ) -> None:
-    """A requester who claims one file's digest but has another's signed gets a signature
-    the bundle check refuses for the claimed file; an honest request's bundle passes."""
+    """A requester who claims one file's digest but sends another file's hash state gets a
+    signature the bundle check refuses for the claimed file; an honest request's passes."""
     honest, other = tmp_path / "honest.tar", tmp_path / "other.tar"
     honest.write_bytes(b"the file officers were told about")
     other.write_bytes(b"a different file altogether")
@@ -230,15 +231,21 @@ def test_the_bundle_recomputes_the_signed_digest_and_catches_a_false_claim(
     signing = PayloadKey(
         info.key.algorithm, info.key.public_key_pem, info.key.openpgp_created, int(time.time())
     )
-    carried, request = document_request(
-        "binary", [("honest.tar", honest.read_bytes())], signing, "sha256"
+    _, request = document_request(
+        "binary", [("honest.tar", [honest.read_bytes()])], signing, "sha256"
     )
-    false_digest = Digest("sha256", request.file_digest(other.read_bytes()), "honest.tar")
+    swapped = hash_file("honest.tar", [other.read_bytes()], "sha256", "binary")
+    lying = OpenPgpRequest(
+        "binary",
+        request.key,
+        request.hashed,
+        [replace(swapped, claimed=request.artifacts[0].claimed)],
+    )
     made = shared.clients.create(
         key=key,
-        digests=[digest_pb(false_digest)],
-        payload_type=carried.payload_type,
-        payload=carried.payload,
+        digests=[digest_pb(d) for d in lying.signed_digests()],
+        payload_type=PAYLOAD_TYPE,
+        payload=lying.to_bytes(),
     )
     shared.clients.approve("alice", made)
     shared.clients.approve("bob", made)
@@ -285,7 +292,7 @@ def test_the_server_refuses_foreign_stale_and_malformed_trailers(shared: Running
     """Creation time far off, another key's fingerprint, a hashed part of the wrong type or
     with extra subpackets, and digests that do not match the files listed: each refused."""
     signing = _payload_key(shared, "k-rsa-pkcs1-3072")
-    carried, request = document_request("binary", [("a.tar", b"data")], signing, "sha256")
+    carried, request = document_request("binary", [("a.tar", [b"data"])], signing, "sha256")
     digests = list(carried.digests)
 
     def payload_with(hashed: pgp.Hashed) -> bytes:
@@ -330,11 +337,46 @@ def test_the_server_refuses_foreign_stale_and_malformed_trailers(shared: Running
         json.dumps(extra, sort_keys=True, separators=(",", ":")).encode(),
     )
     renamed = [Digest("sha256", digests[0].value, "b.tar")]
-    assert "file 'a.tar'" in _refused(shared, "k-rsa-pkcs1-3072", renamed, carried.payload)
+    assert "each file's hash finished with this trailer" in _refused(
+        shared, "k-rsa-pkcs1-3072", renamed, carried.payload
+    )
+    twice = json.loads(carried.payload)
+    twice["artifacts"] *= 2
+    assert "listed twice" in _refused(
+        shared,
+        "k-rsa-pkcs1-3072",
+        digests * 2,
+        json.dumps(twice, sort_keys=True, separators=(",", ":")).encode(),
+    )
     # The same request sent for another key: its hashed part is not one that key makes.
     assert "public-key algorithm 1; this key is ecdsa-p256" in _refused(
         shared, "k-ecdsa-p256", digests, carried.payload
     )
+
+
+def test_a_document_request_cannot_carry_a_certification_or_any_other_digest(
+    shared: Running, openpgp_certs: dict[str, bytes]
+) -> None:
+    """The digest a file request asks for must be the server's own finish of the file's hash
+    over the checked trailer: a certification of another user ID on the key (which would
+    add that user ID to its certificate), or any digest chosen freely, is refused."""
+    signing = _payload_key(shared, "k-rsa-pkcs1-3072")
+    carried, request = document_request("armor", [("app.tar", [b"app"])], signing, "sha256")
+    cert = pgp.parse_certificate(openpgp_certs["k-rsa-pkcs1-3072"])
+    smuggled = pgp.Hashed(
+        pgp.POSITIVE_CERTIFICATION,
+        pgp.RSA,
+        "sha256",
+        request.hashed.created,
+        cert.fingerprint,
+        key_flags=0x03,
+        preferred_hashes=("sha256",),
+    )
+    certification = pgp.certification_digest(cert.key_body, "Mallory <m@evil.example>", smuggled)
+    for value in (certification, hashlib.sha256(b"anything").digest()):
+        assert "not each file's hash finished with this trailer" in _refused(
+            shared, "k-rsa-pkcs1-3072", [Digest("sha256", value, "app.tar")], carried.payload
+        )
 
 
 def test_unsuitable_keys_are_refused_naming_the_key_types_to_use(
@@ -372,7 +414,7 @@ def _offline_request() -> tuple[OpenPgpRequest, PayloadKey]:
         .decode()
     )
     key = PayloadKey("ecdsa-p256", pem, 1_700_000_000, 1_700_000_600)
-    _, request = document_request("armor", [("a.jar", b"a"), ("b.pom", b"b")], key, "sha256")
+    _, request = document_request("armor", [("a.jar", [b"a"]), ("b.pom", [b"b"])], key, "sha256")
     return request, key
 
 

@@ -293,7 +293,7 @@ def _gpg_sign(args: Sequence[str]) -> None:
         pem = workflow.checked_key(key, key.name)
         signing = PayloadKey(key.algorithm, pem, key.openpgp_created or None, int(time.time()))
         hash_name = hash_name or algorithm_hash(key)
-        carried, _ = openpgp.document_request(mode, [(name, data)], signing, hash_name)
+        carried, _ = openpgp.document_request(mode, [(name, [data])], signing, hash_name)
         context = {"tool": f"gpg ({mode})", "file": name}
         signed = obtain(profile, stub, key.name, carried, context, wait_for)
     request, (packet,) = openpgp.signature_packets(signed)

@@ -2,26 +2,31 @@
 Maven Central and git check; and the key's self-signature (`signer keys openpgp`).
 
 An OpenPGP signature's digest is H(file || trailer), the trailer holding the
-signature's hashed part (type, key, hash, creation time, issuer fingerprint), so
-the requester, who has the file, computes it. The request's payload (canonical JSON)
-carries what was hashed:
+signature's hashed part (type, key, hash, creation time, issuer fingerprint). The
+requester, who has the file, hashes it up to its last partial block and sends that
+state (`signer.sha2`); the server checks the hashed part and finishes every hash
+itself over the file's tail and that trailer, so whatever the requester hashed,
+what the token signs is a document signature ending in the checked trailer, never
+a certification, subkey binding or revocation, nor a bare digest. The payload
+(canonical JSON):
 
     {"mode": "binary" | "armor" | "cleartext" | "certify",
      "key": hex(public-key packet body), "hashed": hex(hashed part),
-     "artifacts": [{"name", "digest": hex H(file)}]   (not for certify)
-     "uid": "Release <rel@example.org>"}               (certify only)
+     "artifacts": [{"name", "digest": hex H(file) (a claim), "state": hex midstate,
+                    "length": bytes hashed into it, "tail": hex rest}]   (not certify)
+     "uid": "Release <rel@example.org>"}                                  (certify only)
 
 The server checks the hashed part strictly (`signer.pgp.Hashed.parse`): signature
 type (binary 0x00 for detached, canonical text 0x01 for cleartext, positive
 certification 0x13 for certify), the key's public-key algorithm, a hash the key
 may use, issuer fingerprint equal to this key's OpenPGP fingerprint (its public
 key and the creation time the token keeps), the signature's creation time within
-`SKEW` of the server's clock and not before the key's. A certification's digest
-the server derives itself; a document signature's digests are the requester's,
-and officers are shown each file's digest labelled as the requester's claim. The
-evidence bundle (`ARTIFACT.bundle.json` beside the first output) keeps the payload,
-so `signer verify --bundle B --file F` recomputes H(F || trailer) and catches a
-false claim.
+`SKEW` of the server's clock and not before the key's. A certification's digest is
+derived from the user ID and the key. Officers see those fields and each file's
+digest labelled as the requester's claim (the server cannot see the file it is
+of). The evidence bundle (`ARTIFACT.bundle.json` beside the first output) keeps the
+payload, so `signer verify --bundle B --file F` recomputes the signed digest from
+F and catches a false claim.
 
 Output: `ARTIFACT.sig` (binary, `mode` binary: rpm, apt's Release.gpg),
 `ARTIFACT.asc` (armored: Maven Central, git), or with `cleartext` the cleartext
@@ -33,13 +38,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidSignature
 
-from signer import pgp
+from signer import pgp, sha2
 from signer.algorithms import ALGORITHMS, HASH_SIZES
 from signer.encoding import canonical_json
 from signer.errors import ConfigError, InvalidArgumentError, TooLargeError, VerificationError
@@ -111,6 +117,54 @@ def _refuse(message: str, reason: str = "BAD_OPENPGP_REQUEST") -> InvalidArgumen
     return InvalidArgumentError(message, reason=reason)
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a document request: its name, the requester's claim of its digest, and
+    the hash of what is signed (the file, or its cleartext form) stopped before its last
+    partial block, which the server finishes with the trailer."""
+
+    name: str
+    claimed: Digest  # H(file), shown to officers as the requester's claim
+    mid: sha2.Midstate
+    tail: bytes  # the bytes after the midstate's whole blocks, fewer than a block
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "digest": self.claimed.value.hex(),
+            "state": self.mid.state.hex(),
+            "length": self.mid.length,
+            "tail": self.tail.hex(),
+        }
+
+    def signed_digest(self, hashed: pgp.Hashed) -> bytes:
+        """H(signed data || trailer), finished here from the midstate."""
+        return sha2.finish(self.mid, self.tail + hashed.trailer())
+
+
+def hash_file(name: str, chunks: Iterable[bytes], hash_name: str, mode: str) -> Artifact:
+    """A file's `Artifact`: its own digest and the midstate of what a `mode` signature
+    signs (the bytes as they are, or for cleartext its `pgp.cleartext_text`)."""
+    own = hashlib.new(hash_name)
+    if mode == "cleartext":
+        data = b"".join(chunks)
+        own.update(data)
+        try:
+            signed: Iterable[bytes] = [pgp.cleartext_text(data)]
+        except ValueError as e:
+            raise InvalidArgumentError(f"cannot clearsign {name}: {e}") from None
+    else:
+
+        def both() -> Iterator[bytes]:
+            for chunk in chunks:
+                own.update(chunk)
+                yield chunk
+
+        signed = both()
+    mid, tail = sha2.midstate(hash_name, signed)
+    return Artifact(name, Digest(hash_name, own.digest(), name), mid, tail)
+
+
 class OpenPgpRequest:
     """A typed OpenPGP request's payload, parsed strictly (`parse`)."""
 
@@ -119,7 +173,7 @@ class OpenPgpRequest:
         mode: str,
         key: bytes,
         hashed: pgp.Hashed,
-        artifacts: Sequence[Digest] = (),
+        artifacts: Sequence[Artifact] = (),
         uid: str = "",
     ):
         self.mode, self.key, self.hashed = mode, key, hashed
@@ -134,7 +188,7 @@ class OpenPgpRequest:
         if self.mode == "certify":
             d["uid"] = self.uid
         else:
-            d["artifacts"] = [{"name": a.artifact, "digest": a.value.hex()} for a in self.artifacts]
+            d["artifacts"] = [a.as_dict() for a in self.artifacts]
         return canonical_json(d)
 
     @property
@@ -254,35 +308,27 @@ class OpenPgpRequest:
                 "BAD_HASHED_PART",
             )
 
-    def signed_digests(self) -> tuple[Digest, ...] | None:
-        """What the token signs, where it is derived from the payload (a certification);
-        None for document signatures, whose digests are over files the server never sees."""
-        if self.mode != "certify":
-            return None
-        value = pgp.certification_digest(self.key, self.uid, self.hashed)
-        return (Digest(self.hashed.hash_algorithm, value, CERTIFICATION),)
+    def signed_digests(self) -> tuple[Digest, ...]:
+        """What the token signs, derived from the payload: a certification's digest, or
+        each file's hash finished over its tail and the checked trailer."""
+        h = self.hashed
+        if self.mode == "certify":
+            value = pgp.certification_digest(self.key, self.uid, h)
+            return (Digest(h.hash_algorithm, value, CERTIFICATION),)
+        return tuple(Digest(h.hash_algorithm, a.signed_digest(h), a.name) for a in self.artifacts)
 
     def check_digests(self, digests: Sequence[Digest]) -> None:
-        derived = self.signed_digests()
-        if derived is not None:
-            if tuple(digests) != derived:
-                raise _refuse(
-                    "the digest is not the certification of this user ID on this key",
-                    "PAYLOAD_DIGEST_MISMATCH",
-                )
-            return
-        if len(digests) != len(self.artifacts):
-            raise _refuse(
-                f"{len(digests)} digests for {len(self.artifacts)} files; send one per file",
-                "PAYLOAD_DIGEST_MISMATCH",
+        if tuple(digests) != self.signed_digests():
+            what = (
+                "the certification of this user ID on this key"
+                if self.mode == "certify"
+                else "each file's hash finished with this trailer"
             )
-        for i, (d, a) in enumerate(zip(digests, self.artifacts, strict=True)):
-            if d.artifact != a.artifact or d.algorithm != self.hashed.hash_algorithm:
-                raise _refuse(
-                    f"digest {i} must be the {self.hashed.hash_algorithm} signature digest of "
-                    f"file {a.artifact!r}",
-                    "PAYLOAD_DIGEST_MISMATCH",
-                )
+            raise _refuse(f"the digests to sign are not {what}", "PAYLOAD_DIGEST_MISMATCH")
+
+    @property
+    def claimed(self) -> tuple[Digest, ...]:
+        return tuple(a.claimed for a in self.artifacts)
 
     def file_digest(self, data: bytes) -> bytes:
         """The digest the signature over a file with these bytes signs."""
@@ -291,30 +337,54 @@ class OpenPgpRequest:
         return pgp.document_digest(data, self.hashed)
 
 
-def _artifacts(items: Any, hash_name: str, limit: int) -> list[Digest]:
+_ARTIFACT_FIELDS = {"name", "digest", "state", "length", "tail"}
+
+
+def _artifacts(items: Any, hash_name: str, limit: int) -> list[Artifact]:
     if not isinstance(items, list) or not items:
         raise ValueError("artifacts must be a non-empty list")
     if len(items) > limit:
         raise TooLargeError(
             f"{len(items)} artifacts; the limit is {limit}", reason="TOO_MANY_DIGESTS"
         )
-    out = []
+    out: list[Artifact] = []
     for i, a in enumerate(items):
-        if not isinstance(a, dict) or set(a) != {"name", "digest"}:
-            raise ValueError(f"artifacts[{i}] must be exactly {{digest, name}}")
-        name, hexed = a["name"], a["digest"]
+        if not isinstance(a, dict) or set(a) != _ARTIFACT_FIELDS:
+            raise ValueError(
+                f"artifacts[{i}] must be exactly {{{', '.join(sorted(_ARTIFACT_FIELDS))}}}"
+            )
+        name, hexed, length = a["name"], a["digest"], a["length"]
         if not isinstance(name, str) or not is_artifact_name(name):
             raise ValueError(
                 f"artifacts[{i}].name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}"
             )
-        if (
-            not isinstance(hexed, str)
-            or hexed != hexed.lower()
-            or len(hexed) != 2 * HASH_SIZES[hash_name]
-        ):
+        if any(x.name == name for x in out):
+            raise ValueError(f"artifacts[{i}].name {name!r} is listed twice")
+        if not _lower_hex(hexed, 2 * HASH_SIZES[hash_name]):
             raise ValueError(f"artifacts[{i}].digest must be a lowercase hex {hash_name}")
-        out.append(Digest(hash_name, bytes.fromhex(hexed), name))
+        state_size = 32 if hash_name == "sha256" else 64
+        if not _lower_hex(a["state"], 2 * state_size):
+            raise ValueError(f"artifacts[{i}].state must be a {hash_name} state in lowercase hex")
+        tail = a["tail"]
+        if not _lower_hex(tail, None) or len(tail) >= 2 * sha2.BLOCK[hash_name]:
+            raise ValueError(
+                f"artifacts[{i}].tail must be lowercase hex, under one {hash_name} block"
+            )
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise ValueError(f"artifacts[{i}].length must be an integer")
+        mid = sha2.Midstate(hash_name, bytes.fromhex(a["state"]), length)
+        claimed = Digest(hash_name, bytes.fromhex(hexed), name)
+        out.append(Artifact(name, claimed, mid, bytes.fromhex(tail)))
     return out
+
+
+def _lower_hex(value: Any, size: int | None) -> bool:
+    return (
+        isinstance(value, str)
+        and (size is None or len(value) == size)
+        and len(value) % 2 == 0
+        and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def _when(t: int) -> str:
@@ -328,11 +398,12 @@ def _fpr(fpr: bytes) -> str:
 
 def document_request(
     mode: str,
-    files: Sequence[tuple[str, bytes]],
+    files: Sequence[tuple[str, Iterable[bytes]]],
     key: PayloadKey,
     hash_name: str,
 ) -> tuple[Carried, OpenPgpRequest]:
-    """The request for signing `files` ((name, bytes) each) in `mode`, made now."""
+    """The request for signing `files` ((name, the file's bytes in chunks) each) in `mode`,
+    made at `key.now`."""
     if mode not in ("binary", "armor", "cleartext"):
         raise InvalidArgumentError(f"OpenPGP mode {mode!r} is not binary, armor or cleartext")
     pk = openpgp_algorithm(key.algorithm)
@@ -348,15 +419,14 @@ def document_request(
             f"{' or '.join(_allowed_hashes(key.algorithm))}; use --hash",
             reason="BAD_HASH_FOR_FORMAT",
         )
+    names = [n for n, _ in files]
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError("two files of one request have the same name")
     body = pgp.public_key_body(key.public_key_pem, key.openpgp_created)
     hashed = pgp.Hashed(_SIG_TYPES[mode], pk, hash_name, key.now, pgp.fingerprint(body))
-    claimed = [Digest(hash_name, hashlib.new(hash_name, data).digest(), n) for n, data in files]
-    request = OpenPgpRequest(mode, body, hashed, claimed)
-    try:
-        signed = tuple(Digest(hash_name, request.file_digest(data), n) for n, data in files)
-    except ValueError as e:
-        raise InvalidArgumentError(f"cannot sign this text: {e}") from None
-    return Carried(signed, PAYLOAD_TYPE, request.to_bytes()), request
+    artifacts = [hash_file(n, chunks, hash_name, mode) for n, chunks in files]
+    request = OpenPgpRequest(mode, body, hashed, artifacts)
+    return Carried(request.signed_digests(), PAYLOAD_TYPE, request.to_bytes()), request
 
 
 def certification_request(
@@ -378,9 +448,7 @@ def certification_request(
         preferred_hashes=(hash_name,),
     )
     request = OpenPgpRequest("certify", body, hashed, uid=uid)
-    derived = request.signed_digests()
-    assert derived is not None
-    return Carried(derived, PAYLOAD_TYPE, request.to_bytes()), request
+    return Carried(request.signed_digests(), PAYLOAD_TYPE, request.to_bytes()), request
 
 
 def signature_packets(signed: SignedRequest) -> tuple[OpenPgpRequest, list[bytes]]:
@@ -408,6 +476,15 @@ def signature_packets(signed: SignedRequest) -> tuple[OpenPgpRequest, list[bytes
             ) from None
         packets.append(packet)
     return request, packets
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(size):
+                yield chunk
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
 
 
 def check_certificate(cert: bytes, public_key_pem: str, created: int | None) -> pgp.Certificate:
@@ -453,12 +530,7 @@ class OpenPgpFormat(OutputFormat):
     def carry_files(
         self, files: Sequence[Path], params: Mapping[str, str], key: PayloadKey, hash_name: str
     ) -> Carried:
-        named = []
-        for f in files:
-            try:
-                named.append((f.name, f.read_bytes()))
-            except OSError as e:
-                raise ConfigError(f"cannot read {f}: {e.strerror}") from None
+        named = [(f.name, _chunks(f)) for f in files]
         return document_request(params.get("mode", "binary"), named, key, hash_name)[0]
 
     def check_payload(
@@ -474,7 +546,8 @@ class OpenPgpFormat(OutputFormat):
             own = request.file_digest(data)
         except ValueError as e:
             raise VerificationError(f"{name}: {e}") from None
-        if not any(d.artifact == name and d.value == own for d in digests):
+        index = [a.name for a in request.artifacts].index(name)
+        if index >= len(digests) or digests[index].value != own:
             raise VerificationError(
                 f"the OpenPGP signature digest of {name} is not the one signed: the "
                 "requester's claim was false"
@@ -482,7 +555,7 @@ class OpenPgpFormat(OutputFormat):
 
     def artifacts(self, payload: bytes) -> tuple[Digest, ...] | None:
         request = OpenPgpRequest.parse(payload)
-        return None if request.mode == "certify" else request.artifacts
+        return None if request.mode == "certify" else request.claimed
 
     def describe(
         self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str
@@ -509,7 +582,7 @@ class OpenPgpFormat(OutputFormat):
             shown["uid"] = request.uid
         else:
             shown["claimed_artifacts"] = [
-                {"name": a.artifact, "digest": a.value.hex()} for a in request.artifacts
+                {"name": a.name, "digest": a.claimed.value.hex()} for a in request.artifacts
             ]
         return {"openpgp": shown, "payload_matches_digest": matches}
 
@@ -547,8 +620,9 @@ class OpenPgpFormat(OutputFormat):
             check = "the digest to sign is this user ID's certification on this key"
         else:
             check = (
-                "fields checked; the digests to sign are the requester's, over each file and "
-                "this trailer: the evidence bundle lets anyone recompute them from the files"
+                "fields checked; each digest to sign is finished by the server over this "
+                "trailer, from the requester's hash of the file: the evidence bundle lets "
+                "anyone recompute it from the file"
             )
         rows.append(("payload check", check))
         return rows
@@ -598,7 +672,7 @@ class OpenPgpFormat(OutputFormat):
             proof = path.with_name(path.name + ".audit.json")
             write_json(proof, signed.proof.to_json())
             said.append(
-                f"OpenPGP signature ({request.mode}) of {a.artifact} written to {path} "
+                f"OpenPGP signature ({request.mode}) of {a.name} written to {path} "
                 f"(audit proof: {proof})"
             )
         return [*said, write_beside(signed, targets[0])]
