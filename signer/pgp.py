@@ -568,6 +568,12 @@ class Signature:
     left16: bytes
     mpis: tuple[int, ...]
 
+    def encode(self) -> bytes:
+        """The signature packet (new-format header) these parts make."""
+        mpis = b"".join(_mpi(m) for m in self.mpis)
+        unhashed = struct.pack(">H", len(self.unhashed)) + self.unhashed
+        return packet(2, self.hashed + unhashed + self.left16 + mpis)
+
 
 def parse_signature_packet(data: bytes) -> Signature:
     """The parts of one v4 RSA or ECDSA signature packet; PgpFormatError otherwise."""
@@ -643,6 +649,10 @@ def parse_certificate(data: bytes) -> Certificate:
     hashed = Hashed.parse(signature.hashed, certification=True)
     if hashed.issuer_fingerprint != fingerprint(body):
         raise PgpFormatError("the self-signature names another key as its issuer")
+    if signature.unhashed != _subpacket(_ISSUER_KEY_ID, hashed.issuer_fingerprint[-8:]):
+        raise PgpFormatError("the self-signature's unhashed area is not just its issuer key ID")
+    if certificate(body, uid, signature.encode()) != data:
+        raise PgpFormatError("the certificate is not in the form this module writes")
     return Certificate(body, uid, signature, hashed)
 
 

@@ -17,11 +17,17 @@ TIMEOUT = 120
 
 
 def _pending(shared: Running) -> list[types_pb2.SigningRequest]:
-    return list(
-        shared.clients.approval("alice")
-        .ListRequests(approval_pb2.ListRequestsRequest(page_size=50), timeout=10)
-        .requests
-    )
+    """Every pending request, across all pages (other tests leave theirs pending)."""
+    found: list[types_pb2.SigningRequest] = []
+    token = ""
+    while True:
+        page = shared.clients.approval("alice").ListRequests(
+            approval_pb2.ListRequestsRequest(page_size=50, page_token=token), timeout=10
+        )
+        found += page.requests
+        token = page.next_page_token
+        if not token:
+            return found
 
 
 def pending_ids(shared: Running) -> set[str]:

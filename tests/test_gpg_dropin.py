@@ -318,3 +318,12 @@ def test_the_dropin_refuses_unknown_keys_and_options(
     assert odd.returncode == 2 and "textmode" in odd.stderr
     listed = run([DROPIN, "--with-colons", "--list-keys"], env=env)
     assert _fpr(openpgp_certs[RSA]) in listed.stdout
+    # gpg's abbreviations of its signing commands sign through the service (or are refused
+    # here): never a signature by whatever secret key the real gpg might find.
+    for abbreviated in ("--detach-sig", "--detach", "--clearsig", "--clears"):
+        got = run([DROPIN, abbreviated, "-u", "no-such-key"], env=env, input="x", check=False)
+        assert got.returncode == 2 and "no signing key on the server" in got.stderr, abbreviated
+    inline = run([DROPIN, "-s", "-u", "no-such-key"], env=env, input="x", check=False)
+    assert inline.returncode == 2 and "not signed messages" in inline.stderr
+    dry = run([DROPIN, "-bsn", "-u", "x"], env=env, input="x", check=False)
+    assert dry.returncode == 2 and "gpg drop-in" in dry.stderr

@@ -126,6 +126,22 @@ def test_the_certificate_is_approved_imported_and_served(
     assert info.key.openpgp_created == cert.created
 
 
+def test_only_a_certificate_in_the_form_written_here_is_accepted(
+    openpgp_certs: dict[str, bytes],
+) -> None:
+    """A served certificate with anything added to its self-signature's unhashed area (a
+    notation, another issuer key ID) or re-encoded with old-format headers is refused."""
+    cert = openpgp_certs["k-ecdsa-p256"]
+    parsed = pgp.parse_certificate(cert)
+    sig = parsed.signature
+    noisy = replace(sig, unhashed=sig.unhashed + bytes([9, 16]) + bytes(8))
+    with pytest.raises(pgp.PgpFormatError, match="unhashed area"):
+        pgp.parse_certificate(pgp.certificate(parsed.key_body, parsed.uid, noisy.encode()))
+    old = bytes([0x99]) + len(parsed.key_body).to_bytes(2, "big") + parsed.key_body
+    with pytest.raises(pgp.PgpFormatError, match="form this module writes"):
+        pgp.parse_certificate(old + cert[len(pgp.packet(6, parsed.key_body)) :])
+
+
 def test_a_key_without_a_certificate_says_how_to_make_one(shared: Running) -> None:
     got = CliRunner().invoke(
         main, ["public-key", "--key-name", "k-rsa-pss-3072", "--format", "openpgp", *_ci(shared)]

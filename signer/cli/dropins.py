@@ -191,7 +191,7 @@ def run_ssh_keygen(args: Sequence[str]) -> None:
 
 
 # gpg's options a signing call may carry; anything else in a signing call is refused.
-_GPG_SHORT = "absu:o:qvn"
+_GPG_SHORT = "absu:o:qv"
 _GPG_LONG = [
     "armor",
     "no-armor",
@@ -216,41 +216,57 @@ _GPG_LONG = [
 _SIGNING = {"-s", "-b", "--sign", "--detach-sign", "--clearsign", "--clear-sign"}
 
 
+_SIGNING_COMMANDS = ("sign", "detach-sign", "clearsign", "clear-sign")
+
+
 def _signs(args: Sequence[str]) -> bool:
-    """Whether a gpg call makes a signature: -s/-b (alone or in a cluster such as -bsau)
-    or --sign, --detach-sign, --clearsign before a `--`."""
+    """Whether a gpg call makes a signature: -s or -b (alone or in a cluster such as
+    -bsau), or a long option gpg would read as --sign, --detach-sign or --clearsign
+    (gpg, like getopt, takes any unambiguous abbreviation: --detach-sig, --clearsig),
+    before a `--`. Anything that could be one is taken for one: it is then signed
+    through the service or refused, never passed to the real gpg."""
     for a in args:
         if a == "--":
             return False
-        if a in _SIGNING or a.split("=", 1)[0] in _SIGNING:
-            return True
-        if a.startswith("-") and not a.startswith("--"):
+        if a.startswith("--"):
+            name = a[2:].split("=", 1)[0]
+            if len(name) >= 2 and any(c.startswith(name) for c in _SIGNING_COMMANDS):
+                return True
+        elif a.startswith("-") and len(a) > 1:
             cluster = a[1:].split("u", 1)[0].split("o", 1)[0]  # up to an option's argument
             if "s" in cluster or "b" in cluster:
                 return True
     return False
 
 
+def _hex_id(wanted: str) -> str | None:
+    """A fingerprint or long key ID as gpg takes it (0x prefix, spaces, a trailing !), in
+    upper case; None if `wanted` is not one."""
+    text = wanted.strip().removesuffix("!").removeprefix("0x").removeprefix("0X")
+    text = text.replace(" ", "").upper()
+    if len(text) in (16, 40) and all(c in "0123456789ABCDEF" for c in text):
+        return text
+    return None
+
+
 def _openpgp_key(
     profile: Profile, stub: signing_pb2_grpc.SigningServiceStub, wanted: str
-) -> types_pb2.KeyInfo:
-    """The service key named by gpg's -u: its OpenPGP fingerprint, long key ID (hex, with
-    or without 0x, a trailing ! ignored), or its name."""
-    text = wanted.strip().removesuffix("!")
-    hexed = text.removeprefix("0x").removeprefix("0X").replace(" ", "").upper()
-    keys = call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys
-    for key in keys:
-        if key.name == text:
-            return workflow.public_key(profile, stub, key.name)
+) -> tuple[types_pb2.KeyInfo, bytes]:
+    """The service key named by gpg's -u, from its own GetPublicKey answer: its OpenPGP
+    fingerprint or long key ID, else its name; and the fingerprint the answer gives it."""
+    hexed = _hex_id(wanted)
+    names = [k.name for k in call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys]
+    for name in names if hexed else [n for n in names if n == wanted]:
+        key = workflow.public_key(profile, stub, name)
         if not key.openpgp_created:
             continue
         try:
-            body = pgp.public_key_body(workflow.checked_key(key, key.name), key.openpgp_created)
+            body = pgp.public_key_body(workflow.checked_key(key, name), key.openpgp_created)
         except ValueError:
             continue
-        fpr = pgp.fingerprint(body).hex().upper()
-        if len(hexed) in (16, 40) and fpr.endswith(hexed):
-            return workflow.public_key(profile, stub, key.name)
+        fpr = pgp.fingerprint(body)
+        if hexed is None or fpr.hex().upper().endswith(hexed):
+            return key, fpr
     raise ConfigError(
         f"no signing key on the server has OpenPGP fingerprint, key ID or name {wanted[:80]!r} "
         "(git: user.signingkey; rpm: %_gpg_name)"
@@ -263,13 +279,20 @@ def _gpg_sign(args: Sequence[str]) -> None:
     except getopt.GetoptError as e:
         raise click.UsageError(f"gpg drop-in: {e} (a signing call takes only {_usage()})") from None
     flags = [name for name, _ in opts]
-    given = {name: value for name, value in opts}
-    user = given.get("-u", given.get("--local-user"))
+    given: dict[str, str] = {}
+    for name, value in opts:  # the last one given counts, as with gpg
+        given[{"--local-user": "-u", "--output": "-o"}.get(name, name)] = value
+    user = given.get("-u")
     if not user:
         raise click.UsageError("gpg drop-in: give -u KEY (git: user.signingkey)")
     if len(files) > 1:
         raise click.UsageError("gpg drop-in: sign one file (or stdin) per call")
     clear = "--clearsign" in flags or "--clear-sign" in flags
+    if not clear and "-b" not in flags and "--detach-sign" not in flags:
+        raise click.UsageError(
+            "gpg drop-in: it makes detached (-b) or cleartext (--clearsign) signatures, "
+            "not signed messages (-s alone)"
+        )
     armored = ("-a" in flags or "--armor" in flags) and "--no-armor" not in flags
     mode = "cleartext" if clear else "armor" if armored else "binary"
     status_fd = _status_fd(given.get("--status-fd"))
@@ -283,7 +306,7 @@ def _gpg_sign(args: Sequence[str]) -> None:
     else:
         name, data = "stdin", sys.stdin.buffer.read()
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
-        key = _openpgp_key(profile, stub, user)
+        key, fpr = _openpgp_key(profile, stub, user)
         if _called_by_rpm() and not key.algorithm.startswith("rsa-pkcs1-"):
             raise InvalidArgumentError(
                 f"key {key.name} is {key.algorithm[:40]}: rpm 4.18 accepts only RSA OpenPGP "
@@ -299,13 +322,17 @@ def _gpg_sign(args: Sequence[str]) -> None:
     request, (packet,) = openpgp.signature_packets(signed)
     if request.file_digest(data) != signed.digests[0].value:
         fail(f"request {signed.request_id} signed other data than was sent; not written")
+    if request.fingerprint != fpr:
+        fail(f"request {signed.request_id} was signed as another OpenPGP key; not written")
     if mode == "binary":
         out = packet
     elif mode == "armor":
         out = pgp.armor("SIGNATURE", packet).encode()
     else:
         out = pgp.clearsign(data, packet)
-    target = given.get("-o", given.get("--output"))
+    target = given.get("-o")
+    if target is None and files and files[0] != "-":  # gpg's default: beside the file
+        target = files[0] + (".sig" if mode == "binary" else ".asc")
     if target and target != "-":
         Path(target).write_bytes(out)
     else:

@@ -264,7 +264,7 @@ def keys_openpgp(
                 f"the token {created}: restart the server"
             )
         carried, _ = certification_request(uid, signing)
-        context = {"tool": "signer keys openpgp", "uid": uid}
+        context = {"tool": "signer keys openpgp"}  # the user ID is in the payload
         signed = obtain(profile, stub, name, carried, context, wait_for)
     checked, (packet,) = signature_packets(signed)
     cert = pgp.certificate(checked.key, checked.uid, packet)

@@ -463,7 +463,7 @@ def public_key(
     """Fetch a signing key's public key from the server (checked against its key id)."""
     profile = load_profile(profile_path, server)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
-        key = workflow.public_key(profile, stub, key_name)
+        key = workflow.public_key(profile, stub, key_name, key_format == "openpgp")
     pem = workflow.checked_key(key, key_name)
     if key_format == "ssh":
         ssh_algorithm(key.algorithm, key_name)  # a key SSH cannot use: say which to use

@@ -250,11 +250,15 @@ def checked_key(key: types_pb2.KeyInfo, key_name: str) -> str:
     return pem.decode()
 
 
-def public_key(profile: Profile, stub: Any, key_name: str) -> types_pb2.KeyInfo:
-    """A signing key's GetPublicKey answer, once `checked_key` holds for it."""
-    key: types_pb2.KeyInfo = call(
-        profile, stub.GetPublicKey, signing_pb2.GetPublicKeyRequest(key_name=key_name)
-    ).key
+def public_key(
+    profile: Profile, stub: Any, key_name: str, openpgp_certificate: bool = False
+) -> types_pb2.KeyInfo:
+    """A signing key's GetPublicKey answer (with its OpenPGP certificate if asked), once
+    `checked_key` holds for it."""
+    asked = signing_pb2.GetPublicKeyRequest(
+        key_name=key_name, openpgp_certificate=openpgp_certificate
+    )
+    key: types_pb2.KeyInfo = call(profile, stub.GetPublicKey, asked).key
     checked_key(key, key_name)
     return key
 

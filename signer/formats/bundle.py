@@ -361,7 +361,7 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
     if bundle.dsse is not None:
         statement, covered = _check_dsse(bundle, file_digests, artifact)
     elif bundle.payload_type:
-        covered = _check_typed(bundle, file_digests, artifact)
+        covered = _check_typed(bundle, file_digests, artifact, trust.public_key)
     else:
         found = next((d for d in bundle.digests if file_digests.get(d.algorithm) == d.value), None)
         if found is None:
@@ -388,7 +388,9 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
     )
 
 
-def _check_typed(bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Path) -> str:
+def _check_typed(
+    bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Path, pinned: PublicKeyTypes
+) -> str:
     """A typed request's bundle: the signed digests are those its format derives from the
     payload for this key, and the file is one of the artifacts the payload lists."""
     from signer.formats import registry as formats  # the registry imports this module
@@ -399,7 +401,7 @@ def _check_typed(bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Pa
             bundle.payload,
             bundle.digests,
             len(bundle.digests),
-            PayloadKey(bundle.algorithm, bundle.public_key_pem),
+            PayloadKey(bundle.algorithm, _pem(pinned)),  # the pinned key, not the bundle's
         )
         listed = fmt.artifacts(bundle.payload) or ()
     except (InvalidArgumentError, TooLargeError) as e:
@@ -414,6 +416,12 @@ def _check_typed(bundle: Bundle, file_digests: Mapping[str, bytes], artifact: Pa
             raise ConfigError(f"cannot read {artifact}: {e.strerror}") from None
         fmt.check_file(bundle.payload, bundle.digests, data, found.artifact)
     return found.artifact
+
+
+def _pem(key: PublicKeyTypes) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 def write_beside(signed: SignedRequest, first: Path) -> str:

@@ -252,7 +252,8 @@ class OpenPgpRequest:
         return parsed
 
     def check(self, key: PayloadKey) -> None:
-        """The hashed part is one this key makes: algorithm, hash, issuer, times. At the
+        """The hashed part is one this key makes: algorithm, hash, issuer, times; with
+        `key.public_key_pem`, that the payload's OpenPGP key is this public key. At the
         server (`key.now` set) also the key's stored creation time and the clock."""
         h = self.hashed
         if h.pubkey_algorithm != openpgp_algorithm(key.algorithm):
@@ -279,12 +280,13 @@ class OpenPgpRequest:
                     f"says {self.key_created}: see `signer public-key --format openpgp`",
                     "FOREIGN_ISSUER",
                 )
-        try:
-            own = pgp.public_key_body(key.public_key_pem, self.key_created)
-        except ValueError as e:
-            raise _refuse(f"the key cannot make OpenPGP signatures: {e}") from None
-        if own != self.key:
-            raise _refuse("the OpenPGP key in the request is not this key", "FOREIGN_ISSUER")
+        if key.public_key_pem or key.now is not None:
+            try:
+                own = pgp.public_key_body(key.public_key_pem, self.key_created)
+            except ValueError as e:
+                raise _refuse(f"the key cannot make OpenPGP signatures: {e}") from None
+            if own != self.key:
+                raise _refuse("the OpenPGP key in the request is not this key", "FOREIGN_ISSUER")
         if h.issuer_fingerprint != self.fingerprint:
             raise _refuse(
                 f"the hashed part names issuer {h.issuer_fingerprint.hex().upper()}; this "
@@ -497,6 +499,8 @@ def check_certificate(cert: bytes, public_key_pem: str, created: int | None) -> 
         raise VerificationError(f"not an OpenPGP certificate of this key: {e}") from None
     if own != c.key_body or (created is not None and c.created != created):
         raise VerificationError("the OpenPGP certificate is of another key")
+    if c.hashed.key_flags != _KEY_FLAGS:
+        raise VerificationError("the certificate's self-signature does not say certify and sign")
     digest = pgp.certification_digest(c.key_body, c.uid, c.hashed)
     try:
         pgp.verify_signature(c.key_body, c.signature, digest)
@@ -574,9 +578,11 @@ class OpenPgpFormat(OutputFormat):
             "issuer_is_key": h.issuer_fingerprint == request.fingerprint,
         }
         try:
+            request.check(PayloadKey(algorithm))  # what can be checked without the server
             request.check_digests(digests)
             matches = shown["issuer_is_key"]
-        except InvalidArgumentError:
+        except InvalidArgumentError as e:
+            shown["problem"] = str(e)
             matches = False
         if request.mode == "certify":
             shown["uid"] = request.uid
@@ -606,6 +612,8 @@ class OpenPgpFormat(OutputFormat):
         ]
         if o["mode"] == "certify":
             rows.append(("user id", o["uid"]))
+            if not o["uid"].isascii():
+                rows.append(("user id check", "NOT ASCII: look for look-alike characters"))
         else:
             rows += [
                 (
@@ -615,7 +623,11 @@ class OpenPgpFormat(OutputFormat):
                 for i, a in enumerate(o["claimed_artifacts"])
             ]
         if not described["payload_matches_digest"]:
-            check = "MISMATCH: the digests to sign do not follow from this request; do not approve"
+            why = f" ({o['problem']})" if "problem" in o else ""
+            check = (
+                f"MISMATCH: the digests to sign do not follow from this request{why}; "
+                "do not approve"
+            )
         elif o["mode"] == "certify":
             check = "the digest to sign is this user ID's certification on this key"
         else:

@@ -282,10 +282,14 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, hea
         maximum_concurrent_rpcs=s.workers * STREAMS_PER_CONNECTION,
     )
     token = core.token
-    certificates = (
-        (lambda name: openpgp_keys.certificate(token, name)) if isinstance(token, Token) else None
+
+    def certificates(name: str) -> bytes:
+        assert isinstance(token, Token)
+        return openpgp_keys.certificate(token, name, core.keys[name].public_key_pem)
+
+    signing = SigningService(
+        core, s.max_wait, log_limit, certificates if isinstance(token, Token) else None
     )
-    signing = SigningService(core, s.max_wait, log_limit, certificates)
     approval = ApprovalService(core, s.max_wait, log_limit)
     audit = AuditService(core, s.max_wait, log_limit)
     signing_pb2_grpc.add_SigningServiceServicer_to_server(signing, server)

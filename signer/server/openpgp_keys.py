@@ -45,16 +45,20 @@ def creation_time(token: Token, name: str, fix_at: int | None = None) -> int | N
     return min(times) if times else None
 
 
-def certificate(token: Token, name: str) -> bytes:
-    """Key `name`'s OpenPGP certificate, the newest if two are kept; b"" if none."""
+def certificate(token: Token, name: str, public_key_pem: str) -> bytes:
+    """Key `name`'s OpenPGP certificate (of this public key: one left from an earlier key
+    of the same name is not), the newest if two are kept; b"" if none."""
     found = []
     for cert in token.key_data(CERTIFICATE, name):
         try:
-            found.append((pgp.parse_certificate(cert).hashed.created, cert))
+            parsed = pgp.parse_certificate(cert)
+            own = pgp.public_key_body(public_key_pem, parsed.created)
         except ValueError:
             raise TokenError(
                 f"the OpenPGP certificate kept beside key {name!r} is unreadable"
             ) from None
+        if own == parsed.key_body:
+            found.append((parsed.hashed.created, cert))
     return max(found)[1] if found else b""
 
 

@@ -230,7 +230,8 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
                 f"no signing key named {echo(request.key_name)}", reason="UNKNOWN_KEY"
             )
         info = key_info_pb(spec)
-        if spec.openpgp_created is not None and self.certificates is not None:
+        wanted = request.openpgp_certificate and spec.openpgp_created is not None
+        if wanted and self.certificates is not None:
             info.openpgp_certificate = self.certificates(spec.name)
         return signing_pb2.GetPublicKeyResponse(key=info)
 

@@ -235,9 +235,17 @@ class Token(Connection):
                     o.destroy()
 
     def _data_objects(self, application: str) -> list[Any]:
+        """This service's data objects of `application`: private token objects only, which
+        no one can make without the user PIN (a public object with the same application,
+        made by anyone who can open a session, is not one of them)."""
         return list(
             self._session.get_objects(
-                {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: application}
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.APPLICATION: application,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                }
             )
         )
 

@@ -244,15 +244,19 @@ class GetPublicKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_NAME_FIELD_NUMBER: _builtins.int
+    OPENPGP_CERTIFICATE_FIELD_NUMBER: _builtins.int
     key_name: _builtins.str
+    openpgp_certificate: _builtins.bool
+    """Also the key's OpenPGP certificate (read from the token), if it has one."""
     def __init__(
         self,
         *,
         key_name: _builtins.str = ...,
+        openpgp_certificate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_name", b"key_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_name", b"key_name", "openpgp_certificate", b"openpgp_certificate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

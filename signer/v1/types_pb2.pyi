@@ -389,7 +389,7 @@ class KeyInfo(_message.Message):
     """
     openpgp_certificate: _builtins.bytes
     """Its OpenPGP certificate (binary transferable public key) once `signer keys openpgp`
-    made one; only in GetPublicKey's answer.
+    made one; only in GetPublicKey's answer, when asked for.
     """
     def __init__(
         self,
