@@ -7,12 +7,18 @@ subprocess: the token's module is loaded once per process, with its config."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
 
+from testbed.commands import SIGNER, run
 from testbed.env import Env
+from testbed.process import running
+from tests.harness import audit_events
+
+serving = contextlib.contextmanager(running)
 
 _SCRIPT = textwrap.dedent(
     """
@@ -89,3 +95,61 @@ def test_the_token_keeps_one_creation_time_and_the_newest_certificate(fresh_env:
     assert out["stored"] and out["both"]
     assert out["kept"] == 1
     assert out["other_key"] == ""
+
+
+_SET_TIME = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    from signer.server import openpgp_keys
+    from signer.server.admin import open_token
+    from signer.server.config import load_config
+
+    token = open_token(load_config(Path(sys.argv[1])))
+    for value in token.key_data(openpgp_keys.CREATED, "release"):
+        token.remove_key_data(openpgp_keys.CREATED, "release", value)
+    if sys.argv[2]:
+        token.add_key_data(openpgp_keys.CREATED, "release", sys.argv[2].encode())
+    """
+)
+
+
+def _set_time(env: Env, value: str) -> None:
+    """Remove the key's creation time from the token (a restore without its data
+    objects), and with `value` put another in its place."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SET_TIME, str(env.config), value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _started(env: Env) -> list[int]:
+    return [
+        e["details"]["keys"]["release"]["openpgp_created"]
+        for e in audit_events(env)
+        if e["event"] == "server.started"
+    ]
+
+
+def test_a_restored_token_gets_the_logged_creation_time_back(fresh_env: Env) -> None:
+    """A token restored without the creation time gets the one every `server.started`
+    recorded for this key, so its OpenPGP fingerprint does not change; a token that holds
+    another time for the same key stops the start, naming both."""
+    with serving(fresh_env):
+        pass
+    (first,) = _started(fresh_env)
+    _set_time(fresh_env, "")
+    with serving(fresh_env):
+        pass
+    assert _started(fresh_env) == [first, first]
+    _set_time(fresh_env, str(first + 1))
+    p = run([*SIGNER, "serve", "--config", str(fresh_env.config)], check=False, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"keeps OpenPGP creation time {first + 1}" in p.stderr
+    assert f"recorded {first}" in p.stderr
+    assert _started(fresh_env) == [first, first]

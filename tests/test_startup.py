@@ -279,7 +279,12 @@ def test_every_start_records_policy_hash(fresh_env: Env) -> None:
     for e in started:
         assert e["actor"] == "signer"
         assert e["details"]["keys"] == {
-            "release": {"key_id": keys["release"]["key_id"], "algorithm": "ecdsa-p256"}
+            "release": {
+                "key_id": keys["release"]["key_id"],
+                "algorithm": "ecdsa-p256",
+                # fixed at the first start, the same at every start after it
+                "openpgp_created": started[0]["details"]["keys"]["release"]["openpgp_created"],
+            }
         }
     pin = _secrets(fresh_env)[0].encode()
     for f in fresh_env.root.glob("signer.db*"):  # SQLite: the files, WAL included

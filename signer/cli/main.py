@@ -36,7 +36,7 @@ from signer.cli.kit import (
 )
 from signer.client import workflow
 from signer.client.profile import load_profile
-from signer.errors import ResponseMismatchError
+from signer.errors import ConfigError, ResponseMismatchError
 from signer.formats.base import PayloadKey
 from signer.formats.bundle import write_beside
 from signer.formats.openpgp import (
@@ -249,9 +249,14 @@ def keys_openpgp(
     try:
         key = token.key(name)
         openpgp_algorithm(key.algorithm.name if key.algorithm else "", name)
-        created = openpgp_keys.creation_time(token, name, int(time.time()))
+        created = openpgp_keys.creation_time(token, name)
     finally:
         token.close()
+    if created is None:
+        raise ConfigError(
+            f"key {name} has no OpenPGP creation time yet: the server fixes it when it "
+            "starts with the key in its config"
+        )
     profile = load_profile(profile_path)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
         served = workflow.public_key(profile, stub, name)

@@ -4,7 +4,10 @@ labelled with the key's name (DESIGN §10):
 - its creation time, fixed once and never changed: it is hashed into the key's
   OpenPGP fingerprint, so a second one would be a second OpenPGP key. The server
   fixes it when it first starts with the key (or `signer keys openpgp`, if that
-  runs first); should two ever be written at once, the earliest is the key's;
+  runs first), and records it in every `server.started` entry; a token restored
+  without it gets the recorded time back, and one that disagrees with the record
+  stops the start (`signer.server.app.settle_openpgp`); should two ever be
+  written at once, the earliest is the key's;
 - its certificate, once `signer keys openpgp` made one (a user ID and its
   self-signature, approved by the officers). A new one is written before the old
   is removed, so a crash between leaves two and the newer self-signature wins:
@@ -16,9 +19,11 @@ from __future__ import annotations
 from signer import pgp
 from signer.algorithms import KeyAlgorithm
 from signer.errors import TokenError
+from signer.store import Store
+from signer.store.base import AuditFilter
 from signer.token.hsm import Token
 
-__all__ = ["can_openpgp", "certificate", "creation_time", "store_certificate"]
+__all__ = ["can_openpgp", "certificate", "creation_time", "recorded_times", "store_certificate"]
 
 CREATED = "signer openpgp creation time"
 CERTIFICATE = "signer openpgp certificate"
@@ -43,6 +48,25 @@ def creation_time(token: Token, name: str, fix_at: int | None = None) -> int | N
             raise TokenError(f"the OpenPGP creation time kept beside key {name!r} is not a time")
         times.append(int(v))
     return min(times) if times else None
+
+
+def recorded_times(store: Store) -> dict[tuple[str, str], int]:
+    """(key name, key id) -> the OpenPGP creation time the latest `server.started` entry
+    that names that key recorded."""
+    found: dict[tuple[str, str], int] = {}
+    after = -1
+    with store.transaction() as tx:
+        while True:
+            page = tx.list_audit(AuditFilter(event="server.started"), after, 200)
+            for entry in page:
+                keys = entry.details.get("keys")
+                for name, k in keys.items() if isinstance(keys, dict) else ():
+                    t = k.get("openpgp_created") if isinstance(k, dict) else None
+                    if isinstance(t, int) and isinstance(k.get("key_id"), str):
+                        found[(name, k["key_id"])] = t
+            if len(page) < 200:
+                return found
+            after = page[-1].index
 
 
 def certificate(token: Token, name: str, public_key_pem: str) -> bytes:
