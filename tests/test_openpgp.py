@@ -143,6 +143,7 @@ def test_only_a_certificate_in_the_form_written_here_is_accepted(
 
 
 def test_a_key_without_a_certificate_says_how_to_make_one(shared: Running) -> None:
+    """A key that cannot have an OpenPGP certificate: the error names the key types to use."""
     got = CliRunner().invoke(
         main, ["public-key", "--key-name", "k-rsa-pss-3072", "--format", "openpgp", *_ci(shared)]
     )
@@ -412,12 +413,14 @@ def test_unsuitable_keys_are_refused_naming_the_key_types_to_use(
     assert got.exit_code == 1
     assert "rsa-pss-3072" in got.stderr and "rsa-pkcs1-3072" in got.stderr
     assert "refuse RSA-PSS" in got.stderr
-    args = ["keys", "openpgp", "--config", str(shared.env.config), *_ci(shared)]
-    made = CliRunner().invoke(main, [*args, "--name", "k-rsa-pss-3072", "--uid", UID])
-    assert made.exit_code == 1 and "ecdsa-p256" in made.stderr
+    # A process of its own: the token's module is loaded once per process, with its config.
+    args = [*SIGNER, "keys", "openpgp", "--config", str(shared.env.config), *_ci(shared)]
+    made = run([*args, "--name", "k-rsa-pss-3072", "--uid", UID], check=False)
+    assert made.returncode == 1 and "ecdsa-p256" in made.stderr
 
 
 def test_digests_instead_of_files_are_refused() -> None:
+    """An OpenPGP signature hashes the file with its trailer: bare digests are refused."""
     with pytest.raises(InvalidArgumentError, match="give --file"):
         OpenPgpFormat().carry([Digest("sha256", bytes(32), "a")], {}, "sha256", {})
 

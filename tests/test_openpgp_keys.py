@@ -82,6 +82,8 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_the_token_keeps_one_creation_time_and_the_newest_certificate(fresh_env: Env) -> None:
+    """Fixed once, never moved, a planted public object ignored; the newer certificate wins
+    mid-replace, one is kept after it, another key's is not served."""
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(fresh_env.config)],
         capture_output=True,

@@ -18,6 +18,8 @@ HASHES = ("sha256", "sha384", "sha512")
 @pytest.mark.parametrize("hash_name", HASHES)
 @pytest.mark.parametrize("length", [0, 1, 55, 56, 63, 64, 65, 111, 112, 127, 128, 129, 4097])
 def test_boundaries(hash_name: str, length: int) -> None:
+    """Around every block and padding boundary, a midstate finished with more bytes is
+    hashlib's digest of the whole."""
     data = bytes(i % 251 for i in range(length))
     mid, tail = sha2.midstate(hash_name, [data])
     assert mid.length + len(tail) == length and len(tail) < sha2.BLOCK[hash_name]
@@ -32,12 +34,14 @@ def test_boundaries(hash_name: str, length: int) -> None:
 )
 @settings(max_examples=200, deadline=None)
 def test_any_chunks_finish_to_hashlib(hash_name: str, chunks: list[bytes], rest: bytes) -> None:
+    """However the data is cut into chunks, the midstate finishes to hashlib's digest."""
     mid, tail = sha2.midstate(hash_name, chunks)
     expected = hashlib.new(hash_name, b"".join(chunks) + rest).digest()
     assert sha2.finish(mid, tail + rest) == expected
 
 
 def test_malformed_midstates_are_refused() -> None:
+    """A state of the wrong size, a length that is not whole blocks, an unknown hash."""
     with pytest.raises(ValueError, match="whole number of 64-byte blocks"):
         sha2.Midstate("sha256", bytes(32), 65)
     with pytest.raises(ValueError, match="a sha512 state is 64 bytes"):
