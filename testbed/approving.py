@@ -11,7 +11,7 @@ from signer.v1 import approval_pb2, types_pb2
 from testbed.commands import wait_until
 from testbed.process import Running
 
-__all__ = ["approving", "pending_ids"]
+__all__ = ["approving", "dropin_env", "pending_ids"]
 
 TIMEOUT = 120
 
@@ -28,6 +28,23 @@ def _pending(shared: Running) -> list[types_pb2.SigningRequest]:
         token = page.next_page_token
         if not token:
             return found
+
+
+def dropin_env(shared: Running, home: Path, **extra: str) -> dict[str, str]:
+    """The environment git (or rpm) runs a drop-in with: the CI profile, a 2-minute wait,
+    a home of its own, no system git config, a committer and author."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "SIGNER_PROFILE": str(shared.env.profile_path("ci")),
+        "SIGNER_TIMEOUT": "2m",
+        "GIT_COMMITTER_NAME": "Release",
+        "GIT_COMMITTER_EMAIL": "release@example.org",
+        "GIT_AUTHOR_NAME": "Release",
+        "GIT_AUTHOR_EMAIL": "release@example.org",
+        **extra,
+    }
 
 
 def pending_ids(shared: Running) -> set[str]:

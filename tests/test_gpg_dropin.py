@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from signer import pgp
-from testbed.approving import approving
+from testbed.approving import approving, dropin_env
 from testbed.commands import run
 from testbed.gnupg import Gnupg
 from testbed.process import Running
@@ -41,18 +40,7 @@ def _gnupg(tmp_path: Path, cert: bytes) -> Gnupg:
 
 
 def _env(shared: Running, tools: Gnupg, home: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "GNUPGHOME": str(tools.home),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "SIGNER_PROFILE": str(shared.env.profile_path("ci")),
-        "SIGNER_TIMEOUT": "2m",
-        "GIT_COMMITTER_NAME": "Release",
-        "GIT_COMMITTER_EMAIL": "release@example.org",
-        "GIT_AUTHOR_NAME": "Release",
-        "GIT_AUTHOR_EMAIL": "release@example.org",
-    }
+    return dropin_env(shared, home, GNUPGHOME=str(tools.home))
 
 
 def _forged(repo: Path, env: dict[str, str], kind: str, ref: str) -> str:

@@ -35,6 +35,7 @@ from signer.formats.ssh import (
 )
 from signer.model import Digest
 from signer.v1 import approval_pb2, types_pb2
+from testbed.approving import dropin_env
 from testbed.commands import APPROVER, SIGNER, run, wait_until
 from testbed.process import Running
 
@@ -310,17 +311,7 @@ def test_git_signs_commits_and_tags_through_the_ssh_keygen_dropin(
     assert pub.read_text().split()[:2] == allowed.read_text().split()[1:3]
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "SIGNER_PROFILE": str(shared.env.profile_path("ci")),
-        "SIGNER_TIMEOUT": "2m",
-        "GIT_COMMITTER_NAME": "Release",
-        "GIT_COMMITTER_EMAIL": "release@example.org",
-        "GIT_AUTHOR_NAME": "Release",
-        "GIT_AUTHOR_EMAIL": "release@example.org",
-    }
+    env = dropin_env(shared, home)
     repo = tmp_path / "repo"
     run(["git", "init", "-q", str(repo)], env=env)
     for k, v in {

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +45,10 @@ from typing import Any, ClassVar
 from cryptography.exceptions import InvalidSignature
 
 from signer import pgp, sha2
-from signer.algorithms import ALGORITHMS, HASH_SIZES
+from signer.algorithms import ALGORITHMS
 from signer.encoding import canonical_json
 from signer.errors import ConfigError, InvalidArgumentError, TooLargeError, VerificationError
+from signer.formats._payload import artifact_items, lower_hex, strict_json
 from signer.formats.base import (
     Carried,
     Evidence,
@@ -203,13 +203,8 @@ class OpenPgpRequest:
     def parse(cls, payload: bytes, max_artifacts: int = 10_000) -> OpenPgpRequest:
         """The payload, strictly: exact fields, canonical JSON, a hashed part `signer.pgp`
         accepts of the mode's signature type, valid names and claimed digests."""
-        if len(payload) > _MAX_PAYLOAD:
-            raise TooLargeError(
-                f"payload is {len(payload)} bytes; the limit is {_MAX_PAYLOAD}",
-                reason="PAYLOAD_TOO_LARGE",
-            )
-        try:
-            d = json.loads(payload)
+
+        def build(d: Any) -> OpenPgpRequest:
             if not isinstance(d, dict) or d.get("mode") not in MODES:
                 raise ValueError(f"mode must be {', '.join(MODES)}")
             mode = d["mode"]
@@ -235,21 +230,11 @@ class OpenPgpRequest:
                 uid = d["uid"]
                 if not isinstance(uid, str) or not is_artifact_name(uid):
                     raise ValueError(f"uid must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}")
-                parsed = cls(mode, body, hashed, uid=uid)
-            else:
-                artifacts = _artifacts(d["artifacts"], hashed.hash_algorithm, max_artifacts)
-                parsed = cls(mode, body, hashed, artifacts)
-        except (InvalidArgumentError, TooLargeError):
-            raise
-        except (ValueError, RecursionError) as e:
-            raise InvalidArgumentError(
-                f"not an OpenPGP signature request: {str(e)[:200]}", reason="BAD_PAYLOAD"
-            ) from None
-        if parsed.to_bytes() != payload:
-            raise InvalidArgumentError(
-                "the OpenPGP signature request is not in canonical JSON form", reason="BAD_PAYLOAD"
-            )
-        return parsed
+                return cls(mode, body, hashed, uid=uid)
+            artifacts = _artifacts(d["artifacts"], hashed.hash_algorithm, max_artifacts)
+            return cls(mode, body, hashed, artifacts)
+
+        return strict_json(payload, _MAX_PAYLOAD, "OpenPGP signature request", build)
 
     def check(self, key: PayloadKey) -> None:
         """The hashed part is one this key makes: algorithm, hash, issuer, times; with
@@ -343,50 +328,21 @@ _ARTIFACT_FIELDS = {"name", "digest", "state", "length", "tail"}
 
 
 def _artifacts(items: Any, hash_name: str, limit: int) -> list[Artifact]:
-    if not isinstance(items, list) or not items:
-        raise ValueError("artifacts must be a non-empty list")
-    if len(items) > limit:
-        raise TooLargeError(
-            f"{len(items)} artifacts; the limit is {limit}", reason="TOO_MANY_DIGESTS"
-        )
     out: list[Artifact] = []
-    for i, a in enumerate(items):
-        if not isinstance(a, dict) or set(a) != _ARTIFACT_FIELDS:
-            raise ValueError(
-                f"artifacts[{i}] must be exactly {{{', '.join(sorted(_ARTIFACT_FIELDS))}}}"
-            )
-        name, hexed, length = a["name"], a["digest"], a["length"]
-        if not isinstance(name, str) or not is_artifact_name(name):
-            raise ValueError(
-                f"artifacts[{i}].name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}"
-            )
-        if any(x.name == name for x in out):
-            raise ValueError(f"artifacts[{i}].name {name!r} is listed twice")
-        if not _lower_hex(hexed, 2 * HASH_SIZES[hash_name]):
-            raise ValueError(f"artifacts[{i}].digest must be a lowercase hex {hash_name}")
+    for i, (a, claimed) in enumerate(artifact_items(items, hash_name, limit, _ARTIFACT_FIELDS)):
         state_size = 32 if hash_name == "sha256" else 64
-        if not _lower_hex(a["state"], 2 * state_size):
+        if not lower_hex(a["state"], 2 * state_size):
             raise ValueError(f"artifacts[{i}].state must be a {hash_name} state in lowercase hex")
-        tail = a["tail"]
-        if not _lower_hex(tail, None) or len(tail) >= 2 * sha2.BLOCK[hash_name]:
+        tail, length = a["tail"], a["length"]
+        if not lower_hex(tail) or len(tail) >= 2 * sha2.BLOCK[hash_name]:
             raise ValueError(
                 f"artifacts[{i}].tail must be lowercase hex, under one {hash_name} block"
             )
         if not isinstance(length, int) or isinstance(length, bool):
             raise ValueError(f"artifacts[{i}].length must be an integer")
         mid = sha2.Midstate(hash_name, bytes.fromhex(a["state"]), length)
-        claimed = Digest(hash_name, bytes.fromhex(hexed), name)
-        out.append(Artifact(name, claimed, mid, bytes.fromhex(tail)))
+        out.append(Artifact(claimed.artifact, claimed, mid, bytes.fromhex(tail)))
     return out
-
-
-def _lower_hex(value: Any, size: int | None) -> bool:
-    return (
-        isinstance(value, str)
-        and (size is None or len(value) == size)
-        and len(value) % 2 == 0
-        and all(c in "0123456789abcdef" for c in value)
-    )
 
 
 def _when(t: int) -> str:

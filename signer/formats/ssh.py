@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -41,9 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from signer.algorithms import HASH_SIZES
 from signer.encoding import canonical_json
 from signer.errors import ConfigError, InvalidArgumentError, TooLargeError, VerificationError
+from signer.formats._payload import artifact_items, strict_json
 from signer.formats.base import (
     Carried,
     Evidence,
@@ -56,7 +55,6 @@ from signer.formats.base import (
 )
 from signer.formats.bundle import write_beside
 from signer.model import Digest
-from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name
 from signer.verify import verify_digest
 
 __all__ = [
@@ -156,13 +154,8 @@ class SshRequest:
     @classmethod
     def parse(cls, payload: bytes, max_artifacts: int = 10_000) -> SshRequest:
         """The payload, strictly: exact fields, canonical JSON, valid names and digests."""
-        if len(payload) > _MAX_PAYLOAD:
-            raise TooLargeError(
-                f"payload is {len(payload)} bytes; the limit is {_MAX_PAYLOAD}",
-                reason="PAYLOAD_TOO_LARGE",
-            )
-        try:
-            d = json.loads(payload)
+
+        def build(d: Any) -> SshRequest:
             if not isinstance(d, dict) or set(d) != {"namespace", "hash_algorithm", "artifacts"}:
                 raise ValueError("fields must be exactly artifacts, hash_algorithm, namespace")
             namespace, hash_algorithm, items = d["namespace"], d["hash_algorithm"], d["artifacts"]
@@ -170,44 +163,12 @@ class SshRequest:
                 raise ValueError("namespace must be a string")
             if hash_algorithm not in ARTIFACT_HASHES:
                 raise ValueError(f"hash_algorithm must be {' or '.join(ARTIFACT_HASHES)}")
-            if not isinstance(items, list) or not items:
-                raise ValueError("artifacts must be a non-empty list")
-            if len(items) > max_artifacts:
-                raise TooLargeError(
-                    f"{len(items)} artifacts; the limit is {max_artifacts}",
-                    reason="TOO_MANY_DIGESTS",
-                )
-            artifacts = []
-            for i, a in enumerate(items):
-                if not isinstance(a, dict) or set(a) != {"name", "digest"}:
-                    raise ValueError(f"artifacts[{i}] must be exactly {{digest, name}}")
-                name, hexed = a["name"], a["digest"]
-                if not isinstance(name, str) or not is_artifact_name(name):
-                    raise ValueError(
-                        f"artifacts[{i}].name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}"
-                    )
-                if (
-                    not isinstance(hexed, str)
-                    or hexed != hexed.lower()
-                    or len(hexed) != 2 * HASH_SIZES[hash_algorithm]
-                ):
-                    raise ValueError(
-                        f"artifacts[{i}].digest must be a lowercase hex {hash_algorithm}"
-                    )
-                artifacts.append(Digest(hash_algorithm, bytes.fromhex(hexed), name))
+            listed = artifact_items(items, hash_algorithm, max_artifacts, {"name", "digest"})
+            artifacts = [digest for _, digest in listed]
             check_namespace(namespace)
-            parsed = cls(namespace, hash_algorithm, artifacts)
-        except (InvalidArgumentError, TooLargeError):
-            raise
-        except (ValueError, RecursionError) as e:
-            raise InvalidArgumentError(
-                f"not an SSH signature request: {str(e)[:200]}", reason="BAD_PAYLOAD"
-            ) from None
-        if parsed.to_bytes() != payload:
-            raise InvalidArgumentError(
-                "the SSH signature request is not in canonical JSON form", reason="BAD_PAYLOAD"
-            )
-        return parsed
+            return cls(namespace, hash_algorithm, artifacts)
+
+        return strict_json(payload, _MAX_PAYLOAD, "SSH signature request", build)
 
     def signed_digests(self, algorithm: str) -> tuple[Digest, ...]:
         """What the token signs for each artifact with a key of `algorithm`."""
