@@ -243,7 +243,8 @@ def test_an_apt_repository_signed_through_the_dropin_passes_gpgv_and_apt_get_upd
     shared: Running, openpgp_certs: dict[str, bytes], tmp_path: Path
 ) -> None:
     """`gpg --clearsign -o InRelease Release` and `gpg -abs -o Release.gpg Release` through
-    the drop-in (what reprepro and aptly run): gpgv accepts both; apt-get update in a
+    the drop-in (what repository tools run; and maven-gpg-plugin's armored detached call):
+    gpgv accepts them; apt-get update in a
     temporary root trusts the repository; a changed InRelease or Packages file fails."""
     tools = _gnupg(tmp_path, openpgp_certs[RSA])
     home = tmp_path / "home"
@@ -253,14 +254,17 @@ def test_an_apt_repository_signed_through_the_dropin_passes_gpgv_and_apt_get_upd
     dist = _repository(repo)
     fpr = _fpr(openpgp_certs[RSA])
     release = dist / "Release"
+    maven = ["--no-tty", "--armor", "--detach-sign", "--local-user", fpr, "--output"]
     for args in (
         ["--clearsign", "-u", fpr, "-o", str(dist / "InRelease"), str(release)],
         ["-abs", "-u", fpr, "-o", str(dist / "Release.gpg"), str(release)],
+        [*maven, str(tmp_path / "Release.asc"), str(release)],  # maven-gpg-plugin's call
     ):
         done = approving(shared, [DROPIN, "--batch", "--yes", *args], env=env)
         assert done.returncode == 0, done.stderr.decode()
     assert tools.gpgv(str(dist / "InRelease")).returncode == 0
     assert tools.gpgv(str(dist / "Release.gpg"), str(release)).returncode == 0
+    assert tools.gpgv(str(tmp_path / "Release.asc"), str(release)).returncode == 0
     keyring = tmp_path / "release.gpg"
     keyring.write_bytes(tools.keyring.read_bytes())
 

@@ -212,6 +212,8 @@ _GPG_LONG = [
     "no-tty",
     "keyid-format=",
     "pinentry-mode=",
+    "use-agent",
+    "no-use-agent",
 ]
 _SIGNING = {"-s", "-b", "--sign", "--detach-sign", "--clearsign", "--clear-sign"}
 
