@@ -55,6 +55,7 @@ __all__ = [
     "distinct_approvers",
     "key_id_of",
     "pae",
+    "sign_payload",
     "sign_statement",
 ]
 
@@ -339,7 +340,8 @@ class Envelope:
     raw: bytes
 
     @classmethod
-    def parse(cls, raw: bytes) -> Envelope:
+    def parse(cls, raw: bytes, payload_type: str = PAYLOAD_TYPE) -> Envelope:
+        """An envelope of `payload_type` (an approval statement unless said otherwise)."""
         if not raw:
             raise EnvelopeError("the approval envelope is empty")
         if len(raw) > MAX_ENVELOPE_BYTES:
@@ -367,12 +369,16 @@ class Envelope:
             binascii.Error,
         ) as e:
             raise EnvelopeError(f"the approval envelope is not valid DSSE JSON: {e}") from None
-        if env.payload_type != PAYLOAD_TYPE:
-            raise EnvelopeError(f"payloadType must be {PAYLOAD_TYPE}, got {env.payload_type!r}")
+        if env.payload_type != payload_type:
+            raise EnvelopeError(f"payloadType must be {payload_type}, got {env.payload_type!r}")
         return env
 
     def verify(self, public_key: ApprovalKey) -> Statement:
         """Check the signature with `public_key`, then parse the statement."""
+        return Statement.from_bytes(self.verified_payload(public_key))
+
+    def verified_payload(self, public_key: ApprovalKey) -> bytes:
+        """The payload, once the signature verifies with `public_key`."""
         try:
             public_key.verify(self.sig, pae(self.payload_type, self.payload))
         except VerificationError:
@@ -380,16 +386,20 @@ class Envelope:
                 "the envelope signature does not verify with the approver's registered key",
                 reason="BAD_APPROVAL_SIGNATURE",
             ) from None
-        return Statement.from_bytes(self.payload)
+        return self.payload
 
 
 def sign_statement(statement: Statement, signer: ApprovalSigner) -> bytes:
     """Make the DSSE envelope (JSON bytes) for a statement, signed by `signer`."""
-    payload = statement.to_bytes()
-    sig = signer.sign(pae(PAYLOAD_TYPE, payload))
+    return sign_payload(PAYLOAD_TYPE, statement.to_bytes(), signer)
+
+
+def sign_payload(payload_type: str, payload: bytes, signer: ApprovalSigner) -> bytes:
+    """The DSSE envelope (canonical JSON bytes) of `payload`, signed by `signer`."""
+    sig = signer.sign(pae(payload_type, payload))
     env = {
         "payload": base64.b64encode(payload).decode(),
-        "payloadType": PAYLOAD_TYPE,
+        "payloadType": payload_type,
         "signatures": [
             {"keyid": key_id_of(signer.public_key()), "sig": base64.b64encode(sig).decode()}
         ],

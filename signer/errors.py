@@ -23,7 +23,8 @@ once, and the gRPC servicer maps them to status codes exactly once.
     ├── AlreadyExistsError       idempotency key reused for another request
     ├── TooLargeError            over a size limit (RESOURCE_EXHAUSTED)
     ├── VerificationError        a proof, checkpoint or signed note does not verify
-    │   └── ResponseMismatchError  a server's answer is not for what the client asked
+    │   ├── ResponseMismatchError  a server's answer is not for what the client asked
+    │   └── PolicyChainError     a policy version that is not the next link of the chain
     ├── RemoteError              (signer.client.profile) a call the server failed, with its status
     ├── ServiceSignerError       (signer.sslib) the TUF signer got no good signature
     └── ApproverError            (approver.errors) the approver CLI's own errors
@@ -46,6 +47,7 @@ __all__ = [
     "KeyNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PolicyChainError",
     "ResponseMismatchError",
     "SignerError",
     "StatementMismatchError",
@@ -163,3 +165,10 @@ class ResponseMismatchError(VerificationError):
     """A server's answer is not for what the client asked (DESIGN §14)."""
 
     default_reason = "RESPONSE_MISMATCH"
+
+
+class PolicyChainError(VerificationError):
+    """A policy version that is not the next link of the chain (DESIGN §11): skipped,
+    rolled back, forked, unsigned or under-signed; the message names what is missing."""
+
+    default_reason = "POLICY_NOT_CHAINED"

@@ -1,0 +1,254 @@
+"""The policy chain (DESIGN §11): no one alone changes who may sign.
+
+The security policy is a canonical document (`signer.server.config.Config.policy_document`:
+keys, identities, approver keys, access, OIDC issuers, and its `policy` officers).
+Each version names the SHA-256 of the one before it, and is in force only with
+approvals from a threshold of the previous version's policy officers **and** a
+threshold of its own, each counted as distinct people and distinct approval keys
+(`signer.dsse.distinct_approvers`) — TUF's root-rotation rule, so neither the old
+officers alone nor a new set they never approved can take over. Version 1 is
+approved by a threshold of its own officers.
+
+An approval is a DSSE envelope (payload type `PAYLOAD_TYPE`, never an approval of a
+signing request) over the canonical JSON statement
+
+    {"version": N, "policy_sha256": hex, "previous_sha256": hex or "",
+     "officer": NAME, "issued_at": RFC 3339}
+
+signed with the officer's approval key as the policy that counts it records it.
+`check_next` is the one rule: the server (at start and at every change), the
+offline audit verifier and bundle verification call it, and its errors name what
+is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from signer.approval import registry
+from signer.approval.keys import ApprovalKey, ApprovalSigner
+from signer.dsse import Envelope, distinct_approvers, sign_payload
+from signer.encoding import canonical_json, format_time, parse_time
+from signer.errors import EnvelopeError, PolicyChainError
+
+__all__ = [
+    "PAYLOAD_TYPE",
+    "Officers",
+    "PolicyApproval",
+    "Version",
+    "check_chain",
+    "check_next",
+    "sign_approval",
+]
+
+PAYLOAD_TYPE = "application/vnd.signer.policy-approval.v1+json"
+_FIELDS = {"version", "policy_sha256", "previous_sha256", "officer", "issued_at"}
+
+
+def _sha256_hex(value: Any, where: str, empty: bool = False) -> str:
+    if not isinstance(value, str) or not (
+        (empty and value == "")
+        or (len(value) == 64 and all(c in "0123456789abcdef" for c in value))
+    ):
+        raise ValueError(f"{where} must be 64 lowercase hex digits{' or empty' if empty else ''}")
+    return value
+
+
+@dataclass(frozen=True)
+class PolicyApproval:
+    """One officer's approval of one policy version, as signed."""
+
+    version: int
+    policy_sha256: str
+    previous_sha256: str
+    officer: str
+    issued_at: dt.datetime
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "version": self.version,
+                "policy_sha256": self.policy_sha256,
+                "previous_sha256": self.previous_sha256,
+                "officer": self.officer,
+                "issued_at": format_time(self.issued_at),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> PolicyApproval:
+        """The statement, strictly: exact fields, canonical form; EnvelopeError if not."""
+        try:
+            d = json.loads(payload)
+            if not isinstance(d, dict) or set(d) != _FIELDS:
+                raise ValueError(f"fields must be exactly {', '.join(sorted(_FIELDS))}")
+            version = d["version"]
+            if type(version) is not int or version < 1:
+                raise ValueError("version must be a positive integer")
+            if not isinstance(d["officer"], str) or not d["officer"]:
+                raise ValueError("officer must be a name")
+            approval = cls(
+                version,
+                _sha256_hex(d["policy_sha256"], "policy_sha256"),
+                _sha256_hex(d["previous_sha256"], "previous_sha256", empty=version == 1),
+                d["officer"],
+                parse_time(d["issued_at"]),
+            )
+        except (ValueError, TypeError, RecursionError) as e:
+            raise EnvelopeError(f"not a policy approval: {str(e)[:200]}") from None
+        if approval.to_bytes() != payload:
+            raise EnvelopeError("the policy approval is not in canonical JSON form")
+        return approval
+
+
+@dataclass(frozen=True)
+class Officers:
+    """Who approves changes to a policy version: its `policy` officers, how many of them,
+    and their approval keys as that version records them."""
+
+    names: tuple[str, ...]
+    threshold: int
+    keys: Mapping[str, ApprovalKey]
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any]) -> Officers:
+        """The officers of a policy document; PolicyChainError naming what is wrong."""
+        section = document.get("policy")
+        if not isinstance(section, dict) or set(section) != {"officers", "threshold"}:
+            raise PolicyChainError("the policy names no policy officers ([policy] officers)")
+        names, threshold = section["officers"], section["threshold"]
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise PolicyChainError("[policy] officers must be a list of distinct names")
+        if type(threshold) is not int or not 1 <= threshold <= len(names):
+            raise PolicyChainError(
+                f"[policy] threshold must be 1 to {len(names)} (the number of officers)"
+            )
+        recorded = document.get("approver_keys")
+        keys: dict[str, ApprovalKey] = {}
+        for name in names:
+            value = recorded.get(name) if isinstance(recorded, dict) else None
+            if not isinstance(value, str):
+                raise PolicyChainError(f"policy officer {name!r} has no approval key")
+            try:
+                keys[name] = registry.key_from_policy(value)
+            except ValueError as e:
+                raise PolicyChainError(f"policy officer {name!r}: {e}") from None
+        return cls(tuple(names), threshold, keys)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One link of the chain: its number, document, the hash it names, its approvals."""
+
+    number: int
+    document: Mapping[str, Any]
+    previous_sha256: str
+    approvals: tuple[bytes, ...]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(canonical_json(dict(self.document))).hexdigest()
+
+    def approvers(self, officers: Officers) -> list[str]:
+        """The distinct people among `officers` whose approvals of exactly this version
+        verify with the keys `officers` records."""
+        valid: list[tuple[str, ApprovalKey]] = []
+        for raw in self.approvals:
+            try:
+                env = Envelope.parse(raw, PAYLOAD_TYPE)
+            except EnvelopeError:
+                continue
+            for name in officers.names:
+                key = officers.keys[name]
+                try:
+                    statement = PolicyApproval.from_bytes(env.verified_payload(key))
+                except EnvelopeError:
+                    continue
+                if statement == PolicyApproval(
+                    self.number, self.sha256, self.previous_sha256, name, statement.issued_at
+                ):
+                    valid.append((name, key))
+                break
+        return distinct_approvers(valid)
+
+
+def check_next(previous: Version | None, version: Version) -> tuple[str, ...]:
+    """Raise PolicyChainError unless `version` is exactly the next link after `previous`
+    (None: `version` is the first); return who approved it. The message names what is
+    missing: the number, the hash, or whose approvals."""
+    if previous is None:
+        if version.number != 1 or version.previous_sha256:
+            raise PolicyChainError(
+                f"policy version {version.number} is not the first: the chain starts at "
+                "version 1, which names no previous version"
+            )
+    else:
+        if version.number != previous.number + 1:
+            what = "a replay of an older version" if version.number <= previous.number else "skips"
+            raise PolicyChainError(
+                f"policy version {version.number} cannot follow version {previous.number} "
+                f"({what}); the next is version {previous.number + 1}"
+            )
+        if version.previous_sha256 != previous.sha256:
+            raise PolicyChainError(
+                f"policy version {version.number} names previous version "
+                f"{version.previous_sha256[:16] or 'none'}..., but version {previous.number} "
+                f"in force is {previous.sha256[:16]}... (a fork)"
+            )
+    own = Officers.of(version.document)
+    needed = [("its own", own)]
+    if previous is not None:
+        needed.insert(0, (f"version {previous.number}'s", Officers.of(previous.document)))
+    approvers: set[str] = set()
+    for whose, officers in needed:
+        found = version.approvers(officers)
+        if len(found) < officers.threshold:
+            missing = [n for n in officers.names if n not in found]
+            raise PolicyChainError(
+                f"policy version {version.number} has {len(found)} of the "
+                f"{officers.threshold} approvals it needs from {whose} policy officers "
+                f"({', '.join(found) or 'none'} approved; still needed from "
+                f"{', '.join(missing)})",
+                details={"missing": missing},
+            )
+        approvers.update(found)
+    return tuple(sorted(approvers))
+
+
+def check_chain(versions: Sequence[Version], pinned_sha256: str = "") -> Version:
+    """Walk `versions` (oldest first) and return the one in force. From the version whose
+    hash is `pinned_sha256` (trusted as it is, as a verifier who pinned it does), else
+    from version 1 (checked as the first link); PolicyChainError at the first bad link."""
+    if not versions:
+        raise PolicyChainError("no policy versions")
+    start = 0
+    if pinned_sha256:
+        found = [i for i, v in enumerate(versions) if v.sha256 == pinned_sha256]
+        if not found:
+            raise PolicyChainError(f"the pinned policy {pinned_sha256[:16]}... is not in the chain")
+        start = found[0]
+    else:
+        check_next(None, versions[0])
+    for previous, version in zip(versions[start:], versions[start + 1 :], strict=False):
+        check_next(previous, version)
+    return versions[-1]
+
+
+def sign_approval(
+    version: Version, officer: str, signer: ApprovalSigner, now: dt.datetime
+) -> bytes:
+    """`officer`'s approval envelope of `version`, signed with their approval key."""
+    statement = PolicyApproval(
+        version.number, version.sha256, version.previous_sha256, officer, now
+    )
+    return sign_payload(PAYLOAD_TYPE, statement.to_bytes(), signer)
