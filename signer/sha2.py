@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from signer.errors import ConfigError
+
 __all__ = ["BLOCK", "Midstate", "finish", "midstate"]
 
 BLOCK = {"sha256": 64, "sha384": 128, "sha512": 128}
@@ -156,17 +158,20 @@ def finish(mid: Midstate, rest: bytes) -> bytes:
 
 class _Ctx(ctypes.Structure):
     # Room for SHA512_CTX (216 bytes) with margin; only `h` at offset 0 is read.
-    _fields_ = [("raw", ctypes.c_uint8 * 512)]
+    _fields_ = [("raw", ctypes.c_uint64 * 64)]  # 8-byte aligned
 
 
 @functools.cache
 def _libcrypto() -> Any:
     name = ctypes.util.find_library("crypto")
     if name is None:
-        raise RuntimeError("libcrypto (OpenSSL) not found: it is what hashes files here")
-    lib = ctypes.CDLL(name)
-    for fn in ("SHA256_Init", "SHA384_Init", "SHA512_Init", "SHA256_Update", "SHA512_Update"):
-        getattr(lib, fn).restype = ctypes.c_int
+        raise ConfigError("libcrypto (OpenSSL) is not installed: it hashes the files to sign")
+    try:
+        lib = ctypes.CDLL(name)
+        for fn in ("SHA256_Init", "SHA384_Init", "SHA512_Init", "SHA256_Update", "SHA512_Update"):
+            getattr(lib, fn).restype = ctypes.c_int
+    except (OSError, AttributeError) as e:
+        raise ConfigError(f"{name} has no SHA-2 functions to call: {e}") from None
     lib.SHA256_Update.argtypes = lib.SHA512_Update.argtypes = [
         ctypes.c_void_p,
         ctypes.c_char_p,
@@ -176,8 +181,8 @@ def _libcrypto() -> Any:
     for name in ("sha256", "sha384", "sha512"):
         mid, rest = _midstate(lib, name, [probe])
         if finish(mid, rest) != hashlib.new(name, probe).digest():
-            raise RuntimeError(
-                "this libcrypto's SHA-2 state is not laid out as <openssl/sha.h> says"
+            raise ConfigError(
+                f"{name}'s SHA-2 state is not laid out as <openssl/sha.h> says; cannot hash"
             )
     return lib
 
@@ -187,18 +192,18 @@ def _midstate(lib: Any, hash_name: str, chunks: Iterable[bytes]) -> tuple[Midsta
     init = {"sha256": lib.SHA256_Init, "sha384": lib.SHA384_Init, "sha512": lib.SHA512_Init}
     update = lib.SHA256_Update if hash_name == "sha256" else lib.SHA512_Update
     if init[hash_name](ctypes.byref(ctx)) != 1:
-        raise RuntimeError(f"{hash_name} init failed")
+        raise ConfigError(f"libcrypto: {hash_name} init failed")
     block, pending, length = BLOCK[hash_name], b"", 0
     for chunk in chunks:
         pending += chunk
         whole = len(pending) // block * block
         if whole:
             if update(ctypes.byref(ctx), pending[:whole], whole) != 1:
-                raise RuntimeError(f"{hash_name} update failed")
+                raise ConfigError(f"libcrypto: {hash_name} update failed")
             length += whole
             pending = pending[whole:]
     native = "=8I" if hash_name == "sha256" else "=8Q"  # as the C struct holds them
-    h = struct.unpack(native, bytes(ctx.raw[: struct.calcsize(native)]))
+    h = struct.unpack(native, bytes(ctx)[: struct.calcsize(native)])
     return Midstate(hash_name, struct.pack(_SHAPES[hash_name].fmt, *h), length), pending
 
 

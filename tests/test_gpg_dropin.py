@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from signer import pgp
+from signer.cli.dropins import _write
+from signer.errors import ConfigError
 from testbed.approving import approving, dropin_env
 from testbed.commands import run
 from testbed.gnupg import Gnupg
@@ -319,3 +321,28 @@ def test_the_dropin_refuses_unknown_keys_and_options(
     assert inline.returncode == 2 and "not signed messages" in inline.stderr
     dry = run([DROPIN, "-bsn", "-u", "x"], env=env, input="x", check=False)
     assert dry.returncode == 2 and "gpg drop-in" in dry.stderr
+
+
+def test_the_console_script_passes_every_argument_to_the_real_gpg(tmp_path: Path) -> None:
+    """A call that signs nothing reaches the real gpg with its arguments exactly, `--`
+    included (a file named like an option stays a file); a signing option hidden behind an
+    option's `--` value is still taken for signing, and an existing output file is kept
+    unless --yes is given."""
+    log = tmp_path / "args.log"
+    stub = tmp_path / "gpg-stub"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\n')
+    stub.chmod(0o755)
+    env = {"SIGNER_REAL_GPG": str(stub), "SIGNER_PROFILE": str(tmp_path / "none.toml")}
+    run([DROPIN, "--verify", "--", "-o.sig", "data"], env=env)
+    assert log.read_text().splitlines() == ["--verify", "--", "-o.sig", "data"]
+    log.unlink()
+    hidden = run([DROPIN, "-o", "--", "-sb", "f.txt"], env=env, check=False)
+    assert hidden.returncode == 2 and "give -u KEY" in hidden.stderr
+    assert not log.exists()
+    existing = tmp_path / "exists.asc"
+    existing.write_text("keep me")
+    with pytest.raises(ConfigError, match="give --yes"):
+        _write(existing, b"new", overwrite=False)
+    assert existing.read_text() == "keep me"
+    _write(existing, b"new", overwrite=True)
+    assert existing.read_bytes() == b"new"

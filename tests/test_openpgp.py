@@ -30,6 +30,7 @@ from signer.convert import digest_pb
 from signer.errors import InvalidArgumentError, TooLargeError
 from signer.formats.base import PayloadKey
 from signer.formats.openpgp import (
+    MAX_FILES,
     PAYLOAD_TYPE,
     OpenPgpFormat,
     OpenPgpRequest,
@@ -491,3 +492,17 @@ def test_offline_checks_need_no_clock_but_the_server_checks_it() -> None:
         request.check(replace(key, openpgp_created=1_700_000_001))
     with pytest.raises(InvalidArgumentError, match="no OpenPGP creation time"):
         request.check(replace(key, openpgp_created=None))
+
+
+def test_an_ecdsa_key_signs_with_its_curves_own_hash_and_a_request_is_bounded() -> None:
+    """P-256 signs with SHA-256 only (ECDSA would truncate SHA-512 into another hash's
+    signature); one request names at most MAX_FILES files."""
+    _, key = _offline_request()
+    with pytest.raises(
+        InvalidArgumentError, match="ecdsa-p256 key makes OpenPGP signatures with sha256"
+    ):
+        document_request("binary", [("a", [b"a"])], key, "sha512")
+    files = [(f"f{i}", [b"x"]) for i in range(MAX_FILES + 1)]
+    _, request = document_request("binary", files, key, "sha256")
+    with pytest.raises(TooLargeError, match=f"the limit is {MAX_FILES}"):
+        OpenPgpRequest.parse(request.to_bytes())

@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -42,7 +42,7 @@ from signer import pgp
 from signer.algorithms import ALGORITHMS
 from signer.cli._common import file_digest
 from signer.cli._outputs import obtain
-from signer.cli.kit import call, fail, handle_errors, stubs
+from signer.cli.kit import EXIT_USAGE, call, fail, handle_errors, stubs
 from signer.client import workflow
 from signer.client.profile import Profile, load_profile
 from signer.errors import ConfigError, InvalidArgumentError
@@ -222,14 +222,13 @@ _SIGNING_COMMANDS = ("sign", "detach-sign", "clearsign", "clear-sign")
 
 
 def _signs(args: Sequence[str]) -> bool:
-    """Whether a gpg call makes a signature: -s or -b (alone or in a cluster such as
-    -bsau), or a long option gpg would read as --sign, --detach-sign or --clearsign
-    (gpg, like getopt, takes any unambiguous abbreviation: --detach-sig, --clearsig),
-    before a `--`. Anything that could be one is taken for one: it is then signed
-    through the service or refused, never passed to the real gpg."""
+    """Whether a gpg call could make a signature: -s or -b (alone or in a cluster such as
+    -bsau), or a long option gpg would read as --sign, --detach-sign or --clearsign (gpg,
+    like getopt, takes any unambiguous abbreviation: --detach-sig, --clearsig), anywhere:
+    gpg reads `--` as the value of an option that takes one (`-o -- -sb`) and goes on, so
+    no `--` ends the search. Anything that could sign is taken for signing: it is then
+    signed through the service or refused, never passed to the real gpg."""
     for a in args:
-        if a == "--":
-            return False
         if a.startswith("--"):
             name = a[2:].split("=", 1)[0]
             if len(name) >= 2 and any(c.startswith(name) for c in _SIGNING_COMMANDS):
@@ -336,7 +335,7 @@ def _gpg_sign(args: Sequence[str]) -> None:
     if target is None and files and files[0] != "-":  # gpg's default: beside the file
         target = files[0] + (".sig" if mode == "binary" else ".asc")
     if target and target != "-":
-        Path(target).write_bytes(out)
+        _write(Path(target), out, overwrite="--yes" in flags)
     else:
         sys.stdout.buffer.write(out)
         sys.stdout.buffer.flush()
@@ -350,6 +349,17 @@ def _gpg_sign(args: Sequence[str]) -> None:
             f"{h.sig_type:02x} {h.created} {request.fingerprint.hex().upper()}\n"
         )
         os.write(status_fd, line.encode())
+
+
+def _write(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write the signature as gpg does: an existing file only with --yes."""
+    try:
+        with path.open("wb" if overwrite else "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; give --yes to overwrite it") from None
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _called_by_rpm() -> bool:
@@ -402,7 +412,7 @@ _PASS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_
 def ssh_keygen(args: tuple[str, ...]) -> None:
     """A drop-in for git's gpg.ssh.program: `-Y sign` signs through the service, every
     other call runs the real ssh-keygen."""
-    run_ssh_keygen(args)
+    run_ssh_keygen(_raw("ssh-keygen", args))
 
 
 @click.command("gpg", context_settings=_PASS)
@@ -411,14 +421,30 @@ def ssh_keygen(args: tuple[str, ...]) -> None:
 def gpg(args: tuple[str, ...]) -> None:
     """A drop-in for git's gpg.program and rpm's %__gpg: signing calls sign through the
     service (OpenPGP), every other call runs the real gpg."""
-    run_gpg(args)
+    run_gpg(_raw("gpg", args))
+
+
+def _raw(name: str, parsed: tuple[str, ...]) -> tuple[str, ...]:
+    """The arguments exactly as given to `signer NAME ...`: click drops the first `--`,
+    which the real tool must see (a file named `-o` after `--` is a file, not an option)."""
+    argv = sys.argv[1:]
+    return tuple(argv[1:]) if argv[:1] == [name] else parsed
+
+
+def _console(run: Callable[[Sequence[str]], None]) -> None:
+    """A console script: the arguments as given, no click parsing; errors as one line."""
+    try:
+        handle_errors(run)(sys.argv[1:])
+    except click.UsageError as e:
+        fail(e.format_message(), EXIT_USAGE)
+    sys.exit(0)
 
 
 def gpg_main() -> None:
     """The `signer-gpg` console script (git's gpg.program and rpm's %__gpg take one path)."""
-    gpg.main(sys.argv[1:], prog_name="signer-gpg")
+    _console(run_gpg)
 
 
 def ssh_keygen_main() -> None:
     """The `signer-ssh-keygen` console script (git's gpg.ssh.program takes one path)."""
-    ssh_keygen.main(sys.argv[1:], prog_name="signer-ssh-keygen")
+    _console(run_ssh_keygen)

@@ -82,6 +82,7 @@ MODES = ("binary", "armor", "cleartext", "certify")
 SKEW = 300  # seconds a signature's creation time may be off the server's clock
 CERTIFICATION = "openpgp-certification"  # the artifact name of a self-signature's digest
 _MAX_PAYLOAD = 4 * 1024 * 1024
+MAX_FILES = 1000  # files one OpenPGP request signs: each costs the server a hash to finish
 _SIG_TYPES = {
     "binary": pgp.BINARY,
     "armor": pgp.BINARY,
@@ -109,8 +110,11 @@ def openpgp_algorithm(algorithm: str, key_name: str = "") -> int:
 
 
 def _allowed_hashes(algorithm: str) -> tuple[str, ...]:
-    """ECDSA needs a hash at least as long as its curve (gpg refuses shorter)."""
-    return ("sha384", "sha512") if algorithm == "ecdsa-p384" else tuple(pgp.HASH_IDS)
+    """An ECDSA key signs with its curve's own hash (ECDSA truncates a longer one, so a
+    SHA-512 request would be a SHA-384 or SHA-512/256 signature by another name); RSA
+    with any SHA-2, which its DigestInfo names."""
+    own = {"ecdsa-p256": ("sha256",), "ecdsa-p384": ("sha384",)}
+    return own.get(algorithm, tuple(pgp.HASH_IDS))
 
 
 def _refuse(message: str, reason: str = "BAD_OPENPGP_REQUEST") -> InvalidArgumentError:
@@ -231,7 +235,8 @@ class OpenPgpRequest:
                 if not isinstance(uid, str) or not is_artifact_name(uid):
                     raise ValueError(f"uid must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}")
                 return cls(mode, body, hashed, uid=uid)
-            artifacts = _artifacts(d["artifacts"], hashed.hash_algorithm, max_artifacts)
+            limit = min(max_artifacts, MAX_FILES)
+            artifacts = _artifacts(d["artifacts"], hashed.hash_algorithm, limit)
             return cls(mode, body, hashed, artifacts)
 
         return strict_json(payload, _MAX_PAYLOAD, "OpenPGP signature request", build)
@@ -305,13 +310,26 @@ class OpenPgpRequest:
         return tuple(Digest(h.hash_algorithm, a.signed_digest(h), a.name) for a in self.artifacts)
 
     def check_digests(self, digests: Sequence[Digest]) -> None:
-        if tuple(digests) != self.signed_digests():
-            what = (
-                "the certification of this user ID on this key"
-                if self.mode == "certify"
-                else "each file's hash finished with this trailer"
-            )
-            raise _refuse(f"the digests to sign are not {what}", "PAYLOAD_DIGEST_MISMATCH")
+        """The digests are those `signed_digests` derives; each is finished only after the
+        ones before it matched, so a request of wrong digests costs one hash to refuse."""
+        what = (
+            "the certification of this user ID on this key"
+            if self.mode == "certify"
+            else "each file's hash finished with this trailer"
+        )
+        wrong = _refuse(f"the digests to sign are not {what}", "PAYLOAD_DIGEST_MISMATCH")
+        h = self.hashed
+        if self.mode == "certify":
+            if tuple(digests) != self.signed_digests():
+                raise wrong
+            return
+        if len(digests) != len(self.artifacts):
+            raise wrong
+        for d, a in zip(digests, self.artifacts, strict=True):
+            if (d.algorithm, d.artifact) != (h.hash_algorithm, a.name):
+                raise wrong
+            if d.value != a.signed_digest(h):
+                raise wrong
 
     @property
     def claimed(self) -> tuple[Digest, ...]:
