@@ -20,7 +20,7 @@ import click
 
 from approver.decide import decide
 from approver.errors import ApproverError
-from approver.review import PAGE_SIZE, describe, fetch, summary_dict
+from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
 from signer import __version__
 from signer.approval.files import generate
 from signer.cli.kit import (
@@ -125,6 +125,13 @@ def list_(profile_path: Path | None, server: str | None, state: str, as_json: bo
 @json_opt
 @click.option("--page", type=click.IntRange(min=1), default=1, help="Page of digests to show.")
 @click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own copy of an artifact: shown as the artifact it is, or as matching nothing.",
+)
+@click.option(
     "--page-size",
     type=click.IntRange(1, 10_000),
     default=PAGE_SIZE,
@@ -138,18 +145,24 @@ def show(
     server: str | None,
     as_json: bool,
     page: int,
+    files: tuple[Path, ...],
     page_size: int,
 ) -> None:
     """Show a request: requester, CI context, key, digests, approvals.
 
     A batch shows its digest count and manifest hash (what an approval signs) and
-    its digests a page at a time; --json gives every digest.
+    its digests a page at a time; --json gives every digest. With --file, each of
+    your own copies of the artifacts is shown as the artifact it is (for OpenPGP,
+    its digest and the hash state the server finishes), or as matching nothing.
     """
     d = request_dict(fetch(load_profile(profile_path, server), request_id))
+    found, rows, problems = check_files(d, files)
     if as_json:
-        print_json(d)
+        print_json({**d, "your_files": [{"file": str(f), "artifact": a} for f, a in found]})
     else:
-        describe(d, page, page_size)
+        describe(d, page, page_size, rows)
+    if problems:
+        raise ApproverError("; ".join(problems))
 
 
 @main.command()
@@ -157,10 +170,23 @@ def show(
 @profile_opt
 @server_opt
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own copy of an artifact: nothing is approved unless each is one the request signs.",
+)
 @handle_errors
-def approve(request_id: str, profile_path: Path | None, server: str | None, yes: bool) -> None:
+def approve(
+    request_id: str,
+    profile_path: Path | None,
+    server: str | None,
+    yes: bool,
+    files: tuple[Path, ...],
+) -> None:
     """Approve a request (signed with your approval key)."""
-    decide(profile_path, server, request_id, "approve", "", yes)
+    decide(profile_path, server, request_id, "approve", "", yes, files)
 
 
 @main.command()

@@ -16,13 +16,14 @@ import base64
 import datetime as dt
 import getpass
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from approver.errors import ApproverError
-from approver.review import describe, fetch
+from approver.review import check_files, describe, fetch
 from signer.algorithms import HASH_SIZES
 from signer.approval.files import load_signer
 from signer.approval.keys import ApprovalSigner
@@ -107,15 +108,18 @@ def decide(
     decision: str,
     reason: str,
     yes: bool,
+    files: Sequence[Path] = (),
 ) -> None:
-    """Show the whole request, ask, sign a statement built from what was shown, send it."""
+    """Show the whole request, ask, sign a statement built from what was shown, send it.
+    With `files` (the officer's own copies), an approval needs each to be one it signs."""
     profile = load_profile(profile_path, server)
     key = _approval_key(profile)
     d = request_dict(fetch(profile, request_id))
-    describe(d, page=None)
+    _, file_rows, file_problems = check_files(d, files)
+    describe(d, page=None, extra=file_rows)
     if d["state"] != "PENDING":
         raise ApproverError(f"request {request_id} is {d['state']}; nothing to decide")
-    problems = _unshowable(d)
+    problems = _unshowable(d) + file_problems
     if decision == "approve" and problems:
         raise ApproverError(f"request {request_id}: {'; '.join(problems)}; refusing to approve")
     if not yes and not click.confirm(

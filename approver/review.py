@@ -12,6 +12,9 @@ approved. Every cell passes through
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -19,11 +22,12 @@ import click
 from approver.errors import ApproverError
 from signer.cli.kit import Cell, print_table, request_dict, stubs
 from signer.client.profile import Profile, fetch_request
+from signer.errors import InvalidArgumentError, TooLargeError
 from signer.formats import registry
-from signer.model import INLINE_DIGESTS
+from signer.model import INLINE_DIGESTS, Digest
 from signer.v1 import approval_pb2_grpc, types_pb2
 
-__all__ = ["PAGE_SIZE", "describe", "fetch", "summary_dict"]
+__all__ = ["PAGE_SIZE", "check_files", "describe", "fetch", "summary_dict"]
 
 
 def summary_dict(r: types_pb2.SigningRequest) -> dict[str, Any]:
@@ -96,7 +100,40 @@ def _footer(d: dict[str, Any]) -> list[list[Cell]]:
     return rows
 
 
-def describe(d: dict[str, Any], page: int | None = 1, page_size: int = PAGE_SIZE) -> None:
+def check_files(
+    d: dict[str, Any], files: Sequence[Path]
+) -> tuple[list[tuple[Path, str | None]], list[list[Cell]], list[str]]:
+    """The officer's own copies of the artifacts against the request: each file with the
+    artifact it is (None: none), a row for each, and a problem for each matching none."""
+    payload = base64.b64decode(d["payload"]) if "payload" in d else b""
+    # Plain digests are each a file's own; a payload's format says which files it names.
+    fmt = registry.shown_by(d["payload_type"]) if "payload_type" in d else registry.FORMATS["raw"]
+    digests = [
+        Digest(x["algorithm"], bytes.fromhex(x["digest"]), x["artifact"]) for x in d["digests"]
+    ]
+    results: list[tuple[Path, str | None]] = []
+    rows: list[list[Cell]] = []
+    problems: list[str] = []
+    for f in files:
+        try:
+            found = fmt.local_file(payload, digests, f)
+        except (InvalidArgumentError, TooLargeError, ValueError):
+            found = None
+        results.append((f, found))
+        if found is None:
+            rows.append([f"your file {f.name}", "MATCHES NOTHING in this request; do not approve"])
+            problems.append(f"your file {f} is not a file this request signs")
+        else:
+            rows.append([f"your file {f.name}", f"is {found}, as the request says"])
+    return results, rows, problems
+
+
+def describe(
+    d: dict[str, Any],
+    page: int | None = 1,
+    page_size: int = PAGE_SIZE,
+    extra: Sequence[Sequence[Cell]] = (),
+) -> None:
     """The request as a table: every field, and its digests a page at a time.
 
     `page=None` shows every digest (what `approve` and `deny` do before asking).
@@ -116,4 +153,4 @@ def describe(d: dict[str, Any], page: int | None = 1, page_size: int = PAGE_SIZE
                 "see the others with --page N",
             ]
         )
-    print_table("signing request", ["field", "value"], rows + _footer(d))
+    print_table("signing request", ["field", "value"], [*rows, *_footer(d), *extra])

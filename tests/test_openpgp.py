@@ -265,6 +265,15 @@ def test_the_bundle_recomputes_the_signed_digest_and_catches_a_false_claim(
         payload_type=PAYLOAD_TYPE,
         payload=lying.to_bytes(),
     )
+    # An officer with their own copy of the file sees that the claim is not the whole story.
+    alice = ["--profile", str(shared.env.profile_path("alice"))]
+    shown = run([*APPROVER, "show", made.id, "--file", str(honest), *alice], check=False)
+    assert shown.returncode == 1 and "MATCHES NOTHING" in shown.stdout
+    not_sent = run(
+        [*APPROVER, "approve", made.id, "--file", str(honest), "--yes", *alice], check=False
+    )
+    assert not_sent.returncode == 1 and "not a file this request signs" in not_sent.stderr
+    assert not shared.clients.get(made.id).approvals  # nothing was sent
     shared.clients.approve("alice", made)
     shared.clients.approve("bob", made)
     out = tmp_path / "honest.tar.sig"
@@ -279,7 +288,18 @@ def test_the_bundle_recomputes_the_signed_digest_and_catches_a_false_claim(
     check = [*SIGNER, "verify", "--bundle", str(bundle), "--trust", str(trust), "--file"]
     caught = run([*check, str(honest)], check=False)
     assert caught.returncode == 1 and "claim was false" in caught.stderr
-    good_id = _sign(shared, [honest], key)
+    cli = CliRunner()
+    made_good = cli.invoke(
+        main,
+        [
+            *("sign", "--key-name", key, "--format", "openpgp", "--file", str(honest)),
+            *("--no-wait", *_ci(shared)),
+        ],
+    )
+    good_id = made_good.stdout.strip()
+    checked = run([*APPROVER, "approve", good_id, "--file", str(honest), "--yes", *alice])
+    assert "is honest.tar, as the request says" in checked.stdout
+    shared.clients.approve("bob", shared.clients.get(good_id))
     _fetch(shared, good_id, [honest])
     ok = run([*check, str(honest)], check=False, input=None)
     assert ok.returncode == 0, ok.stderr

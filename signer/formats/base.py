@@ -20,15 +20,17 @@ offline verifiers load these modules (tests/test_imports.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from signer.algorithms import HASH_SIZES
 from signer.audit.proofs import SignedProof
-from signer.errors import InvalidArgumentError
+from signer.errors import ConfigError, InvalidArgumentError
 from signer.model import Digest
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Row",
     "SignedRequest",
     "Verdict",
+    "file_digests",
     "write_json",
 ]
 
@@ -167,6 +170,14 @@ class OutputFormat(ABC):
         --file` checks the files against), or None if its payload does not list them."""
         return None
 
+    def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
+        """For an officer checking a request against their own copy of a file: the name of
+        the artifact whose digest is that file's (the payload's list of files, else the
+        digests to sign), or None if the request names no such file."""
+        listed = self.artifacts(payload) if payload else tuple(digests)
+        own = file_digests(path, {d.algorithm for d in listed or ()})
+        return next((d.artifact for d in listed or () if own.get(d.algorithm) == d.value), None)
+
     # (c) What officers are shown of a payload.
     def describe(
         self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str
@@ -215,6 +226,19 @@ class OutputFormat(ABC):
     @abstractmethod
     def verify(self, evidence: Evidence) -> Verdict:
         """Check the output offline; raise VerificationError (or ConfigError) if it fails."""
+
+
+def file_digests(path: Path, hash_names: Iterable[str]) -> dict[str, bytes]:
+    """The file's digest with each of `hash_names`, read once; ConfigError if unreadable."""
+    hashes = {name: hashlib.new(name) for name in hash_names if name in HASH_SIZES}
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                for h in hashes.values():
+                    h.update(chunk)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    return {name: h.digest() for name, h in hashes.items()}
 
 
 def write_json(path: Path, value: Any) -> None:

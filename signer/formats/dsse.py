@@ -29,6 +29,7 @@ from signer.formats.base import (
     Row,
     SignedRequest,
     Verdict,
+    file_digests,
     write_json,
 )
 from signer.formats.bundle import Bundle, BundleFormat, verify_bundle_file
@@ -96,6 +97,13 @@ class DsseFormat(OutputFormat):
                 f"the digest is not the {d.algorithm} of the payload's DSSE PAE",
                 reason="PAYLOAD_DIGEST_MISMATCH",
             )
+
+    def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
+        """The statement's subject whose digest is this file's."""
+        statement = InTotoStatement.parse(payload)
+        names = {alg for s in statement.subjects for alg in s.digest}
+        subject = statement.covers(None, file_digests(path, names))
+        return subject.name if subject is not None else None
 
     def describe(
         self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str

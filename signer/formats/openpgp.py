@@ -531,6 +531,19 @@ class OpenPgpFormat(OutputFormat):
                 "requester's claim was false"
             )
 
+    def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
+        """The artifact this file is: its own digest is the claim, and its hash state the
+        one the server finishes (a file whose digest is claimed while another's state was
+        sent matches nothing)."""
+        request = OpenPgpRequest.parse(payload)
+        if request.mode == "certify":
+            return None
+        own = hash_file(path.name, _chunks(path), request.hashed.hash_algorithm, request.mode)
+        for a in request.artifacts:
+            if (a.claimed.value, a.mid, a.tail) == (own.claimed.value, own.mid, own.tail):
+                return a.name
+        return None
+
     def artifacts(self, payload: bytes) -> tuple[Digest, ...] | None:
         request = OpenPgpRequest.parse(payload)
         return None if request.mode == "certify" else request.claimed
