@@ -163,15 +163,15 @@ class _Ctx(ctypes.Structure):
 
 @functools.cache
 def _libcrypto() -> Any:
-    name = ctypes.util.find_library("crypto")
-    if name is None:
-        raise ConfigError("libcrypto (OpenSSL) is not installed: it hashes the files to sign")
+    name = ctypes.util.find_library("crypto") or "libcrypto.so.3"
     try:
         lib = ctypes.CDLL(name)
         for fn in ("SHA256_Init", "SHA384_Init", "SHA512_Init", "SHA256_Update", "SHA512_Update"):
             getattr(lib, fn).restype = ctypes.c_int
     except (OSError, AttributeError) as e:
-        raise ConfigError(f"{name} has no SHA-2 functions to call: {e}") from None
+        raise ConfigError(
+            f"libcrypto (OpenSSL), which hashes the files to sign, cannot be used: {e}"
+        ) from None
     lib.SHA256_Update.argtypes = lib.SHA512_Update.argtypes = [
         ctypes.c_void_p,
         ctypes.c_char_p,
