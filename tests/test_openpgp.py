@@ -181,6 +181,19 @@ def test_detached_signatures_of_a_release_verify_with_gpg_gpgv_and_sq(
     assert tools.sq_verify("--detached", str(sig), str(tampered)).returncode != 0
 
 
+def test_a_file_changed_after_hashing_writes_nothing(shared: Running, tmp_path: Path) -> None:
+    """When one file of a signed release changed since it was hashed, no signature is
+    written, not even the others'."""
+    files = _release(tmp_path)
+    request_id = _sign(shared, files, "k-rsa-pkcs1-3072", "--armor")
+    files[2].write_bytes(files[2].read_bytes() + b"changed")
+    named = [a for f in files for a in ("--file", str(f))]
+    status = ["status", request_id, "--format", "openpgp", *named, *_ci(shared)]
+    got = CliRunner().invoke(main, status)
+    assert got.exit_code == 1, got.output
+    assert not list(tmp_path.glob("*.asc"))
+
+
 def test_a_cleartext_inrelease_verifies_with_gpgv(
     shared: Running, openpgp_certs: dict[str, bytes], tmp_path: Path
 ) -> None:

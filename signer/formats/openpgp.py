@@ -652,26 +652,30 @@ class OpenPgpFormat(OutputFormat):
                 f"request {signed.request_id} is a certification; `signer keys openpgp` "
                 "writes the certificate"
             )
-        said = []
         sources = signed.files or (None,) * len(packets)
+        outputs: list[tuple[Path, bytes, str]] = []  # every file checked before any is written
         for path, packet, a, d, source in zip(
             targets, packets, request.artifacts, signed.digests, sources, strict=False
         ):
             data = source.read_bytes() if source is not None else None
             if data is not None and request.file_digest(data) != d.value:
-                raise VerificationError(f"{source} changed since it was hashed; not written")
+                raise VerificationError(f"{source} changed since it was hashed; nothing written")
             if request.mode == "binary":
-                path.write_bytes(packet)
+                out = packet
             elif request.mode == "armor":
-                path.write_text(pgp.armor("SIGNATURE", packet))
+                out = pgp.armor("SIGNATURE", packet).encode()
+            elif data is None:
+                raise InvalidArgumentError("a cleartext signature is written with its --file")
             else:
-                if data is None:
-                    raise InvalidArgumentError("a cleartext signature is written with its --file")
-                path.write_bytes(pgp.clearsign(data, packet))
+                out = pgp.clearsign(data, packet)
+            outputs.append((path, out, a.name))
+        said = []
+        for path, out, name in outputs:
+            path.write_bytes(out)
             proof = path.with_name(path.name + ".audit.json")
             write_json(proof, signed.proof.to_json())
             said.append(
-                f"OpenPGP signature ({request.mode}) of {a.name} written to {path} "
+                f"OpenPGP signature ({request.mode}) of {name} written to {path} "
                 f"(audit proof: {proof})"
             )
         return [*said, write_beside(signed, targets[0])]
