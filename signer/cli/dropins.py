@@ -215,7 +215,6 @@ _GPG_LONG = [
     "use-agent",
     "no-use-agent",
 ]
-_SIGNING = {"-s", "-b", "--sign", "--detach-sign", "--clearsign", "--clear-sign"}
 
 
 _SIGNING_COMMANDS = ("sign", "detach-sign", "clearsign", "clear-sign")

@@ -65,14 +65,17 @@ from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name
 
 __all__ = [
     "CERTIFICATION",
+    "MAX_FILES",
     "MODES",
     "PAYLOAD_TYPE",
     "SKEW",
+    "Artifact",
     "OpenPgpFormat",
     "OpenPgpRequest",
     "certification_request",
     "check_certificate",
     "document_request",
+    "hash_file",
     "openpgp_algorithm",
     "signature_packets",
 ]
