@@ -706,8 +706,10 @@ def verify_signature(key_body: bytes, signature: Signature, digest: bytes) -> No
     if isinstance(key, rsa.RSAPublicKey):
         if hashed.pubkey_algorithm != RSA or len(signature.mpis) != 1:
             raise InvalidSignature("not an RSA signature")
-        raw = signature.mpis[0].to_bytes((key.key_size + 7) // 8, "big")
-        key.verify(raw, digest, padding.PKCS1v15(), pre)
+        value = signature.mpis[0]
+        if value.bit_length() > key.key_size:
+            raise InvalidSignature("the RSA signature is larger than the key's modulus")
+        key.verify(value.to_bytes((key.key_size + 7) // 8, "big"), digest, padding.PKCS1v15(), pre)
     else:
         if hashed.pubkey_algorithm != ECDSA or len(signature.mpis) != 2:
             raise InvalidSignature("not an ECDSA signature")

@@ -27,13 +27,14 @@ from hypothesis import strategies as st
 from signer import pgp
 from signer.cli.main import main
 from signer.convert import digest_pb
-from signer.errors import InvalidArgumentError, TooLargeError
+from signer.errors import InvalidArgumentError, TooLargeError, VerificationError
 from signer.formats.base import PayloadKey
 from signer.formats.openpgp import (
     MAX_FILES,
     PAYLOAD_TYPE,
     OpenPgpFormat,
     OpenPgpRequest,
+    check_certificate,
     document_request,
     hash_file,
 )
@@ -131,13 +132,22 @@ def test_only_a_certificate_in_the_form_written_here_is_accepted(
     openpgp_certs: dict[str, bytes],
 ) -> None:
     """A served certificate with anything added to its self-signature's unhashed area (a
-    notation, another issuer key ID) or re-encoded with old-format headers is refused."""
+    notation, another issuer key ID), re-encoded with old-format headers, or with a
+    signature larger than the key, is refused with a clear error."""
     cert = openpgp_certs["k-ecdsa-p256"]
     parsed = pgp.parse_certificate(cert)
     sig = parsed.signature
     noisy = replace(sig, unhashed=sig.unhashed + bytes([9, 16]) + bytes(8))
     with pytest.raises(pgp.PgpFormatError, match="unhashed area"):
         pgp.parse_certificate(pgp.certificate(parsed.key_body, parsed.uid, noisy.encode()))
+    rsa_cert = pgp.parse_certificate(openpgp_certs["k-rsa-pkcs1-3072"])
+    huge = replace(rsa_cert.signature, mpis=(1 << 5000,))
+    forged = pgp.certificate(rsa_cert.key_body, rsa_cert.uid, huge.encode())
+    rsa_pem = pgp.public_key_of(rsa_cert.key_body).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(VerificationError, match="self-signature does not verify"):
+        check_certificate(forged, rsa_pem.decode(), rsa_cert.created)
     old = bytes([0x99]) + len(parsed.key_body).to_bytes(2, "big") + parsed.key_body
     with pytest.raises(pgp.PgpFormatError, match="form this module writes"):
         pgp.parse_certificate(old + cert[len(pgp.packet(6, parsed.key_body)) :])
