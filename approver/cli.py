@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -40,6 +42,20 @@ from signer.parsing import read_secret
 from signer.v1 import approval_pb2_grpc
 
 __all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def own_files_opt(what: str) -> Callable[[F], F]:
+    """`--file F` (repeatable): the officer's own copy of an artifact, and what is done
+    with it."""
+    return click.option(
+        "--file",
+        "files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=f"Your own copy of an artifact: {what}.",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,13 +140,7 @@ def list_(profile_path: Path | None, server: str | None, state: str, as_json: bo
 @server_opt
 @json_opt
 @click.option("--page", type=click.IntRange(min=1), default=1, help="Page of digests to show.")
-@click.option(
-    "--file",
-    "files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Your own copy of an artifact: shown as the artifact it is, or as matching nothing.",
-)
+@own_files_opt("shown as the artifact it is, or as matching nothing")
 @click.option(
     "--page-size",
     type=click.IntRange(1, 10_000),
@@ -170,13 +180,7 @@ def show(
 @profile_opt
 @server_opt
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option(
-    "--file",
-    "files",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Your own copy of an artifact: nothing is approved unless each is one the request signs.",
-)
+@own_files_opt("nothing is approved unless each is one the request signs")
 @handle_errors
 def approve(
     request_id: str,

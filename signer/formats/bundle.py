@@ -58,6 +58,7 @@ from signer.formats.base import (
     PayloadKey,
     SignedRequest,
     Verdict,
+    file_digests,
     write_json,
 )
 from signer.formats.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
@@ -324,15 +325,11 @@ class VerifiedBundle:
 
 
 def _file_digests(path: Path) -> dict[str, bytes]:
-    hashers = {name: hashlib.new(name) for name in HASH_SIZES}
+    """The file's digest with every hash; an unreadable file fails the verification."""
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                for h in hashers.values():
-                    h.update(chunk)
-    except OSError as e:
-        raise VerificationError(f"cannot read {path}: {e.strerror}") from None
-    return {name: h.digest() for name, h in hashers.items()}
+        return file_digests(path, HASH_SIZES)
+    except ConfigError as e:
+        raise VerificationError(str(e)) from None
 
 
 def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundle:
