@@ -1,6 +1,9 @@
 """The OpenPGP facts a real SoftHSM token keeps beside a key (`signer.server.openpgp_keys`):
-the creation time is fixed once and a later call never moves it; a public data object that
-anyone with a session could plant under the same application and label is not read; a new
+the creation time is fixed when the key is generated and recorded in its `key.generated`
+entry; only `signer keys openpgp-created --set` gives one to a key without it, never twice;
+the server never takes one from the database; two different ones are refused; a public data
+object that anyone with a session could plant under the same application and label is not
+read; a new
 certificate is written before the old is removed, the newer self-signature wins while both
 are there, and a certificate of another key under the same name is not served. Run in a
 subprocess: the token's module is loaded once per process, with its config."""
@@ -12,11 +15,12 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 from testbed.commands import SIGNER, run
 from testbed.env import Env
 from testbed.process import running
-from tests.harness import audit_events
+from tests.harness import audit_events, ok, refused
 
 serving = contextlib.contextmanager(running)
 
@@ -38,8 +42,7 @@ _SCRIPT = textwrap.dedent(
     config = load_config(Path(sys.argv[1]))
     token = open_token(config)
     out = {}
-    out["first"] = openpgp_keys.creation_time(token, "release", 1_800_000_000)
-    out["again"] = openpgp_keys.creation_time(token, "release", 1_900_000_000)
+    out["first"] = openpgp_keys.creation_time(token, "release")
 
     # Anyone who can open a session, without the PIN, plants an earlier public time.
     lib = pkcs11.lib(config.token.module)
@@ -53,6 +56,12 @@ _SCRIPT = textwrap.dedent(
             Attribute.VALUE: b"1000",
         })
     out["planted"] = openpgp_keys.creation_time(token, "release")
+    token.add_key_data(openpgp_keys.CREATED, "release", b"1800000000")  # a second, private one
+    try:
+        openpgp_keys.creation_time(token, "release")
+    except Exception as e:
+        out["two"] = str(e)
+    token.remove_key_data(openpgp_keys.CREATED, "release", b"1800000000")
 
     pem = token.key("release").public_key_pem
 
@@ -82,8 +91,9 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_the_token_keeps_one_creation_time_and_the_newest_certificate(fresh_env: Env) -> None:
-    """Fixed once, never moved, a planted public object ignored; the newer certificate wins
-    mid-replace, one is kept after it, another key's is not served."""
+    """Fixed at generation and logged with it, a planted public object ignored, two private
+    ones refused naming both; the newer certificate wins mid-replace, one is kept after it,
+    another key's is not served."""
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(fresh_env.config)],
         capture_output=True,
@@ -93,7 +103,15 @@ def test_the_token_keeps_one_creation_time_and_the_newest_certificate(fresh_env:
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["first"] == out["again"] == out["planted"] == 1_800_000_000
+    (generated,) = [
+        e
+        for e in audit_events(fresh_env)
+        if e["event"] == "key.generated" and e["details"]["key_name"] == "release"
+    ]
+    assert out["first"] == out["planted"] == generated["details"]["openpgp_created"]
+    assert abs(out["first"] - time.time()) < 3600
+    assert "2 different OpenPGP creation times" in out["two"]
+    assert f"{out['first']}, 1800000000" in out["two"]
     assert out["stored"] and out["both"]
     assert out["kept"] == 1
     assert out["other_key"] == ""
@@ -111,17 +129,34 @@ _SET_TIME = textwrap.dedent(
     token = open_token(load_config(Path(sys.argv[1])))
     for value in token.key_data(openpgp_keys.CREATED, "release"):
         token.remove_key_data(openpgp_keys.CREATED, "release", value)
-    if sys.argv[2]:
-        token.add_key_data(openpgp_keys.CREATED, "release", sys.argv[2].encode())
+    """
+)
+
+# Whoever owns the database appends entries that name a time for the key, and junk.
+_PLANT = textwrap.dedent(
+    """
+    import datetime as dt, sys
+    from pathlib import Path
+
+    from signer.server.config import load_config
+    from signer.store.factory import open_store
+
+    store = open_store(load_config(Path(sys.argv[1])).store)
+    with store.transaction() as tx:
+        for t in (1000, -1, 2**40, True, "x"):
+            keys = {"release": {"key_id": sys.argv[2], "openpgp_created": t}}
+            tx.append_audit(dt.datetime.now(dt.UTC), "server.started", "signer", "", "",
+                            {"keys": keys})
+            tx.append_audit(dt.datetime.now(dt.UTC), "key.openpgp_created", "admin", "",
+                            "release", {"key_name": "release", "openpgp_created": t})
+    store.close()
     """
 )
 
 
-def _set_time(env: Env, value: str) -> None:
-    """Remove the key's creation time from the token (a restore without its data
-    objects), and with `value` put another in its place."""
+def _script(env: Env, script: str, *args: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", _SET_TIME, str(env.config), value],
+        [sys.executable, "-c", script, str(env.config), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -130,28 +165,114 @@ def _set_time(env: Env, value: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _started(env: Env) -> list[int]:
+def _started(env: Env) -> list[int | None]:
     return [
-        e["details"]["keys"]["release"]["openpgp_created"]
+        e["details"]["keys"]["release"].get("openpgp_created")
         for e in audit_events(env)
-        if e["event"] == "server.started"
+        if e["event"] == "server.started" and e["actor"] == "signer" and "version" in e["details"]
     ]
 
 
-def test_a_restored_token_gets_the_logged_creation_time_back(fresh_env: Env) -> None:
-    """A token restored without the creation time gets the one every `server.started`
-    recorded for this key, so its OpenPGP fingerprint does not change; a token that holds
-    another time for the same key stops the start, naming both."""
+def _created(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [*SIGNER, "keys", "openpgp-created", "--config", str(env.config), "--name"]
+    return run([*argv, "release", *args], check=False, timeout=60)
+
+
+def test_a_restored_token_gets_its_creation_time_only_from_the_operator(fresh_env: Env) -> None:
+    """A token restored without the creation time does not take one from the database
+    (whose owner could choose the key's fingerprint, or plant junk that stops every start):
+    the server starts without it and OpenPGP is refused until the operator gives the key's
+    own time with `signer keys openpgp-created --set`, audit-logged; a time is given once,
+    1..2^32-1 and not in the future, and then never changed."""
     with serving(fresh_env):
         pass
     (first,) = _started(fresh_env)
-    _set_time(fresh_env, "")
+    assert first is not None
+    shown = _created(fresh_env)
+    assert shown.returncode == 0 and shown.stdout.split()[:2] == ["release", str(first)]
+    assert "already" in refused(_created(fresh_env, "--set", str(first + 1)), code=2)
+
+    _set_time(fresh_env)
+    key_id = next(
+        e
+        for e in audit_events(fresh_env)
+        if e["event"] == "key.generated" and e["details"]["key_name"] == "release"
+    )
+    _script(fresh_env, _PLANT, key_id["details"]["key_id"])
     with serving(fresh_env):
         pass
-    assert _started(fresh_env) == [first, first]
-    _set_time(fresh_env, str(first + 1))
-    p = run([*SIGNER, "serve", "--config", str(fresh_env.config)], check=False, timeout=60)
-    assert p.returncode == 2, p.stdout + p.stderr
-    assert f"keeps OpenPGP creation time {first + 1}" in p.stderr
-    assert f"recorded {first}" in p.stderr
-    assert _started(fresh_env) == [first, first]
+    assert _started(fresh_env) == [first, None]
+    assert "no OpenPGP creation time" in refused(_created(fresh_env))
+
+    before = len(audit_events(fresh_env))
+    for bad, says in (
+        ("0", "not in the range"),
+        (str(2**32), "not in the range"),
+        ("x", "not a valid integer"),
+        (str(int(time.time()) + 3600), "in the future"),
+    ):
+        assert says in refused(_created(fresh_env, "--set", bad), code=2), bad
+    assert len(audit_events(fresh_env)) == before
+    assert _created(fresh_env).returncode == 1
+
+    ok(_created(fresh_env, "--set", str(first)))
+    (logged,) = [
+        e
+        for e in audit_events(fresh_env)
+        if e["event"] == "key.openpgp_created" and e["actor"].startswith("admin (signer")
+    ]
+    assert logged["details"] == {
+        "key_name": "release",
+        "key_id": key_id["details"]["key_id"],
+        "openpgp_created": first,
+    }
+    with serving(fresh_env):
+        pass
+    assert _started(fresh_env) == [first, None, first]
+
+
+def _set_time(env: Env) -> None:
+    """Remove the key's creation time from the token (a restore without its data objects)."""
+    _script(env, _SET_TIME)
+
+
+_ROLLBACK = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    import pkcs11
+
+    from signer.algorithms import algorithm
+    from signer.server import admin, openpgp_keys
+    from signer.server.config import load_config
+    from signer.store.sql import SqlTx
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    SqlTx.append_audit = fail  # the key.generated entry cannot be written
+    try:
+        admin.generate_key(Path(sys.argv[1]), "k", algorithm("ecdsa-p256"), "admin")
+    except OSError as e:
+        error = str(e)
+    token = admin.open_token(load_config(Path(sys.argv[1])))
+    keys = sorted(k.name for k in token.keys())
+    left = [str(o[pkcs11.Attribute.LABEL]) for o in token._data_objects(openpgp_keys.CREATED)]
+    print(json.dumps([error, keys, left]))
+    """
+)
+
+
+def test_a_key_whose_entry_cannot_be_written_leaves_no_creation_time(fresh_env: Env) -> None:
+    """Generating a key whose `key.generated` entry cannot be written destroys the key and
+    its creation time: a later key of that name gets its own, not the dead key's."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ROLLBACK, str(fresh_env.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["disk full", ["audit", "release"], ["release"]]

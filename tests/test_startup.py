@@ -282,7 +282,7 @@ def test_every_start_records_policy_hash(fresh_env: Env) -> None:
             "release": {
                 "key_id": keys["release"]["key_id"],
                 "algorithm": "ecdsa-p256",
-                # fixed at the first start, the same at every start after it
+                # fixed when the key was generated, the same at every start
                 "openpgp_created": started[0]["details"]["keys"]["release"]["openpgp_created"],
             }
         }

@@ -21,6 +21,7 @@ __all__ = ["EVENTS", "AuditEntry"]
 EVENTS = (
     "server.started",
     "key.generated",
+    "key.openpgp_created",
     "request.created",
     "request.approved",
     "request.denied",

@@ -48,7 +48,8 @@ from signer.formats.openpgp import (
 from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.parsing import MAX_TTL, parse_duration
 from signer.server import openpgp_keys
-from signer.server.admin import generate_key, list_keys, open_token
+from signer.server.admin import SKEW as OPENPGP_SKEW
+from signer.server.admin import generate_key, list_keys, open_token, set_openpgp_created
 from signer.server.config import load_config
 from signer.server.devenv import init_devenv
 from signer.text import DISPLAY_RULE, is_artifact_name
@@ -218,6 +219,38 @@ def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
     click.echo(f'{principal or name} namespaces="git,file" {line}')
 
 
+@keys.command("openpgp-created")
+@config_opt
+@click.option("--name", required=True)
+@click.option(
+    "--set",
+    "set_to",
+    type=click.IntRange(1, openpgp_keys.MAX_TIME),
+    help="Give a key that has none this time (seconds since 1970): audit-logged, never changed.",
+)
+@handle_errors
+def keys_openpgp_created(config_path: Path, name: str, set_to: int | None) -> None:
+    """Print the OpenPGP creation time the token keeps for a key (part of its OpenPGP
+    fingerprint; exit 1 if none). With --set, give one to a key generated before keys got
+    it, or to a token restored without it: the time from the key's `key.generated` entry
+    or its published certificate, so its fingerprint stays the one users pinned."""
+    if set_to is not None:
+        if set_to > time.time() + OPENPGP_SKEW:
+            raise click.BadParameter(f"{set_to} is in the future", param_hint="--set")
+        set_openpgp_created(config_path, name, set_to, actor="admin (signer keys openpgp-created)")
+    token = open_token(load_config(config_path))
+    try:
+        token.key(name)
+        created = openpgp_keys.creation_time(token, name)
+    finally:
+        token.close()
+    if created is None:
+        stderr.print(f"key {name} has no OpenPGP creation time: give it one with --set")
+        raise click.exceptions.Exit(1)
+    when = dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    click.echo(f"{name} {created} {when}")
+
+
 @keys.command("openpgp")
 @config_opt
 @profile_opt
@@ -254,8 +287,8 @@ def keys_openpgp(
         token.close()
     if created is None:
         raise ConfigError(
-            f"key {name} has no OpenPGP creation time yet: the server fixes it when it "
-            "starts with the key in its config"
+            f"key {name} has no OpenPGP creation time: give it the one from its key.generated "
+            "entry or its published certificate with `signer keys openpgp-created --set`"
         )
     profile = load_profile(profile_path)
     with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):

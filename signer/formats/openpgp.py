@@ -264,7 +264,8 @@ class OpenPgpRequest:
         if key.now is not None:
             if key.openpgp_created is None:
                 raise _refuse(
-                    "this key has no OpenPGP creation time in the token, so no OpenPGP fingerprint",
+                    "this key has no OpenPGP creation time in the token, so no OpenPGP "
+                    "fingerprint: the operator gives it one with `signer keys openpgp-created`",
                     "KEY_UNSUITABLE_FOR_FORMAT",
                 )
             if self.key_created != key.openpgp_created:

@@ -9,13 +9,17 @@ Key generation and its `key.generated` audit entry (and, once the audit key
 exists, a checkpoint covering it) go together: the key is
 generated inside the store transaction that appends the entry, and destroyed
 again if that transaction cannot commit, so the audit log shows every key the
-service can sign with (invariant 3).
+service can sign with (invariant 3). A key that can make OpenPGP signatures
+gets its OpenPGP creation time in that same step (`openpgp_keys`), recorded
+in the entry; `set_openpgp_created` gives one, audit-logged the same way, to
+a key that has none (generated before, or a token restored without it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from signer.algorithms import KeyAlgorithm
 from signer.audit.checkpoint import Checkpointer, HeadStatus, RefusalObserver
 from signer.audit.head import TokenHeads, TreeHead
-from signer.errors import KeyNotFoundError
+from signer.errors import ConfigError, InvalidArgumentError, KeyNotFoundError
+from signer.server import openpgp_keys
 from signer.server.config import Config, load_config
 from signer.store import Tx
 from signer.store.factory import open_store
@@ -40,7 +45,11 @@ __all__ = [
     "list_keys",
     "open_token",
     "reset_audit_head",
+    "set_openpgp_created",
 ]
+
+OPENPGP_CREATED = "key.openpgp_created"
+SKEW = 300  # seconds a creation time given by hand may be ahead of this clock
 
 
 def open_token(config: Config) -> Token:
@@ -69,12 +78,15 @@ def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) ->
     cfg = load_config(config_path)
     token = open_token(cfg)
     store = open_store(cfg.store)
+    created = int(time.time()) if openpgp_keys.can_openpgp(alg) else None
     try:
         key: TokenKey | None = None
         tx: Tx | None = None
         try:
             with store.transaction() as tx:
                 key = token.generate(name, alg)
+                if created is not None:
+                    openpgp_keys.set_creation_time(token, name, created)
                 tx.append_audit(
                     dt.datetime.now(dt.UTC),
                     "key.generated",
@@ -87,20 +99,84 @@ def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) ->
                         "key_id": key.key_id,
                         "token": cfg.token.label,
                         "attributes": key.attributes,
+                        **({"openpgp_created": created} if created is not None else {}),
                     },
                 )
-                # Cover the entry with a checkpoint once the audit key exists; before
-                # that, the next checkpoint (at server start) covers it.
-                with contextlib.suppress(KeyNotFoundError):
-                    checkpointer_for(cfg, token).cover(tx)
+                _cover(cfg, token, tx)
         except BaseException:
             if key is not None and not (tx is not None and tx.committed):
                 token.destroy(name)  # its entry was not written; with it written, keep it
+                _forget_creation_time(token, name, created)
             raise
         return key
     finally:
         store.close()
         token.close()
+
+
+def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) -> TokenKey:
+    """Give key `name`, which has none, the OpenPGP creation time `created`: in the token,
+    and in a `key.openpgp_created` entry of the same transaction (removed again if that
+    cannot commit). Refused if the key has one already (its fingerprint would change), if
+    it cannot make OpenPGP signatures, or if `created` is not a time up to now."""
+    if not 0 < created <= openpgp_keys.MAX_TIME:
+        raise InvalidArgumentError(
+            f"an OpenPGP creation time is 1..{openpgp_keys.MAX_TIME} (seconds since 1970), "
+            f"not {created}"
+        )
+    if created > time.time() + SKEW:
+        raise InvalidArgumentError(f"OpenPGP creation time {created} is in the future")
+    cfg = load_config(config_path)
+    token = open_token(cfg)
+    try:
+        key = token.key(name)
+        if key.algorithm is None or not openpgp_keys.can_openpgp(key.algorithm):
+            shown = key.algorithm.name if key.algorithm else "a key this service did not make"
+            raise ConfigError(f"key {name} ({shown}) cannot make OpenPGP signatures")
+        kept = openpgp_keys.creation_time(token, name)
+        if kept is not None:
+            raise ConfigError(
+                f"key {name} has OpenPGP creation time {kept} already; it is part of the key's "
+                "OpenPGP fingerprint and is never changed"
+            )
+        store = open_store(cfg.store)
+        try:
+            tx: Tx | None = None
+            written = False
+            try:
+                with store.transaction() as tx:
+                    openpgp_keys.set_creation_time(token, name, created)
+                    written = True
+                    tx.append_audit(
+                        dt.datetime.now(dt.UTC),
+                        OPENPGP_CREATED,
+                        actor,
+                        "",
+                        name,
+                        {"key_name": name, "key_id": key.key_id, "openpgp_created": created},
+                    )
+                    _cover(cfg, token, tx)
+            except BaseException:
+                if written and not (tx is not None and tx.committed):
+                    _forget_creation_time(token, name, created)
+                raise
+        finally:
+            store.close()
+        return key
+    finally:
+        token.close()
+
+
+def _cover(cfg: Config, token: Token, tx: Tx) -> None:
+    """Cover the entries of `tx` with a checkpoint once the audit key exists; before
+    that, the next checkpoint (at server start) covers them."""
+    with contextlib.suppress(KeyNotFoundError):
+        checkpointer_for(cfg, token).cover(tx)
+
+
+def _forget_creation_time(token: Token, name: str, created: int | None) -> None:
+    if created is not None:
+        token.remove_key_data(openpgp_keys.CREATED, name, str(created).encode())
 
 
 def list_keys(config_path: Path) -> list[TokenKey]:

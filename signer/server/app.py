@@ -32,9 +32,8 @@ import os
 import resource
 import sys
 import threading
-import time
 from concurrent import futures
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -85,7 +84,8 @@ _SERVICES = (
 
 def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
     """Check every configured key in the token (invariant 1) and describe it, with the
-    OpenPGP creation time the token keeps for it (see `settle_openpgp`)."""
+    OpenPGP creation time the token keeps for it (fixed when the key was generated, or by
+    `signer keys openpgp-created`; never by the server, see `openpgp_keys`)."""
     keys = {}
     for name, policy in config.keys.items():
         k = token.check_key(name, policy.algorithm)
@@ -96,33 +96,6 @@ def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
     if audit.algorithm is None or audit.algorithm.name != "ed25519":
         raise ConfigError(f"{config.path}: audit.key {config.audit_key!r} must be an ed25519 key")
     return keys
-
-
-def settle_openpgp(
-    keys: dict[str, KeySpec], token: Token, store: Store, now: int
-) -> dict[str, KeySpec]:
-    """Every key that can make OpenPGP signatures with its creation time fixed: the one the
-    token keeps; else the one the audit log recorded for this very key (a token restored
-    without its data objects gets it back: it is part of the key's fingerprint); else now.
-    A token time that differs from the log's for the same key is refused."""
-    recorded = openpgp_keys.recorded_times(store)
-    out = {}
-    for name, spec in keys.items():
-        if not can_openpgp(spec.algorithm):
-            out[name] = spec
-            continue
-        logged = recorded.get((name, spec.key_id))
-        created = spec.openpgp_created
-        if created is not None and logged is not None and created != logged:
-            raise ConfigError(
-                f"key {name!r}: the token keeps OpenPGP creation time {created}, the audit "
-                f"log recorded {logged} for this key; its OpenPGP fingerprint would change. "
-                "Restore the token's data objects from the backup made with the key"
-            )
-        if created is None:
-            created = openpgp_keys.creation_time(token, name, logged or now)
-        out[name] = replace(spec, openpgp_created=created)
-    return out
 
 
 @dataclass
@@ -151,7 +124,6 @@ class Server:
         try:
             keys = load_keys(config, token)
             store = open_store(config.store)
-            keys = settle_openpgp(keys, token, store, int(time.time()))
             metrics_port = 0
             if config.server.metrics_listen is not None:
                 metrics = Metrics(store, token)

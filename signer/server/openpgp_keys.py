@@ -2,12 +2,15 @@
 labelled with the key's name (DESIGN §10):
 
 - its creation time, fixed once and never changed: it is hashed into the key's
-  OpenPGP fingerprint, so a second one would be a second OpenPGP key. The server
-  fixes it when it first starts with the key (or `signer keys openpgp`, if that
-  runs first), and records it in every `server.started` entry; a token restored
-  without it gets the recorded time back, and one that disagrees with the record
-  stops the start (`signer.server.app.settle_openpgp`); should two ever be
-  written at once, the earliest is the key's;
+  OpenPGP fingerprint, so a second one would be a second OpenPGP key. It is
+  fixed when the key is generated, in the same transaction as the
+  `key.generated` entry that records it (`signer.server.admin.generate_key`);
+  a key generated before that, or a token restored without its data objects,
+  gets one only from `signer keys openpgp-created --set`, an audit-logged
+  admin step on the token (`set_creation_time`). The server never writes it,
+  and never takes it from the database: whoever owns the database could
+  otherwise choose a key's fingerprint. Two different times beside one key
+  are refused, not chosen between;
 - its certificate, once `signer keys openpgp` made one (a user ID and its
   self-signature, approved by the officers). A new one is written before the old
   is removed, so a crash between leaves two and the newer self-signature wins:
@@ -19,14 +22,20 @@ from __future__ import annotations
 from signer import pgp
 from signer.algorithms import KeyAlgorithm
 from signer.errors import TokenError
-from signer.store import Store
-from signer.store.base import AuditFilter
 from signer.token.hsm import Token
 
-__all__ = ["can_openpgp", "certificate", "creation_time", "recorded_times", "store_certificate"]
+__all__ = [
+    "MAX_TIME",
+    "can_openpgp",
+    "certificate",
+    "creation_time",
+    "set_creation_time",
+    "store_certificate",
+]
 
 CREATED = "signer openpgp creation time"
 CERTIFICATE = "signer openpgp certificate"
+MAX_TIME = 0xFFFFFFFF  # a v4 key's creation time is four octets
 
 
 def can_openpgp(algorithm: KeyAlgorithm) -> bool:
@@ -35,38 +44,35 @@ def can_openpgp(algorithm: KeyAlgorithm) -> bool:
     return algorithm.scheme in ("pkcs1", "ecdsa")
 
 
-def creation_time(token: Token, name: str, fix_at: int | None = None) -> int | None:
-    """Key `name`'s OpenPGP creation time; with `fix_at`, fixed at that time if there is
-    none yet. TokenError if what the token keeps is not a time."""
-    values = token.key_data(CREATED, name)
-    if not values and fix_at is not None:
-        token.add_key_data(CREATED, name, str(fix_at).encode())
-        values = token.key_data(CREATED, name)
-    times = []
-    for v in values:
-        if not v.isdigit() or len(v) > 10 or int(v) > 0xFFFFFFFF:
+def creation_time(token: Token, name: str) -> int | None:
+    """Key `name`'s OpenPGP creation time, None if the token keeps none. TokenError if what
+    it keeps is not a time, or is two different times."""
+    times = set()
+    for v in token.key_data(CREATED, name):
+        if not v.isdigit() or len(v) > 10 or not 0 < int(v) <= MAX_TIME:
             raise TokenError(f"the OpenPGP creation time kept beside key {name!r} is not a time")
-        times.append(int(v))
-    return min(times) if times else None
+        times.add(int(v))
+    if len(times) > 1:
+        raise TokenError(
+            f"the token keeps {len(times)} different OpenPGP creation times beside key "
+            f"{name!r} ({', '.join(map(str, sorted(times)))}): remove the wrong one, or restore "
+            "the token's data objects from the backup made with the key"
+        )
+    return times.pop() if times else None
 
 
-def recorded_times(store: Store) -> dict[tuple[str, str], int]:
-    """(key name, key id) -> the OpenPGP creation time the latest `server.started` entry
-    that names that key recorded."""
-    found: dict[tuple[str, str], int] = {}
-    after = -1
-    with store.transaction() as tx:
-        while True:
-            page = tx.list_audit(AuditFilter(event="server.started"), after, 200)
-            for entry in page:
-                keys = entry.details.get("keys")
-                for name, k in keys.items() if isinstance(keys, dict) else ():
-                    t = k.get("openpgp_created") if isinstance(k, dict) else None
-                    if isinstance(t, int) and isinstance(k.get("key_id"), str):
-                        found[(name, k["key_id"])] = t
-            if len(page) < 200:
-                return found
-            after = page[-1].index
+def set_creation_time(token: Token, name: str, created: int) -> None:
+    """Keep `created` as key `name`'s creation time, in place of any left by an earlier key
+    of the same name (a new key has none of its own). Written before the old are removed."""
+    if not 0 < created <= MAX_TIME:
+        raise ValueError(f"an OpenPGP creation time is 1..{MAX_TIME}, not {created}")
+    kept = token.key_data(CREATED, name)
+    value = str(created).encode()
+    if value not in kept:
+        token.add_key_data(CREATED, name, value)
+    for v in kept:
+        if v != value:
+            token.remove_key_data(CREATED, name, v)
 
 
 def certificate(token: Token, name: str, public_key_pem: str) -> bytes:
