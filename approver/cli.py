@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from approver.decide import decide
+from approver.decide import decide, unshowable
 from approver.errors import ApproverError
 from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
 from signer import __version__
@@ -167,6 +167,8 @@ def show(
     """
     d = request_dict(fetch(load_profile(profile_path, server), request_id))
     found, rows, problems = check_files(d, files)
+    if files:  # checked against the officer's files: as `approve --file` would check it
+        problems = unshowable(d) + problems
     if as_json:
         print_json({**d, "your_files": [{"file": str(f), "artifact": a} for f, a in found]})
     else:

@@ -37,7 +37,7 @@ from signer.parsing import read_secret
 from signer.text import is_displayable
 from signer.v1 import approval_pb2, approval_pb2_grpc
 
-__all__ = ["decide"]
+__all__ = ["decide", "unshowable"]
 
 
 def _approval_key(profile: Profile) -> ApprovalSigner:
@@ -55,7 +55,7 @@ def _approval_key(profile: Profile) -> ApprovalSigner:
     return load_signer(profile.approval_key, passphrase)
 
 
-def _unshowable(d: dict[str, Any]) -> list[str]:
+def unshowable(d: dict[str, Any]) -> list[str]:
     """What in this request an officer could not be shown faithfully (empty if nothing).
 
     An approval is never signed over text that had to be escaped to be shown, a
@@ -119,7 +119,7 @@ def decide(
     describe(d, page=None, extra=file_rows)
     if d["state"] != "PENDING":
         raise ApproverError(f"request {request_id} is {d['state']}; nothing to decide")
-    problems = _unshowable(d) + file_problems
+    problems = unshowable(d) + file_problems
     if decision == "approve" and problems:
         raise ApproverError(f"request {request_id}: {'; '.join(problems)}; refusing to approve")
     if not yes and not click.confirm(

@@ -13,6 +13,7 @@ approved. Every cell passes through
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,11 @@ def check_files(
     d: dict[str, Any], files: Sequence[Path]
 ) -> tuple[list[tuple[Path, str | None]], list[list[Cell]], list[str]]:
     """The officer's own copies of the artifacts against the request: each file with the
-    artifact it is (None: none), a row for each, and a problem for each matching none."""
+    artifact it is (None: none), a row for each, and a problem for each matching none, for
+    each artifact the request signs that none of them is, and for a name it gives twice
+    (which of the two would the file vouch for?)."""
+    if not files:
+        return [], [], []
     payload = base64.b64decode(d["payload"]) if "payload" in d else b""
     # Plain digests are each a file's own; a payload's format says which files it names.
     fmt = registry.shown_by(d["payload_type"]) if "payload_type" in d else registry.FORMATS["raw"]
@@ -115,17 +120,36 @@ def check_files(
     rows: list[list[Cell]] = []
     problems: list[str] = []
     for f in files:
+        why = "MATCHES NOTHING in this request"
         try:
             found = fmt.local_file(payload, digests, f)
-        except (InvalidArgumentError, TooLargeError, ValueError):
-            found = None
+        except (InvalidArgumentError, TooLargeError, ValueError) as e:
+            found, why = None, f"cannot be checked: {e}"
         results.append((f, found))
         if found is None:
-            rows.append([f"your file {f.name}", "MATCHES NOTHING in this request; do not approve"])
-            problems.append(f"your file {f} is not a file this request signs")
+            rows.append([f"your file {f.name}", f"{why}; do not approve"])
+            problems.append(f"your file {f} is not a file this request signs ({why})")
         else:
             rows.append([f"your file {f.name}", f"is {found}, as the request says"])
+    try:
+        names = fmt.signed_names(payload, digests)
+    except (InvalidArgumentError, TooLargeError, ValueError) as e:
+        names, problems = [], [*problems, f"the artifacts it signs cannot be read: {e}"]
+    counts = Counter(names)
+    if twice := [n for n, c in counts.items() if c > 1]:
+        rows.append(["named twice", f"{_some(twice)}; do not approve"])
+        problems.append(f"the request names {_some(twice)} more than once")
+    covered = {a for _, a in results if a is not None}
+    if missing := [n for n in counts if n not in covered]:
+        rows.append(["not your files", f"{_some(missing)}; do not approve"])
+        problems.append(f"the request also signs {_some(missing)}, which none of your files is")
     return results, rows, problems
+
+
+def _some(names: Sequence[str], most: int = 5) -> str:
+    """Up to `most` artifact names, and how many more."""
+    shown = ", ".join(n or "(unnamed)" for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def describe(

@@ -1,16 +1,25 @@
 """`approver show --file F` and `approver approve --file F`: an officer checks the request
 against their own copy of each artifact, whatever the format (plain digests, an SSH or
 in-toto payload; OpenPGP in tests/test_openpgp.py); a file the request does not sign is
-shown as matching nothing, and no approval is sent."""
+shown as matching nothing, and no approval is sent; nor is one when a statement's subject is
+the file on one hash and not another, or carries a digest the file cannot check, when the
+request signs more than the officer's files or names one twice."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from approver import cli, review
 from signer.cli.main import main
+from signer.client.profile import load_profile
+from signer.formats.intoto import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae_digest
+from signer.v1 import types_pb2
 from testbed.commands import APPROVER, run
 from testbed.process import Running
 
@@ -46,3 +55,131 @@ def test_an_officer_checks_the_request_against_their_own_files(
     )
     assert refused.returncode == 1 and "not a file this request signs" in refused.stderr
     assert not shared.clients.get(request_id).approvals
+
+
+def _statement_request(shared: Running, subjects: list[dict[str, Any]]) -> str:
+    """A DSSE request over a statement with these subjects, made over gRPC."""
+    doc = {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {},
+    }
+    payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    digest = types_pb2.Digest(
+        algorithm=types_pb2.HASH_ALGORITHM_SHA256,
+        value=pae_digest(PAYLOAD_TYPE, payload, "sha256"),
+        artifact_name="statement",
+    )
+    made = shared.clients.create(digests=[digest], payload_type=PAYLOAD_TYPE, payload=payload)
+    return made.id
+
+
+def _checked(shared: Running, request_id: str, *files: Path) -> tuple[str, str]:
+    """`approver show --file` and `approver approve --file` on the request: both refuse,
+    nothing is sent. What each said."""
+    alice = ["--profile", str(shared.env.profile_path("alice"))]
+    mine = [a for f in files for a in ("--file", str(f))]
+    shown = run([*APPROVER, "show", request_id, *mine, *alice], check=False)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    approved = run([*APPROVER, "approve", request_id, *mine, "--yes", *alice], check=False)
+    assert approved.returncode == 1, approved.stdout + approved.stderr
+    assert "refusing to approve" in approved.stderr
+    assert not shared.clients.get(request_id).approvals
+    return " ".join((shown.stdout + shown.stderr).split()), " ".join(approved.stderr.split())
+
+
+def test_a_subject_is_the_file_only_if_every_digest_of_it_is(
+    shared: Running, tmp_path: Path
+) -> None:
+    """A subject whose sha256 is the officer's file but whose sha512 is another file's is
+    not that file; one that also carries a digest the file cannot check (a gitCommit,
+    perhaps of other sources) is not vouched for either."""
+    mine = tmp_path / "app.tar"
+    mine.write_bytes(b"the release")
+    sha256 = hashlib.sha256(mine.read_bytes()).hexdigest()
+    mixed = _statement_request(
+        shared,
+        [{"name": "app.tar", "digest": {"sha256": sha256, "sha512": hashlib.sha512().hexdigest()}}],
+    )
+    shown, approved = _checked(shared, mixed, mine)
+    assert "MATCHES NOTHING" in shown and "not a file this request signs" in approved
+    commit = _statement_request(
+        shared, [{"name": "app.tar", "digest": {"sha256": sha256, "gitCommit": "ab" * 20}}]
+    )
+    shown, approved = _checked(shared, commit, mine)
+    assert "also has a gitCommit digest, which your file cannot check" in approved
+    assert "cannot be checked" in shown
+
+
+def test_a_request_signing_more_than_the_officers_files_is_refused(
+    shared: Running, tmp_path: Path
+) -> None:
+    """With --file, a request that also signs an artifact none of the officer's files is
+    (a statement's extra subject, a batch's extra file), or that names one artifact twice,
+    is refused: the officer vouched for their files, not for the rest."""
+    mine, extra = tmp_path / "app.tar", tmp_path / "extra.tar"
+    mine.write_bytes(b"the release")
+    extra.write_bytes(b"something else")
+    digest = {"sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
+    other = {"sha256": hashlib.sha256(b"planted").hexdigest()}
+    more = _statement_request(
+        shared, [{"name": "app.tar", "digest": digest}, {"name": "evil.tar", "digest": other}]
+    )
+    shown, approved = _checked(shared, more, mine)
+    assert "also signs evil.tar, which none of your files is" in approved
+    assert "error: the request also signs evil.tar" in shown
+    twice = _statement_request(
+        shared, [{"name": "app.tar", "digest": digest}, {"name": "app.tar", "digest": other}]
+    )
+    _, approved = _checked(shared, twice, mine)
+    assert "names app.tar more than once" in approved
+
+    batch = CliRunner().invoke(
+        main,
+        [
+            *("sign", "--key-name", "release", "--format", "raw", "--hash", "sha256"),
+            *("--file", str(mine), "--file", str(extra), "--no-wait"),
+            *("--profile", str(shared.env.profile_path("ci"))),
+        ],
+    )
+    assert batch.exit_code == 0, batch.output
+    _, approved = _checked(shared, batch.stdout.strip(), mine)
+    assert "also signs extra.tar, which none of your files is" in approved
+    same_name = [
+        types_pb2.Digest(
+            algorithm=types_pb2.HASH_ALGORITHM_SHA256,
+            value=hashlib.sha256(data).digest(),
+            artifact_name="app.tar",
+        )
+        for data in (mine.read_bytes(), b"planted")
+    ]
+    _, approved = _checked(shared, shared.clients.create(digests=same_name).id, mine)
+    assert "names app.tar more than once" in approved
+
+
+def test_show_with_files_fails_on_what_approve_would_refuse(
+    shared: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`approver show --file` exits 1 when the request itself must not be approved (here
+    a server that sends a statement whose digest to sign is not its PAE), not only when a
+    file matches nothing: a script that checks with `show` gets the answer `approve` would."""
+    mine = tmp_path / "app.tar"
+    mine.write_bytes(b"the release")
+    request_id = _statement_request(
+        shared,
+        [{"name": "app.tar", "digest": {"sha256": hashlib.sha256(b"the release").hexdigest()}}],
+    )
+    real = review.fetch(load_profile(shared.env.profile_path("alice")), request_id)
+    lying = types_pb2.SigningRequest()
+    lying.CopyFrom(real)
+    lying.digests[0].value = hashlib.sha256(b"something else").digest()
+    monkeypatch.setattr(cli, "fetch", lambda profile, rid: lying)
+    profile = ["--profile", str(shared.env.profile_path("alice"))]
+    args = ["show", request_id, "--file", str(mine), *profile]
+    shown = CliRunner().invoke(cli.main, args)
+    assert shown.exit_code == 1, shown.output
+    assert "is app.tar, as the request says" in shown.output
+    assert "the digest to sign is not that of the statement shown" in shown.output
+    monkeypatch.setattr(cli, "fetch", lambda profile, rid: real)
+    assert CliRunner().invoke(cli.main, args).exit_code == 0

@@ -24,6 +24,7 @@ from signer.formats.intoto import (
     build_statement,
     pae_digest,
     predicate_json,
+    unchecked,
 )
 from signer.v1 import signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, Clients
@@ -246,3 +247,26 @@ def test_payload_at_the_limit_is_accepted(shared: Running, clients: Clients) -> 
         clients.signing().CancelSigningRequest(
             signing_pb2.CancelSigningRequestRequest(id=r.id, reason="test"), timeout=RPC_TIMEOUT
         )
+
+
+def test_a_subject_covers_a_file_only_if_each_of_its_hashes_is_the_files() -> None:
+    """What `signer verify --bundle` and `approver --file` ask of a statement: the subject
+    that is a file has each of its sha256, sha384 and sha512 digests equal the file's; one
+    right on sha256 and wrong on sha512 is another file. Digests of other kinds are not
+    checked by a file's hashes and are reported as such."""
+    data = b"the release"
+    own = {alg: hashlib.new(alg, data).digest() for alg in ("sha256", "sha384", "sha512")}
+
+    def statement(digest: dict[str, str]) -> InTotoStatement:
+        subject = {"name": "app.tar", "digest": digest}
+        return InTotoStatement.parse(_encode(_statement(subject=[subject])))
+
+    right = {"sha256": own["sha256"].hex(), "sha512": own["sha512"].hex()}
+    assert statement(right).covers(None, own) is not None
+    assert statement(right).covers("other.tar", own) is None
+    wrong = {**right, "sha512": hashlib.sha512(b"another file").hexdigest()}
+    assert statement(wrong).covers(None, own) is None
+    assert statement(right).covers(None, {"sha256": own["sha256"]}) is None  # sha512 unchecked
+    commit = statement({"sha256": own["sha256"].hex(), "gitCommit": "ab" * 20})
+    subject = commit.covers(None, own)
+    assert subject is not None and unchecked(subject) == ["gitCommit"]

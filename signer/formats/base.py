@@ -178,6 +178,12 @@ class OutputFormat(ABC):
         own = file_digests(path, {d.algorithm for d in listed or ()})
         return next((d.artifact for d in listed or () if own.get(d.algorithm) == d.value), None)
 
+    def signed_names(self, payload: bytes, digests: Sequence[Digest]) -> list[str]:
+        """The names of the artifacts the request signs, in order, a name given twice
+        listed twice (what an officer's own files must cover, each once)."""
+        listed = self.artifacts(payload) if payload else tuple(digests)
+        return [d.artifact for d in listed or ()]
+
     # (c) What officers are shown of a payload.
     def describe(
         self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str

@@ -40,6 +40,7 @@ from signer.formats.intoto import (
     build_statement,
     pae_digest,
     predicate_json,
+    unchecked,
 )
 from signer.model import Digest
 
@@ -99,11 +100,23 @@ class DsseFormat(OutputFormat):
             )
 
     def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
-        """The statement's subject whose digest is this file's."""
+        """The statement's subject that is this file (each of its sha256, sha384 and
+        sha512 digests the file's); InvalidArgumentError if that subject also carries a
+        digest of a kind the file cannot check (a gitCommit that is some other commit)."""
         statement = InTotoStatement.parse(payload)
         names = {alg for s in statement.subjects for alg in s.digest}
         subject = statement.covers(None, file_digests(path, names))
-        return subject.name if subject is not None else None
+        if subject is None:
+            return None
+        if other := unchecked(subject):
+            raise InvalidArgumentError(
+                f"subject {subject.name} also has a {', '.join(other)} digest, which "
+                "your file cannot check"
+            )
+        return subject.name
+
+    def signed_names(self, payload: bytes, digests: Sequence[Digest]) -> list[str]:
+        return [s.name for s in InTotoStatement.parse(payload).subjects]
 
     def describe(
         self, payload_type: str, payload: bytes, digests: Sequence[Digest], algorithm: str

@@ -40,6 +40,7 @@ __all__ = [
     "build_statement",
     "pae_digest",
     "predicate_json",
+    "unchecked",
 ]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -170,13 +171,24 @@ class InTotoStatement:
         return cls(tuple(parsed), predicate_type, predicate)
 
     def covers(self, name: str | None, digests: Mapping[str, bytes]) -> Subject | None:
-        """The subject whose digest equals one of `digests` (and named `name`, if given)."""
+        """The subject (named `name`, if given) that is the file with these `digests`: each
+        of its sha256, sha384 and sha512 digests is the file's. One that matches on one hash
+        and not on another is not the file; digests of other kinds (gitCommit, ...) cannot
+        be checked here and are left to `unchecked`."""
         for s in self.subjects:
             if name is not None and s.name != name:
                 continue
-            if any(s.digest.get(alg) == value.hex() for alg, value in digests.items()):
+            known = {alg: v for alg, v in s.digest.items() if alg in HASH_SIZES}
+            if known and all(
+                alg in digests and digests[alg].hex() == v for alg, v in known.items()
+            ):
                 return s
         return None
+
+
+def unchecked(subject: Subject) -> list[str]:
+    """The kinds of digest of `subject` that a file's own hashes cannot check."""
+    return sorted(alg for alg in subject.digest if alg not in HASH_SIZES)
 
 
 def _undisplayable(value: Any, path: str) -> str:
