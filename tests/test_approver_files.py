@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from approver import cli, review
 from signer.cli.main import main
 from signer.client.profile import load_profile
+from signer.convert import digest_pb
+from signer.formats.base import PayloadKey
 from signer.formats.intoto import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae_digest
-from signer.v1 import types_pb2
+from signer.formats.openpgp import document_request
+from signer.v1 import signing_pb2, types_pb2
 from testbed.commands import APPROVER, run
 from testbed.process import Running
 
@@ -183,3 +189,48 @@ def test_show_with_files_fails_on_what_approve_would_refuse(
     assert "the digest to sign is not that of the statement shown" in shown.output
     monkeypatch.setattr(cli, "fetch", lambda profile, rid: real)
     assert CliRunner().invoke(cli.main, args).exit_code == 0
+
+
+def test_an_openpgp_request_for_another_key_is_refused(
+    shared: Running, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that shows an OpenPGP request naming another key than the one it signs
+    with (the officer would read a fingerprint that is not the signing key's) is caught by
+    the approver from the request alone: the payload's key is not the request's key id."""
+    mine = tmp_path / "app.tar"
+    mine.write_bytes(b"the release")
+    served = shared.clients.signing().GetPublicKey(
+        signing_pb2.GetPublicKeyRequest(key_name="release"), timeout=10
+    )
+    now, created = int(time.time()), served.key.openpgp_created
+    own = PayloadKey(served.key.algorithm, served.key.public_key_pem, created, now)
+    carried, _ = document_request("binary", [("app.tar", [mine.read_bytes()])], own, "sha256")
+    made = shared.clients.create(
+        digests=[digest_pb(d) for d in carried.digests],
+        payload_type=carried.payload_type,
+        payload=carried.payload,
+    )
+    real = review.fetch(load_profile(shared.env.profile_path("alice")), made.id)
+    other_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    other = PayloadKey(served.key.algorithm, other_pem, created, now)
+    forged, _ = document_request("binary", [("app.tar", [mine.read_bytes()])], other, "sha256")
+    lying = types_pb2.SigningRequest()
+    lying.CopyFrom(real)
+    lying.payload = forged.payload
+    del lying.digests[:]
+    lying.digests.extend(digest_pb(d) for d in forged.digests)
+    monkeypatch.setattr(cli, "fetch", lambda profile, rid: lying)
+    profile = ["--profile", str(shared.env.profile_path("alice"))]
+    shown = CliRunner().invoke(cli.main, ["show", made.id, "--file", str(mine), *profile])
+    assert shown.exit_code == 1, shown.output
+    assert "ANOTHER KEY" in shown.output
+    assert "not the key it is signed with" in shown.output
+    monkeypatch.setattr(cli, "fetch", lambda profile, rid: real)
+    honest = CliRunner().invoke(cli.main, ["show", made.id, "--file", str(mine), *profile])
+    assert honest.exit_code == 0, honest.output
+    assert "ANOTHER KEY" not in honest.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -28,7 +29,9 @@ from signer.errors import (
     SignerError,
     TooLargeError,
 )
-from signer.model import Digest, KeySpec
+from signer.formats.base import PayloadKey
+from signer.formats.openpgp import document_request
+from signer.model import Digest, KeySpec, State
 from tests.core_world import MIN, snapshot
 from tests.core_world import world as world  # a fixture
 from tests.fakes import World, sha256_digest
@@ -231,3 +234,35 @@ def test_odd_but_signed_envelopes_are_envelope_errors(world: World, form: str) -
     with pytest.raises(EnvelopeError):
         world.core.decide("bob", r.id, env, "deny")
     assert snapshot(world) == before
+
+
+def test_a_payload_that_no_longer_passes_for_the_loaded_key_is_not_signed(world: World) -> None:
+    """The signing server checks a carried payload again, for the key as it loaded it: an
+    OpenPGP request made while the key had one creation time, approved and then signed by
+    a server whose token keeps another (a replica restored apart), fails instead of
+    releasing a signature whose issuer is not that key's fingerprint."""
+    created = int(world.clock().timestamp()) - 3600
+    world.keys["release"] = replace(world.keys["release"], openpgp_created=created)
+    world.restart()
+    spec = world.keys["release"]
+    key = PayloadKey(
+        spec.algorithm.name, spec.public_key_pem, created, int(world.clock().timestamp())
+    )
+    carried, _ = document_request("binary", [("app.tar", [b"the release"])], key, "sha256")
+    request = world.core.create(
+        "ci",
+        "release",
+        list(carried.digests),
+        {"repository": "org/app"},
+        None,
+        payload_type=carried.payload_type,
+        payload=carried.payload,
+    )
+    world.keys["release"] = replace(spec, openpgp_created=created + 1)
+    world.restart()
+    world.approve("alice", request)
+    world.approve("bob", request)
+    failed = world.get(request.id)
+    assert failed.state is State.FAILED and not failed.signatures
+    assert "does not pass its format's check" in failed.status_message
+    assert f"creation time is {created + 1}, the request says {created}" in failed.status_message

@@ -444,7 +444,8 @@ def test_unsuitable_keys_are_refused_naming_the_key_types_to_use(
     shared: Running, tmp_path: Path
 ) -> None:
     """An RSA-PSS key cannot make OpenPGP signatures: refused before anything is sent,
-    naming rsa-pkcs1-* and ecdsa-*; `signer keys openpgp` refuses it too."""
+    naming rsa-pkcs1-* and ecdsa-*; `signer keys openpgp` refuses it too, and refuses to
+    overwrite an existing --out without --yes before the officers are asked."""
     f = tmp_path / "a.tar"
     f.write_bytes(b"x")
     got = CliRunner().invoke(
@@ -461,6 +462,11 @@ def test_unsuitable_keys_are_refused_naming_the_key_types_to_use(
     args = [*SIGNER, "keys", "openpgp", "--config", str(shared.env.config), *_ci(shared)]
     made = run([*args, "--name", "k-rsa-pss-3072", "--uid", UID], check=False)
     assert made.returncode == 1 and "ecdsa-p256" in made.stderr
+    kept = tmp_path / "release.asc"
+    kept.write_text("the certificate published last year\n")
+    again = run([*args, "--name", "release", "--uid", UID, "--out", str(kept)], check=False)
+    assert again.returncode == 2 and "exists; give --yes" in again.stderr
+    assert kept.read_text() == "the certificate published last year\n"
 
 
 def test_digests_instead_of_files_are_refused() -> None:

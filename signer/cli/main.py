@@ -257,6 +257,7 @@ def keys_openpgp_created(config_path: Path, name: str, set_to: int | None) -> No
 @click.option("--name", required=True, help="The signing key (rsa-pkcs1-* or ecdsa-*).")
 @click.option("--uid", required=True, help='The user ID, e.g. "Release <rel@example.org>".')
 @click.option("--out", type=click.Path(path_type=Path), help="Write the armored certificate here.")
+@click.option("--yes", is_flag=True, help="Overwrite --out if it exists.")
 @click.option("--timeout", default="15m", show_default=True, help="How long to wait.")
 @handle_errors
 def keys_openpgp(
@@ -265,6 +266,7 @@ def keys_openpgp(
     name: str,
     uid: str,
     out: Path | None,
+    yes: bool,
     timeout: str,
 ) -> None:
     """Make the key's OpenPGP certificate: its public key with the creation time the token
@@ -277,11 +279,14 @@ def keys_openpgp(
         raise click.BadParameter(str(e), param_hint="--timeout") from None
     if not is_artifact_name(uid):
         raise click.BadParameter(f"a user ID is one line {DISPLAY_RULE}", param_hint="--uid")
+    if out is not None and out.exists() and not yes:  # before the officers are asked
+        raise click.BadParameter(f"{out} exists; give --yes to overwrite it", param_hint="--out")
     config = load_config(config_path)
     token = open_token(config)
     try:
         key = token.key(name)
-        openpgp_algorithm(key.algorithm.name if key.algorithm else "", name)
+        algorithm_name = key.algorithm.name if key.algorithm else ""
+        openpgp_algorithm(algorithm_name, name)
         created = openpgp_keys.creation_time(token, name)
     finally:
         token.close()
@@ -295,7 +300,7 @@ def keys_openpgp(
         served = workflow.public_key(profile, stub, name)
         if workflow.checked_key(served, name) != key.public_key_pem:
             raise ResponseMismatchError(f"the server's key {name} is not the one in the token")
-        signing = PayloadKey(served.algorithm, key.public_key_pem, created, int(time.time()))
+        signing = PayloadKey(algorithm_name, key.public_key_pem, created, int(time.time()))
         if served.openpgp_created != created:
             raise ResponseMismatchError(
                 f"the server gives key {name} OpenPGP creation time {served.openpgp_created}, "

@@ -5,7 +5,9 @@ event hook). Upholds:
 
 - (2) the quorum is checked again (`quorum.quorum`, under the policy loaded now)
   right before the token is called; a quorum that no longer holds fails the
-  request instead of signing it;
+  request instead of signing it; so does a carried payload that no longer passes
+  its format's check for the key as loaded here, at the request's own time (a
+  replica whose token keeps another OpenPGP creation time, say);
 - (3) the signatures are stored and `request.signed` appended in one
   transaction: a signature whose entry cannot be written is never returned;
 - (9) one signer per request at a time in this process, and a request no
@@ -28,10 +30,10 @@ import structlog
 from signer.algorithms import KeyAlgorithm
 from signer.approval.keys import ApprovalKey
 from signer.core.events import Event, Hook, Kind
-from signer.core.intake import Limits, find_request
+from signer.core.intake import Limits, check_payload, find_request
 from signer.core.policy import KeyPolicy
 from signer.core.quorum import quorum
-from signer.errors import TokenError
+from signer.errors import InvalidArgumentError, TokenError, TooLargeError
 from signer.model import KeySpec, Request, State
 from signer.store.base import Tx
 
@@ -116,6 +118,18 @@ class Signing:
         spec = self.keys.get(request.key_name)
         if approvers is None or spec is None:
             self._fail(request, "the quorum no longer holds under the loaded policy")
+            return None
+        try:  # as at intake, for the key as this server loaded it (another replica's?)
+            check_payload(
+                request.payload_type,
+                request.payload,
+                list(request.digests),
+                spec,
+                self.limits,
+                request.created,
+            )
+        except (InvalidArgumentError, TooLargeError) as e:
+            self._fail(request, f"its payload does not pass its format's check for this key: {e}")
             return None
         started = time.perf_counter()
         try:

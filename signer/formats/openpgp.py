@@ -46,6 +46,7 @@ from cryptography.exceptions import InvalidSignature
 
 from signer import pgp, sha2
 from signer.algorithms import ALGORITHMS
+from signer.approval.keys import spki_key_id
 from signer.encoding import canonical_json
 from signer.errors import ConfigError, InvalidArgumentError, TooLargeError, VerificationError
 from signer.formats._payload import artifact_items, lower_hex, strict_json
@@ -376,6 +377,22 @@ def _fpr(fpr: bytes) -> str:
     return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
 
 
+def _key_id(key_body: bytes) -> str:
+    """The key id (hex SHA-256 of the SPKI DER) of the public key in an OpenPGP key body,
+    "" if it holds none this service makes."""
+    try:
+        return spki_key_id(pgp.public_key_of(key_body))
+    except (ValueError, TypeError):
+        return ""
+
+
+def _foreign_key(described: Mapping[str, Any]) -> bool:
+    """Whether the request's OpenPGP key is not the key the request is signed with (its
+    key id, beside the payload in a shown request)."""
+    o = described["openpgp"]
+    return "key_id" in described and o.get("key_id") != described["key_id"]
+
+
 def document_request(
     mode: str,
     files: Sequence[tuple[str, Iterable[bytes]]],
@@ -567,6 +584,7 @@ class OpenPgpFormat(OutputFormat):
             "signature_created": _when(h.created),
             "hash_algorithm": h.hash_algorithm,
             "issuer_is_key": h.issuer_fingerprint == request.fingerprint,
+            "key_id": _key_id(request.key),
         }
         try:
             request.check(PayloadKey(algorithm))  # what can be checked without the server
@@ -613,6 +631,8 @@ class OpenPgpFormat(OutputFormat):
                 )
                 for i, a in enumerate(o["claimed_artifacts"])
             ]
+        if _foreign_key(described):
+            rows.append(("key check", "ANOTHER KEY than the one it is signed with; do not approve"))
         if not described["payload_matches_digest"]:
             why = f" ({o['problem']})" if "problem" in o else ""
             check = (
@@ -633,9 +653,15 @@ class OpenPgpFormat(OutputFormat):
     def problems(self, described: Mapping[str, Any]) -> list[str]:
         if "openpgp" not in described:
             return [f"the OpenPGP request cannot be shown: {described['openpgp_error']}"]
+        problems = []
+        if _foreign_key(described):
+            problems.append(
+                "the OpenPGP key in the request is not the key it is signed with: its "
+                "fingerprint is not that key's"
+            )
         if not described["payload_matches_digest"]:
-            return ["the digests to sign do not follow from the OpenPGP request shown"]
-        return []
+            problems.append("the digests to sign do not follow from the OpenPGP request shown")
+        return problems
 
     def targets(
         self, out: Path | None, files: Sequence[Path], payload: bytes = b""
