@@ -22,6 +22,7 @@ import click
 
 from approver.decide import decide, unshowable
 from approver.errors import ApproverError
+from approver.policy import policy
 from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
 from signer import __version__
 from signer.approval.files import generate
@@ -207,6 +208,9 @@ def deny(
 ) -> None:
     """Deny a request; one denial ends it."""
     decide(profile_path, server, request_id, "deny", reason, yes)
+
+
+main.add_command(policy)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,10 +37,10 @@ from signer.parsing import read_secret
 from signer.text import is_displayable
 from signer.v1 import approval_pb2, approval_pb2_grpc
 
-__all__ = ["decide", "unshowable"]
+__all__ = ["approval_key", "decide", "unshowable"]
 
 
-def _approval_key(profile: Profile) -> ApprovalSigner:
+def approval_key(profile: Profile) -> ApprovalSigner:
     if profile.approval_key is None:
         raise ConfigError(f"profile {profile.path} has no approval_key")
     passphrase = None
@@ -113,7 +113,7 @@ def decide(
     """Show the whole request, ask, sign a statement built from what was shown, send it.
     With `files` (the officer's own copies), an approval needs each to be one it signs."""
     profile = load_profile(profile_path, server)
-    key = _approval_key(profile)
+    key = approval_key(profile)
     d = request_dict(fetch(profile, request_id))
     _, file_rows, file_problems = check_files(d, files)
     describe(d, page=None, extra=file_rows)

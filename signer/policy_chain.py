@@ -38,11 +38,14 @@ from signer.errors import EnvelopeError, PolicyChainError
 
 __all__ = [
     "PAYLOAD_TYPE",
+    "PROPOSAL_TYPE",
     "Officers",
     "PolicyApproval",
+    "Proposal",
     "Version",
     "check_chain",
     "check_next",
+    "diff",
     "sign_approval",
 ]
 
@@ -182,6 +185,78 @@ class Version:
         return distinct_approvers(valid)
 
 
+PROPOSAL_TYPE = "signer policy proposal v1"
+MAX_PROPOSAL_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What officers are asked to approve: version `number` with `document`, after the
+    version whose hash is `previous_sha256` (its document beside it, for the diff)."""
+
+    number: int
+    previous_sha256: str
+    document: Mapping[str, Any]
+    previous_document: Mapping[str, Any] | None
+
+    @property
+    def version(self) -> Version:
+        return Version(self.number, self.document, self.previous_sha256, ())
+
+    @property
+    def sha256(self) -> str:
+        return self.version.sha256
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": PROPOSAL_TYPE,
+            "version": self.number,
+            "sha256": self.sha256,
+            "previous_sha256": self.previous_sha256,
+            "document": dict(self.document),
+            "previous_document": (
+                dict(self.previous_document) if self.previous_document is not None else None
+            ),
+        }
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Proposal:
+        """A proposal file, strictly; ValueError naming what is wrong."""
+        if len(raw) > MAX_PROPOSAL_BYTES:
+            raise ValueError(f"larger than {MAX_PROPOSAL_BYTES} bytes")
+        try:
+            d = json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ValueError(f"not JSON: {str(e)[:200]}") from None
+        fields = {"type", "version", "sha256", "previous_sha256", "document", "previous_document"}
+        if not isinstance(d, dict) or set(d) != fields or d["type"] != PROPOSAL_TYPE:
+            raise ValueError(f"not a {PROPOSAL_TYPE} (fields: {', '.join(sorted(fields))})")
+        number, previous, document, before = (
+            d["version"],
+            d["previous_sha256"],
+            d["document"],
+            d["previous_document"],
+        )
+        if type(number) is not int or number < 1:
+            raise ValueError("version must be a positive integer")
+        if not isinstance(previous, str) or not isinstance(document, dict):
+            raise ValueError("previous_sha256 must be a string and document an object")
+        if (number == 1) != (before is None) or not isinstance(before, dict | None):
+            raise ValueError("previous_document must be an object, null only for version 1")
+        if number == 1 and previous:
+            raise ValueError("version 1 follows no version")
+        if before is not None and _sha256(before) != previous:
+            raise ValueError("previous_document is not the version whose hash it names")
+        proposal = cls(number, previous, document, before)
+        if d["sha256"] != proposal.sha256:
+            raise ValueError("sha256 is not the document's")
+        return proposal
+
+
+def _sha256(document: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(dict(document))).hexdigest()
+
+
 def check_next(previous: Version | None, version: Version) -> tuple[str, ...]:
     """Raise PolicyChainError unless `version` is exactly the next link after `previous`
     (None: `version` is the first); return who approved it. The message names what is
@@ -252,3 +327,29 @@ def sign_approval(
         version.number, version.sha256, version.previous_sha256, officer, now
     )
     return sign_payload(PAYLOAD_TYPE, statement.to_bytes(), signer)
+
+
+def _flat(value: Any, path: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict) and value:
+        for k in sorted(value):
+            _flat(value[k], f"{path}.{k}" if path else str(k), out)
+    else:
+        out[path] = json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def diff(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any]
+) -> list[tuple[str, str | None, str | None]]:
+    """What changes from policy `before` to `after`: (dotted path, old value, new value),
+    a value as JSON, None where the path is absent; sorted by path. Every path of
+    `after` if there is no `before` (version 1)."""
+    old: dict[str, str] = {}
+    new: dict[str, str] = {}
+    if before is not None:
+        _flat(dict(before), "", old)
+    _flat(dict(after), "", new)
+    return [
+        (path, old.get(path), new.get(path))
+        for path in sorted(set(old) | set(new))
+        if old.get(path) != new.get(path)
+    ]

@@ -11,6 +11,7 @@ checkpoint against it with the env's pinned audit verifier.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import sqlite3
 import tomllib
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ from signer.approval.keys import ApprovalSigner
 from signer.audit import merkle
 from signer.audit.note import open_checkpoint
 from signer.client.profile import Profile, load_profile
-from signer.server.config import StoreConfig
+from signer.core import policy_log
+from signer.errors import ConfigError, PolicyChainError
+from signer.policy_chain import Officers, Version, sign_approval
+from signer.server.config import StoreConfig, load_config
 from signer.store import Store
 from signer.store.factory import open_store
 from signer.tls import DevCA, write_private
@@ -138,8 +142,51 @@ class Env:
     def read_config(self) -> dict[str, Any]:
         return tomllib.loads(self.config.read_text())
 
-    def write_config(self, cfg: dict[str, Any]) -> None:
+    def write_config(self, cfg: dict[str, Any], adopt: bool = True) -> None:
+        """Write the config; with `adopt`, make its policy the version in force as the
+        officers would (`adopt_policy`). Without it, the server refuses an edited policy."""
         self.config.write_text(tomli_w.dumps(cfg))
+        if adopt:
+            self.adopt_policy()
+
+    def adopt_policy(self) -> None:
+        """Make this config's policy the next version of the chain, approved by every
+        officer of the version in force and of the new one whose approval key this env
+        holds (`approver policy approve`), adopted with `signer policy adopt`. Nothing
+        if it is the version in force already, or if the config does not load (the
+        server refuses it for that)."""
+        try:
+            config = load_config(self.config)
+        except ConfigError:
+            return
+        store = self.store.open()
+        try:
+            with store.transaction() as tx:
+                chain = policy_log.read_chain(tx)
+        finally:
+            store.close()
+        last = chain[-1] if chain else None
+        if last is not None and last.sha256 == config.policy_hash:
+            return
+        version = Version(
+            last.number + 1 if last else 1,
+            config.policy_document,
+            last.sha256 if last else "",
+            (),
+        )
+        officers = set(config.policy_officers)
+        if last is not None:
+            with contextlib.suppress(PolicyChainError):
+                officers |= set(Officers.of(last.document).names)
+        now = dt.datetime.now(dt.UTC)
+        args = []
+        for name in sorted(officers):
+            key = self.root / "approvers" / f"{name}.key"
+            if key.exists():
+                path = self.root / f"policy-v{version.number}-{name}.approval"
+                path.write_bytes(sign_approval(version, name, load_signer(key, None), now))
+                args += ["--approval", str(path)]
+        run([*SIGNER, "policy", "adopt", "--config", str(self.config), *args])
 
     def ca(self) -> DevCA:
         return DevCA.load(

@@ -166,6 +166,7 @@ def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
         "signed": 1,
         "approvals": 2,
         "policies": 1,
+        "policy_versions": 0,
     }
 
 

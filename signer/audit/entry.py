@@ -32,6 +32,8 @@ EVENTS = (
     "request.cancelled",
     "call.rejected",
     "audit.head_reset",
+    "policy.proposed",
+    "policy.adopted",
 )
 
 

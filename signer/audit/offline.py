@@ -47,13 +47,21 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
+from signer.core import policy_log
 from signer.core.policy import KeyPolicy
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
-from signer.errors import EnvelopeError, SignerError, StatementMismatchError, VerificationError
+from signer.errors import (
+    EnvelopeError,
+    PolicyChainError,
+    SignerError,
+    StatementMismatchError,
+    VerificationError,
+)
 from signer.fields import field, strings, typed
 from signer.model import Digest, TokenCaller, may_decide
+from signer.policy_chain import Version, check_next
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
@@ -137,6 +145,7 @@ class Report:
     signed: int = 0
     approvals: int = 0
     policies: int = 0
+    policy_versions: int = 0  # links of the policy chain, each checked as the next
 
 
 @dataclass(frozen=True)
@@ -265,6 +274,7 @@ class _Semantics:
         self.report = report
         self.policy = _Policy({}, {})
         self.requests: dict[str, _Request] = {}
+        self.chain: Version | None = None  # the policy version in force, once there is one
 
     def check(self, e: AuditEntry) -> None:
         if e.event not in EVENTS:
@@ -278,8 +288,22 @@ class _Semantics:
         policy_hash = field(e.details, "policy_hash", str, "details")
         if hashlib.sha256(canonical_json(policy)).hexdigest() != policy_hash:
             raise ValueError("the recorded policy does not match its policy_hash")
+        if self.chain is not None and policy_hash != self.chain.sha256:
+            raise ValueError(
+                f"the server started under a policy that is not version {self.chain.number} "
+                "in force: the officers never approved it"
+            )
         self.policy = _Policy.parse(policy)
         self.report.policies += 1
+
+    def _policy_adopted(self, e: AuditEntry) -> None:
+        try:
+            version = policy_log.version_of(e.details, e.index)
+            check_next(self.chain, version)
+        except PolicyChainError as x:
+            raise ValueError(f"the policy chain breaks here: {x}") from None
+        self.chain = version
+        self.report.policy_versions += 1
 
     def _key_policy(self, key_name: str) -> KeyPolicy:
         policy = self.policy.keys.get(key_name)

@@ -274,5 +274,6 @@ def audit_verify(directory: Path, vkey: str, as_json: bool) -> None:
     click.echo(
         f"OK: {report.entries} entries, {report.checkpoints} checkpoints signed by "
         f"{verifier.name}; {report.signed} signatures each backed by a valid quorum "
-        f"({report.approvals} approvals verified, {report.policies} policies in force)"
+        f"({report.approvals} approvals verified, {report.policies} policies in force, "
+        f"{report.policy_versions} policy versions chained)"
     )

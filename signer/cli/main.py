@@ -22,7 +22,7 @@ import click
 
 from signer import __version__, logs, pgp
 from signer.algorithms import ALGORITHMS, algorithm
-from signer.cli import audit, dropins, requester, verify
+from signer.cli import audit, dropins, policy, requester, verify
 from signer.cli._common import config_opt, emit
 from signer.cli._outputs import obtain
 from signer.cli.kit import (
@@ -331,5 +331,6 @@ main.add_command(requester.cancel)
 main.add_command(requester.public_key)
 main.add_command(verify.verify)
 main.add_command(audit.audit)
+main.add_command(policy.policy)
 main.add_command(dropins.ssh_keygen)
 main.add_command(dropins.gpg)

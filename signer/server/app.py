@@ -42,10 +42,12 @@ from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
 from signer.bounds import RateLimit
+from signer.core import policy_log
 from signer.core.machine import Core
 from signer.errors import ConfigError, SignerError
 from signer.model import KeySpec
-from signer.server import openpgp_keys
+from signer.policy_chain import Version
+from signer.server import openpgp_keys, policy_admin
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.auth import DEFAULT_RULES, AuthInterceptor
 from signer.server.config import Config
@@ -98,6 +100,16 @@ def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
     return keys
 
 
+def _policy_in_force(config: Config, token: Token, store: Store) -> Version | None:
+    """The policy version in force, read only from a log the token's tree head vouches
+    for (a database restored or edited behind the server's back is refused first)."""
+    with store.transaction() as tx:
+        status = checkpointer_for(config, token).status(tx)
+        if status.problem is not None:
+            raise status.problem
+        return policy_log.in_force(tx)
+
+
 @dataclass
 class Server:
     config: Config
@@ -124,6 +136,7 @@ class Server:
         try:
             keys = load_keys(config, token)
             store = open_store(config.store)
+            policy_admin.check_config(config, _policy_in_force(config, token, store))
             metrics_port = 0
             if config.server.metrics_listen is not None:
                 metrics = Metrics(store, token)

@@ -36,6 +36,7 @@ from signer.server.policy_config import (
     _identities,
     _issuers,
     _keys,
+    _policy_officers,
     _record_rule_claims,
 )
 
@@ -106,6 +107,8 @@ class Config:
     access: Mapping[str, frozenset[str]] = field(default_factory=dict)
     log_format: str = "auto"
     issuers: Mapping[str, IssuerConfig] = field(default_factory=dict)
+    policy_officers: tuple[str, ...] = ()
+    policy_threshold: int = 1
 
     @property
     def store_path(self) -> Path:
@@ -144,6 +147,7 @@ class Config:
             "access": {m: sorted(r) for m, r in self.access.items()},
             "audit_key": self.audit_key,
             "oidc": {n: i.as_dict() for n, i in sorted(self.issuers.items())},
+            "policy": {"officers": list(self.policy_officers), "threshold": self.policy_threshold},
         }
         return policy
 
@@ -175,6 +179,7 @@ def load_config(path: Path) -> Config:
         "keys",
         "access",
         "oidc",
+        "policy",
     )
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
@@ -192,6 +197,7 @@ def load_config(path: Path) -> Config:
         n: _record_rule_claims(i, [r for p in keys.values() for r in p.oidc if r.issuer == n])
         for n, i in issuers.items()
     }
+    officers, officers_threshold = _policy_officers(top.sub("policy"), approver_keys)
     audit = top.sub("audit")
     audit.only("key", "origin")
     audit_key = audit.get("key", str)
@@ -221,6 +227,8 @@ def load_config(path: Path) -> Config:
         access=_access(top.sub("access", required=False)),
         log_format=log_format,
         issuers=issuers,
+        policy_officers=officers,
+        policy_threshold=officers_threshold,
     )
 
 

@@ -5,20 +5,25 @@ Creates a SoftHSM token with a `release` signing key (ecdsa-p256) and an
 the server, the CI client `ci`, officers `alice`, `bob`, `carol`, the
 `auditor` and `admin` (the CA key stays in tls/ca.key, 0600, to issue
 more); the officers' approval keys; `signer.toml` (2-of-3 on
-`release`); a client profile per identity in `profiles/`; and
+`release`, the same three approving policy changes) and its policy as version 1
+of the policy chain, approved by them; a client profile per identity in `profiles/`; and
 `trust/release.toml`, what a consumer pins to verify evidence bundles. Every secret
 (PINs, private keys) is a 0600 file; nothing secret is printed.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 from signer.algorithms import algorithm
 from signer.approval import files as approval_keys
 from signer.errors import ConfigError
+from signer.policy_chain import Version, sign_approval
+from signer.server import policy_admin
 from signer.server.admin import audit_verifier, generate_key
+from signer.server.config import load_config
 from signer.tls import DevCA, write_private
 from signer.token import softhsm
 
@@ -85,6 +90,16 @@ def init_devenv(
     config_path = root / "signer.toml"
     generate_key(config_path, "audit", algorithm("ed25519"), actor="signer init")
     release = generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
+    # Policy version 1, approved by its officers (whose keys this environment holds).
+    version = Version(1, load_config(config_path).policy_document, "", ())
+    now = dt.datetime.now(dt.UTC)
+    approvals = [
+        sign_approval(
+            version, o, approval_keys.load_signer(root / "approvers" / f"{o}.key", None), now
+        )
+        for o in OFFICERS
+    ]
+    policy_admin.adopt(config_path, approvals, actor="signer init")
     verifier = audit_verifier(config_path)
     (root / "trust" / "release.pem").write_text(release.public_key_pem)
     (root / "trust" / "release.toml").write_text(_trust(verifier))
@@ -134,6 +149,12 @@ format = "auto"                # json | console | auto (console on a terminal)
 # officer -> Ed25519 public key that must sign their approvals
 [approvers]
 {keys}
+
+# who approves a change to everything above and below (a new policy version):
+# a threshold of these officers of the version in force and of the new one
+[policy]
+officers = [{approvers}]
+threshold = 2
 
 [keys.release]
 algorithm = "ecdsa-p256"

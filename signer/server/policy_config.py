@@ -359,3 +359,27 @@ def _access(r: _Reader) -> dict[str, frozenset[str]]:
             raise r.error(method, f"unknown role {bad[0]!r}; roles are {', '.join(ROLES)} or *")
         out[method] = frozenset(roles)
     return out
+
+
+def _policy_officers(
+    r: _Reader, approver_keys: Mapping[str, ApprovalKey]
+) -> tuple[tuple[str, ...], int]:
+    """`[policy]`: the officers who approve changes to the policy, and how many must."""
+    r.only("officers", "threshold")
+    officers = r.names("officers")
+    if not officers:
+        raise r.error("officers", "name at least one officer who approves policy changes")
+    if len(set(officers)) != len(officers):
+        raise r.error("officers", "lists an officer twice")
+    for o in officers:
+        if o not in approver_keys:
+            raise r.error(
+                "officers", f'{o!r} has no public key; add `{o} = "PATH"` under [approvers]'
+            )
+    threshold = r.get("threshold", int)
+    if type(threshold) is not int or not 1 <= threshold <= len(officers):
+        raise r.error(
+            "threshold",
+            f"is {threshold} with {len(officers)} officers; set 1 <= threshold <= {len(officers)}",
+        )
+    return tuple(officers), threshold

@@ -1,0 +1,140 @@
+"""The policy chain in the audit log (DESIGN §11): where each version is kept.
+
+Each version in force is one `policy.adopted` entry: its number, the hash of the
+version before it, the whole document and the officers' approval envelopes. The
+chain is nothing but those entries in log order, so it is as tamper-evident as the
+log (checkpoints signed by the audit key, its tree head kept in the token) and an
+auditor walks it offline with the same `signer.policy_chain.check_next` the server
+applies. A proposed change is a `policy.proposed` entry: visible in the log before
+any officer decides.
+
+Read a chain only from a log the token's tree head says is the one it signed
+(`Checkpointer.status`); an entry appended behind the server's back still needs the
+officers' approvals to count.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from signer.audit.entry import AuditEntry
+from signer.errors import PolicyChainError
+from signer.policy_chain import Version, check_chain, check_next
+from signer.store.base import AuditFilter, Tx
+
+__all__ = [
+    "ADOPTED",
+    "MAX_APPROVALS",
+    "PROPOSED",
+    "adopt",
+    "details_of",
+    "in_force",
+    "read_chain",
+    "version_of",
+    "walk",
+]
+
+ADOPTED = "policy.adopted"
+PROPOSED = "policy.proposed"
+MAX_APPROVALS = 64  # envelopes kept with one version
+_PAGE = 200
+
+
+def details_of(version: Version, approvers: Sequence[str]) -> dict[str, Any]:
+    """A version as its `policy.adopted` entry records it."""
+    return {
+        "version": version.number,
+        "sha256": version.sha256,
+        "previous_sha256": version.previous_sha256,
+        "document": dict(version.document),
+        "approvals": [base64.b64encode(a).decode() for a in version.approvals],
+        "approvers": list(approvers),
+    }
+
+
+def version_of(details: Mapping[str, Any], index: int) -> Version:
+    """The version a `policy.adopted` entry (at log `index`) records; PolicyChainError
+    naming the entry if it is not one."""
+    try:
+        number, document = details["version"], details["document"]
+        previous, approvals = details["previous_sha256"], details["approvals"]
+        if type(number) is not int or not isinstance(document, dict):
+            raise TypeError("version or document")
+        if not isinstance(previous, str) or not isinstance(approvals, list):
+            raise TypeError("previous_sha256 or approvals")
+        if len(approvals) > MAX_APPROVALS:
+            raise ValueError(f"more than {MAX_APPROVALS} approvals")
+        raw = tuple(base64.b64decode(a, validate=True) for a in approvals)
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise PolicyChainError(f"audit entry {index} is not a policy version: {e}") from None
+    version = Version(number, document, previous, raw)
+    if details.get("sha256") != version.sha256:
+        raise PolicyChainError(f"audit entry {index}: its policy hash is not its document's")
+    return version
+
+
+def _adopted(tx: Tx) -> list[AuditEntry]:
+    entries: list[AuditEntry] = []
+    after = -1
+    while True:
+        page = tx.list_audit(AuditFilter(event=ADOPTED), after, _PAGE)
+        entries += page
+        if len(page) < _PAGE:
+            return entries
+        after = page[-1].index
+
+
+def read_chain(tx: Tx) -> list[Version]:
+    """Every policy version the log holds, oldest first (not yet checked as a chain)."""
+    return [version_of(e.details, e.index) for e in _adopted(tx)]
+
+
+def walk(tx: Tx) -> list[tuple[Version, tuple[str, ...], AuditEntry]]:
+    """Every version in force in turn, each checked as the next link from version 1:
+    who approved it (recounted, not read from the entry), and its entry.
+    PolicyChainError at the first bad link."""
+    out: list[tuple[Version, tuple[str, ...], AuditEntry]] = []
+    previous: Version | None = None
+    for entry in _adopted(tx):
+        version = version_of(entry.details, entry.index)
+        out.append((version, check_next(previous, version), entry))
+        previous = version
+    return out
+
+
+def in_force(tx: Tx, pinned_sha256: str = "") -> Version | None:
+    """The policy version in force: the last of a chain that holds from version 1 (or
+    from the pinned version); None if the log holds none yet. PolicyChainError at the
+    first bad link."""
+    versions = read_chain(tx)
+    return check_chain(versions, pinned_sha256) if versions else None
+
+
+def adopt(
+    tx: Tx,
+    document: Mapping[str, Any],
+    approvals: Sequence[bytes],
+    actor: str,
+    now: dt.datetime,
+) -> Version:
+    """Append `document` as the next version after the one in force, if `approvals`
+    make it the next link (`check_next`); PolicyChainError naming what is missing if not,
+    and nothing is written."""
+    if len(approvals) > MAX_APPROVALS:
+        raise PolicyChainError(f"{len(approvals)} approvals; at most {MAX_APPROVALS} are kept")
+    previous = in_force(tx)
+    version = Version(
+        previous.number + 1 if previous else 1,
+        dict(document),
+        previous.sha256 if previous else "",
+        tuple(dict.fromkeys(approvals)),
+    )
+    if previous is not None and previous.sha256 == version.sha256:
+        raise PolicyChainError(f"this policy is version {previous.number}, already in force")
+    approvers = check_next(previous, version)
+    tx.append_audit(now, ADOPTED, actor, "", "", details_of(version, approvers))
+    return version

@@ -1,0 +1,138 @@
+"""The operator's side of the policy chain (DESIGN §11), on the token and the store.
+
+A change is made in three steps, none of which the operator can do alone:
+
+1. `propose`: the new `signer.toml` is read and validated; its policy becomes a
+   proposal (`Proposal`: the next version number, the hash of the version in
+   force, the whole new document and the one before it), written to a file for
+   the officers and recorded as a `policy.proposed` audit entry;
+2. each officer reviews it with `approver policy show` (the diff and the whole
+   document) and signs it with `approver policy approve`;
+3. `adopt`: with the approvals of a threshold of the officers of the version in
+   force and of the new one, the new document becomes the next version
+   (`signer.core.policy_log.adopt`), recorded in the log in one transaction with
+   its checkpoint. Without them nothing is written, and the error names whose
+   approvals are missing.
+
+The chain is read only from a log the token's tree head vouches for, and the
+server refuses to start on a `signer.toml` whose policy is not the version in force
+(`check_config`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from signer.audit.checkpoint import Checkpointer
+from signer.core import policy_log
+from signer.errors import ConfigError
+from signer.policy_chain import Proposal, Version
+from signer.server.admin import checkpointer_for, open_token
+from signer.server.config import Config, load_config
+from signer.store import Store, Tx
+from signer.store.factory import open_store
+
+__all__ = [
+    "adopt",
+    "check_config",
+    "history",
+    "in_force",
+    "propose",
+]
+
+
+@contextlib.contextmanager
+def _trusted_tx(config: Config) -> Iterator[tuple[Checkpointer, Tx]]:
+    """A store transaction on a log the token's tree head vouches for (else the head's
+    error, before any policy is read from it), with the audit checkpointer."""
+    token = open_token(config)
+    try:
+        store: Store = open_store(config.store)
+        try:
+            with store.transaction() as tx:
+                checkpointer = checkpointer_for(config, token)
+                status = checkpointer.status(tx)
+                if status.problem is not None:
+                    raise status.problem
+                yield checkpointer, tx
+        finally:
+            store.close()
+    finally:
+        token.close()
+
+
+def in_force(config_path: Path) -> Version | None:
+    """The policy version in force in the store `config_path` names (None: none yet)."""
+    with _trusted_tx(load_config(config_path)) as (_, tx):
+        return policy_log.in_force(tx)
+
+
+def history(config_path: Path) -> list[tuple[Version, tuple[str, ...], dt.datetime]]:
+    """Every version in force in turn, checked as a chain: who approved it, and when."""
+    with _trusted_tx(load_config(config_path)) as (_, tx):
+        return [(v, who, e.time) for v, who, e in policy_log.walk(tx)]
+
+
+def propose(config_path: Path, new_path: Path, actor: str) -> Proposal:
+    """The next version with `new_path`'s policy (a whole new `signer.toml`, validated as
+    the server would), recorded as a `policy.proposed` entry."""
+    config = load_config(config_path)
+    new = load_config(new_path)
+    with _trusted_tx(config) as (checkpointer, tx):
+        current = policy_log.in_force(tx)
+        if current is not None and current.sha256 == new.policy_hash:
+            raise ConfigError(f"{new_path}: its policy is version {current.number}, in force")
+        proposal = Proposal(
+            current.number + 1 if current else 1,
+            current.sha256 if current else "",
+            new.policy_document,
+            current.document if current else None,
+        )
+        tx.append_audit(
+            dt.datetime.now(dt.UTC),
+            policy_log.PROPOSED,
+            actor,
+            "",
+            "",
+            {
+                "version": proposal.number,
+                "sha256": proposal.sha256,
+                "previous_sha256": proposal.previous_sha256,
+                "document": dict(proposal.document),
+            },
+        )
+        checkpointer.cover(tx)
+    return proposal
+
+
+def adopt(config_path: Path, approvals: Sequence[bytes], actor: str) -> Version:
+    """Make `config_path`'s policy the next version, with these officers' approvals;
+    PolicyChainError naming whose are missing, and nothing written, if they do not."""
+    config = load_config(config_path)
+    with _trusted_tx(config) as (checkpointer, tx):
+        version = policy_log.adopt(
+            tx, config.policy_document, approvals, actor, dt.datetime.now(dt.UTC)
+        )
+        checkpointer.cover(tx)
+    return version
+
+
+def check_config(config: Config, in_force: Version | None) -> None:
+    """Refuse a config whose policy is not the version in force: an edited policy does
+    nothing but stop the start, naming the way a change is made."""
+    if in_force is None:
+        raise ConfigError(
+            f"{config.path}: the store holds no policy version yet; version 1 must be "
+            "approved by its [policy] officers: `signer policy propose`, `approver policy "
+            "approve`, `signer policy adopt` (see docs/policy.md)"
+        )
+    if config.policy_hash != in_force.sha256:
+        raise ConfigError(
+            f"{config.path}: its policy ({config.policy_hash[:16]}...) is not version "
+            f"{in_force.number} in force ({in_force.sha256[:16]}...); nothing is signed under "
+            "a policy the officers did not approve: propose the change with `signer policy "
+            "propose`, or restore the file of the version in force"
+        )

@@ -1,0 +1,242 @@
+"""The policy chain on a real token and store (DESIGN §11): no one alone changes who may
+sign. `signer init` adopts version 1, approved by its officers; an edited `signer.toml`
+only stops the start; `signer policy adopt` takes a new version only with a threshold of
+the officers of the version in force and of the new one, each person counted once; a
+replayed, forked or competing version is refused at adoption, at start and by `signer
+audit verify`, which names the first bad link; the officers review a proposal with
+`approver policy show` and sign it with `approver policy approve`."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.approval.ed25519 import Ed25519Signer
+from signer.core import policy_log
+from signer.policy_chain import Proposal, Version, sign_approval
+from signer.server.config import load_config
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.env import Env
+from testbed.process import running
+from tests.harness import audit_events, ok, refused
+from tests.synthetic_log import OFFICERS, Synth
+from tests.tamper import audit_verify
+
+
+def _serve(env: Env) -> subprocess.CompletedProcess[str]:
+    return run([*SIGNER, "serve", "--config", str(env.config)], check=False, timeout=60)
+
+
+def _propose(env: Env, cfg: dict[str, Any], name: str = "new") -> tuple[Path, Proposal]:
+    """Write `cfg` as a new config file beside the env's and propose it."""
+    new = env.root / f"{name}.toml"
+    new.write_text(tomli_w.dumps(cfg))  # beside the env's: the same relative paths
+    ok(run([*SIGNER, "policy", "propose", "--config", str(env.config), str(new)]))
+    proposal_file = new.with_name(new.name + ".proposal.json")
+    return new, Proposal.from_bytes(proposal_file.read_bytes())
+
+
+def _approve(env: Env, proposal: Path, officer: str) -> Path:
+    """`officer` approves the proposal file with their own approver profile."""
+    out = proposal.with_name(f"{proposal.name}.{officer}.approval")
+    ok(
+        run(
+            [
+                *APPROVER,
+                *("policy", "approve", str(proposal), "--yes", "--out", str(out)),
+                *("--profile", str(env.profile_path(officer))),
+            ]
+        )
+    )
+    return out
+
+
+def _adopt(new: Path, *approvals: Path) -> subprocess.CompletedProcess[str]:
+    args = [a for p in approvals for a in ("--approval", str(p))]
+    return run([*SIGNER, "policy", "adopt", "--config", str(new), *args], check=False)
+
+
+def _versions(env: Env) -> list[int]:
+    return [e["details"]["version"] for e in audit_events(env) if e["event"] == "policy.adopted"]
+
+
+def _raised(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The env's policy with the release key's threshold raised from 2 to 3."""
+    cfg["keys"]["release"]["threshold"] = 3
+    return cfg
+
+
+def test_init_adopts_version_1_and_an_edited_policy_only_stops_the_start(
+    fresh_env: Env,
+) -> None:
+    """Version 1 is the init policy, approved by alice, bob and carol; a `signer.toml`
+    whose policy was edited by hand (a lower threshold) makes the start fail naming the
+    way to change it, and records nothing."""
+    (v1,) = [e for e in audit_events(fresh_env) if e["event"] == "policy.adopted"]
+    assert v1["details"]["version"] == 1 and v1["details"]["previous_sha256"] == ""
+    assert v1["details"]["approvers"] == ["alice", "bob", "carol"]
+    assert v1["details"]["sha256"] == load_config(fresh_env.config).policy_hash
+    cfg = fresh_env.read_config()
+    cfg["keys"]["release"]["threshold"] = 1
+    fresh_env.write_config(cfg, adopt=False)
+    before = audit_events(fresh_env)
+    message = refused(
+        _serve(fresh_env), "is not version 1 in force", "signer policy propose", code=2
+    )
+    assert "nothing is signed under a policy the officers did not approve" in message
+    assert audit_events(fresh_env) == before
+
+
+def test_a_change_needs_a_threshold_of_the_old_and_of_the_new_officers(
+    fresh_env: Env, tmp_path: Path
+) -> None:
+    """Approvals from m-1 officers, from one officer twice, or only from the officers a
+    change brings in are refused, naming whose approvals are missing, and nothing is
+    written; with a threshold of both, the new version is in force and the server starts
+    under it (and refuses the old file)."""
+    fresh_env.add_client("dave", ["approver"], approval_key=True)
+    fresh_env.add_client("erin", ["approver"], approval_key=True)
+    cfg = fresh_env.read_config()
+    cfg["policy"] = {"officers": ["dave", "erin"], "threshold": 2}  # the admin's friends
+    new, proposal = _propose(fresh_env, cfg)
+    assert proposal.number == 4  # versions 2 and 3 added dave and erin as approvers
+    proposal_file = new.with_name(new.name + ".proposal.json")
+    shown = ok(run([*APPROVER, "policy", "show", str(proposal_file)]))
+    assert "policy.officers" in shown and '["dave", "erin"]' in " ".join(shown.split())
+
+    alice = _approve(fresh_env, proposal_file, "alice")
+    dave, erin = (_approve(fresh_env, proposal_file, o) for o in ("dave", "erin"))
+    before = _versions(fresh_env)
+    refused(_adopt(new, alice, dave, erin), "1 of the 2 approvals", "version 3's policy officers")
+    again = tmp_path / "alice-again.approval"
+    version = Version(proposal.number, proposal.document, proposal.previous_sha256, ())
+    signer = fresh_env.approval_key("alice")
+    again.write_bytes(
+        sign_approval(version, "alice", signer, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    )
+    refused(_adopt(new, alice, again, dave, erin), "1 of the 2 approvals", "needed from bob, carol")
+    refused(_adopt(new, dave, erin), "0 of the 2 approvals", "version 3's policy officers")
+    assert _versions(fresh_env) == before
+
+    bob = _approve(fresh_env, proposal_file, "bob")
+    refused(_adopt(new, alice, bob, dave), "1 of the 2 approvals", "its own policy officers")
+    ok(_adopt(new, alice, bob, dave, erin))
+    assert _versions(fresh_env) == [*before, 4]
+    refused(_serve(fresh_env), "is not version 4 in force", code=2)
+    fresh_env.config.write_text(new.read_text())
+    with contextlib.contextmanager(running)(fresh_env):
+        pass
+    started = [e for e in audit_events(fresh_env) if e["event"] == "server.started"]
+    assert started[-1]["details"]["policy_hash"] == proposal.sha256
+
+
+def test_competing_proposals_and_replays_are_refused(fresh_env: Env) -> None:
+    """Two proposals for version 2, both approved: the first adopted is version 2, the
+    other is refused (its approvals are of a version 2 after version 1, not of what
+    follows version 2); adopting it again, or version 1's document, is refused too."""
+    a_new, _ = _propose(fresh_env, _raised(fresh_env.read_config()), "a")
+    cfg = fresh_env.read_config()
+    cfg["keys"]["release"]["max_ttl"] = "2h"
+    b_new, _ = _propose(fresh_env, cfg, "b")
+    a_file, b_file = (p.with_name(p.name + ".proposal.json") for p in (a_new, b_new))
+    a = [_approve(fresh_env, a_file, o) for o in ("alice", "bob")]
+    b = [_approve(fresh_env, b_file, o) for o in ("alice", "bob")]
+    ok(_adopt(a_new, *a))
+    refused(_adopt(b_new, *b), "policy version 3 has 0 of the 2 approvals")
+    refused(_adopt(a_new, *a), "is version 2, already in force")
+    v1 = fresh_env.root / "v1.toml"
+    v1.write_text(fresh_env.config.read_text())  # still version 1's policy
+    refused(_adopt(v1, *a), "policy version 3 has 0 of the 2 approvals")
+    assert _versions(fresh_env) == [1, 2]
+
+
+_REPLAY = textwrap.dedent(
+    """
+    import datetime as dt, json, sys
+    from pathlib import Path
+
+    from signer.server.config import load_config
+    from signer.store.factory import open_store
+
+    store = open_store(load_config(Path(sys.argv[1])).store)
+    with store.transaction() as tx:  # behind the server's back: version 1's entry again
+        tx.append_audit(dt.datetime.now(dt.UTC), "policy.adopted", "signer init", "", "",
+                        json.loads(sys.argv[2]))
+    store.close()
+    """
+)
+
+
+def test_a_replayed_version_in_the_log_stops_the_start_and_fails_audit_verify(
+    fresh_env: Env, tmp_path: Path
+) -> None:
+    """Whoever owns the database appends version 1's own entry again after version 2 (to
+    roll the policy back): the server refuses to start, naming the replay, and `signer
+    audit verify` names that entry as the first bad link."""
+    new, _ = _propose(fresh_env, _raised(fresh_env.read_config()))
+    proposal_file = new.with_name(new.name + ".proposal.json")
+    ok(_adopt(new, *(_approve(fresh_env, proposal_file, o) for o in ("alice", "carol"))))
+    fresh_env.config.write_text(new.read_text())
+    (v1,) = [e for e in audit_events(fresh_env) if e["details"].get("version") == 1]
+    done = subprocess.run(
+        [sys.executable, "-c", _REPLAY, str(fresh_env.config), json.dumps(v1["details"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    refused(_serve(fresh_env), "policy version 1 cannot follow version 2 (a replay")
+    assert _versions(fresh_env) == [1, 2, 1]
+
+
+def _adopted(s: Synth, version: Version, officers: tuple[str, ...]) -> int:
+    now = s.t0 + dt.timedelta(seconds=len(s.entries))
+    approvals = tuple(sign_approval(version, o, s.keys[o], now) for o in officers)
+    signed = Version(version.number, version.document, version.previous_sha256, approvals)
+    return s.add("policy.adopted", "admin", policy_log.details_of(signed, officers), rid="")
+
+
+def test_audit_verify_walks_the_chain_and_names_the_first_bad_link(tmp_path: Path) -> None:
+    """Offline, the log's policy versions are walked from version 1 with the server's own
+    rule: a good chain verifies; a replay of version 1, a version approved by too few of
+    the officers in force, and a server started under a policy that is not the version in
+    force each fail at their entry."""
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
+    officers = {"policy": {"officers": ["alice", "bob", "carol"], "threshold": 2}}
+    v1 = Version(1, {**s.policy(), **officers}, "", ())
+    v2 = Version(2, {**s.policy(("alice", "bob", "dave")), **officers}, v1.sha256, ())
+
+    def verify(*steps: Callable[[Synth], object]) -> subprocess.CompletedProcess[str]:
+        log = Synth(s.keys)
+        _adopted(log, v1, ("alice", "bob"))
+        for step in steps:
+            step(log)
+        out = tmp_path / f"log{len(list(tmp_path.iterdir()))}"
+        verifier = log.write(out, ed25519.Ed25519PrivateKey.generate())
+        return audit_verify(out, verifier)
+
+    good = verify(
+        lambda x: _adopted(x, v2, ("bob", "carol")), lambda x: x.started(dict(v2.document))
+    )
+    assert "2 policy versions chained" in ok(good)
+    replay = verify(
+        lambda x: _adopted(x, v2, ("bob", "carol")), lambda x: _adopted(x, v1, ("alice", "bob"))
+    )
+    refused(replay, "entry 2 (policy.adopted)", "version 1 cannot follow version 2")
+    short = verify(lambda x: _adopted(x, v2, ("bob",)))
+    refused(
+        short, "entry 1 (policy.adopted)", "1 of the 2 approvals", "still needed from alice, carol"
+    )
+    unapproved = verify(lambda x: x.started(dict(v2.document)))
+    refused(unapproved, "entry 1 (server.started)", "not version 1 in force")
