@@ -119,16 +119,34 @@ def check_files(
     results: list[tuple[Path, str | None]] = []
     rows: list[list[Cell]] = []
     problems: list[str] = []
-    for f in files:
-        why = "MATCHES NOTHING in this request"
-        try:
-            found = fmt.local_file(payload, digests, f)
-        except (InvalidArgumentError, TooLargeError, ValueError) as e:
-            found, why = None, f"cannot be checked: {e}"
+    try:
+        matches = fmt.local_files(payload, digests, files)
+        error = ""
+    except (InvalidArgumentError, TooLargeError, ValueError) as e:
+        matches, error = [[] for _ in files], f"cannot be checked: {e}"
+    taken: dict[str, Path] = {}
+    for f, names in zip(files, matches, strict=True):
+        # Each artifact is one of the officer's files, under its own name if it can be.
+        own = [n for n in names if _base(n) == f.name and n not in taken]
+        free = [n for n in names if n not in taken]
+        found: str | None = (own or free)[0] if own or free else None
         results.append((f, found))
         if found is None:
+            why = error or (
+                f"the same file as your {taken[names[0]].name}"
+                if names
+                else "MATCHES NOTHING in this request"
+            )
             rows.append([f"your file {f.name}", f"{why}; do not approve"])
             problems.append(f"your file {f} is not a file this request signs ({why})")
+            continue
+        taken[found] = f
+        if _base(found) != f.name:
+            rows.append([f"your file {f.name}", f"is signed as {found}; do not approve"])
+            problems.append(
+                f"your file {f.name} is signed under another name, {found}: name your copy "
+                "as the request does"
+            )
         else:
             rows.append([f"your file {f.name}", f"is {found}, as the request says"])
     try:
@@ -139,11 +157,15 @@ def check_files(
     if twice := [n for n, c in counts.items() if c > 1]:
         rows.append(["named twice", f"{_some(twice)}; do not approve"])
         problems.append(f"the request names {_some(twice)} more than once")
-    covered = {a for _, a in results if a is not None}
-    if missing := [n for n in counts if n not in covered]:
+    if missing := [n for n in counts if n not in taken]:
         rows.append(["not your files", f"{_some(missing)}; do not approve"])
         problems.append(f"the request also signs {_some(missing)}, which none of your files is")
     return results, rows, problems
+
+
+def _base(name: str) -> str:
+    """An artifact name's last path component (what the officer's copy is called)."""
+    return name.rsplit("/", 1)[-1]
 
 
 def _some(names: Sequence[str], most: int = 5) -> str:

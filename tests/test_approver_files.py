@@ -114,7 +114,7 @@ def test_a_subject_is_the_file_only_if_every_digest_of_it_is(
         shared, [{"name": "app.tar", "digest": {"sha256": sha256, "gitCommit": "ab" * 20}}]
     )
     shown, approved = _checked(shared, commit, mine)
-    assert "also has a gitCommit digest, which your file cannot check" in approved
+    assert "also has a gitCommit digest, which your file app.tar cannot check" in approved
     assert "cannot be checked" in shown
 
 
@@ -122,8 +122,9 @@ def test_a_request_signing_more_than_the_officers_files_is_refused(
     shared: Running, tmp_path: Path
 ) -> None:
     """With --file, a request that also signs an artifact none of the officer's files is
-    (a statement's extra subject, a batch's extra file), or that names one artifact twice,
-    is refused: the officer vouched for their files, not for the rest."""
+    (a statement's extra subject, a batch's extra file), that names one artifact twice, or
+    that signs the officer's file under another name (an old build attested as a new
+    version) is refused: the officer vouched for their files, not for the rest."""
     mine, extra = tmp_path / "app.tar", tmp_path / "extra.tar"
     mine.write_bytes(b"the release")
     extra.write_bytes(b"something else")
@@ -140,6 +141,11 @@ def test_a_request_signing_more_than_the_officers_files_is_refused(
     )
     _, approved = _checked(shared, twice, mine)
     assert "names app.tar more than once" in approved
+
+    renamed = _statement_request(shared, [{"name": "app-2.0.tar", "digest": digest}])
+    shown, approved = _checked(shared, renamed, mine)
+    assert "is signed as app-2.0.tar" in shown
+    assert "signed under another name, app-2.0.tar" in approved
 
     batch = CliRunner().invoke(
         main,
@@ -234,3 +240,28 @@ def test_an_openpgp_request_for_another_key_is_refused(
     honest = CliRunner().invoke(cli.main, ["show", made.id, "--file", str(mine), *profile])
     assert honest.exit_code == 0, honest.output
     assert "ANOTHER KEY" not in honest.output
+
+
+def test_identical_files_under_their_own_names_are_each_one_artifact(
+    shared: Running, tmp_path: Path
+) -> None:
+    """Two of the officer's files with the same bytes (v1.tar and latest.tar), signed as
+    two subjects: each file is the subject of its own name, and the request is approved;
+    one file for both is not enough."""
+    v1, latest = tmp_path / "v1.tar", tmp_path / "latest.tar"
+    for f in (v1, latest):
+        f.write_bytes(b"the same release")
+    digest = {"sha256": hashlib.sha256(b"the same release").hexdigest()}
+    both = _statement_request(
+        shared, [{"name": "latest.tar", "digest": digest}, {"name": "v1.tar", "digest": digest}]
+    )
+    alice = ["--profile", str(shared.env.profile_path("alice"))]
+    shown = run([*APPROVER, "show", both, "--file", str(v1), "--file", str(latest), *alice])
+    assert "is v1.tar, as the request says" in shown.stdout
+    assert "is latest.tar, as the request says" in shown.stdout
+    _, approved = _checked(shared, both, v1)
+    assert "also signs latest.tar, which none of your files is" in approved
+    done = run(
+        [*APPROVER, "approve", both, "--file", str(v1), "--file", str(latest), "--yes", *alice]
+    )
+    assert done.returncode == 0, done.stderr

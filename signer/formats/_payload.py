@@ -72,6 +72,7 @@ def artifact_items(
             f"{len(items)} artifacts; the limit is {limit}", reason="TOO_MANY_DIGESTS"
         )
     out: list[tuple[dict[str, Any], Digest]] = []
+    names: set[str] = set()
     for i, a in enumerate(items):
         if not isinstance(a, dict) or set(a) != fields:
             raise ValueError(f"artifacts[{i}] must be exactly {{{', '.join(sorted(fields))}}}")
@@ -80,8 +81,9 @@ def artifact_items(
             raise ValueError(
                 f"artifacts[{i}].name must be 1-{MAX_ARTIFACT} characters {DISPLAY_RULE}"
             )
-        if any(d.artifact == name for _, d in out):
+        if name in names:
             raise ValueError(f"artifacts[{i}].name {name!r} is listed twice")
+        names.add(name)
         if not lower_hex(a["digest"], 2 * HASH_SIZES[hash_name]):
             raise ValueError(f"artifacts[{i}].digest must be a lowercase hex {hash_name}")
         out.append((a, Digest(hash_name, bytes.fromhex(a["digest"]), name)))

@@ -170,13 +170,24 @@ class OutputFormat(ABC):
         --file` checks the files against), or None if its payload does not list them."""
         return None
 
-    def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
-        """For an officer checking a request against their own copy of a file: the name of
-        the artifact whose digest is that file's (the payload's list of files, else the
-        digests to sign), or None if the request names no such file."""
-        listed = self.artifacts(payload) if payload else tuple(digests)
-        own = file_digests(path, {d.algorithm for d in listed or ()})
-        return next((d.artifact for d in listed or () if own.get(d.algorithm) == d.value), None)
+    def local_files(
+        self, payload: bytes, digests: Sequence[Digest], paths: Sequence[Path]
+    ) -> list[list[str]]:
+        """For an officer checking a request against their own copies of the files: for
+        each path, the names of the artifacts whose digest is that file's (the payload's
+        list of files, else the digests to sign), in the request's order; [] for a file
+        the request does not sign. The payload is read once, each file once."""
+        listed = (self.artifacts(payload) if payload else tuple(digests)) or ()
+        by_digest: dict[tuple[str, bytes], list[str]] = {}
+        for d in listed:
+            by_digest.setdefault((d.algorithm, d.value), []).append(d.artifact)
+        algorithms = {d.algorithm for d in listed}
+        out = []
+        for path in paths:
+            own = file_digests(path, algorithms)
+            found = [n for alg, v in own.items() for n in by_digest.get((alg, v), [])]
+            out.append(list(dict.fromkeys(found)))
+        return out
 
     def signed_names(self, payload: bytes, digests: Sequence[Digest]) -> list[str]:
         """The names of the artifacts the request signs, in order, a name given twice

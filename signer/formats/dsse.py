@@ -99,21 +99,27 @@ class DsseFormat(OutputFormat):
                 reason="PAYLOAD_DIGEST_MISMATCH",
             )
 
-    def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
-        """The statement's subject that is this file (each of its sha256, sha384 and
-        sha512 digests the file's); InvalidArgumentError if that subject also carries a
-        digest of a kind the file cannot check (a gitCommit that is some other commit)."""
+    def local_files(
+        self, payload: bytes, digests: Sequence[Digest], paths: Sequence[Path]
+    ) -> list[list[str]]:
+        """For each path, the statement's subjects that are that file (each of their
+        sha256, sha384 and sha512 digests the file's); InvalidArgumentError if such a
+        subject also carries a digest of a kind a file cannot check (a gitCommit that is
+        some other commit)."""
         statement = InTotoStatement.parse(payload)
-        names = {alg for s in statement.subjects for alg in s.digest}
-        subject = statement.covers(None, file_digests(path, names))
-        if subject is None:
-            return None
-        if other := unchecked(subject):
-            raise InvalidArgumentError(
-                f"subject {subject.name} also has a {', '.join(other)} digest, which "
-                "your file cannot check"
-            )
-        return subject.name
+        algorithms = {alg for s in statement.subjects for alg in s.digest}
+        out = []
+        for path in paths:
+            own = file_digests(path, algorithms)
+            found = statement.covering(own)
+            for subject in found:
+                if other := unchecked(subject):
+                    raise InvalidArgumentError(
+                        f"subject {subject.name} also has a {', '.join(other)} digest, which "
+                        f"your file {path.name} cannot check"
+                    )
+            out.append([s.name for s in found])
+        return out
 
     def signed_names(self, payload: bytes, digests: Sequence[Digest]) -> list[str]:
         return [s.name for s in InTotoStatement.parse(payload).subjects]

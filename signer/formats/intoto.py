@@ -171,19 +171,23 @@ class InTotoStatement:
         return cls(tuple(parsed), predicate_type, predicate)
 
     def covers(self, name: str | None, digests: Mapping[str, bytes]) -> Subject | None:
-        """The subject (named `name`, if given) that is the file with these `digests`: each
-        of its sha256, sha384 and sha512 digests is the file's. One that matches on one hash
-        and not on another is not the file; digests of other kinds (gitCommit, ...) cannot
-        be checked here and are left to `unchecked`."""
+        """The first subject (named `name`, if given) that is the file with these
+        `digests` (see `covering`)."""
+        return next((s for s in self.covering(digests) if name in (None, s.name)), None)
+
+    def covering(self, digests: Mapping[str, bytes]) -> list[Subject]:
+        """The subjects that are the file with these `digests`: each of its sha256, sha384
+        and sha512 digests is the file's. One that matches on one hash and not on another
+        is not the file; digests of other kinds (gitCommit, ...) cannot be checked here and
+        are left to `unchecked`."""
+        found = []
         for s in self.subjects:
-            if name is not None and s.name != name:
-                continue
             known = {alg: v for alg, v in s.digest.items() if alg in HASH_SIZES}
             if known and all(
                 alg in digests and digests[alg].hex() == v for alg, v in known.items()
             ):
-                return s
-        return None
+                found.append(s)
+        return found
 
 
 def unchecked(subject: Subject) -> list[str]:

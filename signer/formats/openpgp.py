@@ -552,18 +552,23 @@ class OpenPgpFormat(OutputFormat):
                 "requester's claim was false"
             )
 
-    def local_file(self, payload: bytes, digests: Sequence[Digest], path: Path) -> str | None:
-        """The artifact this file is: its own digest is the claim, and its hash state the
-        one the server finishes (a file whose digest is claimed while another's state was
-        sent matches nothing)."""
+    def local_files(
+        self, payload: bytes, digests: Sequence[Digest], paths: Sequence[Path]
+    ) -> list[list[str]]:
+        """For each path, the artifacts this file is: its own digest is the claim, and its
+        hash state the one the server finishes (a file whose digest is claimed while
+        another's state was sent matches nothing)."""
         request = OpenPgpRequest.parse(payload)
         if request.mode == "certify":
-            return None
-        own = hash_file(path.name, _chunks(path), request.hashed.hash_algorithm, request.mode)
+            return [[] for _ in paths]
+        by_state: dict[tuple[bytes, sha2.Midstate, bytes], list[str]] = {}
         for a in request.artifacts:
-            if (a.claimed.value, a.mid, a.tail) == (own.claimed.value, own.mid, own.tail):
-                return a.name
-        return None
+            by_state.setdefault((a.claimed.value, a.mid, a.tail), []).append(a.name)
+        out = []
+        for path in paths:
+            own = hash_file(path.name, _chunks(path), request.hashed.hash_algorithm, request.mode)
+            out.append(by_state.get((own.claimed.value, own.mid, own.tail), []))
+        return out
 
     def artifacts(self, payload: bytes) -> tuple[Digest, ...] | None:
         request = OpenPgpRequest.parse(payload)
