@@ -266,3 +266,36 @@ def test_a_payload_that_no_longer_passes_for_the_loaded_key_is_not_signed(world:
     assert failed.state is State.FAILED and not failed.signatures
     assert "does not pass its format's check" in failed.status_message
     assert f"creation time is {created + 1}, the request says {created}" in failed.status_message
+
+
+def test_an_approved_openpgp_request_waits_for_a_key_without_its_creation_time(
+    world: World,
+) -> None:
+    """A server whose token lost the key's creation time (restored without its data
+    objects) leaves an approved OpenPGP request APPROVED instead of failing it: once the
+    operator gives the time back, the next start signs it."""
+    created = int(world.clock().timestamp()) - 3600
+    world.keys["release"] = replace(world.keys["release"], openpgp_created=created)
+    world.restart()
+    spec = world.keys["release"]
+    now = int(world.clock().timestamp())
+    key = PayloadKey(spec.algorithm.name, spec.public_key_pem, created, now)
+    carried, _ = document_request("binary", [("app.tar", [b"the release"])], key, "sha256")
+    request = world.core.create(
+        "ci",
+        "release",
+        list(carried.digests),
+        {"repository": "org/app"},
+        None,
+        payload_type=carried.payload_type,
+        payload=carried.payload,
+    )
+    world.keys["release"] = replace(spec, openpgp_created=None)
+    world.restart()
+    world.approve("alice", request)
+    world.approve("bob", request)
+    assert world.get(request.id).state is State.APPROVED
+    world.keys["release"] = spec
+    world.restart().recover()
+    signed = world.get(request.id)
+    assert signed.state is State.SIGNED and signed.signatures

@@ -16,11 +16,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.approval.ed25519 import Ed25519Signer
 from testbed.commands import SIGNER, run
 from testbed.env import Env
 from testbed.process import running
 from tests.harness import audit_events, ok, refused
+from tests.synthetic_log import OFFICERS, Synth
+from tests.tamper import audit_verify
 
 serving = contextlib.contextmanager(running)
 
@@ -122,15 +128,27 @@ _SET_TIME = textwrap.dedent(
     import sys
     from pathlib import Path
 
+    from signer import pgp
     from signer.server import openpgp_keys
     from signer.server.admin import open_token
     from signer.server.config import load_config
 
     token = open_token(load_config(Path(sys.argv[1])))
-    for value in token.key_data(openpgp_keys.CREATED, "release"):
-        token.remove_key_data(openpgp_keys.CREATED, "release", value)
+    what = sys.argv[2]
+    if what == "clear":  # restored without the creation time (its certificate kept)
+        for value in token.key_data(openpgp_keys.CREATED, "release"):
+            token.remove_key_data(openpgp_keys.CREATED, "release", value)
+    elif what == "add":  # a second time beside the first
+        token.add_key_data(openpgp_keys.CREATED, "release", sys.argv[3].encode())
+    elif what == "certify":  # a certificate of the key made with this creation time
+        body = pgp.public_key_body(token.key("release").public_key_pem, int(sys.argv[3]))
+        fpr = pgp.fingerprint(body)
+        hashed = pgp.Hashed(0x13, pgp.ECDSA, "sha256", int(sys.argv[3]) + 1, fpr, 3, ("sha256",))
+        sig = pgp.signature_packet(hashed, bytes(32), bytes.fromhex("3006020101020101"))
+        openpgp_keys.store_certificate(token, "release", pgp.certificate(body, "R <r@e.org>", sig))
     """
 )
+
 
 # Whoever owns the database appends entries that name a time for the key, and junk.
 _PLANT = textwrap.dedent(
@@ -183,7 +201,8 @@ def test_a_restored_token_gets_its_creation_time_only_from_the_operator(fresh_en
     (whose owner could choose the key's fingerprint, or plant junk that stops every start):
     the server starts without it and OpenPGP is refused until the operator gives the key's
     own time with `signer keys openpgp-created --set`, audit-logged; a time is given once,
-    1..2^32-1 and not in the future, and then never changed."""
+    1..2^32-1, not in the future, the one of the certificate the token keeps, and then never
+    changed. Two times beside a key refuse OpenPGP for it alone, until `--remove`."""
     with serving(fresh_env):
         pass
     (first,) = _started(fresh_env)
@@ -192,7 +211,8 @@ def test_a_restored_token_gets_its_creation_time_only_from_the_operator(fresh_en
     assert shown.returncode == 0 and shown.stdout.split()[:2] == ["release", str(first)]
     assert "already" in refused(_created(fresh_env, "--set", str(first + 1)), code=2)
 
-    _set_time(fresh_env)
+    _script(fresh_env, _SET_TIME, "certify", str(first))
+    _script(fresh_env, _SET_TIME, "clear")
     key_id = next(
         e
         for e in audit_events(fresh_env)
@@ -214,6 +234,10 @@ def test_a_restored_token_gets_its_creation_time_only_from_the_operator(fresh_en
         assert says in refused(_created(fresh_env, "--set", bad), code=2), bad
     assert len(audit_events(fresh_env)) == before
     assert _created(fresh_env).returncode == 1
+    assert f"made with creation time {first}" in refused(
+        _created(fresh_env, "--set", str(first - 60)), code=2
+    )
+    assert len(audit_events(fresh_env)) == before
 
     ok(_created(fresh_env, "--set", str(first)))
     (logged,) = [
@@ -230,10 +254,18 @@ def test_a_restored_token_gets_its_creation_time_only_from_the_operator(fresh_en
         pass
     assert _started(fresh_env) == [first, None, first]
 
-
-def _set_time(env: Env) -> None:
-    """Remove the key's creation time from the token (a restore without its data objects)."""
-    _script(env, _SET_TIME)
+    # Two times beside the key: OpenPGP is refused for it alone, the server still starts,
+    # and the operator removes the wrong one.
+    _script(fresh_env, _SET_TIME, "add", str(first + 7))
+    with serving(fresh_env):
+        pass
+    assert _started(fresh_env) == [first, None, first, None]
+    assert "--remove T" in refused(_created(fresh_env), "2 different OpenPGP creation times")
+    assert "nothing removed" in refused(_created(fresh_env, "--remove", "12345"), code=2)
+    ok(_created(fresh_env, "--remove", str(first + 7)))
+    assert ok(_created(fresh_env)).split()[:2] == ["release", str(first)]
+    removed = [e for e in audit_events(fresh_env) if "removed" in e["details"]]
+    assert [e["details"]["removed"] for e in removed] == [first + 7]
 
 
 _ROLLBACK = textwrap.dedent(
@@ -276,3 +308,25 @@ def test_a_key_whose_entry_cannot_be_written_leaves_no_creation_time(fresh_env: 
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == ["disk full", ["audit", "release"], ["release"]]
+
+
+def test_audit_verify_refuses_a_second_creation_time_for_a_key(tmp_path: Path) -> None:
+    """Offline, a key's OpenPGP creation time is fixed by its `key.generated` entry or its
+    first `key.openpgp_created`: the same time again (a restore) verifies, another one (a
+    new fingerprint for the same key) fails at its entry."""
+    key_id = "ab" * 32
+
+    def log(*times: int) -> subprocess.CompletedProcess[str]:
+        s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
+        s.add("key.generated", "admin", {"key_name": "k", "key_id": key_id, "openpgp_created": 100})
+        for t in times:
+            s.add(
+                "key.openpgp_created",
+                "admin",
+                {"key_name": "k", "key_id": key_id, "openpgp_created": t},
+            )
+        out = tmp_path / f"log{len(times)}"
+        return audit_verify(out, s.write(out, ed25519.Ed25519PrivateKey.generate()))
+
+    ok(log(100))
+    refused(log(100, 200), "entry 2 (key.openpgp_created)", "has OpenPGP creation time 100")

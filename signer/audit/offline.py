@@ -275,6 +275,7 @@ class _Semantics:
         self.policy = _Policy({}, {})
         self.requests: dict[str, _Request] = {}
         self.chain: Version | None = None  # the policy version in force, once there is one
+        self.openpgp_created: dict[str, int] = {}  # key id -> its OpenPGP creation time
 
     def check(self, e: AuditEntry) -> None:
         if e.event not in EVENTS:
@@ -295,6 +296,23 @@ class _Semantics:
             )
         self.policy = _Policy.parse(policy)
         self.report.policies += 1
+
+    def _key_generated(self, e: AuditEntry) -> None:
+        created = e.details.get("openpgp_created")
+        key_id = e.details.get("key_id")
+        if created is not None and isinstance(key_id, str):
+            self.openpgp_created[key_id] = typed(created, int, "details.openpgp_created")
+
+    def _key_openpgp_created(self, e: AuditEntry) -> None:
+        key_id = field(e.details, "key_id", str, "details")
+        created = field(e.details, "openpgp_created", int, "details")
+        known = self.openpgp_created.get(key_id)
+        if known is not None and known != created:
+            raise ValueError(
+                f"key {key_id[:16]}... has OpenPGP creation time {known} already; another "
+                "changes its OpenPGP fingerprint"
+            )
+        self.openpgp_created[key_id] = created
 
     def _policy_adopted(self, e: AuditEntry) -> None:
         try:

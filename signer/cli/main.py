@@ -49,7 +49,13 @@ from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.parsing import MAX_TTL, parse_duration
 from signer.server import openpgp_keys
 from signer.server.admin import SKEW as OPENPGP_SKEW
-from signer.server.admin import generate_key, list_keys, open_token, set_openpgp_created
+from signer.server.admin import (
+    generate_key,
+    list_keys,
+    open_token,
+    remove_openpgp_created,
+    set_openpgp_created,
+)
 from signer.server.config import load_config
 from signer.server.devenv import init_devenv
 from signer.text import DISPLAY_RULE, is_artifact_name
@@ -228,27 +234,47 @@ def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
     type=click.IntRange(1, openpgp_keys.MAX_TIME),
     help="Give a key that has none this time (seconds since 1970): audit-logged, never changed.",
 )
+@click.option(
+    "--remove",
+    "remove",
+    type=click.IntRange(1, openpgp_keys.MAX_TIME),
+    help="Of two times kept beside the key, remove this one (audit-logged).",
+)
 @handle_errors
-def keys_openpgp_created(config_path: Path, name: str, set_to: int | None) -> None:
-    """Print the OpenPGP creation time the token keeps for a key (part of its OpenPGP
-    fingerprint; exit 1 if none). With --set, give one to a key generated before keys got
-    it, or to a token restored without it: the time from the key's `key.generated` entry
-    or its published certificate, so its fingerprint stays the one users pinned."""
+def keys_openpgp_created(
+    config_path: Path, name: str, set_to: int | None, remove: int | None
+) -> None:
+    """Print the OpenPGP creation time the token keeps for a key, and the fingerprint it
+    makes (exit 1 if none). With --set, give one to a key generated before keys got it,
+    or to a token restored without it: the time in its published certificate (or its
+    `key.generated` entry), so its fingerprint stays the one users pinned; a key never
+    published as OpenPGP may take any time up to now. With --remove, of two times kept
+    (OpenPGP is refused for the key until one is left), remove the wrong one."""
+    if set_to is not None and remove is not None:
+        raise click.UsageError("give --set or --remove, not both")
+    if remove is not None:
+        remove_openpgp_created(
+            config_path, name, remove, actor="admin (signer keys openpgp-created)"
+        )
     if set_to is not None:
         if set_to > time.time() + OPENPGP_SKEW:
             raise click.BadParameter(f"{set_to} is in the future", param_hint="--set")
         set_openpgp_created(config_path, name, set_to, actor="admin (signer keys openpgp-created)")
     token = open_token(load_config(config_path))
     try:
-        token.key(name)
+        pem = token.key(name).public_key_pem
         created = openpgp_keys.creation_time(token, name)
     finally:
         token.close()
     if created is None:
-        stderr.print(f"key {name} has no OpenPGP creation time: give it one with --set")
+        stderr.print(
+            f"key {name} has no OpenPGP creation time: give it one with --set (the time in "
+            "its published certificate, if it has one; `gpg --list-packets` shows it)"
+        )
         raise click.exceptions.Exit(1)
     when = dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    click.echo(f"{name} {created} {when}")
+    fingerprint = pgp.fingerprint(pgp.public_key_body(pem, created)).hex().upper()
+    click.echo(f"{name} {created} {when} {fingerprint}")
 
 
 @keys.command("openpgp")

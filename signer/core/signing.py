@@ -129,6 +129,11 @@ class Signing:
                 request.created,
             )
         except (InvalidArgumentError, TooLargeError) as e:
+            if e.reason == "KEY_UNSUITABLE_FOR_FORMAT" and spec.openpgp_created is None:
+                # A token restored without its creation time: kept APPROVED until the
+                # operator gives it back, then signed by `recover()` at the next start.
+                log.error("request left approved", request_id=request_id, error=str(e))
+                return None
             self._fail(request, f"its payload does not pass its format's check for this key: {e}")
             return None
         started = time.perf_counter()

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from signer.algorithms import KeyAlgorithm
 from signer.audit.checkpoint import Checkpointer, HeadStatus, RefusalObserver
 from signer.audit.head import TokenHeads, TreeHead
-from signer.errors import ConfigError, InvalidArgumentError, KeyNotFoundError
+from signer.errors import ConfigError, InvalidArgumentError, KeyNotFoundError, TokenError
 from signer.server import openpgp_keys
 from signer.server.config import Config, load_config
 from signer.store import Tx
@@ -44,6 +44,7 @@ __all__ = [
     "generate_key",
     "list_keys",
     "open_token",
+    "remove_openpgp_created",
     "reset_audit_head",
     "set_openpgp_created",
 ]
@@ -139,14 +140,28 @@ def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) 
                 f"key {name} has OpenPGP creation time {kept} already; it is part of the key's "
                 "OpenPGP fingerprint and is never changed"
             )
+        certified = openpgp_keys.certified_time(token, name, key.public_key_pem)
+        if certified is not None and certified != created:
+            raise ConfigError(
+                f"the token keeps key {name}'s OpenPGP certificate, made with creation time "
+                f"{certified}: give that time, or its fingerprint changes"
+            )
+        value = str(created).encode()
         store = open_store(cfg.store)
         try:
             tx: Tx | None = None
             written = False
             try:
                 with store.transaction() as tx:
-                    openpgp_keys.set_creation_time(token, name, created)
+                    token.add_key_data(openpgp_keys.CREATED, name, value)
                     written = True
+                    try:  # another admin at the same moment: two times; keep neither ours
+                        openpgp_keys.creation_time(token, name)
+                    except TokenError:
+                        raise ConfigError(
+                            f"another OpenPGP creation time was given to key {name} at the "
+                            "same moment; see `signer keys openpgp-created`"
+                        ) from None
                     tx.append_audit(
                         dt.datetime.now(dt.UTC),
                         OPENPGP_CREATED,
@@ -158,11 +173,54 @@ def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) 
                     _cover(cfg, token, tx)
             except BaseException:
                 if written and not (tx is not None and tx.committed):
-                    _forget_creation_time(token, name, created)
+                    token.remove_key_data(openpgp_keys.CREATED, name, value)
                 raise
         finally:
             store.close()
         return key
+    finally:
+        token.close()
+
+
+def remove_openpgp_created(config_path: Path, name: str, wrong: int, actor: str) -> int:
+    """Where the token keeps two OpenPGP creation times beside key `name` (OpenPGP is
+    refused for it until one is left), remove `wrong`, recorded as a `key.openpgp_created`
+    entry naming what was removed; return the one left. Refused unless there are exactly
+    two and `wrong` is one of them."""
+    cfg = load_config(config_path)
+    token = open_token(cfg)
+    try:
+        key = token.key(name)
+        raw = token.key_data(openpgp_keys.CREATED, name)
+        times = sorted({int(v) for v in raw if v.isdigit() and len(v) <= 10})
+        if len(times) != 2 or wrong not in times or len(raw) != len(set(raw)):
+            raise ConfigError(
+                f"key {name} does not keep two OpenPGP creation times of which one is {wrong}; "
+                "nothing removed"
+            )
+        (left,) = [t for t in times if t != wrong]
+        store = open_store(cfg.store)
+        try:
+            with store.transaction() as tx:
+                tx.append_audit(
+                    dt.datetime.now(dt.UTC),
+                    OPENPGP_CREATED,
+                    actor,
+                    "",
+                    name,
+                    {
+                        "key_name": name,
+                        "key_id": key.key_id,
+                        "openpgp_created": left,
+                        "removed": wrong,
+                    },
+                )
+                _cover(cfg, token, tx)
+        finally:
+            store.close()
+        # Removed once recorded: a crash before leaves both, and the command runs again.
+        token.remove_key_data(openpgp_keys.CREATED, name, str(wrong).encode())
+        return left
     finally:
         token.close()
 

@@ -44,7 +44,7 @@ from signer import __version__
 from signer.bounds import RateLimit
 from signer.core import policy_log
 from signer.core.machine import Core
-from signer.errors import ConfigError, SignerError
+from signer.errors import ConfigError, SignerError, TokenError
 from signer.model import KeySpec
 from signer.policy_chain import Version
 from signer.server import openpgp_keys, policy_admin
@@ -92,7 +92,12 @@ def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
     for name, policy in config.keys.items():
         k = token.check_key(name, policy.algorithm)
         assert k.algorithm is not None
-        created = openpgp_keys.creation_time(token, name) if can_openpgp(k.algorithm) else None
+        created = None
+        if can_openpgp(k.algorithm):
+            try:
+                created = openpgp_keys.creation_time(token, name)
+            except TokenError as e:  # refused for this key alone, until the operator repairs it
+                log.error("OpenPGP signatures refused for this key", key=name, error=str(e))
         keys[name] = KeySpec(name, k.algorithm, k.key_id, k.public_key_pem, created)
     audit = token.check_key(config.audit_key)
     if audit.algorithm is None or audit.algorithm.name != "ed25519":

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_TIME",
     "can_openpgp",
     "certificate",
+    "certified_time",
     "creation_time",
     "set_creation_time",
     "store_certificate",
@@ -55,24 +56,34 @@ def creation_time(token: Token, name: str) -> int | None:
     if len(times) > 1:
         raise TokenError(
             f"the token keeps {len(times)} different OpenPGP creation times beside key "
-            f"{name!r} ({', '.join(map(str, sorted(times)))}): remove the wrong one, or restore "
-            "the token's data objects from the backup made with the key"
+            f"{name!r} ({', '.join(map(str, sorted(times)))}): remove the wrong one with "
+            "`signer keys openpgp-created --remove T`; OpenPGP is refused for the key until then"
         )
     return times.pop() if times else None
 
 
 def set_creation_time(token: Token, name: str, created: int) -> None:
-    """Keep `created` as key `name`'s creation time, in place of any left by an earlier key
-    of the same name (a new key has none of its own). Written before the old are removed."""
+    """Keep `created` as the creation time of key `name`, just generated: any left by an
+    earlier key of the same name is removed first (a crash between leaves none, never
+    two)."""
     if not 0 < created <= MAX_TIME:
         raise ValueError(f"an OpenPGP creation time is 1..{MAX_TIME}, not {created}")
-    kept = token.key_data(CREATED, name)
     value = str(created).encode()
-    if value not in kept:
-        token.add_key_data(CREATED, name, value)
-    for v in kept:
+    for v in token.key_data(CREATED, name):
         if v != value:
             token.remove_key_data(CREATED, name, v)
+    if value not in token.key_data(CREATED, name):
+        token.add_key_data(CREATED, name, value)
+
+
+def certified_time(token: Token, name: str, public_key_pem: str) -> int | None:
+    """The creation time in the certificate the token keeps for this key, if any: a
+    time given by hand must be that one, or the published fingerprint changes."""
+    try:
+        cert = certificate(token, name, public_key_pem)
+    except TokenError:
+        return None
+    return pgp.parse_certificate(cert).created if cert else None
 
 
 def certificate(token: Token, name: str, public_key_pem: str) -> bytes:
