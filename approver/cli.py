@@ -12,6 +12,7 @@ and signing a decision on what was shown is `approver.decide`.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import sys
 from collections.abc import Callable
@@ -20,27 +21,33 @@ from typing import Any, TypeVar
 
 import click
 
-from approver.decide import decide, unshowable
+from approver.decide import approval_key, decide, unshowable
 from approver.errors import ApproverError
 from approver.policy import policy
 from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
 from signer import __version__
 from signer.approval.files import generate
 from signer.cli.kit import (
+    call,
     handle_errors,
     json_opt,
     print_json,
     print_table,
     profile_opt,
     request_dict,
+    say,
     server_opt,
     stubs,
 )
+from signer.client import workflow
 from signer.client.profile import list_requests, load_profile
 from signer.convert import STATE_TO_PB
+from signer.errors import ResponseMismatchError
+from signer.freeze import MAX_REASON, Freeze, sign_freeze
 from signer.model import State
 from signer.parsing import read_secret
-from signer.v1 import approval_pb2_grpc
+from signer.text import DISPLAY_RULE, is_displayable
+from signer.v1 import approval_pb2, approval_pb2_grpc, signing_pb2_grpc
 
 __all__ = ["main"]
 
@@ -208,6 +215,53 @@ def deny(
 ) -> None:
     """Deny a request; one denial ends it."""
     decide(profile_path, server, request_id, "deny", reason, yes)
+
+
+@main.command()
+@click.argument("key_name")
+@click.option("--reason", required=True, help="Why (signed, and recorded in the audit log).")
+@profile_opt
+@server_opt
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def freeze(
+    key_name: str, reason: str, profile_path: Path | None, server: str | None, yes: bool
+) -> None:
+    """Freeze a key at once (break glass): no server signs with it, or takes a request for
+    it, until a policy version approved by the officers lifts it. Any one approver of the
+    key or policy officer may."""
+    if not reason or len(reason) > MAX_REASON or not is_displayable(reason):
+        raise click.BadParameter(f"1-{MAX_REASON} characters {DISPLAY_RULE}", param_hint="--reason")
+    profile = load_profile(profile_path, server)
+    signer = approval_key(profile)
+    with stubs(
+        profile, signing_pb2_grpc.SigningServiceStub, approval_pb2_grpc.ApprovalServiceStub
+    ) as (
+        signing,
+        approval,
+    ):
+        key = workflow.public_key(profile, signing, key_name)
+        if not yes and not click.confirm(
+            f"freeze key {key_name} ({key.key_id[:16]}...) as {profile.identity}? Only a "
+            "policy version approved by the officers lifts it",
+            default=False,
+            err=True,
+        ):
+            raise ApproverError("not confirmed; nothing was sent")
+        statement = Freeze(key_name, key.key_id, profile.identity, reason, dt.datetime.now(dt.UTC))
+        asked = approval_pb2.FreezeKeyRequest(
+            key_name=key_name, envelope=sign_freeze(statement, signer)
+        )
+        held = call(profile, approval.FreezeKey, asked)
+    if held.key_name != key_name:
+        raise ResponseMismatchError(
+            f"the server answered for key {held.key_name!r}, not {key_name}"
+        )
+    say(
+        f"key {key_name} is frozen (by {held.officer} at audit entry {held.since_index}: "
+        f"{held.reason}); to lift it, the officers approve a policy version with "
+        f"lift_freeze = {held.since_index} under [keys.{key_name}]"
+    )
 
 
 main.add_command(policy)

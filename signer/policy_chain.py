@@ -23,6 +23,8 @@ is missing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import json
@@ -37,6 +39,7 @@ from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import EnvelopeError, PolicyChainError
 
 __all__ = [
+    "MAX_APPROVALS",
     "PAYLOAD_TYPE",
     "PROPOSAL_TYPE",
     "Officers",
@@ -45,8 +48,11 @@ __all__ = [
     "Version",
     "check_chain",
     "check_next",
+    "details_of",
     "diff",
+    "lifted_freezes",
     "sign_approval",
+    "version_of",
 ]
 
 PAYLOAD_TYPE = "application/vnd.signer.policy-approval.v1+json"
@@ -353,3 +359,53 @@ def diff(
         for path in sorted(set(old) | set(new))
         if old.get(path) != new.get(path)
     ]
+
+
+# -- a version as its `policy.adopted` audit entry records it ------------------------
+
+MAX_APPROVALS = 64  # envelopes kept with one version
+
+
+def details_of(version: Version, approvers: Sequence[str]) -> dict[str, Any]:
+    """A version as its `policy.adopted` entry records it."""
+    return {
+        "version": version.number,
+        "sha256": version.sha256,
+        "previous_sha256": version.previous_sha256,
+        "document": dict(version.document),
+        "approvals": [base64.b64encode(a).decode() for a in version.approvals],
+        "approvers": list(approvers),
+    }
+
+
+def version_of(details: Mapping[str, Any], index: int) -> Version:
+    """The version a `policy.adopted` entry (at log `index`) records; PolicyChainError
+    naming the entry if it is not one."""
+    try:
+        number, document = details["version"], details["document"]
+        previous, approvals = details["previous_sha256"], details["approvals"]
+        if type(number) is not int or not isinstance(document, dict):
+            raise TypeError("version or document")
+        if not isinstance(previous, str) or not isinstance(approvals, list):
+            raise TypeError("previous_sha256 or approvals")
+        if len(approvals) > MAX_APPROVALS:
+            raise ValueError(f"more than {MAX_APPROVALS} approvals")
+        raw = tuple(base64.b64decode(a, validate=True) for a in approvals)
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise PolicyChainError(f"audit entry {index} is not a policy version: {e}") from None
+    version = Version(number, document, previous, raw)
+    if details.get("sha256") != version.sha256:
+        raise PolicyChainError(f"audit entry {index}: its policy hash is not its document's")
+    return version
+
+
+def lifted_freezes(document: Mapping[str, Any]) -> dict[str, int]:
+    """Key name -> the audit index of the freeze a policy document lifts (its keys'
+    `lift_freeze`)."""
+    keys = document.get("keys")
+    out = {}
+    for name, rule in keys.items() if isinstance(keys, dict) else ():
+        index = rule.get("lift_freeze") if isinstance(rule, dict) else None
+        if type(index) is int:
+            out[name] = index
+    return out

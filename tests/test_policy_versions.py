@@ -22,8 +22,7 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.approval.ed25519 import Ed25519Signer
-from signer.core import policy_log
-from signer.policy_chain import Proposal, Version, sign_approval
+from signer.policy_chain import Proposal, Version, details_of, sign_approval
 from signer.server.config import load_config
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
@@ -204,7 +203,7 @@ def _adopted(s: Synth, version: Version, officers: tuple[str, ...]) -> int:
     now = s.t0 + dt.timedelta(seconds=len(s.entries))
     approvals = tuple(sign_approval(version, o, s.keys[o], now) for o in officers)
     signed = Version(version.number, version.document, version.previous_sha256, approvals)
-    return s.add("policy.adopted", "admin", policy_log.details_of(signed, officers), rid="")
+    return s.add("policy.adopted", "admin", details_of(signed, officers), rid="")
 
 
 def test_audit_verify_walks_the_chain_and_names_the_first_bad_link(tmp_path: Path) -> None:

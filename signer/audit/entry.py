@@ -22,6 +22,7 @@ EVENTS = (
     "server.started",
     "key.generated",
     "key.openpgp_created",
+    "key.frozen",
     "request.created",
     "request.approved",
     "request.denied",

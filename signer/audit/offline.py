@@ -47,7 +47,6 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
-from signer.core import policy_log
 from signer.core.policy import KeyPolicy
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
@@ -60,8 +59,9 @@ from signer.errors import (
     VerificationError,
 )
 from signer.fields import field, strings, typed
+from signer.freeze import verify_freeze
 from signer.model import Digest, TokenCaller, may_decide
-from signer.policy_chain import Version, check_next
+from signer.policy_chain import Version, check_next, lifted_freezes, version_of
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
@@ -154,6 +154,7 @@ class _Policy:
 
     keys: dict[str, KeyPolicy]
     approver_keys: dict[str, ApprovalKey]
+    officers: tuple[str, ...] = ()  # the policy officers (who approve policy changes)
 
     @classmethod
     def parse(cls, policy: Mapping[str, Any]) -> _Policy:
@@ -172,7 +173,9 @@ class _Policy:
                 approver_keys[name] = registry.key_from_policy(value)
             except ValueError as e:
                 raise ValueError(f"{at} {e}") from None
-        return cls(keys, approver_keys)
+        section = field(policy, "policy", dict, where, {})
+        officers = tuple(strings(section, "officers", f"{where}.policy", []))
+        return cls(keys, approver_keys, officers)
 
 
 def _digest(value: Any, where: str) -> Digest:
@@ -276,6 +279,7 @@ class _Semantics:
         self.requests: dict[str, _Request] = {}
         self.chain: Version | None = None  # the policy version in force, once there is one
         self.openpgp_created: dict[str, int] = {}  # key id -> its OpenPGP creation time
+        self.frozen: dict[str, int] = {}  # key name -> the index of the freeze in force
 
     def check(self, e: AuditEntry) -> None:
         if e.event not in EVENTS:
@@ -316,12 +320,33 @@ class _Semantics:
 
     def _policy_adopted(self, e: AuditEntry) -> None:
         try:
-            version = policy_log.version_of(e.details, e.index)
+            version = version_of(e.details, e.index)
             check_next(self.chain, version)
         except PolicyChainError as x:
             raise ValueError(f"the policy chain breaks here: {x}") from None
         self.chain = version
         self.report.policy_versions += 1
+        for name, index in lifted_freezes(version.document).items():
+            if self.frozen.get(name) == index:
+                del self.frozen[name]
+
+    def _key_frozen(self, e: AuditEntry) -> None:
+        key_name = field(e.details, "key_name", str, "details")
+        policy = self._key_policy(key_name)
+        key = self.policy.approver_keys.get(e.actor)
+        if key is None or (e.actor not in policy.approvers and e.actor not in self.policy.officers):
+            raise ValueError(f"{e.actor!r} may not freeze key {key_name!r} under the policy")
+        envelope = field(e.details, "envelope", str, "details").encode()
+        try:
+            freeze = verify_freeze(envelope, key)
+        except EnvelopeError as x:
+            raise ValueError(f"the freeze is not signed by {e.actor}: {x}") from None
+        recorded = (e.actor, key_name, field(e.details, "key_id", str, "details"))
+        if (freeze.officer, freeze.key_name, freeze.key_id) != recorded:
+            raise ValueError("the signed freeze is of another officer or key")
+        if freeze.reason != field(e.details, "reason", str, "details"):
+            raise ValueError("the recorded reason is not the signed one")
+        self.frozen.setdefault(key_name, e.index)
 
     def _key_policy(self, key_name: str) -> KeyPolicy:
         policy = self.policy.keys.get(key_name)
@@ -375,6 +400,11 @@ class _Semantics:
         named = strings(e.details, "approvers", "details", [])
         if r.signed:
             raise ValueError("request signed twice")
+        if r.key_name in self.frozen:
+            raise ValueError(
+                f"signed while key {r.key_name!r} was frozen "
+                f"(since entry {self.frozen[r.key_name]})"
+            )
         if r.denied:
             raise ValueError("request signed after a denial")
         if r.ended:

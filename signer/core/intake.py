@@ -27,7 +27,7 @@ from signer.algorithms import HASH_SIZES
 from signer.bounds import echo
 from signer.core.policy import KeyPolicy
 from signer.encoding import canonical_json, format_time
-from signer.errors import InvalidArgumentError, NotFoundError, TooLargeError
+from signer.errors import ConflictError, InvalidArgumentError, NotFoundError, TooLargeError
 from signer.formats import registry as formats
 from signer.formats.base import PayloadKey
 from signer.model import Digest, KeySpec, Request, State, TokenCaller
@@ -49,6 +49,7 @@ __all__ = [
     "lifetime",
     "new_request",
     "parameters_hash",
+    "require_unfrozen",
 ]
 
 _CONTEXT_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
@@ -168,6 +169,18 @@ def check_context(context: Mapping[str, str], limits: Limits) -> None:
                 f"characters {DISPLAY_RULE}",
                 reason="BAD_CONTEXT",
             )
+
+
+def require_unfrozen(tx: Tx, key_name: str) -> None:
+    """ConflictError (FAILED_PRECONDITION) if an officer froze `key_name`."""
+    held = tx.frozen_key(key_name)
+    if held is not None:
+        raise ConflictError(
+            f"key {key_name} is frozen: {held.officer} froze it at audit entry "
+            f"{held.since_index} ({held.reason}); nothing is signed with it until a policy "
+            f"version approved by the officers lifts it (lift_freeze = {held.since_index})",
+            reason="KEY_FROZEN",
+        )
 
 
 def check_reason(reason: str, limits: Limits) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -34,7 +34,7 @@ from signer.bounds import echo
 from signer.core import intake
 from signer.core.audit_reader import AuditReader
 from signer.core.events import Event, Hook, Kind
-from signer.core.intake import LIMITS, Limits, find_request, is_request_id
+from signer.core.intake import LIMITS, Limits, find_request, is_request_id, require_unfrozen
 from signer.core.notifier import Notifier
 from signer.core.policy import KeyPolicy
 from signer.core.quorum import check_statement
@@ -48,11 +48,13 @@ from signer.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    StatementMismatchError,
     StoreError,
     TooLargeError,
 )
+from signer.freeze import FRESHNESS, verify_freeze
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
-from signer.store.base import PAGE_BYTES, Store, Tx
+from signer.store.base import PAGE_BYTES, FrozenKey, Store, Tx
 from signer.store.group import GroupCommit
 
 __all__ = ["Core"]
@@ -82,12 +84,14 @@ class Core(Signing, Recording, AuditReader):
         notifier: Notifier | None = None,
         checkpointer: Checkpointer | None = None,
         events: Hook | None = None,
+        policy_officers: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.token = token
         self.keys = keys
         self.policies = policies
         self.approver_keys = approver_keys
+        self.policy_officers = tuple(policy_officers)
         self.clock = clock
         self.limits = limits
         self.notifier = notifier or Notifier()
@@ -169,6 +173,7 @@ class Core(Signing, Recording, AuditReader):
                             f"{earlier.id} with other parameters; use a new key"
                         )
                     return earlier
+            require_unfrozen(tx, key_name)
             if tx.count_pending(actor) >= self.limits.max_pending_per_requester:
                 raise TooLargeError(
                     f"{echo(actor)} already has {self.limits.max_pending_per_requester} pending "
@@ -341,6 +346,58 @@ class Core(Signing, Recording, AuditReader):
             {"approvers": approvers, "threshold": policy.threshold},
         )
         return True
+
+    # -- break glass -------------------------------------------------------------
+
+    def freeze(self, actor: str, key_name: str, envelope: bytes) -> FrozenKey:
+        """Freeze `key_name` at once on `actor`'s signed word (an approver of the key or a
+        policy officer): a `key.frozen` entry, and no server on this store signs with it
+        or takes a request for it until a policy version lifts it. A key frozen already
+        stays frozen as it was (no second entry)."""
+        policy, spec = self._key(key_name)
+        approver_key = self.approver_keys.get(actor)
+        if approver_key is None or (
+            actor not in policy.approvers and actor not in self.policy_officers
+        ):
+            raise PermissionDeniedError(
+                f"{echo(actor)} is neither an approver of key {echo(key_name)} nor a policy "
+                "officer, and may not freeze it",
+                reason="NOT_AN_APPROVER",
+            )
+        freeze = verify_freeze(envelope, approver_key)
+        now = self.clock()
+        if (freeze.officer, freeze.key_name, freeze.key_id) != (actor, key_name, spec.key_id):
+            raise StatementMismatchError(
+                f"the freeze is not {echo(actor)}'s of key {echo(key_name)} "
+                f"({spec.key_id[:16]}...)",
+                ("officer", "key_name", "key_id"),
+            )
+        if abs(freeze.issued_at - now) > FRESHNESS:
+            raise StatementMismatchError(
+                f"the freeze was issued at {format_time(freeze.issued_at)}, not within "
+                f"{FRESHNESS} of the server's clock; check the clock",
+                ("issued_at",),
+            )
+        with self._tx() as tx:
+            held = tx.frozen_key(key_name)
+            if held is not None:
+                return held
+            entry = tx.append_audit(
+                now,
+                "key.frozen",
+                actor,
+                "",
+                key_name,
+                {
+                    "key_name": key_name,
+                    "key_id": spec.key_id,
+                    "reason": freeze.reason,
+                    "envelope": envelope.decode(),
+                },
+            )
+            held = tx.freeze_key(FrozenKey(key_name, entry.index, actor, freeze.reason, now))
+        log.warning("key frozen", key_name=key_name, officer=actor, index=held.since_index)
+        return held
 
     # -- expiry ----------------------------------------------------------------
 

@@ -35,6 +35,7 @@ _KEY_FIELDS = frozenset(
         "max_ttl_seconds",
         "oidc",
         "payload_types",
+        "lift_freeze",
     }
 )
 
@@ -79,6 +80,7 @@ class KeyPolicy:
     max_ttl: dt.timedelta
     oidc: tuple[ClaimRule, ...] = ()
     payload_types: tuple[str, ...] = ()  # the payloads its requests may carry ("": digests)
+    lift_freeze: int | None = None  # the audit index of the freeze this version lifts
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -126,6 +128,8 @@ class KeyPolicy:
         }
         if self.payload_types:  # absent: any (what policies recorded before it said)
             d["payload_types"] = sorted(self.payload_types)
+        if self.lift_freeze is not None:  # absent: lifts none
+            d["lift_freeze"] = self.lift_freeze
         return d
 
     @classmethod
@@ -163,7 +167,15 @@ class KeyPolicy:
                 for i, r in enumerate(field(d, "oidc", list, where, []))
             ),
             payload_types=_payload_types(d, where),
+            lift_freeze=_lift_freeze(d, where),
         )
+
+
+def _lift_freeze(d: Mapping[str, Any], where: str) -> int | None:
+    index: int | None = field(d, "lift_freeze", int, where, None)
+    if index is not None and index < 0:
+        raise ValueError(f"{where}.lift_freeze must be an audit index (0 or more)")
+    return index
 
 
 def _payload_types(d: Mapping[str, Any], where: str) -> tuple[str, ...]:

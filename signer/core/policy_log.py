@@ -6,7 +6,8 @@ chain is nothing but those entries in log order, so it is as tamper-evident as t
 log (checkpoints signed by the audit key, its tree head kept in the token) and an
 auditor walks it offline with the same `signer.policy_chain.check_next` the server
 applies. A proposed change is a `policy.proposed` entry: visible in the log before
-any officer decides.
+any officer decides. A version whose key names a freeze in `lift_freeze` lifts
+it in the same transaction (`signer.freeze`): the quorum, never one officer.
 
 Read a chain only from a log the token's tree head says is the one it signed
 (`Checkpointer.status`); an entry appended behind the server's back still needs the
@@ -15,15 +16,21 @@ officers' approvals to count.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from signer.audit.entry import AuditEntry
 from signer.errors import PolicyChainError
-from signer.policy_chain import Version, check_chain, check_next
+from signer.policy_chain import (
+    MAX_APPROVALS,
+    Version,
+    check_chain,
+    check_next,
+    details_of,
+    lifted_freezes,
+    version_of,
+)
 from signer.store.base import AuditFilter, Tx
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "adopt",
     "details_of",
     "in_force",
+    "lifted_freezes",
     "read_chain",
     "version_of",
     "walk",
@@ -40,41 +48,7 @@ __all__ = [
 
 ADOPTED = "policy.adopted"
 PROPOSED = "policy.proposed"
-MAX_APPROVALS = 64  # envelopes kept with one version
 _PAGE = 200
-
-
-def details_of(version: Version, approvers: Sequence[str]) -> dict[str, Any]:
-    """A version as its `policy.adopted` entry records it."""
-    return {
-        "version": version.number,
-        "sha256": version.sha256,
-        "previous_sha256": version.previous_sha256,
-        "document": dict(version.document),
-        "approvals": [base64.b64encode(a).decode() for a in version.approvals],
-        "approvers": list(approvers),
-    }
-
-
-def version_of(details: Mapping[str, Any], index: int) -> Version:
-    """The version a `policy.adopted` entry (at log `index`) records; PolicyChainError
-    naming the entry if it is not one."""
-    try:
-        number, document = details["version"], details["document"]
-        previous, approvals = details["previous_sha256"], details["approvals"]
-        if type(number) is not int or not isinstance(document, dict):
-            raise TypeError("version or document")
-        if not isinstance(previous, str) or not isinstance(approvals, list):
-            raise TypeError("previous_sha256 or approvals")
-        if len(approvals) > MAX_APPROVALS:
-            raise ValueError(f"more than {MAX_APPROVALS} approvals")
-        raw = tuple(base64.b64decode(a, validate=True) for a in approvals)
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
-        raise PolicyChainError(f"audit entry {index} is not a policy version: {e}") from None
-    version = Version(number, document, previous, raw)
-    if details.get("sha256") != version.sha256:
-        raise PolicyChainError(f"audit entry {index}: its policy hash is not its document's")
-    return version
 
 
 def _adopted(tx: Tx) -> list[AuditEntry]:
@@ -137,4 +111,6 @@ def adopt(
         raise PolicyChainError(f"this policy is version {previous.number}, already in force")
     approvers = check_next(previous, version)
     tx.append_audit(now, ADOPTED, actor, "", "", details_of(version, approvers))
+    for name, index in lifted_freezes(version.document).items():
+        tx.lift_freeze(name, index)  # only the freeze in force at that index
     return version

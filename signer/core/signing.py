@@ -10,6 +10,9 @@ event hook). Upholds:
   replica whose token keeps another OpenPGP creation time, say);
 - (3) the signatures are stored and `request.signed` appended in one
   transaction: a signature whose entry cannot be written is never returned;
+- a key an officer froze is not signed with: checked before the token is called
+  and again in the transaction that would record the signatures (a freeze on
+  another replica in between drops them and fails the request);
 - (9) one signer per request at a time in this process, and a request no
   longer APPROVED when the token returns is not recorded twice; `recover()`
   signs the APPROVED requests a crash or a store outage left unsigned.
@@ -35,7 +38,7 @@ from signer.core.policy import KeyPolicy
 from signer.core.quorum import quorum
 from signer.errors import InvalidArgumentError, TokenError, TooLargeError
 from signer.model import KeySpec, Request, State
-from signer.store.base import Tx
+from signer.store.base import FrozenKey, Tx
 
 __all__ = ["DigestSigner", "Signing"]
 
@@ -136,6 +139,11 @@ class Signing:
                 return None
             self._fail(request, f"its payload does not pass its format's check for this key: {e}")
             return None
+        with self._tx() as tx:
+            held = tx.frozen_key(request.key_name)
+        if held is not None:
+            self._fail(request, _frozen(held))
+            return None
         started = time.perf_counter()
         try:
             signatures = self.token.sign_digests(
@@ -147,6 +155,11 @@ class Signing:
             return None
         token_seconds = time.perf_counter() - started
         signed = self._record_signed(request, spec, approvers, signatures)
+        if signed is None:
+            with self._tx() as tx:
+                held = tx.frozen_key(request.key_name)
+            if held is not None:  # frozen while the token signed: the signatures are dropped
+                self._fail(request, _frozen(held))
         if signed is not None:
             self.events.emit(
                 Event(
@@ -167,6 +180,8 @@ class Signing:
         now = self.clock()
         with self._tx() as tx:
             if find_request(tx, request.id).state is not State.APPROVED:
+                return None
+            if tx.frozen_key(request.key_name) is not None:  # checked where it is recorded
                 return None
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)
@@ -196,3 +211,10 @@ class Signing:
         self.events.emit(
             Event(Kind.FAILED, request.id, request.key_name, "signer", {"token": token})
         )
+
+
+def _frozen(held: FrozenKey) -> str:
+    return (
+        f"key {held.key_name} was frozen by {held.officer} at audit entry {held.since_index} "
+        f"({held.reason}); not signed"
+    )

@@ -153,6 +153,7 @@ class Server:
                 config.keys,
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token, metrics),
+                policy_officers=config.policy_officers,
             )
             if metrics is not None:
                 core.events.subscribe(metrics.on_event)

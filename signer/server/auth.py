@@ -76,6 +76,7 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
             "Approve",
             "Deny",
             "WatchRequests",
+            "FreezeKey",
         )
     },
     **{

@@ -287,7 +287,16 @@ def _keys(
     out = {}
     for name in r.table:
         k = r.sub(name)
-        k.only("algorithm", "approvers", "threshold", "requesters", "max_ttl", "oidc", "formats")
+        k.only(
+            "algorithm",
+            "approvers",
+            "threshold",
+            "requesters",
+            "max_ttl",
+            "oidc",
+            "formats",
+            "lift_freeze",
+        )
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
         alg_name = k.get("algorithm", str, None)
@@ -316,6 +325,9 @@ def _keys(
             if "requester" not in identities.get(q, frozenset()):
                 raise k.error("requesters", f"{q!r} has no requester role under [identities]")
         max_ttl = _duration_of(k, "max_ttl", "1h", _SECOND, MAX_TTL)
+        lift = k.get("lift_freeze", int, None)
+        if lift is not None and (type(lift) is not int or lift < 0):
+            raise k.error("lift_freeze", "must be the audit index of the key.frozen entry")
         out[name] = KeyPolicy(
             name,
             ALGORITHMS[alg_name] if alg_name else None,
@@ -325,6 +337,7 @@ def _keys(
             max_ttl,
             oidc,
             _payload_types(k),
+            lift,
         )
     return out
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from signer.audit.entry import AuditEntry
@@ -318,6 +319,21 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
     ) -> approval_pb2.DenyResponse:
         r = self.core.decide(current_identity.get(), request.id, request.envelope, "deny")
         return approval_pb2.DenyResponse(request=self._pb(r))
+
+    @_rpc
+    def FreezeKey(
+        self, request: approval_pb2.FreezeKeyRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.FreezeKeyResponse:
+        held = self.core.freeze(current_identity.get(), request.key_name, request.envelope)
+        frozen_at = timestamp_pb2.Timestamp()
+        frozen_at.FromDatetime(held.frozen_at)
+        return approval_pb2.FreezeKeyResponse(
+            key_name=held.key_name,
+            since_index=held.since_index,
+            officer=held.officer,
+            reason=held.reason,
+            frozen_at=frozen_at,
+        )
 
     @_stream
     def WatchRequests(

@@ -29,12 +29,23 @@ from typing import Any
 from signer.audit.entry import AuditEntry
 from signer.model import Approval, Request, State
 
-__all__ = ["MAX_AUDIT_ENTRY_BYTES", "PAGE_BYTES", "AuditFilter", "Store", "Tx"]
+__all__ = ["MAX_AUDIT_ENTRY_BYTES", "PAGE_BYTES", "AuditFilter", "FrozenKey", "Store", "Tx"]
 
 # The largest entry the limits allow (request.created of 10,000 digests with
 # 512-character names in 4-byte UTF-8, full context and payload) is about 23 MB.
 MAX_AUDIT_ENTRY_BYTES = 32 * 1024 * 1024
 PAGE_BYTES = 1024 * 1024  # the byte budget of one page of a listing
+
+
+@dataclass(frozen=True)
+class FrozenKey:
+    """A key an officer froze: since the `key.frozen` entry at `since_index`."""
+
+    key_name: str
+    since_index: int
+    officer: str
+    reason: str
+    frozen_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,23 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def count_pending(self, requester: str) -> int: ...
+
+    @abc.abstractmethod
+    def freeze_key(self, freeze: FrozenKey) -> FrozenKey:
+        """Record `freeze` unless the key is frozen already; the freeze in force."""
+
+    @abc.abstractmethod
+    def frozen_key(self, key_name: str) -> FrozenKey | None:
+        """The freeze holding on `key_name`, if one does."""
+
+    @abc.abstractmethod
+    def lift_freeze(self, key_name: str, since_index: int) -> bool:
+        """Lift the freeze of `key_name` recorded at audit index `since_index`, if it is
+        the one in force; whether it was."""
+
+    @abc.abstractmethod
+    def frozen_keys(self) -> list[FrozenKey]:
+        """Every freeze in force, by key name."""
 
     @abc.abstractmethod
     def pending_due(self, now: dt.datetime) -> list[str]:

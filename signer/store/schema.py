@@ -13,12 +13,23 @@ from dataclasses import dataclass
 
 from signer.errors import StoreError
 
-__all__ = ["Dialect", "pending", "tables"]
+__all__ = ["Dialect", "frozen_keys", "pending", "tables"]
 
 # Columns added to `requests` after the first SQLite schema (the OIDC caller, a DSSE payload).
 _REQUEST_V2 = """    caller TEXT,
     payload_type TEXT NOT NULL DEFAULT '',
     payload {blob} NOT NULL DEFAULT {empty},
+"""
+
+# v3: the keys an officer froze (DESIGN §11), read in every signing transaction.
+_FROZEN_KEYS = """
+CREATE TABLE frozen_keys (
+    key_name TEXT PRIMARY KEY,
+    since_index {big} NOT NULL,
+    officer TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    frozen_at {time} NOT NULL
+)
 """
 
 _TABLES = """
@@ -104,6 +115,11 @@ def tables(dialect: Dialect, *, with_v2_columns: bool) -> str:
     }
     v2 = _REQUEST_V2.format(**words) if with_v2_columns else ""
     return _TABLES.format(request_v2=v2, **words)
+
+
+def frozen_keys(dialect: Dialect) -> str:
+    """The CREATE statement of the v3 `frozen_keys` table."""
+    return _FROZEN_KEYS.format(big=dialect.big, time=dialect.time)
 
 
 def pending(

@@ -22,7 +22,7 @@ from signer.bounds import fitting
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import StoreError, TooLargeError
 from signer.model import Approval, Digest, Request, State, TokenCaller
-from signer.store.base import MAX_AUDIT_ENTRY_BYTES, AuditFilter, Tx
+from signer.store.base import MAX_AUDIT_ENTRY_BYTES, AuditFilter, FrozenKey, Tx
 
 __all__ = ["SqlTx"]
 
@@ -254,6 +254,51 @@ class SqlTx(Tx):
             (requester,),
         )
         return int(n)
+
+    def freeze_key(self, freeze: FrozenKey) -> FrozenKey:
+        held = self.frozen_key(freeze.key_name)
+        if held is not None:
+            return held
+        self._run(
+            "INSERT INTO frozen_keys (key_name, since_index, officer, reason, frozen_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                freeze.key_name,
+                freeze.since_index,
+                freeze.officer,
+                freeze.reason,
+                format_time(freeze.frozen_at),
+            ),
+        )
+        return freeze
+
+    def frozen_key(self, key_name: str) -> FrozenKey | None:
+        row = self._one(
+            "SELECT key_name, since_index, officer, reason, frozen_at FROM frozen_keys "
+            "WHERE key_name = ?",
+            (key_name,),
+        )
+        return (
+            None
+            if row is None
+            else FrozenKey(row[0], int(row[1]), row[2], row[3], parse_time(row[4]))
+        )
+
+    def lift_freeze(self, key_name: str, since_index: int) -> bool:
+        held = self.frozen_key(key_name)
+        if held is None or held.since_index != since_index:
+            return False
+        self._run("DELETE FROM frozen_keys WHERE key_name = ?", (key_name,))
+        return True
+
+    def frozen_keys(self) -> list[FrozenKey]:
+        return [
+            FrozenKey(k, int(i), o, r, parse_time(t))
+            for k, i, o, r, t in self._rows(
+                "SELECT key_name, since_index, officer, reason, frozen_at FROM frozen_keys "
+                "ORDER BY key_name"
+            )
+        ]
 
     def pending_due(self, now: dt.datetime) -> list[str]:
         return [

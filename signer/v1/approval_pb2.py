@@ -22,40 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from signer.v1 import types_pb2 as signer_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18signer/v1/approval.proto\x12\tsigner.v1\x1a\x15signer/v1/types.proto\"d\n\x13ListRequestsRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.signer.v1.RequestState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x14ListRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.signer.v1.SigningRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11GetRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x12GetRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"N\n\x19ListRequestDigestsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x1aListRequestDigestsResponse\x12\"\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x14\n\x0c\x64igest_count\x18\x03 \x01(\x05\".\n\x0e\x41pproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"=\n\x0f\x41pproveResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"+\n\x0b\x44\x65nyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\":\n\x0c\x44\x65nyResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"\x16\n\x14WatchRequestsRequest\"C\n\x15WatchRequestsResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest2\xe1\x03\n\x0f\x41pprovalService\x12O\n\x0cListRequests\x12\x1e.signer.v1.ListRequestsRequest\x1a\x1f.signer.v1.ListRequestsResponse\x12I\n\nGetRequest\x12\x1c.signer.v1.GetRequestRequest\x1a\x1d.signer.v1.GetRequestResponse\x12\x61\n\x12ListRequestDigests\x12$.signer.v1.ListRequestDigestsRequest\x1a%.signer.v1.ListRequestDigestsResponse\x12@\n\x07\x41pprove\x12\x19.signer.v1.ApproveRequest\x1a\x1a.signer.v1.ApproveResponse\x12\x37\n\x04\x44\x65ny\x12\x16.signer.v1.DenyRequest\x1a\x17.signer.v1.DenyResponse\x12T\n\rWatchRequests\x12\x1f.signer.v1.WatchRequestsRequest\x1a .signer.v1.WatchRequestsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18signer/v1/approval.proto\x12\tsigner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15signer/v1/types.proto\"d\n\x13ListRequestsRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.signer.v1.RequestState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x14ListRequestsResponse\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.signer.v1.SigningRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11GetRequestRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x12GetRequestResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"N\n\x19ListRequestDigestsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x1aListRequestDigestsResponse\x12\"\n\x07\x64igests\x18\x01 \x03(\x0b\x32\x11.signer.v1.Digest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x14\n\x0c\x64igest_count\x18\x03 \x01(\x05\".\n\x0e\x41pproveRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"=\n\x0f\x41pproveResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"+\n\x0b\x44\x65nyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\":\n\x0c\x44\x65nyResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"\x16\n\x14WatchRequestsRequest\"C\n\x15WatchRequestsResponse\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.signer.v1.SigningRequest\"6\n\x10\x46reezeKeyRequest\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"\x8a\x01\n\x11\x46reezeKeyResponse\x12\x10\n\x08key_name\x18\x01 \x01(\t\x12\x13\n\x0bsince_index\x18\x02 \x01(\x03\x12\x0f\n\x07officer\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12-\n\tfrozen_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa9\x04\n\x0f\x41pprovalService\x12O\n\x0cListRequests\x12\x1e.signer.v1.ListRequestsRequest\x1a\x1f.signer.v1.ListRequestsResponse\x12I\n\nGetRequest\x12\x1c.signer.v1.GetRequestRequest\x1a\x1d.signer.v1.GetRequestResponse\x12\x61\n\x12ListRequestDigests\x12$.signer.v1.ListRequestDigestsRequest\x1a%.signer.v1.ListRequestDigestsResponse\x12@\n\x07\x41pprove\x12\x19.signer.v1.ApproveRequest\x1a\x1a.signer.v1.ApproveResponse\x12\x37\n\x04\x44\x65ny\x12\x16.signer.v1.DenyRequest\x1a\x17.signer.v1.DenyResponse\x12T\n\rWatchRequests\x12\x1f.signer.v1.WatchRequestsRequest\x1a .signer.v1.WatchRequestsResponse0\x01\x12\x46\n\tFreezeKey\x12\x1b.signer.v1.FreezeKeyRequest\x1a\x1c.signer.v1.FreezeKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signer.v1.approval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTREQUESTSREQUEST']._serialized_start=62
-  _globals['_LISTREQUESTSREQUEST']._serialized_end=162
-  _globals['_LISTREQUESTSRESPONSE']._serialized_start=164
-  _globals['_LISTREQUESTSRESPONSE']._serialized_end=256
-  _globals['_GETREQUESTREQUEST']._serialized_start=258
-  _globals['_GETREQUESTREQUEST']._serialized_end=289
-  _globals['_GETREQUESTRESPONSE']._serialized_start=291
-  _globals['_GETREQUESTRESPONSE']._serialized_end=355
-  _globals['_LISTREQUESTDIGESTSREQUEST']._serialized_start=357
-  _globals['_LISTREQUESTDIGESTSREQUEST']._serialized_end=435
-  _globals['_LISTREQUESTDIGESTSRESPONSE']._serialized_start=437
-  _globals['_LISTREQUESTDIGESTSRESPONSE']._serialized_end=548
-  _globals['_APPROVEREQUEST']._serialized_start=550
-  _globals['_APPROVEREQUEST']._serialized_end=596
-  _globals['_APPROVERESPONSE']._serialized_start=598
-  _globals['_APPROVERESPONSE']._serialized_end=659
-  _globals['_DENYREQUEST']._serialized_start=661
-  _globals['_DENYREQUEST']._serialized_end=704
-  _globals['_DENYRESPONSE']._serialized_start=706
-  _globals['_DENYRESPONSE']._serialized_end=764
-  _globals['_WATCHREQUESTSREQUEST']._serialized_start=766
-  _globals['_WATCHREQUESTSREQUEST']._serialized_end=788
-  _globals['_WATCHREQUESTSRESPONSE']._serialized_start=790
-  _globals['_WATCHREQUESTSRESPONSE']._serialized_end=857
-  _globals['_APPROVALSERVICE']._serialized_start=860
-  _globals['_APPROVALSERVICE']._serialized_end=1341
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=95
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=195
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=197
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=289
+  _globals['_GETREQUESTREQUEST']._serialized_start=291
+  _globals['_GETREQUESTREQUEST']._serialized_end=322
+  _globals['_GETREQUESTRESPONSE']._serialized_start=324
+  _globals['_GETREQUESTRESPONSE']._serialized_end=388
+  _globals['_LISTREQUESTDIGESTSREQUEST']._serialized_start=390
+  _globals['_LISTREQUESTDIGESTSREQUEST']._serialized_end=468
+  _globals['_LISTREQUESTDIGESTSRESPONSE']._serialized_start=470
+  _globals['_LISTREQUESTDIGESTSRESPONSE']._serialized_end=581
+  _globals['_APPROVEREQUEST']._serialized_start=583
+  _globals['_APPROVEREQUEST']._serialized_end=629
+  _globals['_APPROVERESPONSE']._serialized_start=631
+  _globals['_APPROVERESPONSE']._serialized_end=692
+  _globals['_DENYREQUEST']._serialized_start=694
+  _globals['_DENYREQUEST']._serialized_end=737
+  _globals['_DENYRESPONSE']._serialized_start=739
+  _globals['_DENYRESPONSE']._serialized_end=797
+  _globals['_WATCHREQUESTSREQUEST']._serialized_start=799
+  _globals['_WATCHREQUESTSREQUEST']._serialized_end=821
+  _globals['_WATCHREQUESTSRESPONSE']._serialized_start=823
+  _globals['_WATCHREQUESTSRESPONSE']._serialized_end=890
+  _globals['_FREEZEKEYREQUEST']._serialized_start=892
+  _globals['_FREEZEKEYREQUEST']._serialized_end=946
+  _globals['_FREEZEKEYRESPONSE']._serialized_start=949
+  _globals['_FREEZEKEYRESPONSE']._serialized_end=1087
+  _globals['_APPROVALSERVICE']._serialized_start=1090
+  _globals['_APPROVALSERVICE']._serialized_end=1643
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from signer.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
@@ -285,3 +286,61 @@ class WatchRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRequestsResponse: _TypeAlias = WatchRequestsResponse  # noqa: Y015
+
+@_typing.final
+class FreezeKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    key_name: _builtins.str
+    envelope: _builtins.bytes
+    """DSSE envelope (JSON) over the freeze statement (key name and id, officer, reason,
+    issued_at), signed with the caller's approval key.
+    """
+    def __init__(
+        self,
+        *,
+        key_name: _builtins.str = ...,
+        envelope: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "key_name", b"key_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeKeyRequest: _TypeAlias = FreezeKeyRequest  # noqa: Y015
+
+@_typing.final
+class FreezeKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_NAME_FIELD_NUMBER: _builtins.int
+    SINCE_INDEX_FIELD_NUMBER: _builtins.int
+    OFFICER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FROZEN_AT_FIELD_NUMBER: _builtins.int
+    key_name: _builtins.str
+    since_index: _builtins.int
+    """The audit index of the key.frozen entry: what a policy version names to lift it."""
+    officer: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def frozen_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_name: _builtins.str = ...,
+        since_index: _builtins.int = ...,
+        officer: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        frozen_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frozen_at", b"frozen_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen_at", b"frozen_at", "key_name", b"key_name", "officer", b"officer", "reason", b"reason", "since_index", b"since_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FreezeKeyResponse: _TypeAlias = FreezeKeyResponse  # noqa: Y015

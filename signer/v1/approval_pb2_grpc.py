@@ -65,6 +65,11 @@ class ApprovalServiceStub:
                 request_serializer=signer_dot_v1_dot_approval__pb2.WatchRequestsRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_approval__pb2.WatchRequestsResponse.FromString,
                 _registered_method=True)
+        self.FreezeKey = channel.unary_unary(
+                '/signer.v1.ApprovalService/FreezeKey',
+                request_serializer=signer_dot_v1_dot_approval__pb2.FreezeKeyRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_approval__pb2.FreezeKeyResponse.FromString,
+                _registered_method=True)
 
 
 class ApprovalServiceServicer:
@@ -118,6 +123,16 @@ class ApprovalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FreezeKey(self, request, context):
+        """Freezes a key at once (break glass), on the signed word of any one approver of the
+        key or policy officer: from then on no server of this store signs with it or takes
+        a request for it, until a policy version approved by the officers lifts it. A key
+        frozen already is returned as it was frozen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApprovalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +165,11 @@ def add_ApprovalServiceServicer_to_server(servicer, server):
                     servicer.WatchRequests,
                     request_deserializer=signer_dot_v1_dot_approval__pb2.WatchRequestsRequest.FromString,
                     response_serializer=signer_dot_v1_dot_approval__pb2.WatchRequestsResponse.SerializeToString,
+            ),
+            'FreezeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeKey,
+                    request_deserializer=signer_dot_v1_dot_approval__pb2.FreezeKeyRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_approval__pb2.FreezeKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +335,33 @@ class ApprovalService:
             '/signer.v1.ApprovalService/WatchRequests',
             signer_dot_v1_dot_approval__pb2.WatchRequestsRequest.SerializeToString,
             signer_dot_v1_dot_approval__pb2.WatchRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.ApprovalService/FreezeKey',
+            signer_dot_v1_dot_approval__pb2.FreezeKeyRequest.SerializeToString,
+            signer_dot_v1_dot_approval__pb2.FreezeKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,12 @@ class ApprovalServiceStub:
     """Streams new and changed requests (summaries, as ListRequests) until the call's
     deadline or 10 minutes; an officer may hold 4 of these streams at once.
     """
+    FreezeKey: _grpc.UnaryUnaryMultiCallable[_approval_pb2.FreezeKeyRequest, _approval_pb2.FreezeKeyResponse]
+    """Freezes a key at once (break glass), on the signed word of any one approver of the
+    key or policy officer: from then on no server of this store signs with it or takes
+    a request for it, until a policy version approved by the officers lifts it. A key
+    frozen already is returned as it was frozen.
+    """
 
 @_typing.type_check_only
 class ApprovalServiceAsyncStub(ApprovalServiceStub):
@@ -78,6 +84,12 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
     WatchRequests: _aio.UnaryStreamMultiCallable[_approval_pb2.WatchRequestsRequest, _approval_pb2.WatchRequestsResponse]  # type: ignore[assignment]
     """Streams new and changed requests (summaries, as ListRequests) until the call's
     deadline or 10 minutes; an officer may hold 4 of these streams at once.
+    """
+    FreezeKey: _aio.UnaryUnaryMultiCallable[_approval_pb2.FreezeKeyRequest, _approval_pb2.FreezeKeyResponse]  # type: ignore[assignment]
+    """Freezes a key at once (break glass), on the signed word of any one approver of the
+    key or policy officer: from then on no server of this store signs with it or takes
+    a request for it, until a policy version approved by the officers lifts it. A key
+    frozen already is returned as it was frozen.
     """
 
 class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,6 +149,18 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_approval_pb2.WatchRequestsResponse], _abc.AsyncIterator[_approval_pb2.WatchRequestsResponse]]:
         """Streams new and changed requests (summaries, as ListRequests) until the call's
         deadline or 10 minutes; an officer may hold 4 of these streams at once.
+        """
+
+    @_abc_1.abstractmethod
+    def FreezeKey(
+        self,
+        request: _approval_pb2.FreezeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approval_pb2.FreezeKeyResponse, _abc.Awaitable[_approval_pb2.FreezeKeyResponse]]:
+        """Freezes a key at once (break glass), on the signed word of any one approver of the
+        key or policy officer: from then on no server of this store signs with it or takes
+        a request for it, until a policy version approved by the officers lifts it. A key
+        frozen already is returned as it was frozen.
         """
 
 def add_ApprovalServiceServicer_to_server(servicer: ApprovalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,202 @@
+"""Break glass (DESIGN §11): any one officer freezes a key at once (`approver freeze`), on
+every replica, and only a policy version the officers approve lifts it. A frozen key takes
+no request and signs nothing, not even a request approved before or while it froze;
+a freeze sent with another officer's key, for another key, or issued long ago is refused,
+and so is one by a requester; a freeze given again changes nothing. Offline, `signer audit
+verify` checks each freeze and refuses a signature made while one held."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.approval.ed25519 import Ed25519Signer
+from signer.core import policy_log
+from signer.freeze import Freeze, sign_freeze
+from signer.policy_chain import Version, sign_approval
+from signer.server.config import load_config
+from signer.v1 import approval_pb2, signing_pb2, types_pb2
+from testbed.clients import RPC_TIMEOUT, Clients
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.env import Db, Env, make_env
+from testbed.pg import PgServer
+from testbed.process import Running, ServerProcess, running
+from tests.harness import audit_events, ok, refused, rpc_error
+from tests.synthetic_log import OFFICERS, Synth, valid_quorum
+from tests.tamper import audit_verify
+
+serving = contextlib.contextmanager(running)
+KEY_ID = "ab" * 32  # the synthetic log's key id
+
+
+def _freeze(env: Env, officer: str, reason: str = "the CI runner was compromised") -> str:
+    args = ["freeze", "release", "--reason", reason, "--yes"]
+    done = run([*APPROVER, *args, "--profile", str(env.profile_path(officer))])
+    return done.stdout + done.stderr
+
+
+def _frozen_index(env: Env) -> int:
+    (entry,) = [e for e in audit_events(env) if e["event"] == "key.frozen"]
+    return int(entry["index"])
+
+
+def _freeze_rpc(
+    clients: Clients, caller: str, signer: str | None = None, **changes: Any
+) -> approval_pb2.FreezeKeyResponse:
+    """FreezeKey sent by `caller`, the statement signed with `signer`'s approval key."""
+    info = clients.signing().GetPublicKey(
+        signing_pb2.GetPublicKeyRequest(key_name="release"), timeout=RPC_TIMEOUT
+    )
+    fields: dict[str, Any] = {
+        "key_name": "release",
+        "key_id": info.key.key_id,
+        "officer": caller,
+        "reason": "test",
+        "issued_at": dt.datetime.now(dt.UTC),
+        **changes,
+    }
+    envelope = sign_freeze(Freeze(**fields), clients.env.approval_key(signer or caller))
+    asked = approval_pb2.FreezeKeyRequest(key_name="release", envelope=envelope)
+    response: approval_pb2.FreezeKeyResponse = clients.approval(caller).FreezeKey(
+        asked, timeout=RPC_TIMEOUT
+    )
+    return response
+
+
+def test_one_officer_freezes_a_key_and_nothing_is_signed_with_it(fresh: Running) -> None:
+    """Carol alone freezes `release`: a request approved by alice and bob after it fails
+    unsigned, a new request is refused naming the freeze, and freezing again is the same
+    freeze (one entry)."""
+    c = fresh.clients
+    pending = c.create()
+    said = _freeze(fresh.env, "carol")
+    index = _frozen_index(fresh.env)
+    assert f"lift_freeze = {index}" in " ".join(said.split())
+    c.approve("alice", pending)
+    signed = c.approve("bob", pending)
+    assert signed.state == types_pb2.REQUEST_STATE_FAILED and not signed.signatures
+    assert "frozen by carol" in signed.status_message
+    e = rpc_error(lambda: c.create())
+    assert e.code is grpc.StatusCode.FAILED_PRECONDITION and e.reason == "KEY_FROZEN"
+    assert f"audit entry {index}" in e.message
+    _freeze(fresh.env, "alice", "again")
+    assert _frozen_index(fresh.env) == index
+
+
+def test_a_freeze_must_be_the_officers_own_fresh_word(fresh: Running) -> None:
+    """Refused, and nothing frozen: signed with another officer's key, naming another
+    officer or another key, issued an hour ago, or sent by a requester."""
+    c = fresh.clients
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    for caller, signer, changes, code in (
+        ("carol", "bob", {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("carol", None, {"officer": "bob"}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("carol", None, {"key_id": "00" * 32}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("carol", None, {"issued_at": hour_ago}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("ci", "alice", {"officer": "ci"}, grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        e = rpc_error(lambda: _freeze_rpc(c, caller, signer, **changes))  # noqa: B023
+        assert e.code is code, (caller, signer, changes, e)
+    assert not [e for e in audit_events(fresh.env) if e["event"] == "key.frozen"]
+    request = c.create()
+    c.approve("alice", request)
+    assert c.approve("bob", request).state == types_pb2.REQUEST_STATE_SIGNED
+
+
+def test_only_a_policy_version_the_officers_approve_lifts_a_freeze(fresh_env: Env) -> None:
+    """A version naming the freeze in lift_freeze, approved by one officer, is refused and
+    the key stays frozen; approved by the quorum, it lifts the freeze and signing resumes.
+    A version naming another index lifts nothing."""
+    with serving(fresh_env) as f:
+        _freeze(fresh_env, "carol")
+    index = _frozen_index(fresh_env)
+    cfg = fresh_env.read_config()
+    cfg["keys"]["release"]["lift_freeze"] = index + 1  # not this freeze
+    fresh_env.write_config(cfg)
+    with serving(fresh_env) as f:
+        assert rpc_error(lambda: f.clients.create()).reason == "KEY_FROZEN"
+    cfg["keys"]["release"]["lift_freeze"] = index
+    fresh_env.write_config(cfg, adopt=False)
+    proposal = _proposal(fresh_env)
+    one = fresh_env.root / "carol.approval"
+    one.write_bytes(sign_approval(proposal, "carol", fresh_env.approval_key("carol"), _now()))
+    args = ["policy", "adopt", "--config", str(fresh_env.config), "--approval", str(one)]
+    refused(run([*SIGNER, *args], check=False), "1 of the 2 approvals")
+    fresh_env.adopt_policy()
+    with serving(fresh_env) as f:
+        request = f.clients.create()
+        f.clients.approve("alice", request)
+        assert f.clients.approve("bob", request).state == types_pb2.REQUEST_STATE_SIGNED
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _proposal(env: Env) -> Version:
+    """The next version with the env's config as it is written."""
+    store = env.store.open()
+    try:
+        with store.transaction() as tx:
+            last = policy_log.read_chain(tx)[-1]
+    finally:
+        store.close()
+    document = load_config(env.config).policy_document
+    return Version(last.number + 1, document, last.sha256, ())
+
+
+def test_a_freeze_on_one_replica_holds_on_the_other(pg: PgServer, tmp_path: Path) -> None:
+    """Two servers on one PostgreSQL store: alice freezes the key through one; the other
+    refuses new requests for it at once and does not sign one approved through it."""
+    env = make_env(tmp_path / "env", Db(pg.database("freeze"), pg.password_file))
+    other = env.replica(1)
+    first, second = ServerProcess(env).start(), ServerProcess(other).start()
+    a, b = Clients(env), Clients(other)
+    try:
+        request = b.create()
+        b.approve("carol", request)
+        _freeze(env, "alice")
+        assert rpc_error(lambda: b.create()).reason == "KEY_FROZEN"
+        done = b.approve("bob", request)
+        assert done.state == types_pb2.REQUEST_STATE_FAILED and not done.signatures
+        assert a.get(request.id).state == types_pb2.REQUEST_STATE_FAILED
+    finally:
+        a.close()
+        b.close()
+        first.stop()
+        second.stop()
+
+
+def test_audit_verify_refuses_a_signature_made_while_a_key_was_frozen(tmp_path: Path) -> None:
+    """Offline: a freeze signed by an approver of the key verifies; a signature after it
+    fails at its entry; a freeze signed with another officer's key fails."""
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
+    officers = {"policy": {"officers": ["alice", "bob", "carol"], "threshold": 2}}
+
+    def freeze(x: Synth, signer: str = "carol") -> int:
+        statement = Freeze("release", KEY_ID, "carol", "stop", x.t0)
+        envelope = sign_freeze(statement, x.keys[signer]).decode()
+        details = {"key_name": "release", "key_id": KEY_ID, "reason": "stop", "envelope": envelope}
+        return x.add("key.frozen", "carol", details, rid="")
+
+    def log(*steps: Callable[[Synth], object]) -> subprocess.CompletedProcess[str]:
+        x = Synth(s.keys)
+        v1 = Version(1, {**x.policy(), **officers}, "", ())
+        x.started(dict(v1.document))
+        for step in steps:
+            step(x)
+        out = tmp_path / f"log{len(list(tmp_path.iterdir()))}"
+        return audit_verify(out, x.write(out, ed25519.Ed25519PrivateKey.generate()))
+
+    ok(log(freeze))
+    refused(log(freeze, valid_quorum), "(request.signed)", "signed while key 'release' was frozen")
+    refused(
+        log(lambda x: freeze(x, "bob")), "entry 1 (key.frozen)", "the freeze is not signed by carol"
+    )
