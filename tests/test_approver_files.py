@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,24 @@ from signer.formats.base import PayloadKey
 from signer.formats.intoto import PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE, pae_digest
 from signer.formats.openpgp import document_request
 from signer.v1 import signing_pb2, types_pb2
+from testbed.clients import RPC_TIMEOUT
 from testbed.commands import APPROVER, run
 from testbed.process import Running
 
 FORMATS = {"raw": ["--hash", "sha256"], "ssh": ["--namespace", "file"], "dsse": []}
+
+
+@pytest.fixture(autouse=True)
+def _cancel_what_is_left(shared: Running) -> Iterator[None]:
+    """Cancel the requests a test leaves pending: the shared server's requesters have a
+    cap on pending requests that the rest of the session needs."""
+    query = "SELECT id FROM requests WHERE state = 'PENDING' AND requester = 'ci'"
+    before = set(shared.env.store.rows(query))
+    yield
+    for (rid,) in set(shared.env.store.rows(query)) - before:
+        shared.clients.signing().CancelSigningRequest(
+            signing_pb2.CancelSigningRequestRequest(id=rid), timeout=RPC_TIMEOUT
+        )
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
