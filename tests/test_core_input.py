@@ -31,7 +31,7 @@ from signer.errors import (
 )
 from signer.formats.base import PayloadKey
 from signer.formats.openpgp import document_request
-from signer.model import Digest, KeySpec, State
+from signer.model import Digest, KeySpec, Request, State
 from tests.core_world import MIN, snapshot
 from tests.core_world import world as world  # a fixture
 from tests.fakes import World, sha256_digest
@@ -236,44 +236,8 @@ def test_odd_but_signed_envelopes_are_envelope_errors(world: World, form: str) -
     assert snapshot(world) == before
 
 
-def test_a_payload_that_no_longer_passes_for_the_loaded_key_is_not_signed(world: World) -> None:
-    """The signing server checks a carried payload again, for the key as it loaded it: an
-    OpenPGP request made while the key had one creation time, approved and then signed by
-    a server whose token keeps another (a replica restored apart), fails instead of
-    releasing a signature whose issuer is not that key's fingerprint."""
-    created = int(world.clock().timestamp()) - 3600
-    world.keys["release"] = replace(world.keys["release"], openpgp_created=created)
-    world.restart()
-    spec = world.keys["release"]
-    key = PayloadKey(
-        spec.algorithm.name, spec.public_key_pem, created, int(world.clock().timestamp())
-    )
-    carried, _ = document_request("binary", [("app.tar", [b"the release"])], key, "sha256")
-    request = world.core.create(
-        "ci",
-        "release",
-        list(carried.digests),
-        {"repository": "org/app"},
-        None,
-        payload_type=carried.payload_type,
-        payload=carried.payload,
-    )
-    world.keys["release"] = replace(spec, openpgp_created=created + 1)
-    world.restart()
-    world.approve("alice", request)
-    world.approve("bob", request)
-    failed = world.get(request.id)
-    assert failed.state is State.FAILED and not failed.signatures
-    assert "does not pass its format's check" in failed.status_message
-    assert f"creation time is {created + 1}, the request says {created}" in failed.status_message
-
-
-def test_an_approved_openpgp_request_waits_for_a_key_without_its_creation_time(
-    world: World,
-) -> None:
-    """A server whose token lost the key's creation time (restored without its data
-    objects) leaves an approved OpenPGP request APPROVED instead of failing it: once the
-    operator gives the time back, the next start signs it."""
+def _openpgp_request(world: World) -> tuple[int, KeySpec, Request]:
+    """An OpenPGP request on `release`, whose creation time is now an hour ago."""
     created = int(world.clock().timestamp()) - 3600
     world.keys["release"] = replace(world.keys["release"], openpgp_created=created)
     world.restart()
@@ -290,6 +254,32 @@ def test_an_approved_openpgp_request_waits_for_a_key_without_its_creation_time(
         payload_type=carried.payload_type,
         payload=carried.payload,
     )
+    return created, spec, request
+
+
+def test_a_payload_that_no_longer_passes_for_the_loaded_key_is_not_signed(world: World) -> None:
+    """The signing server checks a carried payload again, for the key as it loaded it: an
+    OpenPGP request made while the key had one creation time, approved and then signed by
+    a server whose token keeps another (a replica restored apart), fails instead of
+    releasing a signature whose issuer is not that key's fingerprint."""
+    created, spec, request = _openpgp_request(world)
+    world.keys["release"] = replace(spec, openpgp_created=created + 1)
+    world.restart()
+    world.approve("alice", request)
+    world.approve("bob", request)
+    failed = world.get(request.id)
+    assert failed.state is State.FAILED and not failed.signatures
+    assert "does not pass its format's check" in failed.status_message
+    assert f"creation time is {created + 1}, the request says {created}" in failed.status_message
+
+
+def test_an_approved_openpgp_request_waits_for_a_key_without_its_creation_time(
+    world: World,
+) -> None:
+    """A server whose token lost the key's creation time (restored without its data
+    objects) leaves an approved OpenPGP request APPROVED instead of failing it: once the
+    operator gives the time back, the next start signs it."""
+    _, spec, request = _openpgp_request(world)
     world.keys["release"] = replace(spec, openpgp_created=None)
     world.restart()
     world.approve("alice", request)

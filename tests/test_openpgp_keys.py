@@ -100,15 +100,7 @@ def test_the_token_keeps_one_creation_time_and_the_newest_certificate(fresh_env:
     """Fixed at generation and logged with it, a planted public object ignored, two private
     ones refused naming both; the newer certificate wins mid-replace, one is kept after it,
     another key's is not served."""
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(fresh_env.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = json.loads(_script(fresh_env, _SCRIPT))
     (generated,) = [
         e
         for e in audit_events(fresh_env)
@@ -172,15 +164,17 @@ _PLANT = textwrap.dedent(
 )
 
 
-def _script(env: Env, script: str, *args: str) -> None:
+def _script(env: Env, script: str, *args: str) -> str:
+    """Run `script` on the env's config in a process of its own; what it printed."""
     done = subprocess.run(
         [sys.executable, "-c", script, str(env.config), *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _started(env: Env) -> list[int | None]:
@@ -299,15 +293,11 @@ _ROLLBACK = textwrap.dedent(
 def test_a_key_whose_entry_cannot_be_written_leaves_no_creation_time(fresh_env: Env) -> None:
     """Generating a key whose `key.generated` entry cannot be written destroys the key and
     its creation time: a later key of that name gets its own, not the dead key's."""
-    done = subprocess.run(
-        [sys.executable, "-c", _ROLLBACK, str(fresh_env.config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == ["disk full", ["audit", "release"], ["release"]]
+    assert json.loads(_script(fresh_env, _ROLLBACK)) == [
+        "disk full",
+        ["audit", "release"],
+        ["release"],
+    ]
 
 
 def test_audit_verify_refuses_a_second_creation_time_for_a_key(tmp_path: Path) -> None:

@@ -162,15 +162,7 @@ def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) 
                             f"another OpenPGP creation time was given to key {name} at the "
                             "same moment; see `signer keys openpgp-created`"
                         ) from None
-                    tx.append_audit(
-                        dt.datetime.now(dt.UTC),
-                        OPENPGP_CREATED,
-                        actor,
-                        "",
-                        name,
-                        {"key_name": name, "key_id": key.key_id, "openpgp_created": created},
-                    )
-                    _cover(cfg, token, tx)
+                    _record_created(cfg, token, tx, actor, key, created)
             except BaseException:
                 if written and not (tx is not None and tx.committed):
                     token.remove_key_data(openpgp_keys.CREATED, name, value)
@@ -202,20 +194,7 @@ def remove_openpgp_created(config_path: Path, name: str, wrong: int, actor: str)
         store = open_store(cfg.store)
         try:
             with store.transaction() as tx:
-                tx.append_audit(
-                    dt.datetime.now(dt.UTC),
-                    OPENPGP_CREATED,
-                    actor,
-                    "",
-                    name,
-                    {
-                        "key_name": name,
-                        "key_id": key.key_id,
-                        "openpgp_created": left,
-                        "removed": wrong,
-                    },
-                )
-                _cover(cfg, token, tx)
+                _record_created(cfg, token, tx, actor, key, left, removed=wrong)
         finally:
             store.close()
         # Removed once recorded: a crash before leaves both, and the command runs again.
@@ -223,6 +202,15 @@ def remove_openpgp_created(config_path: Path, name: str, wrong: int, actor: str)
         return left
     finally:
         token.close()
+
+
+def _record_created(
+    cfg: Config, token: Token, tx: Tx, actor: str, key: TokenKey, created: int, **more: int
+) -> None:
+    """The `key.openpgp_created` entry of `key` (and its checkpoint) in `tx`."""
+    details = {"key_name": key.name, "key_id": key.key_id, "openpgp_created": created, **more}
+    tx.append_audit(dt.datetime.now(dt.UTC), OPENPGP_CREATED, actor, "", key.name, details)
+    _cover(cfg, token, tx)
 
 
 def _cover(cfg: Config, token: Token, tx: Tx) -> None:
