@@ -72,6 +72,7 @@ def valid_config() -> dict[str, Any]:
             "auditor": ["auditor"],
         },
         "approvers": {o: f"approvers/{o}.key.pub" for o in ("alice", "bob", "carol")},
+        "policy": {"officers": ["alice", "bob", "carol"], "threshold": 2},
         "keys": {
             "release": {
                 "algorithm": "ecdsa-p256",

@@ -147,8 +147,12 @@ class Config:
             "access": {m: sorted(r) for m, r in self.access.items()},
             "audit_key": self.audit_key,
             "oidc": {n: i.as_dict() for n, i in sorted(self.issuers.items())},
-            "policy": {"officers": list(self.policy_officers), "threshold": self.policy_threshold},
         }
+        if self.policy_officers:  # absent from policies recorded before the chain
+            policy["policy"] = {
+                "officers": list(self.policy_officers),
+                "threshold": self.policy_threshold,
+            }
         return policy
 
     @property
