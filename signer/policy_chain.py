@@ -51,6 +51,7 @@ __all__ = [
     "details_of",
     "diff",
     "lifted_freezes",
+    "new_lifts",
     "sign_approval",
     "version_of",
 ]
@@ -409,3 +410,10 @@ def lifted_freezes(document: Mapping[str, Any]) -> dict[str, int]:
         if type(index) is int:
             out[name] = index
     return out
+
+
+def new_lifts(previous: Version | None, version: Version) -> dict[str, int]:
+    """The freezes `version` lifts: its keys' `lift_freeze` that the version before it
+    did not already name (an old value carried on lifts nothing again)."""
+    before = lifted_freezes(previous.document) if previous is not None else {}
+    return {n: i for n, i in lifted_freezes(version.document).items() if before.get(n) != i}

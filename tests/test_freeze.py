@@ -111,29 +111,47 @@ def test_a_freeze_must_be_the_officers_own_fresh_word(fresh: Running) -> None:
 
 
 def test_only_a_policy_version_the_officers_approve_lifts_a_freeze(fresh_env: Env) -> None:
-    """A version naming the freeze in lift_freeze, approved by one officer, is refused and
-    the key stays frozen; approved by the quorum, it lifts the freeze and signing resumes.
-    A version naming another index lifts nothing."""
-    with serving(fresh_env) as f:
+    """A version naming another audit index is refused; one naming the freeze, approved
+    by one officer, is refused and the key stays frozen; approved by the quorum, it lifts
+    the freeze and signing resumes. A later freeze is not lifted by the old value carried
+    on in later versions."""
+    with serving(fresh_env):
         _freeze(fresh_env, "carol")
     index = _frozen_index(fresh_env)
     cfg = fresh_env.read_config()
     cfg["keys"]["release"]["lift_freeze"] = index + 1  # not this freeze
-    fresh_env.write_config(cfg)
-    with serving(fresh_env) as f:
-        assert rpc_error(lambda: f.clients.create()).reason == "KEY_FROZEN"
+    fresh_env.write_config(cfg, adopt=False)
+    signed = _approvals(fresh_env, "alice", "bob")
+    refused(_adopt(fresh_env, *signed), f"names audit entry {index + 1}", f"at entry {index}")
     cfg["keys"]["release"]["lift_freeze"] = index
     fresh_env.write_config(cfg, adopt=False)
-    proposal = _proposal(fresh_env)
-    one = fresh_env.root / "carol.approval"
-    one.write_bytes(sign_approval(proposal, "carol", fresh_env.approval_key("carol"), _now()))
-    args = ["policy", "adopt", "--config", str(fresh_env.config), "--approval", str(one)]
-    refused(run([*SIGNER, *args], check=False), "1 of the 2 approvals")
+    refused(_adopt(fresh_env, *_approvals(fresh_env, "carol")), "1 of the 2 approvals")
     fresh_env.adopt_policy()
     with serving(fresh_env) as f:
         request = f.clients.create()
         f.clients.approve("alice", request)
         assert f.clients.approve("bob", request).state == types_pb2.REQUEST_STATE_SIGNED
+        _freeze(fresh_env, "bob", "again")
+    cfg["keys"]["release"]["max_ttl"] = "2h"  # another change; lift_freeze stays as it was
+    fresh_env.write_config(cfg)
+    with serving(fresh_env) as f:
+        assert rpc_error(lambda: f.clients.create()).reason == "KEY_FROZEN"
+
+
+def _approvals(env: Env, *officers: str) -> list[Path]:
+    """`officers`' approvals of the next version with the env's config as written."""
+    version = _proposal(env)
+    out = []
+    for o in officers:
+        path = env.root / f"v{version.number}-{o}.approval"
+        path.write_bytes(sign_approval(version, o, env.approval_key(o), _now()))
+        out.append(path)
+    return out
+
+
+def _adopt(env: Env, *approvals: Path) -> subprocess.CompletedProcess[str]:
+    args = [a for p in approvals for a in ("--approval", str(p))]
+    return run([*SIGNER, "policy", "adopt", "--config", str(env.config), *args], check=False)
 
 
 def _now() -> dt.datetime:

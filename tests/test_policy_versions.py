@@ -18,11 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.approval.ed25519 import Ed25519Signer
+from signer.errors import PolicyChainError
 from signer.policy_chain import Proposal, Version, details_of, sign_approval
+from signer.server import policy_head
 from signer.server.config import load_config
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
@@ -239,3 +242,46 @@ def test_audit_verify_walks_the_chain_and_names_the_first_bad_link(tmp_path: Pat
     )
     unapproved = verify(lambda x: x.started(dict(v2.document)))
     refused(unapproved, "entry 1 (server.started)", "not version 1 in force")
+
+
+def test_a_version_hidden_in_the_database_stops_the_start(fresh_env: Env) -> None:
+    """Whoever owns the database relabels version 2's entry (the column a listing filters
+    on is not hashed, so the tree still matches): the chain read would end at version 1,
+    but the token records version 2 as adopted, and the start is refused naming it."""
+    new, _ = _propose(fresh_env, _raised(fresh_env.read_config()))
+    proposal_file = new.with_name(new.name + ".proposal.json")
+    ok(_adopt(new, *(_approve(fresh_env, proposal_file, o) for o in ("alice", "bob"))))
+    (v2,) = [
+        e
+        for e in audit_events(fresh_env)
+        if e["event"] == "policy.adopted" and e["details"]["version"] == 2
+    ]
+    if fresh_env.store.backend == "sqlite":
+        fresh_env.store.rows("DROP TRIGGER audit_log_no_update")
+    else:
+        fresh_env.store.rows("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change")
+    fresh_env.store.rows(
+        "UPDATE audit_log SET event = 'policy.proposed' WHERE idx = ?", v2["index"]
+    )
+    v1 = fresh_env.root / "v1.toml"
+    v1.write_text(fresh_env.config.read_text())  # the file of version 1, kept
+    message = refused(_serve(fresh_env), "records policy version 2", "versions were removed")
+    assert "ends at version 1" in message
+
+
+def test_the_token_head_accepts_only_a_chain_that_reaches_it() -> None:
+    """`policy_head.require`: nothing recorded accepts any chain; a chain holding the
+    recorded version (or going past it, after a crash) is accepted; a shorter chain, an
+    empty one (a new version 1 on an emptied store) or another version 2 is refused."""
+    officers = {"policy": {"officers": ["a"], "threshold": 1}}
+    v1 = Version(1, {"x": 1, **officers}, "", ())
+    v2 = Version(2, {"x": 2, **officers}, v1.sha256, ())
+    other = Version(2, {"x": 3, **officers}, v1.sha256, ())
+    policy_head.require([v1], None)
+    policy_head.require([v1, v2], (2, v2.sha256))
+    policy_head.require([v1, v2], (1, v1.sha256))
+    for chain, says in (([v1], "ends at version 1"), ([], "ends at version none")):
+        with pytest.raises(PolicyChainError, match=says):
+            policy_head.require(chain, (2, v2.sha256))
+    with pytest.raises(PolicyChainError, match="the chain was replaced"):
+        policy_head.require([v1, other], (2, v2.sha256))

@@ -61,7 +61,7 @@ from signer.errors import (
 from signer.fields import field, strings, typed
 from signer.freeze import verify_freeze
 from signer.model import Digest, TokenCaller, may_decide
-from signer.policy_chain import Version, check_next, lifted_freezes, version_of
+from signer.policy_chain import Version, check_next, new_lifts, version_of
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
@@ -324,9 +324,10 @@ class _Semantics:
             check_next(self.chain, version)
         except PolicyChainError as x:
             raise ValueError(f"the policy chain breaks here: {x}") from None
+        lifts = new_lifts(self.chain, version)
         self.chain = version
         self.report.policy_versions += 1
-        for name, index in lifted_freezes(version.document).items():
+        for name, index in lifts.items():
             if self.frozen.get(name) == index:
                 del self.frozen[name]
 

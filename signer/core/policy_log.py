@@ -28,7 +28,7 @@ from signer.policy_chain import (
     check_chain,
     check_next,
     details_of,
-    lifted_freezes,
+    new_lifts,
     version_of,
 )
 from signer.store.base import AuditFilter, Tx
@@ -40,7 +40,6 @@ __all__ = [
     "adopt",
     "details_of",
     "in_force",
-    "lifted_freezes",
     "read_chain",
     "version_of",
     "walk",
@@ -110,7 +109,15 @@ def adopt(
     if previous is not None and previous.sha256 == version.sha256:
         raise PolicyChainError(f"this policy is version {previous.number}, already in force")
     approvers = check_next(previous, version)
+    lifts = new_lifts(previous, version)
+    for name, index in lifts.items():
+        held = tx.frozen_key(name)
+        if held is None or held.since_index != index:
+            raise PolicyChainError(
+                f"keys.{name}.lift_freeze names audit entry {index}, but the freeze of key "
+                f"{name} in force is {'at entry ' + str(held.since_index) if held else 'none'}"
+            )
     tx.append_audit(now, ADOPTED, actor, "", "", details_of(version, approvers))
-    for name, index in lifted_freezes(version.document).items():
-        tx.lift_freeze(name, index)  # only the freeze in force at that index
+    for name, index in lifts.items():
+        tx.lift_freeze(name, index)
     return version

@@ -42,7 +42,6 @@ from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
 from signer.bounds import RateLimit
-from signer.core import policy_log
 from signer.core.machine import Core
 from signer.errors import ConfigError, SignerError, TokenError
 from signer.model import KeySpec
@@ -112,7 +111,7 @@ def _policy_in_force(config: Config, token: Token, store: Store) -> Version | No
         status = checkpointer_for(config, token).status(tx)
         if status.problem is not None:
             raise status.problem
-        return policy_log.in_force(tx)
+        return policy_admin.checked_in_force(config, token, tx)
 
 
 @dataclass

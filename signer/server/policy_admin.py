@@ -30,14 +30,17 @@ from signer.audit.checkpoint import Checkpointer
 from signer.core import policy_log
 from signer.errors import ConfigError
 from signer.policy_chain import Proposal, Version
+from signer.server import policy_head
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.config import Config, load_config
 from signer.store import Store, Tx
 from signer.store.factory import open_store
+from signer.token.hsm import Token
 
 __all__ = [
     "adopt",
     "check_config",
+    "checked_in_force",
     "history",
     "in_force",
     "propose",
@@ -45,9 +48,9 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def _trusted_tx(config: Config) -> Iterator[tuple[Checkpointer, Tx]]:
+def _trusted_tx(config: Config) -> Iterator[tuple[Checkpointer, Tx, Token]]:
     """A store transaction on a log the token's tree head vouches for (else the head's
-    error, before any policy is read from it), with the audit checkpointer."""
+    error, before any policy is read from it), with the audit checkpointer and the token."""
     token = open_token(config)
     try:
         store: Store = open_store(config.store)
@@ -57,22 +60,33 @@ def _trusted_tx(config: Config) -> Iterator[tuple[Checkpointer, Tx]]:
                 status = checkpointer.status(tx)
                 if status.problem is not None:
                     raise status.problem
-                yield checkpointer, tx
+                yield checkpointer, tx, token
         finally:
             store.close()
     finally:
         token.close()
 
 
+def checked_in_force(config: Config, token: Token, tx: Tx) -> Version | None:
+    """The version in force: the chain walked from version 1, and reaching the version
+    the token records (`policy_head`)."""
+    chain = policy_log.read_chain(tx)
+    policy_head.require(chain, policy_head.read(token, config.audit_key))
+    return policy_log.in_force(tx)
+
+
 def in_force(config_path: Path) -> Version | None:
     """The policy version in force in the store `config_path` names (None: none yet)."""
-    with _trusted_tx(load_config(config_path)) as (_, tx):
-        return policy_log.in_force(tx)
+    config = load_config(config_path)
+    with _trusted_tx(config) as (_, tx, token):
+        return checked_in_force(config, token, tx)
 
 
 def history(config_path: Path) -> list[tuple[Version, tuple[str, ...], dt.datetime]]:
     """Every version in force in turn, checked as a chain: who approved it, and when."""
-    with _trusted_tx(load_config(config_path)) as (_, tx):
+    config = load_config(config_path)
+    with _trusted_tx(config) as (_, tx, token):
+        checked_in_force(config, token, tx)
         return [(v, who, e.time) for v, who, e in policy_log.walk(tx)]
 
 
@@ -81,8 +95,8 @@ def propose(config_path: Path, new_path: Path, actor: str) -> Proposal:
     the server would), recorded as a `policy.proposed` entry."""
     config = load_config(config_path)
     new = load_config(new_path)
-    with _trusted_tx(config) as (checkpointer, tx):
-        current = policy_log.in_force(tx)
+    with _trusted_tx(config) as (checkpointer, tx, token):
+        current = checked_in_force(config, token, tx)
         if current is not None and current.sha256 == new.policy_hash:
             raise ConfigError(f"{new_path}: its policy is version {current.number}, in force")
         proposal = Proposal(
@@ -112,11 +126,13 @@ def adopt(config_path: Path, approvals: Sequence[bytes], actor: str) -> Version:
     """Make `config_path`'s policy the next version, with these officers' approvals;
     PolicyChainError naming whose are missing, and nothing written, if they do not."""
     config = load_config(config_path)
-    with _trusted_tx(config) as (checkpointer, tx):
+    with _trusted_tx(config) as (checkpointer, tx, token):
+        checked_in_force(config, token, tx)
         version = policy_log.adopt(
             tx, config.policy_document, approvals, actor, dt.datetime.now(dt.UTC)
         )
         checkpointer.cover(tx)
+        policy_head.record(token, config.audit_key, version)  # before the commit
     return version
 
 

@@ -1,0 +1,74 @@
+"""The policy version in force, kept in the token beside the audit key (DESIGN §11).
+
+The chain lives in the audit log, but whoever owns the database can hide its last
+links without breaking the tree (the `event` column a listing filters on is not
+hashed), and an operator with the token's PIN can accept an older or an empty log
+(`signer audit head --reset`) and start a new chain from a version 1 of their own.
+So every adoption also records the new version's number and hash in a private token
+object that neither of them can write without the PIN and that a reset never lowers;
+a chain that does not reach that version is refused (`require`), and so is a new
+version 1 once any version was recorded. Written before the adoption commits: a
+failed commit leaves the token ahead of the log, and the start is refused until the
+same version is adopted again (with the same approvals) — fail closed, never open.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from signer.errors import PolicyChainError, TokenError
+from signer.policy_chain import Version
+from signer.token.hsm import Token
+
+__all__ = ["APPLICATION", "read", "record", "require"]
+
+APPLICATION = "signer policy version in force"
+_VALUE = re.compile(rb"(?P<number>[1-9][0-9]{0,17}) (?P<sha256>[0-9a-f]{64})\Z")
+
+
+def read(token: Token, audit_key: str) -> tuple[int, str] | None:
+    """(number, sha256) of the newest version the token records; None if none."""
+    found = []
+    for value in token.key_data(APPLICATION, audit_key):
+        m = _VALUE.match(value)
+        if m is None:
+            raise TokenError(
+                f"the token object {APPLICATION!r} does not hold a policy version; it was not "
+                "written by this service"
+            )
+        found.append((int(m["number"]), m["sha256"].decode()))
+    return max(found) if found else None
+
+
+def record(token: Token, audit_key: str, version: Version) -> None:
+    """Record `version` as the one in force: written first, the older ones removed after
+    (a crash between leaves both, and the newer counts)."""
+    value = f"{version.number} {version.sha256}".encode()
+    kept = token.key_data(APPLICATION, audit_key)
+    if value not in kept:
+        token.add_key_data(APPLICATION, audit_key, value)
+    for v in kept:
+        if v != value:
+            token.remove_key_data(APPLICATION, audit_key, v)
+
+
+def require(chain: Sequence[Version], recorded: tuple[int, str] | None) -> None:
+    """PolicyChainError unless the chain (oldest first) holds the version the token
+    records: it may be longer (a crash after the commit), never shorter or another."""
+    if recorded is None:
+        return
+    number, sha256 = recorded
+    held = next((v for v in chain if v.number == number), None)
+    if held is None:
+        raise PolicyChainError(
+            f"the token records policy version {number} ({sha256[:16]}...) as adopted, but "
+            f"the audit log's chain ends at version {len(chain) or 'none'}: versions were "
+            "removed or hidden (or an older copy of the database restored); adopt them again "
+            "with their approvals (docs/policy.md)"
+        )
+    if held.sha256 != sha256:
+        raise PolicyChainError(
+            f"policy version {number} in the audit log ({held.sha256[:16]}...) is not the one "
+            f"the token records ({sha256[:16]}...): the chain was replaced"
+        )
