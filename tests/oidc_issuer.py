@@ -91,6 +91,7 @@ def oidc_config() -> dict[str, Any]:
         **cfg,
         "identities": {o: ["approver"] for o in ("alice", "bob", "carol")},
         "approvers": {o: f"approvers/{o}.key.pub" for o in ("alice", "bob", "carol")},
+        "policy": {"officers": ["alice", "bob", "carol"], "threshold": 2},
         "oidc": {
             "ci-idp": {
                 "issuer": ISSUER,

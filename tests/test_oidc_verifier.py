@@ -10,6 +10,7 @@ network.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -259,3 +260,19 @@ def test_malformed_header_is_refused_as_malformed(
     _, payload, signature = idp.mint().split(".")
     token = f"{b64url(json.dumps(header).encode())}.{payload}.{signature}"
     assert rejected(verifier, token) == "TOKEN_MALFORMED"
+
+
+def test_a_jwks_file_changed_under_the_server_is_not_read(tmp_path: Path) -> None:
+    """The policy records the JWKS file by its SHA-256: a key set swapped into the file
+    while the server runs (someone minting their own tokens) is refused at the refetch a
+    new kid triggers, and only the keys loaded from the recorded file verify."""
+    honest = IdP(ISSUER)
+    path = honest.write_jwks(tmp_path / "jwks.json")
+    pinned = hashlib.sha256(path.read_bytes()).hexdigest()
+    v = verifier_for(path, jwks_file_sha256=pinned, jwks_refresh=dt.timedelta(0))
+    v.load()
+    assert v.verify(honest.mint()).identity
+    forger = IdP(ISSUER, [SigningKey.ec("evil")])
+    forger.write_jwks(path)
+    assert rejected(v, forger.mint(key=forger.key("evil"))) == "TOKEN_UNKNOWN_KEY"
+    assert v.verify(honest.mint()).identity

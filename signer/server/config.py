@@ -33,6 +33,7 @@ from signer.server.policy_config import (
     IssuerConfig,
     _access,
     _approver_keys,
+    _file_sha256,
     _identities,
     _issuers,
     _keys,
@@ -109,6 +110,7 @@ class Config:
     issuers: Mapping[str, IssuerConfig] = field(default_factory=dict)
     policy_officers: tuple[str, ...] = ()
     policy_threshold: int = 1
+    client_ca_sha256: str = ""  # the client CA's contents: who can be any mTLS identity
 
     @property
     def store_path(self) -> Path:
@@ -148,6 +150,8 @@ class Config:
             "audit_key": self.audit_key,
             "oidc": {n: i.as_dict() for n, i in sorted(self.issuers.items())},
         }
+        if self.client_ca_sha256:  # absent from policies recorded before the chain
+            policy["tls"] = {"client_ca_sha256": self.client_ca_sha256}
         if self.policy_officers:  # absent from policies recorded before the chain
             policy["policy"] = {
                 "officers": list(self.policy_officers),
@@ -233,6 +237,7 @@ def load_config(path: Path) -> Config:
         issuers=issuers,
         policy_officers=officers,
         policy_threshold=officers_threshold,
+        client_ca_sha256=_file_sha256(top.sub("server"), "client_ca", server.client_ca),
     )
 
 

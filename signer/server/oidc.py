@@ -21,6 +21,7 @@ so `Octo-Alice` is barred as the officer mapped from `octo-alice`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import threading
@@ -125,9 +126,16 @@ class Jwks:
     def _default_fetch(self) -> bytes:
         if self.issuer.jwks_file is not None:
             try:
-                return self.issuer.jwks_file.read_bytes()[:_MAX_JWKS_BYTES]
+                data = self.issuer.jwks_file.read_bytes()[:_MAX_JWKS_BYTES]
             except OSError as e:
                 raise ConfigError(f"cannot read JWKS file {self.issuer.jwks_file}: {e}") from e
+            pinned = self.issuer.jwks_file_sha256
+            if pinned and hashlib.sha256(data).hexdigest() != pinned:
+                raise ConfigError(
+                    f"JWKS file {self.issuer.jwks_file} is not the one the policy in force "
+                    "records: a new key set is a policy change (docs/policy.md)"
+                )
+            return data
         url = self.issuer.jwks_url
         assert url is not None and url.startswith("https://")
         context = ssl.create_default_context(

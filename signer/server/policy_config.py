@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,9 @@ class IssuerConfig:
     jwks_max_age: dt.timedelta = dt.timedelta(hours=1)
     officers: Mapping[str, str] = field(default_factory=dict)  # actor claim -> officer
     actor_case: str = "insensitive"  # GitHub and GitLab logins ignore case
+    # SHA-256 of the files' contents at load: part of the policy (who may mint tokens)
+    jwks_file_sha256: str = ""
+    jwks_ca_sha256: str = ""
 
     def same_actor(self, a: str, b: str) -> bool:
         """Whether two actor names are one account, compared as the issuer compares them.
@@ -107,6 +111,8 @@ class IssuerConfig:
             "recorded_claims": list(self.recorded_claims),
             "leeway_seconds": int(self.leeway.total_seconds()),
             "officers": dict(sorted(self.officers.items())),
+            **({"jwks_file_sha256": self.jwks_file_sha256} if self.jwks_file_sha256 else {}),
+            **({"jwks_ca_sha256": self.jwks_ca_sha256} if self.jwks_ca_sha256 else {}),
         }
 
 
@@ -233,8 +239,21 @@ def _issuers(r: _Reader, approver_keys: Mapping[str, ApprovalKey]) -> dict[str, 
             ),
             officers=officers,
             actor_case=actor_case,
+            jwks_file_sha256=_file_sha256(i, "jwks_file", jwks_file),
+            jwks_ca_sha256=_file_sha256(i, "jwks_ca", jwks_ca),
         )
     return out
+
+
+def _file_sha256(r: _Reader, key: str, path: Path | None) -> str:
+    """SHA-256 of the file's contents, "" without one: what a policy records of a file
+    whose contents decide who is trusted (a key set, a CA)."""
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise r.error(key, f"cannot read {path}: {e.strerror}") from None
 
 
 def _record_rule_claims(issuer: IssuerConfig, rules: list[ClaimRule]) -> IssuerConfig:
