@@ -28,6 +28,7 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -336,10 +337,16 @@ def sign_approval(
     return sign_payload(PAYLOAD_TYPE, statement.to_bytes(), signer)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
 def _flat(value: Any, path: str, out: dict[str, str]) -> None:
     if isinstance(value, dict) and value:
         for k in sorted(value):
-            _flat(value[k], f"{path}.{k}" if path else str(k), out)
+            # A key that is not plain is shown quoted, so no two paths read the same
+            # (issuers `gh` and `gh.officers`).
+            part = k if _PLAIN_KEY.match(str(k)) else json.dumps(str(k), ensure_ascii=False)
+            _flat(value[k], f"{path}.{part}" if path else part, out)
     else:
         out[path] = json.dumps(value, sort_keys=True, ensure_ascii=False)
 

@@ -31,6 +31,7 @@ from signer.errors import (
 )
 from signer.formats.base import PayloadKey
 from signer.formats.openpgp import document_request
+from signer.freeze import Freeze, sign_freeze
 from signer.model import Digest, KeySpec, Request, State
 from tests.core_world import MIN, snapshot
 from tests.core_world import world as world  # a fixture
@@ -289,3 +290,24 @@ def test_an_approved_openpgp_request_waits_for_a_key_without_its_creation_time(
     world.restart().recover()
     signed = world.get(request.id)
     assert signed.state is State.SIGNED and signed.signatures
+
+
+def test_a_freeze_while_the_token_signs_drops_the_signatures(world: World) -> None:
+    """An officer freezes the key (on another replica) while the token is signing: the
+    transaction that would record the signatures sees the freeze, records none, and the
+    request fails naming it."""
+    request = world.create()
+    world.approve("alice", request)
+    spec = world.keys["release"]
+
+    def freeze_now(name: str, hash_name: str, digest: bytes) -> None:
+        world.token.on_sign = None
+        statement = Freeze("release", spec.key_id, "carol", "stolen laptop", world.clock())
+        world.core.freeze("carol", "release", sign_freeze(statement, world.officers["carol"]))
+
+    world.token.on_sign = freeze_now
+    done = world.approve("bob", request)
+    assert done.state is State.FAILED and not done.signatures
+    assert "frozen by carol" in done.status_message
+    assert world.token.calls  # the token did sign; nothing of it was kept
+    assert [e.event for e in world.audit()][-2:] == ["key.frozen", "request.failed"]

@@ -194,12 +194,13 @@ def test_a_freeze_on_one_replica_holds_on_the_other(pg: PgServer, tmp_path: Path
 
 def test_audit_verify_refuses_a_signature_made_while_a_key_was_frozen(tmp_path: Path) -> None:
     """Offline: a freeze signed by an approver of the key verifies; a signature after it
-    fails at its entry; a freeze signed with another officer's key fails."""
+    fails at its entry; a freeze signed with another officer's key, or issued a day
+    before its entry (replayed), fails."""
     s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
     officers = {"policy": {"officers": ["alice", "bob", "carol"], "threshold": 2}}
 
-    def freeze(x: Synth, signer: str = "carol") -> int:
-        statement = Freeze("release", KEY_ID, "carol", "stop", x.t0)
+    def freeze(x: Synth, signer: str = "carol", late: int = 0) -> int:
+        statement = Freeze("release", KEY_ID, "carol", "stop", x.t0 - dt.timedelta(hours=late))
         envelope = sign_freeze(statement, x.keys[signer]).decode()
         details = {"key_name": "release", "key_id": KEY_ID, "reason": "stop", "envelope": envelope}
         return x.add("key.frozen", "carol", details, rid="")

@@ -20,12 +20,18 @@ from signer.approval.ed25519 import Ed25519Signer
 from signer.dsse import sign_payload
 from signer.errors import PolicyChainError
 from signer.policy_chain import (
+    MAX_APPROVALS,
     PAYLOAD_TYPE,
     PolicyApproval,
+    Proposal,
     Version,
     check_chain,
     check_next,
+    details_of,
+    diff,
+    new_lifts,
     sign_approval,
+    version_of,
 )
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
@@ -168,3 +174,71 @@ def test_a_chain_is_walked_from_version_one_or_from_a_pinned_version(v1: Version
         check_chain([v1, v2, v3], pinned_sha256="0" * 64)
     with pytest.raises(PolicyChainError, match="no policy officers"):
         check_next(None, _version(1, {"keys": {}}, None, "alice"))
+
+
+def test_a_proposal_file_reads_back_only_as_written(v1: Version) -> None:
+    """A proposal reads back to itself; one whose hashes do not match its documents, whose
+    version 1 names a previous one, or with a field more or less is refused, naming why."""
+    doc2 = _document(["alice", "bob", "carol"], 3)
+    proposal = Proposal(2, v1.sha256, doc2, V1_DOC)
+    raw = json.dumps(proposal.to_json()).encode()
+    assert Proposal.from_bytes(raw) == proposal
+    for change, says in (
+        ({"sha256": "00" * 32}, "sha256 is not the document's"),
+        ({"previous_sha256": "11" * 32}, "previous_document is not the version"),
+        ({"previous_document": None}, "null only for version 1"),
+        ({"version": 1}, "null only for version 1"),
+        ({"version": True}, "positive integer"),
+        ({"type": "something else"}, "not a signer policy proposal v1"),
+        ({"extra": 1}, "not a signer policy proposal v1"),
+    ):
+        bad = json.dumps({**proposal.to_json(), **change}).encode()
+        with pytest.raises(ValueError, match=says):
+            Proposal.from_bytes(bad)
+    first = Proposal(1, "", V1_DOC, None)
+    assert Proposal.from_bytes(json.dumps(first.to_json()).encode()) == first
+    with pytest.raises(ValueError, match="version 1 follows no version"):
+        Proposal.from_bytes(json.dumps({**first.to_json(), "previous_sha256": "ab"}).encode())
+
+
+def test_the_diff_shows_every_change_and_no_two_paths_alike() -> None:
+    """Changed, added and removed values each show once; a key holding a dot is quoted,
+    so a change under `gh` never reads as one under `gh.officers`."""
+    before = {"oidc": {"gh": {"officers": {"audience": "x"}}, "gh.officers": {"audience": "y"}}}
+    after = {"oidc": {"gh": {"officers": {"audience": "z"}}, "gh.officers": {"audience": "y"}}}
+    assert diff(before, after) == [("oidc.gh.officers.audience", '"x"', '"z"')]
+    after2 = {"oidc": {"gh": {"officers": {"audience": "x"}}, "gh.officers": {"audience": "w"}}}
+    assert diff(before, after2) == [('oidc."gh.officers".audience', '"y"', '"w"')]
+    assert diff({"a": 1, "b": 2}, {"b": 3, "c": 4}) == [
+        ("a", "1", None),
+        ("b", "2", "3"),
+        ("c", None, "4"),
+    ]
+    assert diff(None, {"a": [1]}) == [("a", None, "[1]")]
+
+
+def test_a_recorded_version_reads_back_and_a_damaged_one_is_named(v1: Version) -> None:
+    """`version_of` reads back what `details_of` recorded; a hash that is not the
+    document's, a number that is not one, or approvals that are not base64 are refused
+    naming the entry."""
+    details = details_of(v1, ("alice", "bob"))
+    assert version_of(details, 7) == v1
+    for change, says in (
+        ({"sha256": "00" * 32}, "entry 7: its policy hash is not its document's"),
+        ({"version": "1"}, "entry 7 is not a policy version"),
+        ({"approvals": ["not base64!"]}, "entry 7 is not a policy version"),
+        ({"approvals": ["AA=="] * (MAX_APPROVALS + 1)}, "more than"),
+    ):
+        with pytest.raises(PolicyChainError, match=says):
+            version_of({**details, **change}, 7)
+
+
+def test_a_lift_counts_only_in_the_version_that_adds_it(v1: Version) -> None:
+    """`new_lifts`: a key's lift_freeze counts in the version that sets or changes it, not
+    in the versions that carry it on."""
+    keys = {"release": {**V1_DOC["keys"]["release"], "lift_freeze": 12}}
+    v2 = Version(2, {**V1_DOC, "keys": keys}, v1.sha256, ())
+    v3 = Version(3, {**V1_DOC, "keys": keys, "other": 1}, v2.sha256, ())
+    assert new_lifts(v1, v2) == {"release": 12}
+    assert new_lifts(v2, v3) == {}
+    assert new_lifts(None, v2) == {"release": 12}

@@ -23,6 +23,7 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.approval.ed25519 import Ed25519Signer
+from signer.core import policy_log
 from signer.errors import PolicyChainError
 from signer.policy_chain import Proposal, Version, details_of, sign_approval
 from signer.server import policy_head
@@ -285,3 +286,42 @@ def test_the_token_head_accepts_only_a_chain_that_reaches_it() -> None:
             policy_head.require(chain, (2, v2.sha256))
     with pytest.raises(PolicyChainError, match="the chain was replaced"):
         policy_head.require([v1, other], (2, v2.sha256))
+
+
+def test_an_officer_signs_only_a_proposal_that_can_count(fresh_env: Env) -> None:
+    """`approver policy approve` writes nothing for a proposal holding text it cannot
+    show, for an officer of neither version, or for an officer whose key the proposal
+    records otherwise; nor over a file that exists; a tampered proposal is not read."""
+    fresh_env.add_client("dave", ["approver"], approval_key=True)
+    config = load_config(fresh_env.config)
+    store = fresh_env.store.open()
+    try:
+        with store.transaction() as tx:
+            (*_, last) = policy_log.read_chain(tx)
+    finally:
+        store.close()
+
+    def attempt(document: dict[str, Any], officer: str, name: str) -> str:
+        path = fresh_env.root / f"{name}.proposal.json"
+        proposal = Proposal(last.number + 1, last.sha256, document, dict(last.document))
+        path.write_text(json.dumps(proposal.to_json()))
+        out = fresh_env.root / f"{name}.approval"
+        args = ["policy", "approve", str(path), "--yes", "--out", str(out)]
+        profile = ["--profile", str(fresh_env.profile_path(officer))]
+        done = run([*APPROVER, *args, *profile], check=False)
+        assert not out.exists()
+        return refused(done)
+
+    good = dict(config.policy_document)
+    hidden = {**good, "audit_key": "audit\u202e"}
+    assert "text that cannot be shown" in attempt(hidden, "alice", "hidden")
+    assert "dave is not a policy officer" in attempt(good, "dave", "outsider")
+    keys = {**good["approver_keys"], "alice": good["approver_keys"]["bob"]}
+    assert "records another approval key for alice" in attempt(
+        {**good, "approver_keys": keys}, "alice", "swapped"
+    )
+    tampered = fresh_env.root / "tampered.proposal.json"
+    proposal = Proposal(last.number + 1, last.sha256, good, dict(last.document)).to_json()
+    tampered.write_text(json.dumps({**proposal, "document": {**good, "audit_key": "x"}}))
+    shown = run([*APPROVER, "policy", "show", str(tampered)], check=False)
+    assert "sha256 is not the document's" in refused(shown)

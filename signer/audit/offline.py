@@ -59,7 +59,7 @@ from signer.errors import (
     VerificationError,
 )
 from signer.fields import field, strings, typed
-from signer.freeze import verify_freeze
+from signer.freeze import FRESHNESS, verify_freeze
 from signer.model import Digest, TokenCaller, may_decide
 from signer.policy_chain import Version, check_next, new_lifts, version_of
 
@@ -347,6 +347,11 @@ class _Semantics:
             raise ValueError("the signed freeze is of another officer or key")
         if freeze.reason != field(e.details, "reason", str, "details"):
             raise ValueError("the recorded reason is not the signed one")
+        if abs(freeze.issued_at - e.time) > FRESHNESS:
+            raise ValueError(
+                f"the freeze was issued at {freeze.issued_at.isoformat()}, not within "
+                f"{FRESHNESS} of its entry (a replayed freeze?)"
+            )
         self.frozen.setdefault(key_name, e.index)
 
     def _key_policy(self, key_name: str) -> KeyPolicy:
