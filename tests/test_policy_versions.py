@@ -18,17 +18,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.approval.ed25519 import Ed25519Signer
+from signer.client.profile import remote_error
 from signer.core import policy_log
 from signer.errors import PolicyChainError
 from signer.policy_chain import Proposal, Version, details_of, sign_approval
 from signer.server import policy_head
 from signer.server.config import load_config
-from testbed.commands import APPROVER, SIGNER, run
+from signer.v1 import types_pb2
+from testbed.commands import APPROVER, SIGNER, run, wait_until
 from testbed.env import Env
 from testbed.process import running
 from tests.harness import audit_events, ok, refused
@@ -325,3 +328,31 @@ def test_an_officer_signs_only_a_proposal_that_can_count(fresh_env: Env) -> None
     tampered.write_text(json.dumps({**proposal, "document": {**good, "audit_key": "x"}}))
     shown = run([*APPROVER, "policy", "show", str(tampered)], check=False)
     assert "sha256 is not the document's" in refused(shown)
+
+
+def test_a_server_under_a_superseded_version_stops_signing(fresh_env: Env) -> None:
+    """A version adopted while a server runs the one before it: that server refuses new
+    requests and signs nothing more (an approved request waits, APPROVED); restarted with
+    the new signer.toml, it signs the request under the version in force."""
+    with contextlib.contextmanager(running)(fresh_env) as f:
+        waiting = f.clients.create()
+        cfg = fresh_env.read_config()
+        cfg["keys"]["release"]["max_ttl"] = "2h"
+        new, _ = _propose(fresh_env, cfg)
+        proposal_file = new.with_name(new.name + ".proposal.json")
+        ok(_adopt(new, *(_approve(fresh_env, proposal_file, o) for o in ("alice", "bob"))))
+
+        def refused_now() -> bool:
+            try:
+                f.clients.create()
+            except grpc.RpcError as e:
+                return remote_error(e).reason == "POLICY_SUPERSEDED"
+            return False
+
+        wait_until(refused_now)
+        for officer in ("alice", "bob"):
+            f.clients.approve(officer, waiting)
+        assert f.clients.get(waiting.id).state == types_pb2.REQUEST_STATE_APPROVED
+    fresh_env.config.write_text(new.read_text())
+    with contextlib.contextmanager(running)(fresh_env) as f:
+        wait_until(lambda: f.clients.get(waiting.id).state == types_pb2.REQUEST_STATE_SIGNED)

@@ -85,6 +85,7 @@ class Core(Signing, Recording, AuditReader):
         checkpointer: Checkpointer | None = None,
         events: Hook | None = None,
         policy_officers: Sequence[str] = (),
+        superseded: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
         self.token = token
@@ -92,6 +93,7 @@ class Core(Signing, Recording, AuditReader):
         self.policies = policies
         self.approver_keys = approver_keys
         self.policy_officers = tuple(policy_officers)
+        self.superseded = superseded
         self.clock = clock
         self.limits = limits
         self.notifier = notifier or Notifier()
@@ -162,6 +164,8 @@ class Core(Signing, Recording, AuditReader):
             payload,
         )
         details = intake.created_details(request, policy)
+        if (why := self.superseded()) is not None:
+            raise ConflictError(why, reason="POLICY_SUPERSEDED")
         with self._tx() as tx:
             if idempotency_key:
                 found = tx.find_idempotent(actor, idempotency_key)

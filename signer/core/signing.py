@@ -7,7 +7,10 @@ event hook). Upholds:
   right before the token is called; a quorum that no longer holds fails the
   request instead of signing it; so does a carried payload that no longer passes
   its format's check for the key as loaded here, at the request's own time (a
-  replica whose token keeps another OpenPGP creation time, say);
+  replica whose token keeps another OpenPGP creation time, say); and nothing is
+  signed under a policy version that is no longer the one in force (a new version
+  adopted while this server ran): the request waits, APPROVED, for a server
+  started under the new one;
 - (3) the signatures are stored and `request.signed` appended in one
   transaction: a signature whose entry cannot be written is never returned;
 - a key an officer froze is not signed with: checked before the token is called
@@ -65,6 +68,7 @@ class Signing:
     clock: Callable[[], dt.datetime]
     limits: Limits
     events: Hook
+    superseded: Callable[[], str | None]  # why the loaded policy is no longer in force
     _signing: set[str]
     _signing_lock: threading.Lock
 
@@ -143,6 +147,11 @@ class Signing:
             held = tx.frozen_key(request.key_name)
         if held is not None:
             self._fail(request, _frozen(held))
+            return None
+        if (why := self.superseded()) is not None:
+            # Kept APPROVED: the server restarted under the version in force signs it,
+            # if that version's quorum holds (`recover`).
+            log.error("request left approved", request_id=request_id, error=why)
             return None
         started = time.perf_counter()
         try:

@@ -46,7 +46,7 @@ from signer.core.machine import Core
 from signer.errors import ConfigError, SignerError, TokenError
 from signer.model import KeySpec
 from signer.policy_chain import Version
-from signer.server import openpgp_keys, policy_admin
+from signer.server import openpgp_keys, policy_admin, policy_head
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.auth import DEFAULT_RULES, AuthInterceptor
 from signer.server.config import Config
@@ -140,7 +140,8 @@ class Server:
         try:
             keys = load_keys(config, token)
             store = open_store(config.store)
-            policy_admin.check_config(config, _policy_in_force(config, token, store))
+            in_force = _policy_in_force(config, token, store)
+            policy_admin.check_config(config, in_force)
             metrics_port = 0
             if config.server.metrics_listen is not None:
                 metrics = Metrics(store, token)
@@ -153,6 +154,7 @@ class Server:
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token, metrics),
                 policy_officers=config.policy_officers,
+                superseded=policy_head.Watch(token, config.audit_key, in_force).superseded,
             )
             if metrics is not None:
                 core.events.subscribe(metrics.on_event)

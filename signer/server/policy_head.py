@@ -15,13 +15,15 @@ same version is adopted again (with the same approvals) — fail closed, never o
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Sequence
 
 from signer.errors import PolicyChainError, TokenError
 from signer.policy_chain import Version
 from signer.token.hsm import Token
 
-__all__ = ["APPLICATION", "read", "record", "require"]
+__all__ = ["APPLICATION", "Watch", "read", "record", "require"]
 
 APPLICATION = "signer policy version in force"
 _VALUE = re.compile(rb"(?P<number>[1-9][0-9]{0,17}) (?P<sha256>[0-9a-f]{64})\Z")
@@ -72,3 +74,39 @@ def require(chain: Sequence[Version], recorded: tuple[int, str] | None) -> None:
             f"policy version {number} in the audit log ({held.sha256[:16]}...) is not the one "
             f"the token records ({sha256[:16]}...): the chain was replaced"
         )
+
+
+class Watch:
+    """Whether the version a server started under is still the one in force: the token's
+    record read at most once a second (a version adopted meanwhile, on any host, stops
+    this server's signing and new requests within that second; fail closed on a token
+    that cannot be read)."""
+
+    def __init__(self, token: Token, audit_key: str, loaded: Version | None) -> None:
+        self._token = token
+        self._audit_key = audit_key
+        self._loaded = (loaded.number, loaded.sha256) if loaded is not None else None
+        self._lock = threading.Lock()
+        self._checked = -1.0
+        self._why: str | None = None
+
+    def superseded(self) -> str | None:
+        """Why the loaded version is not in force any more, or None if it is."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked >= 1.0:
+                self._checked = now
+                try:
+                    recorded = read(self._token, self._audit_key)
+                except TokenError as e:
+                    recorded, self._why = None, f"the policy in force cannot be read: {e}"
+                else:
+                    self._why = None
+                if self._why is None and recorded != self._loaded:
+                    number = recorded[0] if recorded else "none"
+                    self._why = (
+                        f"policy version {number} is in force now; this server runs version "
+                        f"{self._loaded[0] if self._loaded else 'none'}: restart it with the "
+                        "new signer.toml"
+                    )
+            return self._why
