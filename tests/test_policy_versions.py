@@ -356,3 +356,31 @@ def test_a_server_under_a_superseded_version_stops_signing(fresh_env: Env) -> No
     fresh_env.config.write_text(new.read_text())
     with contextlib.contextmanager(running)(fresh_env) as f:
         wait_until(lambda: f.clients.get(waiting.id).state == types_pb2.REQUEST_STATE_SIGNED)
+
+
+def test_an_approval_held_back_for_months_does_not_count(fresh_env: Env) -> None:
+    """Approvals issued 31 days ago (kept back by whoever collected them), or an hour in
+    the future, are refused at adoption, naming whose, and nothing is written."""
+    cfg = _raised(fresh_env.read_config())
+    fresh_env.write_config(cfg, adopt=False)
+    config = load_config(fresh_env.config)
+    store = fresh_env.store.open()
+    try:
+        with store.transaction() as tx:
+            (*_, last) = policy_log.read_chain(tx)
+    finally:
+        store.close()
+    version = Version(last.number + 1, config.policy_document, last.sha256, ())
+    now = dt.datetime.now(dt.UTC)
+    for when, name in ((now - dt.timedelta(days=31), "old"), (now + dt.timedelta(hours=1), "new")):
+        paths = []
+        for officer in ("alice", "bob"):
+            path = fresh_env.root / f"{name}-{officer}.approval"
+            path.write_bytes(sign_approval(version, officer, fresh_env.approval_key(officer), when))
+            paths.append(path)
+        args = [a for p in paths for a in ("--approval", str(p))]
+        done = run(
+            [*SIGNER, "policy", "adopt", "--config", str(fresh_env.config), *args], check=False
+        )
+        refused(done, "alice's approval was issued at", "ask for it again")
+    assert _versions(fresh_env) == [1]

@@ -21,9 +21,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from signer.audit.entry import AuditEntry
-from signer.errors import PolicyChainError
+from signer.dsse import Envelope
+from signer.encoding import format_time
+from signer.errors import EnvelopeError, PolicyChainError
 from signer.policy_chain import (
     MAX_APPROVALS,
+    PAYLOAD_TYPE,
+    PolicyApproval,
     Version,
     check_chain,
     check_next,
@@ -45,6 +49,8 @@ __all__ = [
     "walk",
 ]
 
+APPROVAL_MAX_AGE = dt.timedelta(days=30)  # how long an officer's approval counts
+APPROVAL_SKEW = dt.timedelta(minutes=5)
 ADOPTED = "policy.adopted"
 PROPOSED = "policy.proposed"
 _PAGE = 200
@@ -108,6 +114,8 @@ def adopt(
     )
     if previous is not None and previous.sha256 == version.sha256:
         raise PolicyChainError(f"this policy is version {previous.number}, already in force")
+    for raw in version.approvals:
+        _check_age(raw, now)
     approvers = check_next(previous, version)
     lifts = new_lifts(previous, version)
     for name, index in lifts.items():
@@ -121,3 +129,19 @@ def adopt(
     for name, index in lifts.items():
         tx.lift_freeze(name, index)
     return version
+
+
+def _check_age(raw: bytes, now: dt.datetime) -> None:
+    """PolicyChainError for an approval issued more than `APPROVAL_MAX_AGE` ago or in
+    the future: one held back for months does not count (its signature is checked by
+    `check_next`; an envelope that is not an approval is left to it)."""
+    try:
+        statement = PolicyApproval.from_bytes(Envelope.parse(raw, PAYLOAD_TYPE).payload)
+    except EnvelopeError:
+        return
+    if not now - APPROVAL_MAX_AGE <= statement.issued_at <= now + APPROVAL_SKEW:
+        raise PolicyChainError(
+            f"{statement.officer}'s approval was issued at {format_time(statement.issued_at)}; "
+            f"an approval counts from its issue for {APPROVAL_MAX_AGE.days} days, not before: "
+            "ask for it again"
+        )
