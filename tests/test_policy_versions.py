@@ -246,6 +246,13 @@ def test_audit_verify_walks_the_chain_and_names_the_first_bad_link(tmp_path: Pat
     )
     unapproved = verify(lambda x: x.started(dict(v2.document)))
     refused(unapproved, "entry 1 (server.started)", "not version 1 in force")
+    assert "trusted on first use" not in ok(good)
+    late = Synth(s.keys)
+    late.started(s.policy())  # a store that ran before the chain: version 1 comes later
+    _adopted(late, v1, ("alice", "bob"))
+    out = tmp_path / "late"
+    said = ok(audit_verify(out, late.write(out, ed25519.Ed25519PrivateKey.generate())))
+    assert "adopted after 1 server starts" in said and "trusted on first use" in said
 
 
 def test_a_version_hidden_in_the_database_stops_the_start(fresh_env: Env) -> None:

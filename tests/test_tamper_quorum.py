@@ -167,6 +167,7 @@ def test_synthetic_valid_log_passes(tmp_path: Path) -> None:
         "approvals": 2,
         "policies": 1,
         "policy_versions": 0,
+        "policies_before_chain": 1,
     }
 
 

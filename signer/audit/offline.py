@@ -146,6 +146,7 @@ class Report:
     approvals: int = 0
     policies: int = 0
     policy_versions: int = 0  # links of the policy chain, each checked as the next
+    policies_before_chain: int = 0  # server starts before version 1: v1 trusted on first use
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,8 @@ class _Semantics:
             )
         self.policy = _Policy.parse(policy)
         self.report.policies += 1
+        if self.chain is None:
+            self.report.policies_before_chain += 1
 
     def _key_generated(self, e: AuditEntry) -> None:
         created = e.details.get("openpgp_created")

@@ -277,3 +277,8 @@ def audit_verify(directory: Path, vkey: str, as_json: bool) -> None:
         f"({report.approvals} approvals verified, {report.policies} policies in force, "
         f"{report.policy_versions} policy versions chained)"
     )
+    if report.policy_versions and report.policies_before_chain:
+        click.echo(
+            f"note: policy version 1 was adopted after {report.policies_before_chain} server "
+            "starts under policies no version approved: its officers were trusted on first use"
+        )
