@@ -219,3 +219,24 @@ def test_audit_verify_refuses_a_signature_made_while_a_key_was_frozen(tmp_path: 
     refused(
         log(lambda x: freeze(x, "bob")), "entry 1 (key.frozen)", "the freeze is not signed by carol"
     )
+
+
+def test_a_freeze_deleted_from_the_database_still_holds(fresh_env: Env) -> None:
+    """Whoever owns the database deletes the freeze's row: the token's mark still freezes
+    the key, the next start gives the row back, and only a policy version lifts it."""
+    with serving(fresh_env) as f:
+        _freeze(fresh_env, "carol")
+        index = _frozen_index(fresh_env)
+        fresh_env.store.rows("DELETE FROM frozen_keys")
+        e = rpc_error(lambda: f.clients.create())
+        assert e.reason == "KEY_FROZEN" and "kept in the token" in e.message
+    with serving(fresh_env) as f:
+        assert rpc_error(lambda: f.clients.create()).reason == "KEY_FROZEN"
+    assert fresh_env.store.rows("SELECT since_index FROM frozen_keys") == [(index,)]
+    cfg = fresh_env.read_config()
+    cfg["keys"]["release"]["lift_freeze"] = index
+    fresh_env.write_config(cfg)
+    with serving(fresh_env) as f:
+        request = f.clients.create()
+        f.clients.approve("alice", request)
+        assert f.clients.approve("bob", request).state == types_pb2.REQUEST_STATE_SIGNED

@@ -31,7 +31,7 @@ from signer.errors import ConflictError, InvalidArgumentError, NotFoundError, To
 from signer.formats import registry as formats
 from signer.formats.base import PayloadKey
 from signer.model import Digest, KeySpec, Request, State, TokenCaller
-from signer.store.base import Tx
+from signer.store.base import FrozenKey, Tx
 from signer.text import DISPLAY_RULE, MAX_ARTIFACT, is_artifact_name, is_displayable
 
 __all__ = [
@@ -171,9 +171,8 @@ def check_context(context: Mapping[str, str], limits: Limits) -> None:
             )
 
 
-def require_unfrozen(tx: Tx, key_name: str) -> None:
+def require_unfrozen(held: FrozenKey | None, key_name: str) -> None:
     """ConflictError (FAILED_PRECONDITION) if an officer froze `key_name`."""
-    held = tx.frozen_key(key_name)
     if held is not None:
         raise ConflictError(
             f"key {key_name} is frozen: {held.officer} froze it at audit entry "

@@ -40,7 +40,7 @@ from signer.core.policy import KeyPolicy
 from signer.core.quorum import check_statement
 from signer.core.recording import Recording
 from signer.core.rules import Ask, not_an_approver
-from signer.core.signing import DigestSigner, Signing
+from signer.core.signing import DigestSigner, FreezeMarks, Signing
 from signer.dsse import Envelope
 from signer.encoding import format_time
 from signer.errors import (
@@ -86,6 +86,7 @@ class Core(Signing, Recording, AuditReader):
         events: Hook | None = None,
         policy_officers: Sequence[str] = (),
         superseded: Callable[[], str | None] = lambda: None,
+        freeze_marks: FreezeMarks | None = None,
     ) -> None:
         self.store = store
         self.token = token
@@ -94,6 +95,7 @@ class Core(Signing, Recording, AuditReader):
         self.approver_keys = approver_keys
         self.policy_officers = tuple(policy_officers)
         self.superseded = superseded
+        self.freeze_marks = freeze_marks
         self.clock = clock
         self.limits = limits
         self.notifier = notifier or Notifier()
@@ -177,7 +179,7 @@ class Core(Signing, Recording, AuditReader):
                             f"{earlier.id} with other parameters; use a new key"
                         )
                     return earlier
-            require_unfrozen(tx, key_name)
+            require_unfrozen(self._held(tx, key_name), key_name)
             if tx.count_pending(actor) >= self.limits.max_pending_per_requester:
                 raise TooLargeError(
                     f"{echo(actor)} already has {self.limits.max_pending_per_requester} pending "
@@ -400,8 +402,31 @@ class Core(Signing, Recording, AuditReader):
                 },
             )
             held = tx.freeze_key(FrozenKey(key_name, entry.index, actor, freeze.reason, now))
+        if self.freeze_marks is not None:  # in the token too, once recorded (see `reconcile`)
+            self.freeze_marks.mark(key_name, held.since_index)
         log.warning("key frozen", key_name=key_name, officer=actor, index=held.since_index)
         return held
+
+    def reconcile_freezes(self) -> None:
+        """At start: mark in the token every freeze the database holds (one recorded
+        just before a crash), and give back its row to every freeze the token marks (a
+        row someone deleted), so that only a policy version lifts it."""
+        if self.freeze_marks is None:
+            return
+        with self._tx() as tx:
+            rows = {h.key_name: h for h in tx.frozen_keys()}
+            for name in self.keys:
+                marks = self.freeze_marks.marks(name)
+                if marks and name not in rows:
+                    log.error("freeze restored from the token", key_name=name, index=marks[0])
+                    rows[name] = tx.freeze_key(
+                        FrozenKey(
+                            name, marks[0], "an officer", "restored from the token", self.clock()
+                        )
+                    )
+        for held in rows.values():
+            if held.since_index not in self.freeze_marks.marks(held.key_name):
+                self.freeze_marks.mark(held.key_name, held.since_index)
 
     # -- expiry ----------------------------------------------------------------
 

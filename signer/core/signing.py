@@ -58,6 +58,15 @@ class DigestSigner(Protocol):
         ...
 
 
+class FreezeMarks(Protocol):
+    """Freezes kept outside the database too (the token), so that deleting a row does
+    not lift one: each key's marks are the audit indexes of its freezes."""
+
+    def marks(self, key_name: str) -> list[int]: ...
+
+    def mark(self, key_name: str, index: int) -> None: ...
+
+
 class Signing:
     """Signs APPROVED requests; the core sets every attribute named here."""
 
@@ -69,6 +78,7 @@ class Signing:
     limits: Limits
     events: Hook
     superseded: Callable[[], str | None]  # why the loaded policy is no longer in force
+    freeze_marks: FreezeMarks | None
     _signing: set[str]
     _signing_lock: threading.Lock
 
@@ -88,6 +98,23 @@ class Signing:
             self.approver_keys,
             self.clock(),
             self.limits,
+        )
+
+    def _held(self, tx: Tx, key_name: str) -> FrozenKey | None:
+        """The freeze holding on `key_name`: its row, or, with the row gone from the
+        database, the token's mark of it."""
+        held = tx.frozen_key(key_name)
+        if held is not None or self.freeze_marks is None:
+            return held
+        marks = self.freeze_marks.marks(key_name)
+        if not marks:
+            return None
+        return FrozenKey(
+            key_name,
+            min(marks),
+            "an officer",
+            "kept in the token; its database row is gone",
+            dt.datetime.fromtimestamp(0, dt.UTC),
         )
 
     def recover(self, min_age: dt.timedelta = dt.timedelta(0)) -> int:
@@ -144,7 +171,7 @@ class Signing:
             self._fail(request, f"its payload does not pass its format's check for this key: {e}")
             return None
         with self._tx() as tx:
-            held = tx.frozen_key(request.key_name)
+            held = self._held(tx, request.key_name)
         if held is not None:
             self._fail(request, _frozen(held))
             return None
@@ -166,7 +193,7 @@ class Signing:
         signed = self._record_signed(request, spec, approvers, signatures)
         if signed is None:
             with self._tx() as tx:
-                held = tx.frozen_key(request.key_name)
+                held = self._held(tx, request.key_name)
             if held is not None:  # frozen while the token signed: the signatures are dropped
                 self._fail(request, _frozen(held))
         if signed is not None:
@@ -190,7 +217,7 @@ class Signing:
         with self._tx() as tx:
             if find_request(tx, request.id).state is not State.APPROVED:
                 return None
-            if tx.frozen_key(request.key_name) is not None:  # checked where it is recorded
+            if self._held(tx, request.key_name) is not None:  # checked where it is recorded
                 return None
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)

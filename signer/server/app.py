@@ -155,7 +155,9 @@ class Server:
                 checkpointer=checkpointer_for(config, token, metrics),
                 policy_officers=config.policy_officers,
                 superseded=policy_head.Watch(token, config.audit_key, in_force).superseded,
+                freeze_marks=policy_head.TokenFreezes(token),
             )
+            core.reconcile_freezes()
             if metrics is not None:
                 core.events.subscribe(metrics.on_event)
             # Replicas on one database hear each other's changes through the store.

@@ -29,7 +29,7 @@ from pathlib import Path
 from signer.audit.checkpoint import Checkpointer
 from signer.core import policy_log
 from signer.errors import ConfigError
-from signer.policy_chain import Proposal, Version
+from signer.policy_chain import Proposal, Version, new_lifts
 from signer.server import policy_head
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.config import Config, load_config
@@ -127,12 +127,17 @@ def adopt(config_path: Path, approvals: Sequence[bytes], actor: str) -> Version:
     PolicyChainError naming whose are missing, and nothing written, if they do not."""
     config = load_config(config_path)
     with _trusted_tx(config) as (checkpointer, tx, token):
-        checked_in_force(config, token, tx)
+        previous = checked_in_force(config, token, tx)
         version = policy_log.adopt(
             tx, config.policy_document, approvals, actor, dt.datetime.now(dt.UTC)
         )
         checkpointer.cover(tx)
         policy_head.record(token, config.audit_key, version)  # before the commit
+        # The token's marks of the freezes it lifts go before the commit too: if it
+        # fails, the rows stay and the server's start marks them again (`reconcile`).
+        freezes = policy_head.TokenFreezes(token)
+        for name, index in new_lifts(previous, version).items():
+            freezes.unmark(name, index)
     return version
 
 

@@ -23,9 +23,10 @@ from signer.errors import PolicyChainError, TokenError
 from signer.policy_chain import Version
 from signer.token.hsm import Token
 
-__all__ = ["APPLICATION", "Watch", "read", "record", "require"]
+__all__ = ["APPLICATION", "FREEZES", "TokenFreezes", "Watch", "read", "record", "require"]
 
 APPLICATION = "signer policy version in force"
+FREEZES = "signer key frozen since"  # beside a signing key: the audit index of its freeze
 _VALUE = re.compile(rb"(?P<number>[1-9][0-9]{0,17}) (?P<sha256>[0-9a-f]{64})\Z")
 
 
@@ -110,3 +111,25 @@ class Watch:
                         "new signer.toml"
                     )
             return self._why
+
+
+class TokenFreezes:
+    """The freezes of signing keys, also kept as private token objects beside each key
+    (`signer.core.signing.FreezeMarks`): deleting the database row lifts nothing. Only
+    `signer policy adopt` (with the PIN, for a version the officers approved) removes
+    one."""
+
+    def __init__(self, token: Token) -> None:
+        self._token = token
+
+    def marks(self, key_name: str) -> list[int]:
+        return sorted(
+            int(v) for v in self._token.key_data(FREEZES, key_name) if v.isdigit() and len(v) < 19
+        )
+
+    def mark(self, key_name: str, index: int) -> None:
+        if index not in self.marks(key_name):
+            self._token.add_key_data(FREEZES, key_name, str(index).encode())
+
+    def unmark(self, key_name: str, index: int) -> None:
+        self._token.remove_key_data(FREEZES, key_name, str(index).encode())
