@@ -51,6 +51,7 @@ RPCS: list[tuple[str, str, type[Message], bool]] = [
     ("ApprovalService", "Approve", approval_pb2.ApproveRequest, False),
     ("ApprovalService", "Deny", approval_pb2.DenyRequest, False),
     ("ApprovalService", "WatchRequests", approval_pb2.WatchRequestsRequest, True),
+    ("ApprovalService", "FreezeKey", approval_pb2.FreezeKeyRequest, False),
     ("AuditService", "ListAuditEvents", audit_pb2.ListAuditEventsRequest, False),
     ("AuditService", "GetCheckpoint", audit_pb2.GetCheckpointRequest, False),
     ("AuditService", "GetEntries", audit_pb2.GetEntriesRequest, False),
