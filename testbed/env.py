@@ -149,6 +149,27 @@ class Env:
         if adopt:
             self.adopt_policy()
 
+    def policy_chain(self) -> list[Version]:
+        """The policy versions the store's log holds, oldest first (read, not checked)."""
+        store = self.store.open()
+        try:
+            with store.transaction() as tx:
+                return policy_log.read_chain(tx)
+        finally:
+            store.close()
+
+    def next_version(self) -> Version:
+        """The version after the last one in the log, with this config's policy (as the
+        officers would be asked to approve it)."""
+        chain = self.policy_chain()
+        last = chain[-1] if chain else None
+        return Version(
+            last.number + 1 if last else 1,
+            load_config(self.config).policy_document,
+            last.sha256 if last else "",
+            (),
+        )
+
     def adopt_policy(self) -> None:
         """Make this config's policy the next version of the chain, approved by every
         officer of the version in force and of the new one whose approval key this env
@@ -159,21 +180,11 @@ class Env:
             config = load_config(self.config)
         except ConfigError:
             return
-        store = self.store.open()
-        try:
-            with store.transaction() as tx:
-                chain = policy_log.read_chain(tx)
-        finally:
-            store.close()
+        chain = self.policy_chain()
         last = chain[-1] if chain else None
         if last is not None and last.sha256 == config.policy_hash:
             return
-        version = Version(
-            last.number + 1 if last else 1,
-            config.policy_document,
-            last.sha256 if last else "",
-            (),
-        )
+        version = self.next_version()
         officers = set(config.policy_officers)
         if last is not None:
             with contextlib.suppress(PolicyChainError):

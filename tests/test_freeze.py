@@ -18,10 +18,8 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.approval.ed25519 import Ed25519Signer
-from signer.core import policy_log
 from signer.freeze import Freeze, sign_freeze
 from signer.policy_chain import Version, sign_approval
-from signer.server.config import load_config
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, Clients
 from testbed.commands import APPROVER, SIGNER, run
@@ -160,14 +158,7 @@ def _now() -> dt.datetime:
 
 def _proposal(env: Env) -> Version:
     """The next version with the env's config as it is written."""
-    store = env.store.open()
-    try:
-        with store.transaction() as tx:
-            last = policy_log.read_chain(tx)[-1]
-    finally:
-        store.close()
-    document = load_config(env.config).policy_document
-    return Version(last.number + 1, document, last.sha256, ())
+    return env.next_version()
 
 
 def test_a_freeze_on_one_replica_holds_on_the_other(pg: PgServer, tmp_path: Path) -> None:

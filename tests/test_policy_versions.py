@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from signer.approval.ed25519 import Ed25519Signer
 from signer.client.profile import remote_error
-from signer.core import policy_log
 from signer.errors import PolicyChainError
 from signer.policy_chain import Proposal, Version, details_of, sign_approval
 from signer.server import policy_head
@@ -304,12 +303,7 @@ def test_an_officer_signs_only_a_proposal_that_can_count(fresh_env: Env) -> None
     records otherwise; nor over a file that exists; a tampered proposal is not read."""
     fresh_env.add_client("dave", ["approver"], approval_key=True)
     config = load_config(fresh_env.config)
-    store = fresh_env.store.open()
-    try:
-        with store.transaction() as tx:
-            (*_, last) = policy_log.read_chain(tx)
-    finally:
-        store.close()
+    (*_, last) = fresh_env.policy_chain()
 
     def attempt(document: dict[str, Any], officer: str, name: str) -> str:
         path = fresh_env.root / f"{name}.proposal.json"
@@ -370,14 +364,7 @@ def test_an_approval_held_back_for_months_does_not_count(fresh_env: Env) -> None
     the future, are refused at adoption, naming whose, and nothing is written."""
     cfg = _raised(fresh_env.read_config())
     fresh_env.write_config(cfg, adopt=False)
-    config = load_config(fresh_env.config)
-    store = fresh_env.store.open()
-    try:
-        with store.transaction() as tx:
-            (*_, last) = policy_log.read_chain(tx)
-    finally:
-        store.close()
-    version = Version(last.number + 1, config.policy_document, last.sha256, ())
+    version = fresh_env.next_version()
     now = dt.datetime.now(dt.UTC)
     for when, name in ((now - dt.timedelta(days=31), "old"), (now + dt.timedelta(hours=1), "new")):
         paths = []

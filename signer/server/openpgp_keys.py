@@ -105,9 +105,4 @@ def certificate(token: Token, name: str, public_key_pem: str) -> bytes:
 
 def store_certificate(token: Token, name: str, cert: bytes) -> None:
     """Keep `cert` as key `name`'s certificate: written first, then the others removed."""
-    kept = token.key_data(CERTIFICATE, name)
-    if cert not in kept:
-        token.add_key_data(CERTIFICATE, name, cert)
-    for c in kept:
-        if c != cert:
-            token.remove_key_data(CERTIFICATE, name, c)
+    token.replace_key_data(CERTIFICATE, name, cert)

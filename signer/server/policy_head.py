@@ -47,13 +47,7 @@ def read(token: Token, audit_key: str) -> tuple[int, str] | None:
 def record(token: Token, audit_key: str, version: Version) -> None:
     """Record `version` as the one in force: written first, the older ones removed after
     (a crash between leaves both, and the newer counts)."""
-    value = f"{version.number} {version.sha256}".encode()
-    kept = token.key_data(APPLICATION, audit_key)
-    if value not in kept:
-        token.add_key_data(APPLICATION, audit_key, value)
-    for v in kept:
-        if v != value:
-            token.remove_key_data(APPLICATION, audit_key, v)
+    token.replace_key_data(APPLICATION, audit_key, f"{version.number} {version.sha256}".encode())
 
 
 def require(chain: Sequence[Version], recorded: tuple[int, str] | None) -> None:

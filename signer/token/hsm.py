@@ -234,6 +234,16 @@ class Token(Connection):
                 if str(o[Attribute.LABEL]) == name and bytes(o[Attribute.VALUE]) == value:
                     o.destroy()
 
+    def replace_key_data(self, application: str, name: str, value: bytes) -> None:
+        """Keep `value` as the one object of `application` beside key `name`: written
+        first, the others removed after (a crash between leaves both, never none)."""
+        kept = self.key_data(application, name)
+        if value not in kept:
+            self.add_key_data(application, name, value)
+        for v in kept:
+            if v != value:
+                self.remove_key_data(application, name, v)
+
     def _data_objects(self, application: str) -> list[Any]:
         """This service's data objects of `application`: private token objects only, which
         no one can make without the user PIN (a public object with the same application,
