@@ -231,3 +231,14 @@ def test_a_freeze_deleted_from_the_database_still_holds(fresh_env: Env) -> None:
         request = f.clients.create()
         f.clients.approve("alice", request)
         assert f.clients.approve("bob", request).state == types_pb2.REQUEST_STATE_SIGNED
+
+
+def test_freezing_a_key_whose_row_was_deleted_gives_it_back(fresh: Running) -> None:
+    """A freeze given again after someone deleted the row of the first is the first
+    (its row given back from the token's mark, no second entry), so one lift lifts it."""
+    _freeze(fresh.env, "carol")
+    index = _frozen_index(fresh.env)
+    fresh.env.store.rows("DELETE FROM frozen_keys")
+    _freeze(fresh.env, "alice", "again")
+    assert _frozen_index(fresh.env) == index
+    assert fresh.env.store.rows("SELECT since_index FROM frozen_keys") == [(index,)]

@@ -385,8 +385,10 @@ class Core(Signing, Recording, AuditReader):
                 ("issued_at",),
             )
         with self._tx() as tx:
-            held = tx.frozen_key(key_name)
+            held = self._held(tx, key_name)
             if held is not None:
+                if tx.frozen_key(key_name) is None:  # its row was deleted: given back
+                    tx.freeze_key(held)
                 return held
             entry = tx.append_audit(
                 now,
