@@ -97,10 +97,11 @@ class Watch:
                     recorded, self._why = None, f"the policy in force cannot be read: {e}"
                 else:
                     self._why = None
-                if self._why is None and recorded != self._loaded:
-                    number = recorded[0] if recorded else "none"
+                # A token that records no version (a chain adopted before the token
+                # kept one) has nothing to compare: the start checked the chain.
+                if self._why is None and recorded is not None and recorded != self._loaded:
                     self._why = (
-                        f"policy version {number} is in force now; this server runs version "
+                        f"policy version {recorded[0]} is in force now; this server runs version "
                         f"{self._loaded[0] if self._loaded else 'none'}: restart it with the "
                         "new signer.toml"
                     )
