@@ -144,7 +144,8 @@ class Env:
 
     def write_config(self, cfg: dict[str, Any], adopt: bool = True) -> None:
         """Write the config; with `adopt`, make its policy the version in force as the
-        officers would (`adopt_policy`). Without it, the server refuses an edited policy."""
+        officers would (`adopt_policy`; `add_key` and `add_client` leave that to the next
+        `ServerProcess.start`). Without it, the server refuses an edited policy."""
         self.config.write_text(tomli_w.dumps(cfg))
         if adopt:
             self.adopt_policy()
@@ -225,7 +226,7 @@ class Env:
             generate_approval_key(self.root / "approvers" / f"{name}.key")
             lines.append(f'approval_key = "../approvers/{name}.key"')
             cfg["approvers"][name] = f"approvers/{name}.key.pub"
-        self.write_config(cfg)
+        self.write_config(cfg, adopt=False)  # adopted when a server starts
         path = self.profile_path(name)
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -254,7 +255,7 @@ class Env:
             "max_ttl": "1h",
             **policy,
         }
-        self.write_config(cfg)
+        self.write_config(cfg, adopt=False)  # adopted when a server starts
 
     def approval_key(self, officer: str) -> ApprovalSigner:
         return load_signer(self.root / "approvers" / f"{officer}.key", None)

@@ -40,6 +40,7 @@ class ServerProcess:
         )
 
     def start(self, timeout: float = 60) -> ServerProcess:
+        self.env.adopt_policy()  # what add_key and add_client left (nothing if in force)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [*SIGNER, "serve", "--config", str(self.env.config)],

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from approver.cli import main as approver_main
 from signer.approval.ed25519 import Ed25519Signer
 from signer.freeze import Freeze, sign_freeze
 from signer.policy_chain import Version, sign_approval
 from signer.v1 import approval_pb2, signing_pb2, types_pb2
 from testbed.clients import RPC_TIMEOUT, Clients
-from testbed.commands import APPROVER, SIGNER, run
+from testbed.commands import SIGNER, run
 from testbed.env import Db, Env, make_env
 from testbed.pg import PgServer
 from testbed.process import Running, ServerProcess, running
@@ -35,9 +37,11 @@ KEY_ID = "ab" * 32  # the synthetic log's key id
 
 
 def _freeze(env: Env, officer: str, reason: str = "the CI runner was compromised") -> str:
+    """`approver freeze` (a client: run in this process)."""
     args = ["freeze", "release", "--reason", reason, "--yes"]
-    done = run([*APPROVER, *args, "--profile", str(env.profile_path(officer))])
-    return done.stdout + done.stderr
+    done = CliRunner().invoke(approver_main, [*args, "--profile", str(env.profile_path(officer))])
+    assert done.exit_code == 0, done.output
+    return done.output
 
 
 def _frozen_index(env: Env) -> int:
