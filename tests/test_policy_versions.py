@@ -271,8 +271,6 @@ def test_a_version_hidden_in_the_database_stops_the_start(fresh_env: Env) -> Non
     fresh_env.store.rows(
         "UPDATE audit_log SET event = 'policy.proposed' WHERE idx = ?", v2["index"]
     )
-    v1 = fresh_env.root / "v1.toml"
-    v1.write_text(fresh_env.config.read_text())  # the file of version 1, kept
     message = refused(_serve(fresh_env), "records policy version 2", "versions were removed")
     assert "ends at version 1" in message
 

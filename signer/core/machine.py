@@ -415,19 +415,19 @@ class Core(Signing, Recording, AuditReader):
         row someone deleted), so that only a policy version lifts it."""
         if self.freeze_marks is None:
             return
+        marks = {name: self.freeze_marks.marks(name) for name in self.keys}
         with self._tx() as tx:
             rows = {h.key_name: h for h in tx.frozen_keys()}
-            for name in self.keys:
-                marks = self.freeze_marks.marks(name)
-                if marks and name not in rows:
-                    log.error("freeze restored from the token", key_name=name, index=marks[0])
+            for name, marked in marks.items():
+                if marked and name not in rows:
+                    log.error("freeze restored from the token", key_name=name, index=marked[0])
                     rows[name] = tx.freeze_key(
                         FrozenKey(
-                            name, marks[0], "an officer", "restored from the token", self.clock()
+                            name, marked[0], "an officer", "restored from the token", self.clock()
                         )
                     )
         for held in rows.values():
-            if held.since_index not in self.freeze_marks.marks(held.key_name):
+            if held.since_index not in marks.get(held.key_name, []):
                 self.freeze_marks.mark(held.key_name, held.since_index)
 
     # -- expiry ----------------------------------------------------------------

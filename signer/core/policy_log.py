@@ -29,7 +29,6 @@ from signer.policy_chain import (
     PAYLOAD_TYPE,
     PolicyApproval,
     Version,
-    check_chain,
     check_next,
     details_of,
     new_lifts,
@@ -43,7 +42,6 @@ __all__ = [
     "PROPOSED",
     "adopt",
     "details_of",
-    "in_force",
     "read_chain",
     "version_of",
     "walk",
@@ -85,27 +83,19 @@ def walk(tx: Tx) -> list[tuple[Version, tuple[str, ...], AuditEntry]]:
     return out
 
 
-def in_force(tx: Tx, pinned_sha256: str = "") -> Version | None:
-    """The policy version in force: the last of a chain that holds from version 1 (or
-    from the pinned version); None if the log holds none yet. PolicyChainError at the
-    first bad link."""
-    versions = read_chain(tx)
-    return check_chain(versions, pinned_sha256) if versions else None
-
-
 def adopt(
     tx: Tx,
+    previous: Version | None,
     document: Mapping[str, Any],
     approvals: Sequence[bytes],
     actor: str,
     now: dt.datetime,
 ) -> Version:
-    """Append `document` as the next version after the one in force, if `approvals`
-    make it the next link (`check_next`); PolicyChainError naming what is missing if not,
-    and nothing is written."""
+    """Append `document` as the next version after `previous`, the one in force (as the
+    caller read it in `tx`), if `approvals` make it the next link (`check_next`);
+    PolicyChainError naming what is missing if not, and nothing is written."""
     if len(approvals) > MAX_APPROVALS:
         raise PolicyChainError(f"{len(approvals)} approvals; at most {MAX_APPROVALS} are kept")
-    previous = in_force(tx)
     version = Version(
         previous.number + 1 if previous else 1,
         dict(document),

@@ -108,9 +108,7 @@ def _policy_in_force(config: Config, token: Token, store: Store) -> Version | No
     """The policy version in force, read only from a log the token's tree head vouches
     for (a database restored or edited behind the server's back is refused first)."""
     with store.transaction() as tx:
-        status = checkpointer_for(config, token).status(tx)
-        if status.problem is not None:
-            raise status.problem
+        policy_admin.require_trusted(config, token, tx)
         return policy_admin.checked_in_force(config, token, tx)
 
 

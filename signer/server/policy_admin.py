@@ -29,7 +29,7 @@ from pathlib import Path
 from signer.audit.checkpoint import Checkpointer
 from signer.core import policy_log
 from signer.errors import ConfigError
-from signer.policy_chain import Proposal, Version, new_lifts
+from signer.policy_chain import Proposal, Version, check_chain, new_lifts
 from signer.server import policy_head
 from signer.server.admin import checkpointer_for, open_token
 from signer.server.config import Config, load_config
@@ -42,8 +42,8 @@ __all__ = [
     "check_config",
     "checked_in_force",
     "history",
-    "in_force",
     "propose",
+    "require_trusted",
 ]
 
 
@@ -56,15 +56,21 @@ def _trusted_tx(config: Config) -> Iterator[tuple[Checkpointer, Tx, Token]]:
         store: Store = open_store(config.store)
         try:
             with store.transaction() as tx:
-                checkpointer = checkpointer_for(config, token)
-                status = checkpointer.status(tx)
-                if status.problem is not None:
-                    raise status.problem
-                yield checkpointer, tx, token
+                yield require_trusted(config, token, tx), tx, token
         finally:
             store.close()
     finally:
         token.close()
+
+
+def require_trusted(config: Config, token: Token, tx: Tx) -> Checkpointer:
+    """The audit checkpointer, once the token's tree head vouches for the log `tx` reads
+    (else the head's error, before any policy is read from it)."""
+    checkpointer = checkpointer_for(config, token)
+    status = checkpointer.status(tx)
+    if status.problem is not None:
+        raise status.problem
+    return checkpointer
 
 
 def checked_in_force(config: Config, token: Token, tx: Tx) -> Version | None:
@@ -72,22 +78,16 @@ def checked_in_force(config: Config, token: Token, tx: Tx) -> Version | None:
     the token records (`policy_head`)."""
     chain = policy_log.read_chain(tx)
     policy_head.require(chain, policy_head.read(token, config.audit_key))
-    return policy_log.in_force(tx)
-
-
-def in_force(config_path: Path) -> Version | None:
-    """The policy version in force in the store `config_path` names (None: none yet)."""
-    config = load_config(config_path)
-    with _trusted_tx(config) as (_, tx, token):
-        return checked_in_force(config, token, tx)
+    return check_chain(chain) if chain else None
 
 
 def history(config_path: Path) -> list[tuple[Version, tuple[str, ...], dt.datetime]]:
     """Every version in force in turn, checked as a chain: who approved it, and when."""
     config = load_config(config_path)
     with _trusted_tx(config) as (_, tx, token):
-        checked_in_force(config, token, tx)
-        return [(v, who, e.time) for v, who, e in policy_log.walk(tx)]
+        walked = policy_log.walk(tx)
+        policy_head.require([v for v, _, _ in walked], policy_head.read(token, config.audit_key))
+        return [(v, who, e.time) for v, who, e in walked]
 
 
 def propose(config_path: Path, new_path: Path, actor: str) -> Proposal:
@@ -129,7 +129,7 @@ def adopt(config_path: Path, approvals: Sequence[bytes], actor: str) -> Version:
     with _trusted_tx(config) as (checkpointer, tx, token):
         previous = checked_in_force(config, token, tx)
         version = policy_log.adopt(
-            tx, config.policy_document, approvals, actor, dt.datetime.now(dt.UTC)
+            tx, previous, config.policy_document, approvals, actor, dt.datetime.now(dt.UTC)
         )
         checkpointer.cover(tx)
         policy_head.record(token, config.audit_key, version)  # before the commit
