@@ -74,8 +74,8 @@ def require(chain: Sequence[Version], recorded: tuple[int, str] | None) -> None:
 class Watch:
     """Whether the version a server started under is still the one in force: the token's
     record read at most once a second (a version adopted meanwhile, on any host, stops
-    this server's signing and new requests within that second; fail closed on a token
-    that cannot be read)."""
+    this server's signing and new requests within that second; a token that cannot be
+    read raises its TokenError)."""
 
     def __init__(self, token: Token, audit_key: str, loaded: Version | None) -> None:
         self._token = token
@@ -90,16 +90,14 @@ class Watch:
         with self._lock:
             now = time.monotonic()
             if now - self._checked >= 1.0:
+                # A token that cannot be read raises (UNAVAILABLE, as every token call):
+                # nothing is signed meanwhile, and it is read again at the next call.
+                recorded = read(self._token, self._audit_key)
                 self._checked = now
-                try:
-                    recorded = read(self._token, self._audit_key)
-                except TokenError as e:
-                    recorded, self._why = None, f"the policy in force cannot be read: {e}"
-                else:
-                    self._why = None
+                self._why = None
                 # A token that records no version (a chain adopted before the token
                 # kept one) has nothing to compare: the start checked the chain.
-                if self._why is None and recorded is not None and recorded != self._loaded:
+                if recorded is not None and recorded != self._loaded:
                     self._why = (
                         f"policy version {recorded[0]} is in force now; this server runs version "
                         f"{self._loaded[0] if self._loaded else 'none'}: restart it with the "

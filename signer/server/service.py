@@ -123,7 +123,7 @@ class _Base:
         if not isinstance(error, StoreError | TokenError):
             try:
                 self.core.record_rejection(identity, method, error, str(getattr(request, "id", "")))
-            except StoreError as e:
+            except (StoreError, TokenError) as e:  # its checkpoint needs the token too
                 error = e
         abort(context, error)
 
