@@ -58,6 +58,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("backend", backends, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n` (scripts/test), each backend's tests run on one worker, so each
+    worker builds the session's shared environments once, not at every switch of backend
+    (a session fixture is torn down when its parameter changes); the other tests go by
+    file, keeping each module's fixtures on one worker."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        item.add_marker(pytest.mark.xdist_group(backend or item.path.name))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     missing = [
         what
