@@ -41,6 +41,11 @@ class KeySpec:
     key_id: str
     public_key_pem: str
     openpgp_created: int | None = None  # the OpenPGP creation time kept in the token
+    label: str = ""  # its CKA_LABEL: the name, or name@N once rotated; "": the name
+
+    @property
+    def token_label(self) -> str:
+        return self.label or self.name
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Any
 
 from signer.approval import registry
 from signer.approval.keys import ApprovalKey, ApprovalSigner
+from signer.core.policy import revocation_problem
 from signer.dsse import Envelope, distinct_approvers, sign_payload
 from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import EnvelopeError, PolicyChainError
@@ -288,6 +289,9 @@ def check_next(previous: Version | None, version: Version) -> tuple[str, ...]:
                 f"{version.previous_sha256[:16] or 'none'}..., but version {previous.number} "
                 f"in force is {previous.sha256[:16]}... (a fork)"
             )
+    problem = revocation_problem(previous.document if previous else None, version.document)
+    if problem is not None:
+        raise PolicyChainError(f"policy version {version.number} is refused: {problem}")
     own = Officers.of(version.document)
     needed = [("its own", own)]
     if previous is not None:

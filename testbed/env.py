@@ -232,8 +232,9 @@ class Env:
         return path
 
     def add_key(self, name: str, algorithm: str, **policy: Any) -> None:
-        """Generate a key in the token and give it a 2-of-3 policy (overridable)."""
-        run(
+        """Generate a key in the token and give it a 2-of-3 policy (overridable), pinned
+        to the key generated (its `key_id`)."""
+        generated = run(
             [
                 *SIGNER,
                 "keys",
@@ -248,6 +249,7 @@ class Env:
         )
         cfg = self.read_config()
         cfg["keys"][name] = {
+            "key_id": generated.stdout.split()[2],
             "algorithm": algorithm,
             "approvers": ["alice", "bob", "carol"],
             "threshold": 2,

@@ -90,3 +90,39 @@ def test_a_signature_after_a_request_ended_is_refused(s: Synth, tmp_path: Path, 
     s.add(ended, "signer", {"reason": "x"})
     signed = s.signed(["alice", "bob"])
     _refused(s, tmp_path / "log", signed, f"request signed after {ended}")
+
+
+def _pinned_policy(s: Synth, key_id: str, **extra: object) -> dict[str, object]:
+    policy = s.policy()
+    policy["keys"]["release"]["key_id"] = key_id
+    return {**policy, **extra}
+
+
+def _signed_under(s: Synth, policy: dict[str, object]) -> int:
+    s.started(policy)
+    s.created()
+    s.decided("alice")
+    s.decided("bob")
+    s.add("request.quorum", "bob", {"approvers": ["alice", "bob"], "threshold": 2})
+    return s.signed(["alice", "bob"])
+
+
+def test_a_signature_by_a_key_the_policy_does_not_pin_is_refused(s: Synth, tmp_path: Path) -> None:
+    """The policy in force pins another key id for `release` than the one that signed."""
+    index = _signed_under(s, _pinned_policy(s, "cd" * 32))
+    _refused(s, tmp_path / "log", index, "not the key cdcdcdcdcdcdcdcd... the policy in force")
+
+
+def test_a_signature_by_the_pinned_key_verifies(s: Synth, tmp_path: Path) -> None:
+    """The same log with the signing key pinned verifies (the baseline of the refusals)."""
+    _signed_under(s, _pinned_policy(s, "ab" * 32))
+    _verify(s, tmp_path / "log")
+
+
+def test_a_signature_by_a_key_the_policy_in_force_revokes_is_refused(
+    s: Synth, tmp_path: Path
+) -> None:
+    """A request signed by a key id the policy in force revokes is refused."""
+    revoked = [{"key_id": "ab" * 32, "at": "2026-01-01T00:00:00Z", "reason": "stolen"}]
+    index = _signed_under(s, {**s.policy(), "revoked": revoked})
+    _refused(s, tmp_path / "log", index, "which the policy in force revokes")

@@ -196,7 +196,8 @@ def _add_weak_key(env: Env, label: str, *, sensitive: bool, extractable: bool) -
 
 def _use_key(env: Env, name: str) -> None:
     cfg = env.read_config()
-    cfg["keys"] = {"release": cfg["keys"]["release"], name: dict(cfg["keys"]["release"])}
+    pinned = {**cfg["keys"]["release"], "key_id": _keys_list(env)[name]["key_id"]}
+    cfg["keys"] = {"release": cfg["keys"]["release"], name: pinned}
     env.write_config(cfg)
 
 

@@ -47,7 +47,7 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
-from signer.core.policy import KeyPolicy
+from signer.core.policy import KeyPolicy, Revocation, revocations_of
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
@@ -156,6 +156,7 @@ class _Policy:
     keys: dict[str, KeyPolicy]
     approver_keys: dict[str, ApprovalKey]
     officers: tuple[str, ...] = ()  # the policy officers (who approve policy changes)
+    revoked: Mapping[str, Revocation] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def parse(cls, policy: Mapping[str, Any]) -> _Policy:
@@ -176,7 +177,7 @@ class _Policy:
                 raise ValueError(f"{at} {e}") from None
         section = field(policy, "policy", dict, where, {})
         officers = tuple(strings(section, "officers", f"{where}.policy", []))
-        return cls(keys, approver_keys, officers)
+        return cls(keys, approver_keys, officers, revocations_of(policy))
 
 
 def _digest(value: Any, where: str) -> Digest:
@@ -421,6 +422,13 @@ class _Semantics:
         policy = self._key_policy(r.key_name)
         if key_id != r.key_id:
             raise ValueError("signed with another key id than the request names")
+        if policy.key_id and key_id != policy.key_id:
+            raise ValueError(
+                f"signed with key {key_id[:16]}..., not the key {policy.key_id[:16]}... the "
+                f"policy in force pins for {r.key_name!r}"
+            )
+        if key_id in self.policy.revoked:
+            raise ValueError(f"signed with key {key_id[:16]}..., which the policy in force revokes")
         # As the core does at signing: an approval counts only under the approver key in
         # force now (a key rotated since the approval does not verify it any more).
         valid = {

@@ -51,9 +51,11 @@ from signer.server import openpgp_keys
 from signer.server.admin import SKEW as OPENPGP_SKEW
 from signer.server.admin import (
     generate_key,
+    key_in_policy,
     list_keys,
     open_token,
     remove_openpgp_created,
+    rotate_key,
     set_openpgp_created,
 )
 from signer.server.config import load_config
@@ -154,6 +156,31 @@ def keys_generate(config_path: Path, name: str, alg: str) -> None:
     click.echo(f"{key.name} {alg} {key.key_id}")
 
 
+@keys.command("rotate")
+@config_opt
+@click.option("--name", required=True, help="The policy key to give a new version.")
+@click.option(
+    "--algorithm",
+    "alg",
+    type=click.Choice(list(ALGORITHMS)),
+    help="The new version's algorithm (default: the key's).",
+)
+@handle_errors
+def keys_rotate(config_path: Path, name: str, alg: str | None) -> None:
+    """Generate a new version of a key in the token (audit-logged). It signs once the
+    officers adopt a policy that pins it; the old version stops signing then, and what
+    it signed stays verifiable."""
+    key, number = rotate_key(
+        config_path, name, algorithm(alg) if alg else None, actor="admin (signer keys rotate)"
+    )
+    click.echo(f"{key.name} {key.algorithm.name if key.algorithm else '?'} {key.key_id}")
+    stderr.print(
+        f"version {number} of key {name} generated; it signs once the officers adopt a policy "
+        f'with keys.{name}.key_id = "{key.key_id}" (signer policy propose; to revoke the '
+        "old version too, add a [[revoked]] table in the same version: docs/policy.md)"
+    )
+
+
 @keys.command("list")
 @config_opt
 @json_opt
@@ -195,9 +222,10 @@ def keys_list(config_path: Path, as_json: bool) -> None:
 @handle_errors
 def keys_public(config_path: Path, name: str, out: Path | None) -> None:
     """Print a key's public key (PEM) from the token."""
-    token = open_token(load_config(config_path))
+    cfg = load_config(config_path)
+    token = open_token(cfg)
     try:
-        pem = token.key(name).public_key_pem
+        pem = key_in_policy(cfg, token, name).public_key_pem
     finally:
         token.close()
     emit(pem, out)
@@ -214,9 +242,10 @@ def keys_public(config_path: Path, name: str, out: Path | None) -> None:
 def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
     """Print a key's OpenSSH public key and its allowed_signers line (for
     `ssh-keygen -Y verify` and git's gpg.ssh.allowedSignersFile)."""
-    token = open_token(load_config(config_path))
+    cfg = load_config(config_path)
+    token = open_token(cfg)
     try:
-        key = token.key(name)
+        key = key_in_policy(cfg, token, name)
     finally:
         token.close()
     ssh_algorithm(key.algorithm.name if key.algorithm else "", name)  # say which to use
@@ -260,10 +289,12 @@ def keys_openpgp_created(
         if set_to > time.time() + OPENPGP_SKEW:
             raise click.BadParameter(f"{set_to} is in the future", param_hint="--set")
         set_openpgp_created(config_path, name, set_to, actor="admin (signer keys openpgp-created)")
-    token = open_token(load_config(config_path))
+    cfg = load_config(config_path)
+    token = open_token(cfg)
     try:
-        pem = token.key(name).public_key_pem
-        created = openpgp_keys.creation_time(token, name)
+        key = key_in_policy(cfg, token, name)
+        pem = key.public_key_pem
+        created = openpgp_keys.creation_time(token, key.name)
     finally:
         token.close()
     if created is None:
@@ -310,10 +341,10 @@ def keys_openpgp(
     config = load_config(config_path)
     token = open_token(config)
     try:
-        key = token.key(name)
+        key = key_in_policy(config, token, name)
         algorithm_name = key.algorithm.name if key.algorithm else ""
         openpgp_algorithm(algorithm_name, name)
-        created = openpgp_keys.creation_time(token, name)
+        created = openpgp_keys.creation_time(token, key.name)
     finally:
         token.close()
     if created is None:
@@ -343,7 +374,7 @@ def keys_openpgp(
         stderr.print(write_beside(signed, out))
     token = open_token(config)
     try:
-        openpgp_keys.store_certificate(token, name, cert)
+        openpgp_keys.store_certificate(token, key.name, cert)
     finally:
         token.close()
     stderr.print(

@@ -19,11 +19,19 @@ from typing import Any
 
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
 from signer.core import rules
+from signer.encoding import format_time, parse_time
 from signer.errors import SignerError
 from signer.fields import field, strings, typed
 from signer.parsing import MAX_TTL
 
-__all__ = ["ClaimRule", "KeyPolicy"]
+__all__ = [
+    "ClaimRule",
+    "KeyPolicy",
+    "Revocation",
+    "key_id_problem",
+    "revocation_problem",
+    "revocations_of",
+]
 
 _KEY_FIELDS = frozenset(
     {
@@ -36,8 +44,50 @@ _KEY_FIELDS = frozenset(
         "oidc",
         "payload_types",
         "lift_freeze",
+        "key_id",
     }
 )
+_REVOCATION_FIELDS = frozenset({"key_id", "at", "reason"})
+MAX_REASON = 512
+
+
+def key_id_problem(value: object) -> str | None:
+    """Why `value` is not a key id (hex SHA-256 of a public key's SPKI DER), or None."""
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        return "must be a key id: 64 lowercase hex digits, as `signer keys list` shows"
+    return None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A signing key no longer trusted from `at` on: a signature logged after it fails
+    verification, one logged before still passes. Never taken back (`check_next`)."""
+
+    key_id: str
+    at: dt.datetime
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key_id": self.key_id, "at": format_time(self.at), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> Revocation:
+        """The inverse of `as_dict` (hostile input); ValueError names the field."""
+        typed(d, dict, where)
+        unknown = sorted(set(d) - _REVOCATION_FIELDS)
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]} is not a revocation field this verifier knows")
+        key_id = field(d, "key_id", str, where)
+        if (problem := key_id_problem(key_id)) is not None:
+            raise ValueError(f"{where}.key_id {problem}")
+        reason = field(d, "reason", str, where)
+        if not reason or len(reason) > MAX_REASON:
+            raise ValueError(f"{where}.reason must be 1 to {MAX_REASON} characters")
+        try:
+            at = parse_time(field(d, "at", str, where))
+        except ValueError:
+            raise ValueError(f"{where}.at must be an RFC 3339 UTC time") from None
+        return cls(key_id, at, reason)
 
 
 @dataclass(frozen=True)
@@ -81,6 +131,7 @@ class KeyPolicy:
     oidc: tuple[ClaimRule, ...] = ()
     payload_types: tuple[str, ...] = ()  # the payloads its requests may carry ("": digests)
     lift_freeze: int | None = None  # the audit index of the freeze this version lifts
+    key_id: str = ""  # the token key that signs (hex SHA-256 of its SPKI); "": not pinned
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -130,6 +181,8 @@ class KeyPolicy:
             d["payload_types"] = sorted(self.payload_types)
         if self.lift_freeze is not None:  # absent: lifts none
             d["lift_freeze"] = self.lift_freeze
+        if self.key_id:  # absent from policies recorded before keys were pinned
+            d["key_id"] = self.key_id
         return d
 
     @classmethod
@@ -168,7 +221,15 @@ class KeyPolicy:
             ),
             payload_types=_payload_types(d, where),
             lift_freeze=_lift_freeze(d, where),
+            key_id=_key_id(d, where),
         )
+
+
+def _key_id(d: Mapping[str, Any], where: str) -> str:
+    value: str = field(d, "key_id", str, where, "")
+    if "key_id" in d and (problem := key_id_problem(value)) is not None:
+        raise ValueError(f"{where}.key_id {problem}")
+    return value
 
 
 def _lift_freeze(d: Mapping[str, Any], where: str) -> int | None:
@@ -196,3 +257,39 @@ def _algorithm(d: Mapping[str, Any], where: str) -> KeyAlgorithm | None:
     if typed(name, str, f"{where}.algorithm") not in ALGORITHMS:
         raise ValueError(f"{where}.algorithm must be one of {', '.join(ALGORITHMS)} or null")
     return ALGORITHMS[name]
+
+
+def revocations_of(document: Mapping[str, Any]) -> dict[str, Revocation]:
+    """Key id -> its revocation, from a recorded policy document (hostile input: ValueError
+    names the bad field)."""
+    out: dict[str, Revocation] = {}
+    for i, raw in enumerate(field(document, "revoked", list, "policy", [])):
+        r = Revocation.from_dict(raw, f"policy.revoked[{i}]")
+        if r.key_id in out:
+            raise ValueError(f"policy.revoked[{i}] revokes key {r.key_id[:16]}... twice")
+        out[r.key_id] = r
+    return out
+
+
+def revocation_problem(before: Mapping[str, Any] | None, document: Mapping[str, Any]) -> str | None:
+    """What is wrong with `document`'s revocations after those of `before` (the version it
+    follows), or None: a revocation is never taken back nor moved later, and no key of
+    the document signs with a revoked key id."""
+    try:
+        now = revocations_of(document)
+        earlier = revocations_of(before) if before is not None else {}
+        keys = field(document, "keys", dict, "policy", {})
+    except ValueError as e:
+        return str(e)
+    for key_id, r in earlier.items():
+        kept = now.get(key_id)
+        if kept is None or kept.at > r.at:
+            return (
+                f"it takes back the revocation of key {key_id[:16]}... (revoked at "
+                f"{format_time(r.at)}: {r.reason}); a revocation is never taken back"
+            )
+    for name, rule in keys.items():
+        signs = rule.get("key_id") if isinstance(rule, dict) else None
+        if isinstance(signs, str) and signs in now:
+            return f"its key {name!r} signs with key {signs[:16]}..., which it revokes"
+    return None

@@ -183,7 +183,7 @@ class Signing:
         started = time.perf_counter()
         try:
             signatures = self.token.sign_digests(
-                spec.name, spec.algorithm, [(d.algorithm, d.value) for d in request.digests]
+                spec.token_label, spec.algorithm, [(d.algorithm, d.value) for d in request.digests]
             )
         except TokenError as e:
             log.error("token signing failed", request_id=request_id, error=str(e))

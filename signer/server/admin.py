@@ -22,6 +22,7 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -34,7 +35,7 @@ from signer.server import openpgp_keys
 from signer.server.config import Config, load_config
 from signer.store import Tx
 from signer.store.factory import open_store
-from signer.token.hsm import Token
+from signer.token.hsm import Token, label_of_version, version_of_label
 from signer.token.keys import TokenKey
 
 __all__ = [
@@ -76,7 +77,38 @@ def checkpointer_for(
 
 
 def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) -> TokenKey:
+    """Generate key `name` (its first version) in the token, recorded as `key.generated`."""
+    return _generate(load_config(config_path), name, name, alg, actor, {})
+
+
+def rotate_key(
+    config_path: Path, name: str, alg: KeyAlgorithm | None, actor: str
+) -> tuple[TokenKey, int]:
+    """Generate the next version of policy key `name` (labelled `name@N`; of the same
+    algorithm unless `alg`), recorded as `key.generated` naming the key id it is to replace.
+    It signs nothing until a policy version pins it (`keys.NAME.key_id`); the old version
+    stays in the token, unused, and its signatures stay verifiable."""
     cfg = load_config(config_path)
+    rule = cfg.keys.get(name)
+    if rule is None:
+        raise ConfigError(f"{cfg.path}: keys.{name}: no such key in the policy; see [keys]")
+    token = open_token(cfg)
+    try:
+        current = key_in_policy(cfg, token, name)
+        number = 1 + max(version_of_label(name, k.name) or 1 for k in token.versions(name))
+    finally:
+        token.close()
+    chosen = alg or rule.algorithm or current.algorithm
+    if chosen is None:
+        raise ConfigError(f"key {name} was not made by this service; give --algorithm")
+    details = {"version": number, "rotates": current.key_id}
+    key = _generate(cfg, name, label_of_version(name, number), chosen, actor, details)
+    return key, number
+
+
+def _generate(
+    cfg: Config, name: str, label: str, alg: KeyAlgorithm, actor: str, more: dict[str, Any]
+) -> TokenKey:
     token = open_token(cfg)
     store = open_store(cfg.store)
     created = int(time.time()) if openpgp_keys.can_openpgp(alg) else None
@@ -85,9 +117,9 @@ def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) ->
         tx: Tx | None = None
         try:
             with store.transaction() as tx:
-                key = token.generate(name, alg)
+                key = token.generate(label, alg)
                 if created is not None:
-                    openpgp_keys.set_creation_time(token, name, created)
+                    openpgp_keys.set_creation_time(token, label, created)
                 tx.append_audit(
                     dt.datetime.now(dt.UTC),
                     "key.generated",
@@ -101,13 +133,15 @@ def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) ->
                         "token": cfg.token.label,
                         "attributes": key.attributes,
                         **({"openpgp_created": created} if created is not None else {}),
+                        **({"label": label} if label != name else {}),
+                        **more,
                     },
                 )
                 _cover(cfg, token, tx)
         except BaseException:
             if key is not None and not (tx is not None and tx.committed):
-                token.destroy(name)  # its entry was not written; with it written, keep it
-                _forget_creation_time(token, name, created)
+                token.destroy(label)  # its entry was not written; with it written, keep it
+                _forget_creation_time(token, label, created)
             raise
         return key
     finally:
@@ -130,17 +164,18 @@ def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) 
     cfg = load_config(config_path)
     token = open_token(cfg)
     try:
-        key = token.key(name)
+        key = key_in_policy(cfg, token, name)
+        label = key.name  # the version the policy pins (name@N once rotated)
         if key.algorithm is None or not openpgp_keys.can_openpgp(key.algorithm):
             shown = key.algorithm.name if key.algorithm else "a key this service did not make"
             raise ConfigError(f"key {name} ({shown}) cannot make OpenPGP signatures")
-        kept = openpgp_keys.creation_time(token, name)
+        kept = openpgp_keys.creation_time(token, label)
         if kept is not None:
             raise ConfigError(
                 f"key {name} has OpenPGP creation time {kept} already; it is part of the key's "
                 "OpenPGP fingerprint and is never changed"
             )
-        certified = openpgp_keys.certified_time(token, name, key.public_key_pem)
+        certified = openpgp_keys.certified_time(token, label, key.public_key_pem)
         if certified is not None and certified != created:
             raise ConfigError(
                 f"the token keeps key {name}'s OpenPGP certificate, made with creation time "
@@ -153,10 +188,10 @@ def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) 
             written = False
             try:
                 with store.transaction() as tx:
-                    token.add_key_data(openpgp_keys.CREATED, name, value)
+                    token.add_key_data(openpgp_keys.CREATED, label, value)
                     written = True
                     try:  # another admin at the same moment: two times; keep neither ours
-                        openpgp_keys.creation_time(token, name)
+                        openpgp_keys.creation_time(token, label)
                     except TokenError:
                         raise ConfigError(
                             f"another OpenPGP creation time was given to key {name} at the "
@@ -165,7 +200,7 @@ def set_openpgp_created(config_path: Path, name: str, created: int, actor: str) 
                     _record_created(cfg, token, tx, actor, key, created)
             except BaseException:
                 if written and not (tx is not None and tx.committed):
-                    token.remove_key_data(openpgp_keys.CREATED, name, value)
+                    token.remove_key_data(openpgp_keys.CREATED, label, value)
                 raise
         finally:
             store.close()
@@ -182,8 +217,9 @@ def remove_openpgp_created(config_path: Path, name: str, wrong: int, actor: str)
     cfg = load_config(config_path)
     token = open_token(cfg)
     try:
-        key = token.key(name)
-        raw = token.key_data(openpgp_keys.CREATED, name)
+        key = key_in_policy(cfg, token, name)
+        label = key.name  # the version the policy pins (name@N once rotated)
+        raw = token.key_data(openpgp_keys.CREATED, label)
         times = sorted({int(v) for v in raw if v.isdigit() and len(v) <= 10})
         if len(times) != 2 or wrong not in times or len(raw) != len(set(raw)):
             raise ConfigError(
@@ -198,7 +234,7 @@ def remove_openpgp_created(config_path: Path, name: str, wrong: int, actor: str)
         finally:
             store.close()
         # Removed once recorded: a crash before leaves both, and the command runs again.
-        token.remove_key_data(openpgp_keys.CREATED, name, str(wrong).encode())
+        token.remove_key_data(openpgp_keys.CREATED, label, str(wrong).encode())
         return left
     finally:
         token.close()
@@ -208,8 +244,9 @@ def _record_created(
     cfg: Config, token: Token, tx: Tx, actor: str, key: TokenKey, created: int, **more: int
 ) -> None:
     """The `key.openpgp_created` entry of `key` (and its checkpoint) in `tx`."""
-    details = {"key_name": key.name, "key_id": key.key_id, "openpgp_created": created, **more}
-    tx.append_audit(dt.datetime.now(dt.UTC), OPENPGP_CREATED, actor, "", key.name, details)
+    name = key.name.partition("@")[0]  # the key's name, whichever version of it
+    details = {"key_name": name, "key_id": key.key_id, "openpgp_created": created, **more}
+    tx.append_audit(dt.datetime.now(dt.UTC), OPENPGP_CREATED, actor, "", name, details)
     _cover(cfg, token, tx)
 
 
@@ -223,6 +260,15 @@ def _cover(cfg: Config, token: Token, tx: Tx) -> None:
 def _forget_creation_time(token: Token, name: str, created: int | None) -> None:
     if created is not None:
         token.remove_key_data(openpgp_keys.CREATED, name, str(created).encode())
+
+
+def key_in_policy(cfg: Config, token: Token, name: str) -> TokenKey:
+    """Signing key `name` as `cfg`'s policy pins it (the version with its `key_id`), or
+    its first version (labelled `name`) where the policy pins none."""
+    rule = cfg.keys.get(name)
+    if rule is not None and rule.key_id:
+        return token.key_by_id(name, rule.key_id)
+    return token.key(name)
 
 
 def list_keys(config_path: Path) -> list[TokenKey]:

@@ -43,7 +43,7 @@ from grpc_reflection.v1alpha import reflection
 from signer import __version__
 from signer.bounds import RateLimit
 from signer.core.machine import Core
-from signer.errors import ConfigError, SignerError, TokenError
+from signer.errors import ConfigError, KeyNotFoundError, SignerError, TokenError
 from signer.model import KeySpec
 from signer.policy_chain import Version
 from signer.server import openpgp_keys, policy_admin, policy_head
@@ -89,15 +89,25 @@ def load_keys(config: Config, token: Token) -> dict[str, KeySpec]:
     `signer keys openpgp-created`; never by the server, see `openpgp_keys`)."""
     keys = {}
     for name, policy in config.keys.items():
-        k = token.check_key(name, policy.algorithm)
+        if not policy.key_id:
+            raise ConfigError(
+                f"{config.path}: keys.{name}.key_id: missing; the policy pins which token key "
+                "signs under each name, so that no one changes it without the officers: add "
+                "the key id `signer keys list` shows and propose the change (docs/policy.md)"
+            )
+        try:
+            label = token.key_by_id(name, policy.key_id).name
+        except KeyNotFoundError as e:
+            raise ConfigError(f"{config.path}: keys.{name}.key_id: {e}") from None
+        k = token.check_key(label, policy.algorithm)
         assert k.algorithm is not None
         created = None
         if can_openpgp(k.algorithm):
             try:
-                created = openpgp_keys.creation_time(token, name)
+                created = openpgp_keys.creation_time(token, label)
             except TokenError as e:  # refused for this key alone, until the operator repairs it
                 log.error("OpenPGP signatures refused for this key", key=name, error=str(e))
-        keys[name] = KeySpec(name, k.algorithm, k.key_id, k.public_key_pem, created)
+        keys[name] = KeySpec(name, k.algorithm, k.key_id, k.public_key_pem, created, label)
     audit = token.check_key(config.audit_key)
     if audit.algorithm is None or audit.algorithm.name != "ed25519":
         raise ConfigError(f"{config.path}: audit.key {config.audit_key!r} must be an ed25519 key")
@@ -175,6 +185,7 @@ class Server:
                         n: {
                             "key_id": k.key_id,
                             "algorithm": k.algorithm.name,
+                            **({"label": k.label} if k.label != k.name else {}),
                             **({"openpgp_created": k.openpgp_created} if k.openpgp_created else {}),
                         }
                         for n, k in sorted(keys.items())
@@ -220,7 +231,7 @@ class Server:
 
     def _watch_token(self) -> None:
         """Health follows the token: NOT_SERVING while it cannot be reached."""
-        names = [self.config.audit_key, *self.core.keys]
+        names = [self.config.audit_key, *(k.token_label for k in self.core.keys.values())]
         serving = True
         while not self._stop.wait(_TOKEN_PROBE_SECONDS):
             try:
@@ -304,7 +315,8 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, hea
 
     def certificates(name: str) -> bytes:
         assert isinstance(token, Token)
-        return openpgp_keys.certificate(token, name, core.keys[name].public_key_pem)
+        spec = core.keys[name]
+        return openpgp_keys.certificate(token, spec.token_label, spec.public_key_pem)
 
     signing = SigningService(
         core, s.max_wait, log_limit, certificates if isinstance(token, Token) else None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from signer.approval.keys import ApprovalKey
-from signer.core.policy import KeyPolicy
+from signer.core.policy import KeyPolicy, Revocation
 from signer.encoding import canonical_json
 from signer.errors import ConfigError
 from signer.parsing import parse_address, read_secret
@@ -39,6 +39,7 @@ from signer.server.policy_config import (
     _keys,
     _policy_officers,
     _record_rule_claims,
+    _revoked,
 )
 
 __all__ = ["Config", "ServerConfig", "StoreConfig", "TokenConfig", "load_config"]
@@ -111,6 +112,7 @@ class Config:
     policy_officers: tuple[str, ...] = ()
     policy_threshold: int = 1
     client_ca_sha256: str = ""  # the client CA's contents: who can be any mTLS identity
+    revoked: tuple[Revocation, ...] = ()  # signing keys no longer trusted, and since when
 
     @property
     def store_path(self) -> Path:
@@ -152,6 +154,8 @@ class Config:
         }
         if self.client_ca_sha256:  # absent from policies recorded before the chain
             policy["tls"] = {"client_ca_sha256": self.client_ca_sha256}
+        if self.revoked:  # absent while no key has been revoked
+            policy["revoked"] = [r.as_dict() for r in self.revoked]
         if self.policy_officers:  # absent from policies recorded before the chain
             policy["policy"] = {
                 "officers": list(self.policy_officers),
@@ -188,6 +192,7 @@ def load_config(path: Path) -> Config:
         "access",
         "oidc",
         "policy",
+        "revoked",
     )
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
@@ -238,6 +243,7 @@ def load_config(path: Path) -> Config:
         policy_officers=officers,
         policy_threshold=officers_threshold,
         client_ca_sha256=_file_sha256(top.sub("server"), "client_ca", server.client_ca),
+        revoked=_revoked(path, raw.get("revoked", []), keys, dt.datetime.now(dt.UTC)),
     )
 
 

@@ -90,6 +90,14 @@ def init_devenv(
     config_path = root / "signer.toml"
     generate_key(config_path, "audit", algorithm("ed25519"), actor="signer init")
     release = generate_key(config_path, "release", algorithm("ecdsa-p256"), actor="signer init")
+    # The policy pins which token key signs under each name (a new one only by a version).
+    text = config_path.read_text()
+    config_path.write_text(
+        text.replace(
+            "[keys.release]\n",
+            f'[keys.release]\nkey_id = "{release.key_id}"  # the token key that signs\n',
+        )
+    )
     # Policy version 1, approved by its officers (whose keys this environment holds).
     version = Version(1, load_config(config_path).policy_document, "", ())
     now = dt.datetime.now(dt.UTC)

@@ -32,7 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from signer.algorithms import ALGORITHMS
 from signer.approval import registry
 from signer.approval.keys import ApprovalKey
-from signer.core.policy import ClaimRule, KeyPolicy
+from signer.core.policy import MAX_REASON, ClaimRule, KeyPolicy, Revocation, key_id_problem
+from signer.encoding import parse_time
+from signer.errors import ConfigError
 from signer.formats import registry as formats
 from signer.parsing import MAX_TTL
 from signer.server._config_reader import _SECOND, _duration_of, _Reader
@@ -303,7 +305,7 @@ def _keys(
     approver_keys: Mapping[str, ApprovalKey],
     issuers: Mapping[str, IssuerConfig],
 ) -> dict[str, KeyPolicy]:
-    out = {}
+    out: dict[str, KeyPolicy] = {}
     for name in r.table:
         k = r.sub(name)
         k.only(
@@ -315,6 +317,7 @@ def _keys(
             "oidc",
             "formats",
             "lift_freeze",
+            "key_id",
         )
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
@@ -347,6 +350,12 @@ def _keys(
         lift = k.get("lift_freeze", int, None)
         if lift is not None and (type(lift) is not int or lift < 0):
             raise k.error("lift_freeze", "must be the audit index of the key.frozen entry")
+        key_id = k.get("key_id", str, "")
+        if "key_id" in k.table and (problem := key_id_problem(key_id)) is not None:
+            raise k.error("key_id", problem)
+        twin = next((n for n, p in out.items() if key_id and p.key_id == key_id), None)
+        if twin is not None:
+            raise k.error("key_id", f"is also the key id of key {twin!r}: one key, one name")
         out[name] = KeyPolicy(
             name,
             ALGORITHMS[alg_name] if alg_name else None,
@@ -357,8 +366,52 @@ def _keys(
             oidc,
             _payload_types(k),
             lift,
+            key_id,
         )
     return out
+
+
+def _revoked(
+    path: Path, raw: Any, keys: Mapping[str, KeyPolicy], now: dt.datetime
+) -> tuple[Revocation, ...]:
+    """`[[revoked]]` tables: key_id, at (a TOML date-time with its offset, or RFC 3339
+    text), reason. A revoked key id is no key's `key_id`; `at` is not in the future."""
+    if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+        raise ConfigError(f"{path}: revoked: must be a list of tables: [[revoked]]")
+    out: list[Revocation] = []
+    for n, table in enumerate(raw):
+        r = _Reader(path, table, f"revoked[{n}]")
+        r.only("key_id", "at", "reason")
+        key_id = r.get("key_id", str)
+        if (problem := key_id_problem(key_id)) is not None:
+            raise r.error("key_id", problem)
+        if any(x.key_id == key_id for x in out):
+            raise r.error("key_id", "is revoked twice")
+        at = r.table.get("at")
+        if isinstance(at, str):
+            try:
+                at = parse_time(at)
+            except ValueError:
+                raise r.error("at", "must be an RFC 3339 UTC time") from None
+        if not isinstance(at, dt.datetime) or at.tzinfo is None:
+            raise r.error(
+                "at", "missing or not a date-time with its offset, e.g. 2026-12-01T10:00:00Z"
+            )
+        at = at.astimezone(dt.UTC).replace(microsecond=0)
+        if at > now:
+            raise r.error("at", "is in the future; a revocation holds from a time already past")
+        reason = r.get("reason", str)
+        if not reason.strip() or len(reason) > MAX_REASON:
+            raise r.error("reason", f"must say why, in 1 to {MAX_REASON} characters")
+        signing = next((k for k, p in keys.items() if p.key_id == key_id), None)
+        if signing is not None:
+            raise r.error(
+                "key_id",
+                f"is the key id of key {signing!r}, which still signs with it: give that key "
+                "its new key id (`signer keys rotate`) in the same version",
+            )
+        out.append(Revocation(key_id, at, reason))
+    return tuple(out)
 
 
 def _payload_types(k: _Reader) -> tuple[str, ...]:

@@ -48,7 +48,22 @@ from signer.token.keys import (
     spki,
 )
 
-__all__ = ["Token"]
+__all__ = ["Token", "label_of_version", "version_of_label"]
+
+
+def label_of_version(name: str, version: int) -> str:
+    """The CKA_LABEL of version `version` of key `name` (the first keeps the bare name)."""
+    return name if version == 1 else f"{name}@{version}"
+
+
+def version_of_label(name: str, label: str) -> int | None:
+    """Which version of key `name` the label `label` is, None if it is not one of its."""
+    if label == name:
+        return 1
+    head, at, tail = label.rpartition("@")
+    if head != name or not at or not tail.isdigit() or tail.startswith("0") or len(tail) > 6:
+        return None
+    return int(tail) if int(tail) >= 2 else None
 
 
 class Token(Connection):
@@ -120,6 +135,30 @@ class Token(Connection):
                 for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
             }
             return [self._describe(n) for n in sorted(names)]
+
+    def versions(self, name: str) -> list[TokenKey]:
+        """Every key pair of key `name`: labelled `name` (its first) or `name@N` (the Nth,
+        from `signer keys rotate`; `@` is in no key name), in version order."""
+        with self._call(f"listing the versions of {name}"):
+            labels = [
+                str(o[Attribute.LABEL])
+                for o in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            ]
+        found = [(version_of_label(name, x), x) for x in labels]
+        return [self.key(x) for n, x in sorted(f for f in found if f[0] is not None)]
+
+    def key_by_id(self, name: str, key_id: str) -> TokenKey:
+        """The version of key `name` whose key id is `key_id`; KeyNotFoundError naming the
+        versions the token holds if none is."""
+        versions = self.versions(name)
+        for k in versions:
+            if k.key_id == key_id:
+                return k
+        held = ", ".join(f"{k.name} ({k.key_id[:16]}...)" for k in versions) or "none"
+        raise KeyNotFoundError(
+            f"token {self.label!r} holds no version of key {name!r} with key id "
+            f"{key_id[:16]}... (it holds: {held})"
+        )
 
     def key(self, name: str) -> TokenKey:
         """One key pair by name; KeyNotFoundError if absent."""

@@ -1,0 +1,261 @@
+"""Signing keys are pinned by the policy (DESIGN §11): which token key signs under a name
+changes only through a version the officers approve.
+
+Each key of the policy names its `key_id`; the server refuses to start on a key without
+one, or when the token holds no version of the key with that id (a key swapped behind
+the name by whoever holds the PIN). `signer keys rotate` makes the next version
+(`NAME@N`), which signs only once a version pins it; what the old one signed stays
+verifiable. `[[revoked]]` revokes a key id from a time on, never to be taken back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from signer.approval.ed25519 import Ed25519Signer
+from signer.encoding import format_time
+from signer.errors import ConfigError, PolicyChainError
+from signer.policy_chain import Version, check_next, sign_approval
+from signer.server.config import load_config
+from signer.v1 import types_pb2
+from testbed.clients import sha256_digest
+from testbed.commands import SIGNER, run
+from testbed.env import Env
+from testbed.process import Running, running
+from tests.harness import audit_events, ok, refused
+from tests.tamper import audit_fetch, audit_verify
+
+serving = contextlib.contextmanager(running)
+
+
+def _serve(env: Env) -> subprocess.CompletedProcess[str]:
+    return run([*SIGNER, "serve", "--config", str(env.config)], check=False, timeout=60)
+
+
+def _bundle(r: Running, name: str) -> tuple[Path, Path, dict[str, Any]]:
+    """A file signed with `release` after alice's and bob's approval, and its bundle."""
+    artifact = r.env.root / name
+    artifact.write_bytes(os.urandom(512))
+    request = r.clients.create(digests=[sha256_digest(artifact.read_bytes(), name)])
+    r.clients.approve("alice", request)
+    assert r.clients.approve("bob", request).state == types_pb2.REQUEST_STATE_SIGNED
+    bundle = artifact.with_name(name + ".bundle.json")
+    args = ["status", request.id, "--format", "bundle", "--out", str(bundle)]
+    ok(run([*SIGNER, *args, "--profile", str(r.env.profile_path("ci"))]))
+    return artifact, bundle, json.loads(bundle.read_text())
+
+
+def _trust_for(env: Env, pem: str, name: str) -> Path:
+    """A copy of trust/release.toml pinning the public key `pem`."""
+    (env.root / "trust" / f"{name}.pem").write_text(pem)
+    text = (env.root / "trust" / "release.toml").read_text()
+    path = env.root / "trust" / f"{name}.toml"
+    path.write_text(text.replace('"release.pem"', f'"{name}.pem"'))
+    return path
+
+
+def _verify(bundle: Path, artifact: Path, trust: Path) -> subprocess.CompletedProcess[str]:
+    args = ["verify", "--bundle", str(bundle), "--file", str(artifact), "--trust", str(trust)]
+    return run([*SIGNER, *args], check=False)
+
+
+def _rotate(env: Env) -> tuple[str, str]:
+    """`signer keys rotate --name release`: the new version's label and key id."""
+    out = ok(run([*SIGNER, "keys", "rotate", "--config", str(env.config), "--name", "release"]))
+    label, _, key_id = out.split()
+    return label, key_id
+
+
+def _public(env: Env) -> str:
+    """The release key's public key as the env's config pins it."""
+    args = ["keys", "public", "--config", str(env.config), "--name", "release"]
+    return ok(run([*SIGNER, *args]))
+
+
+def test_a_rotated_key_signs_once_pinned_and_its_old_bundles_still_verify(
+    fresh_env: Env,
+) -> None:
+    """Rotation: the new version signs nothing until a version pins it; then it signs,
+    the old one no longer does, and bundles of either verify with their own key."""
+    env = fresh_env
+    old_id = env.read_config()["keys"]["release"]["key_id"]
+    old_trust = _trust_for(env, _public(env), "old")
+    with serving(env) as r:
+        first, first_bundle, first_doc = _bundle(r, "first.tar")
+        label, new_id = _rotate(env)
+        assert label == "release@2" and new_id != old_id
+        # Not pinned yet: the running server still signs with the old version.
+        _, _, doc = _bundle(r, "before.tar")
+        assert doc["key"]["key_id"] == old_id
+    cfg = env.read_config()
+    cfg["keys"]["release"]["key_id"] = new_id
+    now = format_time(dt.datetime.now(dt.UTC))
+    cfg["revoked"] = [{"key_id": old_id, "at": now, "reason": "rotated"}]
+    env.write_config(cfg)  # the officers adopt the version that pins it and revokes the old
+    new_trust = _trust_for(env, _public(env), "new")
+    out = env.root / "audit"
+    with serving(env) as r:
+        second, second_bundle, second_doc = _bundle(r, "second.tar")
+        ok(audit_fetch(env, out))
+    assert "OK: " in ok(audit_verify(out, str(env.profile("auditor").audit_verifier)))
+    assert first_doc["key"]["key_id"] == old_id and second_doc["key"]["key_id"] == new_id
+    assert "bundle OK" in ok(_verify(first_bundle, first, old_trust))
+    assert "bundle OK" in ok(_verify(second_bundle, second, new_trust))
+    refused(_verify(second_bundle, second, old_trust), "the pinned key")
+    started = [e for e in audit_events(env) if e["event"] == "server.started"]
+    generated = [e for e in audit_events(env) if e["event"] == "key.generated"][-1]["details"]
+    assert generated["rotates"] == old_id and generated["label"] == "release@2"
+    assert started[-1]["details"]["keys"]["release"] == {
+        "key_id": new_id,
+        "algorithm": "ecdsa-p256",
+        "label": "release@2",
+        "openpgp_created": generated["openpgp_created"],  # its own, kept beside release@2
+    }
+
+
+def test_a_key_without_key_id_is_refused_at_start(fresh_env: Env) -> None:
+    """A policy whose key pins no key id does not start: whoever holds the PIN could
+    otherwise change which key signs."""
+    cfg = fresh_env.read_config()
+    del cfg["keys"]["release"]["key_id"]
+    fresh_env.write_config(cfg)  # even approved by the officers
+    refused(_serve(fresh_env), "keys.release.key_id: missing", "signer keys list", code=2)
+
+
+_SWAP = textwrap.dedent(
+    """
+    import sys
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    lib = pkcs11.lib(sys.argv[1])
+    token = lib.get_token(token_label=sys.argv[2])
+    with token.open(user_pin=sys.stdin.read().strip(), rw=True) as s:
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            for o in s.get_objects({Attribute.CLASS: cls, Attribute.LABEL: "release"}):
+                o.destroy()
+            for o in s.get_objects({Attribute.CLASS: cls, Attribute.LABEL: "release@2"}):
+                o[Attribute.LABEL] = "release"
+    """
+)
+
+
+def test_a_key_swapped_behind_its_name_is_refused_at_start(fresh_env: Env) -> None:
+    """An admin who replaces the token key under the policy's name (here: destroys it and
+    relabels another) cannot start the server: the policy pins the old key id."""
+    env = fresh_env
+    _, new_id = _rotate(env)
+    cfg = env.read_config()
+    module, label = cfg["token"]["module"], cfg["token"]["label"]
+    pin = (env.root / "secrets" / "token.pin").read_text()
+    conf = str(env.root / "softhsm2.conf")
+    subprocess.run(
+        [sys.executable, "-c", _SWAP, module, label],
+        input=pin,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "SOFTHSM2_CONF": conf},
+    )
+    err = refused(_serve(env), "keys.release.key_id", "holds no version of key 'release'", code=2)
+    assert new_id[:16] in err  # what the token does hold, named
+    # Pinning the swapped-in key is a policy change like any other: approved, it starts.
+    cfg["keys"]["release"]["key_id"] = new_id
+    env.write_config(cfg)
+    with serving(env) as r:
+        _, _, doc = _bundle(r, "after.tar")
+    assert doc["key"]["key_id"] == new_id
+
+
+def test_an_unpinned_edit_of_key_id_is_refused_at_start(fresh_env: Env) -> None:
+    """Pointing keys.release.key_id at the new version without the officers' approval is
+    an edited policy: the start fails, as for any other edit."""
+    _, new_id = _rotate(fresh_env)
+    cfg = fresh_env.read_config()
+    cfg["keys"]["release"]["key_id"] = new_id
+    fresh_env.write_config(cfg, adopt=False)
+    refused(_serve(fresh_env), "is not version", "signer policy propose", code=2)
+
+
+@pytest.mark.parametrize(
+    ("revocation", "phrase"),
+    [
+        ({"at": "2026-01-01T00:00:00Z", "reason": "lost"}, "still signs with it"),
+        ({"key_id": "a" * 64, "at": "2999-01-01T00:00:00Z", "reason": "x"}, "in the future"),
+        ({"key_id": "a" * 64, "at": "2026-01-01T00:00:00Z", "reason": " "}, "must say why"),
+        ({"key_id": "A" * 64, "at": "2026-01-01T00:00:00Z", "reason": "x"}, "64 lowercase hex"),
+        ({"key_id": "a" * 64, "at": "yesterday", "reason": "x"}, "RFC 3339"),
+    ],
+    ids=["signing key", "future", "no reason", "not hex", "not a time"],
+)
+def test_a_bad_revocation_is_a_config_error(
+    shared_env: Env, tmp_path: Path, revocation: dict[str, str], phrase: str
+) -> None:
+    """A revocation of the key still signing, in the future, without a reason, or
+    malformed is refused naming revoked[0] and the fix; nothing starts."""
+    cfg = shared_env.read_config()
+    signing = cfg["keys"]["k-ecdsa-p256"]["key_id"]
+    cfg["revoked"] = [{"key_id": signing, **revocation}]
+    edited = shared_env.config.with_name(f"revoked-{tmp_path.name}.toml")  # same relative paths
+    edited.write_text(tomli_w.dumps(cfg))
+    try:
+        with pytest.raises(ConfigError) as e:
+            load_config(edited)
+    finally:
+        edited.unlink()
+    assert "revoked[0]" in str(e.value) and phrase in str(e.value)
+
+
+def _version(number: int, document: dict[str, Any], previous: Version | None) -> Version:
+    """`document` as version `number` after `previous`, approved by every officer."""
+    bare = Version(number, document, previous.sha256 if previous else "", ())
+    return Version(number, document, bare.previous_sha256, tuple(_approvals(bare)))
+
+
+_OFFICER_KEYS = {o: Ed25519Signer.generate() for o in ("alice", "bob", "carol")}
+
+
+def _approvals(v: Version) -> list[bytes]:
+    now = dt.datetime.now(dt.UTC)
+    return [sign_approval(v, o, k, now) for o, k in _OFFICER_KEYS.items()]
+
+
+def _document(**extra: Any) -> dict[str, Any]:
+    keys = {o: k.public_key().policy_value() for o, k in _OFFICER_KEYS.items()}
+    return {
+        "keys": {"release": {"name": "release", "key_id": "b" * 64}},
+        "approver_keys": keys,
+        "policy": {"officers": sorted(keys), "threshold": 2},
+        **extra,
+    }
+
+
+def test_a_revocation_is_never_taken_back() -> None:
+    """A version that drops a revocation, or moves its time later, is no link of the
+    chain; keeping it (or moving it earlier) is."""
+    revoked = {"key_id": "a" * 64, "at": "2026-06-01T00:00:00Z", "reason": "laptop stolen"}
+    first = _version(1, _document(revoked=[revoked]), None)
+    check_next(None, first)
+    for later in ([], [{**revoked, "at": "2026-07-01T00:00:00Z"}]):
+        with pytest.raises(PolicyChainError, match="never taken back"):
+            check_next(first, _version(2, _document(revoked=later), first))
+    earlier = [{**revoked, "at": "2026-05-01T00:00:00Z"}]
+    check_next(first, _version(2, _document(revoked=earlier), first))
+
+
+def test_a_version_whose_key_signs_with_a_revoked_key_id_is_refused() -> None:
+    """No version may pin a key id it revokes (checked offline too, not only at load)."""
+    revoked = {"key_id": "b" * 64, "at": "2026-06-01T00:00:00Z", "reason": "compromised"}
+    with pytest.raises(PolicyChainError, match="which it revokes"):
+        check_next(None, _version(1, _document(revoked=[revoked]), None))
