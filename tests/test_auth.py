@@ -45,6 +45,7 @@ RPCS: list[tuple[str, str, type[Message], bool]] = [
     ("SigningService", "CancelSigningRequest", signing_pb2.CancelSigningRequestRequest, False),
     ("SigningService", "GetPublicKey", signing_pb2.GetPublicKeyRequest, False),
     ("SigningService", "ListKeys", signing_pb2.ListKeysRequest, False),
+    ("SigningService", "GetPolicyChain", signing_pb2.GetPolicyChainRequest, False),
     ("ApprovalService", "ListRequests", approval_pb2.ListRequestsRequest, False),
     ("ApprovalService", "GetRequest", approval_pb2.GetRequestRequest, False),
     ("ApprovalService", "ListRequestDigests", approval_pb2.ListRequestDigestsRequest, False),
@@ -65,7 +66,7 @@ WRONG_ROLES: dict[str, tuple[str, ...]] = {
     "ApprovalService": ("ci", "auditor", "admin"),
     "AuditService": ("alice", "ci", "admin"),
 }
-_READ_ANY_ROLE = {"GetPublicKey", "ListKeys"}  # every configured role may call these
+_READ_ANY_ROLE = {"GetPublicKey", "ListKeys", "GetPolicyChain"}  # every role may call these
 WRONG_ROLE_CASES = [
     pytest.param(svc, m, req, stream, who, id=f"{svc}.{m}-{who}")
     for svc, m, req, stream in RPCS
@@ -302,13 +303,15 @@ def test_allowed_calls_succeed(shared: Running) -> None:
 
 @pytest.mark.parametrize("who", ["ci", "alice", "auditor", "admin"])
 def test_public_keys_readable_by_every_role(shared: Running, who: str) -> None:
-    """GetPublicKey and ListKeys are open to every configured role."""
+    """GetPublicKey, ListKeys and GetPolicyChain are open to every configured role."""
     stub = shared.clients.signing(who)
     pub = stub.GetPublicKey(
         signing_pb2.GetPublicKeyRequest(key_name="release"), timeout=RPC_TIMEOUT
     )
     assert pub.key.public_key_pem.startswith("-----BEGIN PUBLIC KEY-----")
     assert stub.ListKeys(signing_pb2.ListKeysRequest(), timeout=RPC_TIMEOUT).keys
+    chain = stub.GetPolicyChain(signing_pb2.GetPolicyChainRequest(), timeout=RPC_TIMEOUT)
+    assert chain.versions and chain.versions[0].index >= 0
 
 
 def test_watch_allowed_for_approver(shared: Running) -> None:

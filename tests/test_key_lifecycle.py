@@ -30,13 +30,21 @@ from signer.policy_chain import Version, check_next, sign_approval
 from signer.server.config import load_config
 from signer.v1 import types_pb2
 from testbed.clients import sha256_digest
-from testbed.commands import SIGNER, run
+from testbed.commands import SIGNER, run, wait_until
 from testbed.env import Env
 from testbed.process import Running, running
 from tests.harness import audit_events, ok, refused
 from tests.tamper import audit_fetch, audit_verify
 
 serving = contextlib.contextmanager(running)
+
+
+def next_second() -> dt.datetime:
+    """The next whole second (a revocation's time has no fraction), once the clock is past
+    it: what was logged before this call is earlier, what is logged after is later."""
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).replace(microsecond=0)
+    wait_until(lambda: dt.datetime.now(dt.UTC) > at, timeout=5)
+    return at
 
 
 def _serve(env: Env) -> subprocess.CompletedProcess[str]:
@@ -259,3 +267,85 @@ def test_a_version_whose_key_signs_with_a_revoked_key_id_is_refused() -> None:
     revoked = {"key_id": "b" * 64, "at": "2026-06-01T00:00:00Z", "reason": "compromised"}
     with pytest.raises(PolicyChainError, match="which it revokes"):
         check_next(None, _version(1, _document(revoked=[revoked]), None))
+
+
+def _policy_trust(env: Env, pinned: str, name: str) -> Path:
+    """A trust file pinning one policy version (and the audit verifier) only."""
+    verifier = next(
+        line
+        for line in (env.root / "trust" / "release.toml").read_text().splitlines()
+        if line.startswith("audit_verifier")
+    )
+    path = env.root / "trust" / f"{name}.toml"
+    path.write_text(f'policy = "{pinned}"\n{verifier}\n')
+    return path
+
+
+def _verify_chain(
+    bundle: Path, artifact: Path, trust: Path, newer: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    extra = ["--chain", str(newer)] if newer is not None else []
+    return run([*SIGNER, *_verify_args(bundle, artifact, trust), *extra], check=False)
+
+
+def _verify_args(bundle: Path, artifact: Path, trust: Path) -> list[str]:
+    return ["verify", "--bundle", str(bundle), "--file", str(artifact), "--trust", str(trust)]
+
+
+def test_a_verifier_who_pinned_version_1_walks_the_chain_and_sees_revocations(
+    fresh_env: Env,
+) -> None:
+    """Trust pins policy version 1 only. A bundle signed under version 2 (a rotated key,
+    the old one revoked from a time) verifies through the chain it carries; one the old
+    key signed before the revocation time still verifies, one it signed after fails once
+    the verifier has the newer chain; a chain the old officers never approved, or that
+    stops short of the version signed under, fails."""
+    env = fresh_env
+    first_version = env.policy_chain()[0].sha256
+    trust = _policy_trust(env, first_version, "pinned-v1")
+    with serving(env) as r:
+        early, early_bundle, _ = _bundle(r, "early.tar")
+        revoked_at = format_time(next_second())
+        late, late_bundle, _ = _bundle(r, "late.tar")  # the old key, after the revocation time
+    assert "under policy version 1" in ok(_verify_chain(early_bundle, early, trust))
+    _, new_id = _rotate(env)
+    cfg = env.read_config()
+    old_id = cfg["keys"]["release"]["key_id"]
+    cfg["keys"]["release"]["key_id"] = new_id
+    cfg["revoked"] = [{"key_id": old_id, "at": revoked_at, "reason": "key leaked"}]
+    env.write_config(cfg)
+    with serving(env) as r:
+        now, now_bundle, doc = _bundle(r, "now.tar")
+    assert [v["version"] for v in doc["policy"]["versions"]] == [1, 2]
+    assert "under policy version 2" in ok(_verify_chain(now_bundle, now, trust))
+    assert "bundle OK" in ok(_verify_chain(early_bundle, early, trust, now_bundle))
+    assert "bundle OK" in ok(_verify_chain(late_bundle, late, trust))  # not known yet
+    refused(_verify_chain(late_bundle, late, trust, now_bundle), "was revoked at", "key leaked")
+
+    # Version 2 with one officer's approval only: not a link the verifier follows.
+    forged = json.loads(now_bundle.read_text())
+    forged["policy"]["versions"][1]["approvals"] = forged["policy"]["versions"][1]["approvals"][:1]
+    forged_path = now_bundle.with_name("forged.bundle.json")
+    forged_path.write_text(json.dumps(forged))
+    refused(_verify_chain(forged_path, now, trust), "bundle INVALID", "approvals it needs")
+    # A chain stopped at version 1, which pins the old key: not what signed.
+    short = json.loads(now_bundle.read_text())
+    short["policy"]["versions"] = short["policy"]["versions"][:1]
+    short_path = now_bundle.with_name("short.bundle.json")
+    short_path.write_text(json.dumps(short))
+    refused(_verify_chain(short_path, now, trust), "policy version 1 pins")
+    # A pin the chain does not hold.
+    other = _policy_trust(env, "c" * 64, "pinned-other")
+    refused(_verify_chain(now_bundle, now, other), "is not in the chain")
+    # Version 3 changes the lifetime only; a bundle signed under it, its chain cut at
+    # version 2 (which pins the same key): logged under another version than it reaches.
+    cfg["keys"]["release"]["max_ttl"] = "2h"
+    env.write_config(cfg)
+    with serving(env) as r:
+        third, third_bundle, _ = _bundle(r, "third.tar")
+    cut = json.loads(third_bundle.read_text())
+    cut["policy"]["versions"] = cut["policy"]["versions"][:2]
+    cut_path = third_bundle.with_name("cut.bundle.json")
+    cut_path.write_text(json.dumps(cut))
+    assert "under policy version 3" in ok(_verify_chain(third_bundle, third, trust))
+    refused(_verify_chain(cut_path, third, trust), "logged under policy", "not version 2")

@@ -427,6 +427,12 @@ class _Semantics:
                 f"signed with key {key_id[:16]}..., not the key {policy.key_id[:16]}... the "
                 f"policy in force pins for {r.key_name!r}"
             )
+        signed_under = field(e.details, "policy_sha256", str, "details", None)
+        if signed_under is not None and (self.chain is None or signed_under != self.chain.sha256):
+            raise ValueError(
+                f"signed under policy {signed_under[:16]}..., not the version in force "
+                f"({self.chain.sha256[:16] + '...' if self.chain else 'none'})"
+            )
         if key_id in self.policy.revoked:
             raise ValueError(f"signed with key {key_id[:16]}..., which the policy in force revokes")
         # As the core does at signing: an approval counts only under the approver key in

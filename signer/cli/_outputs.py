@@ -10,6 +10,7 @@ signed digest is that of its payload) are in its module.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shlex
 import uuid
@@ -96,7 +97,9 @@ def verified(
 ) -> SignedRequest:
     """A SIGNED answer as the formats take it, once its signatures and proof verify."""
     checked = workflow.verify_signed(profile, stub, request, asked, own_digests)
-    return _signed(request, checked.key, checked.proof)
+    return dataclasses.replace(
+        _signed(request, checked.key, checked.proof), policy_chain=checked.policy_chain
+    )
 
 
 def _signed(

@@ -71,7 +71,15 @@ _SIGNATURE_FORMATS = ("raw", "cosign", "ssh")
     "--trust",
     "trust_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Pinned trust for --bundle (TOML: public_key, threshold, audit_verifier, [approvers]).",
+    help="Pinned trust for --bundle (TOML: audit_verifier and either policy, the SHA-256 of "
+    "a policy version, or public_key, threshold and [approvers]).",
+)
+@click.option(
+    "--chain",
+    "chain_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A newer bundle whose policy chain tells of revocations since --bundle was signed "
+    "(with a trust file that pins a policy version).",
 )
 @json_opt
 @handle_errors
@@ -86,20 +94,26 @@ def verify(
     namespace: str,
     bundle_path: Path | None,
     trust_path: Path | None,
+    chain_path: Path | None,
     as_json: bool,
 ) -> None:
     """Verify a signature offline (exit 0 valid, 1 invalid).
 
     With --bundle and --trust: the signature, its quorum (m distinct pinned
     officers approved exactly this request) and its inclusion in a checkpoint
-    signed by the pinned audit key, all offline.
+    signed by the pinned audit key, all offline. A trust file that pins a policy
+    version takes the key, the officers and the threshold from the version the
+    bundle's chain reaches from it, link by link.
     """
     if bundle_path is not None:
         if file is None or trust_path is None:
             raise click.UsageError("--bundle needs --file and --trust")
         if signature is not None or raw_digest is not None:
             raise click.UsageError("--bundle replaces --signature and --digest")
-        evidence = Evidence(bundle_path, file=file, trust=trust_path)
+    elif chain_path is not None:
+        raise click.UsageError("--chain goes with --bundle")
+    if bundle_path is not None:
+        evidence = Evidence(bundle_path, file=file, trust=trust_path, chain=chain_path)
         verdict = registry.FORMATS["bundle"].verify(evidence)
     else:
         if public_key_path is None or signature is None:

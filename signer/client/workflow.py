@@ -32,9 +32,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import duration_pb2
 
+from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof, verify_signed_proof
 from signer.client.profile import Profile, RemoteError, call
-from signer.errors import ConfigError, ResponseMismatchError, VerificationError
+from signer.errors import (
+    ConfigError,
+    PolicyChainError,
+    ResponseMismatchError,
+    VerificationError,
+)
+from signer.policy_chain import Version, check_chain, version_of
 from signer.v1 import signing_pb2, types_pb2
 from signer.verify import verify_digest
 
@@ -222,6 +229,7 @@ class Verified:
     request: types_pb2.SigningRequest
     key: types_pb2.KeyInfo
     proof: SignedProof
+    policy_chain: tuple[dict[str, Any], ...] = ()  # `signed_chain`
 
 
 def checked_key(key: types_pb2.KeyInfo, key_name: str) -> str:
@@ -323,4 +331,39 @@ def verify_signed(
         raise VerificationError(
             f"the audit proof for request {request.id} does not verify: {e}; nothing was written"
         ) from e
-    return Verified(request, key, proof)
+    return Verified(request, key, proof, signed_chain(profile, stub, request.id, proof))
+
+
+def signed_chain(
+    profile: Profile, stub: Any, request_id: str, proof: SignedProof
+) -> tuple[dict[str, Any], ...]:
+    """The policy versions from 1 to the one request `request_id` was signed under (its
+    `request.signed` entry names it), each as its `policy.adopted` entry records it,
+    checked as a chain and logged before the signature; () for a signature recorded
+    without a version. ResponseMismatchError if the server's chain is not that."""
+    under = AuditEntry.from_bytes(proof.entry).details.get("policy_sha256")
+    if not isinstance(under, str):
+        return ()
+    answer = call(profile, stub.GetPolicyChain, signing_pb2.GetPolicyChainRequest())
+    versions: list[Version] = []
+    details: list[dict[str, Any]] = []
+    try:
+        for v in answer.versions:
+            entry = AuditEntry.from_bytes(v.entry)
+            if entry.index != v.index or entry.event != "policy.adopted":
+                raise PolicyChainError(f"entry {v.index} is not a policy.adopted entry")
+            if entry.index >= proof.index:
+                break
+            versions.append(version_of(entry.details, entry.index))
+            details.append(dict(entry.details))
+            if versions[-1].sha256 == under:
+                check_chain(versions)
+                return tuple(details)
+    except (PolicyChainError, ValueError, KeyError, TypeError) as e:
+        raise ResponseMismatchError(
+            f"the server's policy chain is not valid ({e}); nothing was written"
+        ) from None
+    raise ResponseMismatchError(
+        f"the server's policy chain does not reach version {under[:16]}..., which request "
+        f"{request_id} was signed under; nothing was written"
+    )

@@ -30,8 +30,9 @@ import structlog
 
 from signer.approval.keys import ApprovalKey
 from signer.audit.checkpoint import Checkpointer
+from signer.audit.entry import AuditEntry
 from signer.bounds import echo
-from signer.core import intake
+from signer.core import intake, policy_log
 from signer.core.audit_reader import AuditReader
 from signer.core.events import Event, Hook, Kind
 from signer.core.intake import LIMITS, Limits, find_request, is_request_id, require_unfrozen
@@ -87,6 +88,7 @@ class Core(Signing, Recording, AuditReader):
         policy_officers: Sequence[str] = (),
         superseded: Callable[[], str | None] = lambda: None,
         freeze_marks: FreezeMarks | None = None,
+        policy_sha256: str = "",
     ) -> None:
         self.store = store
         self.token = token
@@ -96,6 +98,7 @@ class Core(Signing, Recording, AuditReader):
         self.policy_officers = tuple(policy_officers)
         self.superseded = superseded
         self.freeze_marks = freeze_marks
+        self.policy_sha256 = policy_sha256  # the version in force it signs under ("": none)
         self.clock = clock
         self.limits = limits
         self.notifier = notifier or Notifier()
@@ -408,6 +411,12 @@ class Core(Signing, Recording, AuditReader):
             self.freeze_marks.mark(key_name, held.since_index)
         log.warning("key frozen", key_name=key_name, officer=actor, index=held.since_index)
         return held
+
+    def policy_chain(self) -> list[AuditEntry]:
+        """The policy chain as the log holds it: every `policy.adopted` entry, oldest
+        first (checked by whoever reads it: a bundle's verifier walks it)."""
+        with self._tx() as tx:
+            return policy_log.adopted_entries(tx)
 
     def reconcile_freezes(self) -> None:
         """At start: mark in the token every freeze the database holds (one recorded

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_APPROVALS",
     "PROPOSED",
     "adopt",
+    "adopted_entries",
     "details_of",
     "read_chain",
     "version_of",
@@ -54,7 +55,8 @@ PROPOSED = "policy.proposed"
 _PAGE = 200
 
 
-def _adopted(tx: Tx) -> list[AuditEntry]:
+def adopted_entries(tx: Tx) -> list[AuditEntry]:
+    """Every `policy.adopted` entry, oldest first."""
     entries: list[AuditEntry] = []
     after = -1
     while True:
@@ -67,7 +69,7 @@ def _adopted(tx: Tx) -> list[AuditEntry]:
 
 def read_chain(tx: Tx) -> list[Version]:
     """Every policy version the log holds, oldest first (not yet checked as a chain)."""
-    return [version_of(e.details, e.index) for e in _adopted(tx)]
+    return [version_of(e.details, e.index) for e in adopted_entries(tx)]
 
 
 def walk(tx: Tx) -> list[tuple[Version, tuple[str, ...], AuditEntry]]:
@@ -76,7 +78,7 @@ def walk(tx: Tx) -> list[tuple[Version, tuple[str, ...], AuditEntry]]:
     PolicyChainError at the first bad link."""
     out: list[tuple[Version, tuple[str, ...], AuditEntry]] = []
     previous: Version | None = None
-    for entry in _adopted(tx):
+    for entry in adopted_entries(tx):
         version = version_of(entry.details, entry.index)
         out.append((version, check_next(previous, version), entry))
         previous = version

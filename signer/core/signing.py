@@ -79,6 +79,7 @@ class Signing:
     events: Hook
     superseded: Callable[[], str | None]  # why the loaded policy is no longer in force
     freeze_marks: FreezeMarks | None
+    policy_sha256: str
     _signing: set[str]
     _signing_lock: threading.Lock
 
@@ -231,6 +232,8 @@ class Signing:
                     "key_id": spec.key_id,
                     "approvers": approvers,
                     "signature_sha256": [hashlib.sha256(s).hexdigest() for s in signatures],
+                    # The policy version signed under: what a bundle's chain must reach.
+                    **({"policy_sha256": self.policy_sha256} if self.policy_sha256 else {}),
                 },
             )
             return find_request(tx, request.id)

@@ -85,6 +85,8 @@ class SignedRequest:
     payload_type: str = ""
     payload: bytes = b""
     files: tuple[Path, ...] = ()  # the --file paths, in request order, if they were named
+    # The policy versions from 1 to the one it was signed under (`policy.adopted` details).
+    policy_chain: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Evidence:
     trust: Path | None = None  # a trust file (signer.formats.bundle.Trust)
     scheme: str = "auto"
     namespace: str = ""  # an SSH signature's namespace, which the verifier demands
+    chain: Path | None = None  # a newer bundle, whose policy chain tells of revocations since
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,17 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from signer.algorithms import ALGORITHMS, HASH_SIZES
 from signer.approval import registry
 from signer.approval.keys import ApprovalKey
+from signer.audit.entry import AuditEntry
 from signer.audit.note import Verifier
 from signer.audit.proofs import SignedProof, verify_signed_proof
+from signer.core.policy import KeyPolicy, Revocation, key_id_problem, revocations_of
 from signer.dsse import Binding, Envelope, PayloadBinding, Statement, distinct_approvers
+from signer.encoding import format_time
 from signer.errors import (
     ConfigError,
     EnvelopeError,
     InvalidArgumentError,
+    PolicyChainError,
     StatementMismatchError,
     TooLargeError,
     VerificationError,
@@ -63,6 +67,7 @@ from signer.formats.base import (
 )
 from signer.formats.intoto import PAYLOAD_TYPE, InTotoStatement, pae_digest
 from signer.model import Digest
+from signer.policy_chain import Version, check_chain, version_of
 from signer.verify import verify_digest
 
 __all__ = [
@@ -102,6 +107,9 @@ class Bundle:
     dsse: dict[str, Any] | None = None  # the signed envelope, for a DSSE bundle
     payload_type: str = ""  # a typed request's payload (not DSSE: the envelope holds that)
     payload: bytes = b""
+    # The policy versions from 1 to the one it was signed under, as `policy.adopted`
+    # entries record them: what a trust file that pins a version walks.
+    policy_chain: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def of(cls, signed: SignedRequest, dsse: dict[str, Any] | None = None) -> Bundle:
@@ -120,6 +128,7 @@ class Bundle:
             dsse=dsse,
             payload_type="" if dsse is not None else signed.payload_type,
             payload=b"" if dsse is not None else signed.payload,
+            policy_chain=signed.policy_chain,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -145,6 +154,8 @@ class Bundle:
                 "type": self.payload_type,
                 "payload": base64.b64encode(self.payload).decode(),
             }
+        if self.policy_chain:
+            d["policy"] = {"versions": [dict(v) for v in self.policy_chain]}
         return d
 
     @classmethod
@@ -161,6 +172,12 @@ class Bundle:
                 raise TypeError("payload must be {type, payload}")
             if dsse is not None and typed["type"]:
                 raise TypeError("a bundle carries a DSSE envelope or a typed payload, not both")
+            policy = d.get("policy", {"versions": []})
+            if not isinstance(policy, dict) or set(policy) != {"versions"}:
+                raise TypeError("policy must be {versions}")
+            chain = policy["versions"]
+            if not isinstance(chain, list) or not all(isinstance(v, dict) for v in chain):
+                raise TypeError("policy.versions must be a list of objects")
             return cls(
                 request_id=str(d["request_id"]),
                 key_name=str(key["name"]),
@@ -175,6 +192,7 @@ class Bundle:
                 dsse=dsse,
                 payload_type=str(typed["type"]),
                 payload=base64.b64decode(str(typed["payload"]), validate=True),
+                policy_chain=tuple(chain),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise VerificationError(f"malformed bundle: {str(e)[:200]}") from None
@@ -217,14 +235,22 @@ def verify_bundle_file(evidence: Evidence) -> Verdict:
     if evidence.file is None or evidence.trust is None:
         raise ConfigError("a bundle is checked against a file and a trust file")
     trust = Trust.load(evidence.trust)
+    if evidence.chain is not None and not trust.policy_sha256:
+        raise ConfigError("--chain needs a trust file that pins a policy version (policy = ...)")
     try:
-        result = verify_bundle(Bundle.read(evidence.path), trust, evidence.file)
+        newer = Bundle.read(evidence.chain) if evidence.chain is not None else None
+        result = verify_bundle(Bundle.read(evidence.path), trust, evidence.file, newer)
     except VerificationError as e:
         raise VerificationError(f"bundle INVALID: {e}") from None
+    under = (
+        f" under policy version {result.policy_version}, reached from the pinned one"
+        if result.policy_version is not None
+        else ""
+    )
     text = (
         f"bundle OK: {evidence.file.name} signed by key {result.key_name} after approval by "
         f"{', '.join(result.approvers)} ({len(result.approvers)} of the required "
-        f"{trust.threshold}); on the audit log at index {result.log_index} "
+        f"{result.threshold}){under}; on the audit log at index {result.log_index} "
         f"(checkpoint of {result.tree_size} entries signed by {trust.audit_verifier.name})"
     )
     fields = {
@@ -234,6 +260,7 @@ def verify_bundle_file(evidence: Evidence) -> Verdict:
         "approvers": list(result.approvers),
         "log_index": result.log_index,
         "tree_size": result.tree_size,
+        **({"policy_version": result.policy_version} if result.policy_version else {}),
     }
     return Verdict(text, fields)
 
@@ -255,17 +282,21 @@ def _digest(x: Any) -> Digest:
 
 @dataclass(frozen=True)
 class Trust:
-    """What the consumer of a signature pins, independently of the server."""
+    """What the consumer of a signature pins, independently of the server: either the
+    signing key, the officers' keys and a threshold, or one policy version (`policy`),
+    from which the bundle's chain gives all three as in force when it was signed."""
 
-    public_key: PublicKeyTypes
+    public_key: PublicKeyTypes | None
     approvers: Mapping[str, ApprovalKey]
     threshold: int
     audit_verifier: Verifier
     path: Path | None = None
+    policy_sha256: str = ""  # a pinned policy version (its document's SHA-256)
 
     @classmethod
     def load(cls, path: Path) -> Trust:
-        """Read a trust file (TOML): public_key, threshold, audit_verifier, [approvers]."""
+        """Read a trust file (TOML): audit_verifier, and either public_key, threshold,
+        [approvers], or policy (the SHA-256 of a policy version, `signer policy history`)."""
         path = path.resolve()
         try:
             raw = tomllib.loads(path.read_text())
@@ -273,10 +304,30 @@ class Trust:
             raise ConfigError(f"cannot read trust file {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"trust file {path}: not valid TOML: {e}") from None
-        allowed = {"public_key", "threshold", "audit_verifier", "approvers"}
+        pins_policy = "policy" in raw
+        allowed = (
+            {"policy", "audit_verifier"}
+            if pins_policy
+            else {"public_key", "threshold", "audit_verifier", "approvers"}
+        )
         unknown = sorted(set(raw) - allowed)
         if unknown:
-            raise ConfigError(f"trust file {path}: unknown setting {unknown[0]!r}")
+            also = " (a trust file that pins a policy version pins nothing else)"
+            raise ConfigError(
+                f"trust file {path}: unknown setting {unknown[0]!r}{also if pins_policy else ''}"
+            )
+        try:
+            verifier = Verifier.parse(str(raw.get("audit_verifier", "")))
+        except VerificationError as e:
+            raise ConfigError(f"trust file {path}: audit_verifier: {e}") from None
+        if pins_policy:
+            pinned = raw["policy"]
+            if not isinstance(pinned, str) or key_id_problem(pinned) is not None:
+                raise ConfigError(
+                    f"trust file {path}: policy must be the SHA-256 of a policy version "
+                    "(64 lowercase hex digits, as `signer policy history` shows)"
+                )
+            return cls(None, {}, 0, verifier, path, pinned)
 
         def pem(value: Any, what: str) -> PublicKeyTypes:
             if not isinstance(value, str):
@@ -306,11 +357,96 @@ class Trust:
                 f"trust file {path}: threshold {threshold} is more than the "
                 f"{len(approvers)} approvers listed"
             )
-        try:
-            verifier = Verifier.parse(str(raw.get("audit_verifier", "")))
-        except VerificationError as e:
-            raise ConfigError(f"trust file {path}: audit_verifier: {e}") from None
         return cls(pem(raw.get("public_key"), "public_key"), approvers, threshold, verifier, path)
+
+
+@dataclass(frozen=True)
+class _Pins:
+    """What a bundle is checked against: the trust file's own pins, or those of the policy
+    version it was signed under, reached from the pinned version."""
+
+    public_key: PublicKeyTypes
+    approvers: Mapping[str, ApprovalKey]
+    threshold: int
+    version: Version | None = None  # the version signed under, when the trust pins one
+    revoked: Mapping[str, Revocation] = field(default_factory=dict)
+
+
+def _pins(bundle: Bundle, trust: Trust, newer: Bundle | None) -> _Pins:
+    if not trust.policy_sha256:
+        assert trust.public_key is not None
+        return _Pins(trust.public_key, trust.approvers, trust.threshold)
+    version = _walk(bundle.policy_chain, trust.policy_sha256, "the bundle's")
+    doc = version.document
+    try:
+        rule = KeyPolicy.from_dict(doc["keys"][bundle.key_name], f"keys.{bundle.key_name}")
+        keys = {
+            n: registry.key_from_policy(v)
+            for n, v in doc["approver_keys"].items()
+            if n in rule.approvers
+        }
+        revoked = dict(revocations_of(doc))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise VerificationError(
+            f"policy version {version.number} has no usable rule for key {bundle.key_name!r}: "
+            f"{str(e)[:200]}"
+        ) from None
+    if rule.key_id != bundle.key_id:
+        raise VerificationError(
+            f"the bundle is for key {bundle.key_id[:16]}..., policy version {version.number} "
+            f"pins {rule.key_id[:16] or 'no key'}... for {bundle.key_name!r}"
+        )
+    try:
+        public = serialization.load_pem_public_key(bundle.public_key_pem.encode())
+    except ValueError:
+        raise VerificationError("the bundle's public key is not a PEM public key") from None
+    if key_id(public) != bundle.key_id:
+        raise VerificationError("the bundle's public key is not the key its key id names")
+    if newer is not None:  # a later chain: the revocations known since
+        latest = _walk(newer.policy_chain, trust.policy_sha256, "the newer bundle's")
+        chain = [version_of(d, i) for i, d in enumerate(newer.policy_chain)]
+        if all(v.sha256 != version.sha256 for v in chain):
+            raise VerificationError(
+                f"the newer bundle's policy chain does not hold version {version.number}, "
+                "which this bundle was signed under: two histories"
+            )
+        try:
+            revoked.update(revocations_of(latest.document))
+        except ValueError as e:
+            raise VerificationError(f"policy version {latest.number}: {e}") from None
+    return _Pins(public, keys, rule.threshold, version, revoked)
+
+
+def _walk(chain: Sequence[Mapping[str, Any]], pinned: str, whose: str) -> Version:
+    """The last version of `chain`, once it is reached from the pinned one link by link."""
+    if not chain:
+        raise VerificationError(
+            f"{whose} carries no policy chain; the trust file pins policy {pinned[:16]}..."
+        )
+    try:
+        return check_chain([version_of(d, i) for i, d in enumerate(chain)], pinned)
+    except PolicyChainError as e:
+        raise VerificationError(f"{whose} policy chain: {e}") from None
+
+
+def _check_signed_under(pins: _Pins, bundle: Bundle) -> None:
+    """A pinned policy: the signature was logged under the version the chain reaches, by
+    a key not revoked at the time it was logged."""
+    if pins.version is None:
+        return
+    entry = AuditEntry.from_bytes(bundle.audit.entry)  # verified by `verify_signed_proof`
+    under = entry.details.get("policy_sha256")
+    if under != pins.version.sha256:
+        raise VerificationError(
+            f"the signature was logged under policy {str(under)[:16]}..., not version "
+            f"{pins.version.number} that the bundle's chain reaches"
+        )
+    revoked = pins.revoked.get(bundle.key_id)
+    if revoked is not None and entry.time > revoked.at:
+        raise VerificationError(
+            f"key {bundle.key_id[:16]}... was revoked at {format_time(revoked.at)} "
+            f"({revoked.reason}); this signature was logged after, at {format_time(entry.time)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -322,6 +458,8 @@ class VerifiedBundle:
     log_index: int
     tree_size: int
     statement: InTotoStatement | None = field(default=None)
+    threshold: int = 0  # the threshold it was checked against
+    policy_version: int | None = None  # the version signed under, for a pinned policy
 
 
 def _file_digests(path: Path) -> dict[str, bytes]:
@@ -332,10 +470,15 @@ def _file_digests(path: Path) -> dict[str, bytes]:
         raise VerificationError(str(e)) from None
 
 
-def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundle:
-    """Check signature, quorum and log inclusion offline; raise VerificationError."""
+def verify_bundle(
+    bundle: Bundle, trust: Trust, artifact: Path, newer: Bundle | None = None
+) -> VerifiedBundle:
+    """Check signature, quorum and log inclusion offline; raise VerificationError. With a
+    trust file that pins a policy version, what is checked comes from the version the
+    bundle's chain reaches from it (and revocations also from `newer`'s chain)."""
+    pins = _pins(bundle, trust, newer)
     # 1. The pinned key.
-    pinned_id = key_id(trust.public_key)
+    pinned_id = key_id(pins.public_key)
     if bundle.key_id != pinned_id:
         raise VerificationError(
             f"the bundle is for key {bundle.key_id[:16]}..., the pinned key is {pinned_id[:16]}..."
@@ -348,7 +491,7 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
     # 2. The artifact is covered, and every signature verifies.
     for d, sig in zip(bundle.digests, bundle.signatures, strict=True):
         try:
-            verify_digest(trust.public_key, d.algorithm, d.value, sig, alg.scheme)
+            verify_digest(pins.public_key, d.algorithm, d.value, sig, alg.scheme)
         except (InvalidSignature, InvalidArgumentError, ValueError) as e:
             raise VerificationError(
                 f"the signature over {d.artifact} does not verify with the pinned key"
@@ -358,15 +501,15 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
     if bundle.dsse is not None:
         statement, covered = _check_dsse(bundle, file_digests, artifact)
     elif bundle.payload_type:
-        covered = _check_typed(bundle, file_digests, artifact, trust.public_key)
+        covered = _check_typed(bundle, file_digests, artifact, pins.public_key)
     else:
         found = next((d for d in bundle.digests if file_digests.get(d.algorithm) == d.value), None)
         if found is None:
             raise VerificationError(f"{artifact.name}'s digest is not one the bundle signs")
         covered = found.artifact
     # 3. The quorum.
-    approvers = _check_approvals(bundle, trust)
-    # 4. On the record.
+    approvers = _check_approvals(bundle, pins)
+    # 4. On the record (under the version the chain reaches, by a key not revoked then).
     checkpoint = verify_signed_proof(
         bundle.audit,
         trust.audit_verifier,
@@ -374,6 +517,7 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
         bundle.key_id,
         list(bundle.signatures),
     )
+    _check_signed_under(pins, bundle)
     return VerifiedBundle(
         bundle.request_id,
         bundle.key_name,
@@ -382,6 +526,8 @@ def verify_bundle(bundle: Bundle, trust: Trust, artifact: Path) -> VerifiedBundl
         bundle.audit.index,
         checkpoint.size,
         statement,
+        pins.threshold,
+        pins.version.number if pins.version is not None else None,
     )
 
 
@@ -486,7 +632,7 @@ def _payload_of(bundle: Bundle) -> PayloadBinding | None:
         raise VerificationError("the bundle's DSSE envelope is malformed") from None
 
 
-def _check_approvals(bundle: Bundle, trust: Trust) -> tuple[str, ...]:
+def _check_approvals(bundle: Bundle, trust: _Pins) -> tuple[str, ...]:
     binding = Binding(
         bundle.request_id, bundle.key_name, bundle.key_id, bundle.digests, _payload_of(bundle)
     )

@@ -164,6 +164,7 @@ class Server:
                 policy_officers=config.policy_officers,
                 superseded=policy_head.Watch(token, config.audit_key, in_force).superseded,
                 freeze_marks=policy_head.TokenFreezes(token),
+                policy_sha256=in_force.sha256 if in_force is not None else "",
             )
             core.reconcile_freezes()
             if metrics is not None:

@@ -66,7 +66,10 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
             "CancelSigningRequest",
         )
     },
-    **{f"/signer.v1.SigningService/{m}": _ANY_ROLE for m in ("GetPublicKey", "ListKeys")},
+    **{
+        f"/signer.v1.SigningService/{m}": _ANY_ROLE
+        for m in ("GetPublicKey", "ListKeys", "GetPolicyChain")
+    },
     **{
         f"/signer.v1.ApprovalService/{m}": frozenset({"approver"})
         for m in (

@@ -243,6 +243,16 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
         keys = [key_info_pb(k) for _, k in sorted(self.core.keys.items())]
         return signing_pb2.ListKeysResponse(keys=keys)
 
+    @_rpc
+    def GetPolicyChain(
+        self, request: signing_pb2.GetPolicyChainRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.GetPolicyChainResponse:
+        versions = [
+            signing_pb2.PolicyVersionEntry(index=e.index, entry=e.to_bytes())
+            for e in self.core.policy_chain()
+        ]
+        return signing_pb2.GetPolicyChainResponse(versions=versions)
+
 
 def _page(token: str, size: int, default: int, maximum: int) -> tuple[int, int]:
     if size < 0:

@@ -283,6 +283,65 @@ class GetPublicKeyResponse(_message.Message):
 Global___GetPublicKeyResponse: _TypeAlias = GetPublicKeyResponse  # noqa: Y015
 
 @_typing.final
+class GetPolicyChainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyChainRequest: _TypeAlias = GetPolicyChainRequest  # noqa: Y015
+
+@_typing.final
+class GetPolicyChainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyVersionEntry]:
+        """Each version's audit entry: its index and canonical JSON (the hashed bytes)."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___PolicyVersionEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyChainResponse: _TypeAlias = GetPolicyChainResponse  # noqa: Y015
+
+@_typing.final
+class PolicyVersionEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    entry: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        entry: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyVersionEntry: _TypeAlias = PolicyVersionEntry  # noqa: Y015
+
+@_typing.final
 class ListKeysRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

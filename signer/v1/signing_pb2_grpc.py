@@ -65,6 +65,11 @@ class SigningServiceStub:
                 request_serializer=signer_dot_v1_dot_signing__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_signing__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
+        self.GetPolicyChain = channel.unary_unary(
+                '/signer.v1.SigningService/GetPolicyChain',
+                request_serializer=signer_dot_v1_dot_signing__pb2.GetPolicyChainRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_signing__pb2.GetPolicyChainResponse.FromString,
+                _registered_method=True)
 
 
 class SigningServiceServicer:
@@ -113,6 +118,15 @@ class SigningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicyChain(self, request, context):
+        """Returns the policy chain: every policy.adopted audit entry, oldest first (what an
+        evidence bundle carries, so a verifier who pinned one version walks to the one a
+        signature was made under).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SigningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +159,11 @@ def add_SigningServiceServicer_to_server(servicer, server):
                     servicer.ListKeys,
                     request_deserializer=signer_dot_v1_dot_signing__pb2.ListKeysRequest.FromString,
                     response_serializer=signer_dot_v1_dot_signing__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'GetPolicyChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicyChain,
+                    request_deserializer=signer_dot_v1_dot_signing__pb2.GetPolicyChainRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_signing__pb2.GetPolicyChainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class SigningService:
             '/signer.v1.SigningService/ListKeys',
             signer_dot_v1_dot_signing__pb2.ListKeysRequest.SerializeToString,
             signer_dot_v1_dot_signing__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicyChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.SigningService/GetPolicyChain',
+            signer_dot_v1_dot_signing__pb2.GetPolicyChainRequest.SerializeToString,
+            signer_dot_v1_dot_signing__pb2.GetPolicyChainResponse.FromString,
             options,
             channel_credentials,
             insecure,

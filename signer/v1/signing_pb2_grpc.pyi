@@ -45,6 +45,11 @@ class SigningServiceStub:
     """Returns one key's public key."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_signing_pb2.ListKeysRequest, _signing_pb2.ListKeysResponse]
     """Lists the signing keys."""
+    GetPolicyChain: _grpc.UnaryUnaryMultiCallable[_signing_pb2.GetPolicyChainRequest, _signing_pb2.GetPolicyChainResponse]
+    """Returns the policy chain: every policy.adopted audit entry, oldest first (what an
+    evidence bundle carries, so a verifier who pinned one version walks to the one a
+    signature was made under).
+    """
 
 @_typing.type_check_only
 class SigningServiceAsyncStub(SigningServiceStub):
@@ -63,6 +68,11 @@ class SigningServiceAsyncStub(SigningServiceStub):
     """Returns one key's public key."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_signing_pb2.ListKeysRequest, _signing_pb2.ListKeysResponse]  # type: ignore[assignment]
     """Lists the signing keys."""
+    GetPolicyChain: _aio.UnaryUnaryMultiCallable[_signing_pb2.GetPolicyChainRequest, _signing_pb2.GetPolicyChainResponse]  # type: ignore[assignment]
+    """Returns the policy chain: every policy.adopted audit entry, oldest first (what an
+    evidence bundle carries, so a verifier who pinned one version walks to the one a
+    signature was made under).
+    """
 
 class SigningServiceServicer(metaclass=_abc_1.ABCMeta):
     """SigningService is what CI pipelines (requesters) call."""
@@ -114,5 +124,16 @@ class SigningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_signing_pb2.ListKeysResponse, _abc.Awaitable[_signing_pb2.ListKeysResponse]]:
         """Lists the signing keys."""
+
+    @_abc_1.abstractmethod
+    def GetPolicyChain(
+        self,
+        request: _signing_pb2.GetPolicyChainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signing_pb2.GetPolicyChainResponse, _abc.Awaitable[_signing_pb2.GetPolicyChainResponse]]:
+        """Returns the policy chain: every policy.adopted audit entry, oldest first (what an
+        evidence bundle carries, so a verifier who pinned one version walks to the one a
+        signature was made under).
+        """
 
 def add_SigningServiceServicer_to_server(servicer: SigningServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
