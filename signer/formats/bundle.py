@@ -325,7 +325,7 @@ class Trust:
             if not isinstance(pinned, str) or key_id_problem(pinned) is not None:
                 raise ConfigError(
                     f"trust file {path}: policy must be the SHA-256 of a policy version "
-                    "(64 lowercase hex digits, as `signer policy history` shows)"
+                    "(64 lowercase hex digits, as `signer policy history --json` gives it)"
                 )
             return cls(None, {}, 0, verifier, path, pinned)
 

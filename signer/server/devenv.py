@@ -7,7 +7,8 @@ the server, the CI client `ci`, officers `alice`, `bob`, `carol`, the
 more); the officers' approval keys; `signer.toml` (2-of-3 on
 `release`, the same three approving policy changes) and its policy as version 1
 of the policy chain, approved by them; a client profile per identity in `profiles/`; and
-`trust/release.toml`, what a consumer pins to verify evidence bundles. Every secret
+`trust/release.toml` (or `trust/policy.toml`: policy version 1 alone), what a consumer
+pins to verify evidence bundles. Every secret
 (PINs, private keys) is a 0600 file; nothing secret is printed.
 """
 
@@ -107,10 +108,11 @@ def init_devenv(
         )
         for o in OFFICERS
     ]
-    policy_admin.adopt(config_path, approvals, actor="signer init")
+    first = policy_admin.adopt(config_path, approvals, actor="signer init")
     verifier = audit_verifier(config_path)
     (root / "trust" / "release.pem").write_text(release.public_key_pem)
     (root / "trust" / "release.toml").write_text(_trust(verifier))
+    (root / "trust" / "policy.toml").write_text(_policy_trust(first.sha256, verifier))
     for name, role in _CLIENTS.items():
         (root / "profiles" / f"{name}.toml").write_text(_profile(name, role, listen, verifier))
     return sorted(
@@ -185,6 +187,17 @@ audit_verifier = "{verifier}"
 # officer -> Ed25519 public key of their approvals
 [approvers]
 {officers}
+"""
+
+
+def _policy_trust(pinned: str, verifier: str) -> str:
+    return f"""\
+# What someone who downloads a release pins instead, once: policy version 1. The key,
+# the officers and the threshold come from the version each bundle was signed under,
+# reached from this one through approvals of the officers at every step (docs/policy.md):
+#   signer verify --bundle ARTIFACT.bundle.json --file ARTIFACT --trust trust/policy.toml
+policy = "{pinned}"
+audit_verifier = "{verifier}"
 """
 
 
