@@ -7,13 +7,16 @@ through the CLI (exit 1, no traceback) or in process.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from signer.errors import VerificationError
+from signer.errors import ConfigError, VerificationError
 from signer.formats.bundle import MEDIA_TYPE, Bundle, verify_bundle
+from signer.formats.trust import Trust
 from tests.bundle_env import Signed, cli_rejects, edited, rejects
 
 
@@ -79,3 +82,61 @@ def test_unknown_algorithm(signed: Signed) -> None:
         d["key"]["algorithm"] = "ed25519"
 
     rejects(signed, edited(signed, edit), "unknown signing algorithm 'ed25519'")
+
+
+def _pinned(signed: Signed) -> Trust:
+    """The trust of `signed` pinning its policy version 1 alone."""
+    first = signed.doc["policy"]["versions"][0]["sha256"]
+    return dataclasses.replace(
+        signed.trust, public_key=None, approvers={}, threshold=0, policy_sha256=first
+    )
+
+
+def _last(d: dict[str, Any]) -> dict[str, Any]:
+    last: dict[str, Any] = d["policy"]["versions"][-1]
+    return last
+
+
+@pytest.mark.parametrize(
+    ("what", "edit", "match"),
+    [
+        ("policy not an object", lambda d: d.update(policy=7), "malformed bundle"),
+        ("policy with more", lambda d: d["policy"].update(more=1), "malformed bundle"),
+        ("versions not a list", lambda d: d["policy"].update(versions={}), "malformed bundle"),
+        ("a version not an object", lambda d: d["policy"].update(versions=["x"]), "malformed"),
+        ("no versions", lambda d: d["policy"].update(versions=[]), "carries no policy chain"),
+        ("no document", lambda d: _last(d).pop("document"), "not a policy version"),
+        ("number a string", lambda d: _last(d).update(version="1"), "not a policy version"),
+        ("approval not base64", lambda d: _last(d).update(approvals=["*"]), "not a policy"),
+        ("document edited", lambda d: _last(d)["document"].update(x=1), "policy hash"),
+        ("sha256 a list", lambda d: _last(d).update(sha256=[1]), "policy hash"),
+    ],
+)
+def test_malformed_policy_chain(
+    signed: Signed, what: str, edit: Callable[[dict[str, Any]], Any], match: str
+) -> None:
+    """A bundle's policy chain of the wrong form is refused, saying what is wrong, by a
+    verifier who pinned a policy version (never an exception of another kind)."""
+    with pytest.raises(VerificationError, match=match):
+        verify_bundle(Bundle.from_json(edited(signed, edit)), _pinned(signed), signed.artifact)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('policy = "ab"\n', "SHA-256 of a policy version"),
+        ("policy = 7\n", "SHA-256 of a policy version"),
+        (f'policy = "{"a" * 64}"\nthreshold = 2\n', "pins nothing else"),
+    ],
+    ids=["short", "not a string", "and a threshold"],
+)
+def test_a_bad_policy_pin_is_a_config_error(
+    signed: Signed, tmp_path: Path, text: str, match: str
+) -> None:
+    """A trust file's policy pin that is not a version hash, or beside other pins, is
+    refused naming it."""
+    path = tmp_path / "trust.toml"
+    verifier = signed.r.env.profile("ci").audit_verifier
+    path.write_text(f'{text}audit_verifier = "{verifier}"\n')
+    with pytest.raises(ConfigError, match=match):
+        Trust.load(path)
