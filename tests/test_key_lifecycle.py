@@ -141,6 +141,19 @@ def test_a_key_without_key_id_is_refused_at_start(fresh_env: Env) -> None:
     refused(_serve(fresh_env), "keys.release.key_id: missing", "signer keys list", code=2)
 
 
+def test_a_proposal_whose_key_pins_no_key_id_is_refused(fresh_env: Env) -> None:
+    """`signer policy propose` refuses, before anything is recorded, a policy the server
+    would not start on: a key without its key id."""
+    cfg = fresh_env.read_config()
+    del cfg["keys"]["release"]["key_id"]
+    new = fresh_env.root / "unpinned.toml"
+    new.write_text(tomli_w.dumps(cfg))
+    before = len(audit_events(fresh_env))
+    args = ["policy", "propose", "--config", str(fresh_env.config), str(new)]
+    refused(run([*SIGNER, *args], check=False), "keys.release.key_id: missing", code=2)
+    assert len(audit_events(fresh_env)) == before
+
+
 _SWAP = textwrap.dedent(
     """
     import sys

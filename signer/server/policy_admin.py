@@ -95,6 +95,13 @@ def propose(config_path: Path, new_path: Path, actor: str) -> Proposal:
     the server would), recorded as a `policy.proposed` entry."""
     config = load_config(config_path)
     new = load_config(new_path)
+    unpinned = sorted(n for n, k in new.keys.items() if not k.key_id)
+    if unpinned:
+        raise ConfigError(
+            f"{new_path}: keys.{unpinned[0]}.key_id: missing; a server does not start on a "
+            "policy that does not pin which token key signs (the key id `signer keys list` "
+            "shows)"
+        )
     with _trusted_tx(config) as (checkpointer, tx, token):
         current = checked_in_force(config, token, tx)
         if current is not None and current.sha256 == new.policy_hash:
