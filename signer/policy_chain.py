@@ -406,7 +406,13 @@ def version_of(details: Mapping[str, Any], index: int) -> Version:
     except (KeyError, TypeError, ValueError, binascii.Error) as e:
         raise PolicyChainError(f"audit entry {index} is not a policy version: {e}") from None
     version = Version(number, document, previous, raw)
-    if details.get("sha256") != version.sha256:
+    try:
+        sha256 = version.sha256
+    except (ValueError, TypeError):  # no canonical JSON: a float, a lone surrogate
+        raise PolicyChainError(
+            f"audit entry {index}: its policy document is not canonical JSON"
+        ) from None
+    if details.get("sha256") != sha256:
         raise PolicyChainError(f"audit entry {index}: its policy hash is not its document's")
     return version
 

@@ -110,6 +110,8 @@ def _last(d: dict[str, Any]) -> dict[str, Any]:
         ("approval not base64", lambda d: _last(d).update(approvals=["*"]), "not a policy"),
         ("document edited", lambda d: _last(d)["document"].update(x=1), "policy hash"),
         ("sha256 a list", lambda d: _last(d).update(sha256=[1]), "policy hash"),
+        ("a float in it", lambda d: _last(d)["document"].update(x=1.5), "canonical JSON"),
+        ("a lone surrogate", lambda d: _last(d)["document"].update(x="\ud800"), "canonical"),
     ],
 )
 def test_malformed_policy_chain(

@@ -311,3 +311,20 @@ def test_a_freeze_while_the_token_signs_drops_the_signatures(world: World) -> No
     assert "frozen by carol" in done.status_message
     assert world.token.calls  # the token did sign; nothing of it was kept
     assert [e.event for e in world.audit()][-2:] == ["key.frozen", "request.failed"]
+
+
+def test_a_version_adopted_while_the_token_signs_leaves_the_request_approved(
+    world: World,
+) -> None:
+    """The cached check before signing passed, then a version was adopted (as the
+    fresh read where the signature is recorded finds): the signatures are dropped, the
+    request stays APPROVED and no request.signed entry names the superseded version."""
+    world.core.superseded_now = lambda: "policy version 2 is in force now"
+    r = world.create()
+    world.approve("alice", r)
+    assert world.approve("bob", r).state is State.APPROVED
+    assert "request.signed" not in world.events(r.id)
+    assert world.core.get_for_requester("ci", r.id).state is State.APPROVED
+    world.core.superseded_now = lambda: None  # restarted under the version in force
+    world.core.recover()
+    assert world.core.get_for_requester("ci", r.id).state is State.SIGNED

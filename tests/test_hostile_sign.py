@@ -224,3 +224,48 @@ def test_status_checks_the_files_and_the_request_id(
         other = status(proxy, "--out", str(tmp_path / "x.sig"))
     assert other.returncode == 1 and "request id" in other.stderr
     assert not (tmp_path / "x.sig").exists()
+
+
+def _reverse(answer: signing_pb2.GetPolicyChainResponse) -> None:
+    versions = list(answer.versions)
+    del answer.versions[:]
+    answer.versions.extend(reversed(versions))
+
+
+ALTERED_CHAINS = [
+    ("none", lambda a: a.ClearField("versions"), "is not"),
+    ("the last dropped", lambda a: a.versions.pop(), "is not"),
+    ("reordered", _reverse, "policy chain is not valid"),
+    ("an entry not JSON", lambda a: setattr(a.versions[0], "entry", b"{"), "not valid"),
+    ("another index", lambda a: setattr(a.versions[0], "index", 10**6), "not valid"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [(c, p) for _, c, p in ALTERED_CHAINS],
+    ids=[name for name, _, _ in ALTERED_CHAINS],
+)
+def test_sign_refuses_a_policy_chain_that_does_not_reach_the_signed_version(
+    shared_env: Env,
+    clients: Clients,
+    tmp_path: Path,
+    change: Callable[[signing_pb2.GetPolicyChainResponse], None],
+    phrase: str,
+) -> None:
+    """The policy chain a bundle will carry must be a valid chain whose last version
+    before the signature is the one its log entry names: else nothing is written."""
+
+    def tamper(method: str, answer: Any) -> Any:
+        if method == "GetPolicyChain":
+            change(answer)
+        return answer
+
+    assert len(shared_env.policy_chain()) >= 2  # so that dropping the last leaves one
+    with hostile(shared_env, "ci", tamper) as proxy:
+        p, artifact = _sign_via(proxy, clients, tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert phrase in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert not artifact.with_name(artifact.name + ".sig").exists()
+    assert not artifact.with_name(artifact.name + ".sig.bundle.json").exists()

@@ -362,3 +362,22 @@ def test_a_verifier_who_pinned_version_1_walks_the_chain_and_sees_revocations(
     cut_path.write_text(json.dumps(cut))
     assert "under policy version 3" in ok(_verify_chain(third_bundle, third, trust))
     refused(_verify_chain(cut_path, third, trust), "logged under policy", "not version 2")
+
+
+def test_a_signing_key_pinned_to_the_audit_key_is_refused(fresh_env: Env) -> None:
+    """keys.release.key_id naming the audit key (even approved) does not start: the
+    checkpoint key never signs artifacts. An audit key named like a key version
+    (`release@2`) is a config error."""
+    keys = {
+        k["name"]: k["key_id"]
+        for k in json.loads(
+            ok(run([*SIGNER, "keys", "list", "--config", str(fresh_env.config), "--json"]))
+        )
+    }
+    cfg = fresh_env.read_config()
+    cfg["keys"]["release"]["key_id"] = keys["audit"]
+    fresh_env.write_config(cfg)
+    refused(_serve(fresh_env), "holds no version of key 'release'", code=2)
+    cfg["audit"]["key"] = "release@2"
+    fresh_env.config.write_text(tomli_w.dumps(cfg))
+    refused(_serve(fresh_env), "audit.key: key names are", code=2)

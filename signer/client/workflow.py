@@ -353,17 +353,18 @@ def signed_chain(
             if entry.index != v.index or entry.event != "policy.adopted":
                 raise PolicyChainError(f"entry {v.index} is not a policy.adopted entry")
             if entry.index >= proof.index:
-                break
+                break  # adopted after the signature
             versions.append(version_of(entry.details, entry.index))
             details.append(dict(entry.details))
-            if versions[-1].sha256 == under:
-                check_chain(versions)
-                return tuple(details)
+        if versions:
+            check_chain(versions)
     except (PolicyChainError, ValueError, KeyError, TypeError) as e:
         raise ResponseMismatchError(
             f"the server's policy chain is not valid ({e}); nothing was written"
         ) from None
-    raise ResponseMismatchError(
-        f"the server's policy chain does not reach version {under[:16]}..., which request "
-        f"{request_id} was signed under; nothing was written"
-    )
+    if not versions or versions[-1].sha256 != under:
+        raise ResponseMismatchError(
+            f"the last policy version the server's chain holds before request {request_id} "
+            f"was signed is not {under[:16]}..., which it names; nothing was written"
+        )
+    return tuple(details)

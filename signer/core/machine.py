@@ -87,6 +87,7 @@ class Core(Signing, Recording, AuditReader):
         events: Hook | None = None,
         policy_officers: Sequence[str] = (),
         superseded: Callable[[], str | None] = lambda: None,
+        superseded_now: Callable[[], str | None] | None = None,
         freeze_marks: FreezeMarks | None = None,
         policy_sha256: str = "",
     ) -> None:
@@ -97,6 +98,9 @@ class Core(Signing, Recording, AuditReader):
         self.approver_keys = approver_keys
         self.policy_officers = tuple(policy_officers)
         self.superseded = superseded
+        # Read again in the transaction that records a signature (one adopted since the
+        # last cached read must not be signed under): by default the same check.
+        self.superseded_now = superseded_now or superseded
         self.freeze_marks = freeze_marks
         self.policy_sha256 = policy_sha256  # the version in force it signs under ("": none)
         self.clock = clock

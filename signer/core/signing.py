@@ -78,6 +78,7 @@ class Signing:
     limits: Limits
     events: Hook
     superseded: Callable[[], str | None]  # why the loaded policy is no longer in force
+    superseded_now: Callable[[], str | None]  # the same, read now (not from a cache)
     freeze_marks: FreezeMarks | None
     policy_sha256: str
     _signing: set[str]
@@ -219,6 +220,12 @@ class Signing:
             if find_request(tx, request.id).state is not State.APPROVED:
                 return None
             if self._held(tx, request.key_name) is not None:  # checked where it is recorded
+                return None
+            # A version adopted since the check before signing: these signatures were
+            # made under the one before, so they are dropped and the request waits (a
+            # version's adoption and this record are serialised by the store's lock).
+            if (why := self.superseded_now()) is not None:
+                log.error("request left approved", request_id=request.id, error=why)
                 return None
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)

@@ -26,6 +26,7 @@ writes and checks these files; every other format writes one beside its output
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -324,7 +325,7 @@ def verify_bundle(
             raise VerificationError(f"{artifact.name}'s digest is not one the bundle signs")
         covered = found.artifact
     # 3. The quorum.
-    approvers = _check_approvals(bundle, pins)
+    approvers, approved_at = _check_approvals(bundle, pins)
     # 4. On the record (under the version the chain reaches, by a key not revoked then).
     checkpoint = verify_signed_proof(
         bundle.audit,
@@ -333,7 +334,7 @@ def verify_bundle(
         bundle.key_id,
         list(bundle.signatures),
     )
-    check_signed_under(pins, bundle)
+    check_signed_under(pins, bundle, approved_at)
     return VerifiedBundle(
         bundle.request_id,
         bundle.key_name,
@@ -448,11 +449,14 @@ def _payload_of(bundle: Bundle) -> PayloadBinding | None:
         raise VerificationError("the bundle's DSSE envelope is malformed") from None
 
 
-def _check_approvals(bundle: Bundle, trust: Pins) -> tuple[str, ...]:
+def _check_approvals(bundle: Bundle, trust: Pins) -> tuple[tuple[str, ...], dt.datetime]:
+    """Who approved (a quorum under `trust`), and when the last of them did (their own
+    statements' time)."""
     binding = Binding(
         bundle.request_id, bundle.key_name, bundle.key_id, bundle.digests, _payload_of(bundle)
     )
     valid: list[tuple[str, ApprovalKey]] = []
+    latest = dt.datetime.min.replace(tzinfo=dt.UTC)
     for i, raw in enumerate(bundle.approvals):
         try:
             env = Envelope.parse(raw)
@@ -469,10 +473,11 @@ def _check_approvals(bundle: Bundle, trust: Pins) -> tuple[str, ...]:
                 f"approval {i} ({claimed}) is not for this signature: {', '.join(e.fields)} differ"
             ) from None
         valid.append((claimed, key))
+        latest = max(latest, st.issued_at)
         if len(distinct_approvers(valid)) < len(valid):
             raise VerificationError(f"approval {i}: {claimed} is counted twice")
     if len(valid) < trust.threshold:
         raise VerificationError(
             f"{len(valid)} distinct officers approved; the pinned threshold is {trust.threshold}"
         )
-    return tuple(sorted(name for name, _ in valid))
+    return tuple(sorted(name for name, _ in valid)), latest

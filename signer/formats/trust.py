@@ -11,6 +11,7 @@ any revocation of its key the verifier knows (from the bundle's chain or a newer
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -167,11 +168,12 @@ def pins_for(bundle: Bundle, trust: Trust, newer: Bundle | None) -> Pins:
         raise VerificationError("the bundle's public key is not the key its key id names")
     if newer is not None:  # a later chain: the revocations known since
         latest = _walk(newer.policy_chain, trust.policy_sha256, "the newer bundle's")
-        chain = [version_of(d, i) for i, d in enumerate(newer.policy_chain)]
-        if all(v.sha256 != version.sha256 for v in chain):
+        ours = [version_of(d, i).sha256 for i, d in enumerate(bundle.policy_chain)]
+        theirs = [version_of(d, i).sha256 for i, d in enumerate(newer.policy_chain)]
+        if theirs[: len(ours)] != ours:
             raise VerificationError(
-                f"the newer bundle's policy chain does not hold version {version.number}, "
-                "which this bundle was signed under: two histories"
+                "the newer bundle's policy chain does not begin with this bundle's (up to "
+                f"version {version.number}, which it was signed under): two histories"
             )
         try:
             revoked.update(revocations_of(latest.document))
@@ -192,9 +194,11 @@ def _walk(chain: Sequence[Mapping[str, Any]], pinned: str, whose: str) -> Versio
         raise VerificationError(f"{whose} policy chain: {e}") from None
 
 
-def check_signed_under(pins: Pins, bundle: Bundle) -> None:
+def check_signed_under(pins: Pins, bundle: Bundle, approved_at: dt.datetime) -> None:
     """A pinned policy: the signature was logged under the version the chain reaches, by
-    a key not revoked at the time it was logged."""
+    a key not revoked at the time it was logged, nor when the last counted officer
+    approved it (`approved_at`: a time from an officer's clock, where the log's time is
+    the server's)."""
     if pins.version is None:
         return
     entry = AuditEntry.from_bytes(bundle.audit.entry)  # verified by `verify_signed_proof`
@@ -205,8 +209,16 @@ def check_signed_under(pins: Pins, bundle: Bundle) -> None:
             f"{pins.version.number} that the bundle's chain reaches"
         )
     revoked = pins.revoked.get(bundle.key_id)
-    if revoked is not None and entry.time > revoked.at:
+    if revoked is None:
+        return
+    if entry.time >= revoked.at:
         raise VerificationError(
             f"key {bundle.key_id[:16]}... was revoked at {format_time(revoked.at)} "
             f"({revoked.reason}); this signature was logged after, at {format_time(entry.time)}"
+        )
+    if approved_at >= revoked.at:
+        raise VerificationError(
+            f"key {bundle.key_id[:16]}... was revoked at {format_time(revoked.at)} "
+            f"({revoked.reason}); an officer approved this signature after, at "
+            f"{format_time(approved_at)} (the log's earlier time is not believed)"
         )

@@ -154,6 +154,7 @@ class Server:
             if config.server.metrics_listen is not None:
                 metrics = Metrics(store, token)
                 metrics_port = metrics.serve(config.server.metrics_listen)
+            watch = policy_head.Watch(token, config.audit_key, in_force)
             core = Core(
                 store,
                 token,
@@ -162,7 +163,8 @@ class Server:
                 config.approver_keys,
                 checkpointer=checkpointer_for(config, token, metrics),
                 policy_officers=config.policy_officers,
-                superseded=policy_head.Watch(token, config.audit_key, in_force).superseded,
+                superseded=watch.superseded,
+                superseded_now=lambda: watch.superseded(fresh=True),
                 freeze_marks=policy_head.TokenFreezes(token),
                 policy_sha256=in_force.sha256 if in_force is not None else "",
             )

@@ -41,6 +41,7 @@ from signer.server.policy_config import (
     _record_rule_claims,
     _revoked,
 )
+from signer.text import KEY_NAME
 
 __all__ = ["Config", "ServerConfig", "StoreConfig", "TokenConfig", "load_config"]
 
@@ -220,6 +221,8 @@ def load_config(path: Path) -> Config:
             "origin",
             "must be non-empty, without spaces, '+' or control characters, e.g. example.com/signer",
         )
+    if not KEY_NAME.match(audit_key):
+        raise audit.error("key", "key names are 1-64 of A-Z a-z 0-9 . _ - ")
     if audit_key in keys:
         raise audit.error("key", f"{audit_key!r} is also a signing key; use a separate key")
     log = top.sub("log", required=False)

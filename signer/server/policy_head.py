@@ -85,11 +85,12 @@ class Watch:
         self._checked = -1.0
         self._why: str | None = None
 
-    def superseded(self) -> str | None:
-        """Why the loaded version is not in force any more, or None if it is."""
+    def superseded(self, fresh: bool = False) -> str | None:
+        """Why the loaded version is not in force any more, or None if it is (`fresh`:
+        read from the token now, as where a signature is recorded)."""
         with self._lock:
             now = time.monotonic()
-            if now - self._checked >= 1.0:
+            if fresh or now - self._checked >= 1.0:
                 # A token that cannot be read raises (UNAVAILABLE, as every token call):
                 # nothing is signed meanwhile, and it is read again at the next call.
                 recorded = read(self._token, self._audit_key)
