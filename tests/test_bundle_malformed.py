@@ -8,15 +8,20 @@ through the CLI (exit 1, no traceback) or in process.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from signer.audit.entry import AuditEntry
+from signer.core.policy import Revocation
+from signer.encoding import canonical_json
 from signer.errors import ConfigError, VerificationError
 from signer.formats.bundle import MEDIA_TYPE, Bundle, verify_bundle
-from signer.formats.trust import Trust
+from signer.formats.trust import Trust, check_signed_under, pins_for
 from tests.bundle_env import Signed, cli_rejects, edited, rejects
 
 
@@ -142,3 +147,40 @@ def test_a_bad_policy_pin_is_a_config_error(
     path.write_text(f'{text}audit_verifier = "{verifier}"\n')
     with pytest.raises(ConfigError, match=match):
         Trust.load(path)
+
+
+def test_a_signature_approved_after_its_keys_revocation_fails_whatever_the_log_says(
+    signed: Signed,
+) -> None:
+    """A revocation from a time after the log entry (as a server that backdates its
+    entries would make it look) still fails the bundle when an officer approved after
+    that time: their statements carry their own clock's time."""
+    bundle = Bundle.from_json(signed.doc)
+    entry = AuditEntry.from_bytes(bundle.audit.entry)
+    pins = pins_for(bundle, _pinned(signed), None)
+    at = entry.time + dt.timedelta(microseconds=1)
+    revoked = Revocation(bundle.key_id, at, "backdated")
+    pins = dataclasses.replace(pins, revoked={bundle.key_id: revoked})
+    check_signed_under(pins, bundle, at - dt.timedelta(seconds=1))  # all before: valid
+    with pytest.raises(VerificationError, match="an officer approved this signature after"):
+        check_signed_under(pins, bundle, at)
+    with pytest.raises(VerificationError, match="this signature was logged after"):
+        later = Revocation(bundle.key_id, entry.time, "at the entry's time")
+        check_signed_under(dataclasses.replace(pins, revoked={bundle.key_id: later}), bundle, at)
+
+
+def test_a_newer_chain_of_another_history_is_refused(signed: Signed) -> None:
+    """`--chain` must begin with the bundle's own chain: one that holds the pinned version
+    after other versions is another history, refused."""
+    first = signed.doc["policy"]["versions"][0]
+    other = {**first, "document": {"x": 1}}
+    other["sha256"] = hashlib.sha256(canonical_json(other["document"])).hexdigest()
+
+    def edit(d: dict[str, Any]) -> None:
+        d["policy"]["versions"].insert(0, other)
+
+    newer = Bundle.from_json(edited(signed, edit))
+    with pytest.raises(VerificationError, match="two histories"):
+        verify_bundle(Bundle.from_json(signed.doc), _pinned(signed), signed.artifact, newer)
+    same = Bundle.from_json(signed.doc)  # the same chain is a newer chain of no news
+    verify_bundle(Bundle.from_json(signed.doc), _pinned(signed), signed.artifact, same)
