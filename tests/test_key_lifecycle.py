@@ -74,8 +74,7 @@ def _trust_for(env: Env, pem: str, name: str) -> Path:
 
 
 def _verify(bundle: Path, artifact: Path, trust: Path) -> subprocess.CompletedProcess[str]:
-    args = ["verify", "--bundle", str(bundle), "--file", str(artifact), "--trust", str(trust)]
-    return run([*SIGNER, *args], check=False)
+    return _verify_chain(bundle, artifact, trust)
 
 
 def _rotate(env: Env) -> tuple[str, str]:

@@ -140,7 +140,7 @@ def pins_for(bundle: Bundle, trust: Trust, newer: Bundle | None) -> Pins:
     if not trust.policy_sha256:
         assert trust.public_key is not None
         return Pins(trust.public_key, trust.approvers, trust.threshold)
-    version = _walk(bundle.policy_chain, trust.policy_sha256, "the bundle's")
+    chain, version = _walk(bundle.policy_chain, trust.policy_sha256, "the bundle's")
     doc = version.document
     try:
         rule = KeyPolicy.from_dict(doc["keys"][bundle.key_name], f"keys.{bundle.key_name}")
@@ -167,10 +167,8 @@ def pins_for(bundle: Bundle, trust: Trust, newer: Bundle | None) -> Pins:
     if key_id(public) != bundle.key_id:
         raise VerificationError("the bundle's public key is not the key its key id names")
     if newer is not None:  # a later chain: the revocations known since
-        latest = _walk(newer.policy_chain, trust.policy_sha256, "the newer bundle's")
-        ours = [version_of(d, i).sha256 for i, d in enumerate(bundle.policy_chain)]
-        theirs = [version_of(d, i).sha256 for i, d in enumerate(newer.policy_chain)]
-        if theirs[: len(ours)] != ours:
+        later, latest = _walk(newer.policy_chain, trust.policy_sha256, "the newer bundle's")
+        if [v.sha256 for v in later[: len(chain)]] != [v.sha256 for v in chain]:
             raise VerificationError(
                 "the newer bundle's policy chain does not begin with this bundle's (up to "
                 f"version {version.number}, which it was signed under): two histories"
@@ -182,14 +180,18 @@ def pins_for(bundle: Bundle, trust: Trust, newer: Bundle | None) -> Pins:
     return Pins(public, keys, rule.threshold, version, revoked)
 
 
-def _walk(chain: Sequence[Mapping[str, Any]], pinned: str, whose: str) -> Version:
-    """The last version of `chain`, once it is reached from the pinned one link by link."""
+def _walk(
+    chain: Sequence[Mapping[str, Any]], pinned: str, whose: str
+) -> tuple[list[Version], Version]:
+    """The versions of `chain` and the last of them, once it is reached from the pinned one
+    link by link."""
     if not chain:
         raise VerificationError(
             f"{whose} carries no policy chain; the trust file pins policy {pinned[:16]}..."
         )
     try:
-        return check_chain([version_of(d, i) for i, d in enumerate(chain)], pinned)
+        versions = [version_of(d, i) for i, d in enumerate(chain)]
+        return versions, check_chain(versions, pinned)
     except PolicyChainError as e:
         raise VerificationError(f"{whose} policy chain: {e}") from None
 
