@@ -8,9 +8,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
+from signer.core.policy_desk import Proposed
+from signer.encoding import canonical_json
 from signer.errors import InvalidArgumentError
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
-from signer.v1 import audit_pb2, types_pb2
+from signer.v1 import approval_pb2, audit_pb2, types_pb2
 
 __all__ = [
     "HASH_FROM_PB",
@@ -146,4 +148,20 @@ def audit_event_pb(e: AuditEntry) -> audit_pb2.AuditEvent:
         actor=e.actor,
         request_id=e.request_id,
         entry=e.to_bytes(),
+    )
+
+
+def policy_proposal_pb(p: Proposed) -> approval_pb2.PolicyProposal:
+    """A proposal for the next policy version, with the decisions recorded on it."""
+    return approval_pb2.PolicyProposal(
+        index=p.index,
+        proposal=canonical_json(p.proposal.to_json()),
+        proposed_by=p.proposed_by,
+        proposed_at=timestamp(p.proposed_at),
+        approvals=[approval_pb2.PolicyDecision(officer=o) for o in sorted(p.approvals)],
+        denials=[
+            approval_pb2.PolicyDecision(officer=o, reason=r) for o, r in sorted(p.denials.items())
+        ],
+        adopted=p.adopted,
+        rejected=p.rejected,
     )

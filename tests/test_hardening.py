@@ -61,10 +61,8 @@ def test_rejections_are_rate_limited_and_counted(world: World) -> None:
 
 def test_one_key_under_two_names_counts_once(world: World) -> None:
     """Two approver names with one public key make one approval, not a quorum."""
-    world.core.approver_keys = {
-        **world.core.approver_keys,
-        "bob": world.core.approver_keys["alice"],
-    }
+    keys = {**world.core.approver_keys, "bob": world.core.approver_keys["alice"]}
+    world.core.enforce(dataclasses.replace(world.core.enforced, approver_keys=keys))
     world.officers["bob"] = world.officers["alice"]
     r = world.create()
     world.approve("alice", r)
@@ -76,11 +74,10 @@ def test_quorum_binds_the_signing_scheme(world: World) -> None:
     """A request made for one scheme is never signed with a key now labelled another."""
     r = world.create()
     spec = world.core.keys["release"]
-    world.core.keys = {
-        "release": dataclasses.replace(
-            spec, algorithm=dataclasses.replace(spec.algorithm, name="ecdsa-p384")
-        )
-    }
+    relabelled = dataclasses.replace(
+        spec, algorithm=dataclasses.replace(spec.algorithm, name="ecdsa-p384")
+    )
+    world.core.enforce(dataclasses.replace(world.core.enforced, keys={"release": relabelled}))
     world.approve("alice", r)
     assert world.approve("bob", r).state is not State.SIGNED
     assert not world.token.calls

@@ -34,6 +34,8 @@ EVENTS = (
     "call.rejected",
     "audit.head_reset",
     "policy.proposed",
+    "policy.approved",
+    "policy.denied",
     "policy.adopted",
 )
 

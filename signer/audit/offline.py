@@ -48,6 +48,7 @@ from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.core.policy import KeyPolicy, Revocation, revocations_of
+from signer.core.policy_desk import Proposed, proposal_of, verify_decision
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
@@ -61,7 +62,7 @@ from signer.errors import (
 from signer.fields import field, strings, typed
 from signer.freeze import FRESHNESS, verify_freeze
 from signer.model import Digest, TokenCaller, may_decide
-from signer.policy_chain import Version, check_next, new_lifts, version_of
+from signer.policy_chain import Proposal, Version, check_next, new_lifts, version_of
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
@@ -282,6 +283,7 @@ class _Semantics:
         self.chain: Version | None = None  # the policy version in force, once there is one
         self.openpgp_created: dict[str, int] = {}  # key id -> its OpenPGP creation time
         self.frozen: dict[str, int] = {}  # key name -> the index of the freeze in force
+        self.proposals: dict[int, Proposal] = {}  # open proposals for the next version
 
     def check(self, e: AuditEntry) -> None:
         if e.event not in EVENTS:
@@ -330,10 +332,33 @@ class _Semantics:
             raise ValueError(f"the policy chain breaks here: {x}") from None
         lifts = new_lifts(self.chain, version)
         self.chain = version
+        # In force from here on, on every server (taken on without a restart).
+        self.policy = _Policy.parse(version.document)
+        self.proposals = {}
         self.report.policy_versions += 1
         for name, index in lifts.items():
             if self.frozen.get(name) == index:
                 del self.frozen[name]
+
+    def _policy_proposed(self, e: AuditEntry) -> None:
+        proposal = proposal_of(e, self.chain)
+        if proposal is not None:  # else one for a version that never came next
+            self.proposals[e.index] = proposal
+
+    def _policy_approved(self, e: AuditEntry, approval: bool = True) -> None:
+        """A decision recorded on an open proposal, signed by that officer."""
+        index = field(e.details, "proposal", int, "details")
+        proposal = self.proposals.get(index)
+        if proposal is None:
+            raise ValueError(f"a policy decision on entry {index}, which is no open proposal")
+        try:
+            raw = base64.b64decode(field(e.details, "envelope", str, "details"), validate=True)
+            verify_decision(Proposed(index, proposal, "", e.time), e.actor, raw, approval)
+        except (binascii.Error, SignerError) as x:
+            raise ValueError(f"the policy decision is not {e.actor}'s: {x}") from None
+
+    def _policy_denied(self, e: AuditEntry) -> None:
+        self._policy_approved(e, approval=False)
 
     def _key_frozen(self, e: AuditEntry) -> None:
         key_name = field(e.details, "key_name", str, "details")

@@ -34,10 +34,12 @@ from signer.audit.entry import AuditEntry
 from signer.bounds import echo
 from signer.core import intake, policy_log
 from signer.core.audit_reader import AuditReader
+from signer.core.enforced import Enforced
 from signer.core.events import Event, Hook, Kind
 from signer.core.intake import LIMITS, Limits, find_request, is_request_id, require_unfrozen
 from signer.core.notifier import Notifier
 from signer.core.policy import KeyPolicy
+from signer.core.policy_desk import PolicyDesk, PolicyHead
 from signer.core.quorum import check_statement
 from signer.core.recording import Recording
 from signer.core.rules import Ask, not_an_approver
@@ -55,10 +57,11 @@ from signer.errors import (
 )
 from signer.freeze import FRESHNESS, verify_freeze
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
+from signer.policy_chain import Version
 from signer.store.base import PAGE_BYTES, FrozenKey, Store, Tx
 from signer.store.group import GroupCommit
 
-__all__ = ["Core"]
+__all__ = ["Core", "Enforced"]
 
 log = structlog.get_logger("signer.core.machine")
 
@@ -69,7 +72,7 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Core(Signing, Recording, AuditReader):
+class Core(Signing, Recording, AuditReader, PolicyDesk):
     """The signing core over one store, one token and the loaded keys and policies."""
 
     def __init__(
@@ -90,19 +93,22 @@ class Core(Signing, Recording, AuditReader):
         superseded_now: Callable[[], str | None] | None = None,
         freeze_marks: FreezeMarks | None = None,
         policy_sha256: str = "",
+        policy_number: int = 0,
+        policy_head: PolicyHead | None = None,
+        on_policy_adopted: Callable[[Version], None] = lambda version: None,
     ) -> None:
         self.store = store
         self.token = token
-        self.keys = keys
-        self.policies = policies
-        self.approver_keys = approver_keys
-        self.policy_officers = tuple(policy_officers)
+        self.enforced = Enforced(
+            keys, policies, approver_keys, tuple(policy_officers), policy_sha256, policy_number
+        )
+        self.policy_head = policy_head
+        self.on_policy_adopted = on_policy_adopted
         self.superseded = superseded
         # Read again in the transaction that records a signature (one adopted since the
         # last cached read must not be signed under): by default the same check.
         self.superseded_now = superseded_now or superseded
         self.freeze_marks = freeze_marks
-        self.policy_sha256 = policy_sha256  # the version in force it signs under ("": none)
         self.clock = clock
         self.limits = limits
         self.notifier = notifier or Notifier()
@@ -117,6 +123,34 @@ class Core(Signing, Recording, AuditReader):
         self._signing_lock = threading.Lock()
         self._rejections: dict[str, tuple[int, int, int]] = {}  # minute, recorded, suppressed
         self._rejections_lock = threading.Lock()
+
+    # The policy in force, each read from the one snapshot.
+    @property
+    def keys(self) -> Mapping[str, KeySpec]:
+        return self.enforced.keys
+
+    @property
+    def policies(self) -> Mapping[str, KeyPolicy]:
+        return self.enforced.policies
+
+    @property
+    def approver_keys(self) -> Mapping[str, ApprovalKey]:
+        return self.enforced.approver_keys
+
+    @property
+    def policy_officers(self) -> tuple[str, ...]:
+        return self.enforced.officers
+
+    @property
+    def policy_sha256(self) -> str:
+        return self.enforced.sha256
+
+    def enforce(self, enforced: Enforced) -> None:
+        """From now on, `enforced` is the policy in force (a version adopted while this
+        core ran). A request whose quorum was counted under the one before is signed
+        only once counted again under this one (`Signing._record_signed`)."""
+        self.enforced = enforced
+        log.warning("policy in force", version=enforced.number, sha256=enforced.sha256)
 
     def _wake_waiters(self, event: Event) -> None:
         """Waiters hear of every change of a request (a quorum is told by its approval)."""

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from signer.audit.entry import AuditEntry
+from signer.core.intake import find_request
 from signer.dsse import Envelope
-from signer.encoding import format_time
+from signer.encoding import canonical_json, format_time
 from signer.errors import EnvelopeError, PolicyChainError
+from signer.model import State
 from signer.policy_chain import (
     MAX_APPROVALS,
     PAYLOAD_TYPE,
@@ -43,6 +45,7 @@ __all__ = [
     "adopt",
     "adopted_entries",
     "details_of",
+    "key_rule",
     "read_chain",
     "version_of",
     "walk",
@@ -120,7 +123,61 @@ def adopt(
     tx.append_audit(now, ADOPTED, actor, "", "", details_of(version, approvers))
     for name, index in lifts.items():
         tx.lift_freeze(name, index)
+    _end_changed(tx, previous, version, now)
     return version
+
+
+def key_rule(document: Mapping[str, Any], name: str) -> bytes | None:
+    """Everything a version says that decides a request for key `name`: its rule (but
+    the freeze it lifts), the roles and approval keys of the people it names, and the
+    OIDC issuers its claim rules trust. None if the version has no such key."""
+    keys = document.get("keys")
+    rule = keys.get(name) if isinstance(keys, dict) else None
+    if not isinstance(rule, dict):
+        return None
+    people = [
+        p for k in ("approvers", "requesters") for p in rule.get(k) or [] if isinstance(p, str)
+    ]
+    identities, approver_keys = document.get("identities"), document.get("approver_keys")
+    return canonical_json(
+        {
+            "rule": {k: v for k, v in rule.items() if k != "lift_freeze"},
+            "roles": {p: identities.get(p) for p in people} if isinstance(identities, dict) else {},
+            "keys": (
+                {p: approver_keys.get(p) for p in people} if isinstance(approver_keys, dict) else {}
+            ),
+            "oidc": document.get("oidc") if rule.get("oidc") else None,
+        }
+    )
+
+
+def _end_changed(tx: Tx, previous: Version | None, version: Version, now: dt.datetime) -> None:
+    """A request is decided only under the rule it was made under: those whose key's
+    rule `version` changes end here, unsigned (pending ones cancelled, approved ones
+    failed), and their requesters ask again."""
+    if previous is None:
+        return
+    changed: dict[str, bool] = {}
+    for state, event, field in (
+        (State.PENDING, "request.cancelled", "reason"),
+        (State.APPROVED, "request.failed", "error"),
+    ):
+        for rid in tx.ids_in_state(state):
+            request = find_request(tx, rid)
+            name = request.key_name
+            if name not in changed:
+                changed[name] = key_rule(previous.document, name) != key_rule(
+                    version.document, name
+                )
+            if not changed[name]:
+                continue
+            why = (
+                f"policy version {version.number} changed the rule of key {name} while the "
+                "request waited; not signed: ask again"
+            )
+            end = State.CANCELLED if state is State.PENDING else State.FAILED
+            tx.set_state(rid, end, now, why)
+            tx.append_audit(now, event, "signer", rid, name, {field: why})
 
 
 def _check_age(raw: bytes, now: dt.datetime) -> None:

@@ -27,17 +27,16 @@ import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 import structlog
 
 from signer.algorithms import KeyAlgorithm
-from signer.approval.keys import ApprovalKey
+from signer.core.enforced import Enforced
 from signer.core.events import Event, Hook, Kind
 from signer.core.intake import Limits, check_payload, find_request
-from signer.core.policy import KeyPolicy
 from signer.core.quorum import quorum
 from signer.errors import InvalidArgumentError, TokenError, TooLargeError
 from signer.model import KeySpec, Request, State
@@ -71,16 +70,13 @@ class Signing:
     """Signs APPROVED requests; the core sets every attribute named here."""
 
     token: DigestSigner
-    keys: Mapping[str, KeySpec]
-    policies: Mapping[str, KeyPolicy]
-    approver_keys: Mapping[str, ApprovalKey]
+    enforced: Enforced
     clock: Callable[[], dt.datetime]
     limits: Limits
     events: Hook
     superseded: Callable[[], str | None]  # why the loaded policy is no longer in force
     superseded_now: Callable[[], str | None]  # the same, read now (not from a cache)
     freeze_marks: FreezeMarks | None
-    policy_sha256: str
     _signing: set[str]
     _signing_lock: threading.Lock
 
@@ -91,13 +87,15 @@ class Signing:
         with self._tx() as tx:
             return find_request(tx, request_id)
 
-    def _quorum(self, request: Request) -> list[str] | None:
-        """Approvers making a valid quorum for `request` now, or None (invariant 2)."""
+    def _quorum(self, request: Request, enforced: Enforced | None = None) -> list[str] | None:
+        """Approvers making a valid quorum for `request` now (under `enforced`, by default
+        the policy in force), or None (invariant 2)."""
+        e = enforced or self.enforced
         return quorum(
             request,
-            self.policies.get(request.key_name),
-            self.keys.get(request.key_name),
-            self.approver_keys,
+            e.policies.get(request.key_name),
+            e.keys.get(request.key_name),
+            e.approver_keys,
             self.clock(),
             self.limits,
         )
@@ -150,8 +148,9 @@ class Signing:
         request = self._get(request_id)
         if request.state is not State.APPROVED:
             return None
-        approvers = self._quorum(request)
-        spec = self.keys.get(request.key_name)
+        enforced = self.enforced  # one version throughout
+        approvers = self._quorum(request, enforced)
+        spec = enforced.keys.get(request.key_name)
         if approvers is None or spec is None:
             self._fail(request, "the quorum no longer holds under the loaded policy")
             return None
@@ -192,7 +191,7 @@ class Signing:
             self._fail(request, f"the token failed to sign: {e}", token=True)
             return None
         token_seconds = time.perf_counter() - started
-        signed = self._record_signed(request, spec, approvers, signatures)
+        signed = self._record_signed(request, spec, approvers, signatures, enforced)
         if signed is None:
             with self._tx() as tx:
                 held = self._held(tx, request.key_name)
@@ -212,7 +211,12 @@ class Signing:
         return signed
 
     def _record_signed(
-        self, request: Request, spec: KeySpec, approvers: list[str], signatures: list[bytes]
+        self,
+        request: Request,
+        spec: KeySpec,
+        approvers: list[str],
+        signatures: list[bytes],
+        enforced: Enforced,
     ) -> Request | None:
         """Store the signatures with their audit entry, unless the request moved on."""
         now = self.clock()
@@ -227,6 +231,9 @@ class Signing:
             if (why := self.superseded_now()) is not None:
                 log.error("request left approved", request_id=request.id, error=why)
                 return None
+            if self.enforced is not enforced:  # switched while the token signed
+                log.warning("request left approved: the policy in force changed meanwhile")
+                return None
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)
             tx.append_audit(
@@ -240,7 +247,7 @@ class Signing:
                     "approvers": approvers,
                     "signature_sha256": [hashlib.sha256(s).hexdigest() for s in signatures],
                     # The policy version signed under: what a bundle's chain must reach.
-                    **({"policy_sha256": self.policy_sha256} if self.policy_sha256 else {}),
+                    **({"policy_sha256": enforced.sha256} if enforced.sha256 else {}),
                 },
             )
             return find_request(tx, request.id)

@@ -42,6 +42,8 @@ from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
 from signer.bounds import RateLimit
+from signer.core import policy_log
+from signer.core.enforced import Enforced
 from signer.core.machine import Core
 from signer.errors import ConfigError, KeyNotFoundError, SignerError, TokenError
 from signer.model import KeySpec
@@ -53,6 +55,7 @@ from signer.server.config import Config
 from signer.server.metrics import Metrics
 from signer.server.oidc import OidcVerifier
 from signer.server.openpgp_keys import can_openpgp
+from signer.server.policy_switch import config_under
 from signer.server.service import ApprovalService, AuditService, SigningService
 from signer.server.sweeper import Sweeper
 from signer.store import Store
@@ -122,6 +125,27 @@ def _policy_in_force(config: Config, token: Token, store: Store) -> Version | No
         return policy_admin.checked_in_force(config, token, tx)
 
 
+def _checked_policy(config: Config, token: Token, store: Store) -> Version:
+    """The version in force, which `config`'s policy must be: an edited policy, one the
+    officers never approved, or an older version (rolled back) is refused."""
+    with store.transaction() as tx:
+        policy_admin.require_trusted(config, token, tx)
+        chain = policy_log.read_chain(tx)
+        in_force = policy_admin.checked_in_force(config, token, tx)
+    if in_force is not None and config.policy_hash != in_force.sha256:
+        older = next((v for v in chain if v.sha256 == config.policy_hash), None)
+        if older is not None:
+            raise ConfigError(
+                f"{config.path}: its policy is version {older.number}, older than version "
+                f"{in_force.number} in force ({in_force.sha256[:16]}...); nothing is signed "
+                f"under a version rolled back: put the file proposed as version "
+                f"{in_force.number} in its place (running servers took it on already)"
+            )
+    policy_admin.check_config(config, in_force)
+    assert in_force is not None
+    return in_force
+
+
 @dataclass
 class Server:
     config: Config
@@ -134,9 +158,13 @@ class Server:
     metrics: Metrics | None = None
     metrics_port: int = 0
     health_servicer: health.HealthServicer | None = None
+    watch: policy_head.Watch | None = None
+    interceptor: AuthInterceptor | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweeper: Sweeper | None = None
     _watcher: threading.Thread | None = None
+    _follow_lock: threading.Lock = field(default_factory=threading.Lock)
+    _not_followed: str = ""
 
     @classmethod
     def build(cls, config: Config) -> Server:
@@ -146,10 +174,9 @@ class Server:
         store: Store | None = None
         metrics: Metrics | None = None
         try:
-            keys = load_keys(config, token)
             store = open_store(config.store)
-            in_force = _policy_in_force(config, token, store)
-            policy_admin.check_config(config, in_force)
+            in_force = _checked_policy(config, token, store)
+            keys = load_keys(config, token)
             metrics_port = 0
             if config.server.metrics_listen is not None:
                 metrics = Metrics(store, token)
@@ -166,14 +193,16 @@ class Server:
                 superseded=watch.superseded,
                 superseded_now=lambda: watch.superseded(fresh=True),
                 freeze_marks=policy_head.TokenFreezes(token),
-                policy_sha256=in_force.sha256 if in_force is not None else "",
+                policy_sha256=in_force.sha256,
+                policy_number=in_force.number,
+                policy_head=policy_head.TokenHead(token, config.audit_key),
             )
             core.reconcile_freezes()
             if metrics is not None:
                 core.events.subscribe(metrics.on_event)
             # Replicas on one database hear each other's changes through the store.
             store.subscribe(core.notifier.publish)
-            server, port, oidc_port, health_servicer = _grpc_server(config, core)  # binds early
+            server, port, oidc_port, health_servicer, interceptor = _grpc_server(config, core)
             core.record(
                 "server.started",
                 "signer",
@@ -202,7 +231,7 @@ class Server:
                 store.close()
             token.close()
             raise
-        return cls(
+        built = cls(
             config,
             token,
             store,
@@ -213,7 +242,59 @@ class Server:
             metrics,
             metrics_port,
             health_servicer,
+            watch=watch,
+            interceptor=interceptor,
         )
+
+        def follow(version: Version) -> None:
+            built.follow_policy()
+
+        core.on_policy_adopted = follow
+        return built
+
+    def follow_policy(self) -> bool:
+        """Take on the version in force if it is not the one enforced (adopted here or on
+        another server of the store): True once enforced. Until then nothing is signed
+        and no request taken (`Watch`); why not is logged once per version."""
+        with self._follow_lock:
+            in_force = _policy_in_force(self.config, self.token, self.store)
+            if in_force is None or in_force.sha256 == self.core.policy_sha256:
+                return True
+            try:
+                config = config_under(self.config, in_force)
+                keys = load_keys(config, self.token)
+            except SignerError as e:
+                if self._not_followed != in_force.sha256:
+                    self._not_followed = in_force.sha256
+                    log.error("policy version not taken on", version=in_force.number, error=str(e))
+                return False
+            if self.interceptor is not None:
+                self.interceptor.use(config.roles_of, {**DEFAULT_RULES, **config.access})
+                if self.interceptor.oidc is not None:
+                    self.interceptor.oidc.use_officers(config.approver_keys)
+            self.core.enforce(
+                Enforced(
+                    keys,
+                    config.keys,
+                    config.approver_keys,
+                    config.policy_officers,
+                    in_force.sha256,
+                    in_force.number,
+                )
+            )
+            if self.watch is not None:
+                self.watch.follow(in_force)
+            self.config = config
+        # Approved requests left waiting for the switch are signed under it, if their
+        # quorum holds under it.
+        threading.Thread(target=self._recover, name="policy-recover", daemon=True).start()
+        return True
+
+    def _recover(self) -> None:
+        try:
+            self.core.recover()
+        except SignerError as e:
+            log.error("signing approved requests after the policy change failed", error=str(e))
 
     def start(self) -> None:
         self.core.recover()
@@ -233,10 +314,11 @@ class Server:
         )
 
     def _watch_token(self) -> None:
-        """Health follows the token: NOT_SERVING while it cannot be reached."""
-        names = [self.config.audit_key, *(k.token_label for k in self.core.keys.values())]
+        """Health follows the token: NOT_SERVING while it cannot be reached. A version
+        adopted on another server is taken on here within the probe's second."""
         serving = True
         while not self._stop.wait(_TOKEN_PROBE_SECONDS):
+            names = [self.config.audit_key, *(k.token_label for k in self.core.keys.values())]
             try:
                 self.token.check(names)
                 ok = True
@@ -244,11 +326,22 @@ class Server:
                 ok = False
                 if serving:
                     log.error("token unreachable: not serving", error=str(e))
+            if ok:
+                self._follow_if_superseded()
             if ok != serving:
                 serving = ok
                 self._set_health(ok)
                 if ok:
                     log.warning("token reachable again: serving")
+
+    def _follow_if_superseded(self) -> None:
+        try:
+            if self.core.superseded() is not None:
+                self.follow_policy()
+        except SignerError as e:  # read again at the next probe; nothing signed meanwhile
+            if self._not_followed != str(e):
+                self._not_followed = str(e)
+                log.error("the policy in force cannot be read", error=str(e))
 
     def _set_health(self, serving: bool) -> None:
         if self.health_servicer is None:
@@ -288,7 +381,9 @@ def no_core_dumps() -> None:
             )
 
 
-def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, health.HealthServicer]:
+def _grpc_server(
+    config: Config, core: Core
+) -> tuple[grpc.Server, int, int, health.HealthServicer, AuthInterceptor]:
     s = config.server
     rules = {**DEFAULT_RULES, **config.access}
     oidc = None
@@ -347,7 +442,7 @@ def _grpc_server(config: Config, core: Core) -> tuple[grpc.Server, int, int, hea
         # Server-authenticated TLS only: callers prove who they are with a token.
         tls = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
         oidc_port = _bind(server, s.oidc_listen, tls, config, "oidc_listen")
-    return server, port, oidc_port, health_servicer
+    return server, port, oidc_port, health_servicer, interceptor
 
 
 def _check_tls(config: Config) -> None:

@@ -80,6 +80,9 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
             "Deny",
             "WatchRequests",
             "FreezeKey",
+            "ListPolicyProposals",
+            "ApprovePolicy",
+            "DenyPolicy",
         )
     },
     **{
@@ -129,13 +132,23 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         log_limit: RateLimit | None = None,
         message_timeout: float = MESSAGE_TIMEOUT,
     ) -> None:
-        self._roles_of = roles_of
-        self._rules = rules
+        self._policy = (roles_of, rules)
         self._on_reject = on_reject
         self._oidc = oidc
         self.calls = Slots(calls_per_identity, "calls in flight", "TOO_MANY_CALLS")
         self._log_limit = log_limit or RateLimit(60)
         self._watchdog = Watchdog(message_timeout)
+
+    @property
+    def oidc(self) -> OidcVerifier | None:
+        return self._oidc
+
+    def use(
+        self, roles_of: Callable[[str], frozenset[str]], rules: Mapping[str, frozenset[str]]
+    ) -> None:
+        """Who holds which role, and which roles may call what, from now on (a policy
+        version adopted while the server runs)."""
+        self._policy = (roles_of, rules)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -208,7 +221,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             abort(context, e)
         identity = caller if isinstance(caller, str) else caller.identity
         current_caller.set(None if isinstance(caller, str) else caller)
-        roles = self._roles_of(caller) if isinstance(caller, str) else _TOKEN_ROLES
+        roles = self._policy[0](caller) if isinstance(caller, str) else _TOKEN_ROLES
         self._authorize(method, identity, roles, context)
         current_identity.set(identity)
         current_method.set(method)
@@ -349,7 +362,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _authorize(
         self, method: str, identity: str, roles: frozenset[str], context: grpc.ServicerContext
     ) -> None:
-        allowed = self._rules.get(method)
+        allowed = self._policy[1].get(method)
         if allowed is None:
             problem = f"method {method} has no access rule and is denied"
         elif ANY in allowed or roles & allowed:

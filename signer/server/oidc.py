@@ -162,6 +162,10 @@ class OidcVerifier:
         self._officers = tuple(officers)  # every officer's name, to bar one named like the actor
         self._jwks = dict(jwks) if jwks is not None else {n: Jwks(i) for n, i in issuers.items()}
 
+    def use_officers(self, officers: Iterable[str]) -> None:
+        """The officers from now on (a policy version adopted while the server runs)."""
+        self._officers = tuple(officers)
+
     def load(self) -> None:
         """Fetch every issuer's keys once; a failure is logged and retried on use."""
         for name, jwks in self._jwks.items():

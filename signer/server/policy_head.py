@@ -23,7 +23,16 @@ from signer.errors import PolicyChainError, TokenError
 from signer.policy_chain import Version
 from signer.token.hsm import Token
 
-__all__ = ["APPLICATION", "FREEZES", "TokenFreezes", "Watch", "read", "record", "require"]
+__all__ = [
+    "APPLICATION",
+    "FREEZES",
+    "TokenFreezes",
+    "TokenHead",
+    "Watch",
+    "read",
+    "record",
+    "require",
+]
 
 APPLICATION = "signer policy version in force"
 FREEZES = "signer key frozen since"  # beside a signing key: the audit index of its freeze
@@ -71,11 +80,29 @@ def require(chain: Sequence[Version], recorded: tuple[int, str] | None) -> None:
         )
 
 
+class TokenHead:
+    """The token's record of the version in force, for the core's online adoption
+    (`signer.core.policy_desk.PolicyHead`)."""
+
+    def __init__(self, token: Token, audit_key: str) -> None:
+        self._token = token
+        self._audit_key = audit_key
+
+    def require(self, chain: list[Version]) -> None:
+        require(chain, read(self._token, self._audit_key))
+
+    def record(self, version: Version) -> None:
+        record(self._token, self._audit_key, version)
+
+    def lift(self, key_name: str, index: int) -> None:
+        TokenFreezes(self._token).unmark(key_name, index)
+
+
 class Watch:
-    """Whether the version a server started under is still the one in force: the token's
+    """Whether the version a server enforces is still the one in force: the token's
     record read at most once a second (a version adopted meanwhile, on any host, stops
-    this server's signing and new requests within that second; a token that cannot be
-    read raises its TokenError)."""
+    this server's signing and new requests within that second, until it takes the new
+    one on, `follow`; a token that cannot be read raises its TokenError)."""
 
     def __init__(self, token: Token, audit_key: str, loaded: Version | None) -> None:
         self._token = token
@@ -100,11 +127,16 @@ class Watch:
                 # kept one) has nothing to compare: the start checked the chain.
                 if recorded is not None and recorded != self._loaded:
                     self._why = (
-                        f"policy version {recorded[0]} is in force now; this server runs version "
-                        f"{self._loaded[0] if self._loaded else 'none'}: restart it with the "
-                        "new signer.toml"
+                        f"policy version {recorded[0]} is in force now; this server still "
+                        f"enforces version {self._loaded[0] if self._loaded else 'none'}"
                     )
             return self._why
+
+    def follow(self, version: Version) -> None:
+        """`version` is the one this server enforces from now on."""
+        with self._lock:
+            self._loaded = (version.number, version.sha256)
+            self._checked = -1.0
 
 
 class TokenFreezes:

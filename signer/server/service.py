@@ -39,14 +39,17 @@ from signer.convert import (
     digest_pb,
     duration,
     key_info_pb,
+    policy_proposal_pb,
     request_pb,
     time_of,
 )
 from signer.core.machine import Core
+from signer.core.policy_desk import Proposed
 from signer.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    PolicyChainError,
     SignerError,
     StoreError,
     TokenError,
@@ -345,6 +348,30 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
             frozen_at=frozen_at,
         )
 
+    @_rpc
+    def ListPolicyProposals(
+        self, request: approval_pb2.ListPolicyProposalsRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.ListPolicyProposalsResponse:
+        me = current_identity.get()
+        mine = [p for p in self.core.policy_proposals() if _officer_of(p, me)]
+        return approval_pb2.ListPolicyProposalsResponse(
+            proposals=[policy_proposal_pb(p) for p in mine[:MAX_PROPOSALS]]
+        )
+
+    @_rpc
+    def ApprovePolicy(
+        self, request: approval_pb2.ApprovePolicyRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.ApprovePolicyResponse:
+        p = self.core.approve_policy(current_identity.get(), request.index, request.envelope)
+        return approval_pb2.ApprovePolicyResponse(proposal=policy_proposal_pb(p))
+
+    @_rpc
+    def DenyPolicy(
+        self, request: approval_pb2.DenyPolicyRequest, context: grpc.ServicerContext
+    ) -> approval_pb2.DenyPolicyResponse:
+        p = self.core.deny_policy(current_identity.get(), request.index, request.envelope)
+        return approval_pb2.DenyPolicyResponse(proposal=policy_proposal_pb(p))
+
     @_stream
     def WatchRequests(
         self, request: approval_pb2.WatchRequestsRequest, context: grpc.ServicerContext
@@ -422,3 +449,14 @@ class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
     ) -> audit_pb2.GetConsistencyProofResponse:
         hashes = self.core.consistency_proof(request.first, request.second)
         return audit_pb2.GetConsistencyProofResponse(hashes=hashes)
+
+
+MAX_PROPOSALS = 16  # listed at once: each holds two whole policy documents
+
+
+def _officer_of(p: Proposed, identity: str) -> bool:
+    """Whether `identity` is a policy officer `p` needs a decision from."""
+    try:
+        return any(identity in o.names for _, o in p.sets)
+    except PolicyChainError:
+        return False

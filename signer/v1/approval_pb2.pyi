@@ -344,3 +344,196 @@ class FreezeKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FreezeKeyResponse: _TypeAlias = FreezeKeyResponse  # noqa: Y015
+
+@_typing.final
+class PolicyDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFICER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    officer: _builtins.str
+    reason: _builtins.str
+    """The reason a denial gives; empty for an approval."""
+    def __init__(
+        self,
+        *,
+        officer: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["officer", b"officer", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyDecision: _TypeAlias = PolicyDecision  # noqa: Y015
+
+@_typing.final
+class PolicyProposal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    PROPOSED_BY_FIELD_NUMBER: _builtins.int
+    PROPOSED_AT_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    DENIALS_FIELD_NUMBER: _builtins.int
+    ADOPTED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The audit index of its policy.proposed entry: what a decision names."""
+    proposal: _builtins.bytes
+    """The proposal as `signer policy propose` writes it (JSON): the version number, its
+    hash, the hash and the document of the version in force, and the new document.
+    """
+    proposed_by: _builtins.str
+    adopted: _builtins.bool
+    """Set once its approvals adopted it (in the response to the approval that did)."""
+    rejected: _builtins.bool
+    """Set once its denials rejected it."""
+    @_builtins.property
+    def proposed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyDecision]: ...
+    @_builtins.property
+    def denials(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyDecision]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        proposal: _builtins.bytes = ...,
+        proposed_by: _builtins.str = ...,
+        proposed_at: _timestamp_pb2.Timestamp | None = ...,
+        approvals: _abc.Iterable[Global___PolicyDecision] | None = ...,
+        denials: _abc.Iterable[Global___PolicyDecision] | None = ...,
+        adopted: _builtins.bool = ...,
+        rejected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proposed_at", b"proposed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopted", b"adopted", "approvals", b"approvals", "denials", b"denials", "index", b"index", "proposal", b"proposal", "proposed_at", b"proposed_at", "proposed_by", b"proposed_by", "rejected", b"rejected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyProposal: _TypeAlias = PolicyProposal  # noqa: Y015
+
+@_typing.final
+class ListPolicyProposalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyProposalsRequest: _TypeAlias = ListPolicyProposalsRequest  # noqa: Y015
+
+@_typing.final
+class ListPolicyProposalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposals(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyProposal]: ...
+    def __init__(
+        self,
+        *,
+        proposals: _abc.Iterable[Global___PolicyProposal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposals", b"proposals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyProposalsResponse: _TypeAlias = ListPolicyProposalsResponse  # noqa: Y015
+
+@_typing.final
+class ApprovePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    envelope: _builtins.bytes
+    """DSSE envelope (JSON) over the policy approval statement (`approver policy approve`)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        envelope: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePolicyRequest: _TypeAlias = ApprovePolicyRequest  # noqa: Y015
+
+@_typing.final
+class ApprovePolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposal(self) -> Global___PolicyProposal: ...
+    def __init__(
+        self,
+        *,
+        proposal: Global___PolicyProposal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovePolicyResponse: _TypeAlias = ApprovePolicyResponse  # noqa: Y015
+
+@_typing.final
+class DenyPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    envelope: _builtins.bytes
+    """DSSE envelope (JSON) over the policy denial statement, which carries the reason."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        envelope: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyPolicyRequest: _TypeAlias = DenyPolicyRequest  # noqa: Y015
+
+@_typing.final
+class DenyPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposal(self) -> Global___PolicyProposal: ...
+    def __init__(
+        self,
+        *,
+        proposal: Global___PolicyProposal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposal", b"proposal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DenyPolicyResponse: _TypeAlias = DenyPolicyResponse  # noqa: Y015

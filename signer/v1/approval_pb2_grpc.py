@@ -70,6 +70,21 @@ class ApprovalServiceStub:
                 request_serializer=signer_dot_v1_dot_approval__pb2.FreezeKeyRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_approval__pb2.FreezeKeyResponse.FromString,
                 _registered_method=True)
+        self.ListPolicyProposals = channel.unary_unary(
+                '/signer.v1.ApprovalService/ListPolicyProposals',
+                request_serializer=signer_dot_v1_dot_approval__pb2.ListPolicyProposalsRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_approval__pb2.ListPolicyProposalsResponse.FromString,
+                _registered_method=True)
+        self.ApprovePolicy = channel.unary_unary(
+                '/signer.v1.ApprovalService/ApprovePolicy',
+                request_serializer=signer_dot_v1_dot_approval__pb2.ApprovePolicyRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_approval__pb2.ApprovePolicyResponse.FromString,
+                _registered_method=True)
+        self.DenyPolicy = channel.unary_unary(
+                '/signer.v1.ApprovalService/DenyPolicy',
+                request_serializer=signer_dot_v1_dot_approval__pb2.DenyPolicyRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_approval__pb2.DenyPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class ApprovalServiceServicer:
@@ -133,6 +148,32 @@ class ApprovalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPolicyProposals(self, request, context):
+        """Lists the open proposals for the next policy version (proposed with `signer policy
+        propose`, neither rejected nor overtaken by another adopted version), oldest
+        first, at most 16; policy officers of the version in force or the proposed one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApprovePolicy(self, request, context):
+        """Records a policy officer's signed approval of a proposal (once); the approval that
+        completes both thresholds (the officers of the version in force and of the new
+        one) adopts it, and every server of the store takes it on without a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyPolicy(self, request, context):
+        """Records a policy officer's signed denial of a proposal (once); a proposal whose
+        denials leave fewer officers than a threshold it needs is rejected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApprovalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +211,21 @@ def add_ApprovalServiceServicer_to_server(servicer, server):
                     servicer.FreezeKey,
                     request_deserializer=signer_dot_v1_dot_approval__pb2.FreezeKeyRequest.FromString,
                     response_serializer=signer_dot_v1_dot_approval__pb2.FreezeKeyResponse.SerializeToString,
+            ),
+            'ListPolicyProposals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyProposals,
+                    request_deserializer=signer_dot_v1_dot_approval__pb2.ListPolicyProposalsRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_approval__pb2.ListPolicyProposalsResponse.SerializeToString,
+            ),
+            'ApprovePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApprovePolicy,
+                    request_deserializer=signer_dot_v1_dot_approval__pb2.ApprovePolicyRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_approval__pb2.ApprovePolicyResponse.SerializeToString,
+            ),
+            'DenyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyPolicy,
+                    request_deserializer=signer_dot_v1_dot_approval__pb2.DenyPolicyRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_approval__pb2.DenyPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +418,87 @@ class ApprovalService:
             '/signer.v1.ApprovalService/FreezeKey',
             signer_dot_v1_dot_approval__pb2.FreezeKeyRequest.SerializeToString,
             signer_dot_v1_dot_approval__pb2.FreezeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyProposals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.ApprovalService/ListPolicyProposals',
+            signer_dot_v1_dot_approval__pb2.ListPolicyProposalsRequest.SerializeToString,
+            signer_dot_v1_dot_approval__pb2.ListPolicyProposalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApprovePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.ApprovalService/ApprovePolicy',
+            signer_dot_v1_dot_approval__pb2.ApprovePolicyRequest.SerializeToString,
+            signer_dot_v1_dot_approval__pb2.ApprovePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.ApprovalService/DenyPolicy',
+            signer_dot_v1_dot_approval__pb2.DenyPolicyRequest.SerializeToString,
+            signer_dot_v1_dot_approval__pb2.DenyPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

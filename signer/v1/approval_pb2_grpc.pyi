@@ -59,6 +59,20 @@ class ApprovalServiceStub:
     a request for it, until a policy version approved by the officers lifts it. A key
     frozen already is returned as it was frozen.
     """
+    ListPolicyProposals: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ListPolicyProposalsRequest, _approval_pb2.ListPolicyProposalsResponse]
+    """Lists the open proposals for the next policy version (proposed with `signer policy
+    propose`, neither rejected nor overtaken by another adopted version), oldest
+    first, at most 16; policy officers of the version in force or the proposed one.
+    """
+    ApprovePolicy: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ApprovePolicyRequest, _approval_pb2.ApprovePolicyResponse]
+    """Records a policy officer's signed approval of a proposal (once); the approval that
+    completes both thresholds (the officers of the version in force and of the new
+    one) adopts it, and every server of the store takes it on without a restart.
+    """
+    DenyPolicy: _grpc.UnaryUnaryMultiCallable[_approval_pb2.DenyPolicyRequest, _approval_pb2.DenyPolicyResponse]
+    """Records a policy officer's signed denial of a proposal (once); a proposal whose
+    denials leave fewer officers than a threshold it needs is rejected.
+    """
 
 @_typing.type_check_only
 class ApprovalServiceAsyncStub(ApprovalServiceStub):
@@ -90,6 +104,20 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
     key or policy officer: from then on no server of this store signs with it or takes
     a request for it, until a policy version approved by the officers lifts it. A key
     frozen already is returned as it was frozen.
+    """
+    ListPolicyProposals: _aio.UnaryUnaryMultiCallable[_approval_pb2.ListPolicyProposalsRequest, _approval_pb2.ListPolicyProposalsResponse]  # type: ignore[assignment]
+    """Lists the open proposals for the next policy version (proposed with `signer policy
+    propose`, neither rejected nor overtaken by another adopted version), oldest
+    first, at most 16; policy officers of the version in force or the proposed one.
+    """
+    ApprovePolicy: _aio.UnaryUnaryMultiCallable[_approval_pb2.ApprovePolicyRequest, _approval_pb2.ApprovePolicyResponse]  # type: ignore[assignment]
+    """Records a policy officer's signed approval of a proposal (once); the approval that
+    completes both thresholds (the officers of the version in force and of the new
+    one) adopts it, and every server of the store takes it on without a restart.
+    """
+    DenyPolicy: _aio.UnaryUnaryMultiCallable[_approval_pb2.DenyPolicyRequest, _approval_pb2.DenyPolicyResponse]  # type: ignore[assignment]
+    """Records a policy officer's signed denial of a proposal (once); a proposal whose
+    denials leave fewer officers than a threshold it needs is rejected.
     """
 
 class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +189,38 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
         key or policy officer: from then on no server of this store signs with it or takes
         a request for it, until a policy version approved by the officers lifts it. A key
         frozen already is returned as it was frozen.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPolicyProposals(
+        self,
+        request: _approval_pb2.ListPolicyProposalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approval_pb2.ListPolicyProposalsResponse, _abc.Awaitable[_approval_pb2.ListPolicyProposalsResponse]]:
+        """Lists the open proposals for the next policy version (proposed with `signer policy
+        propose`, neither rejected nor overtaken by another adopted version), oldest
+        first, at most 16; policy officers of the version in force or the proposed one.
+        """
+
+    @_abc_1.abstractmethod
+    def ApprovePolicy(
+        self,
+        request: _approval_pb2.ApprovePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approval_pb2.ApprovePolicyResponse, _abc.Awaitable[_approval_pb2.ApprovePolicyResponse]]:
+        """Records a policy officer's signed approval of a proposal (once); the approval that
+        completes both thresholds (the officers of the version in force and of the new
+        one) adopts it, and every server of the store takes it on without a restart.
+        """
+
+    @_abc_1.abstractmethod
+    def DenyPolicy(
+        self,
+        request: _approval_pb2.DenyPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_approval_pb2.DenyPolicyResponse, _abc.Awaitable[_approval_pb2.DenyPolicyResponse]]:
+        """Records a policy officer's signed denial of a proposal (once); a proposal whose
+        denials leave fewer officers than a threshold it needs is rejected.
         """
 
 def add_ApprovalServiceServicer_to_server(servicer: ApprovalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
