@@ -8,8 +8,10 @@ refused and recorded nowhere."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,13 @@ import grpc
 import pytest
 import tomli_w
 from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from approver.cli import main as approver_main
+from signer.approval.ed25519 import Ed25519Signer
 from signer.client.profile import remote_error
 from signer.errors import ConfigError
-from signer.policy_chain import Proposal, Version, sign_approval
+from signer.policy_chain import Proposal, Version, details_of, sign_approval
 from signer.policy_denial import PolicyDenial, sign_denial
 from signer.server.config import load_config
 from signer.server.policy_switch import config_under
@@ -30,6 +34,7 @@ from testbed.commands import SIGNER, run, wait_until
 from testbed.env import Env
 from testbed.process import Running, running
 from tests.harness import audit_events, ok, refused
+from tests.synthetic_log import OFFICERS, Synth
 from tests.tamper import audit_fetch, audit_verify
 
 serving = contextlib.contextmanager(running)
@@ -256,3 +261,70 @@ def test_what_only_a_restart_takes_on_is_named(fresh_env: Env, section: str) -> 
         config_under(config, Version(2, document, "", ()))
     same = Version(2, dict(config.policy_document), "", ())
     assert config_under(config, same).policy_hash == config.policy_hash
+
+
+def test_audit_verify_checks_every_policy_decision(tmp_path: Path) -> None:
+    """Offline, each `policy.approved` and `policy.denied` entry must be the signed word of
+    the officer it names, on an open proposal: a good log verifies; an approval signed by
+    another officer, a denial recorded as an approval, and a decision on a proposal never
+    made each fail at their entry."""
+    s = Synth({o: Ed25519Signer.generate() for o in OFFICERS})
+    officers = {"policy": {"officers": ["alice", "bob", "carol"], "threshold": 2}}
+    v1 = Version(1, {**s.policy(), **officers}, "", ())
+    v2 = Version(2, {**s.policy(("alice", "bob", "dave")), **officers}, v1.sha256, ())
+    now = s.t0
+
+    def approval(officer: str, signer: str | None = None) -> str:
+        raw = sign_approval(v2, officer, s.keys[signer or officer], now)
+        return base64.b64encode(raw).decode()
+
+    def denial(officer: str) -> str:
+        statement = PolicyDenial(2, v2.sha256, v1.sha256, officer, "no", now)
+        return base64.b64encode(sign_denial(statement, s.keys[officer])).decode()
+
+    def verify(*decisions: tuple[str, str, str, int]) -> subprocess.CompletedProcess[str]:
+        log = Synth(s.keys)
+        signed = Version(
+            1,
+            v1.document,
+            "",
+            tuple(sign_approval(v1, o, s.keys[o], now) for o in ("alice", "bob")),
+        )
+        log.add("policy.adopted", "admin", details_of(signed, ("alice", "bob")), rid="")
+        proposed = log.add(
+            "policy.proposed",
+            "admin",
+            {
+                "version": 2,
+                "sha256": v2.sha256,
+                "previous_sha256": v1.sha256,
+                "document": dict(v2.document),
+            },
+            rid="",
+        )
+        for event, officer, envelope, shift in decisions:
+            details = {
+                "proposal": proposed + shift,
+                "version": 2,
+                "sha256": v2.sha256,
+                "envelope": envelope,
+            }
+            if event == "policy.denied":
+                details |= {"reason": "no", "rejected": False}
+            log.add(event, officer, details, rid="")
+        out = tmp_path / f"log{len(list(tmp_path.iterdir()))}"
+        return audit_verify(out, log.write(out, ed25519.Ed25519PrivateKey.generate()))
+
+    ok(
+        verify(
+            ("policy.approved", "alice", approval("alice"), 0),
+            ("policy.denied", "carol", denial("carol"), 0),
+        )
+    )
+    refused(
+        verify(("policy.approved", "bob", approval("bob", "alice"), 0)),
+        "entry 2 (policy.approved)",
+        "not bob's",
+    )
+    refused(verify(("policy.approved", "carol", denial("carol"), 0)), "entry 2 (policy.approved)")
+    refused(verify(("policy.approved", "alice", approval("alice"), 1)), "no open proposal")

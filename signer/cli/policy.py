@@ -37,10 +37,11 @@ def policy() -> None:
 @click.option("--yes", is_flag=True, help="Overwrite --out if it exists.")
 @handle_errors
 def propose(config_path: Path, new: Path, out: Path | None, yes: bool) -> None:
-    """Propose NEW (a whole new signer.toml) as the next policy version: written as a
-    proposal file for the officers (`approver policy show | approve`) and recorded in the
-    audit log. Nothing changes until a threshold of the officers of the version in force
-    and of the new one approve it and `signer policy adopt` runs."""
+    """Propose NEW (a whole new signer.toml) as the next policy version: recorded in the
+    audit log, where the officers find it (`approver policy list`), and written as a
+    proposal file for officers offline (`approver policy show | approve FILE`). Nothing
+    changes until a threshold of the officers of the version in force and of the new
+    one approve it (online, or with their files and `signer policy adopt`)."""
     target = out or new.with_name(new.name + ".proposal.json")
     if target.exists() and not yes:
         raise click.BadParameter(f"{target} exists; give --yes to overwrite it", param_hint="--out")
