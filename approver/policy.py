@@ -108,12 +108,14 @@ def _show(proposal: Proposal) -> None:
     print_table(title, ["field", "value"], rows)
 
 
-def _proposals(profile: Profile) -> list[tuple[approval_pb2.PolicyProposal, Proposal]]:
-    """The open proposals the server lists, each checked as a proposal file is."""
+def _proposals(
+    profile: Profile, index: int = 0
+) -> list[tuple[approval_pb2.PolicyProposal, Proposal]]:
+    """The open proposals the server lists (only the one at `index`, if set), each
+    checked as a proposal file is."""
     with stubs(profile, approval_pb2_grpc.ApprovalServiceStub) as (approval,):
-        listed = call(
-            profile, approval.ListPolicyProposals, approval_pb2.ListPolicyProposalsRequest()
-        )
+        asked = approval_pb2.ListPolicyProposalsRequest(index=index)
+        listed = call(profile, approval.ListPolicyProposals, asked)
     out = []
     for pb in listed.proposals:
         try:
@@ -126,7 +128,7 @@ def _proposals(profile: Profile) -> list[tuple[approval_pb2.PolicyProposal, Prop
 
 
 def _online(profile: Profile, index: int) -> tuple[approval_pb2.PolicyProposal, Proposal]:
-    for pb, proposal in _proposals(profile):
+    for pb, proposal in _proposals(profile, index):
         if pb.index == index:
             return pb, proposal
     raise ApproverError(
@@ -302,7 +304,7 @@ def approve(
             approval.ApprovePolicy,
             approval_pb2.ApprovePolicyRequest(index=pb.index, envelope=envelope),
         ).proposal
-    _check_answer(answer, pb.index)
+    _check_answer(answer, pb.index, proposal)
     if answer.adopted:
         say(f"policy version {proposal.number} is adopted: in force on every server now")
     else:
@@ -346,11 +348,19 @@ def deny(
             approval.DenyPolicy,
             approval_pb2.DenyPolicyRequest(index=pb.index, envelope=sign_denial(statement, signer)),
         ).proposal
-    _check_answer(answer, pb.index)
+    _check_answer(answer, pb.index, proposal)
     state = "rejected" if answer.rejected else "still open"
     say(f"your denial of policy version {proposal.number} is recorded; it is {state}")
 
 
-def _check_answer(answer: approval_pb2.PolicyProposal, index: int) -> None:
-    if answer.index != index:
-        raise ResponseMismatchError(f"the server answered for proposal {answer.index}, not {index}")
+def _check_answer(answer: approval_pb2.PolicyProposal, index: int, asked: Proposal) -> None:
+    """The server answered for the proposal decided on: same index, version and hash."""
+    try:
+        said = Proposal.from_bytes(answer.proposal)
+    except ValueError as e:
+        raise ResponseMismatchError(f"the server answered with no policy proposal: {e}") from None
+    if answer.index != index or (said.number, said.sha256) != (asked.number, asked.sha256):
+        raise ResponseMismatchError(
+            f"the server answered for proposal {answer.index} (version {said.number}, "
+            f"{said.sha256[:16]}...), not {index}"
+        )

@@ -369,3 +369,46 @@ def test_an_approval_held_back_for_months_does_not_count(fresh_env: Env) -> None
         )
         refused(done, "alice's approval was issued at", "ask for it again")
     assert _versions(fresh_env) == [1]
+
+
+def test_a_version_the_token_records_but_the_log_lost_is_adopted_again(
+    fresh_env: Env,
+) -> None:
+    """The token records version 2 but its commit failed (the log ends at version 1): the
+    start is refused, another version 2 is refused, and `signer policy adopt` with the
+    approvals of that very version completes it."""
+    cfg = _raised(fresh_env.read_config())
+    new, proposal = _propose(fresh_env, cfg)
+    proposal_file = new.with_name(new.name + ".proposal.json")
+    approvals = [_approve(fresh_env, proposal_file, o) for o in ("alice", "bob")]
+    # In a process of its own: a process loads one SoftHSM configuration, at its first use.
+    record = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from signer.policy_chain import Proposal
+        from signer.server import policy_head
+        from signer.server.admin import open_token
+        from signer.server.config import load_config
+        proposal = Proposal.from_bytes(Path({str(proposal_file)!r}).read_bytes())
+        token = open_token(load_config(Path({str(fresh_env.config)!r})))
+        policy_head.record(token, "audit", proposal.version)
+        token.close()
+        """
+    )
+    ok(run([sys.executable, "-c", record]))
+    refused(_serve(fresh_env), "the token records policy version 2", "chain ends at version 1")
+    other = _raised(fresh_env.read_config())
+    other["keys"]["release"]["max_ttl"] = "2h"
+    other_new = fresh_env.root / "other.toml"
+    other_new.write_text(tomli_w.dumps(other))
+    document = load_config(other_new).policy_document
+    rival = Version(2, document, proposal.previous_sha256, ())
+    signed = []
+    for officer in ("alice", "bob"):
+        path = fresh_env.root / f"rival-{officer}.approval"
+        now = dt.datetime.now(dt.UTC)
+        path.write_bytes(sign_approval(rival, officer, fresh_env.approval_key(officer), now))
+        signed.append(path)
+    refused(_adopt(other_new, *signed), "is not the one the token records")
+    ok(_adopt(new, *approvals))
+    assert _versions(fresh_env) == [1, 2]

@@ -49,6 +49,7 @@ from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.core.policy import KeyPolicy, Revocation, revocations_of
 from signer.core.policy_desk import Proposed, proposal_of, verify_decision
+from signer.core.policy_log import APPROVAL_MAX_AGE, APPROVAL_SKEW
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
@@ -63,6 +64,7 @@ from signer.fields import field, strings, typed
 from signer.freeze import FRESHNESS, verify_freeze
 from signer.model import Digest, TokenCaller, may_decide
 from signer.policy_chain import Proposal, Version, check_next, new_lifts, version_of
+from signer.policy_denial import PolicyDenial
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]
 
@@ -284,6 +286,7 @@ class _Semantics:
         self.openpgp_created: dict[str, int] = {}  # key id -> its OpenPGP creation time
         self.frozen: dict[str, int] = {}  # key name -> the index of the freeze in force
         self.proposals: dict[int, Proposal] = {}  # open proposals for the next version
+        self.decided: dict[int, dict[str, str]] = {}  # proposal -> officer -> its decision
 
     def check(self, e: AuditEntry) -> None:
         if e.event not in EVENTS:
@@ -335,6 +338,7 @@ class _Semantics:
         # In force from here on, on every server (taken on without a restart).
         self.policy = _Policy.parse(version.document)
         self.proposals = {}
+        self.decided = {}
         self.report.policy_versions += 1
         for name, index in lifts.items():
             if self.frozen.get(name) == index:
@@ -346,16 +350,32 @@ class _Semantics:
             self.proposals[e.index] = proposal
 
     def _policy_approved(self, e: AuditEntry, approval: bool = True) -> None:
-        """A decision recorded on an open proposal, signed by that officer."""
+        """A decision recorded on an open proposal: signed by that officer over that
+        version, issued within its lifetime before the entry, and not contradicting
+        the officer's earlier decision on it."""
         index = field(e.details, "proposal", int, "details")
         proposal = self.proposals.get(index)
         if proposal is None:
             raise ValueError(f"a policy decision on entry {index}, which is no open proposal")
         try:
             raw = base64.b64decode(field(e.details, "envelope", str, "details"), validate=True)
-            verify_decision(Proposed(index, proposal, "", e.time), e.actor, raw, approval)
+            decision = verify_decision(
+                Proposed(index, proposal, "", e.time), e.actor, raw, approval
+            )
         except (binascii.Error, SignerError) as x:
             raise ValueError(f"the policy decision is not {e.actor}'s: {x}") from None
+        recorded = (e.details.get("version"), e.details.get("sha256"))
+        if recorded != (proposal.number, proposal.sha256) or (
+            isinstance(decision, PolicyDenial) and e.details.get("reason") != decision.reason
+        ):
+            raise ValueError("the entry does not record the decision its envelope signs")
+        if not e.time - APPROVAL_MAX_AGE <= decision.issued_at <= e.time + APPROVAL_SKEW:
+            raise ValueError("the policy decision was issued too long before its entry")
+        kind = "approve" if approval else "deny"
+        earlier = self.decided.setdefault(index, {}).get(e.actor)
+        if earlier is not None and (earlier != kind or kind == "deny"):
+            raise ValueError(f"{e.actor} decided on this proposal already ({earlier})")
+        self.decided[index][e.actor] = kind
 
     def _policy_denied(self, e: AuditEntry) -> None:
         self._policy_approved(e, approval=False)

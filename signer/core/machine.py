@@ -183,7 +183,8 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
         claim rules decide, not its requester list. With `payload` (a DSSE
         payload), the one digest must be of its PAE.
         """
-        policy, spec = self._key(key_name)
+        enforced = self.enforced  # one version throughout
+        policy, spec = self._key(key_name, enforced)
         lifetime = intake.lifetime(ttl, policy)
         policy.check_request(Ask(actor, caller, lifetime, payload_type))
         intake.check_digests(digests, spec, self.limits)
@@ -221,6 +222,14 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
                         )
                     return earlier
             require_unfrozen(self._held(tx, key_name), key_name)
+            # Read now, where it is recorded: a version adopted since the cached read
+            # (its token record precedes its commit) is never created under the one
+            # before, which the adoption's end of changed requests would not see.
+            if (why := self.superseded_now()) is not None or self.enforced is not enforced:
+                raise ConflictError(
+                    why or "the policy in force changed while the request was made; ask again",
+                    reason="POLICY_SUPERSEDED",
+                )
             if tx.count_pending(actor) >= self.limits.max_pending_per_requester:
                 raise TooLargeError(
                     f"{echo(actor)} already has {self.limits.max_pending_per_requester} pending "
@@ -507,8 +516,9 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
 
     # -- helpers -------------------------------------------------------------------
 
-    def _key(self, key_name: str) -> tuple[KeyPolicy, KeySpec]:
-        policy, spec = self.policies.get(key_name), self.keys.get(key_name)
+    def _key(self, key_name: str, enforced: Enforced | None = None) -> tuple[KeyPolicy, KeySpec]:
+        e = enforced or self.enforced
+        policy, spec = e.policies.get(key_name), e.keys.get(key_name)
         if policy is None or spec is None:
             raise NotFoundError(
                 f"no signing key named {echo(key_name)}; see `signer keys list`",

@@ -35,6 +35,7 @@ import structlog
 from signer.audit.entry import AuditEntry
 from signer.bounds import echo
 from signer.core import policy_log
+from signer.core.events import Event, Hook, Kind
 from signer.dsse import Envelope
 from signer.encoding import canonical_json, format_time
 from signer.errors import (
@@ -43,8 +44,10 @@ from signer.errors import (
     NotFoundError,
     PermissionDeniedError,
     PolicyChainError,
+    SignerError,
     StatementMismatchError,
 )
+from signer.model import State
 from signer.policy_chain import (
     PAYLOAD_TYPE,
     Officers,
@@ -93,7 +96,8 @@ class Proposed:
     proposal: Proposal
     proposed_by: str
     proposed_at: dt.datetime
-    approvals: Mapping[str, bytes] = field(default_factory=dict)  # officer -> envelope
+    # officer -> (envelope, issued_at): only decisions that verify as that officer's
+    approvals: Mapping[str, tuple[bytes, dt.datetime]] = field(default_factory=dict)
     denials: Mapping[str, str] = field(default_factory=dict)  # officer -> reason
     adopted: bool = False
 
@@ -105,6 +109,10 @@ class Proposed:
             number = self.proposal.number - 1
             out.insert(0, (f"version {number}'s", Officers.of(self.proposal.previous_document)))
         return out
+
+    def fresh(self, now: dt.datetime) -> dict[str, bytes]:
+        """The approvals that still count at `now` (issued within their lifetime)."""
+        return {o: raw for o, (raw, at) in self.approvals.items() if _is_fresh(at, now)}
 
     @property
     def rejected(self) -> bool:
@@ -120,6 +128,7 @@ class PolicyDesk:
     """The online side of policy changes; the core sets every attribute named here."""
 
     clock: Callable[[], dt.datetime]
+    events: Hook
     policy_head: PolicyHead | None
     on_policy_adopted: Callable[[Version], None]
 
@@ -151,8 +160,9 @@ class PolicyDesk:
                 )
             if actor in p.denials:
                 raise ConflictError(f"{echo(actor)} denied this proposal", reason="POLICY_DENIED")
-            if actor in p.approvals:
+            if actor in p.fresh(now):
                 return p
+            # A first approval, or one that replaces this officer's approval grown too old.
             tx.append_audit(
                 now,
                 APPROVED,
@@ -166,29 +176,34 @@ class PolicyDesk:
                     "envelope": base64.b64encode(envelope).decode(),
                 },
             )
-            approvals = {**p.approvals, actor: envelope}
+            approvals = {**p.approvals, actor: (envelope, statement.issued_at)}
             p = Proposed(index, p.proposal, p.proposed_by, p.proposed_at, approvals, p.denials)
-            candidate = Version(
-                version.number, version.document, version.previous_sha256, tuple(approvals.values())
-            )
+            counted = tuple(p.fresh(now).values())  # an approval grown too old counts for none
+            candidate = Version(version.number, version.document, version.previous_sha256, counted)
             complete = all(
                 len(candidate.approvers(officers)) >= officers.threshold for _, officers in p.sets
             )
             adopted = None
+            ended: list[tuple[str, str, State]] = []
             if complete:
                 adopted = policy_log.adopt(
-                    tx, previous, version.document, list(approvals.values()), actor, now
+                    tx, previous, version.document, list(counted), actor, now, ended
                 )
                 if self.policy_head is not None:
-                    # Before the commit: a commit that fails leaves the token ahead of the
-                    # log, and the start is refused until it is adopted again.
-                    self.policy_head.record(adopted)
+                    # The freezes it lifts first (a failure there leaves the rows, and the
+                    # start marks them again), then the version, before the commit: a commit
+                    # that fails leaves the token one version ahead, which `signer policy
+                    # adopt` with the same approvals completes.
                     for name, lifted in new_lifts(previous, adopted).items():
                         self.policy_head.lift(name, lifted)
+                    self.policy_head.record(adopted)
         if adopted is None:
             log.info("policy approval recorded", version=version.number, officer=actor)
             return p
         log.warning("policy version adopted", version=adopted.number, sha256=adopted.sha256)
+        for rid, key_name, state in ended:
+            kind = Kind.CANCELLED if state is State.CANCELLED else Kind.FAILED
+            self.events.emit(Event(kind, rid, key_name, "signer"))
         self.on_policy_adopted(adopted)
         return Proposed(
             index, p.proposal, p.proposed_by, p.proposed_at, approvals, p.denials, adopted=True
@@ -204,7 +219,7 @@ class PolicyDesk:
             assert isinstance(denial, PolicyDenial)
             version = p.proposal.version
             _check_fresh(denial.issued_at, now, "denial")
-            if actor in p.approvals:
+            if actor in p.fresh(now):
                 raise ConflictError(
                     f"{echo(actor)} approved this proposal already", reason="POLICY_APPROVED"
                 )
@@ -285,16 +300,24 @@ def _proposals(tx: Tx, previous: Version | None, after: int) -> list[Proposed]:
         proposal = proposal_of(e, previous)
         if proposal is not None:
             found[e.index] = Proposed(e.index, proposal, e.actor, e.time, {}, {})
-    approvals: dict[int, dict[str, bytes]] = {i: {} for i in found}
+    # Each decision counts only if it verifies as its officer's, whatever the row says
+    # (whoever owns the database may add rows): an approval replaces an older one of the
+    # same officer, a denial counts once and its reason is the signed one.
+    approvals: dict[int, dict[str, tuple[bytes, dt.datetime]]] = {i: {} for i in found}
     denials: dict[int, dict[str, str]] = {i: {} for i in found}
-    for e in _entries(tx, APPROVED, after):
-        index, raw = e.details.get("proposal"), _envelope(e.details)
-        if index in approvals and raw is not None:
-            approvals[index].setdefault(e.actor, raw)
-    for e in _entries(tx, DENIED, after):
-        index, reason = e.details.get("proposal"), e.details.get("reason")
-        if index in denials and isinstance(reason, str):
-            denials[index].setdefault(e.actor, reason)
+    for event, approval in ((APPROVED, True), (DENIED, False)):
+        for e in _entries(tx, event, after):
+            index, raw = e.details.get("proposal"), _envelope(e.details)
+            if not isinstance(index, int) or index not in found or raw is None:
+                continue
+            try:
+                decision = verify_decision(found[index], e.actor, raw, approval)
+            except SignerError:
+                continue
+            if isinstance(decision, PolicyApproval):
+                approvals[index][e.actor] = (raw, decision.issued_at)
+            else:
+                denials[index].setdefault(e.actor, decision.reason)
     return [
         Proposed(i, p.proposal, p.proposed_by, p.proposed_at, approvals[i], denials[i])
         for i, p in sorted(found.items())
@@ -375,8 +398,12 @@ def _keys_of(p: Proposed, actor: str) -> list[Any]:
     return keys
 
 
+def _is_fresh(issued_at: dt.datetime, now: dt.datetime) -> bool:
+    return now - policy_log.APPROVAL_MAX_AGE <= issued_at <= now + policy_log.APPROVAL_SKEW
+
+
 def _check_fresh(issued_at: dt.datetime, now: dt.datetime, what: str) -> None:
-    if not now - policy_log.APPROVAL_MAX_AGE <= issued_at <= now + policy_log.APPROVAL_SKEW:
+    if not _is_fresh(issued_at, now):
         raise StatementMismatchError(
             f"the {what} was issued at {format_time(issued_at)}, not within the "
             f"{policy_log.APPROVAL_MAX_AGE.days} days before the server's clock; sign it again",

@@ -95,10 +95,12 @@ def adopt(
     approvals: Sequence[bytes],
     actor: str,
     now: dt.datetime,
+    ended: list[tuple[str, str, State]] | None = None,
 ) -> Version:
     """Append `document` as the next version after `previous`, the one in force (as the
     caller read it in `tx`), if `approvals` make it the next link (`check_next`);
-    PolicyChainError naming what is missing if not, and nothing is written."""
+    PolicyChainError naming what is missing if not, and nothing is written. The
+    requests it ends (`_end_changed`) are added to `ended`: (id, key name, state)."""
     if len(approvals) > MAX_APPROVALS:
         raise PolicyChainError(f"{len(approvals)} approvals; at most {MAX_APPROVALS} are kept")
     version = Version(
@@ -123,7 +125,9 @@ def adopt(
     tx.append_audit(now, ADOPTED, actor, "", "", details_of(version, approvers))
     for name, index in lifts.items():
         tx.lift_freeze(name, index)
-    _end_changed(tx, previous, version, now)
+    done = _end_changed(tx, previous, version, now)
+    if ended is not None:
+        ended += done
     return version
 
 
@@ -151,13 +155,16 @@ def key_rule(document: Mapping[str, Any], name: str) -> bytes | None:
     )
 
 
-def _end_changed(tx: Tx, previous: Version | None, version: Version, now: dt.datetime) -> None:
+def _end_changed(
+    tx: Tx, previous: Version | None, version: Version, now: dt.datetime
+) -> list[tuple[str, str, State]]:
     """A request is decided only under the rule it was made under: those whose key's
     rule `version` changes end here, unsigned (pending ones cancelled, approved ones
     failed), and their requesters ask again."""
     if previous is None:
-        return
+        return []
     changed: dict[str, bool] = {}
+    done: list[tuple[str, str, State]] = []
     for state, event, field in (
         (State.PENDING, "request.cancelled", "reason"),
         (State.APPROVED, "request.failed", "error"),
@@ -178,6 +185,8 @@ def _end_changed(tx: Tx, previous: Version | None, version: Version, now: dt.dat
             end = State.CANCELLED if state is State.PENDING else State.FAILED
             tx.set_state(rid, end, now, why)
             tx.append_audit(now, event, "signer", rid, name, {field: why})
+            done.append((rid, name, end))
+    return done
 
 
 def _check_age(raw: bytes, now: dt.datetime) -> None:

@@ -338,10 +338,10 @@ class Server:
         try:
             if self.core.superseded() is not None:
                 self.follow_policy()
-        except SignerError as e:  # read again at the next probe; nothing signed meanwhile
+        except Exception as e:  # read again at the next probe; nothing signed meanwhile
             if self._not_followed != str(e):
                 self._not_followed = str(e)
-                log.error("the policy in force cannot be read", error=str(e))
+                log.error("the policy in force cannot be read", error=str(e), exc_info=True)
 
     def _set_health(self, serving: bool) -> None:
         if self.health_servicer is None:

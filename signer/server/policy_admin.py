@@ -134,17 +134,21 @@ def adopt(config_path: Path, approvals: Sequence[bytes], actor: str) -> Version:
     PolicyChainError naming whose are missing, and nothing written, if they do not."""
     config = load_config(config_path)
     with _trusted_tx(config) as (checkpointer, tx, token):
-        previous = checked_in_force(config, token, tx)
+        chain = policy_log.read_chain(tx)
+        previous = check_chain(chain) if chain else None
         version = policy_log.adopt(
             tx, previous, config.policy_document, approvals, actor, dt.datetime.now(dt.UTC)
         )
+        # The token may record this very version already (an adoption whose commit
+        # failed after its record): adopting it again completes it; any other is refused.
+        policy_head.require([*chain, version], policy_head.read(token, config.audit_key))
         checkpointer.cover(tx)
-        policy_head.record(token, config.audit_key, version)  # before the commit
-        # The token's marks of the freezes it lifts go before the commit too: if it
-        # fails, the rows stay and the server's start marks them again (`reconcile`).
+        # The token's marks of the freezes it lifts go before the commit: if it fails,
+        # the rows stay and the server's start marks them again (`reconcile`).
         freezes = policy_head.TokenFreezes(token)
         for name, index in new_lifts(previous, version).items():
             freezes.unmark(name, index)
+        policy_head.record(token, config.audit_key, version)  # before the commit
     return version
 
 

@@ -353,10 +353,13 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
         self, request: approval_pb2.ListPolicyProposalsRequest, context: grpc.ServicerContext
     ) -> approval_pb2.ListPolicyProposalsResponse:
         me = current_identity.get()
-        mine = [p for p in self.core.policy_proposals() if _officer_of(p, me)]
-        return approval_pb2.ListPolicyProposalsResponse(
-            proposals=[policy_proposal_pb(p) for p in mine[:MAX_PROPOSALS]]
-        )
+        mine = [
+            policy_proposal_pb(p)
+            for p in reversed(self.core.policy_proposals())
+            if _officer_of(p, me) and request.index in (0, p.index)
+        ][:MAX_PROPOSALS]
+        n = _page_of(mine, PROPOSAL_BYTES)
+        return approval_pb2.ListPolicyProposalsResponse(proposals=mine[:n])
 
     @_rpc
     def ApprovePolicy(
@@ -452,6 +455,7 @@ class AuditService(_Base, audit_pb2_grpc.AuditServiceServicer):
 
 
 MAX_PROPOSALS = 16  # listed at once: each holds two whole policy documents
+PROPOSAL_BYTES = 16 * 1024 * 1024  # a page of them (a document is at most 1 MiB)
 
 
 def _officer_of(p: Proposed, identity: str) -> bool:

@@ -150,8 +150,9 @@ class ApprovalServiceServicer:
 
     def ListPolicyProposals(self, request, context):
         """Lists the open proposals for the next policy version (proposed with `signer policy
-        propose`, neither rejected nor overtaken by another adopted version), oldest
-        first, at most 16; policy officers of the version in force or the proposed one.
+        propose`, neither rejected nor overtaken by another adopted version) that need a
+        decision of the caller (a policy officer of the version in force or the proposed
+        one), newest first: at most 16, and fewer past 16 MiB (one at least).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,8 +61,9 @@ class ApprovalServiceStub:
     """
     ListPolicyProposals: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ListPolicyProposalsRequest, _approval_pb2.ListPolicyProposalsResponse]
     """Lists the open proposals for the next policy version (proposed with `signer policy
-    propose`, neither rejected nor overtaken by another adopted version), oldest
-    first, at most 16; policy officers of the version in force or the proposed one.
+    propose`, neither rejected nor overtaken by another adopted version) that need a
+    decision of the caller (a policy officer of the version in force or the proposed
+    one), newest first: at most 16, and fewer past 16 MiB (one at least).
     """
     ApprovePolicy: _grpc.UnaryUnaryMultiCallable[_approval_pb2.ApprovePolicyRequest, _approval_pb2.ApprovePolicyResponse]
     """Records a policy officer's signed approval of a proposal (once); the approval that
@@ -107,8 +108,9 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
     """
     ListPolicyProposals: _aio.UnaryUnaryMultiCallable[_approval_pb2.ListPolicyProposalsRequest, _approval_pb2.ListPolicyProposalsResponse]  # type: ignore[assignment]
     """Lists the open proposals for the next policy version (proposed with `signer policy
-    propose`, neither rejected nor overtaken by another adopted version), oldest
-    first, at most 16; policy officers of the version in force or the proposed one.
+    propose`, neither rejected nor overtaken by another adopted version) that need a
+    decision of the caller (a policy officer of the version in force or the proposed
+    one), newest first: at most 16, and fewer past 16 MiB (one at least).
     """
     ApprovePolicy: _aio.UnaryUnaryMultiCallable[_approval_pb2.ApprovePolicyRequest, _approval_pb2.ApprovePolicyResponse]  # type: ignore[assignment]
     """Records a policy officer's signed approval of a proposal (once); the approval that
@@ -198,8 +200,9 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_approval_pb2.ListPolicyProposalsResponse, _abc.Awaitable[_approval_pb2.ListPolicyProposalsResponse]]:
         """Lists the open proposals for the next policy version (proposed with `signer policy
-        propose`, neither rejected nor overtaken by another adopted version), oldest
-        first, at most 16; policy officers of the version in force or the proposed one.
+        propose`, neither rejected nor overtaken by another adopted version) that need a
+        decision of the caller (a policy officer of the version in force or the proposed
+        one), newest first: at most 16, and fewer past 16 MiB (one at least).
         """
 
     @_abc_1.abstractmethod
