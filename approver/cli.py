@@ -21,12 +21,13 @@ from typing import Any, TypeVar
 
 import click
 
-from approver.decide import approval_key, decide, unshowable
+from approver.decide import approval_key, decide, token_pin, unshowable
 from approver.errors import ApproverError
 from approver.policy import policy
 from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
 from signer import __version__
 from signer.approval.files import generate
+from signer.approval.token_uri import ALGORITHMS_IN_TOKENS, TokenKeyUri
 from signer.cli.kit import (
     call,
     handle_errors,
@@ -47,6 +48,7 @@ from signer.freeze import MAX_REASON, Freeze, sign_freeze
 from signer.model import State
 from signer.parsing import read_secret
 from signer.text import DISPLAY_RULE, is_displayable
+from signer.token.approval import generate as generate_in_token
 from signer.v1 import approval_pb2, approval_pb2_grpc, signing_pb2_grpc
 
 __all__ = ["main"]
@@ -77,7 +79,8 @@ def main() -> None:
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="Private key file to create (0600); the public key goes to OUT.pub.",
+    help="Private key file to create (0600), the public key going to OUT.pub; with "
+    "--pkcs11, the public key file to write.",
 )
 @click.option(
     "--passphrase-file",
@@ -86,13 +89,50 @@ def main() -> None:
 )
 @click.option("--passphrase-env", help="Encrypt the key with the passphrase in this variable.")
 @click.option("--encrypt", is_flag=True, help="Ask for a passphrase on the terminal.")
+@click.option(
+    "--pkcs11",
+    "uri",
+    help="Make the key in your own token instead: pkcs11:token=LABEL;object=NAME"
+    "?module-path=MODULE (RFC 7512).",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(ALGORITHMS_IN_TOKENS),
+    default="ecdsa-p256",
+    show_default=True,
+    help="The key's algorithm, with --pkcs11 (a YubiKey's PIV applet has P-256).",
+)
+@click.option("--pin-file", type=click.Path(exists=True, path_type=Path), help="The token's PIN.")
+@click.option("--pin-env", help="The variable holding the token's PIN.")
 @handle_errors
 def keygen(
-    out: Path, passphrase_file: Path | None, passphrase_env: str | None, encrypt: bool
+    out: Path,
+    passphrase_file: Path | None,
+    passphrase_env: str | None,
+    encrypt: bool,
+    uri: str | None,
+    algorithm: str,
+    pin_file: Path | None,
+    pin_env: str | None,
 ) -> None:
-    """Create your approval key; give OUT.pub to the server's admin."""
+    """Create your approval key (in a file, or in your own token with --pkcs11); give
+    the public key file to the server's admin."""
     if out.exists():
         raise ApproverError(f"{out} exists; not overwriting a key")
+    if uri is not None:
+        if passphrase_file or passphrase_env or encrypt:
+            raise click.UsageError("a key in a token has a PIN, not a passphrase")
+        try:
+            where = TokenKeyUri.parse(uri)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--pkcs11") from None
+        public = generate_in_token(where, token_pin(where.token, pin_file, pin_env), algorithm)
+        out.write_bytes(public.pem())
+        click.echo(f"{out}  key id {public.key_id}  (in token {where.token})")
+        click.echo(f'profile: approval_key = "{uri}"')
+        return
+    if pin_file or pin_env:
+        raise click.UsageError("--pin-file and --pin-env go with --pkcs11")
     passphrase = None
     if passphrase_file or passphrase_env:
         passphrase = read_secret(passphrase_file, passphrase_env, "passphrase")

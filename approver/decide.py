@@ -27,6 +27,7 @@ from approver.review import check_files, describe, fetch
 from signer.algorithms import HASH_SIZES
 from signer.approval.files import load_signer
 from signer.approval.keys import ApprovalSigner
+from signer.approval.token_uri import TokenKeyUri
 from signer.cli.kit import call, request_dict, say, stubs
 from signer.client.profile import Profile, load_profile
 from signer.dsse import Statement, sign_statement
@@ -35,12 +36,29 @@ from signer.formats import registry
 from signer.model import Digest
 from signer.parsing import read_secret
 from signer.text import is_displayable
+from signer.token.approval import TokenSigner
 from signer.v1 import approval_pb2, approval_pb2_grpc
 
-__all__ = ["approval_key", "decide", "unshowable"]
+__all__ = ["approval_key", "decide", "token_pin", "unshowable"]
+
+
+def token_pin(label: str, pin_file: Path | None, pin_env: str | None) -> str:
+    """The PIN of an officer's token: from a file, a variable, or the terminal."""
+    if pin_file or pin_env:
+        return read_secret(pin_file, pin_env, f"PIN of token {label}")
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"the PIN of token {label} is needed: set approval_pin_file or approval_pin_env "
+            "in the profile, or run in a terminal to be asked"
+        )
+    return getpass.getpass(f"PIN of token {label} (then touch the key if it blinks): ")
 
 
 def approval_key(profile: Profile) -> ApprovalSigner:
+    if profile.approval_token is not None:
+        uri = TokenKeyUri.parse(profile.approval_token)
+        pin = token_pin(uri.token, profile.approval_pin_file, profile.approval_pin_env)
+        return TokenSigner(uri, pin)
     if profile.approval_key is None:
         raise ConfigError(f"profile {profile.path} has no approval_key")
     passphrase = None

@@ -8,10 +8,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof
-from signer.core.policy_desk import Proposed
 from signer.encoding import canonical_json
 from signer.errors import InvalidArgumentError
 from signer.model import Approval, Digest, KeySpec, Request, State, TokenCaller
+from signer.policy_decisions import Proposed
 from signer.v1 import approval_pb2, audit_pb2, types_pb2
 
 __all__ = [

@@ -96,7 +96,7 @@ def make_root(path: Path) -> Path:
     write_private(path / "tls" / "server.key", key)
     for o in OFFICERS:
         approval_keys.generate(path / "approvers" / f"{o}.key")
-    ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ec_pub = ec.generate_private_key(ec.SECP384R1()).public_key()  # of no approval kind
     (path / "approvers" / "ec.pub").write_bytes(
         ec_pub.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

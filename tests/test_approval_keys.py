@@ -132,7 +132,7 @@ class _P256Signer(ApprovalSigner):
 @pytest.fixture
 def toy_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     """The toy kind registered: the one line a new kind adds to the registry."""
-    monkeypatch.setattr(registry, "KINDS", [*registry.KINDS, _P256Key])
+    monkeypatch.setattr(registry, "KINDS", [Ed25519Key, _P256Key])
 
 
 @pytest.fixture
@@ -275,17 +275,17 @@ def test_bundle_verification_pins_a_registered_kind(
 
 
 def test_config_refuses_a_key_of_no_known_kind(root: Path) -> None:
-    """A PEM public key of no registered kind is refused naming the entry, the file and
-    the kinds this server supports."""
+    """A PEM public key of no registered kind (P-384) is refused naming the entry, the
+    file and the kinds this server supports."""
     ec_pub = root / "approvers" / "ec.pub"
-    ec_pub.write_bytes(spki_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    ec_pub.write_bytes(spki_pem(ec.generate_private_key(ec.SECP384R1()).public_key()))
     cfg = _valid()
     cfg["approvers"]["alice"] = "approvers/ec.pub"
     with pytest.raises(ConfigError) as e:
         load_config(_write(root, cfg))
     assert str(e.value) == (
         f"{(root / 'signer.toml').resolve()}: approvers.alice: {ec_pub.resolve()} "
-        "is not an Ed25519 public key (make one: approver keygen)"
+        "is not an Ed25519 or ECDSA P-256 public key (make one: approver keygen)"
     )
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from signer.approval.keys import spki_pem
 from signer.errors import ConfigError
 from signer.formats.bundle import Trust
 from signer.v1 import signing_pb2
@@ -112,15 +114,20 @@ RELEASE_PEM = "<release.pem>"  # replaced by the absolute path of the release pu
         ({"audit_verifier": "nope"}, "audit_verifier: verifier key 'nope' is not name+keyid+key"),
         ({"public_key": "/nonexistent.pem"}, "public_key: cannot load /nonexistent.pem"),
         ({"extra": 1}, "unknown setting 'extra'"),
-        ({"approvers": {"alice": RELEASE_PEM}}, "approvers.alice is not an Ed25519 key"),
+        (
+            {"approvers": {"alice": RELEASE_PEM}},
+            "approvers.alice is not an Ed25519 or ECDSA P-256 key",
+        ),
     ],
-    ids=["zero", "bool", "verifier", "no public key", "unknown", "approver not ed25519"],
+    ids=["zero", "bool", "verifier", "no public key", "unknown", "approver of no kind"],
 )
 def test_trust_file_errors(signed: Signed, overrides: dict[str, Any], phrase: str) -> None:
     """Each bad trust setting (threshold, verifier, key, unknown) is a ConfigError."""
-    pem = str(signed.r.env.root / "trust" / "release.pem")
-    if overrides.get("approvers") == {"alice": RELEASE_PEM}:
-        overrides = {"approvers": {"alice": pem}}
+    if overrides.get("approvers") == {"alice": RELEASE_PEM}:  # an RSA key: of no kind
+        pem = signed.r.env.root / "trust" / "rsa.pem"
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem.write_bytes(spki_pem(rsa_key.public_key()))
+        overrides = {"approvers": {"alice": str(pem)}}
     path = trust_file(signed, "bad-inproc.toml", **overrides)
     with pytest.raises(ConfigError, match=re.escape(phrase)):
         Trust.load(path)

@@ -111,7 +111,7 @@ _CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "approvers.alice",
     ),
     (
-        "approver-key-not-ed25519",
+        "approver-key-of-no-kind",
         set_value("approvers", "alice", value="approvers/ec.pub"),
         "approvers.alice",
     ),

@@ -119,7 +119,9 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "signer.core": (OFFLINE, {"signer.server", "signer.token", "signer.client", "signer.cli"}),
     "signer.client": (ANY_DRIVER | TOOLKITS, SERVER_SIDE | {"signer.cli"}),
     "signer.sslib": (ANY_DRIVER | TOOLKITS, SERVER_SIDE | {"signer.cli"}),
-    "approver": (ANY_DRIVER, SERVER_SIDE),
+    # The officer's own token (`signer.token.approval`): the one server-side package the
+    # approver may load, and through it PKCS#11.
+    "approver": (DRIVERS, SERVER_SIDE - {"signer.token"}),
     "signer.cli.kit": (ANY_DRIVER, SERVER_SIDE),
     "signer.audit.offline": (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"}),
     "signer.audit.proofs": (OFFLINE, SERVER_SIDE | {"signer.client", "signer.cli"}),

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from signer.approval import ed25519
+from signer.approval import ecdsa_p256, ed25519
 from signer.approval.keys import ApprovalKey, ApprovalSigner
 
 __all__ = ["KEYGEN", "KINDS", "key_for", "key_from_policy", "signer_for", "supported"]
 
-KINDS: list[type[ApprovalKey]] = [ed25519.Ed25519Key]
+KINDS: list[type[ApprovalKey]] = [ed25519.Ed25519Key, ecdsa_p256.EcdsaP256Key]
 
 # The kind a policy value without a `KIND:` prefix is.
 _UNPREFIXED: type[ApprovalKey] = ed25519.Ed25519Key

@@ -48,8 +48,6 @@ from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.core.policy import KeyPolicy, Revocation, revocations_of
-from signer.core.policy_desk import Proposed, proposal_of, verify_decision
-from signer.core.policy_log import APPROVAL_MAX_AGE, APPROVAL_SKEW
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
@@ -64,6 +62,13 @@ from signer.fields import field, strings, typed
 from signer.freeze import FRESHNESS, verify_freeze
 from signer.model import Digest, TokenCaller, may_decide
 from signer.policy_chain import Proposal, Version, check_next, new_lifts, version_of
+from signer.policy_decisions import (
+    APPROVAL_MAX_AGE,
+    APPROVAL_SKEW,
+    Proposed,
+    proposal_of,
+    verify_decision,
+)
 from signer.policy_denial import PolicyDenial
 
 __all__ = ["PrefixTree", "Report", "parse_entry", "verify_dir"]

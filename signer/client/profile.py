@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from signer.approval.token_uri import TokenKeyUri
 from signer.audit.note import Verifier
 from signer.client.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
 from signer.errors import ConfigError, SignerError, VerificationError
@@ -62,6 +63,9 @@ class Profile:
     approval_key: Path | None = None
     approval_passphrase_file: Path | None = None
     approval_passphrase_env: str | None = None
+    approval_token: str | None = None  # a pkcs11: URI, for a key in the officer's token
+    approval_pin_file: Path | None = None
+    approval_pin_env: str | None = None
     timeout: dt.timedelta = dt.timedelta(seconds=30)
     audit_verifier: Verifier | None = None
     oidc_audience: str = ""
@@ -170,6 +174,14 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
     token_env = raw.get("oidc_token_env", DEFAULT_TOKEN_ENV)
     if not isinstance(audience, str) or not isinstance(token_env, str) or not token_env:
         raise ConfigError(f"profile {path}: oidc_audience and oidc_token_env must be strings")
+    token_uri = (
+        raw.get("approval_key") if str(raw.get("approval_key", "")).startswith("pkcs11:") else None
+    )
+    if token_uri is not None:
+        try:
+            TokenKeyUri.parse(token_uri)
+        except ValueError as e:
+            raise ConfigError(f"profile {path}: approval_key: {e}") from None
     token_file = raw.get("oidc_token_file")
     if token_file is not None and not isinstance(token_file, str):
         raise ConfigError(f"profile {path}: oidc_token_file must be a string path")
@@ -179,15 +191,25 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         ca=ca,
         cert=cert,
         key=key,
-        approval_key=file("approval_key", required=False),
+        approval_key=None if token_uri else file("approval_key", required=False),
         approval_passphrase_file=file("approval_key_passphrase_file", required=False),
         approval_passphrase_env=raw.get("approval_key_passphrase_env"),
+        approval_token=token_uri,
+        approval_pin_file=file("approval_pin_file", required=False),
+        approval_pin_env=_optional_str(raw, "approval_pin_env", path),
         timeout=timeout,
         audit_verifier=verifier,
         oidc_audience=audience,
         oidc_token_file=(path.parent / token_file).resolve() if token_file else None,
         oidc_token_env=token_env,
     )
+
+
+def _optional_str(raw: dict[str, Any], key: str, path: Path) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"profile {path}: {key} must be a string")
+    return value
 
 
 class RemoteError(SignerError):

@@ -36,6 +36,7 @@ from signer.policy_chain import (
     new_lifts,
     version_of,
 )
+from signer.policy_decisions import APPROVAL_MAX_AGE, APPROVAL_SKEW
 from signer.store.base import AuditFilter, Tx
 
 __all__ = [
@@ -51,8 +52,6 @@ __all__ = [
     "walk",
 ]
 
-APPROVAL_MAX_AGE = dt.timedelta(days=30)  # how long an officer's approval counts
-APPROVAL_SKEW = dt.timedelta(minutes=5)
 ADOPTED = "policy.adopted"
 PROPOSED = "policy.proposed"
 _PAGE = 200

@@ -211,6 +211,15 @@ def load_config(path: Path) -> Config:
         n: _record_rule_claims(i, [r for p in keys.values() for r in p.oidc if r.issuer == n])
         for n, i in issuers.items()
     }
+    signing_ids = {p.key_id: n for n, p in keys.items() if p.key_id}
+    for officer, key in approver_keys.items():
+        if key.key_id in signing_ids:
+            raise top.sub("approvers").error(
+                officer,
+                f"is the public key of signing key {signing_ids[key.key_id]!r}; an officer's "
+                "approval key never lives in the token that signs (whoever holds its PIN "
+                "could approve)",
+            )
     officers, officers_threshold = _policy_officers(top.sub("policy"), approver_keys)
     audit = top.sub("audit")
     audit.only("key", "origin")

@@ -44,7 +44,6 @@ from signer.convert import (
     time_of,
 )
 from signer.core.machine import Core
-from signer.core.policy_desk import Proposed
 from signer.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -55,6 +54,7 @@ from signer.errors import (
     TokenError,
 )
 from signer.model import INLINE_DIGESTS, Request, State
+from signer.policy_decisions import Proposed
 from signer.server.auth import current_caller, current_identity, current_method
 from signer.server.status import abort
 from signer.store.base import PAGE_BYTES, AuditFilter
