@@ -27,6 +27,7 @@ from approver.review import check_files, describe, fetch
 from signer.algorithms import HASH_SIZES
 from signer.approval.files import load_signer
 from signer.approval.keys import ApprovalSigner
+from signer.approval.ssh_agent import AgentSigner
 from signer.approval.token_uri import TokenKeyUri
 from signer.cli.kit import call, request_dict, say, stubs
 from signer.client.profile import Profile, load_profile
@@ -55,6 +56,8 @@ def token_pin(label: str, pin_file: Path | None, pin_env: str | None) -> str:
 
 
 def approval_key(profile: Profile) -> ApprovalSigner:
+    if profile.approval_agent_key is not None:
+        return AgentSigner(profile.approval_agent_key)
     if profile.approval_token is not None:
         uri = TokenKeyUri.parse(profile.approval_token)
         pin = token_pin(uri.token, profile.approval_pin_file, profile.approval_pin_env)

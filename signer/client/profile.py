@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from signer.approval.ssh_agent import PREFIX as AGENT_PREFIX
 from signer.approval.token_uri import TokenKeyUri
 from signer.audit.note import Verifier
 from signer.client.ci_token import DEFAULT_TOKEN_ENV, TokenSource, call_credentials
@@ -64,6 +65,7 @@ class Profile:
     approval_passphrase_file: Path | None = None
     approval_passphrase_env: str | None = None
     approval_token: str | None = None  # a pkcs11: URI, for a key in the officer's token
+    approval_agent_key: Path | None = None  # the .pub file of a key ssh-agent holds
     approval_pin_file: Path | None = None
     approval_pin_env: str | None = None
     timeout: dt.timedelta = dt.timedelta(seconds=30)
@@ -182,6 +184,12 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
             TokenKeyUri.parse(token_uri)
         except ValueError as e:
             raise ConfigError(f"profile {path}: approval_key: {e}") from None
+    agent_key = None
+    if str(raw.get("approval_key", "")).startswith(AGENT_PREFIX):
+        agent_key = Path(str(raw["approval_key"]).removeprefix(AGENT_PREFIX)).expanduser()
+        agent_key = agent_key if agent_key.is_absolute() else (path.parent / agent_key).resolve()
+        if not agent_key.is_file():
+            raise ConfigError(f"profile {path}: approval_key: file {agent_key} does not exist")
     token_file = raw.get("oidc_token_file")
     if token_file is not None and not isinstance(token_file, str):
         raise ConfigError(f"profile {path}: oidc_token_file must be a string path")
@@ -191,7 +199,8 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         ca=ca,
         cert=cert,
         key=key,
-        approval_key=None if token_uri else file("approval_key", required=False),
+        approval_key=None if token_uri or agent_key else file("approval_key", required=False),
+        approval_agent_key=agent_key,
         approval_passphrase_file=file("approval_key_passphrase_file", required=False),
         approval_passphrase_env=raw.get("approval_key_passphrase_env"),
         approval_token=token_uri,

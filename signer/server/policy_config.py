@@ -139,8 +139,15 @@ def _approver_keys(r: _Reader, identities: Mapping[str, frozenset[str]]) -> dict
         p = r.path_of(name)
         assert p is not None
         try:
-            loaded = serialization.load_pem_public_key(p.read_bytes())
-        except (OSError, ValueError) as e:
+            data = p.read_bytes()
+            # A PEM key (`approver keygen`), or an OpenSSH one (a key the officer keeps
+            # in ssh-agent: its .pub file as it is).
+            loaded = (
+                serialization.load_ssh_public_key(data.strip())
+                if data.lstrip().startswith((b"ssh-", b"ecdsa-"))
+                else serialization.load_pem_public_key(data)
+            )
+        except (OSError, ValueError, TypeError) as e:
             raise r.error(name, f"cannot load public key {p}: {e}") from None
         key = registry.key_for(loaded)
         if key is None:

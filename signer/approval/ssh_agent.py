@@ -1,0 +1,180 @@
+"""Approval keys held by ssh-agent (DESIGN §12): the officer's SSH key signs, the agent
+keeps it (unlocked once, on a hardware token behind it, or forwarded).
+
+A profile names the key by its public key file:
+
+    approval_key = "ssh-agent:~/.ssh/id_ed25519.pub"
+
+and `SSH_AUTH_SOCK` says where the agent is. An `ssh-ed25519` key's agent signature
+is a plain Ed25519 signature over the bytes, an `ecdsa-sha2-nistp256` key's is ECDSA
+P-256 over their SHA-256 (its two integers re-encoded as DER): the very signatures
+the Ed25519 and ECDSA P-256 approval kinds verify, so the server and every verifier
+check them with nothing new, and the admin lists the officer's `.pub` file as it is
+(`registry.key_from_openssh`). The agent protocol (draft-miller-ssh-agent:
+REQUEST_IDENTITIES, SIGN_REQUEST) is spoken here by hand over the agent's socket:
+two messages, every length bounded, every answer checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from signer.approval import registry
+from signer.approval.keys import ApprovalKey, ApprovalSigner
+from signer.errors import ConfigError
+
+__all__ = ["PREFIX", "AgentSigner"]
+
+PREFIX = "ssh-agent:"
+_REQUEST_IDENTITIES, _IDENTITIES_ANSWER = 11, 12
+_SIGN_REQUEST, _SIGN_RESPONSE, _FAILURE = 13, 14, 5
+_MAX_MESSAGE = 256 * 1024
+_TIMEOUT = 120.0  # seconds: the agent may ask for a confirmation or a touch
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.at + n > len(self.data):
+            raise ValueError("truncated")
+        out = self.data[self.at : self.at + n]
+        self.at += n
+        return out
+
+    def u32(self) -> int:
+        return int(struct.unpack(">I", self.take(4))[0])
+
+    def string(self) -> bytes:
+        return self.take(self.u32())
+
+    def done(self) -> bool:
+        return self.at == len(self.data)
+
+
+class AgentSigner(ApprovalSigner):
+    """Signs through ssh-agent with the key whose public half is in `public_file`."""
+
+    def __init__(self, public_file: Path, socket_path: str | None = None) -> None:
+        try:
+            line = public_file.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read {public_file}: {e.strerror}") from None
+        try:
+            loaded = serialization.load_ssh_public_key(line.strip())
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise ConfigError(f"{public_file} is not an OpenSSH public key: {e}") from None
+        key = registry.key_for(loaded)
+        if key is None:
+            raise ConfigError(
+                f"{public_file}: an agent key for approvals is ssh-ed25519 or ecdsa-sha2-nistp256"
+            )
+        self._public = key
+        self._loaded = loaded
+        openssh = loaded.public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        self._blob = base64.b64decode(openssh.split()[1])  # the key as the agent names it
+        self._socket = socket_path or os.environ.get("SSH_AUTH_SOCK") or ""
+        if not self._socket:
+            raise ConfigError("no ssh-agent: SSH_AUTH_SOCK is not set")
+        if self._blob not in self._identities():
+            raise ConfigError(
+                f"ssh-agent holds no key {public_file} names (ssh-add it, or check SSH_AUTH_SOCK)"
+            )
+
+    def public_key(self) -> ApprovalKey:
+        return self._public
+
+    def _call(self, message: bytes) -> bytes:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(_TIMEOUT)
+                s.connect(self._socket)
+                s.sendall(_string(message))
+                head = _recv(s, 4)
+                (n,) = struct.unpack(">I", head)
+                if not 1 <= n <= _MAX_MESSAGE:
+                    raise ValueError(f"an answer of {n} bytes")
+                return _recv(s, n)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"ssh-agent at {self._socket}: {e}") from None
+
+    def _identities(self) -> list[bytes]:
+        answer = self._call(bytes([_REQUEST_IDENTITIES]))
+        try:
+            r = _Reader(answer)
+            if r.take(1)[0] != _IDENTITIES_ANSWER:
+                raise ValueError("not an identities answer")
+            count = r.u32()
+            if count > 1024:
+                raise ValueError(f"{count} identities")
+            blobs = []
+            for _ in range(count):
+                blobs.append(r.string())
+                r.string()  # its comment
+            if not r.done():
+                raise ValueError("trailing bytes")
+        except (ValueError, IndexError) as e:
+            raise ConfigError(f"ssh-agent at {self._socket}: a bad answer ({e})") from None
+        return blobs
+
+    def sign(self, data: bytes) -> bytes:
+        answer = self._call(
+            bytes([_SIGN_REQUEST]) + _string(self._blob) + _string(data) + struct.pack(">I", 0)
+        )
+        if answer[:1] == bytes([_FAILURE]):
+            raise ConfigError("ssh-agent refused to sign (declined, or the key is locked)")
+        try:
+            r = _Reader(answer)
+            if r.take(1)[0] != _SIGN_RESPONSE:
+                raise ValueError("not a signature")
+            blob = _Reader(r.string())
+            if not r.done():
+                raise ValueError("trailing bytes")
+            kind, raw = blob.string(), blob.string()
+            if not blob.done():
+                raise ValueError("trailing bytes in the signature")
+            signature = self._convert(kind, raw)
+        except (ValueError, IndexError) as e:
+            raise ConfigError(f"ssh-agent at {self._socket}: a bad signature ({e})") from None
+        self._public.verify(signature, data)  # an agent that answers with another key's
+        return signature
+
+    def _convert(self, kind: bytes, raw: bytes) -> bytes:
+        if isinstance(self._loaded, ed25519.Ed25519PublicKey):
+            if kind != b"ssh-ed25519" or len(raw) != 64:
+                raise ValueError(f"a {kind[:32]!r} signature for an Ed25519 key")
+            return raw
+        if kind != b"ecdsa-sha2-nistp256" or not isinstance(
+            self._loaded, ec.EllipticCurvePublicKey
+        ):
+            raise ValueError(f"a {kind[:32]!r} signature for a P-256 key")
+        r = _Reader(raw)
+        big_r, big_s = (int.from_bytes(r.string(), "big") for _ in range(2))
+        if not r.done():
+            raise ValueError("trailing bytes in the ECDSA signature")
+        return encode_dss_signature(big_r, big_s)
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise ValueError("the agent closed the connection")
+        out += chunk
+    return out

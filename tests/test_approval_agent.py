@@ -1,0 +1,148 @@
+"""Officers' approval keys held by ssh-agent (DESIGN §12): the profile names the key's
+`.pub` file (`approval_key = "ssh-agent:PATH"`), the admin lists that same file under
+`[approvers]`, and the agent's Ed25519 or ECDSA P-256 signatures are the approval
+kinds' own. A key the agent does not hold, no agent at all, and an agent that answers
+with garbage or with another key's signature are each a clear error, and nothing is
+sent."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from signer.approval.ssh_agent import AgentSigner
+from signer.errors import ConfigError, VerificationError
+from signer.v1 import types_pb2
+from testbed.commands import APPROVER, run
+from testbed.env import Env
+from testbed.process import running
+from tests.harness import ok, refused
+from tests.tamper import audit_fetch, audit_verify
+
+serving = contextlib.contextmanager(running)
+
+
+@contextlib.contextmanager
+def agent(root: Path) -> Iterator[str]:
+    """An ssh-agent of this test's own, on a socket under `root`; killed at the end."""
+    sock = root / "agent.sock"
+    started = ok(run(["ssh-agent", "-a", str(sock)]))
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+)", started).group(1))  # type: ignore[union-attr]
+    try:
+        yield str(sock)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+def _ssh_key(root: Path, kind: str) -> Path:
+    key = root / f"id_{kind}"
+    args = ["-t", "ed25519"] if kind == "ed25519" else ["-t", "ecdsa", "-b", "256"]
+    ok(run(["ssh-keygen", *args, "-N", "", "-q", "-C", "officer", "-f", str(key)]))
+    return key
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa"])
+def test_an_officer_approves_with_a_key_in_ssh_agent(
+    fresh_env: Env, tmp_path: Path, kind: str
+) -> None:
+    """dave's key is in ssh-agent; the admin lists his .pub file; his approval, signed by
+    the agent, and alice's sign the request; the log verifies offline."""
+    key = _ssh_key(tmp_path, kind)
+    profile = fresh_env.add_client("dave", ["approver"])
+    with profile.open("a") as f:
+        f.write(f'approval_key = "ssh-agent:{key}.pub"\n')
+    cfg = fresh_env.read_config()
+    cfg["approvers"]["dave"] = f"{key}.pub"
+    cfg["keys"]["release"]["approvers"].append("dave")
+    fresh_env.write_config(cfg)
+    with agent(tmp_path) as sock, serving(fresh_env) as r:
+        env = {"SSH_AUTH_SOCK": sock}
+        request = r.clients.create()
+        args = [*APPROVER, "approve", request.id, "--yes", "--profile", str(profile)]
+        refused(run(args, env=env, check=False), "ssh-agent holds no key", code=2)
+        refused(run(args, env={"SSH_AUTH_SOCK": ""}, check=False), "SSH_AUTH_SOCK", code=2)
+        assert not r.clients.get(request.id).approvals
+        ok(run(["ssh-add", "-q", str(key)], env=env))
+        ok(run(args, env=env))
+        signed = r.clients.approve("alice", request)
+        assert signed.state == types_pb2.REQUEST_STATE_SIGNED
+        assert {a.approver for a in signed.approvals} == {"alice", "dave"}
+        out = fresh_env.root / "audit"
+        ok(audit_fetch(fresh_env, out))
+    assert "OK: " in ok(audit_verify(out, str(fresh_env.profile("auditor").audit_verifier)))
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+@contextlib.contextmanager
+def fake_agent(root: Path, blob: bytes, signature: bytes) -> Iterator[str]:
+    """An agent that holds `blob` and answers every sign request with `signature`."""
+    path = str(root / "fake.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(4)
+    server.settimeout(10)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    (n,) = struct.unpack(">I", conn.recv(4))
+                    kind = conn.recv(n)[0]
+                    if kind == 11:
+                        answer = bytes([12]) + struct.pack(">I", 1) + _string(blob) + _string(b"")
+                    else:
+                        answer = bytes([14]) + _string(signature)
+                    conn.sendall(_string(answer))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        server.close()
+        thread.join(timeout=5)
+
+
+def test_a_hostile_agent_is_caught(tmp_path: Path) -> None:
+    """An agent that answers with garbage, with another key's signature, or with a
+    signature of another kind gives an error, never a signature."""
+    mine = ed25519.Ed25519PrivateKey.generate()
+    pub = tmp_path / "mine.pub"
+    openssh = mine.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    pub.write_bytes(openssh + b" officer\n")
+    blob = base64.b64decode(openssh.split()[1])
+    other = ed25519.Ed25519PrivateKey.generate().sign(b"statement")
+    cases: list[tuple[bytes, type[Exception], str]] = [
+        (b"\x00\x00\x00\x09garbage", ConfigError, "a bad signature"),
+        (_string(b"ssh-ed25519") + _string(other), VerificationError, "does not verify"),
+        (_string(b"ssh-rsa") + _string(b"x" * 64), ConfigError, "signature for an Ed25519 key"),
+    ]
+    for i, (answer, error, phrase) in enumerate(cases):
+        where = tmp_path / str(i)
+        where.mkdir()
+        with fake_agent(where, blob, answer) as sock:
+            signer = AgentSigner(pub, sock)
+            with pytest.raises(error, match=phrase):
+                signer.sign(b"statement")
+    with pytest.raises(ConfigError, match="not an OpenSSH public key"):
+        bad = tmp_path / "bad.pub"
+        bad.write_text("ssh-ed25519 !!!\n")
+        AgentSigner(bad, "/nonexistent")
