@@ -1,14 +1,16 @@
 """Officers' approval keys held by ssh-agent (DESIGN §12): the profile names the key's
 `.pub` file (`approval_key = "ssh-agent:PATH"`), the admin lists that same file under
 `[approvers]`, and the agent's Ed25519 or ECDSA P-256 signatures are the approval
-kinds' own. A key the agent does not hold, no agent at all, and an agent that answers
-with garbage or with another key's signature are each a clear error, and nothing is
+kinds' own; a FIDO key's (`sk-ssh-ed25519`) counts only with the user-presence flag.
+A key the agent does not hold, no agent at all, and an agent that answers with
+garbage or with another key's signature are each a clear error, and nothing is
 sent."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -22,12 +24,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from signer.approval import registry
+from signer.approval.keys import ApprovalSigner
+from signer.approval.sk_ed25519 import KEY_TYPE, USER_PRESENT, SkEd25519Key, signed_bytes
 from signer.approval.ssh_agent import AgentSigner
-from signer.errors import ConfigError, VerificationError
+from signer.errors import ConfigError, EnvelopeError, VerificationError
+from signer.model import State
 from signer.v1 import types_pb2
 from testbed.commands import APPROVER, run
 from testbed.env import Env
 from testbed.process import running
+from tests.fakes import World
 from tests.harness import ok, refused
 from tests.tamper import audit_fetch, audit_verify
 
@@ -133,7 +140,7 @@ def test_a_hostile_agent_is_caught(tmp_path: Path) -> None:
     cases: list[tuple[bytes, type[Exception], str]] = [
         (b"\x00\x00\x00\x09garbage", ConfigError, "a bad signature"),
         (_string(b"ssh-ed25519") + _string(other), VerificationError, "does not verify"),
-        (_string(b"ssh-rsa") + _string(b"x" * 64), ConfigError, "signature for an Ed25519 key"),
+        (_string(b"ssh-rsa") + _string(b"x" * 64), ConfigError, "not one of the Ed25519 key"),
     ]
     for i, (answer, error, phrase) in enumerate(cases):
         where = tmp_path / str(i)
@@ -146,3 +153,78 @@ def test_a_hostile_agent_is_caught(tmp_path: Path) -> None:
         bad = tmp_path / "bad.pub"
         bad.write_text("ssh-ed25519 !!!\n")
         AgentSigner(bad, "/nonexistent")
+
+
+class SoftKey(ApprovalSigner):
+    """A FIDO authenticator in software: signs as `sk-ssh-ed25519` does, with or without
+    the user-presence flag."""
+
+    def __init__(self, touched: bool = True, application: bytes = b"ssh:") -> None:
+        self._key = ed25519.Ed25519PrivateKey.generate()
+        self.flags = USER_PRESENT if touched else 0
+        self.counter = 7
+        self._public = SkEd25519Key(self._key.public_key(), application)
+
+    def public_key(self) -> SkEd25519Key:
+        return self._public
+
+    def raw(self, data: bytes) -> bytes:
+        """The authenticator's own signature, as an agent returns it."""
+        self.counter += 1
+        return self._key.sign(
+            signed_bytes(self._public.application, self.flags, self.counter, data)
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        raw = self.raw(data)
+        return bytes([self.flags]) + self.counter.to_bytes(4, "big") + raw
+
+
+def test_a_fido_key_approves_only_with_a_touch(world: World, tmp_path: Path) -> None:
+    """carol's FIDO key, listed by its OpenSSH line: its approval with the user-presence
+    flag counts and signs the request; one made without a touch, or bound to another
+    application, is refused; its policy value reads back as the same key."""
+    key = SoftKey()
+    line = tmp_path / "carol.pub"
+    line.write_bytes(key.public_key().pem())
+    listed = registry.key_from_openssh(line.read_bytes())
+    assert listed == key.public_key()
+    assert registry.key_from_policy(key.public_key().policy_value()) == key.public_key()
+    world.officers["carol"] = key
+    keys = {**world.core.approver_keys, "carol": key.public_key()}
+    world.core.enforce(dataclasses.replace(world.core.enforced, approver_keys=keys))
+    untouched = SoftKey(touched=False)
+    untouched._key = key._key  # the same key, no touch
+    untouched._public = key.public_key()
+    other_app = SoftKey(application=b"ssh:other")
+    other_app._key = key._key
+    r = world.create()
+    for fake in (untouched, other_app):
+        world.officers["carol"] = fake
+        with pytest.raises(EnvelopeError, match="does not verify"):
+            world.approve("carol", r)
+    world.officers["carol"] = key
+    world.approve("carol", r)
+    assert world.approve("alice", r).state is State.SIGNED
+
+
+def test_an_agent_fido_signature_carries_its_flags(tmp_path: Path) -> None:
+    """Through an agent, a FIDO key's signature comes with its flags and counter, and
+    verifies as the kind's; one the agent reports without a touch is refused."""
+    for touched in (True, False):
+        key = SoftKey(touched=touched)
+        pub = tmp_path / f"sk-{touched}.pub"
+        pub.write_bytes(key.public_key().pem())
+        raw = key.raw(b"statement")
+        answer = (
+            _string(KEY_TYPE) + _string(raw) + bytes([key.flags]) + struct.pack(">I", key.counter)
+        )
+        where = tmp_path / f"agent-{touched}"
+        where.mkdir()
+        with fake_agent(where, key.public_key().wire(), answer) as sock:
+            signer = AgentSigner(pub, sock)
+            if touched:
+                key.public_key().verify(signer.sign(b"statement"), b"statement")
+            else:
+                with pytest.raises(VerificationError):
+                    signer.sign(b"statement")

@@ -14,14 +14,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from signer.approval import ecdsa_p256, ed25519
+from signer.approval import ecdsa_p256, ed25519, sk_ed25519
 from signer.approval.keys import ApprovalKey, ApprovalSigner
 
-__all__ = ["KEYGEN", "KINDS", "key_for", "key_from_policy", "signer_for", "supported"]
+__all__ = [
+    "KEYGEN",
+    "KINDS",
+    "is_openssh",
+    "key_for",
+    "key_from_openssh",
+    "key_from_policy",
+    "signer_for",
+    "supported",
+]
 
-KINDS: list[type[ApprovalKey]] = [ed25519.Ed25519Key, ecdsa_p256.EcdsaP256Key]
+KINDS: list[type[ApprovalKey]] = [
+    ed25519.Ed25519Key,
+    ecdsa_p256.EcdsaP256Key,
+    sk_ed25519.SkEd25519Key,
+]
 
 # The kind a policy value without a `KIND:` prefix is.
 _UNPREFIXED: type[ApprovalKey] = ed25519.Ed25519Key
@@ -44,6 +59,24 @@ def key_for(public_key: PublicKeyTypes) -> ApprovalKey | None:
         if key is not None:
             return key
     return None
+
+
+def key_from_openssh(line: bytes) -> ApprovalKey | None:
+    """The approval key of an OpenSSH public key line (a `.pub` file of a key the officer
+    keeps in ssh-agent); None if of no known kind; ValueError if it is no key."""
+    sk = sk_ed25519.SkEd25519Key.from_openssh(line)
+    if sk is not None:
+        return sk
+    try:
+        loaded = serialization.load_ssh_public_key(line.strip())
+    except (TypeError, NotImplementedError, ValueError, UnsupportedAlgorithm) as e:
+        raise ValueError(f"not an OpenSSH public key of a known type: {e}") from None
+    return key_for(loaded)
+
+
+def is_openssh(data: bytes) -> bool:
+    """Whether a public key file holds an OpenSSH line rather than PEM."""
+    return data.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-"))
 
 
 def signer_for(private_key: PrivateKeyTypes) -> ApprovalSigner | None:

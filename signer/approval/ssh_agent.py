@@ -1,5 +1,5 @@
 """Approval keys held by ssh-agent (DESIGN §12): the officer's SSH key signs, the agent
-keeps it (unlocked once, on a hardware token behind it, or forwarded).
+keeps it (unlocked once, on a FIDO security key behind it, or forwarded).
 
 A profile names the key by its public key file:
 
@@ -10,7 +10,9 @@ is a plain Ed25519 signature over the bytes, an `ecdsa-sha2-nistp256` key's is E
 P-256 over their SHA-256 (its two integers re-encoded as DER): the very signatures
 the Ed25519 and ECDSA P-256 approval kinds verify, so the server and every verifier
 check them with nothing new, and the admin lists the officer's `.pub` file as it is
-(`registry.key_from_openssh`). The agent protocol (draft-miller-ssh-agent:
+(`registry.key_from_openssh`). A FIDO key (`sk-ssh-ed25519@openssh.com`) signs with
+a touch, and its flags and counter go with the signature (`signer.approval.sk_ed25519`:
+one made without a touch approves nothing). The agent protocol (draft-miller-ssh-agent:
 REQUEST_IDENTITIES, SIGN_REQUEST) is spoken here by hand over the agent's socket:
 two messages, every length bounded, every answer checked.
 """
@@ -18,17 +20,19 @@ two messages, every length bounded, every answer checked.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import socket
 import struct
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from signer.approval import registry
+from signer.approval.ecdsa_p256 import EcdsaP256Key
+from signer.approval.ed25519 import Ed25519Key
 from signer.approval.keys import ApprovalKey, ApprovalSigner
+from signer.approval.sk_ed25519 import KEY_TYPE, SkEd25519Key
 from signer.errors import ConfigError
 
 __all__ = ["PREFIX", "AgentSigner"]
@@ -70,24 +74,21 @@ class AgentSigner(ApprovalSigner):
 
     def __init__(self, public_file: Path, socket_path: str | None = None) -> None:
         try:
-            line = public_file.read_bytes()
+            line = public_file.read_bytes().strip()
         except OSError as e:
             raise ConfigError(f"cannot read {public_file}: {e.strerror}") from None
         try:
-            loaded = serialization.load_ssh_public_key(line.strip())
-        except (ValueError, TypeError, NotImplementedError) as e:
+            key = registry.key_from_openssh(line)
+            blob = base64.b64decode(line.split()[1], validate=True)
+        except (ValueError, IndexError, binascii.Error) as e:
             raise ConfigError(f"{public_file} is not an OpenSSH public key: {e}") from None
-        key = registry.key_for(loaded)
         if key is None:
             raise ConfigError(
-                f"{public_file}: an agent key for approvals is ssh-ed25519 or ecdsa-sha2-nistp256"
+                f"{public_file}: an agent key for approvals is ssh-ed25519, "
+                "ecdsa-sha2-nistp256 or sk-ssh-ed25519@openssh.com"
             )
         self._public = key
-        self._loaded = loaded
-        openssh = loaded.public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        self._blob = base64.b64decode(openssh.split()[1])  # the key as the agent names it
+        self._blob = blob  # the key as the agent names it
         self._socket = socket_path or os.environ.get("SSH_AUTH_SOCK") or ""
         if not self._socket:
             raise ConfigError("no ssh-agent: SSH_AUTH_SOCK is not set")
@@ -145,29 +146,31 @@ class AgentSigner(ApprovalSigner):
             blob = _Reader(r.string())
             if not r.done():
                 raise ValueError("trailing bytes")
-            kind, raw = blob.string(), blob.string()
-            if not blob.done():
-                raise ValueError("trailing bytes in the signature")
-            signature = self._convert(kind, raw)
+            signature = self._convert(blob)
         except (ValueError, IndexError) as e:
             raise ConfigError(f"ssh-agent at {self._socket}: a bad signature ({e})") from None
         self._public.verify(signature, data)  # an agent that answers with another key's
         return signature
 
-    def _convert(self, kind: bytes, raw: bytes) -> bytes:
-        if isinstance(self._loaded, ed25519.Ed25519PublicKey):
-            if kind != b"ssh-ed25519" or len(raw) != 64:
-                raise ValueError(f"a {kind[:32]!r} signature for an Ed25519 key")
-            return raw
-        if kind != b"ecdsa-sha2-nistp256" or not isinstance(
-            self._loaded, ec.EllipticCurvePublicKey
-        ):
-            raise ValueError(f"a {kind[:32]!r} signature for a P-256 key")
-        r = _Reader(raw)
-        big_r, big_s = (int.from_bytes(r.string(), "big") for _ in range(2))
-        if not r.done():
-            raise ValueError("trailing bytes in the ECDSA signature")
-        return encode_dss_signature(big_r, big_s)
+    def _convert(self, blob: _Reader) -> bytes:
+        """The approval kind's signature from the agent's signature blob."""
+        kind, raw = blob.string(), blob.string()
+        if isinstance(self._public, Ed25519Key) and kind == b"ssh-ed25519" and len(raw) == 64:
+            out = raw
+        elif isinstance(self._public, EcdsaP256Key) and kind == b"ecdsa-sha2-nistp256":
+            r = _Reader(raw)
+            big_r, big_s = (int.from_bytes(r.string(), "big") for _ in range(2))
+            if not r.done():
+                raise ValueError("trailing bytes in the ECDSA signature")
+            out = encode_dss_signature(big_r, big_s)
+        elif isinstance(self._public, SkEd25519Key) and kind == KEY_TYPE and len(raw) == 64:
+            flags, counter = blob.take(1), blob.take(4)  # the authenticator's, after it
+            out = flags + counter + raw
+        else:
+            raise ValueError(f"a {kind[:40]!r} signature, not one of the {self._public.label} key")
+        if not blob.done():
+            raise ValueError("trailing bytes in the signature")
+        return out
 
 
 def _recv(s: socket.socket, n: int) -> bytes:

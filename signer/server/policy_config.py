@@ -141,15 +141,14 @@ def _approver_keys(r: _Reader, identities: Mapping[str, frozenset[str]]) -> dict
         try:
             data = p.read_bytes()
             # A PEM key (`approver keygen`), or an OpenSSH one (a key the officer keeps
-            # in ssh-agent: its .pub file as it is).
-            loaded = (
-                serialization.load_ssh_public_key(data.strip())
-                if data.lstrip().startswith((b"ssh-", b"ecdsa-"))
-                else serialization.load_pem_public_key(data)
+            # in ssh-agent, a FIDO key among them: its .pub file as it is).
+            key = (
+                registry.key_from_openssh(data)
+                if registry.is_openssh(data)
+                else registry.key_for(serialization.load_pem_public_key(data))
             )
         except (OSError, ValueError, TypeError) as e:
             raise r.error(name, f"cannot load public key {p}: {e}") from None
-        key = registry.key_for(loaded)
         if key is None:
             raise r.error(
                 name, f"{p} is not an {registry.supported()} public key (make one: approver keygen)"
