@@ -146,8 +146,8 @@ class Synth:
         return str(Verifier.for_key(_ORIGIN, audit_key.public_key()))
 
 
-def valid_quorum(s: Synth) -> int:
-    s.started(s.policy())
+def valid_quorum(s: Synth, policy: dict[str, Any] | None = None) -> int:
+    s.started(policy if policy is not None else s.policy())
     s.created()
     s.decided("alice")
     s.decided("bob")

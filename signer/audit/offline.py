@@ -273,7 +273,7 @@ class _Request:
             _payload(d),
         )
         payload_type = field(d, "payload_type", str, "details", "")
-        return request, Ask(e.actor, caller, _lifetime(e), payload_type)
+        return request, Ask(e.actor, caller, _lifetime(e), payload_type, e.time)
 
     def binding(self, request_id: str) -> Binding:
         return Binding(request_id, self.key_name, self.key_id, self.digests, self.payload)
@@ -485,6 +485,8 @@ class _Semantics:
             )
         if key_id in self.policy.revoked:
             raise ValueError(f"signed with key {key_id[:16]}..., which the policy in force revokes")
+        if (outside := policy.signing_problem(e.time)) is not None:
+            raise ValueError(f"signed at {e.time.isoformat()}, but {outside}")
         # As the core does at signing: an approval counts only under the approver key in
         # force now (a key rotated since the approval does not verify it any more).
         valid = {

@@ -186,10 +186,10 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
         enforced = self.enforced  # one version throughout
         policy, spec = self._key(key_name, enforced)
         lifetime = intake.lifetime(ttl, policy)
-        policy.check_request(Ask(actor, caller, lifetime, payload_type))
+        now = self.clock()
+        policy.check_request(Ask(actor, caller, lifetime, payload_type, now))
         intake.check_digests(digests, spec, self.limits)
         intake.check_context(context, self.limits)
-        now = self.clock()
         intake.check_payload(payload_type, payload, digests, spec, self.limits, now)
         intake.check_ttl(ttl, self.limits)
         intake.check_idempotency_key(idempotency_key)

@@ -19,6 +19,7 @@ from typing import Any
 
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
 from signer.core import rules
+from signer.core.windows import Window
 from signer.encoding import format_time, parse_time
 from signer.errors import SignerError
 from signer.fields import field, strings, typed
@@ -45,6 +46,7 @@ _KEY_FIELDS = frozenset(
         "payload_types",
         "lift_freeze",
         "key_id",
+        "windows",
     }
 )
 _REVOCATION_FIELDS = frozenset({"key_id", "at", "reason"})
@@ -132,6 +134,7 @@ class KeyPolicy:
     payload_types: tuple[str, ...] = ()  # the payloads its requests may carry ("": digests)
     lift_freeze: int | None = None  # the audit index of the freeze this version lifts
     key_id: str = ""  # the token key that signs (hex SHA-256 of its SPKI); "": not pinned
+    windows: tuple[Window, ...] = ()  # when it takes requests and signs (none: always)
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -165,6 +168,14 @@ class KeyPolicy:
                 return problem
         return None
 
+    def signing_problem(self, at: dt.datetime) -> str | None:
+        """Why the first rule keeps the token from signing at `at`, or None."""
+        for rule in rules.RULES:
+            problem = rule.signing_problem(self, at)
+            if problem is not None:
+                return problem
+        return None
+
     # -- the recorded form -------------------------------------------------------------------
 
     def as_dict(self) -> dict[str, Any]:
@@ -183,6 +194,8 @@ class KeyPolicy:
             d["lift_freeze"] = self.lift_freeze
         if self.key_id:  # absent from policies recorded before keys were pinned
             d["key_id"] = self.key_id
+        if self.windows:  # absent: always (what policies recorded before it said)
+            d["windows"] = [str(w) for w in self.windows]
         return d
 
     @classmethod
@@ -222,7 +235,23 @@ class KeyPolicy:
             payload_types=_payload_types(d, where),
             lift_freeze=_lift_freeze(d, where),
             key_id=_key_id(d, where),
+            windows=windows_of(strings(d, "windows", where, []), f"{where}.windows"),
         )
+
+
+def windows_of(texts: Sequence[str], where: str) -> tuple[Window, ...]:
+    """Release windows as written; ValueError naming the first bad one."""
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(Window.parse(text))
+        except ValueError as e:
+            raise ValueError(f"{where}[{i}]: {e}") from None
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where} lists a window twice")
+    if len(out) > 32:
+        raise ValueError(f"{where}: at most 32 windows")
+    return tuple(out)
 
 
 def _key_id(d: Mapping[str, Any], where: str) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from signer.bounds import echo
+from signer.core.windows import in_windows
 from signer.errors import InvalidArgumentError, PermissionDeniedError
 from signer.model import TokenCaller
 
@@ -41,6 +42,7 @@ __all__ = [
     "Ask",
     "MaxTtl",
     "Payloads",
+    "ReleaseWindows",
     "Requesters",
     "Rule",
     "Threshold",
@@ -57,6 +59,7 @@ class Ask:
     caller: TokenCaller | None = None
     lifetime: dt.timedelta | None = None
     payload_type: str = ""  # the format payload it carries; "" for plain digests
+    at: dt.datetime | None = None  # when it is made (None: not known)
 
 
 class Rule:
@@ -71,6 +74,10 @@ class Rule:
 
     def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
         """What `counted` (the distinct approvers of valid approvals) lacks to be a quorum."""
+        return None
+
+    def signing_problem(self, policy: KeyPolicy, at: dt.datetime) -> str | None:
+        """Why the token may not sign for `policy`'s key at `at` (the request waits)."""
         return None
 
 
@@ -148,4 +155,33 @@ class Threshold(Rule):
         return f"{len(counted)} valid distinct approvals; the policy needs {policy.threshold}"
 
 
-RULES: list[Rule] = [Requesters(), MaxTtl(), Payloads(), Approvers(), Threshold()]
+class ReleaseWindows(Rule):
+    """A key with `windows` takes requests and signs only inside one of them: a request
+    made outside is refused naming them; one approved outside waits, APPROVED, and is
+    signed when a window opens."""
+
+    def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        if ask.at is not None and not in_windows(policy.windows, ask.at):
+            raise PermissionDeniedError(
+                f"key {policy.name!r} takes requests only in its release windows "
+                f"({'; '.join(str(w) for w in policy.windows)})",
+                reason="OUTSIDE_RELEASE_WINDOW",
+            )
+
+    def signing_problem(self, policy: KeyPolicy, at: dt.datetime) -> str | None:
+        if in_windows(policy.windows, at):
+            return None
+        return (
+            f"key {policy.name!r} signs only in its release windows "
+            f"({'; '.join(str(w) for w in policy.windows)})"
+        )
+
+
+RULES: list[Rule] = [
+    Requesters(),
+    MaxTtl(),
+    Payloads(),
+    ReleaseWindows(),
+    Approvers(),
+    Threshold(),
+]

@@ -149,6 +149,11 @@ class Signing:
         if request.state is not State.APPROVED:
             return None
         enforced = self.enforced  # one version throughout
+        policy = enforced.policies.get(request.key_name)
+        if policy is not None and (why := policy.signing_problem(self.clock())) is not None:
+            # Kept APPROVED: `recover` (the sweeper, every second) signs it once it may.
+            log.info("request left approved", request_id=request_id, error=why)
+            return None
         approvers = self._quorum(request, enforced)
         spec = enforced.keys.get(request.key_name)
         if approvers is None or spec is None:

@@ -134,6 +134,7 @@ class Pins:
     threshold: int
     version: Version | None = None  # the version signed under, when the trust pins one
     revoked: Mapping[str, Revocation] = field(default_factory=dict)
+    rule: KeyPolicy | None = None  # the key's rule in that version (its release windows)
 
 
 def pins_for(bundle: Bundle, trust: Trust, newer: Bundle | None) -> Pins:
@@ -177,7 +178,7 @@ def pins_for(bundle: Bundle, trust: Trust, newer: Bundle | None) -> Pins:
             revoked.update(revocations_of(latest.document))
         except ValueError as e:
             raise VerificationError(f"policy version {latest.number}: {e}") from None
-    return Pins(public, keys, rule.threshold, version, revoked)
+    return Pins(public, keys, rule.threshold, version, revoked, rule)
 
 
 def _walk(
@@ -210,6 +211,8 @@ def check_signed_under(pins: Pins, bundle: Bundle, approved_at: dt.datetime) -> 
             f"the signature was logged under policy {str(under)[:16]}..., not version "
             f"{pins.version.number} that the bundle's chain reaches"
         )
+    if pins.rule is not None and (outside := pins.rule.signing_problem(entry.time)) is not None:
+        raise VerificationError(f"the signature was logged at {format_time(entry.time)}: {outside}")
     revoked = pins.revoked.get(bundle.key_id)
     if revoked is None:
         return

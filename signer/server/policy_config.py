@@ -32,7 +32,14 @@ from cryptography.hazmat.primitives import serialization
 from signer.algorithms import ALGORITHMS
 from signer.approval import registry
 from signer.approval.keys import ApprovalKey
-from signer.core.policy import MAX_REASON, ClaimRule, KeyPolicy, Revocation, key_id_problem
+from signer.core.policy import (
+    MAX_REASON,
+    ClaimRule,
+    KeyPolicy,
+    Revocation,
+    key_id_problem,
+    windows_of,
+)
 from signer.encoding import parse_time
 from signer.errors import ConfigError
 from signer.formats import registry as formats
@@ -324,6 +331,7 @@ def _keys(
             "formats",
             "lift_freeze",
             "key_id",
+            "windows",
         )
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
@@ -362,6 +370,10 @@ def _keys(
         twin = next((n for n, p in out.items() if key_id and p.key_id == key_id), None)
         if twin is not None:
             raise k.error("key_id", f"is also the key id of key {twin!r}: one key, one name")
+        try:
+            windows = windows_of(k.names("windows", []), "windows")
+        except ValueError as e:
+            raise k.error("windows", str(e).removeprefix("windows")) from None
         out[name] = KeyPolicy(
             name,
             ALGORITHMS[alg_name] if alg_name else None,
@@ -373,6 +385,7 @@ def _keys(
             _payload_types(k),
             lift,
             key_id,
+            windows,
         )
     return out
 
