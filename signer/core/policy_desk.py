@@ -30,7 +30,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from signer.audit.entry import AuditEntry
 from signer.bounds import echo
 from signer.core import policy_log
 from signer.core.events import Event, Hook, Kind
@@ -55,7 +54,7 @@ from signer.policy_decisions import (
     verify_decision,
 )
 from signer.policy_denial import PolicyDenial
-from signer.store.base import AuditFilter, Tx
+from signer.store.base import Tx
 
 __all__ = [
     "APPROVED",
@@ -71,7 +70,6 @@ log = structlog.get_logger("signer.core.policy_desk")
 
 APPROVED = "policy.approved"
 DENIED = "policy.denied"
-_PAGE = 200
 
 
 class PolicyHead(Protocol):
@@ -125,19 +123,7 @@ class PolicyDesk:
             if actor in p.fresh(now):
                 return p
             # A first approval, or one that replaces this officer's approval grown too old.
-            tx.append_audit(
-                now,
-                APPROVED,
-                actor,
-                "",
-                "",
-                {
-                    "proposal": index,
-                    "version": version.number,
-                    "sha256": version.sha256,
-                    "envelope": base64.b64encode(envelope).decode(),
-                },
-            )
+            _record(tx, now, APPROVED, actor, p, envelope, {})
             approvals = {**p.approvals, actor: (envelope, statement.issued_at)}
             p = Proposed(index, p.proposal, p.proposed_by, p.proposed_at, approvals, p.denials)
             counted = tuple(p.fresh(now).values())  # an approval grown too old counts for none
@@ -189,20 +175,14 @@ class PolicyDesk:
                 return p
             denials = {**p.denials, actor: denial.reason}
             p = Proposed(index, p.proposal, p.proposed_by, p.proposed_at, p.approvals, denials)
-            tx.append_audit(
+            _record(
+                tx,
                 now,
                 DENIED,
                 actor,
-                "",
-                "",
-                {
-                    "proposal": index,
-                    "version": version.number,
-                    "sha256": version.sha256,
-                    "reason": denial.reason,
-                    "envelope": base64.b64encode(envelope).decode(),
-                    "rejected": p.rejected,
-                },
+                p,
+                envelope,
+                {"reason": denial.reason, "rejected": p.rejected},
             )
         log.warning("policy proposal denied", version=version.number, officer=actor)
         return p
@@ -219,21 +199,11 @@ class PolicyDesk:
         return version, entry.index
 
 
-def _entries(tx: Tx, event: str, after: int) -> list[AuditEntry]:
-    out: list[AuditEntry] = []
-    while True:
-        page = tx.list_audit(AuditFilter(event=event), after, _PAGE)
-        out += page
-        if len(page) < _PAGE:
-            return out
-        after = page[-1].index
-
-
 def _proposals(tx: Tx, previous: Version | None, after: int) -> list[Proposed]:
     """Every proposal for the version after `previous` recorded after its adoption,
     with the decisions recorded on it."""
     found: dict[int, Proposed] = {}
-    for e in _entries(tx, policy_log.PROPOSED, after):
+    for e in policy_log.entries_of(tx, policy_log.PROPOSED, after):
         proposal = proposal_of(e, previous)
         if proposal is not None:
             found[e.index] = Proposed(e.index, proposal, e.actor, e.time, {}, {})
@@ -243,7 +213,7 @@ def _proposals(tx: Tx, previous: Version | None, after: int) -> list[Proposed]:
     approvals: dict[int, dict[str, tuple[bytes, dt.datetime]]] = {i: {} for i in found}
     denials: dict[int, dict[str, str]] = {i: {} for i in found}
     for event, approval in ((APPROVED, True), (DENIED, False)):
-        for e in _entries(tx, event, after):
+        for e in policy_log.entries_of(tx, event, after):
             index, raw = e.details.get("proposal"), _envelope(e.details)
             if not isinstance(index, int) or index not in found or raw is None:
                 continue
@@ -259,6 +229,26 @@ def _proposals(tx: Tx, previous: Version | None, after: int) -> list[Proposed]:
         Proposed(i, p.proposal, p.proposed_by, p.proposed_at, approvals[i], denials[i])
         for i, p in sorted(found.items())
     ]
+
+
+def _record(
+    tx: Tx,
+    now: dt.datetime,
+    event: str,
+    actor: str,
+    p: Proposed,
+    envelope: bytes,
+    extra: Mapping[str, Any],
+) -> None:
+    """`actor`'s decision on `p` as its audit entry records it."""
+    details = {
+        "proposal": p.index,
+        "version": p.proposal.number,
+        "sha256": p.proposal.sha256,
+        **extra,
+        "envelope": base64.b64encode(envelope).decode(),
+    }
+    tx.append_audit(now, event, actor, "", "", details)
 
 
 def _envelope(details: Mapping[str, Any]) -> bytes | None:

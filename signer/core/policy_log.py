@@ -46,6 +46,7 @@ __all__ = [
     "adopt",
     "adopted_entries",
     "details_of",
+    "entries_of",
     "key_rule",
     "read_chain",
     "version_of",
@@ -57,16 +58,20 @@ PROPOSED = "policy.proposed"
 _PAGE = 200
 
 
-def adopted_entries(tx: Tx) -> list[AuditEntry]:
-    """Every `policy.adopted` entry, oldest first."""
+def entries_of(tx: Tx, event: str, after: int = -1) -> list[AuditEntry]:
+    """Every `event` entry after index `after`, oldest first (read page by page)."""
     entries: list[AuditEntry] = []
-    after = -1
     while True:
-        page = tx.list_audit(AuditFilter(event=ADOPTED), after, _PAGE)
+        page = tx.list_audit(AuditFilter(event=event), after, _PAGE)
         entries += page
         if len(page) < _PAGE:
             return entries
         after = page[-1].index
+
+
+def adopted_entries(tx: Tx) -> list[AuditEntry]:
+    """Every `policy.adopted` entry, oldest first."""
+    return entries_of(tx, ADOPTED)
 
 
 def read_chain(tx: Tx) -> list[Version]:
