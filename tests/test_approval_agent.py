@@ -228,3 +228,27 @@ def test_an_agent_fido_signature_carries_its_flags(tmp_path: Path) -> None:
             else:
                 with pytest.raises(VerificationError):
                     signer.sign(b"statement")
+
+
+def test_weak_and_foreign_openssh_keys_are_refused(tmp_path: Path) -> None:
+    """An Ed25519 or FIDO key of small order (the identity, the point of order 2) or not
+    canonically encoded verifies signatures no one made: refused as a policy value and as
+    a key line; a FIDO ECDSA key (it would be read as a plain one, losing its touch) and
+    a certificate line are refused as approval keys; a real key passes."""
+    weak = [
+        "01" + "00" * 31,  # the identity
+        "ec" + "ff" * 30 + "7f",  # (0, -1), of order 2
+        "ed" + "ff" * 30 + "7f",  # y = p: not canonical
+    ]
+    for raw in weak:
+        with pytest.raises(ValueError):
+            registry.key_from_policy(raw)
+        wire = _string(KEY_TYPE) + _string(bytes.fromhex(raw)) + _string(b"ssh:")
+        with pytest.raises(ValueError):
+            SkEd25519Key.from_wire(wire)
+    real = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+    assert registry.key_from_policy(real).policy_value() == real
+    blob = base64.b64encode(b"\x00" * 8).decode()
+    for kind in ("sk-ecdsa-sha2-nistp256@openssh.com", "ssh-ed25519-cert-v01@openssh.com"):
+        with pytest.raises(ValueError, match="an OpenSSH key for approvals is"):
+            registry.key_from_openssh(f"{kind} {blob} officer".encode())

@@ -285,7 +285,8 @@ def test_config_refuses_a_key_of_no_known_kind(root: Path) -> None:
         load_config(_write(root, cfg))
     assert str(e.value) == (
         f"{(root / 'signer.toml').resolve()}: approvers.alice: {ec_pub.resolve()} "
-        "is not an Ed25519 or ECDSA P-256 public key (make one: approver keygen)"
+        "is not an Ed25519, ECDSA P-256 or FIDO sk-ssh-ed25519 public key (make one: "
+        "approver keygen)"
     )
 
 

@@ -116,7 +116,7 @@ RELEASE_PEM = "<release.pem>"  # replaced by the absolute path of the release pu
         ({"extra": 1}, "unknown setting 'extra'"),
         (
             {"approvers": {"alice": RELEASE_PEM}},
-            "approvers.alice is not an Ed25519 or ECDSA P-256 key",
+            "approvers.alice is not an Ed25519, ECDSA P-256 or FIDO sk-ssh-ed25519 key",
         ),
     ],
     ids=["zero", "bool", "verifier", "no public key", "unknown", "approver of no kind"],

@@ -319,9 +319,9 @@ def test_a_version_adopted_while_the_token_signs_leaves_the_request_approved(
     """The cached check before signing passed, then a version was adopted (as the
     fresh read where the signature is recorded finds): the signatures are dropped, the
     request stays APPROVED and no request.signed entry names the superseded version."""
-    world.core.superseded_now = lambda: "policy version 2 is in force now"
     r = world.create()
     world.approve("alice", r)
+    world.core.superseded_now = lambda: "policy version 2 is in force now"
     assert world.approve("bob", r).state is State.APPROVED
     assert "request.signed" not in world.events(r.id)
     assert world.core.get_for_requester("ci", r.id).state is State.APPROVED

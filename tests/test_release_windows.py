@@ -11,6 +11,7 @@ import datetime as dt
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -87,7 +88,7 @@ def test_outside_its_windows_a_key_takes_no_request_and_signs_nothing(world: Wor
     world.approve("alice", request)
     world.clock.advance(dt.timedelta(minutes=40))  # 17:14: closed, the request alive
     assert world.approve("bob", request).state is State.APPROVED
-    assert world.core.recover() == 1 and world.get(request.id).state is State.APPROVED
+    assert world.core.recover() == 0 and world.get(request.id).state is State.APPROVED
     assert not world.token.calls
     world.clock.advance(dt.timedelta(days=2, hours=16))  # Monday 09:14
     world.core.recover()
@@ -148,3 +149,34 @@ def test_a_bundle_logged_outside_the_windows_fails_verification() -> None:
                 check_signed_under(pins, bundle, entry.time)  # type: ignore[arg-type]
         else:
             check_signed_under(pins, bundle, entry.time)  # type: ignore[arg-type]
+
+
+def test_a_window_that_closes_while_the_token_signs_drops_the_signatures(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quorum is reached at 16:59 in Berlin and the token takes two minutes: the
+    signatures are not recorded (the log would hold one outside the window); the request
+    waits, APPROVED, and is signed on Monday."""
+    _office_hours(world)
+    world.clock.advance(dt.timedelta(hours=12, minutes=55))  # Friday 16:59 in Berlin
+    request = world.create()
+    world.approve("alice", request)
+    signing = world.token.sign_digests
+
+    def slow(*args: Any, **kw: Any) -> list[bytes]:
+        world.clock.advance(dt.timedelta(minutes=2))
+        return signing(*args, **kw)
+
+    monkeypatch.setattr(world.token, "sign_digests", slow)
+    assert world.approve("bob", request).state is State.APPROVED
+    assert "request.signed" not in world.events(request.id)
+    world.clock.advance(dt.timedelta(days=2, hours=16))  # Monday 09:01
+    assert world.core.recover() == 1 and world.get(request.id).state is State.SIGNED
+
+
+def test_zone_names_that_mean_the_host_are_refused() -> None:
+    """`localtime`, `posixrules`, `Factory` and the `posix/`, `right/` trees read differently
+    on another host: refused."""
+    for zone in ("localtime", "posixrules", "Factory", "posix/Europe/Berlin", "right/UTC"):
+        with pytest.raises(ValueError, match="is not a time zone"):
+            Window.parse(f"Mon 09:00-17:00 {zone}")

@@ -28,9 +28,48 @@ from signer.approval.keys import (
 )
 from signer.tls import write_private
 
-__all__ = ["Ed25519Key", "Ed25519Signer", "generate"]
+__all__ = ["Ed25519Key", "Ed25519Signer", "generate", "weak_key_problem"]
 
 _POLICY_VALUE = re.compile(r"[0-9a-f]{64}\Z")
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+
+
+def weak_key_problem(raw: bytes) -> str | None:
+    """Why a 32-byte Ed25519 public key is unfit to check approvals, or None: an
+    encoding that is not canonical, no point of the curve, or a point of small order
+    (the identity among them), for which signatures verify that no one made. Written
+    here because `cryptography` does not expose the curve (RFC 8032 §5.1.3 decoding,
+    then [8]A compared with the identity)."""
+    if len(raw) != 32:
+        return "an Ed25519 key is 32 bytes"
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    sign = raw[31] >> 7
+    if y >= _P:
+        return "not a canonical Ed25519 key encoding"
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, -1, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    if (x * x - x2) % _P:
+        return "not a point of the Ed25519 curve"
+    if x == 0 and sign:
+        return "not a canonical Ed25519 key encoding"
+    if x % 2 != sign:
+        x = _P - x
+    point = (x, y)
+    for _ in range(3):
+        point = _double(point)
+    if point == (0, 1):
+        return "an Ed25519 key of small order: signatures would verify that no one made"
+    return None
+
+
+def _double(point: tuple[int, int]) -> tuple[int, int]:
+    x, y = point
+    t = _D * x * x * y * y % _P
+    return (2 * x * y * pow(1 + t, -1, _P) % _P, (y * y + x * x) * pow(1 - t, -1, _P) % _P)
 
 
 class Ed25519Key(ApprovalKey):
@@ -40,6 +79,8 @@ class Ed25519Key(ApprovalKey):
     label = "Ed25519"
 
     def __init__(self, public_key: ed25519.Ed25519PublicKey) -> None:
+        if (problem := weak_key_problem(public_key.public_bytes_raw())) is not None:
+            raise ValueError(problem)
         self._key = public_key
         self._key_id = spki_key_id(public_key)
 

@@ -24,6 +24,7 @@ from signer.approval.keys import ApprovalKey, ApprovalSigner
 __all__ = [
     "KEYGEN",
     "KINDS",
+    "OPENSSH_TYPES",
     "is_openssh",
     "key_for",
     "key_from_openssh",
@@ -61,22 +62,37 @@ def key_for(public_key: PublicKeyTypes) -> ApprovalKey | None:
     return None
 
 
-def key_from_openssh(line: bytes) -> ApprovalKey | None:
+OPENSSH_TYPES = (b"ssh-ed25519", b"ecdsa-sha2-nistp256", sk_ed25519.KEY_TYPE)
+
+
+def key_from_openssh(line: bytes) -> ApprovalKey:
     """The approval key of an OpenSSH public key line (a `.pub` file of a key the officer
-    keeps in ssh-agent); None if of no known kind; ValueError if it is no key."""
+    keeps in ssh-agent): `ssh-ed25519`, `ecdsa-sha2-nistp256` or
+    `sk-ssh-ed25519@openssh.com`, and no other type (a FIDO ECDSA key read as a plain
+    one would lose its touch, a certificate its validity); ValueError otherwise."""
+    fields = line.split()
+    kind = fields[0] if fields else b""
+    if kind not in OPENSSH_TYPES:
+        raise ValueError(
+            f"an OpenSSH key for approvals is {', '.join(t.decode() for t in OPENSSH_TYPES)}, "
+            f"not {kind[:48].decode(errors='replace')!r}"
+        )
     sk = sk_ed25519.SkEd25519Key.from_openssh(line)
     if sk is not None:
         return sk
     try:
-        loaded = serialization.load_ssh_public_key(line.strip())
+        loaded = serialization.load_ssh_public_key(b" ".join(fields[:2]))
     except (TypeError, NotImplementedError, ValueError, UnsupportedAlgorithm) as e:
-        raise ValueError(f"not an OpenSSH public key of a known type: {e}") from None
-    return key_for(loaded)
+        raise ValueError(f"not an OpenSSH public key: {e}") from None
+    key = key_for(loaded)
+    if key is None:  # the type matched, so the key is of a known kind
+        raise ValueError("not an OpenSSH key of a known kind")
+    return key
 
 
 def is_openssh(data: bytes) -> bool:
     """Whether a public key file holds an OpenSSH line rather than PEM."""
-    return data.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-"))
+    return not data.lstrip().startswith(b"-----")
 
 
 def signer_for(private_key: PrivateKeyTypes) -> ApprovalSigner | None:

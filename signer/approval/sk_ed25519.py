@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from signer.approval.ed25519 import weak_key_problem
 from signer.approval.keys import ApprovalKey, signature_error, spki_key_id
 
 __all__ = ["KEY_TYPE", "USER_PRESENT", "SkEd25519Key", "signed_bytes"]
@@ -54,6 +55,8 @@ class SkEd25519Key(ApprovalKey):
     label = "FIDO sk-ssh-ed25519"
 
     def __init__(self, public_key: ed25519.Ed25519PublicKey, application: bytes) -> None:
+        if (problem := weak_key_problem(public_key.public_bytes_raw())) is not None:
+            raise ValueError(problem)
         self._key = public_key
         self.application = application
         self._key_id = spki_key_id(public_key)

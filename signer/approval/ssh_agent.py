@@ -24,6 +24,7 @@ import binascii
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -82,11 +83,6 @@ class AgentSigner(ApprovalSigner):
             blob = base64.b64decode(line.split()[1], validate=True)
         except (ValueError, IndexError, binascii.Error) as e:
             raise ConfigError(f"{public_file} is not an OpenSSH public key: {e}") from None
-        if key is None:
-            raise ConfigError(
-                f"{public_file}: an agent key for approvals is ssh-ed25519, "
-                "ecdsa-sha2-nistp256 or sk-ssh-ed25519@openssh.com"
-            )
         self._public = key
         self._blob = blob  # the key as the agent names it
         self._socket = socket_path or os.environ.get("SSH_AUTH_SOCK") or ""
@@ -101,16 +97,17 @@ class AgentSigner(ApprovalSigner):
         return self._public
 
     def _call(self, message: bytes) -> bytes:
+        end = time.monotonic() + _TIMEOUT  # one deadline for the whole exchange
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(_TIMEOUT)
                 s.connect(self._socket)
                 s.sendall(_string(message))
-                head = _recv(s, 4)
+                head = _recv(s, 4, end)
                 (n,) = struct.unpack(">I", head)
                 if not 1 <= n <= _MAX_MESSAGE:
                     raise ValueError(f"an answer of {n} bytes")
-                return _recv(s, n)
+                return _recv(s, n, end)
         except (OSError, ValueError) as e:
             raise ConfigError(f"ssh-agent at {self._socket}: {e}") from None
 
@@ -173,9 +170,13 @@ class AgentSigner(ApprovalSigner):
         return out
 
 
-def _recv(s: socket.socket, n: int) -> bytes:
+def _recv(s: socket.socket, n: int, end: float) -> bytes:
     out = b""
     while len(out) < n:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise ValueError(f"no whole answer within {_TIMEOUT:.0f} s")
+        s.settimeout(left)
         chunk = s.recv(n - len(out))
         if not chunk:
             raise ValueError("the agent closed the connection")

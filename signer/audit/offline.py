@@ -495,7 +495,7 @@ class _Semantics:
             if k is not None
             and policy.may_approve(a)
             and may_decide(a, r.requester, r.barred)
-            and self.policy.approver_keys.get(a) == k
+            and _same_key(self.policy.approver_keys.get(a), k)
         }
         problem = policy.quorum_problem(distinct_approvers(valid.items()))
         if problem is not None:
@@ -577,3 +577,9 @@ def _check_semantics(semantics: _Semantics, entry: AuditEntry, i: int) -> None:
         raise VerificationError(
             f"entry {i} ({entry.event}): malformed details ({type(e).__name__}: {e})"
         ) from None
+
+
+def _same_key(a: ApprovalKey | None, b: ApprovalKey) -> bool:
+    """The same key in the same kind: an Ed25519 key and a FIDO key on it share an id,
+    but verify different signatures (the server verifies again under the key in force)."""
+    return a is not None and a.policy_value() == b.policy_value()

@@ -118,14 +118,14 @@ class Signing:
         )
 
     def recover(self, min_age: dt.timedelta = dt.timedelta(0)) -> int:
-        """Sign APPROVED requests left unsigned (crash, store outage). Returns how many."""
+        """Sign APPROVED requests left unsigned (crash, store outage, a release window
+        closed). Returns how many it signed."""
         with self._tx() as tx:
             ids = tx.ids_in_state(State.APPROVED)
         cutoff = self.clock() - min_age
         done = 0
         for rid in ids:
-            if self._get(rid).updated <= cutoff:
-                self._sign(rid)
+            if self._get(rid).updated <= cutoff and self._sign(rid) is not None:
                 done += 1
         return done
 
@@ -152,7 +152,7 @@ class Signing:
         policy = enforced.policies.get(request.key_name)
         if policy is not None and (why := policy.signing_problem(self.clock())) is not None:
             # Kept APPROVED: `recover` (the sweeper, every second) signs it once it may.
-            log.info("request left approved", request_id=request_id, error=why)
+            log.debug("request left approved", request_id=request_id, error=why)
             return None
         approvers = self._quorum(request, enforced)
         spec = enforced.keys.get(request.key_name)
@@ -239,6 +239,9 @@ class Signing:
             if self.enforced is not enforced:  # switched while the token signed
                 log.warning("request left approved: the policy in force changed meanwhile")
                 return None
+            policy = enforced.policies.get(request.key_name)
+            if policy is not None and policy.signing_problem(now) is not None:
+                return None  # a window closed while the token signed: signed when one opens
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)
             tx.append_audit(

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 __all__ = ["Window", "in_windows"]
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_HOST_ZONES = {"localtime", "posixrules", "Factory"}  # mean one thing here, another there
 _FORM = re.compile(
     r"(?P<days>[A-Za-z,-]{3,64}) (?P<start>\d\d:\d\d)-(?P<end>\d\d:\d\d) "
     r"(?P<zone>[A-Za-z0-9_+/-]{1,64})\Z"
@@ -69,6 +70,8 @@ class Window:
         if start >= end:
             raise ValueError(f"{text!r}: the window must start before it ends (a night is two)")
         try:
+            if m["zone"] in _HOST_ZONES or m["zone"].startswith(("posix/", "right/")):
+                raise ValueError("a name whose meaning depends on the host")
             ZoneInfo(m["zone"])
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from signer.algorithms import ALGORITHMS
@@ -49,7 +50,7 @@ class TokenSigner(ApprovalSigner):
                 f"approval key {uri}: the token holds no key labelled {uri.object!r} "
                 f"(it holds: {labels})"
             ) from None
-        public = registry.key_for(serialization.load_der_public_key(key.spki_der))
+        public = _approval_key(key.spki_der)
         if public is None or key.algorithm is None:
             self._token.close()
             raise ConfigError(f"approval key {uri}: not an {registry.supported()} key")
@@ -61,9 +62,12 @@ class TokenSigner(ApprovalSigner):
 
     def sign(self, data: bytes) -> bytes:
         if self._algorithm.name == "ed25519":
-            return self._token.sign_message(self._uri.object, data)
-        digest = hashlib.sha256(data).digest()
-        return self._token.sign_digest(self._uri.object, self._algorithm, "sha256", digest)
+            signature = self._token.sign_message(self._uri.object, data)
+        else:
+            digest = hashlib.sha256(data).digest()
+            signature = self._token.sign_digest(self._uri.object, self._algorithm, "sha256", digest)
+        self._public.verify(signature, data)  # a token that answers for another key
+        return signature
 
     def close(self) -> None:
         self._token.close()
@@ -84,6 +88,15 @@ def generate(uri: TokenKeyUri, pin: str, algorithm: str) -> ApprovalKey:
         made = token.generate(uri.object, ALGORITHMS[algorithm])
     finally:
         token.close()
-    public = registry.key_for(serialization.load_der_public_key(made.spki_der))
-    assert public is not None
+    public = _approval_key(made.spki_der)
+    if public is None:
+        raise ConfigError(f"approval key {uri}: the token made a key of no approval kind")
     return public
+
+
+def _approval_key(spki_der: bytes) -> ApprovalKey | None:
+    """The approval key a token reports; None if it is of no kind (or no key at all)."""
+    try:
+        return registry.key_for(serialization.load_der_public_key(spki_der))
+    except (ValueError, UnsupportedAlgorithm):
+        return None
