@@ -9,8 +9,10 @@ event hook). Upholds:
   its format's check for the key as loaded here, at the request's own time (a
   replica whose token keeps another OpenPGP creation time, say); and nothing is
   signed under a policy version that is no longer the one in force (a new version
-  adopted while this server ran): the request waits, APPROVED, for a server
-  started under the new one;
+  adopted while this server ran): the request waits, APPROVED, until this server
+  takes the new one on (`signer.server.app.Server.follow_policy`) and signs it under
+  that one; nor outside the key's release windows (checked before the token is
+  called and again where the signature is recorded: it waits for the next window);
 - (3) the signatures are stored and `request.signed` appended in one
   transaction: a signature whose entry cannot be written is never returned;
 - a key an officer froze is not signed with: checked before the token is called

@@ -4,7 +4,9 @@ Start-up refuses to serve unless every configured key passes the token's
 security check (invariant 1) and the audit log records the start with the
 loaded policy's hash (invariant 3, DESIGN §4). A background sweeper expires
 PENDING requests past their TTL and signs APPROVED requests that a crash or
-outage left unsigned (invariant 9).
+outage left unsigned (invariant 9). A policy version adopted while the server runs,
+here or on another server of the store, is taken on without a restart
+(`follow_policy`, within the token probe's second).
 
 Below gRPC, no connection can take the shared capacity (DESIGN §14): a
 connection carries at most `STREAMS_PER_CONNECTION` streams at once (gRPC
