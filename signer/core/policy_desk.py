@@ -167,7 +167,7 @@ class PolicyDesk:
             assert isinstance(denial, PolicyDenial)
             version = p.proposal.version
             _check_fresh(denial.issued_at, now, "denial")
-            if actor in p.fresh(now):
+            if actor in p.approvals:  # even one grown too old: a decision is not undone
                 raise ConflictError(
                     f"{echo(actor)} approved this proposal already", reason="POLICY_APPROVED"
                 )
