@@ -175,3 +175,17 @@ def test_the_requests_a_version_ends_are_told(world: World) -> None:
         Kind.CANCELLED,
         waiting.id,
     )
+
+
+def test_an_officer_who_approved_cannot_deny(world: World) -> None:
+    """carol's approval, grown too old, still stands as her decision: her denial is
+    refused (the offline verifier refuses one officer's two decisions too)."""
+    v1, _ = _version_1(world)
+    index, v2 = _propose(world, v1, threshold=3)
+    old = world.clock() - dt.timedelta(days=30) + dt.timedelta(minutes=1)
+    assert not _approve(world, "carol", index, v2, at=old)
+    world.clock.advance(dt.timedelta(minutes=5))
+    statement = PolicyDenial(2, v2.sha256, v1.sha256, "carol", "no", world.clock())
+    with pytest.raises(ConflictError) as refused:
+        world.core.deny_policy("carol", index, sign_denial(statement, world.officers["carol"]))
+    assert refused.value.reason == "POLICY_APPROVED"
