@@ -36,7 +36,7 @@ from testbed.clients import Clients
 from testbed.commands import SIGNER, run
 from testbed.env import _PG_CONNECTIONS, Db, Env, make_env
 from testbed.pg import PgServer
-from testbed.process import running
+from testbed.process import Running, running
 from tests.harness import audit_events, ok
 
 __all__ = [
@@ -377,3 +377,17 @@ def swap_entries(k: int, renumber: bool = True) -> Callable[[Rows], Rows]:
         return renumbered(rows) if renumber else rows
 
     return edit
+
+
+def alice_signs_and_the_log_verifies(
+    r: Running, request: types_pb2.SigningRequest, officer: str
+) -> None:
+    """alice's approval completes `officer`'s: the request is signed by both, and the log,
+    fetched while the server runs, verifies offline."""
+    signed = r.clients.approve("alice", request)
+    assert signed.state == types_pb2.REQUEST_STATE_SIGNED
+    assert {a.approver for a in signed.approvals} == {"alice", officer}
+    out = r.env.root / "audit"
+    assert audit_fetch(r.env, out).returncode == 0
+    verified = audit_verify(out, str(r.env.profile("auditor").audit_verifier))
+    assert verified.returncode == 0 and "OK: " in verified.stdout, verified.stderr

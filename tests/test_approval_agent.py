@@ -30,13 +30,12 @@ from signer.approval.sk_ed25519 import KEY_TYPE, USER_PRESENT, SkEd25519Key, sig
 from signer.approval.ssh_agent import AgentSigner
 from signer.errors import ConfigError, EnvelopeError, VerificationError
 from signer.model import State
-from signer.v1 import types_pb2
 from testbed.commands import APPROVER, run
 from testbed.env import Env
 from testbed.process import running
 from tests.fakes import World
 from tests.harness import ok, refused
-from tests.tamper import audit_fetch, audit_verify
+from tests.tamper import alice_signs_and_the_log_verifies
 
 serving = contextlib.contextmanager(running)
 
@@ -83,12 +82,7 @@ def test_an_officer_approves_with_a_key_in_ssh_agent(
         assert not r.clients.get(request.id).approvals
         ok(run(["ssh-add", "-q", str(key)], env=env))
         ok(run(args, env=env))
-        signed = r.clients.approve("alice", request)
-        assert signed.state == types_pb2.REQUEST_STATE_SIGNED
-        assert {a.approver for a in signed.approvals} == {"alice", "dave"}
-        out = fresh_env.root / "audit"
-        ok(audit_fetch(fresh_env, out))
-    assert "OK: " in ok(audit_verify(out, str(fresh_env.profile("auditor").audit_verifier)))
+        alice_signs_and_the_log_verifies(r, request, "dave")
 
 
 def _string(data: bytes) -> bytes:

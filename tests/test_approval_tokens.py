@@ -24,12 +24,11 @@ from signer.approval.token_uri import TokenKeyUri
 from signer.errors import VerificationError
 from signer.tls import write_private
 from signer.token import softhsm
-from signer.v1 import types_pb2
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
 from testbed.process import running
 from tests.harness import ok, refused
-from tests.tamper import audit_fetch, audit_verify
+from tests.tamper import alice_signs_and_the_log_verifies
 
 serving = contextlib.contextmanager(running)
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -101,12 +100,7 @@ def test_an_officer_approves_with_a_key_in_their_token(
         profile = ["--profile", str(fresh_env.profile_path("dave"))]
         approved = run([*APPROVER, "approve", request.id, "--yes", *profile], env=token.env)
         assert "approved" in approved.stdout + approved.stderr
-        signed = r.clients.approve("alice", request)
-        assert signed.state == types_pb2.REQUEST_STATE_SIGNED
-        assert {a.approver for a in signed.approvals} == {"alice", "dave"}
-        out = fresh_env.root / "audit"
-        ok(audit_fetch(fresh_env, out))
-    assert "OK: " in ok(audit_verify(out, str(fresh_env.profile("auditor").audit_verifier)))
+        alice_signs_and_the_log_verifies(r, request, "dave")
 
 
 def test_bad_token_keys_are_named(fresh_env: Env, tmp_path: Path) -> None:
