@@ -45,7 +45,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only(why): the test is about the SQLite file itself")
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(why): the test is about the SQLite file itself, or the store plays no part",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -59,6 +59,7 @@ def _ssh_key(root: Path, kind: str) -> Path:
     return key
 
 
+@pytest.mark.sqlite_only("the officer's key is what is tested; the store plays no part")
 @pytest.mark.parametrize("kind", ["ed25519", "ecdsa"])
 def test_an_officer_approves_with_a_key_in_ssh_agent(
     fresh_env: Env, tmp_path: Path, kind: str

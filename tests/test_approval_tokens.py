@@ -87,6 +87,7 @@ def _officer_in_token(env: Env, token: OfficerToken, name: str, algorithm: str) 
     env.write_config(cfg)
 
 
+@pytest.mark.sqlite_only("the officer's key is what is tested; the store plays no part")
 @pytest.mark.parametrize("algorithm", ["ecdsa-p256", "ed25519"])
 def test_an_officer_approves_with_a_key_in_their_token(
     fresh_env: Env, tmp_path: Path, algorithm: str
@@ -103,6 +104,7 @@ def test_an_officer_approves_with_a_key_in_their_token(
         alice_signs_and_the_log_verifies(r, request, "dave")
 
 
+@pytest.mark.sqlite_only("the officer's key is what is tested; the store plays no part")
 def test_bad_token_keys_are_named(fresh_env: Env, tmp_path: Path) -> None:
     """A profile URI naming a key the token does not hold, or carrying a PIN; a second
     key under one label; an officer's key that is a signing key's public key: each a
