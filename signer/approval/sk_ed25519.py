@@ -27,14 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from signer.approval.ed25519 import weak_key_problem
 from signer.approval.keys import ApprovalKey, signature_error, spki_key_id
 
-__all__ = ["KEY_TYPE", "USER_PRESENT", "SkEd25519Key", "signed_bytes"]
+__all__ = ["KEY_TYPE", "USER_PRESENT", "SkEd25519Key", "signed_bytes", "ssh_string"]
 
 KEY_TYPE = b"sk-ssh-ed25519@openssh.com"
 USER_PRESENT = 0x01
 _MAX_APPLICATION = 256
 
 
-def _string(data: bytes) -> bytes:
+def ssh_string(data: bytes) -> bytes:
+    """An SSH wire `string`: its length (32 bits, big-endian), then its bytes."""
     return struct.pack(">I", len(data)) + data
 
 
@@ -111,7 +112,11 @@ class SkEd25519Key(ApprovalKey):
         return key
 
     def wire(self) -> bytes:
-        return _string(KEY_TYPE) + _string(self._key.public_bytes_raw()) + _string(self.application)
+        return (
+            ssh_string(KEY_TYPE)
+            + ssh_string(self._key.public_bytes_raw())
+            + ssh_string(self.application)
+        )
 
     @property
     def key_id(self) -> str:

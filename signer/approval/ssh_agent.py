@@ -33,7 +33,7 @@ from signer.approval import registry
 from signer.approval.ecdsa_p256 import EcdsaP256Key
 from signer.approval.ed25519 import Ed25519Key
 from signer.approval.keys import ApprovalKey, ApprovalSigner
-from signer.approval.sk_ed25519 import KEY_TYPE, SkEd25519Key
+from signer.approval.sk_ed25519 import KEY_TYPE, SkEd25519Key, ssh_string
 from signer.errors import ConfigError
 
 __all__ = ["PREFIX", "AgentSigner"]
@@ -43,10 +43,6 @@ _REQUEST_IDENTITIES, _IDENTITIES_ANSWER = 11, 12
 _SIGN_REQUEST, _SIGN_RESPONSE, _FAILURE = 13, 14, 5
 _MAX_MESSAGE = 256 * 1024
 _TIMEOUT = 120.0  # seconds: the agent may ask for a confirmation or a touch
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
 
 
 class _Reader:
@@ -102,7 +98,7 @@ class AgentSigner(ApprovalSigner):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(_TIMEOUT)
                 s.connect(self._socket)
-                s.sendall(_string(message))
+                s.sendall(ssh_string(message))
                 head = _recv(s, 4, end)
                 (n,) = struct.unpack(">I", head)
                 if not 1 <= n <= _MAX_MESSAGE:
@@ -132,7 +128,10 @@ class AgentSigner(ApprovalSigner):
 
     def sign(self, data: bytes) -> bytes:
         answer = self._call(
-            bytes([_SIGN_REQUEST]) + _string(self._blob) + _string(data) + struct.pack(">I", 0)
+            bytes([_SIGN_REQUEST])
+            + ssh_string(self._blob)
+            + ssh_string(data)
+            + struct.pack(">I", 0)
         )
         if answer[:1] == bytes([_FAILURE]):
             raise ConfigError("ssh-agent refused to sign (declined, or the key is locked)")

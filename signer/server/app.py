@@ -44,7 +44,6 @@ from grpc_reflection.v1alpha import reflection
 
 from signer import __version__
 from signer.bounds import RateLimit
-from signer.core import policy_log
 from signer.core.enforced import Enforced
 from signer.core.machine import Core
 from signer.errors import ConfigError, KeyNotFoundError, SignerError, TokenError
@@ -132,8 +131,7 @@ def _checked_policy(config: Config, token: Token, store: Store) -> Version:
     officers never approved, or an older version (rolled back) is refused."""
     with store.transaction() as tx:
         policy_admin.require_trusted(config, token, tx)
-        chain = policy_log.read_chain(tx)
-        in_force = policy_admin.checked_in_force(config, token, tx)
+        chain, in_force = policy_admin.checked_chain(config, token, tx)
     if in_force is not None and config.policy_hash != in_force.sha256:
         older = next((v for v in chain if v.sha256 == config.policy_hash), None)
         if older is not None:

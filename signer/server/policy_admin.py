@@ -40,6 +40,7 @@ from signer.token.hsm import Token
 __all__ = [
     "adopt",
     "check_config",
+    "checked_chain",
     "checked_in_force",
     "history",
     "propose",
@@ -76,9 +77,15 @@ def require_trusted(config: Config, token: Token, tx: Tx) -> Checkpointer:
 def checked_in_force(config: Config, token: Token, tx: Tx) -> Version | None:
     """The version in force: the chain walked from version 1, and reaching the version
     the token records (`policy_head`)."""
+    return checked_chain(config, token, tx)[1]
+
+
+def checked_chain(config: Config, token: Token, tx: Tx) -> tuple[list[Version], Version | None]:
+    """The chain the log holds (oldest first), and the version in force, as
+    `checked_in_force` finds it."""
     chain = policy_log.read_chain(tx)
     policy_head.require(chain, policy_head.read(token, config.audit_key))
-    return check_chain(chain) if chain else None
+    return chain, check_chain(chain) if chain else None
 
 
 def history(config_path: Path) -> list[tuple[Version, tuple[str, ...], dt.datetime]]:
