@@ -9,6 +9,7 @@ the server's output if it exits or never gets there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,3 +124,6 @@ def running(env: Env) -> Iterator[Running]:
     finally:
         clients.close()
         server.stop()
+
+
+serving = contextlib.contextmanager(running)  # `with serving(env) as r:`

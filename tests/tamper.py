@@ -36,7 +36,7 @@ from testbed.clients import Clients
 from testbed.commands import SIGNER, run
 from testbed.env import _PG_CONNECTIONS, Db, Env, make_env
 from testbed.pg import PgServer
-from testbed.process import Running, running
+from testbed.process import Running, serving
 from tests.harness import audit_events, ok
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 DENIED = types_pb2.REQUEST_STATE_DENIED
-serving = contextlib.contextmanager(running)
 
 # SQLite: the append-only triggers, dropped before an edit. PostgreSQL: the tables
 # whose user triggers are disabled for the edit (and enabled again after it).

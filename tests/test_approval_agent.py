@@ -32,12 +32,10 @@ from signer.errors import ConfigError, EnvelopeError, VerificationError
 from signer.model import State
 from testbed.commands import APPROVER, run
 from testbed.env import Env
-from testbed.process import running
+from testbed.process import serving
 from tests.fakes import World
 from tests.harness import ok, refused
 from tests.tamper import alice_signs_and_the_log_verifies
-
-serving = contextlib.contextmanager(running)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ of a signing key, each get a clear error."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 from pathlib import Path
 
@@ -26,11 +25,10 @@ from signer.tls import write_private
 from signer.token import softhsm
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
-from testbed.process import running
+from testbed.process import serving
 from tests.harness import ok, refused
 from tests.tamper import alice_signs_and_the_log_verifies
 
-serving = contextlib.contextmanager(running)
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 

@@ -48,6 +48,7 @@ from signer.core.enforced import Enforced
 from signer.core.machine import Core
 from signer.errors import ConfigError, KeyNotFoundError, SignerError, TokenError
 from signer.model import KeySpec
+from signer.notify.dispatcher import Dispatcher
 from signer.policy_chain import Version
 from signer.server import openpgp_keys, policy_admin, policy_head
 from signer.server.admin import checkpointer_for, open_token
@@ -162,6 +163,7 @@ class Server:
     interceptor: AuthInterceptor | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _sweeper: Sweeper | None = None
+    dispatcher: Dispatcher | None = None
     _watcher: threading.Thread | None = None
     _follow_lock: threading.Lock = field(default_factory=threading.Lock)
     _not_followed: str = ""
@@ -200,6 +202,7 @@ class Server:
             core.reconcile_freezes()
             if metrics is not None:
                 core.events.subscribe(metrics.on_event)
+            dispatcher = _dispatcher(config, store, core, metrics)
             # Replicas on one database hear each other's changes through the store.
             store.subscribe(core.notifier.publish)
             server, port, oidc_port, health_servicer, interceptor = _grpc_server(config, core)
@@ -244,6 +247,7 @@ class Server:
             health_servicer,
             watch=watch,
             interceptor=interceptor,
+            dispatcher=dispatcher,
         )
 
         def follow(version: Version) -> None:
@@ -302,6 +306,8 @@ class Server:
         self.grpc_server.start()
         self._sweeper = Sweeper(self.core)
         self._sweeper.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
         self._watcher = threading.Thread(target=self._watch_token, name="token-watch", daemon=True)
         self._watcher.start()
         log.info(
@@ -362,12 +368,34 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.stop()
         self.grpc_server.stop(grace).wait()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
         self.token.close()
+
+
+def _dispatcher(
+    config: Config, store: Store, core: Core, metrics: Metrics | None
+) -> Dispatcher | None:
+    """The webhooks' dispatcher, woken by every event of the core (None: no [notify])."""
+    if config.notify is None:
+        return None
+    dispatcher = Dispatcher(
+        store,
+        config.notify.sinks,
+        config.audit_origin,
+        retry_min=config.notify.retry_min,
+        retry_max=config.notify.retry_max,
+        give_up_after=config.notify.give_up_after,
+        outcome=metrics.notified if metrics is not None else None,
+    )
+    dispatcher.prime()  # told of everything from here on
+    core.events.subscribe(dispatcher.poke)
+    return dispatcher
 
 
 def no_core_dumps() -> None:

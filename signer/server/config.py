@@ -29,6 +29,7 @@ from signer.encoding import canonical_json
 from signer.errors import ConfigError
 from signer.parsing import parse_address, read_secret
 from signer.server._config_reader import _SECOND, _duration_of, _Reader
+from signer.server.notify_config import NotifyConfig, notify_config
 from signer.server.policy_config import (
     IssuerConfig,
     _access,
@@ -114,6 +115,7 @@ class Config:
     policy_threshold: int = 1
     client_ca_sha256: str = ""  # the client CA's contents: who can be any mTLS identity
     revoked: tuple[Revocation, ...] = ()  # signing keys no longer trusted, and since when
+    notify: NotifyConfig | None = None  # the webhooks told of events (no part of the policy)
 
     @property
     def store_path(self) -> Path:
@@ -194,6 +196,7 @@ def load_config(path: Path) -> Config:
         "oidc",
         "policy",
         "revoked",
+        "notify",
     )
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
@@ -256,6 +259,7 @@ def load_config(path: Path) -> Config:
         policy_threshold=officers_threshold,
         client_ca_sha256=_file_sha256(top.sub("server"), "client_ca", server.client_ca),
         revoked=_revoked(path, raw.get("revoked", []), keys, dt.datetime.now(dt.UTC)),
+        notify=notify_config(top.sub("notify", required=False), keys),
     )
 
 

@@ -69,6 +69,7 @@ class _Collector(Collector):
             with self._store.transaction() as tx:
                 counts = tx.count_by_state()
                 size = tx.tree_size()
+                outbox = tx.outbox_counts()
         except Exception:  # noqa: BLE001 (a scrape reports the store down, never fails)
             up.add_metric([], 0)
             yield up
@@ -87,6 +88,21 @@ class _Collector(Collector):
                 value=counts.get(State.PENDING.value, 0),
             )
             yield GaugeMetricFamily("signer_audit_entries", "Entries in the audit log", value=size)
+            waiting = GaugeMetricFamily(
+                "signer_notifications_waiting",
+                "Notifications not yet delivered, by webhook",
+                labels=["sink"],
+            )
+            given_up = GaugeMetricFamily(
+                "signer_notifications_given_up",
+                "Notifications given up after failing for notify.give_up_after, by webhook",
+                labels=["sink"],
+            )
+            for sink, (w, g) in sorted(outbox.items()):
+                waiting.add_metric([sink], w)
+                given_up.add_metric([sink], g)
+            yield waiting
+            yield given_up
         yield CounterMetricFamily(
             "signer_token_errors", "Token calls that failed", value=self._token.errors
         )
@@ -136,6 +152,12 @@ class Metrics:
             "Checkpoints refused: the stored audit log does not extend the token's tree head",
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "signer_notifications",
+            "Webhook deliveries tried by this replica, by webhook, event and result",
+            ["sink", "event", "result"],
+            registry=self.registry,
+        )
         self.registry.register(_Collector(store, token))
         self._http: WSGIServer | None = None
 
@@ -149,6 +171,11 @@ class Metrics:
             self.sign_failures.inc()
         elif event.kind is Kind.REJECTED:
             self.rejected_calls.labels(reason=event.details.get("reason") or "UNKNOWN").inc()
+
+    def notified(self, sink: str, event: str, delivered: bool) -> None:
+        """One webhook delivery tried (`signer.notify.Dispatcher`'s outcome hook)."""
+        result = "delivered" if delivered else "failed"
+        self.notifications.labels(sink=sink, event=event, result=result).inc()
 
     def audit_head_refused(self, reason: str) -> None:
         self.head_refusals.inc()

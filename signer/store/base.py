@@ -29,7 +29,16 @@ from typing import Any
 from signer.audit.entry import AuditEntry
 from signer.model import Approval, Request, State
 
-__all__ = ["MAX_AUDIT_ENTRY_BYTES", "PAGE_BYTES", "AuditFilter", "FrozenKey", "Store", "Tx"]
+__all__ = [
+    "MAX_AUDIT_ENTRY_BYTES",
+    "PAGE_BYTES",
+    "AuditFilter",
+    "AuditHead",
+    "FrozenKey",
+    "OutboxItem",
+    "Store",
+    "Tx",
+]
 
 # The largest entry the limits allow (request.created of 10,000 digests with
 # 512-character names in 4-byte UTF-8, full context and payload) is about 23 MB.
@@ -46,6 +55,25 @@ class FrozenKey:
     officer: str
     reason: str
     frozen_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """What an audit entry is about, read without the entry itself."""
+
+    index: int
+    event: str
+    key_name: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One notification of one sink still to be delivered: the audit entry at `index`."""
+
+    sink: str
+    index: int
+    attempts: int  # deliveries tried and failed so far
+    created: dt.datetime  # when it was put in the outbox
 
 
 @dataclass(frozen=True)
@@ -204,6 +232,43 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     def signed_entry(self, request_id: str) -> int | None:
         """Index of the request.signed entry of a request."""
+
+    @abc.abstractmethod
+    def audit_heads(self, after: int, limit: int) -> list[AuditHead]:
+        """Index, event and key of the entries after `after`, oldest first."""
+
+    # -- the notification outbox (`signer.notify`) ----------------------------------------
+
+    @abc.abstractmethod
+    def outbox_cursor(self, sink: str) -> int | None:
+        """The last audit index `sink`'s notifications were taken from (None: never)."""
+
+    @abc.abstractmethod
+    def set_outbox_cursor(self, sink: str, after: int) -> None: ...
+
+    @abc.abstractmethod
+    def enqueue(self, sink: str, indexes: list[int], now: dt.datetime) -> None:
+        """Put the entries at `indexes` in `sink`'s outbox, due now (each at most once)."""
+
+    @abc.abstractmethod
+    def claim(
+        self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int
+    ) -> list[OutboxItem]:
+        """Take up to `limit` due items no one holds, for `owner` until `lease_until`."""
+
+    @abc.abstractmethod
+    def delivered(self, item: OutboxItem, owner: str) -> bool:
+        """Remove a delivered item if `owner` still holds it; whether it did."""
+
+    @abc.abstractmethod
+    def retry_later(
+        self, item: OutboxItem, owner: str, due: dt.datetime, error: str, dead: bool
+    ) -> None:
+        """Record a failed delivery: tried again at `due`, or never (`dead`: kept, given up)."""
+
+    @abc.abstractmethod
+    def outbox_counts(self) -> dict[str, tuple[int, int]]:
+        """Per sink: (items waiting, items given up)."""
 
 
 class Store(abc.ABC):

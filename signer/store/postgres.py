@@ -34,7 +34,7 @@ import structlog
 
 from signer.errors import StoreError
 from signer.store.base import Store, Tx
-from signer.store.schema import Dialect, frozen_keys, pending, tables
+from signer.store.schema import Dialect, frozen_keys, outbox, pending, tables
 from signer.store.sql import SqlTx
 
 __all__ = ["PostgresStore", "redact"]
@@ -80,10 +80,11 @@ BEGIN PERFORM pg_notify('signer_requests', NEW.id); RETURN NULL; END $$;
 CREATE TRIGGER requests_notify AFTER INSERT OR UPDATE ON requests
     FOR EACH ROW EXECUTE FUNCTION signer_notify();
 """
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, tables(_DIALECT, with_v2_columns=True) + _FUNCTIONS_AND_TRIGGERS),
     (2, frozen_keys(_DIALECT)),  # v2: the keys an officer froze
+    (3, outbox(_DIALECT)),  # v3: notifications still to deliver
 )
 
 

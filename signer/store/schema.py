@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from signer.errors import StoreError
 
-__all__ = ["Dialect", "frozen_keys", "pending", "tables"]
+__all__ = ["Dialect", "frozen_keys", "outbox", "pending", "tables"]
 
 # Columns added to `requests` after the first SQLite schema (the OIDC caller, a DSSE payload).
 _REQUEST_V2 = """    caller TEXT,
@@ -29,6 +29,27 @@ CREATE TABLE frozen_keys (
     officer TEXT NOT NULL,
     reason TEXT NOT NULL,
     frozen_at {time} NOT NULL
+)
+"""
+
+# v4 (PostgreSQL v3): the notifications still to deliver, and how far each sink has read.
+_OUTBOX = """
+CREATE TABLE outbox (
+    sink TEXT NOT NULL,
+    idx {big} NOT NULL,
+    created {time} NOT NULL,
+    due {time} NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until {time} NOT NULL DEFAULT '',
+    last_error TEXT NOT NULL DEFAULT '',
+    dead INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sink, idx)
+);
+CREATE INDEX outbox_due ON outbox (dead, due);
+CREATE TABLE outbox_cursors (
+    sink TEXT PRIMARY KEY,
+    after_idx {big} NOT NULL
 )
 """
 
@@ -120,6 +141,11 @@ def tables(dialect: Dialect, *, with_v2_columns: bool) -> str:
 def frozen_keys(dialect: Dialect) -> str:
     """The CREATE statement of the v3 `frozen_keys` table."""
     return _FROZEN_KEYS.format(big=dialect.big, time=dialect.time)
+
+
+def outbox(dialect: Dialect) -> str:
+    """The CREATE statements of the outbox tables (SQLite v4, PostgreSQL v3)."""
+    return _OUTBOX.format(big=dialect.big, time=dialect.time)
 
 
 def pending(

@@ -23,6 +23,7 @@ from signer.encoding import canonical_json, format_time, parse_time
 from signer.errors import StoreError, TooLargeError
 from signer.model import Approval, Digest, Request, State, TokenCaller
 from signer.store.base import MAX_AUDIT_ENTRY_BYTES, AuditFilter, FrozenKey, Tx
+from signer.store.sql_outbox import OutboxQueries
 
 __all__ = ["SqlTx"]
 
@@ -51,7 +52,7 @@ def _digests(stored: str) -> tuple[Digest, ...]:
     return parsed
 
 
-class SqlTx(Tx):
+class SqlTx(OutboxQueries, Tx):
     """The store's queries in SQL both SQLite and PostgreSQL run; `?` marks a parameter.
 
     A backend gives `_rows` and `_run` (and `_run_many`) over its own connection.

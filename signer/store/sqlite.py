@@ -20,12 +20,12 @@ from typing import Any
 
 from signer.errors import StoreError
 from signer.store.base import Store, Tx
-from signer.store.schema import Dialect, frozen_keys, pending, tables
+from signer.store.schema import Dialect, frozen_keys, outbox, pending, tables
 from signer.store.sql import SqlTx
 
 __all__ = ["SqliteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # v2: the OIDC caller (issuer, claims, barred approvers) and a DSSE payload per request.
 _SCHEMA_V2 = """
 ALTER TABLE requests ADD COLUMN caller TEXT;
@@ -54,7 +54,12 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 _SCHEMA = tables(_DIALECT, with_v2_columns=False) + _TRIGGERS
-_MIGRATIONS = ((1, _SCHEMA), (2, _SCHEMA_V2), (3, frozen_keys(_DIALECT)))
+_MIGRATIONS = (
+    (1, _SCHEMA),
+    (2, _SCHEMA_V2),
+    (3, frozen_keys(_DIALECT)),
+    (4, outbox(_DIALECT)),
+)
 
 
 class SqliteStore(Store):
