@@ -12,6 +12,7 @@ and signing a decision on what was shown is `approver.decide`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import sys
@@ -25,6 +26,7 @@ from approver.decide import approval_key, decide, token_pin, unshowable
 from approver.errors import ApproverError
 from approver.policy import policy
 from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
+from approver.watch import watch
 from signer import __version__
 from signer.approval.files import generate
 from signer.approval.token_uri import ALGORITHMS_IN_TOKENS, TokenKeyUri
@@ -180,6 +182,23 @@ def list_(profile_path: Path | None, server: str | None, state: str, as_json: bo
             for d in rows
         ],
     )
+
+
+@main.command("watch")
+@profile_opt
+@server_opt
+@json_opt
+@handle_errors
+def watch_(profile_path: Path | None, server: str | None, as_json: bool) -> None:
+    """Show, live, the requests waiting for your decision (Ctrl-C ends it).
+
+    In a terminal, a table redrawn as requests come and go; in a pipe or a log, one
+    line per change ("waiting ID ...", then "signed ID", "denied ID", "decided ID"),
+    or one JSON object per line with --json.
+    """
+    profile = load_profile(profile_path, server)
+    with contextlib.suppress(KeyboardInterrupt):
+        watch(profile, as_json)
 
 
 @main.command()

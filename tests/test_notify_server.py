@@ -8,16 +8,22 @@ and a Slack form whose URL is a secret in a file, told only of signatures.
 from __future__ import annotations
 
 import os
+import queue
+import signal
+import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from approver.watch import Board
 from signer.errors import ConfigError
 from signer.notify import webhook
 from signer.server.config import load_config
 from signer.tls import write_private
+from testbed.commands import APPROVER
 from testbed.env import Env
 from testbed.process import serving
 from tests.config_files import root as root  # a fixture
@@ -136,3 +142,83 @@ def test_webhook_secrets_are_read_from_private_files(root: Path) -> None:
     sinks = load_config(write_config(root, cfg)).notify
     assert sinks is not None and sinks.sinks[0].url.endswith("very-secret")
     assert "very-secret" not in repr(sinks)
+
+
+# -- approver watch ----------------------------------------------------------------------------
+
+
+class Lines:
+    """The stdout lines of a running command, read as they come."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def next(self, timeout: float = 20) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no line within the time") from None
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=20)
+
+
+@pytest.mark.sqlite_only("the stream and the client are tested; the store plays no part")
+def test_approver_watch_shows_what_waits_for_you(fresh_env: Env) -> None:
+    """bob's watch prints a request the moment it waits, again when alice approves, and
+    its quorum and signature once bob's own approval completes it; Ctrl-C ends the watch
+    with exit 0 (the stream has no deadline: the server's own bound ends it)."""
+    with serving(fresh_env) as r:
+        args = [*APPROVER, "watch", "--profile", str(fresh_env.profile_path("bob"))]
+        out = Lines(args)
+        try:
+            request = r.clients.create()
+            first = out.next()
+            r.clients.approve("alice", request)
+            second = out.next()
+            r.clients.approve("bob", request)
+            third, fourth = out.next(), out.next()
+        finally:
+            code = out.interrupt()
+    assert first.startswith(f"waiting {request.id} key=release requester=ci approvals=0/2")
+    assert second.startswith(f"waiting {request.id} key=release requester=ci approvals=1/2")
+    assert (third, fourth) == (f"approved {request.id}", f"signed {request.id}")
+    assert code == 0
+
+
+def _summary(
+    rid: str, state: str = "PENDING", requester: str = "ci", *approvers: str
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "state": state,
+        "key_name": "release",
+        "requester": requester,
+        "threshold": 2,
+        "digest_count": 1,
+        "context": {"repository": "org/app"},
+        "expire_time": "2026-01-01T00:00:00Z",
+        "approvals": [{"approver": a, "decision": "approve"} for a in approvers],
+    }
+
+
+def test_a_watch_shows_only_what_waits_for_this_officer() -> None:
+    """Not a request bob made, not one he decided (said once, "decided"), and a request
+    that did not change says nothing."""
+    board = Board("bob")
+    assert board.update(_summary("r1")) is not None
+    assert board.update(_summary("r1")) is None
+    assert board.update(_summary("r2", "PENDING", "bob")) is None
+    assert board.update(_summary("r1", "PENDING", "ci", "bob")) == "decided r1"
+    assert board.update(_summary("r1", "PENDING", "ci", "bob")) is None
+    assert board.update(_summary("r1", "SIGNED", "ci", "bob", "alice")) == "signed r1"
+    assert board.update(_summary("r3", "SIGNED")) is None
+    assert list(board.waiting) == []

@@ -162,8 +162,10 @@ class _Base:
     ) -> dt.timedelta:
         budget = min(requested or self.max_wait, self.max_wait)
         remaining = context.time_remaining()
-        if remaining is not None:  # answer before the client's deadline
-            budget = min(budget, dt.timedelta(seconds=max(remaining - 0.5, 0)))
+        # Answer before the client's deadline; a call without one reports a remaining
+        # time too large for a timedelta (it is not a deadline at all).
+        if remaining is not None and remaining < budget.total_seconds() + 0.5:
+            budget = dt.timedelta(seconds=max(remaining - 0.5, 0))
         return budget
 
 
