@@ -94,7 +94,7 @@ def loads(start: str) -> tuple[frozenset[str], frozenset[str]]:
 RPC = {"grpc", "grpc_status", "grpc_health", "grpc_reflection"}
 DRIVERS = {"sqlite3", "psycopg", "psycopg_pool"}
 TOOLKITS = {"click", "rich"}
-SERVER_SIDE = {"signer.server", "signer.core", "signer.store", "signer.token"}
+SERVER_SIDE = {"signer.server", "signer.core", "signer.store", "signer.token", "signer.notify"}
 ANY_DRIVER = DRIVERS | {"pkcs11"}
 OFFLINE = RPC | DRIVERS | TOOLKITS | {"pkcs11"}
 SHARED = {  # the domain modules at the top, used by every side
@@ -118,6 +118,11 @@ POLICY_MODEL = {"signer.core", "signer.core.policy", "signer.core.rules", "signe
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "signer.core": (OFFLINE, {"signer.server", "signer.token", "signer.client", "signer.cli"}),
     "signer.client": (ANY_DRIVER | TOOLKITS, SERVER_SIDE | {"signer.cli"}),
+    # Notifications read the log through the store's port, never the core or the edge.
+    "signer.notify": (
+        OFFLINE,
+        {"signer.server", "signer.core", "signer.token", "signer.client", "signer.cli"},
+    ),
     "signer.sslib": (ANY_DRIVER | TOOLKITS, SERVER_SIDE | {"signer.cli"}),
     # The officer's own token (`signer.token.approval`): the one server-side package the
     # approver may load, and through it PKCS#11.

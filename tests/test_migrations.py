@@ -67,7 +67,7 @@ def test_a_first_schema_sqlite_file_is_upgraded_and_its_requests_read(tmp_path: 
             r = tx.get_request(_RID)
     finally:
         store.close()
-    assert _versions(Db(f"sqlite:///{path}")) == [1, 2, 3]
+    assert _versions(Db(f"sqlite:///{path}")) == [1, 2, 3, 4]
     assert r is not None and r.state is State.PENDING
     assert (r.caller, r.payload_type, r.payload) == (None, "", b"")
     assert r.digests[0].artifact == "app.tar" and r.context == {"commit": "abc"}

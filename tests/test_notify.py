@@ -29,9 +29,9 @@ from signer.notify.webhook import Sink
 from testbed.commands import wait_until
 from testbed.env import Db
 from testbed.pg import PgServer
+from testbed.webhook_sink import WebhookSink
 from tests.core_world import world
 from tests.fakes import World, make_world, sha256_digest
-from tests.webhook_sink import WebhookSink
 
 __all__ = ["world"]
 

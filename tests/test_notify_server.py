@@ -26,9 +26,9 @@ from signer.tls import write_private
 from testbed.commands import APPROVER
 from testbed.env import Env
 from testbed.process import serving
+from testbed.webhook_sink import WebhookSink
 from tests.config_files import root as root  # a fixture
 from tests.config_files import set_value, valid_config, write_config
-from tests.webhook_sink import WebhookSink
 
 SECRET = "s" * 40
 

@@ -51,6 +51,7 @@ class Dispatcher:
         *,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         poll: float = 0.5,
+        gather: float = 0.02,
         batch: int = 64,
         retry_min: dt.timedelta = dt.timedelta(seconds=1),
         retry_max: dt.timedelta = dt.timedelta(minutes=5),
@@ -61,7 +62,7 @@ class Dispatcher:
     ) -> None:
         self.store, self.origin, self.clock = store, origin, clock
         self.sinks = {s.name: s for s in sinks}
-        self.poll, self.batch = poll, batch
+        self.poll, self.batch, self.gather = poll, batch, gather
         self.retry_min, self.retry_max, self.give_up_after = retry_min, retry_max, give_up_after
         self.outcome = outcome
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -102,7 +103,11 @@ class Dispatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.poll)
+            if self._wake.wait(self.poll):
+                # Events come in bursts (a decision, its quorum, its signature): gather
+                # them into one round, so the outbox costs a few commits a second at
+                # most, whatever the rate of requests.
+                self._stop.wait(self.gather)
             self._wake.clear()
             try:
                 while self.round() and not self._stop.is_set():

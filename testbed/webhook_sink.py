@@ -1,4 +1,4 @@
-"""A webhook receiver on 127.0.0.1 for the notification tests.
+"""A webhook receiver on 127.0.0.1 for the notification tests and benchmark.
 
 Records every POST (headers and body) in a queue; `fail_next(n)` answers the next
 `n` with HTTP 503, `hold()` keeps answers back until `release()`, and `stop()` /
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = ["Received", "WebhookSink"]
 class Received:
     headers: dict[str, str]
     body: bytes
+    at: float  # time.time() when it arrived
 
     @property
     def json(self) -> Any:
@@ -59,7 +61,7 @@ class WebhookSink:
                 if failing:
                     self.send_response(503)
                 else:
-                    sink.received.put(Received(dict(self.headers.items()), body))
+                    sink.received.put(Received(dict(self.headers.items()), body, time.time()))
                     self.send_response(204)
                 self.end_headers()
 
