@@ -111,7 +111,13 @@ SHARED = {  # the domain modules at the top, used by every side
 
 # The core's policy model and rules: pure, shared with the offline verifiers (the only
 # modules of a forbidden package a layer may load).
-POLICY_MODEL = {"signer.core", "signer.core.policy", "signer.core.rules", "signer.core.windows"}
+POLICY_MODEL = {
+    "signer.core",
+    "signer.core.policy",
+    "signer.core.rules",
+    "signer.core.windows",
+    "signer.core.limits",
+}
 
 # module or package -> (outside packages it must not load, project packages it must not load);
 # a package's rule holds for every module in it.

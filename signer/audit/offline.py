@@ -47,6 +47,7 @@ from signer.audit import merkle
 from signer.audit.entry import EVENTS, AuditEntry
 from signer.audit.logdir import LogDir
 from signer.audit.note import Checkpoint, Verifier, open_checkpoint
+from signer.core.limits import SignedCounts
 from signer.core.policy import KeyPolicy, Revocation, revocations_of
 from signer.core.rules import Ask
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
@@ -251,6 +252,7 @@ class _Request:
     # approver -> the key their approval verified with, or None when the policy in force
     # then did not let them approve (the core would have refused it: it never counts)
     approvals: dict[str, ApprovalKey | None] = dataclasses.field(default_factory=dict)
+    approved_at: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)  # log times
     denied: bool = False
     signed: bool = False
     ended: str = ""  # the event that ended it unsigned: cancelled, expired or failed
@@ -273,7 +275,7 @@ class _Request:
             _payload(d),
         )
         payload_type = field(d, "payload_type", str, "details", "")
-        return request, Ask(e.actor, caller, _lifetime(e), payload_type, e.time)
+        return request, Ask(e.actor, caller, _lifetime(e), payload_type, e.time, len(digests))
 
     def binding(self, request_id: str) -> Binding:
         return Binding(request_id, self.key_name, self.key_id, self.digests, self.payload)
@@ -290,6 +292,7 @@ class _Semantics:
         self.chain: Version | None = None  # the policy version in force, once there is one
         self.openpgp_created: dict[str, int] = {}  # key id -> its OpenPGP creation time
         self.frozen: dict[str, int] = {}  # key name -> the index of the freeze in force
+        self.counts = SignedCounts()  # each key's recent signatures, for its limits
         self.proposals: dict[int, Proposal] = {}  # open proposals for the next version
         self.decided: dict[int, dict[str, str]] = {}  # proposal -> officer -> its decision
 
@@ -436,6 +439,7 @@ class _Semantics:
             raise ValueError(f"approval by {e.actor} after the request ended or twice")
         key = self._verify_envelope(e, r)
         r.approvals[e.actor] = key if self._key_policy(r.key_name).may_approve(e.actor) else None
+        r.approved_at[e.actor] = e.time
         self.report.approvals += 1
 
     def _request_denied(self, e: AuditEntry) -> None:
@@ -485,7 +489,8 @@ class _Semantics:
             )
         if key_id in self.policy.revoked:
             raise ValueError(f"signed with key {key_id[:16]}..., which the policy in force revokes")
-        if (outside := policy.signing_problem(e.time)) is not None:
+        usage = self.counts.usage(r.key_name, policy.windows, len(r.digests), e.time)
+        if (outside := policy.signing_problem(e.time, usage)) is not None:
             raise ValueError(f"signed at {e.time.isoformat()}, but {outside}")
         # As the core does at signing: an approval counts only under the approver key in
         # force now (a key rotated since the approval does not verify it any more).
@@ -496,6 +501,7 @@ class _Semantics:
             and policy.may_approve(a)
             and may_decide(a, r.requester, r.barred)
             and _same_key(self.policy.approver_keys.get(a), k)
+            and policy.approval_counts(r.approved_at[a], e.time)
         }
         problem = policy.quorum_problem(distinct_approvers(valid.items()))
         if problem is not None:
@@ -503,6 +509,7 @@ class _Semantics:
         if not set(named) <= set(valid):
             raise ValueError("the signed entry names approvers without a valid approval")
         r.signed = True
+        self.counts.add(r.key_name, e.time, len(r.digests))
         self.report.signed += 1
 
     def _verify_envelope(

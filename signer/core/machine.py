@@ -187,7 +187,7 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
         policy, spec = self._key(key_name, enforced)
         lifetime = intake.lifetime(ttl, policy)
         now = self.clock()
-        policy.check_request(Ask(actor, caller, lifetime, payload_type, now))
+        policy.check_request(Ask(actor, caller, lifetime, payload_type, now, len(digests)))
         intake.check_digests(digests, spec, self.limits)
         intake.check_context(context, self.limits)
         intake.check_payload(payload_type, payload, digests, spec, self.limits, now)

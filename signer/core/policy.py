@@ -11,6 +11,7 @@ state machine, the store or the token.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,8 @@ from typing import Any
 
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
 from signer.core import rules
+from signer.core.limits import FIELDS as LIMIT_FIELDS
+from signer.core.limits import KeyLimits, Usage, window_opened
 from signer.core.windows import Window
 from signer.encoding import format_time, parse_time
 from signer.errors import SignerError
@@ -47,6 +50,7 @@ _KEY_FIELDS = frozenset(
         "lift_freeze",
         "key_id",
         "windows",
+        *LIMIT_FIELDS,
     }
 )
 _REVOCATION_FIELDS = frozenset({"key_id", "at", "reason"})
@@ -135,6 +139,8 @@ class KeyPolicy:
     lift_freeze: int | None = None  # the audit index of the freeze this version lifts
     key_id: str = ""  # the token key that signs (hex SHA-256 of its SPKI); "": not pinned
     windows: tuple[Window, ...] = ()  # when it takes requests and signs (none: always)
+    # signature counts, approval age, holding requests made outside the windows
+    limits: KeyLimits = dataclasses.field(default_factory=KeyLimits)
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -168,13 +174,22 @@ class KeyPolicy:
                 return problem
         return None
 
-    def signing_problem(self, at: dt.datetime) -> str | None:
-        """Why the first rule keeps the token from signing at `at`, or None."""
+    def approval_counts(self, given: dt.datetime, at: dt.datetime) -> bool:
+        """Whether every rule lets an approval given at `given` count at `at`."""
+        return all(rule.approval_problem(self, given, at) is None for rule in rules.RULES)
+
+    def signing_problem(self, at: dt.datetime, usage: Usage | None = None) -> str | None:
+        """Why the first rule keeps the token from signing at `at`, or None; `usage` is the
+        key's count of signatures then (None: not known, counts unchecked)."""
         for rule in rules.RULES:
-            problem = rule.signing_problem(self, at)
+            problem = rule.signing_problem(self, at, usage)
             if problem is not None:
                 return problem
         return None
+
+    def window_opened(self, at: dt.datetime) -> dt.datetime | None:
+        """When the release window `at` is in opened (None: outside, or no windows)."""
+        return window_opened(self.windows, at)
 
     # -- the recorded form -------------------------------------------------------------------
 
@@ -196,6 +211,7 @@ class KeyPolicy:
             d["key_id"] = self.key_id
         if self.windows:  # absent: always (what policies recorded before it said)
             d["windows"] = [str(w) for w in self.windows]
+        d.update(self.limits.as_dict())  # each absent while unset
         return d
 
     @classmethod
@@ -221,6 +237,7 @@ class KeyPolicy:
             raise ValueError(
                 f"{where}.max_ttl_seconds must be from 1 to {int(MAX_TTL.total_seconds())}"
             )
+        windows = windows_of(strings(d, "windows", where, []), f"{where}.windows")
         return cls(
             name=field(d, "name", str, where),
             algorithm=_algorithm(d, where),
@@ -235,7 +252,8 @@ class KeyPolicy:
             payload_types=_payload_types(d, where),
             lift_freeze=_lift_freeze(d, where),
             key_id=_key_id(d, where),
-            windows=windows_of(strings(d, "windows", where, []), f"{where}.windows"),
+            windows=windows,
+            limits=KeyLimits.from_dict(d, where, windows),
         )
 
 

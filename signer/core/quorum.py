@@ -73,6 +73,7 @@ def quorum(
             a.decision != "approve"
             or not policy.may_approve(a.approver)
             or not request.may_decide(a.approver)
+            or not policy.approval_counts(a.created, now)
             or key is None
         ):
             continue

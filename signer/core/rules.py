@@ -5,7 +5,10 @@ override allows:
 
 - `check_request`, when a request is made: may this requester ask, and for so long?
 - `check_approver`, for each officer's decision: does this officer's decision count?
+- `approval_problem`, for each approval counted: does it still count now?
 - `quorum_problem`, before the token signs: are the approvals that count enough?
+- `signing_problem`, before the token signs and where it is recorded: may the key
+  sign now (its windows, its counts)? If not, the request waits, APPROVED.
 
 `KeyPolicy` applies every registered rule, in order. The core calls it when a
 request is created, when a decision arrives and before each signature; the
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from signer.bounds import echo
+from signer.core.limits import Usage
 from signer.core.windows import in_windows
 from signer.errors import InvalidArgumentError, PermissionDeniedError
 from signer.model import TokenCaller
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RULES",
+    "ApprovalAge",
     "Approvers",
     "Ask",
     "MaxTtl",
@@ -45,6 +50,7 @@ __all__ = [
     "ReleaseWindows",
     "Requesters",
     "Rule",
+    "SignatureLimits",
     "Threshold",
     "not_an_approver",
 ]
@@ -60,6 +66,7 @@ class Ask:
     lifetime: dt.timedelta | None = None
     payload_type: str = ""  # the format payload it carries; "" for plain digests
     at: dt.datetime | None = None  # when it is made (None: not known)
+    signatures: int | None = None  # how many it asks for (its digests)
 
 
 class Rule:
@@ -72,12 +79,21 @@ class Rule:
     def check_approver(self, policy: KeyPolicy, approver: str) -> None:
         """Refuse an officer whose decisions on `policy`'s key do not count."""
 
+    def approval_problem(
+        self, policy: KeyPolicy, given: dt.datetime, at: dt.datetime
+    ) -> str | None:
+        """Why an approval given at `given` no longer counts at `at`."""
+        return None
+
     def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
         """What `counted` (the distinct approvers of valid approvals) lacks to be a quorum."""
         return None
 
-    def signing_problem(self, policy: KeyPolicy, at: dt.datetime) -> str | None:
-        """Why the token may not sign for `policy`'s key at `at` (the request waits)."""
+    def signing_problem(
+        self, policy: KeyPolicy, at: dt.datetime, usage: Usage | None
+    ) -> str | None:
+        """Why the token may not sign for `policy`'s key at `at` (the request waits);
+        `usage` is the key's count of signatures then (None: not known)."""
         return None
 
 
@@ -161,6 +177,8 @@ class ReleaseWindows(Rule):
     signed when a window opens."""
 
     def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        if policy.limits.hold_outside_windows:
+            return  # taken, and signed in the next window
         if ask.at is not None and not in_windows(policy.windows, ask.at):
             raise PermissionDeniedError(
                 f"key {policy.name!r} takes requests only in its release windows "
@@ -168,7 +186,9 @@ class ReleaseWindows(Rule):
                 reason="OUTSIDE_RELEASE_WINDOW",
             )
 
-    def signing_problem(self, policy: KeyPolicy, at: dt.datetime) -> str | None:
+    def signing_problem(
+        self, policy: KeyPolicy, at: dt.datetime, usage: Usage | None
+    ) -> str | None:
         if in_windows(policy.windows, at):
             return None
         return (
@@ -177,11 +197,41 @@ class ReleaseWindows(Rule):
         )
 
 
+class SignatureLimits(Rule):
+    """A key signs at most so many signatures per request, in any 24 hours and in one
+    opening of a release window (`signer.core.limits`): a request that could never be
+    signed is refused; one that would go past a count waits until it allows."""
+
+    def check_request(self, policy: KeyPolicy, ask: Ask) -> None:
+        if ask.signatures is None:
+            return
+        if (problem := policy.limits.request_problem(policy.name, ask.signatures)) is not None:
+            raise PermissionDeniedError(problem, reason="OVER_SIGNATURE_LIMIT")
+
+    def signing_problem(
+        self, policy: KeyPolicy, at: dt.datetime, usage: Usage | None
+    ) -> str | None:
+        return None if usage is None else policy.limits.signing_problem(policy.name, usage)
+
+
+class ApprovalAge(Rule):
+    """An approval counts for the key's `approval_max_age` after it was given."""
+
+    def approval_problem(
+        self, policy: KeyPolicy, given: dt.datetime, at: dt.datetime
+    ) -> str | None:
+        if policy.limits.approval_counts(given, at):
+            return None
+        return f"given more than {policy.limits.approval_max_age} before"
+
+
 RULES: list[Rule] = [
     Requesters(),
     MaxTtl(),
     Payloads(),
     ReleaseWindows(),
+    SignatureLimits(),
     Approvers(),
+    ApprovalAge(),
     Threshold(),
 ]

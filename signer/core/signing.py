@@ -25,6 +25,7 @@ event hook). Upholds:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import threading
@@ -39,6 +40,8 @@ from signer.algorithms import KeyAlgorithm
 from signer.core.enforced import Enforced
 from signer.core.events import Event, Hook, Kind
 from signer.core.intake import Limits, check_payload, find_request
+from signer.core.limits import DAY, Usage
+from signer.core.policy import KeyPolicy
 from signer.core.quorum import quorum
 from signer.errors import InvalidArgumentError, TokenError, TooLargeError
 from signer.model import KeySpec, Request, State
@@ -131,6 +134,22 @@ class Signing:
                 done += 1
         return done
 
+    def _why_no_quorum(self, request: Request, enforced: Enforced) -> str:
+        """Why an approved request's quorum does not hold now (for its FAILED message)."""
+        policy = enforced.policies.get(request.key_name)
+        age = policy.limits.approval_max_age if policy is not None else None
+        if policy is not None and age is not None:
+            ageless = dataclasses.replace(
+                policy, limits=dataclasses.replace(policy.limits, approval_max_age=None)
+            )
+            policies = {**enforced.policies, request.key_name: ageless}
+            if self._quorum(request, dataclasses.replace(enforced, policies=policies)):
+                return (
+                    f"the quorum no longer holds: its approvals are older than the "
+                    f"approval_max_age of key {request.key_name!r} ({age}); ask again"
+                )
+        return "the quorum no longer holds under the loaded policy"
+
     def _sign(self, request_id: str) -> Request | None:
         """Sign an APPROVED request in the token and record it; one signer at a time.
 
@@ -152,14 +171,19 @@ class Signing:
             return None
         enforced = self.enforced  # one version throughout
         policy = enforced.policies.get(request.key_name)
-        if policy is not None and (why := policy.signing_problem(self.clock())) is not None:
+        if policy is not None and policy.limits.counted:
+            with self._tx() as tx:
+                usage = _usage(tx, policy, request, self.clock())
+        else:
+            usage = None
+        if policy is not None and (why := policy.signing_problem(self.clock(), usage)) is not None:
             # Kept APPROVED: `recover` (the sweeper, every second) signs it once it may.
             log.debug("request left approved", request_id=request_id, error=why)
             return None
         approvers = self._quorum(request, enforced)
         spec = enforced.keys.get(request.key_name)
         if approvers is None or spec is None:
-            self._fail(request, "the quorum no longer holds under the loaded policy")
+            self._fail(request, self._why_no_quorum(request, enforced))
             return None
         try:  # as at intake, for the key as this server loaded it (another replica's?)
             check_payload(
@@ -242,7 +266,8 @@ class Signing:
                 log.warning("request left approved: the policy in force changed meanwhile")
                 return None
             policy = enforced.policies.get(request.key_name)
-            if policy is not None and policy.signing_problem(now) is not None:
+            usage = _usage(tx, policy, request, now) if policy and policy.limits.counted else None
+            if policy is not None and policy.signing_problem(now, usage) is not None:
                 return None  # a window closed while the token signed: signed when one opens
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)
@@ -274,6 +299,16 @@ class Signing:
         self.events.emit(
             Event(Kind.FAILED, request.id, request.key_name, "signer", {"token": token})
         )
+
+
+def _usage(tx: Tx, policy: KeyPolicy, request: Request, now: dt.datetime) -> Usage:
+    """The key's count of signatures as a signature of `request` at `now` meets it."""
+    opened = policy.window_opened(now) if policy.limits.per_window is not None else None
+    return Usage(
+        len(request.digests),
+        tx.signatures_since(policy.name, now - DAY, inclusive=False),
+        tx.signatures_since(policy.name, opened, inclusive=True) if opened else 0,
+    )
 
 
 def _frozen(held: FrozenKey) -> str:

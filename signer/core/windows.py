@@ -98,6 +98,14 @@ class Window:
         clock = local.time().replace(tzinfo=None)
         return self.start <= clock and (clock < self.end or self.end == dt.time.max)
 
+    def opened(self, at: dt.datetime) -> dt.datetime | None:
+        """When this window, if `at` is in it, opened (UTC); None when `at` is outside."""
+        if not self.contains(at):
+            return None
+        zone = ZoneInfo(self.zone)
+        local = at.astimezone(zone)
+        return dt.datetime.combine(local.date(), self.start, tzinfo=zone).astimezone(dt.UTC)
+
     def __str__(self) -> str:
         end = "24:00" if self.end == dt.time.max else self.end.strftime("%H:%M")
         return f"{','.join(self.days)} {self.start.strftime('%H:%M')}-{end} {self.zone}"

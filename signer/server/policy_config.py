@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from signer.algorithms import ALGORITHMS
 from signer.approval import registry
 from signer.approval.keys import ApprovalKey
+from signer.core.limits import COUNTS, MAX_AGE, MAX_COUNT, KeyLimits
 from signer.core.policy import (
     MAX_REASON,
     ClaimRule,
@@ -40,6 +41,7 @@ from signer.core.policy import (
     key_id_problem,
     windows_of,
 )
+from signer.core.windows import Window
 from signer.encoding import parse_time
 from signer.errors import ConfigError
 from signer.formats import registry as formats
@@ -332,6 +334,11 @@ def _keys(
             "lift_freeze",
             "key_id",
             "windows",
+            "max_signatures_per_request",
+            "max_signatures_per_day",
+            "max_signatures_per_window",
+            "approval_max_age",
+            "outside_windows",
         )
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
@@ -386,8 +393,33 @@ def _keys(
             lift,
             key_id,
             windows,
+            _limits(k, windows),
         )
     return out
+
+
+def _limits(k: _Reader, windows: tuple[Window, ...]) -> KeyLimits:
+    """A key's signature counts, approval age and what happens outside its windows."""
+    counts: list[int | None] = []
+    for name in COUNTS:
+        value = k.get(name, int, None)
+        if value is not None and not 1 <= value <= MAX_COUNT:
+            raise k.error(name, f"must be from 1 to {MAX_COUNT}")
+        counts.append(value)
+    age = None
+    if "approval_max_age" in k.table:
+        age = _duration_of(k, "approval_max_age", "1h", dt.timedelta(minutes=1), MAX_AGE)
+    outside = k.get("outside_windows", str, "refuse")
+    if outside not in ("refuse", "hold"):
+        raise k.error("outside_windows", f"must be refuse or hold, not {outside!r}")
+    per_request, per_day, per_window = counts
+    limits = KeyLimits(
+        per_request, per_day, per_window, age, hold_outside_windows=outside == "hold"
+    )
+    if (problem := limits.windows_problem(windows)) is not None:
+        setting = problem.split(" ", 1)[0]
+        raise k.error(setting, problem.split(" ", 1)[1] + "; add `windows = [...]` to the key")
+    return limits
 
 
 def _revoked(

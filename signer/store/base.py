@@ -234,6 +234,10 @@ class Tx(abc.ABC):
         """Index of the request.signed entry of a request."""
 
     @abc.abstractmethod
+    def signatures_since(self, key_name: str, since: dt.datetime, *, inclusive: bool) -> int:
+        """Signatures `key_name` made after `since` (at or after, with `inclusive`)."""
+
+    @abc.abstractmethod
     def audit_heads(self, after: int, limit: int) -> list[AuditHead]:
         """Index, event and key of the entries after `after`, oldest first."""
 

@@ -32,7 +32,8 @@ CREATE TABLE frozen_keys (
 )
 """
 
-# v4 (PostgreSQL v3): the notifications still to deliver, and how far each sink has read.
+# v4 (PostgreSQL v3): the notifications still to deliver, how far each sink has read, and
+# the index that counts a key's recent signatures (its limits).
 _OUTBOX = """
 CREATE TABLE outbox (
     sink TEXT NOT NULL,
@@ -50,7 +51,8 @@ CREATE INDEX outbox_due ON outbox (dead, due);
 CREATE TABLE outbox_cursors (
     sink TEXT PRIMARY KEY,
     after_idx {big} NOT NULL
-)
+);
+CREATE INDEX requests_signed ON requests (key_name, state, updated)
 """
 
 _TABLES = """

@@ -310,6 +310,15 @@ class SqlTx(OutboxQueries, Tx):
             )
         ]
 
+    def signatures_since(self, key_name: str, since: dt.datetime, *, inclusive: bool) -> int:
+        # A SIGNED request's `updated` is when it was signed (its request.signed entry's time).
+        sql = (
+            "SELECT count(*) FROM signatures s JOIN requests r ON r.id = s.request_id "
+            "WHERE r.key_name = ? AND r.state = 'SIGNED' AND r.updated "
+        )
+        n = self._scalar(sql + (">= ?" if inclusive else "> ?"), (key_name, format_time(since)))
+        return int(n or 0)
+
     def ids_in_state(self, state: State) -> list[str]:
         return [
             r
