@@ -31,13 +31,15 @@ from tests.config_files import root as root  # a fixture
 from tests.config_files import set_value, valid_config, write_config
 
 SECRET = "s" * 40
+REQUESTS = ["request.waiting", "request.decision", "request.quorum", "request.signed"]
 
 
 @pytest.mark.sqlite_only("the server's wiring is tested; the outbox on both backends elsewhere")
 def test_a_running_server_tells_its_webhooks(fresh_env: Env) -> None:
     """Waiting, decisions, quorum and signature reach the JSON hook, HMAC-signed; the
-    Slack hook, whose URL is read from a file, hears only of the signature."""
-    generic, slack = WebhookSink(), WebhookSink()
+    Slack hook, whose URL is read from a file, hears only of the signature; the security
+    hook hears the alert raised by a requester new to the key."""
+    generic, slack, alerts = WebhookSink(), WebhookSink(), WebhookSink()
     root = fresh_env.config.parent
     write_private(root / "hook.key", SECRET.encode())
     write_private(root / "slack.url", slack.url.encode())
@@ -45,10 +47,12 @@ def test_a_running_server_tells_its_webhooks(fresh_env: Env) -> None:
     cfg["notify"] = {
         "retry_min": "1s",
         "webhooks": {
-            "oncall": {"url": generic.url, "secret_file": "hook.key"},
+            "oncall": {"url": generic.url, "secret_file": "hook.key", "events": REQUESTS},
             "chat": {"url_file": "slack.url", "form": "slack", "events": ["request.signed"]},
+            "security": {"url": alerts.url, "secret_file": "hook.key", "events": ["alert"]},
         },
     }
+    cfg["alerts"] = {"first_seen": ["requester"]}
     fresh_env.write_config(cfg, adopt=False)  # no part of the policy: no version to adopt
     try:
         with serving(fresh_env) as r:
@@ -58,9 +62,14 @@ def test_a_running_server_tells_its_webhooks(fresh_env: Env) -> None:
             r.clients.approve("bob", request)
             rest = [generic.take().json["event"] for _ in range(4)]
             told = slack.take()
+            alert = alerts.take().json
     finally:
         generic.close()
         slack.close()
+        alerts.close()
+    assert alert["event"] == "alert" and alert["alert"] == "first_seen"
+    assert alert["message"] == "requester ci on key release for the first time"
+    assert alert["request_id"] == request.id and alerts.nothing_more()
     assert waiting.json["event"] == "request.waiting"
     assert waiting.json["request_id"] == request.id
     assert webhook.verify(SECRET.encode(), waiting.headers["X-Signer-Signature"], waiting.body)

@@ -37,6 +37,9 @@ EVENTS = (
     "policy.approved",
     "policy.denied",
     "policy.adopted",
+    "alert.off_hours",
+    "alert.first_seen",
+    "alert.burst",
 )
 
 

@@ -35,6 +35,7 @@ class Kind(enum.StrEnum):
     CANCELLED = "request.cancelled"
     FAILED = "request.failed"
     REJECTED = "call.rejected"
+    ALERT = "alert"  # details: `alert`, its kind (`signer.core.alerts`)
 
 
 _TERMINAL = frozenset({Kind.SIGNED, Kind.DENIED, Kind.EXPIRED, Kind.CANCELLED, Kind.FAILED})

@@ -33,6 +33,8 @@ from signer.audit.checkpoint import Checkpointer
 from signer.audit.entry import AuditEntry
 from signer.bounds import echo
 from signer.core import intake, policy_log
+from signer.core.alert_watch import AlertWatch
+from signer.core.alerts import AlertRules
 from signer.core.audit_reader import AuditReader
 from signer.core.enforced import Enforced
 from signer.core.events import Event, Hook, Kind
@@ -72,7 +74,7 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class Core(Signing, Recording, AuditReader, PolicyDesk):
+class Core(Signing, Recording, AuditReader, PolicyDesk, AlertWatch):
     """The signing core over one store, one token and the loaded keys and policies."""
 
     def __init__(
@@ -96,8 +98,10 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
         policy_number: int = 0,
         policy_head: PolicyHead | None = None,
         on_policy_adopted: Callable[[Version], None] = lambda version: None,
+        alert_rules: AlertRules | None = None,
     ) -> None:
         self.store = store
+        self.alert_rules = alert_rules
         self.token = token
         self.enforced = Enforced(
             keys, policies, approver_keys, tuple(policy_officers), policy_sha256, policy_number
@@ -154,7 +158,7 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
 
     def _wake_waiters(self, event: Event) -> None:
         """Waiters hear of every change of a request (a quorum is told by its approval)."""
-        if event.request_id and event.kind not in (Kind.QUORUM, Kind.REJECTED):
+        if event.request_id and event.kind not in (Kind.QUORUM, Kind.REJECTED, Kind.ALERT):
             self.notifier.publish(event.request_id, terminal=event.terminal)
 
     def _tx(self) -> AbstractContextManager[Tx]:
@@ -457,6 +461,7 @@ class Core(Signing, Recording, AuditReader, PolicyDesk):
         if self.freeze_marks is not None:  # in the token too, once recorded (see `reconcile`)
             self.freeze_marks.mark(key_name, held.since_index)
         log.warning("key frozen", key_name=key_name, officer=actor, index=held.since_index)
+        self.events.emit(Event(Kind.ALERT, "", key_name, actor, {"alert": "frozen"}))
         return held
 
     def policy_chain(self) -> list[AuditEntry]:

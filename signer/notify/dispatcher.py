@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 
 from signer.audit.entry import AuditEntry
-from signer.notify.messages import event_of, notification
+from signer.notify.messages import alert_of, event_of, notification
 from signer.notify.webhook import DeliveryError, Sink, deliver
 from signer.store.base import AuditFilter, OutboxItem, Store, Tx
 
@@ -138,7 +138,8 @@ class Dispatcher:
                 wanted = [
                     h.index
                     for h in heads
-                    if (event := event_of(h.event)) is not None and sink.wants(event, h.key_name)
+                    if (event := event_of(h.event)) is not None
+                    and sink.wants(event, h.key_name, alert_of(h.event) is not None)
                 ]
                 tx.enqueue(sink.name, wanted, now)
                 tx.set_outbox_cursor(sink.name, heads[-1].index)

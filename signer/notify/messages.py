@@ -16,7 +16,7 @@ from typing import Any
 from signer.audit.entry import AuditEntry
 from signer.encoding import format_time
 
-__all__ = ["EVENTS", "Notification", "event_of", "notification", "slack_message"]
+__all__ = ["EVENTS", "Notification", "alert_of", "event_of", "notification", "slack_message"]
 
 SCHEMA = "signer.notification/v1"
 # Audit events notified, and the notification's name for each.
@@ -39,6 +39,13 @@ EVENTS = frozenset({*_NAMES.values(), "alert"})
 _MAX_TEXT = 512  # characters of any one text (a reason, a context value)
 _MAX_CONTEXT = 16  # context entries shown
 _MAX_DIGESTS = 5  # digests named (all are counted)
+
+
+def alert_of(audit_event: str) -> str | None:
+    """The alert an audit event is (`alert.KIND`, and a denial and a freeze), or None."""
+    if audit_event.startswith("alert."):
+        return audit_event.removeprefix("alert.")
+    return {"request.denied": "denied", "key.frozen": "frozen"}.get(audit_event)
 
 
 def event_of(audit_event: str) -> str | None:
@@ -163,6 +170,8 @@ def notification(entry: AuditEntry, key: str, origin: str) -> Notification:
         "summary": summary,
         **fields,
     }
+    if (alert := alert_of(entry.event)) is not None:
+        body["alert"] = alert
     return Notification(event, ident, summary, body)
 
 

@@ -49,10 +49,11 @@ class Sink:
     timeout: float = 5.0
     ca_file: str | None = None
 
-    def wants(self, event: str, key: str) -> bool:
+    def wants(self, event: str, key: str, alert: bool = False) -> bool:
         """Whether this sink is told of `event` on `key` (a key filter leaves the events
-        of no key, such as policy changes, to the event filter alone)."""
-        if self.events and event not in self.events:
+        of no key, such as policy changes, to the event filter alone); an `alert` (a
+        denial and a freeze are alerts too) reaches a sink that lists `alert`."""
+        if self.events and event not in self.events and not (alert and "alert" in self.events):
             return False
         return not (self.keys and key and key not in self.keys)
 

@@ -198,8 +198,10 @@ class Server:
                 policy_sha256=in_force.sha256,
                 policy_number=in_force.number,
                 policy_head=policy_head.TokenHead(token, config.audit_key),
+                alert_rules=config.alerts,
             )
             core.reconcile_freezes()
+            core.prime_alerts()  # alerts on the requests from here on
             if metrics is not None:
                 core.events.subscribe(metrics.on_event)
             dispatcher = _dispatcher(config, store, core, metrics)

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from signer.approval.keys import ApprovalKey
+from signer.core.alerts import AlertRules
 from signer.core.policy import KeyPolicy, Revocation
 from signer.encoding import canonical_json
 from signer.errors import ConfigError
 from signer.parsing import parse_address, read_secret
 from signer.server._config_reader import _SECOND, _duration_of, _Reader
-from signer.server.notify_config import NotifyConfig, notify_config
+from signer.server.notify_config import NotifyConfig, alert_rules, notify_config
 from signer.server.policy_config import (
     IssuerConfig,
     _access,
@@ -116,6 +117,7 @@ class Config:
     client_ca_sha256: str = ""  # the client CA's contents: who can be any mTLS identity
     revoked: tuple[Revocation, ...] = ()  # signing keys no longer trusted, and since when
     notify: NotifyConfig | None = None  # the webhooks told of events (no part of the policy)
+    alerts: AlertRules | None = None  # what is unusual (no part of the policy either)
 
     @property
     def store_path(self) -> Path:
@@ -197,6 +199,7 @@ def load_config(path: Path) -> Config:
         "policy",
         "revoked",
         "notify",
+        "alerts",
     )
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
@@ -260,6 +263,7 @@ def load_config(path: Path) -> Config:
         client_ca_sha256=_file_sha256(top.sub("server"), "client_ca", server.client_ca),
         revoked=_revoked(path, raw.get("revoked", []), keys, dt.datetime.now(dt.UTC)),
         notify=notify_config(top.sub("notify", required=False), keys),
+        alerts=alert_rules(top, keys),
     )
 
 

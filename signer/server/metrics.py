@@ -152,6 +152,12 @@ class Metrics:
             "Checkpoints refused: the stored audit log does not extend the token's tree head",
             registry=self.registry,
         )
+        self.alerts = Counter(
+            "signer_alerts",
+            "Alerts raised by this replica, by kind (off_hours, first_seen, burst, denied, frozen)",
+            ["kind"],
+            registry=self.registry,
+        )
         self.notifications = Counter(
             "signer_notifications",
             "Webhook deliveries tried by this replica, by webhook, event and result",
@@ -163,12 +169,16 @@ class Metrics:
 
     def on_event(self, event: Event) -> None:
         """The core's lifecycle events this replica counts."""
+        if event.kind is Kind.DENIED:
+            self.alerts.labels(kind="denied").inc()
         if event.kind is Kind.SIGNED:
             self.sign_seconds.observe(event.details["seconds"])
             self.batch_digests.observe(event.details["signatures"])
             self.signed.inc()
         elif event.kind is Kind.FAILED and event.details.get("token"):
             self.sign_failures.inc()
+        elif event.kind is Kind.ALERT:
+            self.alerts.labels(kind=event.details.get("alert") or "unknown").inc()
         elif event.kind is Kind.REJECTED:
             self.rejected_calls.labels(reason=event.details.get("reason") or "UNKNOWN").inc()
 

@@ -1,7 +1,8 @@
-"""The `[notify]` table: the webhooks told of requests, decisions, policy and alerts.
+"""The `[notify]` and `[alerts]` tables: the webhooks told of requests, decisions,
+policy and alerts, and what is unusual enough to alert on.
 
-Notifications are no part of the policy (they change nothing that is signed):
-an operator adds or moves a webhook with a restart. Secrets are never in the
+Neither is part of the policy (they change nothing that is signed): an operator
+adds or moves a webhook, or tunes an alert, with a restart. Secrets are never in the
 file: a sink's HMAC key, and a URL that is itself a secret (a Slack webhook's),
 are read from 0600 files named here. Plain HTTP is allowed only to this host.
 """
@@ -16,13 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from signer.core.alerts import SEEN, AlertRules
+from signer.core.policy import windows_of
 from signer.notify.messages import EVENTS
 from signer.notify.webhook import Sink
 from signer.parsing import read_secret
 from signer.server._config_reader import _SECOND, _duration_of, _Reader
 from signer.text import KEY_NAME
 
-__all__ = ["NotifyConfig", "notify_config"]
+__all__ = ["NotifyConfig", "alert_rules", "notify_config"]
 
 _MIN_SECRET = 32  # characters of an HMAC key
 
@@ -112,6 +115,37 @@ def _sink(r: _Reader, name: str, keys: Mapping[str, Any]) -> Sink:
         timeout=timeout.total_seconds(),
         ca_file=str(ca) if ca is not None else None,
     )
+
+
+def alert_rules(r: _Reader, keys: Mapping[str, Any]) -> AlertRules | None:
+    """The `[alerts]` table (None when absent: no alert watch)."""
+    if "alerts" not in r.table:
+        return None
+    a = r.sub("alerts")
+    a.only("first_seen", "burst_count", "burst_within", "burst_factor", "usual_hours")
+    first_seen = a.names("first_seen", SEEN)
+    for kind in first_seen:
+        if kind not in SEEN:
+            raise a.error("first_seen", f"{kind!r} is not one of {', '.join(SEEN)}")
+    count = a.get("burst_count", int, 10)
+    if not 1 <= count <= 1_000_000:
+        raise a.error("burst_count", "must be from 1 to 1000000")
+    within = _duration_of(a, "burst_within", "10m", _SECOND * 10, dt.timedelta(days=1))
+    factor = a.table.get("burst_factor", 3.0)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1 <= factor <= 1000:
+        raise a.error("burst_factor", "must be a number from 1 to 1000")
+    hours = a.sub("usual_hours", required=False)
+    usual = {}
+    for key in hours.table:
+        if key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise hours.error(key, f"is not a key{hint}")
+        try:
+            usual[key] = windows_of(hours.names(key), key)
+        except ValueError as e:
+            raise hours.error(key, str(e).removeprefix(key).lstrip(": ")) from None
+    return AlertRules(usual, frozenset(first_seen), count, within, float(factor))
 
 
 def _url_problem(url: str) -> str | None:

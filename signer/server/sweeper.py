@@ -1,7 +1,8 @@
-"""The background sweeper: expiry and recovery on a timer, whatever goes wrong.
+"""The background sweeper: expiry, recovery and alerts on a timer, whatever goes wrong.
 
-Every round it moves PENDING requests past their TTL to EXPIRED and signs
-APPROVED requests that a crash or an outage left unsigned (invariant 9). No
+Every round it moves PENDING requests past their TTL to EXPIRED, signs
+APPROVED requests that a crash or an outage left unsigned (invariant 9), and
+raises the alerts the new requests call for (`signer.core.alerts`). No
 exception ends it: a step that fails is logged with the exception's type and
 tried again on the next round, and one step's failure never skips the other.
 """
@@ -46,9 +47,11 @@ class Sweeper:
             self._thread.join(timeout=timeout)
 
     def sweep(self) -> None:
-        """One round: expire what is due, then sign what a crash left approved."""
+        """One round: expire what is due, sign what a crash left approved, and alert on
+        the requests made since the last round."""
         self._step("expire", self.core.expire_due)
         self._step("recover", lambda: self.core.recover(min_age=self.min_age))
+        self._step("alerts", self.core.raise_alerts)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -238,6 +238,16 @@ class Tx(abc.ABC):
         """Signatures `key_name` made after `since` (at or after, with `inclusive`)."""
 
     @abc.abstractmethod
+    def mark_seen(self, key_name: str, kind: str, value: str, index: int) -> bool:
+        """Record that `kind` `value` was seen on `key_name` (first at audit entry `index`);
+        whether it was the first time."""
+
+    @abc.abstractmethod
+    def created_since(self, key_name: str, since: dt.datetime, upto_request: str) -> int:
+        """Requests for `key_name` created at or after `since`, up to and including
+        `upto_request` in creation order (none made after it)."""
+
+    @abc.abstractmethod
     def audit_heads(self, after: int, limit: int) -> list[AuditHead]:
         """Index, event and key of the entries after `after`, oldest first."""
 

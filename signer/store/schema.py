@@ -33,7 +33,8 @@ CREATE TABLE frozen_keys (
 """
 
 # v4 (PostgreSQL v3): the notifications still to deliver, how far each sink has read, and
-# the index that counts a key's recent signatures (its limits).
+# the indexes that count a key's recent signatures (its limits) and requests (bursts), and
+# who and where each key has seen (alerts).
 _OUTBOX = """
 CREATE TABLE outbox (
     sink TEXT NOT NULL,
@@ -52,7 +53,15 @@ CREATE TABLE outbox_cursors (
     sink TEXT PRIMARY KEY,
     after_idx {big} NOT NULL
 );
-CREATE INDEX requests_signed ON requests (key_name, state, updated)
+CREATE INDEX requests_signed ON requests (key_name, state, updated);
+CREATE INDEX requests_key_created ON requests (key_name, created);
+CREATE TABLE seen (
+    key_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    first_index {big} NOT NULL,
+    PRIMARY KEY (key_name, kind, value)
+)
 """
 
 _TABLES = """

@@ -1,4 +1,5 @@
-"""The notification outbox's queries (`signer.notify`), in the SQL both backends speak.
+"""The notification outbox's queries (`signer.notify`), and the alert watch's
+(`signer.core.alerts`), in the SQL both backends speak.
 
 An item is one audit entry to be delivered to one sink. It is taken (`claim`)
 by one server for a lease and then removed (`delivered`) or put back due later
@@ -40,6 +41,23 @@ class OutboxQueries(abc.ABC):
                 (after, limit),
             )
         ]
+
+    def mark_seen(self, key_name: str, kind: str, value: str, index: int) -> bool:
+        if self._rows(
+            "SELECT 1 FROM seen WHERE key_name = ? AND kind = ? AND value = ?",
+            (key_name, kind, value),
+        ):
+            return False
+        self._run("INSERT INTO seen VALUES (?, ?, ?, ?)", (key_name, kind, value, index))
+        return True
+
+    def created_since(self, key_name: str, since: dt.datetime, upto_request: str) -> int:
+        rows = self._rows(
+            "SELECT count(*) FROM requests WHERE key_name = ? AND created >= ? "
+            "AND seq <= (SELECT seq FROM requests WHERE id = ?)",
+            (key_name, format_time(since), upto_request),
+        )
+        return int(rows[0][0]) if rows else 0
 
     def outbox_cursor(self, sink: str) -> int | None:
         rows = self._rows("SELECT after_idx FROM outbox_cursors WHERE sink = ?", (sink,))
