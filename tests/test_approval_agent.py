@@ -30,9 +30,12 @@ from signer.approval.sk_ed25519 import KEY_TYPE, USER_PRESENT, SkEd25519Key, sig
 from signer.approval.ssh_agent import AgentSigner
 from signer.errors import ConfigError, EnvelopeError, VerificationError
 from signer.model import State
+from signer.server.config import load_config
 from testbed.commands import APPROVER, run
 from testbed.env import Env
 from testbed.process import serving
+from tests.config_files import root as root  # a fixture
+from tests.config_files import valid_config, write_config
 from tests.fakes import World
 from tests.harness import ok, refused
 from tests.tamper import alice_signs_and_the_log_verifies
@@ -245,3 +248,29 @@ def test_weak_and_foreign_openssh_keys_are_refused(tmp_path: Path) -> None:
     for kind in ("sk-ecdsa-sha2-nistp256@openssh.com", "ssh-ed25519-cert-v01@openssh.com"):
         with pytest.raises(ValueError, match="an OpenSSH key for approvals is"):
             registry.key_from_openssh(f"{kind} {blob} officer".encode())
+
+
+def test_a_key_may_take_only_fido_approvals(world: World, root: Path) -> None:
+    """`approval_kinds = ["sk-ssh-ed25519"]`: alice's file key approval does not count
+    toward the quorum, carol's and bob's FIDO ones do; the config refuses such a key
+    while an approver holds another kind, naming the officer; the offline verifier
+    applies the same rule (tests/test_limits.py replays the log)."""
+    fido = {o: SoftKey() for o in ("bob", "carol")}
+    world.officers.update(fido)
+    keys = {**world.core.approver_keys, **{o: k.public_key() for o, k in fido.items()}}
+    policy = dataclasses.replace(world.policy, approval_kinds=("sk-ssh-ed25519",))
+    world.core.enforce(
+        dataclasses.replace(world.core.enforced, approver_keys=keys, policies={"release": policy})
+    )
+    r = world.create()
+    world.approve("alice", r)
+    assert world.approve("bob", r).state is State.PENDING  # alice's does not count
+    assert world.approve("carol", r).state is State.SIGNED
+    assert policy.as_dict()["approval_kinds"] == ["sk-ssh-ed25519"]
+    cfg = valid_config()
+    cfg["keys"]["release"]["approval_kinds"] = ["sk-ssh-ed25519"]
+    with pytest.raises(ConfigError, match="approver 'alice' has a key of kind ed25519"):
+        load_config(write_config(root, cfg))
+    cfg["keys"]["release"]["approval_kinds"] = ["yubikey"]
+    with pytest.raises(ConfigError, match="'yubikey' is not a kind; kinds: ecdsa-p256"):
+        load_config(write_config(root, cfg))

@@ -198,6 +198,16 @@ def test_audit_verify_replays_every_count(tmp_path: Path) -> None:
     )
 
 
+def test_audit_verify_counts_only_the_approval_kinds_a_key_takes(tmp_path: Path) -> None:
+    """A key that takes FIDO approvals only: Ed25519 approvals make no quorum offline."""
+    ok(_verify(tmp_path, "any", {}))
+    refused(
+        _verify(tmp_path, "fido", {"approval_kinds": ["sk-ssh-ed25519"]}),
+        "request.signed",
+        "valid distinct approvals",
+    )
+
+
 def test_audit_verify_refuses_an_approval_counted_past_its_age(tmp_path: Path) -> None:
     """Approvals logged seconds apart, signed an hour later: an age of two hours verifies;
     of ten minutes, the quorum lacks them."""

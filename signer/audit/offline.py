@@ -502,6 +502,7 @@ class _Semantics:
             and may_decide(a, r.requester, r.barred)
             and _same_key(self.policy.approver_keys.get(a), k)
             and policy.approval_counts(r.approved_at[a], e.time)
+            and policy.takes_kind(k.kind)
         }
         problem = policy.quorum_problem(distinct_approvers(valid.items()))
         if problem is not None:

@@ -50,6 +50,7 @@ _KEY_FIELDS = frozenset(
         "lift_freeze",
         "key_id",
         "windows",
+        "approval_kinds",
         *LIMIT_FIELDS,
     }
 )
@@ -141,6 +142,8 @@ class KeyPolicy:
     windows: tuple[Window, ...] = ()  # when it takes requests and signs (none: always)
     # signature counts, approval age, holding requests made outside the windows
     limits: KeyLimits = dataclasses.field(default_factory=KeyLimits)
+    # the approval-key kinds whose approvals count (none: any), e.g. FIDO keys only
+    approval_kinds: tuple[str, ...] = ()
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -173,6 +176,10 @@ class KeyPolicy:
             if problem is not None:
                 return problem
         return None
+
+    def takes_kind(self, kind: str) -> bool:
+        """Whether an approval made with a key of `kind` may count for this key."""
+        return not self.approval_kinds or kind in self.approval_kinds
 
     def approval_counts(self, given: dt.datetime, at: dt.datetime) -> bool:
         """Whether every rule lets an approval given at `given` count at `at`."""
@@ -211,6 +218,8 @@ class KeyPolicy:
             d["key_id"] = self.key_id
         if self.windows:  # absent: always (what policies recorded before it said)
             d["windows"] = [str(w) for w in self.windows]
+        if self.approval_kinds:  # absent: any kind
+            d["approval_kinds"] = sorted(self.approval_kinds)
         d.update(self.limits.as_dict())  # each absent while unset
         return d
 
@@ -254,6 +263,7 @@ class KeyPolicy:
             key_id=_key_id(d, where),
             windows=windows,
             limits=KeyLimits.from_dict(d, where, windows),
+            approval_kinds=tuple(strings(d, "approval_kinds", where, [])),
         )
 
 

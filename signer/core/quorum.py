@@ -75,6 +75,7 @@ def quorum(
             or not request.may_decide(a.approver)
             or not policy.approval_counts(a.created, now)
             or key is None
+            or not policy.takes_kind(key.kind)
         ):
             continue
         try:

@@ -339,6 +339,7 @@ def _keys(
             "max_signatures_per_window",
             "approval_max_age",
             "outside_windows",
+            "approval_kinds",
         )
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
@@ -394,8 +395,29 @@ def _keys(
             key_id,
             windows,
             _limits(k, windows),
+            _approval_kinds(k, approvers, approver_keys),
         )
     return out
+
+
+def _approval_kinds(
+    k: _Reader, approvers: tuple[str, ...], approver_keys: Mapping[str, ApprovalKey]
+) -> tuple[str, ...]:
+    """The approval-key kinds a key takes; every one of its approvers must hold one."""
+    kinds = k.names("approval_kinds", ())
+    known = sorted({kind.kind for kind in registry.KINDS})
+    for kind in kinds:
+        if kind not in known:
+            raise k.error("approval_kinds", f"{kind!r} is not a kind; kinds: {', '.join(known)}")
+    for officer in approvers if kinds else ():
+        kind = approver_keys[officer].kind
+        if kind not in kinds:
+            raise k.error(
+                "approval_kinds",
+                f"approver {officer!r} has a key of kind {kind}, which this key does not take; "
+                f"give them a key of a kind listed ({', '.join(kinds)}) or list theirs",
+            )
+    return tuple(kinds)
 
 
 def _limits(k: _Reader, windows: tuple[Window, ...]) -> KeyLimits:
