@@ -180,3 +180,35 @@ def test_zone_names_that_mean_the_host_are_refused() -> None:
     for zone in ("localtime", "posixrules", "Factory", "posix/Europe/Berlin", "right/UTC"):
         with pytest.raises(ValueError, match="is not a time zone"):
             Window.parse(f"Mon 09:00-17:00 {zone}")
+
+
+def test_a_held_request_can_be_called_off_by_its_requester(world: World) -> None:
+    """Approved after the window closed, the request waits; its requester cancels it,
+    and Monday's recovery signs nothing."""
+    _office_hours(world)
+    world.clock.advance(dt.timedelta(hours=12, minutes=30))  # Friday 16:34 in Berlin
+    request = world.create()
+    world.approve("alice", request)
+    world.clock.advance(dt.timedelta(minutes=40))
+    assert world.approve("bob", request).state is State.APPROVED
+    with pytest.raises(PermissionDeniedError, match="only the requester"):
+        world.core.cancel("carol", request.id, "not yours")
+    assert world.core.cancel("ci", request.id, "release moved").state is State.CANCELLED
+    world.clock.advance(dt.timedelta(days=2, hours=16))  # Monday 09:14
+    world.core.recover()
+    assert world.get(request.id).state is State.CANCELLED and not world.token.calls
+
+
+def test_a_retry_after_the_window_closed_gets_the_request_made_inside(world: World) -> None:
+    """The same idempotency key and parameters after 17:00 return the request made at
+    16:34; other parameters, or no key, are refused as outside the window."""
+    _office_hours(world)
+    world.clock.advance(dt.timedelta(hours=12, minutes=30))
+    first = world.create(idempotency_key="build-42")
+    world.clock.advance(dt.timedelta(hours=1))  # 17:34: closed
+    assert world.create(idempotency_key="build-42").id == first.id
+    for kw in ({"idempotency_key": "build-43"}, {}):
+        with pytest.raises(PermissionDeniedError, match="release windows"):
+            world.create(**kw)  # type: ignore[arg-type]
+    with pytest.raises(PermissionDeniedError, match="release windows"):
+        world.create(context={"repository": "org/other"}, idempotency_key="build-42")

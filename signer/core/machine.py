@@ -45,7 +45,7 @@ from signer.core.policy_desk import PolicyDesk, PolicyHead
 from signer.core.quorum import check_statement
 from signer.core.recording import Recording
 from signer.core.rules import Ask, not_an_approver
-from signer.core.signing import DigestSigner, FreezeMarks, Signing
+from signer.core.signing import DigestSigner, FreezeMarks, Signing, usage_of
 from signer.dsse import Envelope
 from signer.encoding import format_time
 from signer.errors import (
@@ -191,7 +191,19 @@ class Core(Signing, Recording, AuditReader, PolicyDesk, AlertWatch):
         policy, spec = self._key(key_name, enforced)
         lifetime = intake.lifetime(ttl, policy)
         now = self.clock()
-        policy.check_request(Ask(actor, caller, lifetime, payload_type, now, len(digests)))
+        try:
+            policy.check_request(Ask(actor, caller, lifetime, payload_type, now, len(digests)))
+        except PermissionDeniedError as e:
+            # A retry of a request taken inside a window, arriving after it closed, is
+            # answered with that request, as any retry is.
+            if not idempotency_key or e.reason != "OUTSIDE_RELEASE_WINDOW":
+                raise
+            params = intake.parameters_hash(key_name, digests, context, payload_type, payload)
+            with self._tx() as tx:
+                found = tx.find_idempotent(actor, idempotency_key)
+            if found is None or found[1] != params or found[0].key_name != key_name:
+                raise
+            return found[0]
         intake.check_digests(digests, spec, self.limits)
         intake.check_context(context, self.limits)
         intake.check_payload(payload_type, payload, digests, spec, self.limits, now)
@@ -305,13 +317,24 @@ class Core(Signing, Recording, AuditReader, PolicyDesk, AlertWatch):
                 raise PermissionDeniedError(
                     f"only the requester of {request_id} may cancel it", reason="NOT_YOUR_REQUEST"
                 )
-            self._require_pending(request, now, "cancel")
+            # An approved request the key may not sign yet (its window is closed, its
+            # count is full) waits for its requester too: they may call it off.
+            if request.state is not State.APPROVED or self._waiting_why(tx, request, now) is None:
+                self._require_pending(request, now, "cancel")
             tx.set_state(request_id, State.CANCELLED, now, reason)
             tx.append_audit(
                 now, "request.cancelled", actor, request_id, request.key_name, {"reason": reason}
             )
         self.events.emit(Event(Kind.CANCELLED, request_id, request.key_name, actor))
         return self._get(request_id)
+
+    def _waiting_why(self, tx: Tx, request: Request, now: dt.datetime) -> str | None:
+        """Why an APPROVED request is held unsigned now (its key's windows or counts)."""
+        policy = self.enforced.policies.get(request.key_name)
+        if policy is None:
+            return None
+        usage = usage_of(tx, policy, request, now) if policy.limits.counted else None
+        return policy.signing_problem(now, usage)
 
     def list_for_approver(
         self, actor: str, states: frozenset[State], after: int, limit: int

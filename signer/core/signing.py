@@ -47,7 +47,7 @@ from signer.errors import InvalidArgumentError, TokenError, TooLargeError
 from signer.model import KeySpec, Request, State
 from signer.store.base import FrozenKey, Tx
 
-__all__ = ["DigestSigner", "Signing"]
+__all__ = ["DigestSigner", "Signing", "usage_of"]
 
 log = structlog.get_logger("signer.core.signing")
 
@@ -173,7 +173,7 @@ class Signing:
         policy = enforced.policies.get(request.key_name)
         if policy is not None and policy.limits.counted:
             with self._tx() as tx:
-                usage = _usage(tx, policy, request, self.clock())
+                usage = usage_of(tx, policy, request, self.clock())
         else:
             usage = None
         if policy is not None and (why := policy.signing_problem(self.clock(), usage)) is not None:
@@ -266,7 +266,7 @@ class Signing:
                 log.warning("request left approved: the policy in force changed meanwhile")
                 return None
             policy = enforced.policies.get(request.key_name)
-            usage = _usage(tx, policy, request, now) if policy and policy.limits.counted else None
+            usage = usage_of(tx, policy, request, now) if policy and policy.limits.counted else None
             if policy is not None and policy.signing_problem(now, usage) is not None:
                 return None  # a window closed while the token signed: signed when one opens
             tx.insert_signatures(request.id, signatures)
@@ -301,7 +301,7 @@ class Signing:
         )
 
 
-def _usage(tx: Tx, policy: KeyPolicy, request: Request, now: dt.datetime) -> Usage:
+def usage_of(tx: Tx, policy: KeyPolicy, request: Request, now: dt.datetime) -> Usage:
     """The key's count of signatures as a signature of `request` at `now` meets it."""
     opened = policy.window_opened(now) if policy.limits.per_window is not None else None
     return Usage(
