@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from approver.review import summary_dict
@@ -69,20 +70,28 @@ class Board:
         return f"{said} {rid}"
 
     def table(self) -> Table:
-        table = Table(title=f"{len(self.waiting)} waiting for {shown(self.me)}", expand=False)
+        table = Table(
+            title=escape(f"{len(self.waiting)} waiting for {shown(self.me)}"), expand=False
+        )
         for column, wrap in (("id", False), ("key", False), ("requester", True)):
             table.add_column(column, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis")
         table.add_column("approvals", no_wrap=True)
         table.add_column("expires", no_wrap=True)
         table.add_column("context", overflow="fold")
         for d in self.waiting.values():
+            # What the server sent, made visible and never read as markup.
             table.add_row(
-                shown(d["id"]),
-                shown(d["key_name"]),
-                shown(d["requester"]),
-                f"{_count(d)}/{d['threshold']}",
-                shown(d["expire_time"]),
-                shown(" ".join(f"{k}={v}" for k, v in d["context"].items())),
+                *(
+                    escape(shown(text))
+                    for text in (
+                        d["id"],
+                        d["key_name"],
+                        d["requester"],
+                        f"{_count(d)}/{d['threshold']}",
+                        d["expire_time"],
+                        " ".join(f"{k}={v}" for k, v in d["context"].items()),
+                    )
+                )
             )
         return table
 

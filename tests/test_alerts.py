@@ -64,10 +64,10 @@ def test_a_requester_and_a_repository_seen_first_are_flagged_once(world: World) 
     assert world.core.raise_alerts() == 3
     assert [m for _, m in alerts(world)] == [
         "requester ci on key release for the first time",
-        "repository org/app on key release for the first time",
+        "repository org/app (the request's context) on key release for the first time",
         "requester carol on key release for the first time",
-        "repository org/other on key release for the first time",
-        "workflow release.yml on key release for the first time",
+        "repository org/other (the request's context) on key release for the first time",
+        "workflow release.yml (the request's context) on key release for the first time",
     ]
     assert world.core.raise_alerts() == 0
     assert world.count(State.PENDING) == 4  # nothing refused

@@ -148,6 +148,30 @@ def test_a_request_made_outside_the_windows_is_held_when_the_policy_says(world: 
     assert world.core.recover(min_age=dt.timedelta(0)) == 1
 
 
+def test_an_approval_that_ages_out_while_the_token_signs_drops_the_signatures(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's approval is 59 minutes old at bob's, against an hour; the token takes two
+    minutes: the signatures are not recorded (the log would count a stale approval),
+    and the request fails saying why when it is tried again."""
+    limited(world, approval_max_age=HOUR)
+    r = world.create()
+    world.approve("alice", r)
+    world.clock.advance(dt.timedelta(minutes=59))
+    signing = world.token.sign_digests
+
+    def slow(*args: Any, **kw: Any) -> list[bytes]:
+        world.clock.advance(dt.timedelta(minutes=2))
+        return signing(*args, **kw)
+
+    monkeypatch.setattr(world.token, "sign_digests", slow)
+    assert world.approve("bob", r).state is State.APPROVED
+    assert "request.signed" not in world.events(r.id)
+    world.core.recover(min_age=dt.timedelta(0))
+    assert world.get(r.id).state is State.FAILED
+    assert "approval_max_age" in world.get(r.id).status_message
+
+
 # -- the offline verifier ------------------------------------------------------------------------
 
 

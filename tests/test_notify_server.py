@@ -7,6 +7,7 @@ and a Slack form whose URL is a secret in a file, told only of signatures.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from approver.watch import Board
 from signer.errors import ConfigError
@@ -92,6 +94,8 @@ K = {"secret_file": "hook.key"}  # a valid key, written by the test
 BAD: list[tuple[str, dict[str, Any], str]] = [
     ("http-remote", {"url": "http://hooks.example.com/x", **K}, "plain http:// to another host"),
     ("ftp", {"url": "ftp://127.0.0.1/x", **K}, "must be an https:// URL"),
+    ("space", {"url": "https://h.example/a b", **K}, "without spaces or control characters"),
+    ("non-ascii", {"url": "https://h.example/é", **K}, "must be ASCII"),
     ("password", {"url": "https://u:p@h.example/x", **K}, "carries a user or password"),
     ("no-url", K, "set exactly one of url or url_file"),
     ("bad-port", {"url": "https://h.example:99999/", **K}, "not a URL"),
@@ -231,3 +235,8 @@ def test_a_watch_shows_only_what_waits_for_this_officer() -> None:
     assert board.update(_summary("r1", "SIGNED", "ci", "bob", "alice")) == "signed r1"
     assert board.update(_summary("r3", "SIGNED")) is None
     assert list(board.waiting) == []
+    hostile = {**_summary("r4"), "context": {"note": "[/] [link=https://evil.example]x[/link]"}}
+    board.update(hostile)
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(board.table())
+    assert "[/] [link=https://evil.example]x[/link]" in console.export_text()

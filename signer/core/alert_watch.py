@@ -10,13 +10,14 @@ import structlog
 
 from signer.core.alerts import CURSOR, AlertRules, detect
 from signer.core.events import Event, Hook, Kind
-from signer.store.base import AuditFilter, Tx
+from signer.store.base import PAGE_BYTES, AuditFilter, Tx
 
 __all__ = ["AlertWatch"]
 
 log = structlog.get_logger("signer.core.alerts")
 
-_SCAN = 500  # entries a round looks at
+_PAGE = 50  # requests a page looks at (and at most PAGE_BYTES of their entries)
+_PAGES = 20  # pages a call looks at
 
 
 class AlertWatch:
@@ -39,39 +40,46 @@ class AlertWatch:
                 tx.set_outbox_cursor(CURSOR, tx.tree_size() - 1)
 
     def raise_alerts(self) -> int:
-        """One round: an `alert.KIND` entry for each alert the new requests raise, in the
-        transaction that moves the cursor past them; how many were raised."""
-        rules = self.alert_rules
-        if rules is None:
+        """Alert on the requests made since the last call: an `alert.KIND` entry for each
+        alert, in the transaction that moves the cursor past them, a page at a time
+        (bounded in entries and bytes); how many alerts were raised."""
+        if self.alert_rules is None:
             return 0
+        raised = 0
+        for _ in range(_PAGES):
+            done, count = self._alert_page(self.alert_rules)
+            raised += count
+            if done:
+                break
+        return raised
+
+    def _alert_page(self, rules: AlertRules) -> tuple[bool, int]:
+        """One page: (whether the log is read to its end, alerts raised)."""
         raised: list[Event] = []
         with self._tx() as tx:
             after = tx.outbox_cursor(CURSOR)
             if after is None:
                 tx.set_outbox_cursor(CURSOR, tx.tree_size() - 1)
-                return 0
-            heads = tx.audit_heads(after, _SCAN)
-            if not heads:
-                return 0
+                return True, 0
+            page = tx.list_audit(AuditFilter(event="request.created"), after, _PAGE, PAGE_BYTES)
             now = self.clock()
-            for h in heads:
-                if h.event != "request.created":
-                    continue
-                (entry,) = tx.list_audit(AuditFilter(), h.index - 1, 1)
-                for kind, details in detect(tx, rules, entry, h.key_name):
+            for entry in page:
+                key = str(entry.details.get("key_name", ""))
+                for kind, details in detect(tx, rules, entry, key):
                     tx.append_audit(
                         now,
                         f"alert.{kind}",
                         "signer",
                         entry.request_id,
-                        h.key_name,
+                        key,
                         {**details, "request_index": entry.index},
                     )
                     raised.append(
-                        Event(Kind.ALERT, entry.request_id, h.key_name, "signer", {"alert": kind})
+                        Event(Kind.ALERT, entry.request_id, key, "signer", {"alert": kind})
                     )
-            tx.set_outbox_cursor(CURSOR, heads[-1].index)
+            # No request after the page: the cursor goes to the end (past the alerts).
+            tx.set_outbox_cursor(CURSOR, page[-1].index if page else tx.tree_size() - 1)
         for event in raised:
             log.warning("alert", alert=event.details["alert"], key_name=event.key_name)
             self.events.emit(event)
-        return len(raised)
+        return not page, len(raised)

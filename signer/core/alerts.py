@@ -53,17 +53,22 @@ def _table(value: object) -> dict[str, Any]:
 
 
 def _seen_values(d: Mapping[str, Any]) -> dict[str, str]:
-    """What a request's entry says of who and where: the OIDC claims first."""
+    """What a request's entry says of who and where: the requester, and the OIDC token's
+    claims; failing those, the request's own context, kept apart (`context.NAME`), as a
+    requester's word is not a token's."""
     caller = _table(d.get("caller"))
     claims, context = _table(caller.get("claims")), _table(d.get("context"))
     requester = d.get("requester")
-    values = {
-        "requester": requester if isinstance(requester, str) else "",
-        "repository": claims.get("repository") or context.get("repository") or "",
-        "workflow": claims.get("workflow") or claims.get("job_workflow_ref") or "",
-    }
-    if not values["workflow"]:
-        values["workflow"] = context.get("workflow") or ""
+    values = {"requester": requester if isinstance(requester, str) else ""}
+    for kind, names in (
+        ("repository", ("repository",)),
+        ("workflow", ("workflow", "job_workflow_ref")),
+    ):
+        claimed = next((claims[n] for n in names if claims.get(n)), "")
+        if claimed:
+            values[kind] = claimed
+        elif context.get(kind):
+            values[f"context.{kind}"] = context[kind]
     return {k: str(v)[:_MAX_VALUE] for k, v in values.items() if v}
 
 
@@ -86,12 +91,14 @@ def detect(
             )
         )
     for kind, value in _seen_values(entry.details).items():
-        if kind in rules.first_seen and tx.mark_seen(key, kind, value, entry.index):
+        name = kind.removeprefix("context.")
+        if name in rules.first_seen and tx.mark_seen(key, kind, value, entry.index):
+            said = f"{name} {value}" + (" (the request's context)" if name != kind else "")
             out.append(
                 (
                     "first_seen",
                     {
-                        "message": f"{kind} {value} on key {key} for the first time",
+                        "message": f"{said} on key {key} for the first time",
                         "seen": kind,
                         "value": value,
                     },

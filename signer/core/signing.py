@@ -268,7 +268,12 @@ class Signing:
             policy = enforced.policies.get(request.key_name)
             usage = usage_of(tx, policy, request, now) if policy and policy.limits.counted else None
             if policy is not None and policy.signing_problem(now, usage) is not None:
-                return None  # a window closed while the token signed: signed when one opens
+                return None  # a window closed or a count filled while the token signed
+            current = find_request(tx, request.id)
+            if policy is not None and not _still_counted(current, approvers, policy, now):
+                # An approval went past its age while the token signed: held, and failed
+                # (saying so) when it is tried again.
+                return None
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)
             tx.append_audit(
@@ -299,6 +304,15 @@ class Signing:
         self.events.emit(
             Event(Kind.FAILED, request.id, request.key_name, "signer", {"token": token})
         )
+
+
+def _still_counted(
+    request: Request, approvers: list[str], policy: KeyPolicy, now: dt.datetime
+) -> bool:
+    """Whether the approvals of the quorum counted before signing all still count at
+    `now` (their age), as `signer audit verify` checks them at the signature's time."""
+    given = {a.approver: a.created for a in request.approvals}
+    return all(a in given and policy.approval_counts(given[a], now) for a in approvers)
 
 
 def usage_of(tx: Tx, policy: KeyPolicy, request: Request, now: dt.datetime) -> Usage:

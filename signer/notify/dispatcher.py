@@ -2,18 +2,22 @@
 
 A round, in one short store transaction: each sink's cursor moves over the audit
 entries committed since it last looked, putting the ones it wants in the outbox
-(`Tx.enqueue`); then up to `batch` due items no one holds are taken, for a
-lease. They are posted outside any transaction and, in a second one, removed or
-put back due later with a doubling backoff; an item failing for `give_up_after`
-is kept, given up (a metric and a log line say so). An item whose server died
-while posting is taken by another once its lease runs out: at least once, and
-once across replicas while they live (write transactions are serialized).
+(`Tx.enqueue`); then, for each sink not busy posting, up to `batch` of its due
+items no one holds are taken, for a lease that outlasts posting them all (each
+post has an overall deadline, `Sink.timeout`). Each sink posts on a thread of its
+own, so a slow or hostile receiver holds up only itself; its items are then
+removed, or put back due later with a doubling backoff, in a second transaction.
+An item failing for `give_up_after` is kept, given up (a metric and a log line
+say so), and purged a week later. An item whose server died while posting is
+taken by another once its lease runs out: at least once, and once across
+replicas while they live (write transactions are serialized).
 
 A sink seen for the first time starts at the end of the log: it is told of what
 happens from then on, not of the history. Nothing here is on the signing path:
-a round runs on its own thread, woken by the core's events (`poke`) and every
+rounds run on their own thread, woken by the core's events (`poke`) and every
 `poll` seconds for other replicas' entries; an error ends the round, never the
-thread, and no failure reaches a caller.
+thread, and no failure reaches a caller. Entries are read one per transaction,
+so a large one holds the store for no longer than reading it.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ import structlog
 from signer.audit.entry import AuditEntry
 from signer.notify.messages import alert_of, event_of, notification
 from signer.notify.webhook import DeliveryError, Sink, deliver
-from signer.store.base import AuditFilter, OutboxItem, Store, Tx
+from signer.store.base import AuditFilter, OutboxItem, Store
 
 __all__ = ["Dispatcher", "Outcome"]
 
 log = structlog.get_logger("signer.notify")
 
 _SCAN = 1000  # audit entries a round reads past a cursor
+_PURGE_AFTER = dt.timedelta(days=7)  # given-up items are kept this long
 Outcome = Callable[[str, str, bool], None]  # (sink, event, delivered)
 
 
@@ -52,7 +57,7 @@ class Dispatcher:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         poll: float = 0.5,
         gather: float = 0.02,
-        batch: int = 64,
+        batch: int = 16,
         retry_min: dt.timedelta = dt.timedelta(seconds=1),
         retry_max: dt.timedelta = dt.timedelta(minutes=5),
         give_up_after: dt.timedelta = dt.timedelta(hours=24),
@@ -66,14 +71,16 @@ class Dispatcher:
         self.retry_min, self.retry_max, self.give_up_after = retry_min, retry_max, give_up_after
         self.outcome = outcome
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        # How long an item taken is this server's: past any delivery's time (a request's
-        # timeout bounds each read and write of it, not their sum), unless `lease` says.
+        # How long the items taken are this server's: past posting a whole batch, one
+        # after the other, each within its sink's timeout, unless `lease` says.
         longest = max((s.timeout for s in sinks), default=0)
-        self.lease = lease or dt.timedelta(seconds=longest * 3 + 10)
+        self.lease = lease or dt.timedelta(seconds=longest * batch + 10)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=min(8, max(1, len(sinks))))
+        self._busy: set[str] = set()  # sinks posting a batch now
+        self._busy_lock = threading.Lock()
+        self._posting = {s.name: ThreadPoolExecutor(1, f"notify-{s.name}") for s in sinks}
 
     # -- the thread -----------------------------------------------------------------------
 
@@ -99,7 +106,13 @@ class Dispatcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._posting.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def idle(self) -> bool:
+        """Whether no sink is posting (for tests and a clean stop)."""
+        with self._busy_lock:
+            return not self._busy
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -110,8 +123,7 @@ class Dispatcher:
                 self._stop.wait(self.gather)
             self._wake.clear()
             try:
-                while self.round() and not self._stop.is_set():
-                    pass  # a full batch: there may be more due at once
+                self.round()
             except Exception as e:  # noqa: BLE001 (the dispatcher must outlive any failure)
                 log.error(
                     "notification round failed; will retry",
@@ -121,11 +133,15 @@ class Dispatcher:
 
     # -- one round ------------------------------------------------------------------------
 
-    def round(self) -> bool:
-        """Take in new entries, then deliver what is due; whether a full batch was taken."""
+    def round(self) -> int:
+        """Take in new entries, then start posting what is due to each idle sink; how
+        many items were taken."""
         if not self.sinks:
-            return False
+            return 0
         now = self.clock()
+        with self._busy_lock:
+            idle = [name for name in self.sinks if name not in self._busy]
+        taken: dict[str, list[OutboxItem]] = {}
         with self.store.transaction() as tx:
             for sink in self.sinks.values():
                 after = tx.outbox_cursor(sink.name)
@@ -143,46 +159,75 @@ class Dispatcher:
                 ]
                 tx.enqueue(sink.name, wanted, now)
                 tx.set_outbox_cursor(sink.name, heads[-1].index)
-            items = tx.claim(self.owner, now, now + self.lease, self.batch)
-            items = [i for i in items if i.sink in self.sinks]  # a sink since removed: left
-            entries = {i.index: _entry(tx, i.index) for i in items}
-        if not items:
-            return False
-        results = list(self._pool.map(lambda i: self._post(i, *entries[i.index]), items))
-        now = self.clock()
-        with self.store.transaction() as tx:
-            for item, error in zip(items, results, strict=True):
-                if error is None:
-                    tx.delivered(item, self.owner)
-                    continue
-                waited = now - item.created
-                dead = waited >= self.give_up_after
-                backoff = min(self.retry_min * (2 ** min(item.attempts, 20)), self.retry_max)
-                tx.retry_later(item, self.owner, now + backoff, error, dead)
-                if dead:
-                    log.error(
-                        "notification given up", sink=item.sink, audit_index=item.index, error=error
-                    )
-        return len(items) >= self.batch
+            for name in idle:
+                items = tx.claim(self.owner, now, now + self.lease, self.batch, name)
+                if items:
+                    taken[name] = items
+            tx.purge_given_up(now - _PURGE_AFTER)
+        for name, items in taken.items():
+            with self._busy_lock:
+                self._busy.add(name)
+            self._posting[name].submit(self._post_all, name, items)
+        if any(len(items) >= self.batch for items in taken.values()):
+            self.poke()  # a full batch: more may be due at once
+        return sum(map(len, taken.values()))
 
-    def _post(self, item: OutboxItem, entry: AuditEntry, key: str) -> str | None:
-        """Deliver one item; None, or why it failed."""
-        sink = self.sinks[item.sink]
-        n = notification(entry, key, self.origin)
+    def _post_all(self, name: str, items: list[OutboxItem]) -> None:
+        """Post one sink's batch, in order, then record how each went."""
         try:
+            results = [self._post(item) for item in items]
+            now = self.clock()
+            with self.store.transaction() as tx:
+                for item, error in zip(items, results, strict=True):
+                    if error is None:
+                        tx.delivered(item, self.owner)
+                        continue
+                    dead = now - item.created >= self.give_up_after
+                    backoff = min(self.retry_min * (2 ** min(item.attempts, 20)), self.retry_max)
+                    tx.retry_later(item, self.owner, now + backoff, error, dead)
+                    if dead:
+                        log.error(
+                            "notification given up",
+                            sink=name,
+                            audit_index=item.index,
+                            error=error,
+                        )
+        except Exception as e:  # noqa: BLE001 (the items' leases run out: posted again)
+            log.error("notification batch failed", sink=name, error_type=type(e).__name__)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(name)
+            self.poke()
+
+    def _post(self, item: OutboxItem) -> str | None:
+        """Deliver one item; None, or why it failed (whatever went wrong)."""
+        sink = self.sinks[item.sink]
+        event = "?"
+        try:
+            entry, key = self._entry(item.index)
+            n = notification(entry, key, self.origin)
+            event = n.event
             deliver(sink, n)
-        except DeliveryError as e:
+        except Exception as e:  # noqa: BLE001 (any failure is this item's, retried)
+            why = str(e) if isinstance(e, DeliveryError) else type(e).__name__
             log.warning(
                 "notification not delivered; will retry",
                 sink=sink.name,
                 audit_index=item.index,
                 attempt=item.attempts + 1,
-                error=str(e)[:500],
+                error=why[:500],
             )
-            self._tell(sink.name, n.event, False)
-            return str(e)
-        self._tell(sink.name, n.event, True)
+            self._tell(sink.name, event, False)
+            return why
+        self._tell(sink.name, event, True)
         return None
+
+    def _entry(self, index: int) -> tuple[AuditEntry, str]:
+        """The audit entry at `index` and the key it is about, in a transaction of its own."""
+        with self.store.transaction() as tx:
+            (entry,) = tx.list_audit(AuditFilter(), index - 1, 1)
+            (head,) = tx.audit_heads(index - 1, 1)
+        return entry, head.key_name
 
     def _tell(self, sink: str, event: str, delivered: bool) -> None:
         if self.outcome is not None:
@@ -190,10 +235,3 @@ class Dispatcher:
                 self.outcome(sink, event, delivered)
             except Exception:  # a metric's failure never stops a delivery
                 log.exception("notification outcome hook failed")
-
-
-def _entry(tx: Tx, index: int) -> tuple[AuditEntry, str]:
-    """The audit entry at `index` and the key it is about."""
-    (entry,) = tx.list_audit(AuditFilter(), index - 1, 1)
-    (head,) = tx.audit_heads(index - 1, 1)
-    return entry, head.key_name

@@ -3,8 +3,9 @@
 Every field comes from the entry (what the log holds is what was notified), and
 a notification is bounded whatever the request carried: a batch's digests are
 counted and a few named, texts are cut. Requesters' and officers' words are
-data in the JSON form; in the Slack form they are escaped (`&`, `<`, `>`), so a
-context value can neither ping a channel nor make a link.
+data in the JSON form; in the Slack form they are escaped (`&`, `<`, `>`) and the
+block is verbatim, so a context value can neither mention a channel or a person
+nor make a link (it can still use Slack's bold, italic or code marks).
 """
 
 from __future__ import annotations
@@ -191,5 +192,8 @@ def slack_message(n: Notification) -> dict[str, Any]:
     text = "\n".join(lines)
     return {
         "text": text,
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+        # verbatim: Slack neither links URLs nor names in it; no previews of links
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}}],
+        "unfurl_links": False,
+        "unfurl_media": False,
     }

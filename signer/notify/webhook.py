@@ -14,14 +14,17 @@ a captured delivery cannot be replayed later.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import http.client
 import json
+import socket
 import ssl
+import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from signer.notify.messages import Notification, slack_message
@@ -66,16 +69,19 @@ def signature(secret: bytes, timestamp: int, body: bytes) -> str:
 
 def verify(secret: bytes, header: str, body: bytes, now: float | None = None) -> bool:
     """Whether `header` is a valid signature of `body` under `secret`, made within
-    `MAX_SKEW` seconds of `now` (what a receiver checks before trusting a delivery)."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
+    `MAX_SKEW` seconds of `now` (what a receiver checks before trusting a delivery).
+    Any malformed header is False, never an exception."""
+    if not header.isascii():
         return False
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    stamp, mac = parts.get("t", ""), parts.get("v1", "")
+    if not (stamp.isdigit() and len(stamp) <= 12):
+        return False
+    timestamp = int(stamp)
     if abs((time.time() if now is None else now) - timestamp) > MAX_SKEW:
         return False
-    expected = signature(secret, timestamp, body)
-    return hmac.compare_digest(expected, f"t={parts['t']},v1={parts.get('v1', '')}")
+    expected = signature(secret, timestamp, body).encode()
+    return hmac.compare_digest(expected, f"t={stamp},v1={mac}".encode())
 
 
 def body_of(sink: Sink, n: Notification) -> bytes:
@@ -84,34 +90,55 @@ def body_of(sink: Sink, n: Notification) -> bytes:
 
 
 def deliver(sink: Sink, n: Notification, now: float | None = None) -> None:
-    """POST `n` to `sink`; DeliveryError says why it was not delivered."""
+    """POST `n` to `sink` within `sink.timeout` in all; DeliveryError says why it was
+    not delivered (never the URL, which may be a secret)."""
     body = body_of(sink, n)
-    headers: Mapping[str, str] = {
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": _USER_AGENT,
         "X-Signer-Event": n.event,
-        "X-Signer-Delivery": n.id,
+        "X-Signer-Delivery": urllib.parse.quote(n.id, safe="/:.-_~"),
     }
     if sink.secret:
         stamp = int(time.time() if now is None else now)
-        headers = {**headers, "X-Signer-Signature": signature(sink.secret, stamp, body)}
+        headers["X-Signer-Signature"] = signature(sink.secret, stamp, body)
     url = urllib.parse.urlsplit(sink.url)
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     conn: http.client.HTTPConnection
     if url.scheme == "https":
-        context = ssl.create_default_context(cafile=sink.ca_file)
+        context = _context(sink.ca_file)
         conn = http.client.HTTPSConnection(
             url.hostname or "", url.port, timeout=sink.timeout, context=context
         )
     else:
         conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=sink.timeout)
+    # The timeout bounds each read and write; this bounds the whole delivery, so a
+    # receiver that trickles its answer is cut off at `sink.timeout` all the same.
+    cut = threading.Timer(sink.timeout, _abort, (conn,))
+    cut.daemon = True
+    cut.start()
     try:
-        conn.request("POST", path, body=body, headers=dict(headers))
-        response = conn.getresponse()
-        response.read(64 * 1024)  # a bounded look at the answer, then the connection ends
-    except (OSError, http.client.HTTPException) as e:
-        raise DeliveryError(f"{type(e).__name__}: {e}") from None
+        conn.request("POST", path, body=body, headers=headers)
+        status = conn.getresponse().status  # the status line and headers, not the body
+    except OSError as e:
+        raise DeliveryError(f"{type(e).__name__}: {e.strerror or 'no answer in time'}") from None
+    except http.client.HTTPException as e:
+        raise DeliveryError(f"the sink's answer is not HTTP ({type(e).__name__})") from None
     finally:
+        cut.cancel()
         conn.close()
-    if not 200 <= response.status < 300:
-        raise DeliveryError(f"the sink answered HTTP {response.status}")
+    if not 200 <= status < 300:
+        raise DeliveryError(f"the sink answered HTTP {status}")
+
+
+def _abort(conn: http.client.HTTPConnection) -> None:
+    """End a delivery that ran out of time (its blocked read or write fails at once)."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+@functools.lru_cache(maxsize=16)
+def _context(ca_file: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)

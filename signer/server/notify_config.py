@@ -149,6 +149,8 @@ def alert_rules(r: _Reader, keys: Mapping[str, Any]) -> AlertRules | None:
 
 
 def _url_problem(url: str) -> str | None:
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        return "must be ASCII without spaces or control characters (percent-encode them)"
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 (raises on a bad port)

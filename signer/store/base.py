@@ -266,9 +266,14 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     def claim(
-        self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int
+        self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int, sink: str
     ) -> list[OutboxItem]:
-        """Take up to `limit` due items no one holds, for `owner` until `lease_until`."""
+        """Take up to `limit` of `sink`'s due items no one holds, for `owner` until
+        `lease_until`, oldest first."""
+
+    @abc.abstractmethod
+    def purge_given_up(self, before: dt.datetime) -> None:
+        """Forget the items given up before `before`."""
 
     @abc.abstractmethod
     def delivered(self, item: OutboxItem, owner: str) -> bool:

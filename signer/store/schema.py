@@ -48,7 +48,8 @@ CREATE TABLE outbox (
     dead INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sink, idx)
 );
-CREATE INDEX outbox_due ON outbox (dead, due);
+CREATE INDEX outbox_due ON outbox (sink, dead, due);
+CREATE INDEX outbox_given_up ON outbox (dead, due);
 CREATE TABLE outbox_cursors (
     sink TEXT PRIMARY KEY,
     after_idx {big} NOT NULL

@@ -80,13 +80,13 @@ class OutboxQueries(abc.ABC):
             )
 
     def claim(
-        self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int
+        self, owner: str, now: dt.datetime, lease_until: dt.datetime, limit: int, sink: str
     ) -> list[OutboxItem]:
         at = format_time(now)
         rows = self._rows(
-            "SELECT sink, idx, attempts, created FROM outbox "
-            "WHERE dead = 0 AND due <= ? AND lease_until <= ? ORDER BY due, idx LIMIT ?",
-            (at, at, limit),
+            "SELECT sink, idx, attempts, created FROM outbox WHERE sink = ? AND dead = 0 "
+            "AND due <= ? AND lease_until <= ? ORDER BY due, idx LIMIT ?",
+            (sink, at, at, limit),
         )
         until = format_time(lease_until)
         items = [OutboxItem(s, int(i), int(a), parse_time(c)) for s, i, a, c in rows]
@@ -96,6 +96,9 @@ class OutboxQueries(abc.ABC):
                 (owner, until, item.sink, item.index),
             )
         return items
+
+    def purge_given_up(self, before: dt.datetime) -> None:
+        self._run("DELETE FROM outbox WHERE dead = 1 AND due < ?", (format_time(before),))
 
     def delivered(self, item: OutboxItem, owner: str) -> bool:
         held = self._rows(
