@@ -13,6 +13,7 @@ escaped.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -102,17 +103,22 @@ def _count(d: dict[str, Any]) -> int:
 
 def _stream(profile: Profile, stop: threading.Event) -> Iterator[types_pb2.SigningRequest | None]:
     """Every request the server streams, for as long as it lets the stream run, again and
-    again; None after each stream ends (the view starts over)."""
+    again; None after each stream ends (the view starts over). `stop` ends it, at once."""
     pause = 0.5
     while not stop.is_set():
         try:
             with profile.channel() as channel:
                 stub = approval_pb2_grpc.ApprovalServiceStub(channel)
-                for r in stub.WatchRequests(approval_pb2.WatchRequestsRequest()):
+                call = stub.WatchRequests(approval_pb2.WatchRequestsRequest())
+                cancel = threading.Thread(target=_cancel_on, args=(stop, call), daemon=True)
+                cancel.start()
+                for r in call:
                     pause = 0.5
                     yield r.request
             yield None
         except grpc.RpcError as e:
+            if stop.is_set():
+                return
             error = remote_error(e)
             if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise error from None
@@ -123,9 +129,21 @@ def _stream(profile: Profile, stop: threading.Event) -> Iterator[types_pb2.Signi
             pause = min(pause * 2, _RETRY_MAX)
 
 
+def _cancel_on(stop: threading.Event, call: Any) -> None:
+    """Cancel `call` once `stop` is set or the call is over, whichever comes first."""
+    while not stop.wait(0.5):
+        if not call.is_active():
+            return
+    call.cancel()
+
+
 def watch(profile: Profile, as_json: bool, stop: threading.Event | None = None) -> None:
-    """Show the requests waiting for the profile's officer until interrupted."""
+    """Show the requests waiting for the profile's officer until `stop` is set, or an
+    interrupt or a SIGTERM comes (both end it cleanly)."""
     stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
     board = Board(profile.identity)
     if sys.stdout.isatty() and not as_json:
         console = Console(emoji=False, highlight=False)

@@ -123,8 +123,9 @@ def test_metrics_report_exact_counts_after_known_flows(metered: tuple[Env, int])
     assert m["signer_token_errors_total", ()] == 0
     assert m["signer_token_resets_total", ()] == 0
     assert m["signer_rejected_calls_total", (("reason", "ROLE_NOT_ALLOWED"),)] == 1
+    assert m["signer_alerts_total", (("kind", "denied"),)] == 1  # a denial is an alert
     # Counts and timings only: no request id, key id or identity on the endpoint.
-    assert {k for _, labels in m for k, _ in labels} == {"state", "le", "reason"}
+    assert {k for _, labels in m for k, _ in labels} == {"state", "le", "reason", "kind"}
     for identifier in (signed.id, pending.id, denied.id, signed.key_id, "alice", "bob"):
         assert identifier not in text
 
