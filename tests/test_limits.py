@@ -86,6 +86,11 @@ def test_a_day_s_count_holds_the_next_request_until_it_allows(world: World) -> N
     assert signed(world, tag="b") is State.SIGNED
     world.clock.advance(HOUR)
     assert signed(world, tag="c") is State.APPROVED
+    held = [r for r in world.requests() if r.state is State.APPROVED]
+    assert [r.status_message for r in held] == [
+        "key 'release' made 2 signatures in the last 24 hours and makes at most 2: "
+        "signed once the count allows"
+    ]
     with pytest.raises(PermissionDeniedError, match="at most 2 signatures in 24 hours"):
         world.create(digests=[sha256_digest(b"x", f"f{i}") for i in range(3)])
     assert world.core.recover(min_age=dt.timedelta(0)) == 0

@@ -177,8 +177,12 @@ class Signing:
         else:
             usage = None
         if policy is not None and (why := policy.signing_problem(self.clock(), usage)) is not None:
-            # Kept APPROVED: `recover` (the sweeper, every second) signs it once it may.
+            # Kept APPROVED: `recover` (the sweeper, every second) signs it once it may;
+            # its requester reads why in its status message.
             log.debug("request left approved", request_id=request_id, error=why)
+            if request.status_message != why:
+                with self._tx() as tx:
+                    tx.set_message(request_id, State.APPROVED, why)
             return None
         approvers = self._quorum(request, enforced)
         spec = enforced.keys.get(request.key_name)

@@ -144,6 +144,10 @@ class Tx(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
+    def set_message(self, request_id: str, state: State, message: str) -> None:
+        """Say why a request in `state` waits (no change of state: no audit entry)."""
+
+    @abc.abstractmethod
     def insert_approval(self, approval: Approval) -> None: ...
 
     @abc.abstractmethod

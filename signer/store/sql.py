@@ -201,6 +201,12 @@ class SqlTx(OutboxQueries, Tx):
             (state.value, format_time(when), message, request_id),
         )
 
+    def set_message(self, request_id: str, state: State, message: str) -> None:
+        self._run(
+            "UPDATE requests SET status_message = ? WHERE id = ? AND state = ?",
+            (message, request_id, state.value),
+        )
+
     def insert_approval(self, approval: Approval) -> None:
         a = approval
         self._run(
