@@ -57,9 +57,11 @@ __all__ = [
     "drive",
     "main",
     "markdown",
+    "new_report",
     "run_setup",
     "serving",
     "summarize",
+    "write_report",
 ]
 
 RESULTS = Path(__file__).parent / "results"
@@ -209,13 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="where load.json/.md go")
     args = p.parse_args(argv)
 
-    report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "machine": _machine(),
-        "pipelines": args.pipelines,
-        "duration": args.duration,
-        "results": [],
-    }
+    report = new_report(args.pipelines, args.duration)
     with tempfile.TemporaryDirectory(prefix="signer-load-") as d:
         tmp = Path(d)
         if args.setup in ("all", "postgresql"):
@@ -238,12 +234,27 @@ def main(argv: list[str] | None = None) -> int:
                 run_setup("sqlite", env, 1, args.pipelines, args.duration, tmp)
             )
             print(json.dumps(report["results"][-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / "load.md").write_text(md)
-    print(md)
+    write_report(args.out, "load", report, markdown(report))
     return 0
+
+
+def new_report(pipelines: int, duration: float) -> dict[str, Any]:
+    """A report's head: when, where, how hard; its setups go in `results`."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "machine": _machine(),
+        "pipelines": pipelines,
+        "duration": duration,
+        "results": [],
+    }
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], md: str) -> None:
+    """`out/STEM.json` (every number) and `out/STEM.md` (the table), which is printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(md)
+    print(md, end="")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import queue
 import statistics
 import tempfile
@@ -30,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load import _machine, postgres
+from benchmarks.load import new_report, postgres, write_report
 from benchmarks.pipelines import LoadError, add_pipelines, drive, serving
 from signer.encoding import parse_time
 from signer.notify import webhook
@@ -208,13 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--setup", choices=("all", "postgresql", "sqlite"), default="all")
     p.add_argument("--out", type=Path, default=RESULTS, help="where notify.json/.md go")
     args = p.parse_args(argv)
-    report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "machine": _machine(),
-        "pipelines": args.pipelines,
-        "duration": args.duration,
-        "results": [],
-    }
+    report = new_report(args.pipelines, args.duration)
     with tempfile.TemporaryDirectory(prefix="signer-notify-") as d:
         tmp = Path(d)
         if args.setup in ("all", "sqlite"):
@@ -230,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["results"].append(
                     run_setup("postgresql", env, args.replicas, args.pipelines, args.duration)
                 )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "notify.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / "notify.md").write_text(md)
-    print(md, end="")
+    write_report(args.out, "notify", report, markdown(report))
     return 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
@@ -269,6 +270,16 @@ class World:
     def deny(self, officer: str, request: Request, reason: str = "no", **kw: Any) -> Request:
         env = self.envelope(officer, request, decision="deny", reason=reason, **kw)
         return self.core.decide(officer, request.id, env, "deny")
+
+    def slow_signing(self, monkeypatch: pytest.MonkeyPatch, takes: dt.timedelta) -> None:
+        """From now on the token takes `takes` on the fake clock to sign."""
+        signing = self.token.sign_digests
+
+        def slow(*args: Any, **kw: Any) -> list[bytes]:
+            self.clock.advance(takes)
+            return signing(*args, **kw)
+
+        monkeypatch.setattr(self.token, "sign_digests", slow)
 
     # -- reading -----------------------------------------------------------------------
 

@@ -163,13 +163,7 @@ def test_an_approval_that_ages_out_while_the_token_signs_drops_the_signatures(
     r = world.create()
     world.approve("alice", r)
     world.clock.advance(dt.timedelta(minutes=59))
-    signing = world.token.sign_digests
-
-    def slow(*args: Any, **kw: Any) -> list[bytes]:
-        world.clock.advance(dt.timedelta(minutes=2))
-        return signing(*args, **kw)
-
-    monkeypatch.setattr(world.token, "sign_digests", slow)
+    world.slow_signing(monkeypatch, dt.timedelta(minutes=2))
     assert world.approve("bob", r).state is State.APPROVED
     assert "request.signed" not in world.events(r.id)
     world.core.recover(min_age=dt.timedelta(0))

@@ -11,7 +11,6 @@ import datetime as dt
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -161,13 +160,7 @@ def test_a_window_that_closes_while_the_token_signs_drops_the_signatures(
     world.clock.advance(dt.timedelta(hours=12, minutes=55))  # Friday 16:59 in Berlin
     request = world.create()
     world.approve("alice", request)
-    signing = world.token.sign_digests
-
-    def slow(*args: Any, **kw: Any) -> list[bytes]:
-        world.clock.advance(dt.timedelta(minutes=2))
-        return signing(*args, **kw)
-
-    monkeypatch.setattr(world.token, "sign_digests", slow)
+    world.slow_signing(monkeypatch, dt.timedelta(minutes=2))
     assert world.approve("bob", request).state is State.APPROVED
     assert "request.signed" not in world.events(request.id)
     world.clock.advance(dt.timedelta(days=2, hours=16))  # Monday 09:01
