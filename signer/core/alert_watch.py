@@ -77,8 +77,11 @@ class AlertWatch:
                     raised.append(
                         Event(Kind.ALERT, entry.request_id, key, "signer", {"alert": kind})
                     )
-            # No request after the page: the cursor goes to the end (past the alerts).
-            tx.set_outbox_cursor(CURSOR, page[-1].index if page else tx.tree_size() - 1)
+            # No request after the page: the cursor goes to the end (past the alerts);
+            # written only when it moves (an idle store is not written every second).
+            moved = page[-1].index if page else tx.tree_size() - 1
+            if moved != after:
+                tx.set_outbox_cursor(CURSOR, moved)
         for event in raised:
             log.warning("alert", alert=event.details["alert"], key_name=event.key_name)
             self.events.emit(event)

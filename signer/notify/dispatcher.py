@@ -175,7 +175,9 @@ class Dispatcher:
     def _post_all(self, name: str, items: list[OutboxItem]) -> None:
         """Post one sink's batch, in order, then record how each went."""
         try:
-            results = [self._post(item) for item in items]
+            results: list[str | None] = []
+            for item in items:  # a stopping server posts no more (the rest's leases end)
+                results.append(self._post(item) if not self._stop.is_set() else "stopped")
             now = self.clock()
             with self.store.transaction() as tx:
                 for item, error in zip(items, results, strict=True):
