@@ -166,6 +166,8 @@ class Request:
     caller: TokenCaller | None = None  # set when the requester came with an OIDC token
     payload_type: str = ""  # with `payload`: a DSSE payload whose PAE digest is signed
     payload: bytes = b""
+    # why it was unusual when made (signer.core.unusual): then it needs more approvals
+    unusual: tuple[str, ...] = ()
 
     def may_decide(self, approver: str) -> bool:
         """Whether `approver` is neither the requester nor the pipeline's actor."""

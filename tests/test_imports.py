@@ -117,6 +117,7 @@ POLICY_MODEL = {
     "signer.core.rules",
     "signer.core.windows",
     "signer.core.limits",
+    "signer.core.unusual",
 }
 
 # module or package -> (outside packages it must not load, project packages it must not load);

@@ -72,7 +72,9 @@ def _edit(s: _Synth, index: int, **details: Any) -> None:
 class _NeedsAlice(rules.Rule):
     """A quorum must include alice."""
 
-    def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
+    def quorum_problem(
+        self, policy: KeyPolicy, counted: Sequence[str], unusual: bool = False
+    ) -> str | None:
         return None if "alice" in counted else "no approval by alice"
 
 

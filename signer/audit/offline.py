@@ -50,6 +50,7 @@ from signer.audit.note import Checkpoint, Verifier, open_checkpoint
 from signer.core.limits import SignedCounts
 from signer.core.policy import KeyPolicy, Revocation, revocations_of
 from signer.core.rules import Ask
+from signer.core.unusual import key_of, reasons_of, values_of
 from signer.dsse import Binding, Envelope, PayloadBinding, distinct_approvers
 from signer.encoding import canonical_json, parse_time
 from signer.errors import (
@@ -249,12 +250,14 @@ class _Request:
     requester: str
     barred: frozenset[str]  # the OIDC pipeline's actor, as mapped at creation
     payload: PayloadBinding | None  # of a typed request's carried payload
+    values: dict[str, str]  # who and where it came from (`signer.core.unusual`)
     # approver -> the key their approval verified with, or None when the policy in force
     # then did not let them approve (the core would have refused it: it never counts)
     approvals: dict[str, ApprovalKey | None] = dataclasses.field(default_factory=dict)
     approved_at: dict[str, dt.datetime] = dataclasses.field(default_factory=dict)  # log times
     denied: bool = False
     signed: bool = False
+    unusual: bool = False  # its entry records it unusual: it needs the extra approvals
     ended: str = ""  # the event that ended it unsigned: cancelled, expired or failed
 
     @classmethod
@@ -273,6 +276,7 @@ class _Request:
             e.actor,
             frozenset(caller.barred if caller else ()),
             _payload(d),
+            values_of(e.actor, caller),
         )
         payload_type = field(d, "payload_type", str, "details", "")
         return request, Ask(e.actor, caller, _lifetime(e), payload_type, e.time, len(digests))
@@ -293,6 +297,7 @@ class _Semantics:
         self.openpgp_created: dict[str, int] = {}  # key id -> its OpenPGP creation time
         self.frozen: dict[str, int] = {}  # key name -> the index of the freeze in force
         self.counts = SignedCounts()  # each key's recent signatures, for its limits
+        self.signed_values: dict[str, set[tuple[str, str]]] = {}  # key -> (kind, value) signed
         self.proposals: dict[int, Proposal] = {}  # open proposals for the next version
         self.decided: dict[int, dict[str, str]] = {}  # proposal -> officer -> its decision
 
@@ -421,10 +426,26 @@ class _Semantics:
         if e.request_id in self.requests:
             raise ValueError("request created twice")
         request, ask = _Request.parse(e)
+        policy = self._key_policy(request.key_name)
         try:
-            self._key_policy(request.key_name).check_request(ask)
+            policy.check_request(ask)
         except SignerError as x:
             raise ValueError(f"the policy in force refuses this request: {x}") from None
+        recorded = reasons_of(e.details, "details")
+        if policy.unusual is not None:
+            # As the server decides: what makes it unusual must be recorded (a server may
+            # record more, never less: it only ever asks for more approvals).
+            known = self.signed_values.get(request.key_name, set())
+            found = policy.unusual.reasons(
+                request.key_name, e.time, request.values, lambda k, v: (k, v) in known
+            )
+            missing = [r["message"] for r in found if key_of(r) not in recorded]
+            if missing:
+                raise ValueError(
+                    f"the request was unusual ({'; '.join(missing)}) but its entry does not "
+                    f"say so: it needed {policy.approvals_needed(unusual=True)} approvals"
+                )
+        request.unusual = bool(recorded)
         self.requests[e.request_id] = request
 
     def _request(self, e: AuditEntry) -> _Request:
@@ -504,13 +525,14 @@ class _Semantics:
             and policy.approval_counts(r.approved_at[a], e.time)
             and policy.takes_kind(k.kind)
         }
-        problem = policy.quorum_problem(distinct_approvers(valid.items()))
+        problem = policy.quorum_problem(distinct_approvers(valid.items()), r.unusual)
         if problem is not None:
             raise ValueError(f"signed with {problem}")
         if not set(named) <= set(valid):
             raise ValueError("the signed entry names approvers without a valid approval")
         r.signed = True
         self.counts.add(r.key_name, e.time, len(r.digests))
+        self.signed_values.setdefault(r.key_name, set()).update(r.values.items())
         self.report.signed += 1
 
     def _verify_envelope(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from signer.audit.entry import AuditEntry
+from signer.core.unusual import claimed_values
 from signer.core.windows import Window, in_windows
 from signer.store.base import Tx
 
@@ -57,19 +58,12 @@ def _seen_values(d: Mapping[str, Any]) -> dict[str, str]:
     claims; failing those, the request's own context, kept apart (`context.NAME`), as a
     requester's word is not a token's."""
     caller = _table(d.get("caller"))
-    claims, context = _table(caller.get("claims")), _table(d.get("context"))
-    requester = d.get("requester")
-    values = {"requester": requester if isinstance(requester, str) else ""}
-    for kind, names in (
-        ("repository", ("repository",)),
-        ("workflow", ("workflow", "job_workflow_ref")),
-    ):
-        claimed = next((claims[n] for n in names if claims.get(n)), "")
-        if claimed:
-            values[kind] = claimed
-        elif context.get(kind):
-            values[f"context.{kind}"] = context[kind]
-    return {k: str(v)[:_MAX_VALUE] for k, v in values.items() if v}
+    context = _table(d.get("context"))
+    values = claimed_values(d.get("requester"), _table(caller.get("claims")))
+    for kind in ("repository", "workflow"):
+        if kind not in values and context.get(kind):
+            values[f"context.{kind}"] = str(context[kind])[:_MAX_VALUE]
+    return values
 
 
 def detect(

@@ -20,12 +20,13 @@ import hashlib
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from signer.algorithms import HASH_SIZES
 from signer.bounds import echo
 from signer.core.policy import KeyPolicy
+from signer.core.unusual import values_of
 from signer.encoding import canonical_json, format_time
 from signer.errors import ConflictError, InvalidArgumentError, NotFoundError, TooLargeError
 from signer.formats import registry as formats
@@ -284,3 +285,28 @@ def created_details(request: Request, policy: KeyPolicy) -> dict[str, Any]:
         details["payload_type"] = request.payload_type
         details["payload"] = base64.b64encode(request.payload).decode()
     return details
+
+
+def unusual_of(
+    tx: Tx, policy: KeyPolicy, request: Request, details: dict[str, Any]
+) -> tuple[Request, dict[str, Any]]:
+    """The request and its entry's details as recorded: if the key's policy finds it
+    unusual (`signer.core.unusual`), with why, and the approvals it then needs."""
+    if policy.unusual is None:
+        return request, details
+    reasons = policy.unusual.reasons(
+        policy.name,
+        request.created,
+        values_of(request.requester, request.caller),
+        lambda kind, value: tx.signed_with(policy.name, kind, value),
+    )
+    if not reasons:
+        return request, details
+    needed = policy.approvals_needed(unusual=True)
+    said = "; ".join(r["message"] for r in reasons)
+    request = replace(
+        request,
+        unusual=tuple(r["message"] for r in reasons),
+        status_message=f"unusual, so it needs {needed} approvals: {said}",
+    )
+    return request, {**details, "unusual": reasons, "threshold": needed}

@@ -252,6 +252,7 @@ class Core(Signing, Recording, AuditReader, PolicyDesk, AlertWatch):
                     "requests; wait for decisions or cancel some",
                     reason="TOO_MANY_PENDING",
                 )
+            request, details = intake.unusual_of(tx, policy, request, details)
             tx.insert_request(request, params)
             tx.append_audit(now, "request.created", actor, request.id, key_name, details)
         self.events.emit(Event(Kind.CREATED, request.id, key_name, actor))
@@ -426,7 +427,7 @@ class Core(Signing, Recording, AuditReader, PolicyDesk, AlertWatch):
             actor,
             request.id,
             request.key_name,
-            {"approvers": approvers, "threshold": policy.threshold},
+            {"approvers": approvers, "threshold": policy.approvals_needed(bool(request.unusual))},
         )
         return True
 

@@ -22,6 +22,7 @@ from signer.algorithms import ALGORITHMS, KeyAlgorithm
 from signer.core import rules
 from signer.core.limits import FIELDS as LIMIT_FIELDS
 from signer.core.limits import KeyLimits, Usage, window_opened
+from signer.core.unusual import Unusual
 from signer.core.windows import Window
 from signer.encoding import format_time, parse_time
 from signer.errors import SignerError
@@ -51,6 +52,7 @@ _KEY_FIELDS = frozenset(
         "key_id",
         "windows",
         "approval_kinds",
+        "unusual",
         *LIMIT_FIELDS,
     }
 )
@@ -144,6 +146,8 @@ class KeyPolicy:
     limits: KeyLimits = dataclasses.field(default_factory=KeyLimits)
     # the approval-key kinds whose approvals count (none: any), e.g. FIDO keys only
     approval_kinds: tuple[str, ...] = ()
+    # more approvals for a request made at an odd hour or from somewhere new
+    unusual: Unusual | None = None
 
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
@@ -169,10 +173,16 @@ class KeyPolicy:
             return False
         return True
 
-    def quorum_problem(self, counted: Sequence[str]) -> str | None:
-        """What the first rule finds `counted` (distinct valid approvers) lacks, or None."""
+    def approvals_needed(self, unusual: bool = False) -> int:
+        """The quorum of a request: the threshold, and the extra of an unusual one."""
+        extra = self.unusual.extra_approvals if unusual and self.unusual else 0
+        return self.threshold + extra
+
+    def quorum_problem(self, counted: Sequence[str], unusual: bool = False) -> str | None:
+        """What the first rule finds `counted` (distinct valid approvers) lacks, or None;
+        `unusual` for a request its creation found unusual."""
         for rule in rules.RULES:
-            problem = rule.quorum_problem(self, counted)
+            problem = rule.quorum_problem(self, counted, unusual)
             if problem is not None:
                 return problem
         return None
@@ -221,6 +231,8 @@ class KeyPolicy:
         if self.approval_kinds:  # absent: any kind
             d["approval_kinds"] = sorted(self.approval_kinds)
         d.update(self.limits.as_dict())  # each absent while unset
+        if self.unusual is not None:  # absent: no request needs more
+            d["unusual"] = self.unusual.as_dict()
         return d
 
     @classmethod
@@ -264,6 +276,7 @@ class KeyPolicy:
             windows=windows,
             limits=KeyLimits.from_dict(d, where, windows),
             approval_kinds=tuple(strings(d, "approval_kinds", where, [])),
+            unusual=_unusual(d, where, len(approvers), threshold),
         )
 
 
@@ -280,6 +293,15 @@ def windows_of(texts: Sequence[str], where: str) -> tuple[Window, ...]:
     if len(out) > 32:
         raise ValueError(f"{where}: at most 32 windows")
     return tuple(out)
+
+
+def _unusual(d: Mapping[str, Any], where: str, approvers: int, threshold: int) -> Unusual | None:
+    if "unusual" not in d:
+        return None
+    unusual = Unusual.from_dict(d["unusual"], f"{where}.unusual", windows_of)
+    if (problem := unusual.problem(approvers, threshold)) is not None:
+        raise ValueError(f"{where}.unusual: {problem}")
+    return unusual
 
 
 def _key_id(d: Mapping[str, Any], where: str) -> str:

@@ -85,4 +85,5 @@ def quorum(
             continue
         valid.append((a.approver, key))
     counted = distinct_approvers(valid)
-    return None if policy.quorum_problem(counted) is not None else sorted(counted)
+    problem = policy.quorum_problem(counted, bool(request.unusual))
+    return None if problem is not None else sorted(counted)

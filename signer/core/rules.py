@@ -85,8 +85,11 @@ class Rule:
         """Why an approval given at `given` no longer counts at `at`."""
         return None
 
-    def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
-        """What `counted` (the distinct approvers of valid approvals) lacks to be a quorum."""
+    def quorum_problem(
+        self, policy: KeyPolicy, counted: Sequence[str], unusual: bool = False
+    ) -> str | None:
+        """What `counted` (the distinct approvers of valid approvals) lacks to be a quorum;
+        `unusual` for a request found unusual when it was made."""
         return None
 
     def signing_problem(
@@ -163,12 +166,18 @@ class Approvers(Rule):
 
 
 class Threshold(Rule):
-    """A quorum is `threshold` distinct approvers (distinct people with distinct keys)."""
+    """A quorum is `threshold` distinct approvers (distinct people with distinct keys), and
+    the key's `unusual.extra_approvals` more for a request made unusual
+    (`signer.core.unusual`)."""
 
-    def quorum_problem(self, policy: KeyPolicy, counted: Sequence[str]) -> str | None:
-        if len(counted) >= policy.threshold:
+    def quorum_problem(
+        self, policy: KeyPolicy, counted: Sequence[str], unusual: bool = False
+    ) -> str | None:
+        needed = policy.approvals_needed(unusual)
+        if len(counted) >= needed:
             return None
-        return f"{len(counted)} valid distinct approvals; the policy needs {policy.threshold}"
+        why = " (an unusual request)" if needed > policy.threshold else ""
+        return f"{len(counted)} valid distinct approvals; the policy needs {needed}{why}"
 
 
 class ReleaseWindows(Rule):

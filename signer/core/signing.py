@@ -43,6 +43,7 @@ from signer.core.intake import Limits, check_payload, find_request
 from signer.core.limits import DAY, Usage
 from signer.core.policy import KeyPolicy
 from signer.core.quorum import quorum
+from signer.core.unusual import values_of
 from signer.errors import InvalidArgumentError, TokenError, TooLargeError
 from signer.model import KeySpec, Request, State
 from signer.store.base import FrozenKey, Tx
@@ -280,6 +281,8 @@ class Signing:
                 return None
             tx.insert_signatures(request.id, signatures)
             tx.set_state(request.id, State.SIGNED, now)
+            # who and where the key now signs for: no longer unusual on it
+            tx.mark_signed(request.key_name, values_of(request.requester, request.caller))
             tx.append_audit(
                 now,
                 "request.signed",

@@ -104,10 +104,16 @@ def _about(entry: AuditEntry, key: str) -> tuple[str, dict[str, Any]]:
                 "expire_time": _cut(d.get("expire_time", "")),
                 "waiting_for": {"approvers": approvers, "threshold": threshold},
             }
+            unusual = [
+                _cut(r.get("message", "")) for r in d.get("unusual", []) if isinstance(r, dict)
+            ]
+            if unusual:
+                fields["unusual"] = unusual
             n = len(digests)
             summary = (
                 f"{fields['requester']} asks to sign {n} digest{'s' * (n != 1)} with {key}; "
                 f"waiting for {threshold} of {', '.join(approvers)}"
+                + (f" (unusual: {'; '.join(unusual)})" if unusual else "")
             )
         case "request.approved":
             fields = {"approver": who, "decision": "approve"}

@@ -41,6 +41,7 @@ from signer.core.policy import (
     key_id_problem,
     windows_of,
 )
+from signer.core.unusual import Unusual
 from signer.core.windows import Window
 from signer.encoding import parse_time
 from signer.errors import ConfigError
@@ -340,6 +341,7 @@ def _keys(
             "approval_max_age",
             "outside_windows",
             "approval_kinds",
+            "unusual",
         )
         if not _NAME.match(name):
             raise r.error(name, "key names are 1-64 of A-Z a-z 0-9 . _ - ")
@@ -396,8 +398,26 @@ def _keys(
             windows,
             _limits(k, windows),
             _approval_kinds(k, approvers, approver_keys),
+            _unusual(k, len(approvers), threshold),
         )
     return out
+
+
+def _unusual(k: _Reader, approvers: int, threshold: int) -> Unusual | None:
+    """`[keys.NAME.unusual]`: how many more approvals an unusual request needs, and what
+    makes one unusual (`signer.core.unusual`)."""
+    if "unusual" not in k.table:
+        return None
+    u = k.sub("unusual")
+    u.only("extra_approvals", "usual_hours", "first_signed")
+    try:
+        hours = windows_of(u.names("usual_hours", []), "usual_hours")
+    except ValueError as e:
+        raise u.error("usual_hours", str(e).removeprefix("usual_hours").lstrip(": ")) from None
+    unusual = Unusual(u.get("extra_approvals", int), hours, u.names("first_signed", ()))
+    if (problem := unusual.problem(approvers, threshold)) is not None:
+        raise k.error("unusual", problem)
+    return unusual
 
 
 def _approval_kinds(

@@ -134,7 +134,7 @@ class _Base:
         """The request as answered: whole, or with only its first `digests` digests."""
         policy = self.core.policies.get(r.key_name)
         shown = r if digests is None else dataclasses.replace(r, digests=r.digests[:digests])
-        pb = request_pb(shown, policy.threshold if policy else 0)
+        pb = request_pb(shown, policy.approvals_needed(bool(r.unusual)) if policy else 0)
         pb.digest_count = len(r.digests)
         if r.state is State.SIGNED:
             proof = self.core.audit_proof(r.id)
@@ -153,7 +153,7 @@ class _Base:
             approvals=tuple(dataclasses.replace(a, envelope=b"") for a in r.approvals),
             signatures=(),
         )
-        pb = request_pb(shown, policy.threshold if policy else 0)
+        pb = request_pb(shown, policy.approvals_needed(bool(r.unusual)) if policy else 0)
         pb.digest_count = len(r.digests)
         return pb
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -245,6 +245,15 @@ class Tx(abc.ABC):
     def mark_seen(self, key_name: str, kind: str, value: str, index: int) -> bool:
         """Record that `kind` `value` was seen on `key_name` (first at audit entry `index`);
         whether it was the first time."""
+
+    @abc.abstractmethod
+    def signed_with(self, key_name: str, kind: str, value: str) -> bool:
+        """Whether a signature of `key_name` was recorded for a request with `kind` `value`
+        (its requester, repository or workflow: `signer.core.unusual`)."""
+
+    @abc.abstractmethod
+    def mark_signed(self, key_name: str, values: Mapping[str, str]) -> None:
+        """Record that `key_name` signed for a request with these `values` (kind: value)."""
 
     @abc.abstractmethod
     def created_since(self, key_name: str, since: dt.datetime, upto_request: str) -> int:

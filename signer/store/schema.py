@@ -34,7 +34,8 @@ CREATE TABLE frozen_keys (
 
 # v4 (PostgreSQL v3): the notifications still to deliver, how far each sink has read, and
 # the indexes that count a key's recent signatures (its limits) and requests (bursts), and
-# who and where each key has seen (alerts).
+# who and where each key has seen (alerts) and has signed for (unusual requests), and why a
+# request was unusual when made.
 _OUTBOX = """
 CREATE TABLE outbox (
     sink TEXT NOT NULL,
@@ -62,7 +63,14 @@ CREATE TABLE seen (
     value TEXT NOT NULL,
     first_index {big} NOT NULL,
     PRIMARY KEY (key_name, kind, value)
-)
+);
+CREATE TABLE signed_values (
+    key_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (key_name, kind, value)
+);
+ALTER TABLE requests ADD COLUMN unusual TEXT NOT NULL DEFAULT ''
 """
 
 _TABLES = """

@@ -95,6 +95,7 @@ class SqlTx(OutboxQueries, Tx):
             caller,
             payload_type,
             payload,
+            unusual,
         ) = row
         approvals = tuple(
             Approval(rid, a, d, bytes(env), parse_time(c), reason)
@@ -129,11 +130,13 @@ class SqlTx(OutboxQueries, Tx):
             caller=TokenCaller.from_dict(json.loads(caller)) if caller else None,
             payload_type=payload_type,
             payload=bytes(payload),
+            unusual=tuple(json.loads(unusual)) if unusual else (),
         )
 
     _COLUMNS = (
         "id, key_name, key_id, algorithm, requester, digests, context, state, created, "
-        "expires, updated, status_message, idempotency_key, caller, payload_type, payload"
+        "expires, updated, status_message, idempotency_key, caller, payload_type, payload, "
+        "unusual"
     )
 
     def savepoint(self) -> None:
@@ -171,7 +174,7 @@ class SqlTx(OutboxQueries, Tx):
         r = request
         self._run(
             f"INSERT INTO requests ({self._COLUMNS}, params_hash) "  # noqa: S608
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 r.id,
                 r.key_name,
@@ -189,6 +192,7 @@ class SqlTx(OutboxQueries, Tx):
                 canonical_json(r.caller.as_dict()).decode() if r.caller else None,
                 r.payload_type,
                 r.payload,
+                canonical_json(list(r.unusual)).decode() if r.unusual else "",
                 params_hash,
             ),
         )

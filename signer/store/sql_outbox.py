@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from signer.encoding import format_time, parse_time
@@ -50,6 +50,19 @@ class OutboxQueries(abc.ABC):
             return False
         self._run("INSERT INTO seen VALUES (?, ?, ?, ?)", (key_name, kind, value, index))
         return True
+
+    def signed_with(self, key_name: str, kind: str, value: str) -> bool:
+        return bool(
+            self._rows(
+                "SELECT 1 FROM signed_values WHERE key_name = ? AND kind = ? AND value = ?",
+                (key_name, kind, value),
+            )
+        )
+
+    def mark_signed(self, key_name: str, values: Mapping[str, str]) -> None:
+        for kind, value in sorted(values.items()):
+            if not self.signed_with(key_name, kind, value):
+                self._run("INSERT INTO signed_values VALUES (?, ?, ?)", (key_name, kind, value))
 
     def created_since(self, key_name: str, since: dt.datetime, upto_request: str) -> int:
         rows = self._rows(
