@@ -16,6 +16,8 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ed25519 as ed25519_keys
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from signer.approval import ecdsa_p256, ed25519, sk_ed25519
@@ -84,8 +86,12 @@ def key_from_openssh(line: bytes) -> ApprovalKey:
         loaded = serialization.load_ssh_public_key(b" ".join(fields[:2]))
     except (TypeError, NotImplementedError, ValueError, UnsupportedAlgorithm) as e:
         raise ValueError(f"not an OpenSSH public key: {e}") from None
-    key = key_for(loaded)
-    if key is None:  # the type matched, so the key is of a known kind
+    # The type matched, so the key is of a known kind (newer cryptography also loads
+    # kinds PublicKeyTypes does not name).
+    key = None
+    if isinstance(loaded, ec.EllipticCurvePublicKey | ed25519_keys.Ed25519PublicKey):
+        key = key_for(loaded)
+    if key is None:
         raise ValueError("not an OpenSSH key of a known kind")
     return key
 
