@@ -25,12 +25,14 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import pytest
-from google.protobuf import message_factory
+from google.protobuf import any_pb2, message_factory
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from signer.client.profile import list_requests
 from signer.v1 import approval_pb2, audit_pb2, signing_pb2, types_pb2
@@ -43,11 +45,23 @@ Instead = Callable[["HostileServer", str, bytes], Message | None]
 
 
 class Abort(Exception):  # not an error of ours: an instruction to the proxy
-    """Raised by a tamper function: fail the call with this status and message."""
+    """Raised by a tamper or instead function: fail the call with this status and
+    message, and the machine-readable reason, if given, as the server sends one."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.reason = code, message, reason
+
+    def abort(self, context: grpc.ServicerContext) -> NoReturn:
+        if self.reason:
+            detail = any_pb2.Any()
+            detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain="signer.v1"))
+            status = status_pb2.Status(
+                code=self.code.value[0], message=self.message, details=[detail]
+            )
+            context.abort_with_status(rpc_status.to_status(status))
+        context.abort(self.code, self.message)
+        raise AssertionError("unreachable")
 
 
 def _answers() -> dict[str, type[Message]]:
@@ -100,7 +114,10 @@ class HostileServer:
     def forward(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         with self._lock:
             self.calls[method.rsplit("/", 1)[-1]] += 1
-        made = self.instead(self, method.rsplit("/", 1)[-1], request) if self.instead else None
+        try:
+            made = self.instead(self, method.rsplit("/", 1)[-1], request) if self.instead else None
+        except Abort as e:
+            e.abort(context)
         if made is not None:
             return bytes(made.SerializeToString())
         try:
@@ -116,7 +133,7 @@ class HostileServer:
         try:
             changed = self.tamper(method.rsplit("/", 1)[-1], kind.FromString(answer))
         except Abort as e:
-            context.abort(e.code, e.message)
+            e.abort(context)
         return bytes(changed.SerializeToString())
 
     def upstream(self, method: str, request: Message) -> bytes:

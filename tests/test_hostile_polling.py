@@ -69,7 +69,7 @@ def test_sign_cli_backs_off_a_server_that_never_says_done(shared_env: Env, tmp_p
         sign = sign_args(proxy.profile("ci3"), artifact, "--timeout", "4s")
         p = run([*SIGNER, *sign], check=False)
         waits = proxy.calls["WaitSigningRequest"]
-    assert p.returncode == 1 and "still PENDING" in p.stderr
+    assert p.returncode == 3 and "still PENDING (0 of 2 approvals)" in p.stderr
     # The way to fetch it later checks the file's digest again.
     assert "signer status" in p.stderr and f"--file {artifact}" in p.stderr
     assert 1 <= waits <= 8, waits

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from signer.audit.proofs import SignedProof
-from signer.cli.kit import fail, request_dict, say
+from signer.cli.kit import EXIT_UNDECIDED, fail, request_dict, say
 from signer.client import workflow
 from signer.client.profile import Profile
 from signer.client.workflow import Asked
@@ -29,7 +29,18 @@ from signer.formats.base import Carried, SignedRequest
 from signer.model import Digest
 from signer.v1 import signing_pb2, types_pb2
 
-__all__ = ["finish", "obtain", "verified"]
+__all__ = ["finish", "obtain", "progress", "verified"]
+
+
+def progress(request: types_pb2.SigningRequest) -> None:
+    """Say on stderr what changed while waiting: approvals so far, a denial, the end."""
+    line = workflow.progress_line(request)
+    if line is not None:
+        say(line)
+
+
+def _seconds(span: dt.timedelta) -> str:
+    return f"{span.total_seconds():g}s"
 
 
 def finish(
@@ -49,14 +60,21 @@ def finish(
             # The files' own digests are checked again only when they are named.
             again = " ".join(f"--file {shlex.quote(str(f))}" for f in files) or "--out FILE"
             fail(
-                f"request {request.id} is still {state} after the timeout; "
-                f"fetch it later with `signer status {request.id} {again}`"
+                f"request {request.id} is still {state} ({_count(request)}) after the "
+                "timeout; "
+                f"fetch it later with `signer status {request.id} {again}`",
+                EXIT_UNDECIDED,
             )
         fail(f"request {request.id} ended {state}: {request.status_message}")
     output = registry.FORMATS[fmt]
     signed = replace(verified(profile, stub, request, asked, own_digests), files=files)
     for line in output.write(signed, output.targets(out, files, request.payload)):
         say(line)
+
+
+def _count(r: types_pb2.SigningRequest) -> str:
+    approved = sum(a.decision == types_pb2.DECISION_APPROVE for a in r.approvals)
+    return f"{approved} of {r.threshold} approvals"
 
 
 def obtain(
@@ -81,10 +99,15 @@ def obtain(
     request = workflow.create(profile, stub, create)
     say(f"waiting for {request.threshold} approvals on {key_name} (request {request.id})...")
     asked = asked.for_request(request.id)
-    last, _ = workflow.wait(profile, stub, asked, wait_for)
+    last, decided = workflow.wait(profile, stub, asked, wait_for, progress)
     request = last or request
+    if not decided:
+        fail(
+            f"request {request.id} is still undecided after {_seconds(wait_for)}; it goes on",
+            EXIT_UNDECIDED,
+        )
     if request.state != types_pb2.REQUEST_STATE_SIGNED:
-        fail(f"request {request.id} was not signed: {request.status_message or 'timeout'}")
+        fail(f"request {request.id} was not signed: {request.status_message or 'no reason'}")
     return verified(profile, stub, request, asked)
 
 

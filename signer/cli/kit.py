@@ -1,7 +1,8 @@
 """Shared pieces of the `signer` and `approver` command lines.
 
-Errors end a command with one clear line and an exit code (DESIGN §9):
-0 success, 1 refused or failed, 2 usage or configuration error. No traceback.
+Errors end a command with one clear line and an exit code: 0 success, 1
+refused or failed, 2 usage or configuration error, 3 still undecided when a
+wait's --timeout passed (the request goes on; fetch it later). No traceback.
 
 Nothing another party sent reaches the terminal as is (DESIGN §14): errors,
 messages (`say`, `echo`) and table cells pass through `signer.text.shown`,
@@ -35,6 +36,7 @@ from signer.v1 import types_pb2
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_UNDECIDED",
     "EXIT_USAGE",
     "Cell",
     "call",
@@ -54,6 +56,7 @@ __all__ = [
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNDECIDED = 3
 stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 profile_opt = click.option(

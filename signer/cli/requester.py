@@ -23,7 +23,7 @@ from google.protobuf import duration_pb2
 from signer import pgp
 from signer.algorithms import HASH_SIZES, algorithm
 from signer.cli._common import digests_of, emit, file_digest
-from signer.cli._outputs import finish
+from signer.cli._outputs import finish, progress
 from signer.cli.kit import (
     call,
     echo,
@@ -268,7 +268,7 @@ def sign(
             f"(request {request.id})..."
         )
         asked = asked.for_request(request.id)
-        last, _ = workflow.wait(profile, stub, asked, wait_for)
+        last, _ = workflow.wait(profile, stub, asked, wait_for, progress)
         request = last or request
         if as_json:
             print_json(request_dict(request))

@@ -15,7 +15,12 @@ hostile (DESIGN §14):
 - polling backs off whatever the server answers: a long poll that comes back
   early and undecided is followed by a pause that grows to `MAX_PAUSE`, so a
   server that always says "not done" gets a bounded number of calls; an
-  unavailable server is retried at most once a second.
+  unavailable server is retried at most once a second;
+- a deadline is a deadline: `wait` returns within `SLACK` seconds of its
+  timeout, however slowly the server answers, and `create` retries an
+  unreachable server for at most `RETRY_BUDGET` seconds. An outage the server
+  itself reports (its database is unreachable: STORE_UNAVAILABLE) is not
+  retried: the server has already waited for it.
 """
 
 from __future__ import annotations
@@ -47,12 +52,15 @@ from signer.verify import verify_digest
 
 __all__ = [
     "MAX_PAUSE",
+    "RETRY_BUDGET",
+    "SLACK",
     "Asked",
     "Verified",
     "call",
     "check_response",
     "checked_key",
     "create",
+    "progress_line",
     "verify_signed",
     "wait",
 ]
@@ -60,7 +68,9 @@ __all__ = [
 MAX_PAUSE = 5.0  # the longest pause between two undecided polls
 _FIRST_PAUSE = 0.2
 _EARLY = 0.5  # a poll that returns in under half the time asked came back early
-_CREATE_ATTEMPTS = 4
+RETRY_BUDGET = 5.0  # seconds `create` spends retrying a server it cannot reach
+SLACK = 2.0  # the most a wait's last call may outlast its timeout (network and answer)
+_FIRST_RETRY = 0.5
 _POLL_SECONDS = 55.0
 _REQUEST_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 _KEY_ID = re.compile(r"^[0-9a-f]{64}\Z")
@@ -134,24 +144,37 @@ def check_response(request: types_pb2.SigningRequest, asked: Asked) -> None:
 
 
 def create(
-    profile: Profile, stub: Any, request: signing_pb2.CreateSigningRequestRequest
+    profile: Profile,
+    stub: Any,
+    request: signing_pb2.CreateSigningRequestRequest,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> types_pb2.SigningRequest:
-    """Create, retrying UNAVAILABLE and an overloaded server with the same idempotency
-    key (so a retry never makes a second request); check the answer."""
-    for attempt in range(_CREATE_ATTEMPTS):
+    """Create, retrying a server it cannot reach, or gRPC's "no room" refusal, with the
+    same idempotency key (so a retry never makes a second request), for at most
+    RETRY_BUDGET seconds; check the answer."""
+    give_up = clock() + RETRY_BUDGET
+    pause = _FIRST_RETRY
+    while True:
         try:
             created: types_pb2.SigningRequest = call(
                 profile, stub.CreateSigningRequest, request
             ).request
         except RemoteError as e:
-            transient = e.code.name == "UNAVAILABLE" or e.overloaded
-            if not transient or attempt == _CREATE_ATTEMPTS - 1:
+            if not _retryable(e) or clock() + pause > give_up:
                 raise
-            time.sleep(0.5 * 2**attempt)
+            sleep(pause)
+            pause *= 2
             continue
         check_response(created, Asked.of(request))
         return created
-    raise AssertionError("unreachable")
+
+
+def _retryable(e: RemoteError) -> bool:
+    """An UNAVAILABLE the server gave no reason for (it could not be reached, or was
+    restarting), or gRPC's own overload refusal. A reason, such as STORE_UNAVAILABLE,
+    is the server's answer after it waited itself: said at once."""
+    return (e.code.name == "UNAVAILABLE" and not e.reason) or e.overloaded
 
 
 def _poll_pb(seconds: float) -> duration_pb2.Duration:
@@ -198,12 +221,12 @@ def wait(
             return last, False
         poll = min(remaining, poll_seconds)
         started = time.monotonic()
-        try:
+        try:  # the server answers within `poll`; the call's own deadline is barely later
             resp = call(
                 profile,
                 stub.WaitSigningRequest,
                 signing_pb2.WaitSigningRequestRequest(id=asked.request_id, timeout=_poll_pb(poll)),
-                timeout=poll + 10,
+                timeout=poll + SLACK,
             )
         except RemoteError as e:
             if e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not e.overloaded:
@@ -220,6 +243,33 @@ def wait(
         if resp.done:
             return last, True
         backoff.after(poll, time.monotonic() - started, end - time.monotonic())
+
+
+_ENDED = {
+    types_pb2.REQUEST_STATE_EXPIRED: "expired",
+    types_pb2.REQUEST_STATE_CANCELLED: "cancelled",
+    types_pb2.REQUEST_STATE_FAILED: "failed",
+}
+
+
+def progress_line(r: types_pb2.SigningRequest) -> str | None:
+    """What a person waiting on `r` is told when it changes ("1 of 2 approvals (alice)",
+    a denial, the end); None when there is nothing new to say (no approval yet)."""
+    approvers = [a.approver for a in r.approvals if a.decision == types_pb2.DECISION_APPROVE]
+    count = f"{len(approvers)} of {r.threshold} approvals ({', '.join(approvers)})"
+    if r.state == types_pb2.REQUEST_STATE_PENDING:
+        return count if approvers else None
+    if r.state == types_pb2.REQUEST_STATE_APPROVED:
+        return f"{count}; signing"
+    if r.state == types_pb2.REQUEST_STATE_SIGNED:
+        return f"signed after {count}; checking the signatures and the audit proof"
+    if r.state == types_pb2.REQUEST_STATE_DENIED:
+        deniers = [a for a in r.approvals if a.decision == types_pb2.DECISION_DENY]
+        by = f" by {deniers[0].approver}" if deniers else ""
+        why = f": {deniers[0].reason}" if deniers and deniers[0].reason else ""
+        return f"denied{by}{why}"
+    ended = _ENDED.get(r.state, "ended")
+    return f"{ended}: {r.status_message}" if r.status_message else ended
 
 
 @dataclass(frozen=True)
