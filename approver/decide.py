@@ -184,5 +184,15 @@ def decide(
             "request (id, key, key id or digests differ); your signed decision covers only "
             "the request shown above"
         )
-    done = "approved" if decision == "approve" else "denied"
-    say(f"{done}; request {request_id} is now {after['state']}")
+    say(_outcome(decision, after))
+
+
+def _outcome(decision: str, after: dict[str, Any]) -> str:
+    """What the officer's decision did: "approved; 1 of 2 approvals", or how it ended."""
+    if decision == "deny":
+        return f"denied; request {after['id']} is {after['state']}"
+    approved = sum(a["decision"] == "approve" for a in after["approvals"])
+    count = f"{approved} of {after['threshold']} approvals"
+    if after["state"] == "PENDING":
+        return f"approved; request {after['id']} has {count}, waiting for more"
+    return f"approved; request {after['id']} has {count} and is {after['state']}"

@@ -37,6 +37,7 @@ __all__ = [
     "DISPLAY_RULE",
     "KEY_NAME",
     "MAX_ARTIFACT",
+    "counted",
     "is_artifact_name",
     "is_displayable",
     "shown",
@@ -93,3 +94,8 @@ def shown(text: object) -> str:
     if is_displayable(s):
         return s
     return "".join(_escape(c) if _refused(c) else c for c in s)
+
+
+def counted(n: int, one: str, many: str = "") -> str:
+    """`n` and the word that agrees with it: "1 checkpoint", "2 checkpoints"."""
+    return f"{n} {one if n == 1 else many or one + 's'}"

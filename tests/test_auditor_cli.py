@@ -67,7 +67,7 @@ def test_fetch_verify_then_incremental_fetch(shared: Running, tmp_path: Path) ->
     fetched, held = _fetch(shared, out)
     assert fetched == held == len(_entries(out)) > 0
     ok = _verify(shared, out)
-    assert ok.startswith(f"OK: {held} entries, 1 checkpoints signed by localhost/signer-dev")
+    assert ok.startswith(f"OK: {held} entries, 1 checkpoint signed by localhost/signer-dev")
 
     r = _signed(shared.clients)
     fetched2, held2 = _fetch(shared, out)

@@ -41,8 +41,12 @@ def test_sign_wait_approve_verify(shared: Running, tmp_path: Path) -> None:
     shown = json.loads(_approver(shared, "alice", "show", request_id, "--json").stdout)
     assert shown["context"] == {"repository": "org/app"}
     assert shown["digests"][0]["artifact"] == "app.tar"
-    _approver(shared, "alice", "approve", request_id, "--yes")
-    _approver(shared, "carol", "approve", request_id, "--yes")
+    first = _approver(shared, "alice", "approve", request_id, "--yes")
+    assert f"approved; request {request_id} has 1 of 2 approvals, waiting for more" in (
+        first.stderr
+    )
+    second = _approver(shared, "carol", "approve", request_id, "--yes")
+    assert f"request {request_id} has 2 of 2 approvals and is SIGNED" in second.stderr
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     sig = tmp_path / "app.tar.sig"

@@ -46,7 +46,7 @@ from signer.client.auditor import fetch
 from signer.client.profile import Profile, load_profile, paged
 from signer.errors import ConfigError, VerificationError
 from signer.server.admin import audit_head, audit_verifier, reset_audit_head
-from signer.text import shown
+from signer.text import counted, shown
 from signer.v1 import audit_pb2, audit_pb2_grpc
 
 __all__ = ["audit"]
@@ -272,10 +272,12 @@ def audit_verify(directory: Path, vkey: str, as_json: bool) -> None:
         print_json(dataclasses.asdict(report))
         return
     click.echo(
-        f"OK: {report.entries} entries, {report.checkpoints} checkpoints signed by "
-        f"{verifier.name}; {report.signed} signatures each backed by a valid quorum "
-        f"({report.approvals} approvals verified, {report.policies} policies in force, "
-        f"{report.policy_versions} policy versions chained)"
+        f"OK: {counted(report.entries, 'entry', 'entries')}, "
+        f"{counted(report.checkpoints, 'checkpoint')} signed by {verifier.name}; "
+        f"{counted(report.signed, 'signature')} each backed by a valid quorum "
+        f"({counted(report.approvals, 'approval')} verified, "
+        f"{counted(report.policies, 'policy', 'policies')} in force, "
+        f"{counted(report.policy_versions, 'policy version')} chained)"
     )
     if report.policy_versions and report.policies_before_chain:
         click.echo(

@@ -4,10 +4,11 @@ Errors end a command with one clear line and an exit code: 0 success, 1
 refused or failed, 2 usage or configuration error, 3 still undecided when a
 wait's --timeout passed (the request goes on; fetch it later). No traceback.
 
-Nothing another party sent reaches the terminal as is (DESIGN §14): errors,
-messages (`say`, `echo`) and table cells pass through `signer.text.shown`,
-which makes every control, format or separator character a visible escape,
-and rich reads none of it as markup or emoji.
+Nothing another party sent reaches the terminal as is: errors, messages
+(`say`, `echo`) and table cells pass through `signer.text.shown`, which makes
+every control, format or separator character a visible escape, and rich reads
+none of it as markup or emoji. Tables (`print_table`) never break an id, digest
+or path, on a terminal of any width or in a CI log.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from signer.client.profile import stubs
 from signer.client.workflow import call
@@ -170,19 +173,94 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
-# A table cell: one line, or several (each escaped on its own, then shown one under another).
+# A table cell: one line, or several (each shown on its own, one under another).
 Cell = str | tuple[str, ...]
+_OVERHEAD_PER_COLUMN = 3  # a border and a space each side
+_TABLE_PADDING = 2  # gap between columns when nothing is drawn
 
 
-def _cell(cell: Cell) -> str:
-    lines = (cell,) if isinstance(cell, str) else cell
-    return "\n".join(escape(shown(line)) for line in lines)  # data, never rich markup
+def _lines(cell: Cell) -> list[str]:
+    """A cell's lines, every character from elsewhere made visible (data, never markup)."""
+    return [shown(line) for line in ((cell,) if isinstance(cell, str) else cell)]
 
 
-def print_table(title: str, columns: list[str], rows: Sequence[Sequence[Cell]]) -> None:
-    table = Table(title=escape(shown(title)), show_lines=False)
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(cell) for cell in row))
-    Console(width=None if sys.stdout.isatty() else 160, emoji=False, highlight=False).print(table)
+def print_table(
+    title: str, columns: list[str], rows: Sequence[Sequence[Cell]], empty: str = ""
+) -> None:
+    """Rows for people, in a layout that fits where they are read.
+
+    An id, digest or path (any word) is never broken: on a terminal, a table whose
+    columns each fit their longest word, wrapping longer text at spaces; when even
+    that is too wide, one "column: value" block per row. Elsewhere (a CI log, a
+    pipe): plain columns, no box drawing and no wrapping. No rows: one sentence,
+    `empty` or "no TITLE".
+    """
+    if not rows:
+        echo(empty or f"no {title}")
+        return
+    cells = [[_lines(cell) for cell in row] for row in rows]
+    if not sys.stdout.isatty():
+        _plain(shown(title), columns, cells)
+        return
+    console = Console(emoji=False, highlight=False)
+    widths = _fitted(columns, cells, console.width)
+    if widths is None:
+        _blocks(console, shown(title), columns, cells)
+        return
+    table = Table(title=Text(shown(title)), show_lines=False)
+    for c, w in zip(columns, widths, strict=True):
+        table.add_column(c, width=w, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text("\n".join(lines)) for lines in row))
+    console.print(table)
+
+
+def _fitted(columns: list[str], cells: list[list[list[str]]], width: int) -> list[int] | None:
+    """Column widths for `width` in which no word breaks; None if there are none."""
+    room = width - _OVERHEAD_PER_COLUMN * len(columns) - 1
+    need = [cell_len(c) for c in columns]
+    want = list(need)
+    for row in cells:
+        for i, lines in enumerate(row):
+            for line in lines:
+                want[i] = max(want[i], cell_len(line))
+                need[i] = max([need[i], *(cell_len(word) for word in line.split())])
+    if sum(want) <= room:
+        return want
+    if sum(need) > room:
+        return None
+    spare, lack = room - sum(need), [w - n for w, n in zip(want, need, strict=True)]
+    return [n + spare * short // sum(lack) for n, short in zip(need, lack, strict=True)]
+
+
+def _blocks(console: Console, title: str, columns: list[str], cells: list[list[list[str]]]) -> None:
+    """One block per row: "column: value" when it fits the width, else the value on its
+    own lines under the column, wrapped only at spaces (a longer word runs on)."""
+    console.print(Text(title, style="bold"))
+    labelled = columns == ["field", "value"]  # a record: each row's first cell names it
+    for row in cells:
+        console.print()
+        pairs = [(" ".join(row[0]), row[1])] if labelled else list(zip(columns, row, strict=True))
+        for label, lines in pairs:
+            one = f"{label}: {lines[0]}" if len(lines) == 1 else ""
+            if one and cell_len(one) <= console.width:
+                console.print(Text(one), soft_wrap=True)
+                continue
+            console.print(Text(f"{label}:"))
+            for line in lines:
+                console.print(Text(f"  {line}", overflow="ignore"), width=console.width)
+
+
+def _plain(title: str, columns: list[str], cells: list[list[list[str]]]) -> None:
+    """Columns padded with spaces, the last one not; no drawing, no wrapping."""
+    widths = [cell_len(c) for c in columns]
+    for row in cells:
+        for i, lines in enumerate(row):
+            widths[i] = max([widths[i], *(cell_len(line) for line in lines)])
+    out = [title, ""]
+    for row in [[[c] for c in columns], *cells]:
+        for n in range(max(len(lines) for lines in row)):
+            parts = [lines[n] if n < len(lines) else "" for lines in row]
+            padded = [p + " " * (widths[i] - cell_len(p)) for i, p in enumerate(parts[:-1])]
+            out.append((" " * _TABLE_PADDING).join([*padded, parts[-1]]).rstrip())
+    click.echo("\n".join(out))

@@ -343,8 +343,13 @@ def status(
             _show_request(d)
         if out is not None or files:
             one_each = registry.FORMATS[fmt].per_artifact
-            if d["state"] != "SIGNED" or (one_each and out and len(r.digests) != 1):
-                fail(f"request {request_id} is {d['state']}; no single signature to write")
+            if d["state"] != "SIGNED":
+                fail(f"request {request_id} is {d['state']}, not SIGNED: there is no signature")
+            if one_each and out and len(r.digests) != 1:
+                fail(
+                    f"request {request_id} has {len(r.digests)} signatures, one per artifact: "
+                    "give each file with --file instead of --out, or use --format bundle"
+                )
             finish(profile, stub, r, asked, fmt, files, out, own)
 
 
@@ -414,7 +419,7 @@ def _show_request(d: dict[str, Any]) -> None:
     ]
     rows += [
         [
-            f"{a['decision']}d by" if a["decision"] == "deny" else "approved by",
+            "denied by" if a["decision"] == "deny" else "approved by",
             f"{a['approver']} at {a['time']} {a['reason']}",
         ]
         for a in d["approvals"]
