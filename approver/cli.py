@@ -77,6 +77,12 @@ def main() -> None:
 
 
 @main.command()
+def version() -> None:
+    """Print this client's version (as `approver --version` does)."""
+    click.echo(f"approver {__version__}")
+
+
+@main.command()
 @click.option(
     "--out",
     required=True,
@@ -144,6 +150,13 @@ def keygen(
             raise ApproverError("the passphrases differ")
     key = generate(out, passphrase)
     click.echo(f"{out}.pub  key id {key.public_key().key_id}")
+    if passphrase is None:
+        say(
+            f"warning: {out} is not encrypted: anyone who can read it can approve as you. "
+            "Use --encrypt (asks for a passphrase), --passphrase-file or --passphrase-env, "
+            "or keep the key in a token with --pkcs11",
+            style="bold yellow",
+        )
 
 
 @main.command("list")

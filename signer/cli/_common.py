@@ -60,6 +60,12 @@ def digests_of(
             raise click.BadParameter(
                 f"{spec!r}: digest is not hex", param_hint="--digest"
             ) from None
+        if len(value) != HASH_SIZES[name]:
+            raise click.BadParameter(
+                f"{spec[:80]!r}: a {name} digest is {HASH_SIZES[name]} bytes "
+                f"({2 * HASH_SIZES[name]} hex digits), not {len(value)}",
+                param_hint="--digest",
+            )
         out.append(
             types_pb2.Digest(
                 algorithm=HASH_TO_PB[name], value=value, artifact_name=artifact or f"digest-{i}"

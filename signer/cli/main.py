@@ -72,6 +72,12 @@ def main() -> None:
     """Threshold signing: keys in an HSM, signatures only after m-of-n approval."""
 
 
+@main.command()
+def version() -> None:
+    """Print this client's version (as `signer --version` does)."""
+    click.echo(f"signer {__version__}")
+
+
 # -- set-up and server ---------------------------------------------------------------
 
 

@@ -48,7 +48,7 @@ from signer.formats.base import PayloadKey
 from signer.formats.openpgp import check_certificate, openpgp_algorithm
 from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.model import Digest
-from signer.parsing import MAX_TTL, parse_duration
+from signer.parsing import MAX_TTL, format_duration, parse_duration
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
 
 __all__ = ["cancel", "public_key", "sign", "status"]
@@ -98,6 +98,11 @@ def _context(pairs: tuple[str, ...]) -> dict[str, str]:
         k, sep, v = p.partition("=")
         if not sep:
             raise click.BadParameter(f"{p!r} is not KEY=VALUE", param_hint="--context")
+        if not k or not v:
+            raise click.BadParameter(
+                f"{p!r} has an empty {'key' if not k else 'value'}: give both, or leave it out",
+                param_hint="--context",
+            )
         ctx[k] = v
     return ctx
 
@@ -261,6 +266,8 @@ def sign(
         asked = Asked.of(create)
         request = workflow.create(profile, stub, create)
         echo(request.id)
+        if lifetime is not None:
+            _say_if_cut(request, lifetime)
         if not wait:
             return
         say(
@@ -273,6 +280,18 @@ def sign(
         if as_json:
             print_json(request_dict(request))
         finish(profile, stub, request, asked, fmt, files, out)
+
+
+def _say_if_cut(request: types_pb2.SigningRequest, asked: dt.timedelta) -> None:
+    """Say so when the server gave the request a shorter life than --ttl asked."""
+    span = request.expire_time.ToDatetime() - request.create_time.ToDatetime()
+    given = dt.timedelta(seconds=round(span.total_seconds()))
+    if given < asked - dt.timedelta(seconds=1):
+        say(
+            f"--ttl {format_duration(asked)} is more than key {request.key_name} allows: "
+            f"request {request.id} expires after {format_duration(given)}, at "
+            f"{request.expire_time.ToJsonString()}"
+        )
 
 
 def _own(files: tuple[Path, ...], raw: tuple[str, ...], hash_name: str) -> list[Digest]:

@@ -1,0 +1,86 @@
+"""Errors and adjustments a newcomer meets say what happened and what to do.
+
+A malformed `--digest` and an empty `--context` value are usage errors (exit 2,
+nothing sent); a `--ttl` past the key's maximum is said, with the lifetime
+given; `approver keygen` without a passphrase says loudly that the key is not
+encrypted; `signer version` and `approver version` print the version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from signer import __version__
+from testbed.clients import Clients
+from testbed.commands import APPROVER, SIGNER, run
+from testbed.env import Env
+
+pytestmark = [
+    pytest.mark.sqlite_only("what is checked is the client's"),
+    pytest.mark.usefixtures("shared"),
+]
+
+
+def _sign(env: Env, *args: str) -> list[str]:
+    profile = str(env.profile_path("ci3"))
+    return [*SIGNER, "sign", "--profile", profile, "--key-name", "release", *args]
+
+
+@pytest.mark.parametrize(
+    ("digest", "said"),
+    [
+        ("sha256:abcd", "a sha256 digest is 32 bytes (64 hex digits), not 2"),
+        ("sha512:" + "00" * 32, "a sha512 digest is 64 bytes (128 hex digits), not 32"),
+        ("sha256:xyz", "digest is not hex"),
+        ("md5:" + "00" * 16, "ALG one of sha256"),
+    ],
+)
+def test_a_malformed_digest_is_a_usage_error(shared_env: Env, digest: str, said: str) -> None:
+    """A --digest of the wrong length, not hex, or of an unknown hash exits 2, naming it."""
+    p = run(_sign(shared_env, "--digest", digest, "--no-wait"), check=False)
+    assert p.returncode == 2, p.stderr
+    assert said in p.stderr and "--digest" in p.stderr
+    assert not p.stdout  # no request id: nothing was sent
+
+
+@pytest.mark.parametrize("pair", ["repository=", "=org/app"])
+def test_an_empty_context_key_or_value_is_refused(
+    shared_env: Env, tmp_path: Path, pair: str
+) -> None:
+    """`--context KEY=` (or `=VALUE`) is refused before anything is sent."""
+    artifact = tmp_path / "a.bin"
+    artifact.write_bytes(b"a")
+    p = run(_sign(shared_env, "--file", str(artifact), "--context", pair, "--no-wait"), check=False)
+    assert p.returncode == 2
+    assert "has an empty" in p.stderr and not p.stdout
+
+
+def test_a_ttl_past_the_keys_maximum_is_said(
+    shared_env: Env, clients: Clients, tmp_path: Path
+) -> None:
+    """`--ttl 3h` on a key whose max_ttl is 1h: the request is made, and the cut is said."""
+    artifact = tmp_path / "a.bin"
+    artifact.write_bytes(b"ttl")
+    p = run(_sign(shared_env, "--file", str(artifact), "--ttl", "3h", "--no-wait"))
+    request_id = p.stdout.strip()
+    assert f"--ttl 3h is more than key release allows: request {request_id} expires after 1h" in (
+        p.stderr
+    )
+    quiet = run(_sign(shared_env, "--file", str(artifact), "--ttl", "30m", "--no-wait"))
+    assert "--ttl" not in quiet.stderr
+
+
+def test_an_unencrypted_approval_key_is_said_loudly(tmp_path: Path) -> None:
+    """`approver keygen` without a passphrase writes the key and warns that it is not
+    encrypted, naming the options that encrypt it."""
+    p = run([*APPROVER, "keygen", "--out", str(tmp_path / "alice")])
+    assert "is not encrypted" in p.stderr and "--encrypt" in p.stderr
+    assert (tmp_path / "alice.pub").exists()
+
+
+def test_version_commands_print_the_version() -> None:
+    """`signer version` and `approver version` print the package version."""
+    assert run([*SIGNER, "version"]).stdout == f"signer {__version__}\n"
+    assert run([*APPROVER, "version"]).stdout == f"approver {__version__}\n"
