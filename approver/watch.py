@@ -119,7 +119,7 @@ def _stream(profile: Profile, stop: threading.Event) -> Iterator[types_pb2.Signi
         except grpc.RpcError as e:
             if stop.is_set():
                 return
-            error = remote_error(e)
+            error = remote_error(e, profile)
             if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise error from None
             say(f"{profile.server}: {error}; trying again in {pause:.0f} s", style="yellow")

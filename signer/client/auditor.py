@@ -69,7 +69,7 @@ def fetch(profile: Profile, out: Path) -> FetchResult:
                     _check_extends(stub, local.checkpoint, new, timeout)
                 _append_verified(stub, log, local, new, timeout)
         except grpc.RpcError as e:
-            raise remote_error(e) from None
+            raise remote_error(e, profile) from None
         log.write_checkpoint(new.size, note.checkpoint)
     return FetchResult(old_size, new.size)
 

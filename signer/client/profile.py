@@ -3,7 +3,9 @@
 A profile names the server address, CA, client certificate and key (or, for a
 CI job without any secret, OIDC settings: `oidc_audience`, `oidc_token_file`,
 `oidc_token_env`; see `signer.client.ci_token`), and for officers the approval key;
-flags override it and `SIGNER_PROFILE` names a default (DESIGN §9). The
+`--server` or `SIGNER_SERVER` overrides its address, and `SIGNER_PROFILE` names a
+default profile. A call that fails before the server could answer says what to
+check: the address and where it came from, or the port of the other kind. The
 caller's identity is read from its own certificate, the same way the server
 reads it. Every call gets a deadline.
 
@@ -73,6 +75,7 @@ class Profile:
     oidc_audience: str = ""
     oidc_token_file: Path | None = None
     oidc_token_env: str = DEFAULT_TOKEN_ENV
+    server_from: str = ""  # where `server` came from: "--server", "$SIGNER_SERVER"; "" the file
 
     @property
     def uses_oidc(self) -> bool:
@@ -152,9 +155,12 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
             raise ConfigError(f"profile {path}: {key}: file {p} does not exist")
         return p
 
-    addr = server or raw.get("server")
+    from_env = os.environ.get("SIGNER_SERVER", "")
+    addr = server or from_env or raw.get("server")
+    server_from = "--server" if server else "$SIGNER_SERVER" if from_env else ""
     if not isinstance(addr, str) or ":" not in addr:
-        raise ConfigError(f"profile {path}: server must be HOST:PORT")
+        where = server_from or f"profile {path}: server"
+        raise ConfigError(f"{where} must be HOST:PORT, not {shown(str(addr))[:80]!r}")
     try:
         timeout = parse_duration(
             str(raw.get("timeout", "30s")), dt.timedelta(seconds=1), dt.timedelta(hours=1)
@@ -211,6 +217,7 @@ def load_profile(path: Path | None, server: str | None = None) -> Profile:
         oidc_audience=audience,
         oidc_token_file=(path.parent / token_file).resolve() if token_file else None,
         oidc_token_env=token_env,
+        server_from=server_from,
     )
 
 
@@ -242,7 +249,10 @@ class RemoteError(SignerError):
         )
 
 
-def remote_error(e: grpc.RpcError) -> RemoteError:
+def remote_error(e: grpc.RpcError, profile: Profile | None = None) -> RemoteError:
+    """The failure as a RemoteError; with `profile`, what to check when it is the
+    profile's (its address, its port, its credentials), naming where the address came
+    from."""
     reason = ""
     try:  # a server's status details that do not parse, or disagree, say nothing
         status = rpc_status.from_call(e)
@@ -253,9 +263,41 @@ def remote_error(e: grpc.RpcError) -> RemoteError:
     except (ValueError, DecodeError):
         reason = ""
     message = e.details() or ""
-    if e.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in message.lower():
-        message += " (check the profile's CA, client certificate and server address)"
-    return RemoteError(e.code(), message, reason)
+    hint = _hint(profile, e.code(), message, reason) if profile is not None else ""
+    if not hint and e.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in message.lower():
+        hint = "check the profile's CA, client certificate and server address"
+    return RemoteError(e.code(), f"{message}; {hint}" if hint else message, reason)
+
+
+def _hint(profile: Profile, code: grpc.StatusCode, message: str, reason: str) -> str:
+    """What to check when a call failed before the server could answer it."""
+    given = {"--server": "given by --server", "$SIGNER_SERVER": "from $SIGNER_SERVER"}
+    where = f"{profile.server} ({given.get(profile.server_from, f'profile {profile.path}')})"
+    text = message.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and not reason:
+        if profile.uses_oidc and any(w in text for w in ("socket closed", "handshake", "reset")):
+            return (
+                f"{where} closed the connection: an OIDC profile has no client certificate, "
+                "and that looks like the server's mutual-TLS port (server.listen); OIDC "
+                "requesters use its server.oidc_listen port"
+            )
+        if "handshake" in text:
+            return (
+                f"the TLS handshake with {where} failed: check the profile's ca, cert and key, "
+                "and that this is the server's address"
+            )
+        if any(w in text for w in ("failed to connect", "refused", "resolve", "dns")):
+            return (
+                f"nothing answers at {where}: is `signer serve` running there, and is that "
+                "its port?"
+            )
+    if code == grpc.StatusCode.UNAUTHENTICATED and reason == "NO_CREDENTIALS" and profile.cert:
+        return (
+            f"{where} did not ask for this profile's client certificate: that looks like "
+            "the server's OIDC port (server.oidc_listen); certificate profiles use its "
+            "server.listen port"
+        )
+    return ""
 
 
 def call(
@@ -265,7 +307,7 @@ def call(
     try:
         return rpc(request, timeout=timeout or profile.timeout.total_seconds())
     except grpc.RpcError as e:
-        raise remote_error(e) from None
+        raise remote_error(e, profile) from None
 
 
 MAX_LISTED = 100_000  # items of one listing a client takes from a server
