@@ -41,6 +41,7 @@ STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
 RPCS: list[tuple[str, str, type[Message], bool]] = [
     ("SigningService", "CreateSigningRequest", signing_pb2.CreateSigningRequestRequest, False),
     ("SigningService", "GetSigningRequest", signing_pb2.GetSigningRequestRequest, False),
+    ("SigningService", "ListSigningRequests", signing_pb2.ListSigningRequestsRequest, False),
     ("SigningService", "WaitSigningRequest", signing_pb2.WaitSigningRequestRequest, False),
     ("SigningService", "CancelSigningRequest", signing_pb2.CancelSigningRequestRequest, False),
     ("SigningService", "GetPublicKey", signing_pb2.GetPublicKeyRequest, False),

@@ -3,12 +3,16 @@
 A malformed `--digest` and an empty `--context` value are usage errors (exit 2,
 nothing sent); a `--ttl` past the key's maximum is said, with the lifetime
 given; `approver keygen` without a passphrase says loudly that the key is not
-encrypted; `signer version` and `approver version` print the version.
+encrypted; `signer version` and `approver version` print the version;
+`signer list` lists a requester's own requests, checked to be its own; `signer
+keys` lists the server's keys, and a misspelt key name gets the closest one.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,7 @@ from signer import __version__
 from testbed.clients import Clients
 from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
+from tests.hostile import hostile
 
 pytestmark = [
     pytest.mark.sqlite_only("what is checked is the client's"),
@@ -84,3 +89,53 @@ def test_version_commands_print_the_version() -> None:
     """`signer version` and `approver version` print the package version."""
     assert run([*SIGNER, "version"]).stdout == f"signer {__version__}\n"
     assert run([*APPROVER, "version"]).stdout == f"approver {__version__}\n"
+
+
+def test_signer_list_shows_your_own_requests_only(shared_env: Env, clients: Clients) -> None:
+    """`signer list` lists the caller's pending requests, not another requester's."""
+    mine = clients.create(who="ci2")
+    theirs = clients.create(who="ci")
+    profile = str(shared_env.profile_path("ci2"))
+    listed = json.loads(run([*SIGNER, "list", "--profile", profile, "--json"]).stdout)
+    ids = {d["id"] for d in listed}
+    assert mine.id in ids and theirs.id not in ids
+    assert {d["state"] for d in listed} == {"PENDING"}
+    assert {d["requester"] for d in listed} == {mine.requester}
+    none = run([*SIGNER, "list", "--profile", profile, "--state", "failed"])
+    assert none.stdout == "you have no failed requests\n"
+
+
+def test_signer_list_refuses_a_request_of_another_requester(shared_env: Env) -> None:
+    """A server that lists someone else's request as yours is caught."""
+    Clients(shared_env).create(who="ci3")
+
+    def tamper(method: str, answer: Any) -> Any:
+        if method == "ListSigningRequests":
+            for r in answer.requests:
+                r.requester = "someone-else"
+        return answer
+
+    with hostile(shared_env, "ci3", tamper) as proxy:
+        p = run([*SIGNER, "list", "--profile", str(proxy.profile("ci3"))], check=False)
+    assert p.returncode == 1
+    assert "of another requester or state as yours" in p.stderr
+
+
+def test_signer_keys_lists_the_keys_and_an_unknown_key_gets_a_suggestion(
+    shared_env: Env, tmp_path: Path
+) -> None:
+    """`signer keys` lists the server's keys; a misspelt --key-name is answered with the
+    closest name it lists."""
+    profile = str(shared_env.profile_path("ci3"))
+    keys = json.loads(run([*SIGNER, "keys", "--profile", profile, "--json"]).stdout)
+    assert "release" in {k["name"] for k in keys}
+    assert all(len(k["key_id"]) == 64 for k in keys)
+    artifact = tmp_path / "a.bin"
+    artifact.write_bytes(b"a")
+    typo = [*_sign(shared_env, "--file", str(artifact), "--no-wait")]
+    typo[typo.index("release")] = "relaese"
+    p = run(typo, check=False)
+    assert p.returncode == 1
+    assert "no signing key named 'relaese'; did you mean release?" in p.stderr
+    p = run([*SIGNER, "public-key", "--profile", profile, "--key-name", "zzzz"], check=False)
+    assert p.returncode == 1 and "the server's keys:" in p.stderr

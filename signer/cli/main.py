@@ -31,6 +31,7 @@ from signer.cli.kit import (
     print_json,
     print_table,
     profile_opt,
+    server_opt,
     stderr,
     stubs,
 )
@@ -146,9 +147,24 @@ def serve(config_path: Path, metrics_listen: str | None) -> None:
 # -- keys (admin, on the token) -----------------------------------------------------
 
 
-@main.group()
-def keys() -> None:
-    """Generate and inspect keys in the token (admin; runs where the token is)."""
+@main.group(invoke_without_command=True)
+@profile_opt
+@server_opt
+@json_opt
+@click.pass_context
+@handle_errors
+def keys(ctx: click.Context, profile_path: Path | None, server: str | None, as_json: bool) -> None:
+    """The signing keys the server offers (with a profile, as `signer sign` finds them);
+    with a subcommand, generate and inspect keys in the token (admin; runs where the
+    token is, with --config)."""
+    if ctx.invoked_subcommand is not None:
+        if profile_path or server or as_json:
+            raise click.UsageError(
+                "--profile, --server and --json before a subcommand are for the listing "
+                f"`signer keys`; give {ctx.invoked_subcommand}'s own options after it"
+            )
+        return
+    requester.server_keys(profile_path, server, as_json)
 
 
 @keys.command("generate")
@@ -390,6 +406,7 @@ def keys_openpgp(
 
 main.add_command(requester.sign)
 main.add_command(requester.status)
+main.add_command(requester.list_)
 main.add_command(requester.cancel)
 main.add_command(requester.public_key)
 main.add_command(verify.verify)

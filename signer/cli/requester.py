@@ -11,9 +11,11 @@ two requests.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +41,19 @@ from signer.cli.kit import (
     stubs,
 )
 from signer.client import workflow
-from signer.client.profile import load_profile
+from signer.client.profile import Profile, RemoteError, load_profile, paged
 from signer.client.workflow import Asked
-from signer.convert import HASH_FROM_PB, digest_pb
+from signer.convert import HASH_FROM_PB, STATE_TO_PB, digest_pb
 from signer.errors import ResponseMismatchError
 from signer.formats import registry
 from signer.formats.base import PayloadKey
 from signer.formats.openpgp import check_certificate, openpgp_algorithm
 from signer.formats.ssh import public_key_line, ssh_algorithm
-from signer.model import Digest
+from signer.model import Digest, State
 from signer.parsing import MAX_TTL, format_duration, parse_duration
 from signer.v1 import signing_pb2, signing_pb2_grpc, types_pb2
 
-__all__ = ["cancel", "public_key", "sign", "status"]
+__all__ = ["cancel", "list_", "public_key", "server_keys", "sign", "status"]
 
 
 class _FormatChoice(click.Choice[str]):
@@ -237,7 +239,10 @@ def sign(
     ttl_pb = duration_pb2.Duration()
     if lifetime is not None:
         ttl_pb.FromTimedelta(lifetime)
-    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+    with (
+        stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,),
+        _naming_keys(profile, stub, key_name),
+    ):
         if needs_key:
             # The key's own hash, and for a typed format the signed digests derived for
             # the key's signature algorithm.
@@ -448,6 +453,66 @@ def _show_request(d: dict[str, Any]) -> None:
     print_table(f"request {d['id']}", ["field", "value"], rows)
 
 
+@click.command("list")
+@profile_opt
+@server_opt
+@click.option(
+    "--state",
+    default="pending",
+    show_default=True,
+    type=click.Choice([s.value.lower() for s in State]),
+)
+@oidc_token_opt
+@json_opt
+@handle_errors
+def list_(
+    profile_path: Path | None,
+    server: str | None,
+    state: str,
+    oidc_token_file: Path | None,
+    as_json: bool,
+) -> None:
+    """List your own requests in one state (pending by default), oldest first."""
+    profile = load_profile(profile_path, server).with_token_file(oidc_token_file)
+    mine = None if profile.uses_oidc else profile.identity
+    wanted = STATE_TO_PB[State(state.upper())]
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        found = list(
+            paged(
+                profile,
+                stub.ListSigningRequests,
+                signing_pb2.ListSigningRequestsRequest(state=wanted, page_size=50),
+                lambda r: r.requests,
+            )
+        )
+    for r in found:
+        workflow.check_response(r, Asked())
+        if r.state != wanted or (mine is not None and r.requester != mine):
+            raise ResponseMismatchError(
+                f"the server listed request {r.id} of another requester or state as yours"
+            )
+    rows = [request_dict(r) for r in found]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        f"your {state} requests",
+        ["id", "key", "digests", "approvals", "created", "expires"],
+        [
+            [
+                d["id"],
+                d["key_name"],
+                str(r.digest_count or len(r.digests)),
+                f"{sum(a['decision'] == 'approve' for a in d['approvals'])}/{d['threshold']}",
+                d["create_time"],
+                d["expire_time"],
+            ]
+            for d, r in zip(rows, found, strict=True)
+        ],
+        empty=f"you have no {state} requests",
+    )
+
+
 @click.command()
 @click.argument("request_id")
 @profile_opt
@@ -486,7 +551,10 @@ def public_key(
 ) -> None:
     """Fetch a signing key's public key from the server (checked against its key id)."""
     profile = load_profile(profile_path, server)
-    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+    with (
+        stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,),
+        _naming_keys(profile, stub, key_name),
+    ):
         key = workflow.public_key(profile, stub, key_name, key_format == "openpgp")
     pem = workflow.checked_key(key, key_name)
     if key_format == "ssh":
@@ -503,3 +571,57 @@ def public_key(
         emit(pgp.armor("PUBLIC KEY BLOCK", key.openpgp_certificate), out)
     else:
         emit(pem, out)
+
+
+def server_keys(profile_path: Path | None, server: str | None, as_json: bool) -> None:
+    """Print the signing keys the server lists, each checked to be the key its id names."""
+    profile = load_profile(profile_path, server)
+    with stubs(profile, signing_pb2_grpc.SigningServiceStub) as (stub,):
+        found = list(call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys)
+    for k in found:
+        workflow.checked_key(k, k.name)
+    rows = [
+        {
+            "name": k.name,
+            "algorithm": k.algorithm,
+            "key_id": k.key_id,
+            "openpgp": bool(k.openpgp_created),
+        }
+        for k in found
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        f"signing keys on {profile.server}",
+        ["name", "algorithm", "key id", "openpgp"],
+        [[r["name"], r["algorithm"], r["key_id"], "yes" if r["openpgp"] else "no"] for r in rows],
+    )
+
+
+def known_keys_hint(profile: Profile, stub: Any, key_name: str) -> str:
+    """For an unknown key name: the closest names the server lists, or the names."""
+    try:
+        listed = call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys
+    except RemoteError:
+        return "list the keys with `signer keys`"
+    names = [k.name for k in listed][:1000]
+    close = difflib.get_close_matches(key_name, names, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(close)}? (`signer keys` lists them)"
+    if not names:
+        return "the server offers no signing keys"
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return f"the server's keys: {', '.join(names[:10])}{more}"
+
+
+@contextmanager
+def _naming_keys(profile: Profile, stub: Any, key_name: str) -> Iterator[None]:
+    """An unknown key name fails with the names it may have meant."""
+    try:
+        yield
+    except RemoteError as e:
+        if e.reason != "UNKNOWN_KEY":
+            raise
+        hint = known_keys_hint(profile, stub, key_name)
+        raise RemoteError(e.code, f"{e.message}; {hint}", e.reason) from None

@@ -267,6 +267,13 @@ class Core(Signing, Recording, AuditReader, PolicyDesk, AlertWatch):
             )
         return request
 
+    def list_for_requester(
+        self, actor: str, states: frozenset[State], after: int, limit: int
+    ) -> list[tuple[int, Request]]:
+        """A page of the requests `actor` made, as `list_for_approver` pages them."""
+        with self._tx() as tx:
+            return tx.list_requests(states, None, after, limit, PAGE_BYTES, requester=actor)
+
     def get_for_approver(self, actor: str, request_id: str) -> Request:
         request = self._get(request_id)
         self._approver_policy(actor, request.key_name)

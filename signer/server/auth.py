@@ -62,6 +62,7 @@ DEFAULT_RULES: dict[str, frozenset[str]] = {
         for m in (
             "CreateSigningRequest",
             "GetSigningRequest",
+            "ListSigningRequests",
             "WaitSigningRequest",
             "CancelSigningRequest",
         )

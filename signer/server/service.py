@@ -220,6 +220,18 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
         return signing_pb2.WaitSigningRequestResponse(request=self._pb(r), done=r.terminal)
 
     @_rpc
+    def ListSigningRequests(
+        self, request: signing_pb2.ListSigningRequestsRequest, context: grpc.ServicerContext
+    ) -> signing_pb2.ListSigningRequestsResponse:
+        after, size = _page(request.page_token, request.page_size, 20, 50)
+        state = STATE_FROM_PB.get(request.state, State.PENDING)
+        rows = self.core.list_for_requester(current_identity.get(), frozenset({state}), after, size)
+        found = [self._summary(r) for _, r in rows]
+        n = _page_of(found)
+        token = str(rows[n - 1][0]) if n else ""
+        return signing_pb2.ListSigningRequestsResponse(requests=found[:n], next_page_token=token)
+
+    @_rpc
     def CancelSigningRequest(
         self, request: signing_pb2.CancelSigningRequestRequest, context: grpc.ServicerContext
     ) -> signing_pb2.CancelSigningRequestResponse:

@@ -161,9 +161,11 @@ class Tx(abc.ABC):
         after: int,
         limit: int,
         max_bytes: int | None = None,
+        requester: str | None = None,
     ) -> list[tuple[int, Request]]:
-        """Requests in `states` (and keys), by creation order, after position `after`;
-        with `max_bytes`, they stop before that many bytes of stored digests (one at least)."""
+        """Requests in `states` (and keys, and of `requester`), by creation order, after
+        position `after`; with `max_bytes`, they stop before that many bytes of stored
+        digests (one at least)."""
 
     @abc.abstractmethod
     def count_by_state(self) -> dict[str, int]:

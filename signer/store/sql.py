@@ -231,9 +231,13 @@ class SqlTx(OutboxQueries, Tx):
         after: int,
         limit: int,
         max_bytes: int | None = None,
+        requester: str | None = None,
     ) -> list[tuple[int, Request]]:
         sql = "SELECT seq FROM requests WHERE seq > ?"
         args: list[Any] = [after]
+        if requester is not None:
+            sql += " AND requester = ?"
+            args.append(requester)
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             args += [s.value for s in sorted(states)]

@@ -375,3 +375,57 @@ class ListKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListKeysResponse: _TypeAlias = ListKeysResponse  # noqa: Y015
+
+@_typing.final
+class ListSigningRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: _types_pb2.RequestState.ValueType
+    """Only requests in this state; unspecified means pending."""
+    page_size: _builtins.int
+    """At most this many (default 20, at most 50)."""
+    page_token: _builtins.str
+    """Opaque; from a previous response."""
+    def __init__(
+        self,
+        *,
+        state: _types_pb2.RequestState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSigningRequestsRequest: _TypeAlias = ListSigningRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListSigningRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there is no more (the last page may be empty)."""
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SigningRequest]:
+        """Each as listed: its first digests (and digest_count), approvals without envelopes."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[_types_pb2.SigningRequest] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSigningRequestsResponse: _TypeAlias = ListSigningRequestsResponse  # noqa: Y015

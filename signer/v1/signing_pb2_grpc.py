@@ -50,6 +50,11 @@ class SigningServiceStub:
                 request_serializer=signer_dot_v1_dot_signing__pb2.WaitSigningRequestRequest.SerializeToString,
                 response_deserializer=signer_dot_v1_dot_signing__pb2.WaitSigningRequestResponse.FromString,
                 _registered_method=True)
+        self.ListSigningRequests = channel.unary_unary(
+                '/signer.v1.SigningService/ListSigningRequests',
+                request_serializer=signer_dot_v1_dot_signing__pb2.ListSigningRequestsRequest.SerializeToString,
+                response_deserializer=signer_dot_v1_dot_signing__pb2.ListSigningRequestsResponse.FromString,
+                _registered_method=True)
         self.CancelSigningRequest = channel.unary_unary(
                 '/signer.v1.SigningService/CancelSigningRequest',
                 request_serializer=signer_dot_v1_dot_signing__pb2.CancelSigningRequestRequest.SerializeToString,
@@ -92,6 +97,13 @@ class SigningServiceServicer:
 
     def WaitSigningRequest(self, request, context):
         """Waits (bounded long poll) until the request is terminal or the wait ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSigningRequests(self, request, context):
+        """Lists the caller's own requests, oldest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +156,11 @@ def add_SigningServiceServicer_to_server(servicer, server):
                     servicer.WaitSigningRequest,
                     request_deserializer=signer_dot_v1_dot_signing__pb2.WaitSigningRequestRequest.FromString,
                     response_serializer=signer_dot_v1_dot_signing__pb2.WaitSigningRequestResponse.SerializeToString,
+            ),
+            'ListSigningRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSigningRequests,
+                    request_deserializer=signer_dot_v1_dot_signing__pb2.ListSigningRequestsRequest.FromString,
+                    response_serializer=signer_dot_v1_dot_signing__pb2.ListSigningRequestsResponse.SerializeToString,
             ),
             'CancelSigningRequest': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelSigningRequest,
@@ -248,6 +265,33 @@ class SigningService:
             '/signer.v1.SigningService/WaitSigningRequest',
             signer_dot_v1_dot_signing__pb2.WaitSigningRequestRequest.SerializeToString,
             signer_dot_v1_dot_signing__pb2.WaitSigningRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSigningRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/signer.v1.SigningService/ListSigningRequests',
+            signer_dot_v1_dot_signing__pb2.ListSigningRequestsRequest.SerializeToString,
+            signer_dot_v1_dot_signing__pb2.ListSigningRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

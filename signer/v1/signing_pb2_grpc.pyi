@@ -39,6 +39,8 @@ class SigningServiceStub:
     """Returns a request the caller made."""
     WaitSigningRequest: _grpc.UnaryUnaryMultiCallable[_signing_pb2.WaitSigningRequestRequest, _signing_pb2.WaitSigningRequestResponse]
     """Waits (bounded long poll) until the request is terminal or the wait ends."""
+    ListSigningRequests: _grpc.UnaryUnaryMultiCallable[_signing_pb2.ListSigningRequestsRequest, _signing_pb2.ListSigningRequestsResponse]
+    """Lists the caller's own requests, oldest first, a page at a time."""
     CancelSigningRequest: _grpc.UnaryUnaryMultiCallable[_signing_pb2.CancelSigningRequestRequest, _signing_pb2.CancelSigningRequestResponse]
     """Cancels a pending request; only its requester may."""
     GetPublicKey: _grpc.UnaryUnaryMultiCallable[_signing_pb2.GetPublicKeyRequest, _signing_pb2.GetPublicKeyResponse]
@@ -62,6 +64,8 @@ class SigningServiceAsyncStub(SigningServiceStub):
     """Returns a request the caller made."""
     WaitSigningRequest: _aio.UnaryUnaryMultiCallable[_signing_pb2.WaitSigningRequestRequest, _signing_pb2.WaitSigningRequestResponse]  # type: ignore[assignment]
     """Waits (bounded long poll) until the request is terminal or the wait ends."""
+    ListSigningRequests: _aio.UnaryUnaryMultiCallable[_signing_pb2.ListSigningRequestsRequest, _signing_pb2.ListSigningRequestsResponse]  # type: ignore[assignment]
+    """Lists the caller's own requests, oldest first, a page at a time."""
     CancelSigningRequest: _aio.UnaryUnaryMultiCallable[_signing_pb2.CancelSigningRequestRequest, _signing_pb2.CancelSigningRequestResponse]  # type: ignore[assignment]
     """Cancels a pending request; only its requester may."""
     GetPublicKey: _aio.UnaryUnaryMultiCallable[_signing_pb2.GetPublicKeyRequest, _signing_pb2.GetPublicKeyResponse]  # type: ignore[assignment]
@@ -100,6 +104,14 @@ class SigningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_signing_pb2.WaitSigningRequestResponse, _abc.Awaitable[_signing_pb2.WaitSigningRequestResponse]]:
         """Waits (bounded long poll) until the request is terminal or the wait ends."""
+
+    @_abc_1.abstractmethod
+    def ListSigningRequests(
+        self,
+        request: _signing_pb2.ListSigningRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_signing_pb2.ListSigningRequestsResponse, _abc.Awaitable[_signing_pb2.ListSigningRequestsResponse]]:
+        """Lists the caller's own requests, oldest first, a page at a time."""
 
     @_abc_1.abstractmethod
     def CancelSigningRequest(
