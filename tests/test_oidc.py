@@ -133,12 +133,14 @@ def test_claims_outside_the_key_policy_are_refused_and_audited(
     oidc: OidcRunning, claim: str, value: str
 ) -> None:
     """A token whose ref, repository or environment no rule admits is
-    CLAIMS_NOT_ALLOWED, logged once as call.rejected with its claims."""
+    CLAIMS_NOT_ALLOWED, naming the condition that failed, and logged once as
+    call.rejected with its claims."""
     o = oidc.oidc
     sub = f"repo:org/app:{claim}-{value}"
     err = rpc_error(lambda: o.create(o.mint(sub=sub, **{claim: value})))
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
     assert err.reason == "CLAIMS_NOT_ALLOWED"
+    assert f"{claim} is {value!r}, which matches none of" in err.message  # the failed one
     rejected = [
         e
         for e in audit_events(o.env)

@@ -216,8 +216,12 @@ def _oidc_policy(s: _Synth) -> dict[str, Any]:
     ("repository", "identity", "refusal"),
     [
         ("org/app", "oidc:gh:org/app", None),
-        ("org/other", "oidc:gh:org/other", "(repository=org/other)"),
-        ("org/app", "oidc:gh:someone-else", "(repository=org/app)"),
+        (
+            "org/other",
+            "oidc:gh:org/other",
+            "repository is 'org/other', which matches none of 'org/app'",
+        ),
+        ("org/app", "oidc:gh:someone-else", "the token's identity is not the requester's"),
     ],
 )
 def test_offline_applies_the_claim_rules_to_an_oidc_request(
@@ -240,7 +244,7 @@ def test_offline_applies_the_claim_rules_to_an_oidc_request(
         return
     assert _refused(synth, tmp_path / "log") == (
         f"entry {at} (request.created): the policy in force refuses this request: "
-        f"the token's claims do not meet key 'release''s conditions {refusal}"
+        f"the token's claims do not meet key 'release''s conditions: {refusal}"
     )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from signer.algorithms import ALGORITHMS, KeyAlgorithm
+from signer.bounds import echo
 from signer.core import rules
 from signer.core.limits import FIELDS as LIMIT_FIELDS
 from signer.core.limits import KeyLimits, Usage, window_opened
@@ -107,13 +108,20 @@ class ClaimRule:
     conditions: tuple[tuple[str, tuple[str, ...]], ...]  # claim -> any of these patterns
 
     def matches(self, issuer: str, claims: Mapping[str, str]) -> bool:
+        return self.failed(issuer, claims) is None
+
+    def failed(self, issuer: str, claims: Mapping[str, str]) -> str | None:
+        """The first condition a token with these claims fails, in words; None if none."""
         if issuer != self.issuer:
-            return False
+            return f"the issuer is {echo(issuer)}, not {self.issuer!r}"
         for claim, patterns in self.conditions:
             value = claims.get(claim)
-            if value is None or not any(fnmatch.fnmatchcase(value, p) for p in patterns):
-                return False
-        return True
+            if value is None:
+                return f"the token has no {claim!r} claim"
+            if not any(fnmatch.fnmatchcase(value, p) for p in patterns):
+                wanted = " or ".join(repr(p) for p in patterns)
+                return f"{claim} is {echo(value)}, which matches none of {wanted}"
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         return {"issuer": self.issuer, **{c: list(p) for c, p in self.conditions}}
@@ -152,6 +160,15 @@ class KeyPolicy:
     def admits(self, issuer: str, claims: Mapping[str, str]) -> bool:
         """Whether an OIDC requester with these verified claims may use this key."""
         return any(rule.matches(issuer, claims) for rule in self.oidc)
+
+    def not_admitted(self, issuer: str, claims: Mapping[str, str]) -> str:
+        """Why no claim rule admits these claims: each rule's first failed condition."""
+        if not self.oidc:
+            return "the key admits no OIDC requesters"
+        failed = [rule.failed(issuer, claims) or "it admits them" for rule in self.oidc]
+        if len(failed) == 1:
+            return failed[0]
+        return "; ".join(f"rule {i}: {why}" for i, why in enumerate(failed, 1))
 
     # -- the rules, applied in the order `rules.RULES` lists them --------------------------
 

@@ -120,9 +120,13 @@ class Requesters(Rule):
                     reason="NOT_A_REQUESTER",
                 )
         elif caller.identity != ask.requester or not policy.admits(caller.issuer, caller.claims):
+            why = (
+                "the token's identity is not the requester's"
+                if policy.admits(caller.issuer, caller.claims)
+                else policy.not_admitted(caller.issuer, caller.claims)
+            )
             raise PermissionDeniedError(
-                f"the token's claims do not meet key {policy.name!r}'s conditions "
-                f"({'; '.join(f'{k}={v}' for k, v in sorted(caller.claims.items()))})",
+                f"the token's claims do not meet key {policy.name!r}'s conditions: {why}",
                 reason="CLAIMS_NOT_ALLOWED",
                 details={"issuer": caller.issuer, "claims": dict(caller.claims)},
             )
