@@ -37,7 +37,13 @@ from signer.cli.kit import (
 )
 from signer.client import workflow
 from signer.client.profile import load_profile
-from signer.errors import ConfigError, ResponseMismatchError
+from signer.errors import (
+    AuditHeadError,
+    ConfigError,
+    ResponseMismatchError,
+    StoreError,
+    TokenNotFoundError,
+)
 from signer.formats.base import PayloadKey
 from signer.formats.bundle import write_beside
 from signer.formats.openpgp import (
@@ -123,12 +129,18 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
 def serve(config_path: Path, metrics_listen: str | None) -> None:
     """Run the signing server until SIGTERM or SIGINT."""
     from signer.server.app import Server
+    from signer.server.readiness import notify
 
     config = load_config(config_path)
     if metrics_listen is not None:
         config = config.with_metrics_listen(metrics_listen)
     logs.configure(config.log_format)
-    server = Server.build(config)
+    try:
+        server = Server.build(config)
+    except (TokenNotFoundError, StoreError) as e:
+        if isinstance(e, AuditHeadError):
+            raise  # the stored log itself is wrong: not a matter of configuration
+        raise ConfigError(str(e)) from None  # the token or database named cannot be opened
     server.start()
     stderr.print(f"listening on {config.server.listen}", style="dim")
     if config.server.oidc_listen:
@@ -137,10 +149,13 @@ def serve(config_path: Path, metrics_listen: str | None) -> None:
         stderr.print(f"metrics on http://{config.server.metrics_listen}/metrics", style="dim")
 
     def stop(signum: int, frame: object) -> None:
+        notify("STOPPING=1")
         server.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Ready only once a stop is handled: a SIGTERM right after READY stops it cleanly.
+    notify("READY=1", f"STATUS=listening on {config.server.listen}")
     server.wait()
 
 

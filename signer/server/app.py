@@ -378,6 +378,7 @@ class Server:
             self.metrics.close()
         self.store.close()
         self.token.close()
+        log.info("stopped", clean=True)
 
 
 def _dispatcher(

@@ -23,6 +23,7 @@ The audit tables refuse UPDATE, DELETE, TRUNCATE and out-of-order inserts.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -128,14 +129,26 @@ class PostgresStore(Store):
             open=False,
         )
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
+            with _quiet_pool():  # the cause is said once, below, not per attempt
+                self._pool.open(wait=True, timeout=connect_timeout)
             self._migrate()
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+        except psycopg_pool.PoolTimeout:
+            self._pool.close()
+            raise StoreError(f"cannot open database {self._where}: {self._cause()}") from None
+        except psycopg.Error as e:
             self._pool.close()
             raise StoreError(f"cannot open database {self._where}: {_why(e)}") from None
         except BaseException:
             self._pool.close()
             raise
+
+    def _cause(self) -> str:
+        """Why no connection could be made: one direct attempt's error, in its words."""
+        try:
+            psycopg.connect(self.url, **self._kwargs).close()
+        except psycopg.Error as e:
+            return _why(e).removeprefix("connection failed: ")
+        return f"no connection within {self._timeout:g} s"
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn, conn.transaction():
@@ -218,6 +231,18 @@ class PostgresStore(Store):
         if self._listener is not None:
             self._listener.join(timeout=5)
         self._pool.close()
+
+
+@contextmanager
+def _quiet_pool() -> Iterator[None]:
+    """The pool's own warnings held back (each failed attempt logs the driver's text)."""
+    logger = logging.getLogger("psycopg.pool")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _why(e: BaseException) -> str:

@@ -1,0 +1,87 @@
+"""Starting and stopping `signer serve`: configuration errors exit 2, naming the cause;
+systemd is told when the server is ready and when it stops; the stop is logged.
+
+A token label that names no token, and a database that cannot be opened (the
+driver's own cause, once, without its per-attempt warnings), exit 2 like every
+other configuration error. With $NOTIFY_SOCKET set (a `Type=notify` unit), the
+server sends READY=1 once it serves and STOPPING=1 on SIGTERM, then logs a
+clean stop and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from testbed.commands import SIGNER, run
+from testbed.env import Env
+
+
+def _serve(env: Env) -> subprocess.CompletedProcess[str]:
+    return run([*SIGNER, "serve", "--config", str(env.config)], check=False, timeout=60)
+
+
+@pytest.mark.sqlite_only("the token is what is wrong")
+def test_a_token_label_that_names_no_token_exits_2(fresh_env: Env) -> None:
+    """token.label of no token: exit 2, saying which label and what to check."""
+    text = fresh_env.config.read_text()
+    fresh_env.config.write_text(
+        re.sub(r'(?m)^label = ".*"$', 'label = "no-such-token"', text, count=1)
+    )
+    p = _serve(fresh_env)
+    assert p.returncode == 2, p.stderr
+    assert "no token labelled 'no-such-token'" in p.stderr and "check token.label" in p.stderr
+
+
+def test_a_database_that_refuses_the_server_exits_2_naming_why(
+    fresh_env: Env, backend: str
+) -> None:
+    """PostgreSQL without the password: exit 2 with the server's reason, said once,
+    without the connection pool's warnings; a SQLite path that is a directory: exit 2."""
+    text = fresh_env.config.read_text()
+    if backend == "postgresql":
+        fresh_env.config.write_text(re.sub(r"(?m)^password_file = .*$", "", text))
+        said = "no password supplied"
+    else:
+        fresh_env.config.write_text(
+            re.sub(r'(?m)^url = ".*"$', 'url = "sqlite:///tls"', text, count=1)
+        )
+        said = "cannot open database"
+    p = _serve(fresh_env)
+    assert p.returncode == 2, p.stderr
+    assert said in p.stderr
+    assert "error connecting in" not in p.stderr  # the pool's per-attempt noise
+
+
+@pytest.mark.sqlite_only("what is checked is the service manager's protocol")
+def test_systemd_is_told_ready_and_stopping_and_the_stop_is_logged(
+    fresh_env: Env, tmp_path: Path
+) -> None:
+    """READY=1 once serving, STOPPING=1 on SIGTERM, then a clean stop logged and exit 0."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(path))
+        manager.settimeout(60)
+        with subprocess.Popen(
+            [*SIGNER, "serve", "--config", str(fresh_env.config)],
+            env={**os.environ, "NOTIFY_SOCKET": str(path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            ready = manager.recv(4096).decode()
+            assert ready.splitlines()[0] == "READY=1"
+            assert "STATUS=listening on" in ready
+            proc.send_signal(signal.SIGTERM)
+            assert manager.recv(4096).decode() == "STOPPING=1"
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert logged[-1]["event"] == "stopped" and logged[-1]["clean"] is True
