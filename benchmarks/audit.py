@@ -1,4 +1,5 @@
-"""The audit log at scale (DESIGN §6, §7): append, proofs, start-up, offline verification.
+"""The audit log at scale (docs/architecture.md §6, §7): append, proofs, start-up,
+offline verification.
 
 `python -m benchmarks.audit` grows a real `SqliteStore` (WAL, synchronous=FULL)
 in a temporary directory to 10^3, 10^4, 10^5 and 10^6 entries shaped like a

@@ -1,4 +1,4 @@
-"""Signing algorithms and digest rules (DESIGN §5).
+"""Signing algorithms and digest rules (docs/architecture.md §5).
 
 A key's algorithm fixes how a digest is signed: ECDSA over the digest with a
 DER-encoded result, RSA-PSS with salt = hash length and MGF1 of the same hash,

@@ -1,4 +1,4 @@
-"""Bounds on what one caller can make the server hold or write (DESIGN §14).
+"""Bounds on what one caller can make the server hold or write (docs/architecture.md §14).
 
 - `echo` is the one way a value a caller sent (an id, a name, a reason) is put
   into an error message or a log line: quoted, control and format characters

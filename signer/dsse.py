@@ -1,4 +1,4 @@
-"""DSSE envelopes and approval statements (DESIGN §4, invariant 6).
+"""DSSE envelopes and approval statements (docs/architecture.md §4, invariant 6).
 
 An approval is the canonical JSON statement below, wrapped in a DSSE envelope
 (payloadType `application/vnd.signer.approval.v1+json`) and signed with the

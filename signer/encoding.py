@@ -3,7 +3,7 @@
 Canonical JSON here is: keys sorted, no insignificant whitespace, UTF-8, no
 floats (integers and strings only), so the same value always has the same
 bytes. Approval statements are signed over these bytes and audit entries are
-hashed over them (DESIGN §4, §6).
+hashed over them (docs/architecture.md §4, §6).
 """
 
 from __future__ import annotations

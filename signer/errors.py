@@ -162,13 +162,13 @@ class VerificationError(SignerError):
 
 
 class ResponseMismatchError(VerificationError):
-    """A server's answer is not for what the client asked (DESIGN §14)."""
+    """A server's answer is not for what the client asked (docs/architecture.md §14)."""
 
     default_reason = "RESPONSE_MISMATCH"
 
 
 class PolicyChainError(VerificationError):
-    """A policy version that is not the next link of the chain (DESIGN §11): skipped,
+    """A policy version that is not the next link of the chain (docs/architecture.md §11): skipped,
     rolled back, forked, unsigned or under-signed; the message names what is missing."""
 
     default_reason = "POLICY_NOT_CHAINED"

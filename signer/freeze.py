@@ -1,4 +1,5 @@
-"""Break glass (DESIGN §11): any one officer freezes a key at once; only the quorum lifts it.
+"""Break glass (docs/architecture.md §11): any one officer freezes a key at once; only
+the quorum lifts it.
 
 A freeze is a DSSE envelope (payload type `PAYLOAD_TYPE`, never a signing-request
 approval or a policy approval) over the canonical JSON statement

@@ -1,4 +1,4 @@
-"""Domain records: signing requests, digests, approvals (DESIGN §4).
+"""Domain records: signing requests, digests, approvals (docs/architecture.md §4).
 
 Plain frozen dataclasses; no gRPC, SQL or PKCS#11 here.
 """

@@ -1,4 +1,4 @@
-"""The policy chain (DESIGN §11): no one alone changes who may sign.
+"""The policy chain (docs/architecture.md §11): no one alone changes who may sign.
 
 The security policy is a canonical document (`signer.server.config.Config.policy_document`:
 keys, identities, approver keys, access, OIDC issuers, and its `policy` officers).

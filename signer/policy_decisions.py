@@ -1,4 +1,4 @@
-"""Officers' decisions on a proposed policy version (DESIGN §11), checked the same way
+"""Officers' decisions on a proposed policy version (docs/architecture.md §11), checked the same way
 by the server (`signer.core.policy_desk`) and the offline audit verifier.
 
 A proposal for the next version is a `policy.proposed` entry (`proposal_of`); a

@@ -1,4 +1,5 @@
-"""An officer's denial of a proposed policy version (DESIGN §11), signed as approvals are.
+"""An officer's denial of a proposed policy version (docs/architecture.md §11), signed
+as approvals are.
 
 A denial is a DSSE envelope (payload type `PAYLOAD_TYPE`: never an approval of a
 policy version, of a signing request or a freeze) over the canonical JSON statement

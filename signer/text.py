@@ -1,6 +1,6 @@
 """The one rule for text that people are shown, and the one way clients print it.
 
-What an officer is shown must be exactly what they sign (DESIGN §14): no text
+What an officer is shown must be exactly what they sign (docs/architecture.md §14): no text
 that any party sends may hide, reorder or restyle what is around it on
 someone's terminal. Every validator that accepts text other people will read
 (artifact names, CI context values, reasons, OIDC claims, in-toto statement

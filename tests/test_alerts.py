@@ -1,4 +1,5 @@
-"""Alerts on the unusual (DESIGN §12): off-hours, first seen, bursts; denials and freezes.
+"""Alerts on the unusual (docs/architecture.md §12): off-hours, first seen, bursts;
+denials and freezes.
 
 The alert watch looks at each new request once (across servers on one store), and
 records what it finds as `alert.*` audit entries that webhooks and metrics hear of;

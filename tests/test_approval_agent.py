@@ -1,4 +1,4 @@
-"""Officers' approval keys held by ssh-agent (DESIGN §12): the profile names the key's
+"""Officers' approval keys held by ssh-agent (docs/architecture.md §12): the profile names the key's
 `.pub` file (`approval_key = "ssh-agent:PATH"`), the admin lists that same file under
 `[approvers]`, and the agent's Ed25519 or ECDSA P-256 signatures are the approval
 kinds' own; a FIDO key's (`sk-ssh-ed25519`) counts only with the user-presence flag.

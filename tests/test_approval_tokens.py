@@ -1,4 +1,4 @@
-"""Officers' approval keys in their own PKCS#11 token (DESIGN §12): a second SoftHSM
+"""Officers' approval keys in their own PKCS#11 token (docs/architecture.md §12): a second SoftHSM
 token stands in for a YubiKey. `approver keygen --pkcs11` makes an ECDSA P-256 or an
 Ed25519 key in it (the PIN from a file, never argv), the profile names it by its
 RFC 7512 URI, and the officer's approvals, signed inside the token, count at the

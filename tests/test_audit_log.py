@@ -1,4 +1,4 @@
-"""The audit log as an auditor and a client see it over gRPC (DESIGN §6, invariant 4).
+"""The audit log as an auditor and a client see it over gRPC (docs/architecture.md §6, invariant 4).
 
 Real servers (subprocesses), real mTLS, the auditor identity: entries and
 checkpoints fetched with AuditService are checked offline with only the pinned

@@ -2,7 +2,7 @@
 
 Approval statements are signed over canonical bytes and audit entries are
 hashed over them, so one value must have exactly one encoding and anything
-else must be refused (DESIGN §4, §6, invariants 4 and 6). DSSE and statements:
+else must be refused (docs/architecture.md §4, §6, invariants 4 and 6). DSSE and statements:
 tests/test_encoding_dsse.py.
 """
 

@@ -1,7 +1,7 @@
 """DSSE: the pre-authentication encoding, approval statements and signed envelopes.
 
 Approval statements are signed over canonical bytes, so one statement has
-exactly one encoding and anything else must be refused (DESIGN §4, invariant
+exactly one encoding and anything else must be refused (docs/architecture.md §4, invariant
 4): statements round-trip, odd or malformed ones are EnvelopeErrors and nothing
 else, and an envelope verifies only with the officer's key, whole.
 """

@@ -1,9 +1,10 @@
-"""Break glass (DESIGN §11): any one officer freezes a key at once (`approver freeze`), on
-every replica, and only a policy version the officers approve lifts it. A frozen key takes
-no request and signs nothing, not even a request approved before or while it froze;
-a freeze sent with another officer's key, for another key, or issued long ago is refused,
-and so is one by a requester; a freeze given again changes nothing. Offline, `signer audit
-verify` checks each freeze and refuses a signature made while one held."""
+"""Break glass (docs/architecture.md §11): any one officer freezes a key at once
+(`approver freeze`), on every replica, and only a policy version the officers approve
+lifts it. A frozen key takes no request and signs nothing, not even a request approved
+before or while it froze; a freeze sent with another officer's key, for another key, or
+issued long ago is refused, and so is one by a requester; a freeze given again changes
+nothing. Offline, `signer audit verify` checks each freeze and refuses a signature made
+while one held."""
 
 from __future__ import annotations
 

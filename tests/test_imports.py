@@ -1,4 +1,4 @@
-"""The layers of DESIGN §2, read from the source: who may import what.
+"""The layers of docs/architecture.md §2, read from the source: who may import what.
 
 Every `import` of the project's own modules is read with `ast` (imports inside
 functions and under TYPE_CHECKING included, and the packages a module's import

@@ -1,5 +1,5 @@
-"""Signing keys are pinned by the policy (DESIGN §11): which token key signs under a name
-changes only through a version the officers approve.
+"""Signing keys are pinned by the policy (docs/architecture.md §11): which token key
+signs under a name changes only through a version the officers approve.
 
 Each key of the policy names its `key_id`; the server refuses to start on a key without
 one, or when the token holds no version of the key with that id (a key swapped behind

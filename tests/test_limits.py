@@ -1,5 +1,5 @@
-"""Signing limits (DESIGN §12): signatures per request, per day and per release window,
-approvals that expire, and requests held until a window opens.
+"""Signing limits (docs/architecture.md §12): signatures per request, per day and per
+release window, approvals that expire, and requests held until a window opens.
 
 The server refuses a request that could never be signed and writes nothing; one that
 would take the key past a count waits, APPROVED, and is signed once the count allows;

@@ -1,4 +1,5 @@
-"""Notifications (DESIGN §12): webhooks told of every transition from the store's outbox.
+"""Notifications (docs/architecture.md §12): webhooks told of every transition from the
+store's outbox.
 
 The dispatcher runs beside a core on a real store of each backend and posts to a
 listener on 127.0.0.1: officers are told a request waits and who must decide,

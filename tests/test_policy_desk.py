@@ -1,4 +1,4 @@
-"""The core's side of online policy decisions (DESIGN §11), on both stores with a fake
+"""The core's side of online policy decisions (docs/architecture.md §11), on both stores with a fake
 token and clock: an approval grown too old counts for nothing but never blocks the
 others (its officer approves again); decision rows whoever owns the database adds
 count for nothing; no request is made under a version already replaced; the requests a

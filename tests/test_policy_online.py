@@ -1,4 +1,4 @@
-"""Policy changes decided online (DESIGN §11): officers list a proposal with `approver
+"""Policy changes decided online (docs/architecture.md §11): officers list a proposal with `approver
 policy list`, approve or deny it with their signed word over gRPC, and the approval that
 completes both quorums adopts it; every server of the store takes it on without a restart,
 requests whose key's rule it changes end unsigned, the others are signed under it, and

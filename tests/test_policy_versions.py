@@ -1,10 +1,10 @@
-"""The policy chain on a real token and store (DESIGN §11): no one alone changes who may
-sign. `signer init` adopts version 1, approved by its officers; an edited `signer.toml`
-only stops the start; `signer policy adopt` takes a new version only with a threshold of
-the officers of the version in force and of the new one, each person counted once; a
-replayed, forked or competing version is refused at adoption, at start and by `signer
-audit verify`, which names the first bad link; the officers review a proposal with
-`approver policy show` and sign it with `approver policy approve`."""
+"""The policy chain on a real token and store (docs/architecture.md §11): no one alone
+changes who may sign. `signer init` adopts version 1, approved by its officers; an
+edited `signer.toml` only stops the start; `signer policy adopt` takes a new version
+only with a threshold of the officers of the version in force and of the new one, each
+person counted once; a replayed, forked or competing version is refused at adoption, at
+start and by `signer audit verify`, which names the first bad link; the officers review
+a proposal with `approver policy show` and sign it with `approver policy approve`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Release windows (DESIGN §12): a key with `windows` takes requests and signs only in
+"""Release windows (docs/architecture.md §12): a key with `windows` takes requests and signs only in
 them. A request made outside is refused naming them and writes nothing; one approved
 outside waits, APPROVED, and is signed once a window opens; `signer audit verify` and
 bundle verification refuse a signature logged outside; a window that cannot be read is

@@ -1,4 +1,4 @@
-"""Several replicas on one PostgreSQL database (DESIGN §7).
+"""Several replicas on one PostgreSQL database (docs/architecture.md §7).
 
 Three `signer serve` processes on three ports share one database and one token.
 Approvals of one request arriving on different replicas at the same moment give

@@ -1,4 +1,4 @@
-"""The token adapter on a real SoftHSM token (DESIGN §8).
+"""The token adapter on a real SoftHSM token (docs/architecture.md §8).
 
 One long-lived session: a batch of digests is signed in one loop, each
 signature verifies; when the session is lost (closed under the server, or its

@@ -1,4 +1,5 @@
-"""A token that goes away and comes back is served again without a restart (DESIGN §8).
+"""A token that goes away and comes back is served again without a restart
+(docs/architecture.md §8).
 
 A real server on a real SoftHSM token: its token directory is moved away (what a
 network HSM restarting looks like to the process: the token and every handle

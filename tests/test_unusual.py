@@ -1,4 +1,4 @@
-"""Unusual requests that need more officers (DESIGN §12): the one way an alert holds
+"""Unusual requests that need more officers (docs/architecture.md §12): the one way an alert holds
 signing, and only when the key's policy has an `unusual` section.
 
 A request made outside the key's usual hours, or by a requester, repository or

@@ -1,14 +1,14 @@
 """The approval-key seam: what the signer needs of an officer's key, whatever its kind.
 
 An officer signs approvals with their own key (invariant 6) of some kind: an
-Ed25519 key in a file today, a key in the officer's own token later (DESIGN
-§12). What checks approvals (the core, bundle verification, the offline audit
-verifier) holds `ApprovalKey`s; what makes them (the approver CLI) holds an
-`ApprovalSigner`; neither knows the kind. `signer.approval.registry` finds the
-kind of a key read from a PEM file or from a recorded policy document. A new
-kind is one module with an `ApprovalKey` subclass (and an `ApprovalSigner`, if
-its private part is one `cryptography` loads from a PEM file) and one entry in
-`registry.KINDS`.
+Ed25519 or ECDSA P-256 key in a file, a key in the officer's own token, or one
+ssh-agent holds (docs/architecture.md §12). What checks approvals (the core,
+bundle verification, the offline audit verifier) holds `ApprovalKey`s; what
+makes them (the approver CLI) holds an `ApprovalSigner`; neither knows the kind.
+`signer.approval.registry` finds the kind of a key read from a PEM file or from
+a recorded policy document. A new kind is one module with an `ApprovalKey`
+subclass (and an `ApprovalSigner`, if its private part is one `cryptography`
+loads from a PEM file) and one entry in `registry.KINDS`.
 
 What every kind upholds:
 - `verify` returns only for a signature by this key over exactly these bytes;
@@ -43,7 +43,7 @@ __all__ = ["ApprovalKey", "ApprovalSigner", "signature_error", "spki_key_id", "s
 
 
 def spki_key_id(public_key: PublicKeyTypes) -> str:
-    """Hex SHA-256 of the public key's SubjectPublicKeyInfo DER (DESIGN §4)."""
+    """Hex SHA-256 of the public key's SubjectPublicKeyInfo DER (docs/architecture.md §4)."""
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -1,4 +1,4 @@
-"""FIDO security-key approval keys (`sk-ssh-ed25519@openssh.com`, DESIGN §12): an
+"""FIDO security-key approval keys (`sk-ssh-ed25519@openssh.com`, docs/architecture.md §12): an
 officer's FIDO2 key, through ssh-agent (`signer.approval.ssh_agent`), signs with a
 touch, and every approval proves it.
 

@@ -1,5 +1,6 @@
-"""Approval keys held by ssh-agent (DESIGN §12): the officer's SSH key signs, the agent
-keeps it (unlocked once, on a FIDO security key behind it, or forwarded).
+"""Approval keys held by ssh-agent (docs/architecture.md §12): the officer's SSH key
+signs, the agent keeps it (unlocked once, on a FIDO security key behind it, or
+forwarded).
 
 A profile names the key by its public key file:
 

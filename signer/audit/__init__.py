@@ -1,4 +1,4 @@
-"""The audit log (DESIGN §6): canonical entries, appended with each state change."""
+"""The audit log (docs/architecture.md §6): canonical entries, appended with each state change."""
 
 from signer.audit.entry import EVENTS, AuditEntry
 

@@ -38,7 +38,8 @@ and auditors and offline verification judge every entry. Replicas sharing a
 token read and move the head inside the database's one write lock; an owner
 who broke that lock and showed two replicas different logs could race two
 head updates against each other in the token (no PKCS#11 token offers a
-compare-and-swap): witnesses (DESIGN §13) catch what the token cannot.
+compare-and-swap). Independent witnesses, which would catch what the token
+cannot, are planned, not built (docs/architecture.md §13).
 
 First start on a log whose token has no head (a log older than this check):
 the head is taken from the latest stored checkpoint once its signature

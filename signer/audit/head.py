@@ -1,4 +1,4 @@
-"""The audit log's last signed tree head, kept in the token (invariant 4, DESIGN §14).
+"""The audit log's last signed tree head, kept in the token (invariant 4, docs/architecture.md §14).
 
 Whoever can write the database can edit, truncate, roll back or fork the
 stored log; they cannot write the token. The token therefore keeps the tree

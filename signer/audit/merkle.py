@@ -1,7 +1,7 @@
 """The audit log's Merkle tree: RFC 9162 hashing, proofs and their verification.
 
 Leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 || left || right), and the
-tree head over n leaves is MTH from RFC 9162 §2.1.1 (DESIGN §6, invariant 4:
+tree head over n leaves is MTH from RFC 9162 §2.1.1 (docs/architecture.md §6, invariant 4:
 any edit, deletion, reordering or rollback of the log changes a root or breaks
 a proof).
 

@@ -3,7 +3,7 @@
 A checkpoint ("origin\\nsize\\nbase64(root)\\n") is the text of a signed note;
 the audit key in the token signs it, and an auditor who holds only the
 verifier string ("name+keyid+base64(0x01||key)") checks it offline
-(DESIGN §6, invariant 4: a rollback or a forked log needs a checkpoint the
+(docs/architecture.md §6, invariant 4: a rollback or a forked log needs a checkpoint the
 audit key never signed).
 
 Parsing is strict so that one note has one reading: standard padded base64

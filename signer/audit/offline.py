@@ -1,4 +1,4 @@
-"""An auditor's offline verification of a fetched log (DESIGN §6, invariant 4).
+"""An auditor's offline verification of a fetched log (docs/architecture.md §6, invariant 4).
 
 Needs only the directory written by `signer audit fetch` and the audit
 verifier key. Checks, and names the first entry that fails:

@@ -1,4 +1,4 @@
-"""Client-side check that a signature is on the record (invariant 4, DESIGN §6).
+"""Client-side check that a signature is on the record (invariant 4, docs/architecture.md §6).
 
 Before `signer sign` writes a signature it checks, with only the pinned audit
 verifier key: the checkpoint's signature, that the request.signed entry is

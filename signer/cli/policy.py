@@ -1,4 +1,4 @@
-"""`signer policy`: the operator's side of the policy chain (DESIGN §11).
+"""`signer policy`: the operator's side of the policy chain (docs/architecture.md §11).
 
 `propose` turns a new `signer.toml` into a proposal file for the officers (and a
 `policy.proposed` audit entry); `adopt` makes it the next version with their

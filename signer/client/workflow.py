@@ -2,7 +2,7 @@
 
 One implementation serves `signer sign`, `signer status` and the
 securesystemslib signer (`signer.sslib`). It treats the server as possibly
-hostile (DESIGN §14):
+hostile (docs/architecture.md §14):
 
 - every response must be for what was asked (`Asked`): the request id, the key
   name and, where the caller knows them, the digests (hash, value and artifact,

@@ -1,4 +1,4 @@
-"""Alerts on the unusual (DESIGN §12): a request at an odd hour, from someone or
+"""Alerts on the unusual (docs/architecture.md §12): a request at an odd hour, from someone or
 somewhere new to its key, or in a burst.
 
 The alert watch reads the `request.created` entries committed since it last

@@ -1,5 +1,5 @@
 """Read-only access to the audit log: pages of entries, the latest checkpoint, raw
-entries and Merkle proofs (DESIGN §6).
+entries and Merkle proofs (docs/architecture.md §6).
 
 What the audit servicer and the request servicer's proof of a signature read.
 Nothing here appends, so nothing here can break invariant 3; every range is

@@ -1,4 +1,4 @@
-"""A key's signing limits (DESIGN §12): how many signatures, and for how long an
+"""A key's signing limits (docs/architecture.md §12): how many signatures, and for how long an
 approval counts.
 
 - `per_request`: the most signatures (digests) one request may ask for;

@@ -1,7 +1,7 @@
 """The request state machine: create, decide, cancel, wait, expire, record.
 
 `PENDING -> APPROVED -> SIGNED`, or `DENIED`, `EXPIRED`, `CANCELLED`, `FAILED`
-(DESIGN §4). Knows nothing of gRPC, SQL or PKCS#11: it talks to a `Store`, a
+(docs/architecture.md §4). Knows nothing of gRPC, SQL or PKCS#11: it talks to a `Store`, a
 token-like `DigestSigner` and a `Notifier`. The signing step is `Signing`, the
 audit log's read side `AuditReader` (both mixins of `Core`); input checks are in
 `intake`, the quorum in `quorum`, the key policy's rules in `rules`.

@@ -1,4 +1,4 @@
-"""Policy changes decided online (DESIGN §11): officers approve or deny over gRPC.
+"""Policy changes decided online (docs/architecture.md §11): officers approve or deny over gRPC.
 
 A mixin of the core. `signer policy propose` records a `policy.proposed` entry; the
 officers list the proposals for the next version (`policy_proposals`) and send their

@@ -1,4 +1,4 @@
-"""The policy chain in the audit log (DESIGN §11): where each version is kept.
+"""The policy chain in the audit log (docs/architecture.md §11): where each version is kept.
 
 Each version in force is one `policy.adopted` entry: its number, the hash of the
 version before it, the whole document and the officers' approval envelopes. The

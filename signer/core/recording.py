@@ -6,7 +6,7 @@ happens only if it returns (invariant 3). `record_rejection` audits each call
 the server refused, with its reason, method and a message cut to 1 KiB, up to
 `Limits.max_rejections_per_minute` entries per identity and minute; past that
 rate a caller cannot grow the log, and the calls it made are counted into the
-next entry let through (`suppressed_before`), never lost (DESIGN §14). Every
+next entry let through (`suppressed_before`), never lost (docs/architecture.md §14). Every
 refusal is also told to the core's event hook, audited or not.
 """
 

@@ -1,5 +1,5 @@
-"""Unusual requests that need more officers (DESIGN §12): the one way an alert may hold
-signing, and only when the key's policy says so.
+"""Unusual requests that need more officers (docs/architecture.md §12): the one way an
+alert may hold signing, and only when the key's policy says so.
 
 Alerts inform (`signer.core.alerts`). A key whose policy has an `unusual` section
 asks `extra_approvals` more approvals of a request that is unusual when it is

@@ -1,4 +1,4 @@
-"""Release windows (DESIGN §12): the days and hours, in a named time zone, in which a
+"""Release windows (docs/architecture.md §12): the days and hours, in a named time zone, in which a
 key's requests may be made and signed.
 
 A window is written `DAYS HH:MM-HH:MM ZONE`, e.g. `Mon-Fri 09:00-17:00 Europe/Berlin`:

@@ -3,7 +3,7 @@
 The pipeline sends the statement itself; officers see its subjects before they
 approve; the one digest signed is over the statement's DSSE PAE, so an
 approval binds exactly the statement that is signed. Parsing is strict, so that
-what officers are shown is the whole statement (DESIGN §14): duplicate keys, a
+what officers are shown is the whole statement (docs/architecture.md §14): duplicate keys, a
 wrong `_type`, no subjects, a subject without a valid sha256/sha384/sha512
 digest, any field officers are not shown (only `_type`, `subject`,
 `predicateType` and `predicate` at the top, `name` and `digest` in a subject),

@@ -1,7 +1,7 @@
 """What the consumer of an evidence bundle pins, and what a bundle is checked against.
 
 A trust file (TOML) pins either the signing key, the officers' approval keys and a
-threshold, or one policy version (DESIGN §11). With a policy pinned, `pins_for` walks
+threshold, or one policy version (docs/architecture.md §11). With a policy pinned, `pins_for` walks
 the bundle's chain from that version (`signer.policy_chain.check_chain`, each link
 approved by a threshold of the officers before and after) and takes the key id, the
 officers' keys and the threshold from the version it reaches; `check_signed_under`

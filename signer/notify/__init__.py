@@ -1,4 +1,4 @@
-"""Notifications (DESIGN §12): webhooks told of what the audit log records.
+"""Notifications (docs/architecture.md §12): webhooks told of what the audit log records.
 
 The outbox is the audit log itself, read by a cursor per sink: an event is
 notified once its entry is committed, with nothing added to the signing path

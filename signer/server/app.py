@@ -2,13 +2,13 @@
 
 Start-up refuses to serve unless every configured key passes the token's
 security check (invariant 1) and the audit log records the start with the
-loaded policy's hash (invariant 3, DESIGN §4). A background sweeper expires
+loaded policy's hash (invariant 3, docs/architecture.md §4). A background sweeper expires
 PENDING requests past their TTL and signs APPROVED requests that a crash or
 outage left unsigned (invariant 9). A policy version adopted while the server runs,
 here or on another server of the store, is taken on without a restart
 (`follow_policy`, within the token probe's second).
 
-Below gRPC, no connection can take the shared capacity (DESIGN §14): a
+Below gRPC, no connection can take the shared capacity (docs/architecture.md §14): a
 connection carries at most `STREAMS_PER_CONNECTION` streams at once (gRPC
 core then also paces rapid stream resets), an idle one is closed, a dead peer
 is found by keepalive pings, and every connection is recycled after

@@ -9,7 +9,7 @@ other roles come from config. Each method has a rule (the defaults below,
 extended or replaced by config `[access]`), and a method with no rule is
 denied. Rejections are audit-logged through `on_reject`.
 
-No caller holds the server's shared capacity without a role (DESIGN §14):
+No caller holds the server's shared capacity without a role (docs/architecture.md §14):
 every method is served as a request stream, so the caller is authenticated
 and authorized as soon as a worker takes the call, before its request message
 is waited for; a caller without a role, or over its cap of calls in flight,
@@ -255,7 +255,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self, identity: str, method: str, requests: Iterator[Any], context: grpc.ServicerContext
     ) -> Any:
         """The call's next message; the call is cancelled if it is not sent in time (a
-        caller with a role holds a worker while it waits, DESIGN §14).
+        caller with a role holds a worker while it waits, docs/architecture.md §14).
 
         Once its time is up the call ends, even when a message or the end of the stream
         (gRPC reports a cancelled call either way) came at that moment: nothing a

@@ -4,7 +4,7 @@ Every error names the file, the key and the fix (exit code 2 at the CLI).
 Secrets (the token PIN) are never in the file itself: only the path of a
 0600 file or the name of an environment variable (invariant 7). The loaded
 policy is hashed (`policy_hash`) and that hash goes into the audit log at
-start-up (DESIGN §4).
+start-up (docs/architecture.md §4).
 
 This module holds the dataclasses, `load_config` and the `[server]`, `[token]`
 and `[store]` tables; the policy tables (identities, approvers, OIDC issuers,

@@ -1,5 +1,5 @@
 """The OpenPGP facts the token keeps beside a signing key, as private data objects
-labelled with the key's name (DESIGN §10):
+labelled with the key's name (docs/architecture.md §10):
 
 - its creation time, fixed once and never changed: it is hashed into the key's
   OpenPGP fingerprint, so a second one would be a second OpenPGP key. It is

@@ -1,4 +1,4 @@
-"""The operator's side of the policy chain (DESIGN §11), on the token and the store.
+"""The operator's side of the policy chain (docs/architecture.md §11), on the token and the store.
 
 A change is made in three steps, none of which the operator can do alone:
 

@@ -1,4 +1,4 @@
-"""The policy version in force, kept in the token beside the audit key (DESIGN §11).
+"""The policy version in force, kept in the token beside the audit key (docs/architecture.md §11).
 
 The chain lives in the audit log, but whoever owns the database can hide its last
 links without breaking the tree (the `event` column a listing filters on is not

@@ -1,4 +1,5 @@
-"""A running server takes the version the officers adopted, without a restart (DESIGN §11).
+"""A running server takes the version the officers adopted, without a restart
+(docs/architecture.md §11).
 
 The adopted document is the authority, not `signer.toml`: `config_under` rebuilds the
 server's config with the document's policy (keys, identities, approval keys, access,

@@ -7,7 +7,7 @@ errors become gRPC status codes here and only here, with a
 call is audit-logged; if that audit write fails the call fails UNAVAILABLE.
 Its log line is rate-limited per identity, with every echoed value cut short.
 
-No caller can make an answer too large for others to read (DESIGN §14): a
+No caller can make an answer too large for others to read (docs/architecture.md §14): a
 listing page holds at most `page_size` items and stops before `PAGE_BYTES` of
 them (always one at least, and no item is larger than a page). Officers get
 requests as summaries (at most `INLINE_DIGESTS` digests inline, and

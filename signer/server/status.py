@@ -1,7 +1,7 @@
 """Domain errors as gRPC statuses: the one mapping used by servicers and the interceptor.
 
 Each status carries an actionable message and a `google.rpc.ErrorInfo`
-(domain `signer.v1`) whose reason clients branch on (DESIGN §9). The message is
+(domain `signer.v1`) whose reason clients branch on (docs/architecture.md §9). The message is
 cut to `MAX_MESSAGE` characters: whatever a caller sent, the answer stays small.
 """
 

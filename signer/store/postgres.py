@@ -1,4 +1,4 @@
-"""PostgreSQL store, for several server replicas on one database (DESIGN §7).
+"""PostgreSQL store, for several server replicas on one database (docs/architecture.md §7).
 
 Every transaction starts by taking one transaction-scoped advisory lock, so
 write transactions from all replicas run one at a time, as SQLite's `BEGIN

@@ -21,7 +21,7 @@ _REQUEST_V2 = """    caller TEXT,
     payload {blob} NOT NULL DEFAULT {empty},
 """
 
-# v3: the keys an officer froze (DESIGN §11), read in every signing transaction.
+# v3: the keys an officer froze (docs/architecture.md §11), read in every signing transaction.
 _FROZEN_KEYS = """
 CREATE TABLE frozen_keys (
     key_name TEXT PRIMARY KEY,

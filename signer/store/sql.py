@@ -341,7 +341,7 @@ class SqlTx(OutboxQueries, Tx):
             )
         ]
 
-    # -- the Merkle tree over the log (DESIGN §6) -------------------------------
+    # -- the Merkle tree over the log (docs/architecture.md §6) -----------------
 
     def perfect(self, level: int, index: int) -> bytes:
         row = self._one("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?", (level, index))

@@ -1,4 +1,4 @@
-"""SQLite store: one file, WAL, synchronous=FULL (DESIGN §7).
+"""SQLite store: one file, WAL, synchronous=FULL (docs/architecture.md §7).
 
 Writes go through `BEGIN IMMEDIATE ... COMMIT` on one connection guarded by a
 lock, so a transaction sees and changes a consistent state and concurrent

@@ -1,6 +1,6 @@
-"""Officers' approval keys in their own PKCS#11 token (DESIGN §12): the private key never
-leaves it. A YubiKey (its PIV applet through OpenSC's or Yubico's ykcs11 module), a
-smart card, a SoftHSM token standing in for one in the tests.
+"""Officers' approval keys in their own PKCS#11 token (docs/architecture.md §12): the
+private key never leaves it. A YubiKey (its PIV applet through OpenSC's or Yubico's
+ykcs11 module), a smart card, a SoftHSM token standing in for one in the tests.
 
 A profile names the key by its URI (`signer.approval.token_uri`) in `approval_key`.
 ECDSA P-256 keys sign SHA-256 digests (`CKM_ECDSA`, DER-encoded), Ed25519 keys the

@@ -1,6 +1,6 @@
 """One logged-in session on one token: the lock, the retry and the recovery.
 
-Invariants upheld here (DESIGN §3.1, §8):
+Invariants upheld here (docs/architecture.md §3.1, §8):
 - every token call runs under one lock on one long-lived logged-in session,
   because python-pkcs11 gives SoftHSM no locking callbacks; the session is
   never closed per request (closing logs every session out). Key handles are

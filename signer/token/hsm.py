@@ -1,7 +1,7 @@
 """The PKCS#11 token adapter: `Token`, the key operations on one `Connection`.
 
 Only `signer.token` imports `pkcs11` (tests/test_imports.py). Invariants
-upheld here (DESIGN §3.1, §8), with the session rules of
+upheld here (docs/architecture.md §3.1, §8), with the session rules of
 `signer.token.connection` and the key rules of `signer.token.keys`:
 - keys are generated inside the token from the sign-only templates; there is
   no code path that imports or exports a private key;

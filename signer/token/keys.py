@@ -1,6 +1,6 @@
 """The token's key objects as this service makes, reads and signs with them.
 
-Invariants upheld here (DESIGN §3.1, §8):
+Invariants upheld here (docs/architecture.md §3.1, §8):
 - keys are generated (`Token.generate`) from these templates: SENSITIVE,
   EXTRACTABLE=false, PRIVATE and SIGN set explicitly and every other use off,
   nothing left to token defaults; there is no code path that imports or
