@@ -32,6 +32,8 @@ from signer.approval.files import generate
 from signer.approval.token_uri import ALGORITHMS_IN_TOKENS, TokenKeyUri
 from signer.cli.kit import (
     call,
+    group_profile_opt,
+    group_server_opt,
     handle_errors,
     json_opt,
     print_json,
@@ -72,6 +74,8 @@ def own_files_opt(what: str) -> Callable[[F], F]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
+@group_profile_opt
+@group_server_opt
 def main() -> None:
     """Review and decide on signing requests as a security officer."""
 

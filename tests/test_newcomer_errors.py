@@ -139,3 +139,18 @@ def test_signer_keys_lists_the_keys_and_an_unknown_key_gets_a_suggestion(
     assert "no signing key named 'relaese'; did you mean release?" in p.stderr
     p = run([*SIGNER, "public-key", "--profile", profile, "--key-name", "zzzz"], check=False)
     assert p.returncode == 1 and "the server's keys:" in p.stderr
+
+
+def test_client_options_before_the_subcommand(shared_env: Env, clients: Clients) -> None:
+    """`signer --profile P list` and `approver --profile P show ID` work as with the
+    options after the subcommand; an option after it still wins."""
+    made = clients.create(who="ci2")
+    ci2 = str(shared_env.profile_path("ci2"))
+    listed = json.loads(run([*SIGNER, "--profile", ci2, "list", "--json"]).stdout)
+    assert made.id in {d["id"] for d in listed}
+    alice = str(shared_env.profile_path("alice"))
+    shown = json.loads(run([*APPROVER, "--profile", alice, "show", made.id, "--json"]).stdout)
+    assert shown["id"] == made.id
+    wrong = str(shared_env.profile_path("ci3"))  # its own, after the subcommand, wins
+    mine = run([*SIGNER, "--profile", wrong, "list", "--profile", ci2, "--json"]).stdout
+    assert made.id in {d["id"] for d in json.loads(mine)}

@@ -26,6 +26,8 @@ from signer.cli import audit, dropins, policy, requester, verify
 from signer.cli._common import config_opt, emit
 from signer.cli._outputs import obtain
 from signer.cli.kit import (
+    group_profile_opt,
+    group_server_opt,
     handle_errors,
     json_opt,
     print_json,
@@ -75,6 +77,8 @@ __all__ = ["main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
+@group_profile_opt
+@group_server_opt
 def main() -> None:
     """Threshold signing: keys in an HSM, signatures only after m-of-n approval."""
 
