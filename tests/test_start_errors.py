@@ -5,7 +5,7 @@ A token label that names no token, and a database that cannot be opened (the
 driver's own cause, once, without its per-attempt warnings), exit 2 like every
 other configuration error. With $NOTIFY_SOCKET set (a `Type=notify` unit), the
 server sends READY=1 once it serves and STOPPING=1 on SIGTERM, then logs a
-clean stop and exits 0.
+clean stop and exits 0. A `signer init` that fails half-way leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.commands import SIGNER, run
+from testbed.commands import SIGNER, free_port, run
 from testbed.env import Env
 
 
@@ -85,3 +85,19 @@ def test_systemd_is_told_ready_and_stopping_and_the_stop_is_logged(
     assert proc.returncode == 0, err
     logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert logged[-1]["event"] == "stopped" and logged[-1]["clean"] is True
+
+
+@pytest.mark.sqlite_only("the database named is one that cannot be reached")
+def test_a_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`signer init` that fails half-way (its database cannot be opened) exits 2 and
+    removes what it made, in a new directory or an empty one; the next run succeeds."""
+    unreachable = f"postgresql://nobody@127.0.0.1:{free_port()}/signer"
+    new, empty = tmp_path / "new" / "env", tmp_path / "empty"
+    empty.mkdir()
+    for target in (new, empty):
+        p = run([*SIGNER, "init", str(target), "--store-url", unreachable], check=False)
+        assert p.returncode == 2, p.stderr
+        assert "cannot open database" in p.stderr
+    assert not new.exists() and not any(empty.iterdir())
+    run([*SIGNER, "init", str(empty), "--listen", f"127.0.0.1:{free_port()}"])
+    assert (empty / "signer.toml").is_file()

@@ -113,8 +113,13 @@ def version() -> None:
 )
 @handle_errors
 def init(directory: Path, listen: str, store_url: str, store_password_file: Path | None) -> None:
-    """Create a dev environment: token, keys, CA, certificates, config, profiles."""
-    init_devenv(directory, listen, store_url, store_password_file)
+    """Create a dev environment: token, keys, CA, certificates, config, profiles.
+
+    If it fails, it leaves nothing behind."""
+    try:
+        init_devenv(directory, listen, store_url, store_password_file)
+    except StoreError as e:
+        raise ConfigError(str(e)) from None  # --store-url names a database it cannot open
     stderr.print(f"dev environment ready in {directory}")
     stderr.print(f"  start the server:  signer serve --config {directory}/signer.toml")
     stderr.print(f"  CI profile:        {directory}/profiles/ci.toml")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 from signer.algorithms import algorithm
@@ -57,10 +58,29 @@ def init_devenv(
             raise ConfigError(f"{root} is a file, not a directory; choose a new directory")
         if root.exists() and any(root.iterdir()):
             raise ConfigError(f"{root} exists and is not empty; choose a new directory")
+        made = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a parent is a file, or not readable or writable
         raise ConfigError(f"cannot use {root} as a new directory: {e.strerror}") from None
     root = root.resolve()
+    try:
+        return _build(root, host, listen, store_url, store_password_file)
+    except BaseException:
+        # Nothing half-built stays behind: the next `signer init` starts afresh.
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for child in root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+
+
+def _build(
+    root: Path, host: str, listen: str, store_url: str, store_password_file: Path | None
+) -> list[str]:
     for d in ("secrets", "tls", "approvers", "profiles", "trust"):
         (root / d).mkdir(mode=0o700 if d == "secrets" else 0o755)
 
