@@ -6,6 +6,8 @@ driver's own cause, once, without its per-attempt warnings), exit 2 like every
 other configuration error. With $NOTIFY_SOCKET set (a `Type=notify` unit), the
 server sends READY=1 once it serves and STOPPING=1 on SIGTERM, then logs a
 clean stop and exits 0. A `signer init` that fails half-way leaves nothing behind.
+`signer serve --check` says what it found, or the error a start would give, and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -101,3 +103,26 @@ def test_a_failed_init_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not new.exists() and not any(empty.iterdir())
     run([*SIGNER, "init", str(empty), "--listen", f"127.0.0.1:{free_port()}"])
     assert (empty / "signer.toml").is_file()
+
+
+def test_serve_check_says_what_it_found_and_writes_nothing(fresh_env: Env) -> None:
+    """`signer serve --check` on a good config: exit 0, a line for the TLS files, the
+    token and its keys, the store and the policy, and not one audit entry written; on a
+    config whose policy the officers did not approve: exit 2 saying so, as a start would."""
+    run([*SIGNER, "serve", "--config", str(fresh_env.config), "--check"])  # the store made
+    before = fresh_env.store.rows("SELECT count(*) FROM audit_log")
+    p = run([*SIGNER, "serve", "--config", str(fresh_env.config), "--check"])
+    lines = p.stdout.splitlines()
+    assert [line.split()[1] for line in lines] == ["config", "TLS:", "token", "store", "policy:"]
+    assert "release (ecdsa-p256)" in lines[2] and "version 1" in lines[4]
+    assert fresh_env.store.rows("SELECT count(*) FROM audit_log") == before
+    text = fresh_env.config.read_text()
+    fresh_env.config.write_text(
+        re.sub(r'key_id = "[0-9a-f]{64}"', 'key_id = "' + "ab" * 32 + '"', text, count=1)
+    )
+    p = _serve_check(fresh_env)
+    assert p.returncode == 2 and "is not version 1 in force" in p.stderr, p.stderr
+
+
+def _serve_check(env: Env) -> subprocess.CompletedProcess[str]:
+    return run([*SIGNER, "serve", "--config", str(env.config), "--check"], check=False)

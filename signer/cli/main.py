@@ -134,10 +134,16 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
     help="Serve Prometheus metrics over plain HTTP here (overrides server.metrics_listen; "
     "off by default).",
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Check the config, the TLS files, the token and its keys, the store and the "
+    "policy in force, then exit (0: it would serve); serves nothing, writes nothing.",
+)
 @handle_errors
-def serve(config_path: Path, metrics_listen: str | None) -> None:
+def serve(config_path: Path, metrics_listen: str | None, check: bool) -> None:
     """Run the signing server until SIGTERM or SIGINT."""
-    from signer.server.app import Server
+    from signer.server.app import Server, preflight
     from signer.server.readiness import notify
 
     config = load_config(config_path)
@@ -145,6 +151,10 @@ def serve(config_path: Path, metrics_listen: str | None) -> None:
         config = config.with_metrics_listen(metrics_listen)
     logs.configure(config.log_format)
     try:
+        if check:
+            for line in preflight(config):
+                click.echo(f"ok  {line}")
+            return
         server = Server.build(config)
     except (TokenNotFoundError, StoreError) as e:
         if isinstance(e, AuditHeadError):

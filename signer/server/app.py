@@ -147,6 +147,37 @@ def _checked_policy(config: Config, token: Token, store: Store) -> Version:
     return in_force
 
 
+def preflight(config: Config) -> list[str]:
+    """What `signer serve --check` checks, without serving or writing anything: the TLS
+    files, the token and each key's attributes, the store and the audit log's tree head,
+    and the policy in force. Raises the error a start would; else says what was found."""
+    _check_tls(config)
+    token = open_token(config)
+    try:
+        store = open_store(config.store)
+        try:
+            in_force = _checked_policy(config, token, store)
+            keys = load_keys(config, token)
+            with store.transaction() as tx:
+                size = checkpointer_for(config, token).status(tx).tree.size
+        finally:
+            store.close()
+    finally:
+        token.close()
+    listens = [config.server.listen, config.server.oidc_listen, config.server.metrics_listen]
+    return [
+        f"config {config.path}: valid",
+        f"TLS: the server certificate and key for {', '.join(a for a in listens if a)}",
+        f"token {config.token.label!r}: audit key {config.audit_key!r} and "
+        f"{len(keys)} signing key(s), each sensitive, never extractable, sign-only: "
+        + ", ".join(f"{k.name} ({k.algorithm.name})" for k in keys.values()),
+        f"store {config.store.path or 'PostgreSQL'}: reachable; its audit log ({size} "
+        "entries) extends the tree head the token keeps",
+        f"policy: version {in_force.number} ({in_force.sha256[:16]}...) in force, as the "
+        "config holds it",
+    ]
+
+
 @dataclass
 class Server:
     config: Config
