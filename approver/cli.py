@@ -32,8 +32,6 @@ from signer.approval.files import generate
 from signer.approval.token_uri import ALGORITHMS_IN_TOKENS, TokenKeyUri
 from signer.cli.kit import (
     call,
-    group_profile_opt,
-    group_server_opt,
     handle_errors,
     json_opt,
     print_json,
@@ -44,6 +42,7 @@ from signer.cli.kit import (
     server_opt,
     stubs,
 )
+from signer.cli.options import completion_command, group_profile_opt, group_server_opt
 from signer.client import workflow
 from signer.client.profile import list_requests, load_profile
 from signer.convert import STATE_TO_PB
@@ -84,6 +83,9 @@ def main() -> None:
 def version() -> None:
     """Print this client's version (as `approver --version` does)."""
     click.echo(f"approver {__version__}")
+
+
+main.add_command(completion_command("approver"))
 
 
 @main.command()

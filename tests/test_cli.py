@@ -151,7 +151,8 @@ def test_exit_codes_and_clear_errors(shared: Running, tmp_path: Path) -> None:
     short = _signer(
         shared, "sign", "--key-name", "release", "--digest", "sha256:00", "--no-wait", check=False
     )
-    assert short.returncode == 1 and "BAD_DIGEST_LENGTH" in short.stderr
+    # Refused before anything is sent (the server's own BAD_DIGEST_LENGTH: test_bad_create).
+    assert short.returncode == 2 and "a sha256 digest is 32 bytes" in short.stderr
     usage = run([*SIGNER, "sign", "--key-name", "release"], check=False)
     assert usage.returncode == 2
     role = _signer(shared, "audit", "list", check=False)  # ci is not an auditor

@@ -115,6 +115,23 @@ def _key(clients: Clients, key_name: str, scheme: str | None = None) -> SSlibKey
     return SSlibKey.from_crypto(public, keyid=hashlib.sha256(spki).hexdigest(), scheme=scheme)
 
 
+@pytest.mark.usefixtures("shared")
+def test_import_key_takes_a_profile_as_a_string_or_from_the_environment(
+    shared_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A str profile works as a Path does, and without one $SIGNER_PROFILE is used and
+    named in the URI, so signing later does not depend on the environment."""
+    profile = shared_env.profile_path("ci")
+    uri, key = import_key("release", str(profile))
+    assert parse_uri(uri).profile == profile
+    monkeypatch.setenv("SIGNER_PROFILE", str(profile))
+    from_env, same = import_key("release")
+    assert parse_uri(from_env).profile == profile and same == key
+    monkeypatch.delenv("SIGNER_PROFILE")
+    with pytest.raises(ConfigError, match="no profile"):
+        import_key("release")
+
+
 # -- signing TUF metadata ----------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,8 +45,6 @@ __all__ = [
     "call",
     "echo",
     "fail",
-    "group_profile_opt",
-    "group_server_opt",
     "handle_errors",
     "json_opt",
     "print_json",
@@ -73,32 +70,6 @@ profile_opt = click.option(
 )
 server_opt = click.option(
     "--server", help="Override the profile's HOST:PORT; default $SIGNER_SERVER."
-)
-
-
-def _into(variable: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is not None:
-            os.environ[variable] = str(value)  # what every command's profile falls back to
-        return value
-
-    return callback
-
-
-# The same two options on the command group, before the subcommand (`signer --profile P
-# status ID`, as kubectl and vault take them); a subcommand's own still wins.
-group_profile_opt = click.option(
-    "--profile",
-    type=click.Path(path_type=Path),
-    expose_value=False,
-    callback=_into("SIGNER_PROFILE"),
-    help="Client profile for the command that follows (as $SIGNER_PROFILE).",
-)
-group_server_opt = click.option(
-    "--server",
-    expose_value=False,
-    callback=_into("SIGNER_SERVER"),
-    help="Server HOST:PORT for the command that follows (as $SIGNER_SERVER).",
 )
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _DECISION = {types_pb2.DECISION_APPROVE: "approve", types_pb2.DECISION_DENY: "deny"}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -96,19 +97,25 @@ class SignatureCheckError(ServiceSignerError):
     """The public key does not match the service key, or what came back does not verify."""
 
 
-def import_key(key_name: str, profile: Path | None = None) -> tuple[str, SSlibKey]:
+def import_key(
+    key_name: str, profile: str | os.PathLike[str] | None = None
+) -> tuple[str, SSlibKey]:
     """Fetch a service key's public key; return its private-key URI and SSlibKey.
 
     Like securesystemslib's own `import_` helpers, call it once and store both:
     the key goes into TUF metadata, the URI into the repository tool's
-    configuration. The URI carries `profile` as given (default: none, so
-    $SIGNER_PROFILE at signing time). Raises ConfigError for a bad profile,
-    RemoteError when the service fails, UnsupportedAlgorithmError for a key
-    that cannot sign digests.
+    configuration. `profile` is a path (a str or a Path), by default the one
+    $SIGNER_PROFILE names; the URI names the profile used, as given, so signing
+    later does not depend on the environment. Raises ConfigError for a bad or
+    missing profile, RemoteError when the service fails, UnsupportedAlgorithmError
+    for a key that cannot sign digests.
     """
-    uri = KeyURI(key_name, profile)
+    if profile is None and os.environ.get("SIGNER_PROFILE"):
+        profile = os.environ["SIGNER_PROFILE"]
+    path = Path(profile) if profile is not None else None
+    uri = KeyURI(key_name, path)
     parse_uri(str(uri))  # the same rules as for any URI
-    prof = load_profile(profile)
+    prof = load_profile(path)
     with stubs(prof, signing_pb2_grpc.SigningServiceStub) as (stub,):
         info = _public_key(prof, stub, key_name)
     return str(uri), _sslib_key(info)
