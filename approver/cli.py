@@ -118,6 +118,7 @@ main.add_command(completion_command("approver"))
 )
 @click.option("--pin-file", type=click.Path(exists=True, path_type=Path), help="The token's PIN.")
 @click.option("--pin-env", help="The variable holding the token's PIN.")
+@json_opt
 @handle_errors
 def keygen(
     out: Path,
@@ -128,6 +129,7 @@ def keygen(
     algorithm: str,
     pin_file: Path | None,
     pin_env: str | None,
+    as_json: bool,
 ) -> None:
     """Create your approval key (in a file, or in your own token with --pkcs11); give
     the public key file to the server's admin."""
@@ -142,6 +144,16 @@ def keygen(
             raise click.BadParameter(str(e), param_hint="--pkcs11") from None
         public = generate_in_token(where, token_pin(where.token, pin_file, pin_env), algorithm)
         out.write_bytes(public.pem())
+        if as_json:
+            print_json(
+                {
+                    "public_key": str(out),
+                    "key_id": public.key_id,
+                    "token": where.token,
+                    "approval_key": uri,
+                }
+            )
+            return
         click.echo(f"{out}  key id {public.key_id}  (in token {where.token})")
         click.echo(f'profile: approval_key = "{uri}"')
         return
@@ -155,7 +167,16 @@ def keygen(
         if passphrase != getpass.getpass("again: "):
             raise ApproverError("the passphrases differ")
     key = generate(out, passphrase)
-    click.echo(f"{out}.pub  key id {key.public_key().key_id}")
+    if as_json:
+        print_json(
+            {
+                "public_key": f"{out}.pub",
+                "key_id": key.public_key().key_id,
+                "encrypted": passphrase is not None,
+            }
+        )
+    else:
+        click.echo(f"{out}.pub  key id {key.public_key().key_id}")
     if passphrase is None:
         say(
             f"warning: {out} is not encrypted: anyone who can read it can approve as you. "

@@ -22,7 +22,7 @@ from testbed.process import Running
 
 SIGNED = types_pb2.REQUEST_STATE_SIGNED
 _FETCHED = re.compile(
-    r"fetched (\d+) entries; (.+) holds (\d+), consistent with the last verified checkpoint"
+    r"fetched (\d+) entr(?:y|ies); (.+) holds (\d+), consistent with the last verified checkpoint"
 )
 
 
@@ -72,6 +72,9 @@ def test_fetch_verify_then_incremental_fetch(shared: Running, tmp_path: Path) ->
     r = _signed(shared.clients)
     fetched2, held2 = _fetch(shared, out)
     assert fetched2 == held2 - held >= 5  # created, 2 approvals, quorum, signed (and any other)
+    again = json.loads(_audit(shared, "fetch", "--out", str(out), "--json").stdout)
+    assert again["entries"] >= held2 and again["directory"] == str(out)
+    assert again["fetched"] == again["entries"] - held2
     entries = _entries(out)
     assert len(entries) == held2 and [e["index"] for e in entries] == list(range(held2))
     mine = [e["event"] for e in entries[held:] if e["request_id"] == r.id]

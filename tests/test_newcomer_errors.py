@@ -83,6 +83,9 @@ def test_an_unencrypted_approval_key_is_said_loudly(tmp_path: Path) -> None:
     p = run([*APPROVER, "keygen", "--out", str(tmp_path / "alice")])
     assert "is not encrypted" in p.stderr and "--encrypt" in p.stderr
     assert (tmp_path / "alice.pub").exists()
+    made = json.loads(run([*APPROVER, "keygen", "--out", str(tmp_path / "bob"), "--json"]).stdout)
+    assert made["public_key"] == f"{tmp_path / 'bob'}.pub" and made["encrypted"] is False
+    assert len(made["key_id"]) == 64
 
 
 def test_version_commands_print_the_version() -> None:

@@ -116,6 +116,13 @@ def test_serve_check_says_what_it_found_and_writes_nothing(fresh_env: Env) -> No
     assert [line.split()[1] for line in lines] == ["config", "TLS:", "token", "store", "policy:"]
     assert "release (ecdsa-p256)" in lines[2] and "version 1" in lines[4]
     assert fresh_env.store.rows("SELECT count(*) FROM audit_log") == before
+    as_json = run([*SIGNER, "serve", "--config", str(fresh_env.config), "--check", "--json"])
+    assert json.loads(as_json.stdout) == {"ok": True, "checked": [line[4:] for line in lines]}
+    generate = ["keys", "generate", "--name", "extra", "--algorithm", "ecdsa-p384", "--json"]
+    made = run([*SIGNER, *generate, "--config", str(fresh_env.config)])
+    generated = json.loads(made.stdout)
+    assert generated["name"] == "extra" and generated["algorithm"] == "ecdsa-p384"
+    assert len(generated["key_id"]) == 64
     text = fresh_env.config.read_text()
     fresh_env.config.write_text(
         re.sub(r'key_id = "[0-9a-f]{64}"', 'key_id = "' + "ab" * 32 + '"', text, count=1)

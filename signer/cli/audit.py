@@ -237,13 +237,23 @@ def audit_show(index: int, profile_path: Path | None, server: str | None) -> Non
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory of the local copy (created; updated incrementally).",
 )
+@json_opt
 @handle_errors
-def audit_fetch(profile_path: Path | None, server: str | None, out: Path) -> None:
+def audit_fetch(profile_path: Path | None, server: str | None, out: Path, as_json: bool) -> None:
     """Fetch new entries, verifying the checkpoint and consistency with the last fetch."""
     result = fetch(load_profile(profile_path, server), out)
+    if as_json:
+        print_json(
+            {
+                "fetched": result.new_size - result.old_size,
+                "entries": result.new_size,
+                "directory": str(out),
+            }
+        )
+        return
     click.echo(
-        f"fetched {result.new_size - result.old_size} entries; {out} holds "
-        f"{result.new_size}, consistent with the last verified checkpoint"
+        f"fetched {counted(result.new_size - result.old_size, 'entry', 'entries')}; {out} "
+        f"holds {result.new_size}, consistent with the last verified checkpoint"
     )
 
 

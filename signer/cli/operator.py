@@ -120,8 +120,9 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
     help="Check the config, the TLS files, the token and its keys, the store and the "
     "policy in force, then exit (0: it would serve); serves nothing, writes nothing.",
 )
+@json_opt
 @handle_errors
-def serve(config_path: Path, metrics_listen: str | None, check: bool) -> None:
+def serve(config_path: Path, metrics_listen: str | None, check: bool, as_json: bool) -> None:
     """Run the signing server until SIGTERM or SIGINT."""
     from signer.server.app import Server, preflight
     from signer.server.readiness import notify
@@ -132,8 +133,12 @@ def serve(config_path: Path, metrics_listen: str | None, check: bool) -> None:
     logs.configure(config.log_format)
     try:
         if check:
-            for line in preflight(config):
-                click.echo(f"ok  {line}")
+            found = preflight(config)
+            if as_json:
+                print_json({"ok": True, "checked": found})
+            else:
+                for line in found:
+                    click.echo(f"ok  {line}")
             return
         server = Server.build(config)
     except (TokenNotFoundError, StoreError) as e:
@@ -187,10 +192,14 @@ def keys(ctx: click.Context, profile_path: Path | None, server: str | None, as_j
 @config_opt
 @click.option("--name", required=True, help="Key name (the CKA_LABEL).")
 @click.option("--algorithm", "alg", required=True, type=click.Choice(list(ALGORITHMS)))
+@json_opt
 @handle_errors
-def keys_generate(config_path: Path, name: str, alg: str) -> None:
+def keys_generate(config_path: Path, name: str, alg: str, as_json: bool) -> None:
     """Generate a sign-only key pair inside the token (audit-logged)."""
     key = generate_key(config_path, name, algorithm(alg), actor="admin (signer keys generate)")
+    if as_json:
+        print_json({"name": key.name, "algorithm": alg, "key_id": key.key_id})
+        return
     click.echo(f"{key.name} {alg} {key.key_id}")
 
 
@@ -203,15 +212,22 @@ def keys_generate(config_path: Path, name: str, alg: str) -> None:
     type=click.Choice(list(ALGORITHMS)),
     help="The new version's algorithm (default: the key's).",
 )
+@json_opt
 @handle_errors
-def keys_rotate(config_path: Path, name: str, alg: str | None) -> None:
+def keys_rotate(config_path: Path, name: str, alg: str | None, as_json: bool) -> None:
     """Generate a new version of a key in the token (audit-logged). It signs once the
     officers adopt a policy that pins it; the old version stops signing then, and what
     it signed stays verifiable."""
     key, number = rotate_key(
         config_path, name, algorithm(alg) if alg else None, actor="admin (signer keys rotate)"
     )
-    click.echo(f"{key.name} {key.algorithm.name if key.algorithm else '?'} {key.key_id}")
+    algorithm_name = key.algorithm.name if key.algorithm else None
+    if as_json:
+        print_json(
+            {"name": key.name, "algorithm": algorithm_name, "key_id": key.key_id, "version": number}
+        )
+    else:
+        click.echo(f"{key.name} {algorithm_name or '?'} {key.key_id}")
     stderr.print(
         f"version {number} of key {name} generated; it signs once the officers adopt a policy "
         f'with keys.{name}.key_id = "{key.key_id}" (signer policy propose; to revoke the '
