@@ -92,7 +92,7 @@ def test_trust_without_bob(signed: Signed) -> None:
 @pytest.mark.parametrize(
     ("overrides", "phrase"),
     [
-        ({"approvers": None}, "[approvers] must name NAME = PEM-PATH entries"),
+        ({"approvers": None}, "[approvers] must name NAME = PEM (or PEM-PATH) entries"),
         ({"threshold": 4}, "threshold 4 is more than the 3 approvers listed"),
     ],
     ids=["missing approvers", "threshold over approvers"],
@@ -101,6 +101,24 @@ def test_trust_file_errors_cli(signed: Signed, overrides: dict[str, Any], phrase
     """A trust file with no approvers, or a threshold above their number, exits 2."""
     trust = trust_file(signed, f"bad-{'-'.join(overrides)}.toml", **overrides)
     cli_refused(verify_cli(signed.bundle_path, signed.artifact, trust), phrase, code=2)
+
+
+def test_the_trust_file_init_writes_verifies_from_anywhere(signed: Signed, tmp_path: Path) -> None:
+    """trust/release.toml holds its keys inline: copied alone into another directory, it
+    verifies the bundle; a garbled inline key is a configuration error naming it."""
+    alone = tmp_path / "elsewhere" / "release.toml"
+    alone.parent.mkdir()
+    alone.write_text((signed.r.env.root / "trust" / "release.toml").read_text())
+    ok = verify_cli(signed.bundle_path, signed.artifact, alone)
+    assert ok.returncode == 0 and "bundle OK" in ok.stdout, ok.stderr
+    garbled = trust_file(
+        signed, "garbled.toml", public_key="-----BEGIN PUBLIC KEY-----\nnot base64\n"
+    )
+    cli_refused(
+        verify_cli(signed.bundle_path, signed.artifact, garbled),
+        "public_key: not a PEM public key",
+        code=2,
+    )
 
 
 RELEASE_PEM = "<release.pem>"  # replaced by the absolute path of the release public key

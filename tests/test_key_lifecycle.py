@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,10 @@ def _bundle(r: Running, name: str) -> tuple[Path, Path, dict[str, Any]]:
 
 def _trust_for(env: Env, pem: str, name: str) -> Path:
     """A copy of trust/release.toml pinning the public key `pem`."""
-    (env.root / "trust" / f"{name}.pem").write_text(pem)
-    text = (env.root / "trust" / "release.toml").read_text()
+    doc = tomllib.loads((env.root / "trust" / "release.toml").read_text())
+    doc["public_key"] = pem
     path = env.root / "trust" / f"{name}.toml"
-    path.write_text(text.replace('"release.pem"', f'"{name}.pem"'))
+    path.write_text(tomli_w.dumps(doc))
     return path
 
 

@@ -60,7 +60,9 @@ class Trust:
     @classmethod
     def load(cls, path: Path) -> Trust:
         """Read a trust file (TOML): audit_verifier, and either public_key, threshold,
-        [approvers], or policy (the SHA-256 of a policy version, `signer policy history`)."""
+        [approvers], or policy (the SHA-256 of a policy version, `signer policy history`).
+        Each key is a PEM public key written in the file (self-contained: a copy anywhere
+        works), or the path of a PEM file, relative to the trust file."""
         path = path.resolve()
         try:
             raw = tomllib.loads(path.read_text())
@@ -94,8 +96,18 @@ class Trust:
             return cls(None, {}, 0, verifier, path, pinned)
 
         def pem(value: Any, what: str) -> PublicKeyTypes:
+            """A public key written in the file (PEM), or in the PEM file it names."""
             if not isinstance(value, str):
-                raise ConfigError(f"trust file {path}: {what} must be a path to a PEM file")
+                raise ConfigError(
+                    f"trust file {path}: {what} must be a PEM public key, or a path to one"
+                )
+            if value.lstrip().startswith("-----BEGIN"):
+                try:
+                    return serialization.load_pem_public_key(value.strip().encode())
+                except ValueError as e:
+                    raise ConfigError(
+                        f"trust file {path}: {what}: not a PEM public key: {e}"
+                    ) from None
             p = Path(value) if Path(value).is_absolute() else path.parent / value
             try:
                 return serialization.load_pem_public_key(p.read_bytes())
@@ -104,7 +116,9 @@ class Trust:
 
         approvers_raw = raw.get("approvers")
         if not isinstance(approvers_raw, dict) or not approvers_raw:
-            raise ConfigError(f"trust file {path}: [approvers] must name NAME = PEM-PATH entries")
+            raise ConfigError(
+                f"trust file {path}: [approvers] must name NAME = PEM (or PEM-PATH) entries"
+            )
         approvers = {}
         for name, value in approvers_raw.items():
             k = registry.key_for(pem(value, f"approvers.{name}"))

@@ -131,7 +131,10 @@ def _build(
     first = policy_admin.adopt(config_path, approvals, actor="signer init")
     verifier = audit_verifier(config_path)
     (root / "trust" / "release.pem").write_text(release.public_key_pem)
-    (root / "trust" / "release.toml").write_text(_trust(verifier))
+    officer_pems = {o: (root / "approvers" / f"{o}.key.pub").read_text() for o in OFFICERS}
+    (root / "trust" / "release.toml").write_text(
+        _trust(verifier, release.public_key_pem, officer_pems)
+    )
     (root / "trust" / "policy.toml").write_text(_policy_trust(first.sha256, verifier))
     for name, role in _CLIENTS.items():
         (root / "profiles" / f"{name}.toml").write_text(_profile(name, role, listen, verifier))
@@ -195,19 +198,28 @@ max_ttl = "1h"
 """
 
 
-def _trust(verifier: str) -> str:
-    officers = "\n".join(f'{o} = "../approvers/{o}.key.pub"' for o in OFFICERS)
-    return f"""\
-# What someone who downloads a release pins to verify it offline:
-#   signer verify --bundle ARTIFACT.bundle.json --file ARTIFACT --trust trust/release.toml
-public_key = "release.pem"        # the release key's public key
-threshold = 2                     # distinct officers who must have approved
-audit_verifier = "{verifier}"
+def _trust(verifier: str, release_pem: str, officers: dict[str, str]) -> str:
+    """The consumer's trust file, every key written in it: a copy anywhere verifies."""
+    quote = '"' * 3  # a TOML multi-line string holds a PEM as it is
 
-# officer -> Ed25519 public key of their approvals
-[approvers]
-{officers}
-"""
+    def inline(pem: str) -> str:
+        return f"{quote}\n{pem.strip()}\n{quote}"
+
+    lines = [
+        "# What someone who downloads a release pins to verify it offline. Self-contained:",
+        "# publish this file (next to the releases, on the project's site) and keep a copy.",
+        "#   signer verify --bundle ARTIFACT.bundle.json --file ARTIFACT --trust release.toml",
+        "threshold = 2                     # distinct officers who must have approved",
+        f'audit_verifier = "{verifier}"',
+        "",
+        "# the release key's public key",
+        f"public_key = {inline(release_pem)}",
+        "",
+        "# officer -> public key of their approvals",
+        "[approvers]",
+        *(f"{o} = {inline(pem)}" for o, pem in officers.items()),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _policy_trust(pinned: str, verifier: str) -> str:
