@@ -64,7 +64,7 @@ __all__ = [
     "write_report",
 ]
 
-RESULTS = Path(__file__).parent / "results"
+LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 
 
 @contextlib.contextmanager
@@ -208,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="which setups to run (default all)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS, help="where load.json/.md go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=LOCAL,
+        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
+        "committed results)",
+    )
     args = p.parse_args(argv)
 
     report = new_report(args.pipelines, args.duration)

@@ -39,7 +39,7 @@ from testbed.webhook_sink import Received, WebhookSink
 
 __all__ = ["main"]
 
-RESULTS = Path(__file__).parent / "results"
+LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 SECRET = b"benchmark-webhook-key-0123456789abcdef"
 TARGET_P99_MS = 1000.0
 
@@ -204,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipelines", type=int, default=16, help="concurrent pipelines (default 16)")
     p.add_argument("--replicas", type=int, default=3, help="PostgreSQL replicas (default 3)")
     p.add_argument("--setup", choices=("all", "postgresql", "sqlite"), default="all")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where notify.json/.md go")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=LOCAL,
+        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
+        "committed results)",
+    )
     args = p.parse_args(argv)
     report = new_report(args.pipelines, args.duration)
     with tempfile.TemporaryDirectory(prefix="signer-notify-") as d:

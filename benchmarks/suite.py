@@ -73,7 +73,7 @@ from testbed.commands import wait_until
 from testbed.env import Env, make_env
 from testbed.process import ServerProcess
 
-RESULTS = Path(__file__).parent / "results"
+LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 _RPC_TIMEOUT = 120.0
 
 
@@ -359,7 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=LOCAL,
+        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
+        "committed results)",
+    )
     parser.add_argument("--pipelines", type=int, default=16)
     parser.add_argument("--flow-seconds", type=float, default=20.0)
     parser.add_argument(
