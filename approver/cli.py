@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import click
 
-from approver.decide import approval_key, decide, token_pin, unshowable
+from approver.decide import approval_key, decide, token_pin, token_support, unshowable
 from approver.errors import ApproverError
 from approver.policy import policy
 from approver.review import PAGE_SIZE, check_files, describe, fetch, summary_dict
@@ -51,7 +51,6 @@ from signer.freeze import MAX_REASON, Freeze, sign_freeze
 from signer.model import State
 from signer.parsing import read_secret
 from signer.text import DISPLAY_RULE, is_displayable
-from signer.token.approval import generate as generate_in_token
 from signer.v1 import approval_pb2, approval_pb2_grpc, signing_pb2_grpc
 
 __all__ = ["main"]
@@ -142,6 +141,7 @@ def keygen(
             where = TokenKeyUri.parse(uri)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--pkcs11") from None
+        generate_in_token = token_support().generate
         public = generate_in_token(where, token_pin(where.token, pin_file, pin_env), algorithm)
         out.write_bytes(public.pem())
         if as_json:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import getpass
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import click
@@ -37,10 +39,9 @@ from signer.formats import registry
 from signer.model import Digest
 from signer.parsing import read_secret
 from signer.text import is_displayable
-from signer.token.approval import TokenSigner
 from signer.v1 import approval_pb2, approval_pb2_grpc
 
-__all__ = ["approval_key", "decide", "token_pin", "unshowable"]
+__all__ = ["approval_key", "decide", "token_pin", "token_support", "unshowable"]
 
 
 def token_pin(label: str, pin_file: Path | None, pin_env: str | None) -> str:
@@ -55,13 +56,28 @@ def token_pin(label: str, pin_file: Path | None, pin_env: str | None) -> str:
     return getpass.getpass(f"PIN of token {label} (then touch the key if it blinks): ")
 
 
+def token_support() -> ModuleType:
+    """`signer.token.approval`, which needs python-pkcs11: only officers whose key is in
+    a token install it (`pip install 'signer[token]'`)."""
+    try:
+        return importlib.import_module("signer.token.approval")
+    except ModuleNotFoundError as e:
+        if e.name != "pkcs11":
+            raise
+        raise ConfigError(
+            "a key in a token needs python-pkcs11, which this install lacks: "
+            "pip install 'signer[token]'"
+        ) from None
+
+
 def approval_key(profile: Profile) -> ApprovalSigner:
     if profile.approval_agent_key is not None:
         return AgentSigner(profile.approval_agent_key)
     if profile.approval_token is not None:
         uri = TokenKeyUri.parse(profile.approval_token)
         pin = token_pin(uri.token, profile.approval_pin_file, profile.approval_pin_env)
-        return TokenSigner(uri, pin)
+        signer: ApprovalSigner = token_support().TokenSigner(uri, pin)
+        return signer
     if profile.approval_key is None:
         raise ConfigError(f"profile {profile.path} has no approval_key")
     passphrase = None

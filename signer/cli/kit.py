@@ -90,8 +90,17 @@ def echo(message: str) -> None:
     click.echo(shown(message))
 
 
+# What `signer[server]` installs and a client-only install lacks, by module name.
+_SERVER_MODULES = frozenset(
+    {"pkcs11", "psycopg", "psycopg_pool", "prometheus_client", "jwt", "grpc_health"}
+    | {"grpc_reflection"}
+)
+
+
 def handle_errors(fn: F) -> F:
-    """Turn a SignerError (RemoteError included) into one line and an exit code."""
+    """Turn a SignerError (RemoteError included) into one line and an exit code; a
+    command that needs the server's dependencies, where only the client is installed,
+    says how to install them."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -101,6 +110,14 @@ def handle_errors(fn: F) -> F:
             fail(str(e), EXIT_USAGE)
         except SignerError as e:
             fail(str(e))
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in _SERVER_MODULES:
+                raise
+            fail(
+                f"this command runs where the server does and needs its dependencies "
+                f"(no module {e.name}): pip install 'signer[server]'",
+                EXIT_USAGE,
+            )
 
     return wrapper  # type: ignore[return-value]
 

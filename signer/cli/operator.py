@@ -50,23 +50,15 @@ from signer.formats.openpgp import (
 )
 from signer.formats.ssh import public_key_line, ssh_algorithm
 from signer.parsing import MAX_TTL, parse_duration
-from signer.server import openpgp_keys
-from signer.server.admin import SKEW as OPENPGP_SKEW
-from signer.server.admin import (
-    generate_key,
-    key_in_policy,
-    list_keys,
-    open_token,
-    remove_openpgp_created,
-    rotate_key,
-    set_openpgp_created,
-)
-from signer.server.config import load_config
-from signer.server.devenv import init_devenv
 from signer.text import DISPLAY_RULE, is_artifact_name
 from signer.v1 import signing_pb2_grpc
 
 __all__ = ["init", "keys", "serve"]
+
+# The server's modules (and the token library and database driver they load) are
+# imported by each command that needs them, so that the client's `signer keys`
+# listing works where only the client is installed.
+_OPENPGP_MAX_TIME = 0xFFFFFFFF  # signer.server.openpgp_keys.MAX_TIME: four octets
 
 
 # -- set-up and server ---------------------------------------------------------------
@@ -96,6 +88,8 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
     """Create a dev environment: token, keys, CA, certificates, config, profiles.
 
     If it fails, it leaves nothing behind."""
+    from signer.server.devenv import init_devenv
+
     try:
         init_devenv(directory, listen, store_url, store_password_file)
     except StoreError as e:
@@ -125,6 +119,7 @@ def init(directory: Path, listen: str, store_url: str, store_password_file: Path
 def serve(config_path: Path, metrics_listen: str | None, check: bool, as_json: bool) -> None:
     """Run the signing server until SIGTERM or SIGINT."""
     from signer.server.app import Server, preflight
+    from signer.server.config import load_config
     from signer.server.readiness import notify
 
     config = load_config(config_path)
@@ -196,6 +191,8 @@ def keys(ctx: click.Context, profile_path: Path | None, server: str | None, as_j
 @handle_errors
 def keys_generate(config_path: Path, name: str, alg: str, as_json: bool) -> None:
     """Generate a sign-only key pair inside the token (audit-logged)."""
+    from signer.server.admin import generate_key
+
     key = generate_key(config_path, name, algorithm(alg), actor="admin (signer keys generate)")
     if as_json:
         print_json({"name": key.name, "algorithm": alg, "key_id": key.key_id})
@@ -218,6 +215,8 @@ def keys_rotate(config_path: Path, name: str, alg: str | None, as_json: bool) ->
     """Generate a new version of a key in the token (audit-logged). It signs once the
     officers adopt a policy that pins it; the old version stops signing then, and what
     it signed stays verifiable."""
+    from signer.server.admin import rotate_key
+
     key, number = rotate_key(
         config_path, name, algorithm(alg) if alg else None, actor="admin (signer keys rotate)"
     )
@@ -241,6 +240,8 @@ def keys_rotate(config_path: Path, name: str, alg: str | None, as_json: bool) ->
 @handle_errors
 def keys_list(config_path: Path, as_json: bool) -> None:
     """List key pairs in the token with their security attributes."""
+    from signer.server.admin import list_keys
+
     found = list_keys(config_path)
     if as_json:
         print_json(
@@ -276,6 +277,9 @@ def keys_list(config_path: Path, as_json: bool) -> None:
 @handle_errors
 def keys_public(config_path: Path, name: str, out: Path | None) -> None:
     """Print a key's public key (PEM) from the token."""
+    from signer.server.admin import key_in_policy, open_token
+    from signer.server.config import load_config
+
     cfg = load_config(config_path)
     token = open_token(cfg)
     try:
@@ -296,6 +300,9 @@ def keys_public(config_path: Path, name: str, out: Path | None) -> None:
 def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
     """Print a key's OpenSSH public key and its allowed_signers line (for
     `ssh-keygen -Y verify` and git's gpg.ssh.allowedSignersFile)."""
+    from signer.server.admin import key_in_policy, open_token
+    from signer.server.config import load_config
+
     cfg = load_config(config_path)
     token = open_token(cfg)
     try:
@@ -314,13 +321,13 @@ def keys_ssh(config_path: Path, name: str, principal: str | None) -> None:
 @click.option(
     "--set",
     "set_to",
-    type=click.IntRange(1, openpgp_keys.MAX_TIME),
+    type=click.IntRange(1, _OPENPGP_MAX_TIME),
     help="Give a key that has none this time (seconds since 1970): audit-logged, never changed.",
 )
 @click.option(
     "--remove",
     "remove",
-    type=click.IntRange(1, openpgp_keys.MAX_TIME),
+    type=click.IntRange(1, _OPENPGP_MAX_TIME),
     help="Of two times kept beside the key, remove this one (audit-logged).",
 )
 @handle_errors
@@ -333,6 +340,18 @@ def keys_openpgp_created(
     `key.generated` entry), so its fingerprint stays the one users pinned; a key never
     published as OpenPGP may take any time up to now. With --remove, of two times kept
     (OpenPGP is refused for the key until one is left), remove the wrong one."""
+    from signer.server import openpgp_keys
+    from signer.server.admin import (
+        SKEW as OPENPGP_SKEW,
+    )
+    from signer.server.admin import (
+        key_in_policy,
+        open_token,
+        remove_openpgp_created,
+        set_openpgp_created,
+    )
+    from signer.server.config import load_config
+
     if set_to is not None and remove is not None:
         raise click.UsageError("give --set or --remove, not both")
     if remove is not None:
@@ -384,6 +403,10 @@ def keys_openpgp(
     keeps and a self-signature on --uid, a signing request the officers approve (sent with
     the requester --profile). Printed armored, and kept in the token for `signer
     public-key --format openpgp`."""
+    from signer.server import openpgp_keys
+    from signer.server.admin import key_in_policy, open_token
+    from signer.server.config import load_config
+
     try:
         wait_for = parse_duration(timeout, dt.timedelta(seconds=1), MAX_TTL)
     except ValueError as e:
