@@ -157,3 +157,12 @@ def test_client_options_before_the_subcommand(shared_env: Env, clients: Clients)
     wrong = str(shared_env.profile_path("ci3"))  # its own, after the subcommand, wins
     mine = run([*SIGNER, "--profile", wrong, "list", "--profile", ci2, "--json"]).stdout
     assert made.id in {d["id"] for d in json.loads(mine)}
+
+
+def test_signer_timeout_sets_the_wait_of_sign(shared_env: Env, tmp_path: Path) -> None:
+    """SIGNER_TIMEOUT is sign's --timeout: a bad value is refused as a bad --timeout,
+    before anything is sent."""
+    artifact = tmp_path / "a.bin"
+    artifact.write_bytes(b"t")
+    p = run(_sign(shared_env, "--file", str(artifact)), env={"SIGNER_TIMEOUT": "soon"}, check=False)
+    assert p.returncode == 2 and "--timeout" in p.stderr and not p.stdout

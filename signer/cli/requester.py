@@ -162,7 +162,14 @@ def _duration(text: str, hint: str, low: dt.timedelta = dt.timedelta(0)) -> dt.t
     show_default=True,
     help="Wait for the decision and write the signature.",
 )
-@click.option("--timeout", default="15m", show_default=True, help="How long --wait waits.")
+@click.option(
+    "--timeout",
+    default="15m",
+    show_default=True,
+    envvar="SIGNER_TIMEOUT",
+    show_envvar=True,
+    help="How long --wait waits (as the drop-ins' SIGNER_TIMEOUT).",
+)
 @click.option("--idempotency-key", default="", help="Default: a fresh one per invocation.")
 @click.option(
     "--out",
