@@ -263,3 +263,22 @@ def test_tokens_never_reach_the_server_log_or_the_audit_log(oidc: OidcRunning) -
             assert s not in server_log
             assert s not in audit
     assert "Bearer" not in server_log
+
+
+def test_a_pipeline_lists_only_requests_its_claims_are_admitted_to(oidc: OidcRunning) -> None:
+    """Two pipelines whose tokens name one identity (the same sub), one admitted to the
+    key and one not: the admitted one lists its request, the other sees none of it."""
+    o = oidc.oidc
+    sub = "repo:org/app:shared-identity"
+    made = o.create(o.mint(sub=sub))
+    listing = signing_pb2.ListSigningRequestsRequest(state=types_pb2.REQUEST_STATE_PENDING)
+
+    def listed(token: str) -> set[str]:
+        with o.channel() as ch:
+            resp = signing_pb2_grpc.SigningServiceStub(ch).ListSigningRequests(
+                listing, timeout=RPC_TIMEOUT, metadata=bearer(token)
+            )
+        return {r.id for r in resp.requests}
+
+    assert made.id in listed(o.mint(sub=sub))
+    assert made.id not in listed(o.mint(sub=sub, ref="refs/heads/feature"))

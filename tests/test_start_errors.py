@@ -133,3 +133,21 @@ def test_serve_check_says_what_it_found_and_writes_nothing(fresh_env: Env) -> No
 
 def _serve_check(env: Env) -> subprocess.CompletedProcess[str]:
     return run([*SIGNER, "serve", "--config", str(env.config), "--check"], check=False)
+
+
+@pytest.mark.sqlite_only("the SQLite file itself is what is checked")
+def test_serve_check_neither_creates_nor_migrates_the_database(fresh_env: Env) -> None:
+    """A database a start would create, or migrate, is reported by --check and left as
+    it is: no file made, no migration applied."""
+    text = fresh_env.config.read_text()
+    missing = fresh_env.root / "missing.db"
+    other = fresh_env.root / "other.toml"
+    other.write_text(re.sub(r'(?m)^url = ".*"$', 'url = "sqlite:///missing.db"', text, count=1))
+    p = run([*SIGNER, "serve", "--config", str(other), "--check"], check=False)
+    assert p.returncode == 2 and "does not exist (a start creates it" in p.stderr, p.stderr
+    assert not missing.exists()
+    latest = fresh_env.store.rows("SELECT max(version) FROM schema_version")[0][0]
+    fresh_env.store.rows("DELETE FROM schema_version WHERE version = ?", latest)
+    p = _serve_check(fresh_env)
+    assert p.returncode == 2 and f"older than this server's {latest}" in p.stderr, p.stderr
+    assert fresh_env.store.rows("SELECT max(version) FROM schema_version") == [(latest - 1,)]

@@ -62,6 +62,7 @@ from signer.server.service import ApprovalService, AuditService, SigningService
 from signer.server.sweeper import Sweeper
 from signer.store import Store
 from signer.store.factory import open_store
+from signer.store.factory import schema_of as store_schema
 from signer.tls import check_server_files
 from signer.token.hsm import Token
 from signer.v1 import (
@@ -149,9 +150,21 @@ def _checked_policy(config: Config, token: Token, store: Store) -> Version:
 
 def preflight(config: Config) -> list[str]:
     """What `signer serve --check` checks, without serving or writing anything: the TLS
-    files, the token and each key's attributes, the store and the audit log's tree head,
-    and the policy in force. Raises the error a start would; else says what was found."""
+    files, the token and each key's attributes, the store (at this server's schema: one
+    a start would make or migrate is reported, not changed) and the audit log's tree
+    head, and the policy in force. Raises the error a start would; else says what was
+    found."""
     _check_tls(config)
+    found, current = store_schema(config.store)
+    where = config.store.path or "the PostgreSQL database"
+    if found is None or found < current:
+        now = (
+            f"does not exist (a start creates it, at schema {current})"
+            if found is None
+            else f"has schema {found or 'none'}, older than this server's {current} (a start "
+            "migrates it)"
+        )
+        raise ConfigError(f"store: {where} {now}; --check changes nothing, so it stops here")
     token = open_token(config)
     try:
         store = open_store(config.store)

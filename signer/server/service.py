@@ -53,7 +53,7 @@ from signer.errors import (
     StoreError,
     TokenError,
 )
-from signer.model import INLINE_DIGESTS, Request, State
+from signer.model import INLINE_DIGESTS, Request, State, TokenCaller
 from signer.policy_decisions import Proposed
 from signer.server.auth import current_caller, current_identity, current_method
 from signer.server.status import abort
@@ -169,6 +169,9 @@ class _Base:
         return budget
 
 
+_OIDC_PAGES = 10  # store pages one OIDC listing reads to find requests its claims admit
+
+
 class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
     max_waits_per_identity = 16  # long polls one identity may hold at once
 
@@ -225,11 +228,27 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
     ) -> signing_pb2.ListSigningRequestsResponse:
         after, size = _page(request.page_token, request.page_size, 20, 50)
         state = STATE_FROM_PB.get(request.state, State.PENDING)
-        rows = self.core.list_for_requester(current_identity.get(), frozenset({state}), after, size)
-        found = [self._summary(r) for _, r in rows]
+        caller = current_caller.get()
+        # A pipeline's token names an identity other pipelines may share (one claim of
+        # several): it is shown only the requests its own claims would be admitted to.
+        # A page the filter empties reads on, a few pages at most.
+        kept: list[tuple[int, Request]] = []
+        for _ in range(_OIDC_PAGES if caller is not None else 1):
+            rows = self.core.list_for_requester(
+                current_identity.get(), frozenset({state}), after, size
+            )
+            kept = [(seq, r) for seq, r in rows if caller is None or self._admits(caller, r)]
+            if kept or not rows:
+                break
+            after = rows[-1][0]
+        found = [self._summary(r) for _, r in kept]
         n = _page_of(found)
-        token = str(rows[n - 1][0]) if n else ""
+        token = str(kept[n - 1][0]) if n else ""
         return signing_pb2.ListSigningRequestsResponse(requests=found[:n], next_page_token=token)
+
+    def _admits(self, caller: TokenCaller, r: Request) -> bool:
+        policy = self.core.policies.get(r.key_name)
+        return policy is not None and policy.admits(caller.issuer, caller.claims)
 
     @_rpc
     def CancelSigningRequest(

@@ -99,6 +99,27 @@ def redact(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/{db}"
 
 
+def schema_of(url: str, password: str | None, timeout: float = 5.0) -> tuple[int, int]:
+    """The database's schema version (0: none yet), read in a read-only session, and
+    this server's."""
+    current = max(target for target, _ in _MIGRATIONS)
+    kwargs: dict[str, Any] = {"connect_timeout": max(1, round(timeout))}
+    if password is not None:
+        kwargs["password"] = password
+    try:
+        with psycopg.connect(url, **kwargs) as conn:
+            conn.read_only = True
+            row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return 0, current
+            found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    except psycopg.Error as e:
+        raise StoreError(
+            f"cannot open database {redact(url)}: {_why(e).removeprefix('connection failed: ')}"
+        ) from None
+    return int((found[0] if found else None) or 0), current
+
+
 class PostgresStore(Store):
     def __init__(
         self,

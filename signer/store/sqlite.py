@@ -62,6 +62,27 @@ _MIGRATIONS = (
 )
 
 
+def schema_of(path: Path) -> tuple[int | None, int]:
+    """The schema version of the database at `path` (None: no file; 0: no schema yet),
+    read without writing anything, and this server's."""
+    current = max(target for target, _ in _MIGRATIONS)
+    if not path.exists():
+        return None, current
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open database {path}: {e}") from None
+    try:
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError:
+        return 0, current
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot read database {path}: {e}") from None
+    finally:
+        db.close()
+    return int(row[0] or 0), current
+
+
 class SqliteStore(Store):
     def __init__(self, path: Path) -> None:
         self.path = path

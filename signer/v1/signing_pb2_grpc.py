@@ -103,7 +103,8 @@ class SigningServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSigningRequests(self, request, context):
-        """Lists the caller's own requests, oldest first, a page at a time.
+        """Lists the caller's own requests, oldest first, a page at a time. A pipeline with an
+        OIDC token sees those its token's claims would be admitted to now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,9 @@ class SigningServiceStub:
     WaitSigningRequest: _grpc.UnaryUnaryMultiCallable[_signing_pb2.WaitSigningRequestRequest, _signing_pb2.WaitSigningRequestResponse]
     """Waits (bounded long poll) until the request is terminal or the wait ends."""
     ListSigningRequests: _grpc.UnaryUnaryMultiCallable[_signing_pb2.ListSigningRequestsRequest, _signing_pb2.ListSigningRequestsResponse]
-    """Lists the caller's own requests, oldest first, a page at a time."""
+    """Lists the caller's own requests, oldest first, a page at a time. A pipeline with an
+    OIDC token sees those its token's claims would be admitted to now.
+    """
     CancelSigningRequest: _grpc.UnaryUnaryMultiCallable[_signing_pb2.CancelSigningRequestRequest, _signing_pb2.CancelSigningRequestResponse]
     """Cancels a pending request; only its requester may."""
     GetPublicKey: _grpc.UnaryUnaryMultiCallable[_signing_pb2.GetPublicKeyRequest, _signing_pb2.GetPublicKeyResponse]
@@ -65,7 +67,9 @@ class SigningServiceAsyncStub(SigningServiceStub):
     WaitSigningRequest: _aio.UnaryUnaryMultiCallable[_signing_pb2.WaitSigningRequestRequest, _signing_pb2.WaitSigningRequestResponse]  # type: ignore[assignment]
     """Waits (bounded long poll) until the request is terminal or the wait ends."""
     ListSigningRequests: _aio.UnaryUnaryMultiCallable[_signing_pb2.ListSigningRequestsRequest, _signing_pb2.ListSigningRequestsResponse]  # type: ignore[assignment]
-    """Lists the caller's own requests, oldest first, a page at a time."""
+    """Lists the caller's own requests, oldest first, a page at a time. A pipeline with an
+    OIDC token sees those its token's claims would be admitted to now.
+    """
     CancelSigningRequest: _aio.UnaryUnaryMultiCallable[_signing_pb2.CancelSigningRequestRequest, _signing_pb2.CancelSigningRequestResponse]  # type: ignore[assignment]
     """Cancels a pending request; only its requester may."""
     GetPublicKey: _aio.UnaryUnaryMultiCallable[_signing_pb2.GetPublicKeyRequest, _signing_pb2.GetPublicKeyResponse]  # type: ignore[assignment]
@@ -111,7 +115,9 @@ class SigningServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _signing_pb2.ListSigningRequestsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_signing_pb2.ListSigningRequestsResponse, _abc.Awaitable[_signing_pb2.ListSigningRequestsResponse]]:
-        """Lists the caller's own requests, oldest first, a page at a time."""
+        """Lists the caller's own requests, oldest first, a page at a time. A pipeline with an
+        OIDC token sees those its token's claims would be admitted to now.
+        """
 
     @_abc_1.abstractmethod
     def CancelSigningRequest(
