@@ -5,7 +5,8 @@ dependencies, signs against a running server and verifies offline.
 server's extra adds (python-pkcs11, psycopg, prometheus-client, PyJWT, health and
 reflection). In it, `signer sign --format bundle` waits for two officers and writes
 the bundle, `signer verify` checks it against the trust file, `approver` starts,
-and a server command says what to install instead of failing with a traceback.
+`signer audit list` fetches events, and a server command says what to install
+instead of failing with a traceback.
 """
 
 from __future__ import annotations
@@ -72,12 +73,17 @@ def test_the_client_alone_signs_and_verifies(
 def test_the_client_alone_runs_approver_and_says_what_a_server_command_needs(
     venv: Path, shared_env: Env
 ) -> None:
-    """`approver list` works; `signer serve` exits 2 naming `signer[server]`."""
-    approver = str(venv / "bin" / "approver")
+    """`approver list` and `signer audit list` work; `signer serve` and `signer policy`
+    exit 2 naming `signer[server]`, without a traceback."""
+    approver, signer = str(venv / "bin" / "approver"), str(venv / "bin" / "signer")
     run([approver, "list", "--profile", str(shared_env.profile_path("alice"))])
-    served = run(
-        [str(venv / "bin" / "signer"), "serve", "--config", str(shared_env.config), "--check"],
-        check=False,
-    )
-    assert served.returncode == 2, served.stderr
-    assert "pip install 'signer[server]'" in served.stderr and "Traceback" not in served.stderr
+    run([signer, "audit", "list", "--profile", str(shared_env.profile_path("auditor"))])
+    config = str(shared_env.config)
+    for args in (
+        ["serve", "--config", config, "--check"],
+        ["policy", "history", "--config", config],
+    ):
+        refused = run([signer, *args], check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "pip install 'signer[server]'" in refused.stderr
+        assert "Traceback" not in refused.stderr

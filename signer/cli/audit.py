@@ -45,7 +45,6 @@ from signer.cli.kit import (
 from signer.client.auditor import fetch
 from signer.client.profile import Profile, load_profile, paged
 from signer.errors import ConfigError, VerificationError
-from signer.server.admin import audit_head, audit_verifier, reset_audit_head
 from signer.text import counted, shown
 from signer.v1 import audit_pb2, audit_pb2_grpc
 
@@ -75,6 +74,8 @@ def _time(text: str | None, hint: str) -> timestamp_pb2.Timestamp | None:
 @handle_errors
 def audit_verifier_cmd(config_path: Path) -> None:
     """Print the audit key's signed-note verifier string (pin it in profiles)."""
+    from signer.server.admin import audit_verifier  # where the token is: signer[server]
+
     click.echo(audit_verifier(config_path))
 
 
@@ -91,6 +92,8 @@ def audit_verifier_cmd(config_path: Path) -> None:
 @handle_errors
 def audit_head_cmd(config_path: Path, reset: bool, reason: str, as_json: bool) -> None:
     """Show the token's audit tree head and whether the stored log extends it (admin)."""
+    from signer.server.admin import audit_head, reset_audit_head  # signer[server]
+
     if reset:
         if not reason.strip() or not reason.isprintable() or len(reason) > 1024:
             raise click.UsageError("--reset needs --reason: one line of up to 1024 characters")

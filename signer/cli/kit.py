@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from signer.cli.options import SERVER_MODULES
 from signer.client.profile import stubs
 from signer.client.workflow import call
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
@@ -90,13 +91,6 @@ def echo(message: str) -> None:
     click.echo(shown(message))
 
 
-# What `signer[server]` installs and a client-only install lacks, by module name.
-_SERVER_MODULES = frozenset(
-    {"pkcs11", "psycopg", "psycopg_pool", "prometheus_client", "jwt", "grpc_health"}
-    | {"grpc_reflection"}
-)
-
-
 def handle_errors(fn: F) -> F:
     """Turn a SignerError (RemoteError included) into one line and an exit code; a
     command that needs the server's dependencies, where only the client is installed,
@@ -111,7 +105,7 @@ def handle_errors(fn: F) -> F:
         except SignerError as e:
             fail(str(e))
         except ModuleNotFoundError as e:
-            if (e.name or "").split(".")[0] not in _SERVER_MODULES:
+            if (e.name or "").split(".")[0] not in SERVER_MODULES:
                 raise
             fail(
                 f"this command runs where the server does and needs its dependencies "

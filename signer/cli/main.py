@@ -16,7 +16,12 @@ import importlib
 import click
 
 from signer import __version__
-from signer.cli.options import completion_command, group_profile_opt, group_server_opt
+from signer.cli.options import (
+    SERVER_MODULES,
+    completion_command,
+    group_profile_opt,
+    group_server_opt,
+)
 
 __all__ = ["COMMANDS", "main"]
 
@@ -89,7 +94,12 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in COMMANDS:
             module, attribute, _ = COMMANDS[cmd_name]
-            command: click.Command = getattr(importlib.import_module(module), attribute)
+            try:
+                command: click.Command = getattr(importlib.import_module(module), attribute)
+            except ModuleNotFoundError as e:
+                if (e.name or "").split(".")[0] not in SERVER_MODULES:
+                    raise
+                return _needs_server(cmd_name, e.name or "")
             return command
         return super().get_command(ctx, cmd_name)
 
@@ -105,6 +115,22 @@ class _LazyGroup(click.Group):
             rows.append((name, summary))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _needs_server(name: str, missing: str) -> click.Command:
+    """A stand-in for a command whose module needs what `signer[server]` installs."""
+
+    @click.command(name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def stand_in(args: tuple[str, ...]) -> None:
+        click.echo(
+            f"error: `signer {name}` runs where the server does and needs its dependencies "
+            f"(no module {missing}): pip install 'signer[server]'",
+            err=True,
+        )
+        raise SystemExit(2)
+
+    return stand_in
 
 
 def _shortened(text: str, limit: int) -> str:

@@ -17,7 +17,13 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
-__all__ = ["completion_command", "group_profile_opt", "group_server_opt"]
+__all__ = ["SERVER_MODULES", "completion_command", "group_profile_opt", "group_server_opt"]
+
+# What `signer[server]` installs and a client-only install lacks, by module name.
+SERVER_MODULES = frozenset(
+    {"pkcs11", "psycopg", "psycopg_pool", "prometheus_client", "jwt", "grpc_health"}
+    | {"grpc_reflection"}
+)
 
 
 def _into(variable: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
