@@ -151,3 +151,21 @@ def test_serve_check_neither_creates_nor_migrates_the_database(fresh_env: Env) -
     p = _serve_check(fresh_env)
     assert p.returncode == 2 and f"older than this server's {latest}" in p.stderr, p.stderr
     assert fresh_env.store.rows("SELECT max(version) FROM schema_version") == [(latest - 1,)]
+
+
+def test_init_cleanup_leaves_a_directory_put_in_its_place(tmp_path: Path) -> None:
+    """The cleanup of a failed init removes nothing if the directory it made is no
+    longer the one at its path (another directory, or a link, put there meanwhile)."""
+    from signer.server.devenv import _clean
+
+    made = tmp_path / "made"
+    made.mkdir()
+    made_stat = os.stat(made, follow_symlinks=False)
+    made.rename(tmp_path / "moved")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep")
+    made.symlink_to(victim)
+    _clean(made, True, made_stat)
+    _clean(made, False, made_stat)
+    assert (victim / "keep").read_text() == "keep"

@@ -152,3 +152,13 @@ def test_status_of_a_denied_request_says_so_in_words(
     assert "denied by" in p.stdout and "carol" in p.stdout and "denyd" not in p.stdout
     assert f"request {request_id} is DENIED, not SIGNED: there is no signature" in p.stderr
     assert not out.exists()
+
+
+def test_one_long_cell_does_not_pad_every_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal, a cell far wider than the others (a hostile server's key name)
+    is not padded to: the other rows stay short, the long cell whole on its line."""
+    long = "k" * 100_000
+    print_table("keys", ["name", "id"], [[long, "1"], *(["short", str(i)] for i in range(2000))])
+    out = capsys.readouterr().out
+    assert len(out) < 100_000 + 2000 * 100
+    assert f"{long}  1" in out.splitlines()

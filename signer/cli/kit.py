@@ -264,16 +264,21 @@ def _blocks(console: Console, title: str, columns: list[str], cells: list[list[l
                 console.print(Text(f"  {line}", overflow="ignore"), width=console.width)
 
 
+_MAX_PAD = 80  # a column is padded to its widest cell up to this; a wider cell runs on
+
+
 def _plain(title: str, columns: list[str], cells: list[list[list[str]]]) -> None:
-    """Columns padded with spaces, the last one not; no drawing, no wrapping."""
+    """Columns padded with spaces, the last one not; no drawing, no wrapping. A cell
+    wider than _MAX_PAD is not padded to, so one long value does not pad every row."""
     widths = [cell_len(c) for c in columns]
     for row in cells:
         for i, lines in enumerate(row):
-            widths[i] = max([widths[i], *(cell_len(line) for line in lines)])
+            fitting = [cell_len(line) for line in lines if cell_len(line) <= _MAX_PAD]
+            widths[i] = max([widths[i], *fitting])
     out = [title, ""]
     for row in [[[c] for c in columns], *cells]:
         for n in range(max(len(lines) for lines in row)):
             parts = [lines[n] if n < len(lines) else "" for lines in row]
-            padded = [p + " " * (widths[i] - cell_len(p)) for i, p in enumerate(parts[:-1])]
+            padded = [p + " " * max(widths[i] - cell_len(p), 0) for i, p in enumerate(parts[:-1])]
             out.append((" " * _TABLE_PADDING).join([*padded, parts[-1]]).rstrip())
     click.echo("\n".join(out))

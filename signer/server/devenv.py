@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from signer.algorithms import algorithm
@@ -63,19 +65,34 @@ def init_devenv(
     except OSError as e:  # a parent is a file, or not readable or writable
         raise ConfigError(f"cannot use {root} as a new directory: {e.strerror}") from None
     root = root.resolve()
+    made_here = os.stat(root, follow_symlinks=False)
     try:
         return _build(root, host, listen, store_url, store_password_file)
     except BaseException:
-        # Nothing half-built stays behind: the next `signer init` starts afresh.
-        if made:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            for child in root.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+        _clean(root, made, made_here)
         raise
+
+
+def _clean(root: Path, made: bool, made_here: os.stat_result) -> None:
+    """Nothing half-built stays behind, so the next `signer init` starts afresh: what
+    was made under `root` is removed, if `root` is still the directory it was made in
+    (not a link or another directory put in its place meanwhile: then nothing is)."""
+    try:
+        now = os.stat(root, follow_symlinks=False)
+    except OSError:
+        return
+    if (now.st_dev, now.st_ino) != (made_here.st_dev, made_here.st_ino) or not stat.S_ISDIR(
+        now.st_mode
+    ):
+        return
+    if made:
+        shutil.rmtree(root, ignore_errors=True)  # resists links inside (rmtree's own check)
+        return
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _build(
