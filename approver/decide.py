@@ -75,8 +75,9 @@ def approval_key(profile: Profile) -> ApprovalSigner:
         return AgentSigner(profile.approval_agent_key)
     if profile.approval_token is not None:
         uri = TokenKeyUri.parse(profile.approval_token)
+        support = token_support()  # before the PIN is asked for
         pin = token_pin(uri.token, profile.approval_pin_file, profile.approval_pin_env)
-        signer: ApprovalSigner = token_support().TokenSigner(uri, pin)
+        signer: ApprovalSigner = support.TokenSigner(uri, pin)
         return signer
     if profile.approval_key is None:
         raise ConfigError(f"profile {profile.path} has no approval_key")

@@ -149,3 +149,14 @@ def test_trust_file_errors(signed: Signed, overrides: dict[str, Any], phrase: st
     path = trust_file(signed, "bad-inproc.toml", **overrides)
     with pytest.raises(ConfigError, match=re.escape(phrase)):
         Trust.load(path)
+
+
+def test_a_trust_key_of_two_pem_blocks_is_refused(signed: Signed) -> None:
+    """An inline key or a key file holding two PEM blocks is refused, not read as its
+    first: which key is pinned must not be a guess."""
+    pem = (signed.r.env.root / "trust" / "release.pem").read_text()
+    two = signed.dir / "two.pem"
+    two.write_text(pem + pem)
+    for value, phrase in ((pem + pem, "give one PEM public key"), (str(two), "more than one")):
+        trust = trust_file(signed, "two.toml", public_key=value)
+        cli_refused(verify_cli(signed.bundle_path, signed.artifact, trust), phrase, code=2)

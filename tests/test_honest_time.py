@@ -189,3 +189,13 @@ def test_progress_lines_name_the_state_reached() -> None:
     r.state = types_pb2.REQUEST_STATE_CANCELLED
     r.status_message = ""
     assert workflow.progress_line(r) == "cancelled"
+    # A hostile server's long names and reasons are cut, every poll's line bounded.
+    r.state = types_pb2.REQUEST_STATE_DENIED
+    r.approvals.add(approver="x" * 100_000, decision=types_pb2.DECISION_DENY, reason="y" * 10**6)
+    for i in range(1000):
+        r.approvals.add(approver=f"o{i}", decision=types_pb2.DECISION_APPROVE)
+    line = workflow.progress_line(r)
+    assert line is not None and len(line) < 2000 and line.startswith("denied by xxx")
+    r.state = types_pb2.REQUEST_STATE_PENDING
+    pending = workflow.progress_line(r)
+    assert pending is not None and len(pending) < 2000 and "and 991 more" in pending

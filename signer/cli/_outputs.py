@@ -99,9 +99,10 @@ def obtain(
     request = workflow.create(profile, stub, create)
     say(f"waiting for {request.threshold} approvals on {key_name} (request {request.id})...")
     asked = asked.for_request(request.id)
-    last, decided = workflow.wait(profile, stub, asked, wait_for, progress)
+    last, _ = workflow.wait(profile, stub, asked, wait_for, progress)
     request = last or request
-    if not decided:
+    # Undecided is what the state says, not the server's `done`.
+    if request.state in (types_pb2.REQUEST_STATE_PENDING, types_pb2.REQUEST_STATE_APPROVED):
         fail(
             f"request {request.id} is still undecided after {_seconds(wait_for)}; it goes on",
             EXIT_UNDECIDED,

@@ -24,6 +24,7 @@ from google.protobuf import duration_pb2
 
 from signer import pgp
 from signer.algorithms import HASH_SIZES, algorithm
+from signer.bounds import clip
 from signer.cli._common import digests_of, emit, file_digest
 from signer.cli._outputs import finish, progress
 from signer.cli.kit import (
@@ -492,9 +493,13 @@ def list_(
                 lambda r: r.requests,
             )
         )
+    # A pipeline's own identity is the server's to name (from its token's claims); the
+    # listing must still be of one requester, an OIDC one.
+    requesters = {r.requester for r in found}
     for r in found:
         workflow.check_response(r, Asked())
-        if r.state != wanted or (mine is not None and r.requester != mine):
+        theirs = r.requester != mine if mine is not None else not r.requester.startswith("oidc:")
+        if r.state != wanted or theirs or len(requesters) > 1:
             raise ResponseMismatchError(
                 f"the server listed request {r.id} of another requester or state as yours"
             )
@@ -612,7 +617,7 @@ def known_keys_hint(profile: Profile, stub: Any, key_name: str) -> str:
         listed = call(profile, stub.ListKeys, signing_pb2.ListKeysRequest()).keys
     except RemoteError:
         return "list the keys with `signer keys`"
-    names = [k.name for k in listed][:1000]
+    names = [clip(k.name, 64) for k in listed][:1000]
     close = difflib.get_close_matches(key_name, names, n=3, cutoff=0.6)
     if close:
         return f"did you mean {' or '.join(close)}? (`signer keys` lists them)"

@@ -39,6 +39,7 @@ from google.protobuf import duration_pb2
 
 from signer.audit.entry import AuditEntry
 from signer.audit.proofs import SignedProof, verify_signed_proof
+from signer.bounds import clip
 from signer.client.profile import Profile, RemoteError, call
 from signer.errors import (
     ConfigError,
@@ -245,6 +246,9 @@ def wait(
         backoff.after(poll, time.monotonic() - started, end - time.monotonic())
 
 
+# What one progress line shows of the server's text: a hostile server's long names or
+# reasons, sent again on every poll, do not flood a CI log.
+_NAME, _NAMES, _REASON = 64, 10, 512
 _ENDED = {
     types_pb2.REQUEST_STATE_EXPIRED: "expired",
     types_pb2.REQUEST_STATE_CANCELLED: "cancelled",
@@ -256,7 +260,9 @@ def progress_line(r: types_pb2.SigningRequest) -> str | None:
     """What a person waiting on `r` is told when it changes ("1 of 2 approvals (alice)",
     a denial, the end); None when there is nothing new to say (no approval yet)."""
     approvers = [a.approver for a in r.approvals if a.decision == types_pb2.DECISION_APPROVE]
-    count = f"{len(approvers)} of {r.threshold} approvals ({', '.join(approvers)})"
+    names = ", ".join(clip(a, _NAME) for a in approvers[:_NAMES])
+    more = f" and {len(approvers) - _NAMES} more" if len(approvers) > _NAMES else ""
+    count = f"{len(approvers)} of {r.threshold} approvals ({names}{more})"
     if r.state == types_pb2.REQUEST_STATE_PENDING:
         return count if approvers else None
     if r.state == types_pb2.REQUEST_STATE_APPROVED:
@@ -265,11 +271,11 @@ def progress_line(r: types_pb2.SigningRequest) -> str | None:
         return f"signed after {count}; checking the signatures and the audit proof"
     if r.state == types_pb2.REQUEST_STATE_DENIED:
         deniers = [a for a in r.approvals if a.decision == types_pb2.DECISION_DENY]
-        by = f" by {deniers[0].approver}" if deniers else ""
-        why = f": {deniers[0].reason}" if deniers and deniers[0].reason else ""
+        by = f" by {clip(deniers[0].approver, _NAME)}" if deniers else ""
+        why = f": {clip(deniers[0].reason, _REASON)}" if deniers and deniers[0].reason else ""
         return f"denied{by}{why}"
     ended = _ENDED.get(r.state, "ended")
-    return f"{ended}: {r.status_message}" if r.status_message else ended
+    return f"{ended}: {clip(r.status_message, _REASON)}" if r.status_message else ended
 
 
 @dataclass(frozen=True)

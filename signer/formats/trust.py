@@ -102,6 +102,8 @@ class Trust:
                     f"trust file {path}: {what} must be a PEM public key, or a path to one"
                 )
             if value.lstrip().startswith("-----BEGIN"):
+                if value.count("-----BEGIN") != 1:
+                    raise ConfigError(f"trust file {path}: {what}: give one PEM public key")
                 try:
                     return serialization.load_pem_public_key(value.strip().encode())
                 except ValueError as e:
@@ -110,7 +112,10 @@ class Trust:
                     ) from None
             p = Path(value) if Path(value).is_absolute() else path.parent / value
             try:
-                return serialization.load_pem_public_key(p.read_bytes())
+                data = p.read_bytes()
+                if data.count(b"-----BEGIN") > 1:
+                    raise ValueError("it holds more than one PEM block; give one public key")
+                return serialization.load_pem_public_key(data)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"trust file {path}: {what}: cannot load {p}: {e}") from None
 
