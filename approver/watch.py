@@ -159,7 +159,10 @@ def watch(profile: Profile, as_json: bool, stop: threading.Event | None = None) 
 
     def line(text: str, d: dict[str, Any]) -> None:
         if as_json:
-            print(json.dumps({"change": text.split(" ", 1)[0], "request": d}), flush=True)
+            print(
+                json.dumps({"change": text.split(" ", 1)[0], "request": d}, sort_keys=True),
+                flush=True,
+            )
         else:
             print(shown(text), flush=True)
 

@@ -166,3 +166,14 @@ def test_signer_timeout_sets_the_wait_of_sign(shared_env: Env, tmp_path: Path) -
     artifact.write_bytes(b"t")
     p = run(_sign(shared_env, "--file", str(artifact)), env={"SIGNER_TIMEOUT": "soon"}, check=False)
     assert p.returncode == 2 and "--timeout" in p.stderr and not p.stdout
+
+
+def test_sign_json_prints_one_json_document(shared_env: Env, tmp_path: Path) -> None:
+    """`signer sign --json` (waiting) prints one JSON document on stdout, the request id
+    going to stderr; undecided at --timeout, it exits 3."""
+    artifact = tmp_path / "a.bin"
+    artifact.write_bytes(b"json")
+    p = run(_sign(shared_env, "--file", str(artifact), "--json", "--timeout", "1s"), check=False)
+    assert p.returncode == 3, p.stderr
+    d = json.loads(p.stdout)
+    assert d["state"] == "PENDING" and f"request {d['id']}" in p.stderr

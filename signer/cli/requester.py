@@ -278,7 +278,10 @@ def sign(
         )
         asked = Asked.of(create)
         request = workflow.create(profile, stub, create)
-        echo(request.id)
+        if as_json and wait:
+            say(f"request {request.id}")  # stdout is the one JSON document
+        else:
+            echo(request.id)
         if lifetime is not None:
             _say_if_cut(request, lifetime)
         if not wait:
@@ -503,7 +506,7 @@ def list_(
             raise ResponseMismatchError(
                 f"the server listed request {r.id} of another requester or state as yours"
             )
-    rows = [request_dict(r) for r in found]
+    rows = [_listed(r) for r in found]
     if as_json:
         print_json(rows)
         return
@@ -514,7 +517,7 @@ def list_(
             [
                 d["id"],
                 d["key_name"],
-                str(r.digest_count or len(r.digests)),
+                str(d["digest_count"]),
                 f"{sum(a['decision'] == 'approve' for a in d['approvals'])}/{d['threshold']}",
                 d["create_time"],
                 d["expire_time"],
@@ -583,6 +586,15 @@ def public_key(
         emit(pgp.armor("PUBLIC KEY BLOCK", key.openpgp_certificate), out)
     else:
         emit(pem, out)
+
+
+def _listed(r: types_pb2.SigningRequest) -> dict[str, Any]:
+    """A listed request as JSON: a batch is listed with its first digests only, so its
+    count is the server's and its manifest hash unknown here (`signer status` has it)."""
+    d = request_dict(r)
+    if r.digest_count > len(r.digests):
+        d["digest_count"], d["manifest_sha256"] = r.digest_count, None
+    return d
 
 
 def server_keys(profile_path: Path | None, server: str | None, as_json: bool) -> None:
