@@ -42,7 +42,7 @@ from testbed.commands import APPROVER, SIGNER, run
 from testbed.env import Env
 from testbed.process import serving
 from tests.bundle_env import Signed
-from tests.harness import sign_in_background
+from tests.harness import sign_args
 from tests.oidc_env import OidcRunning
 
 pytestmark = pytest.mark.sqlite_only("what is checked is the CLI's output")
@@ -296,14 +296,23 @@ def test_requester_commands(shared_env: Env, clients: Clients, tmp_path: Path) -
 
     artifact = tmp_path / "app.tar"
     artifact.write_bytes(os.urandom(256))
-    proc, request_id = sign_in_background(shared_env, artifact, "--json")
-    made = clients.get(request_id)
-    clients.approve("alice", made)
-    clients.approve("bob", made)
-    out, err = proc.communicate(timeout=60)
+    profile = str(shared_env.profile_path("ci"))
+    with subprocess.Popen(
+        [*SIGNER, *sign_args(Path(profile), artifact, "--json", "--timeout", "60s")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # with --json, the id goes to stderr
+        request_id = first.removeprefix("request ").strip()
+        made = clients.get(request_id)
+        clients.approve("alice", made)
+        clients.approve("bob", made)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert len(request_id) == 36  # the id, on the first line (read by sign_in_background)
-    signed = holds("signer sign", out)
+    assert len(request_id) == 36
+    signed = holds("signer sign", out)  # stdout is the one JSON document
     assert signed["state"] == "SIGNED" and signed["signatures"]
 
     pem = shared_env.root / "trust" / "release.pem"
