@@ -1,5 +1,6 @@
-"""Start-up and shell completion: `signer --help` loads no command's module, its
-summaries are the commands' own, and `completion` scripts complete in a real shell.
+"""Start-up and shell completion: `signer --help` and `approver --help` load no
+command's module, their summaries are the commands' own, and `completion` scripts
+complete in a real shell.
 
 `signer.cli.main` lists its subcommands from a table, so that `--help` answers
 without importing the client, the server or grpc; each summary there must stay
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from approver.cli import COMMANDS as APPROVER_COMMANDS
 from signer.cli.main import COMMANDS
 from testbed.commands import run
 
@@ -24,30 +26,34 @@ pytestmark = pytest.mark.sqlite_only("no server: the CLI's own start-up")
 BIN = Path(sys.executable).parent
 
 
-def test_every_summary_is_its_commands_own() -> None:
+@pytest.mark.parametrize("table", [COMMANDS, APPROVER_COMMANDS], ids=["signer", "approver"])
+def test_every_summary_is_its_commands_own(table: dict[str, tuple[str, str, str]]) -> None:
     """Each row of COMMANDS names a command of that name whose first sentence it is."""
-    for name, (module, attribute, summary) in COMMANDS.items():
+    for name, (module, attribute, summary) in table.items():
         command = getattr(importlib.import_module(module), attribute)
         assert command.name == name
         assert command.get_short_help_str(limit=1000) == summary, name
 
 
-def test_help_loads_no_command_module() -> None:
-    """`signer --help` (and `signer version`) import no command module, grpc or server."""
+@pytest.mark.parametrize("group", ["signer.cli.main", "approver.cli"])
+def test_help_loads_no_command_module(group: str) -> None:
+    """`signer --help` and `approver --help` (and `version`) import no command module,
+    grpc, rich or the server."""
     probe = (
         "import sys\n"
-        "from signer.cli.main import main\n"
+        f"from {group} import main\n"
         "for args in (['--help'], ['version']):\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit:\n"
         "        pass\n"
         "heavy = [m for m in sys.modules if m.startswith(('signer.cli.requester', "
-        "'signer.cli.operator', 'signer.server', 'signer.client', 'grpc', 'rich'))]\n"
+        "'signer.cli.operator', 'approver.commands', 'approver.policy', 'signer.server', "
+        "'signer.client', 'grpc', 'rich'))]\n"
         "print('LOADED', sorted(heavy))\n"
     )
     p = run([sys.executable, "-c", probe])
-    assert "Commands:" in p.stdout and "sign " in p.stdout
+    assert "Commands:" in p.stdout and "version" in p.stdout
     assert p.stdout.strip().endswith("LOADED []"), p.stdout[-400:]
 
 

@@ -11,17 +11,10 @@ its command's own.
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from signer import __version__
-from signer.cli.options import (
-    SERVER_MODULES,
-    completion_command,
-    group_profile_opt,
-    group_server_opt,
-)
+from signer.cli.options import LazyGroup, completion_command, group_profile_opt, group_server_opt
 
 __all__ = ["COMMANDS", "main"]
 
@@ -85,62 +78,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class _LazyGroup(click.Group):
-    """A group that imports a subcommand's module only when that subcommand runs."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *COMMANDS})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in COMMANDS:
-            module, attribute, _ = COMMANDS[cmd_name]
-            try:
-                command: click.Command = getattr(importlib.import_module(module), attribute)
-            except ModuleNotFoundError as e:
-                if (e.name or "").split(".")[0] not in SERVER_MODULES:
-                    raise
-                return _needs_server(cmd_name, e.name or "")
-            return command
-        return super().get_command(ctx, cmd_name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        names = self.list_commands(ctx)
-        limit = formatter.width - 6 - max(len(n) for n in names)
-        rows = []
-        for name in names:
-            if name in COMMANDS:
-                summary = _shortened(COMMANDS[name][2], limit)
-            else:
-                summary = self.commands[name].get_short_help_str(limit)
-            rows.append((name, summary))
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-def _needs_server(name: str, missing: str) -> click.Command:
-    """A stand-in for a command whose module needs what `signer[server]` installs."""
-
-    @click.command(name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def stand_in(args: tuple[str, ...]) -> None:
-        click.echo(
-            f"error: `signer {name}` runs where the server does and needs its dependencies "
-            f"(no module {missing}): pip install 'signer[server]'",
-            err=True,
-        )
-        raise SystemExit(2)
-
-    return stand_in
-
-
-def _shortened(text: str, limit: int) -> str:
-    """`text` cut at a word to fit `limit` characters, "..." saying so."""
-    if len(text) <= limit:
-        return text
-    return text[: max(limit - 3, 1)].rsplit(" ", 1)[0] + "..."
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
 @group_profile_opt
 @group_server_opt
