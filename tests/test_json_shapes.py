@@ -285,7 +285,7 @@ def test_the_page_documents_every_command_that_prints_json() -> None:
 
 def test_requester_commands(shared_env: Env, clients: Clients, tmp_path: Path) -> None:
     """signer sign, status, list and keys --json; and verify --json of a raw signature,
-    which prints its line, not JSON."""
+    its line in a JSON object."""
     pending = clients.create()
     clients.approve("alice", pending)
     shown = holds("signer status", _signer(shared_env, "ci", "status", pending.id, "--json"))
@@ -317,8 +317,10 @@ def test_requester_commands(shared_env: Env, clients: Clients, tmp_path: Path) -
 
     pem = shared_env.root / "trust" / "release.pem"
     checked = ["--public-key", str(pem), "--signature", f"{artifact}.sig", "--file", str(artifact)]
-    raw = run([*SIGNER, "verify", *checked, "--json"])
-    assert raw.stdout.startswith("signature OK")
+    raw = holds(
+        "signer verify", run([*SIGNER, "verify", *checked, "--json"]).stdout, "plain-verdict"
+    )
+    assert raw["format"] == "raw" and raw["verdict"].startswith("signature OK")
 
 
 def test_requests_with_payloads(shared_env: Env, clients: Clients, tmp_path: Path) -> None:

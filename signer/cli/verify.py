@@ -137,7 +137,9 @@ def verify(
             namespace=namespace,
         )
         verdict = registry.FORMATS[fmt].verify(evidence)
-    if as_json and verdict.fields is not None:
-        print_json(dict(verdict.fields))
+    if as_json:
+        # A format without fields of its own says which format and the line people read.
+        fields = verdict.fields if verdict.fields is not None else {"verdict": verdict.text}
+        print_json({"format": "bundle" if bundle_path is not None else fmt, **fields})
     else:
         echo(verdict.text)
