@@ -32,7 +32,12 @@ from signer.audit.checkpoint import Checkpointer, HeadStatus, RefusalObserver
 from signer.audit.head import TokenHeads, TreeHead
 from signer.errors import ConfigError, InvalidArgumentError, KeyNotFoundError, TokenError
 from signer.server import openpgp_keys
-from signer.server.config import Config, load_config
+from signer.server.config import (
+    Config,
+    TokenStoreConfig,
+    load_config,
+    load_token_store_config,
+)
 from signer.store import Tx
 from signer.store.factory import open_store
 from signer.token.hsm import Token, label_of_version, version_of_label
@@ -54,13 +59,13 @@ OPENPGP_CREATED = "key.openpgp_created"
 SKEW = 300  # seconds a creation time given by hand may be ahead of this clock
 
 
-def open_token(config: Config) -> Token:
+def open_token(config: Config | TokenStoreConfig) -> Token:
     config.token.apply_environment()
     return Token(config.token.module, config.token.label, config.token.read_pin())
 
 
 def checkpointer_for(
-    config: Config, token: Token, observer: RefusalObserver | None = None
+    config: Config | TokenStoreConfig, token: Token, observer: RefusalObserver | None = None
 ) -> Checkpointer:
     """Checkpoints signed by the audit key in the token, under the configured origin,
     only over trees that extend the tree head the token keeps beside that key."""
@@ -77,8 +82,10 @@ def checkpointer_for(
 
 
 def generate_key(config_path: Path, name: str, alg: KeyAlgorithm, actor: str) -> TokenKey:
-    """Generate key `name` (its first version) in the token, recorded as `key.generated`."""
-    return _generate(load_config(config_path), name, name, alg, actor, {})
+    """Generate key `name` (its first version) in the token, recorded as `key.generated`.
+    Reads only the config's `[token]`, `[store]` and `[audit]`: the first keys are made
+    before a policy can name them."""
+    return _generate(load_token_store_config(config_path), name, name, alg, actor, {})
 
 
 def rotate_key(
@@ -107,7 +114,12 @@ def rotate_key(
 
 
 def _generate(
-    cfg: Config, name: str, label: str, alg: KeyAlgorithm, actor: str, more: dict[str, Any]
+    cfg: Config | TokenStoreConfig,
+    name: str,
+    label: str,
+    alg: KeyAlgorithm,
+    actor: str,
+    more: dict[str, Any],
 ) -> TokenKey:
     token = open_token(cfg)
     store = open_store(cfg.store)
@@ -250,7 +262,7 @@ def _record_created(
     _cover(cfg, token, tx)
 
 
-def _cover(cfg: Config, token: Token, tx: Tx) -> None:
+def _cover(cfg: Config | TokenStoreConfig, token: Token, tx: Tx) -> None:
     """Cover the entries of `tx` with a checkpoint once the audit key exists; before
     that, the next checkpoint (at server start) covers them."""
     with contextlib.suppress(KeyNotFoundError):
@@ -272,7 +284,7 @@ def key_in_policy(cfg: Config, token: Token, name: str) -> TokenKey:
 
 
 def list_keys(config_path: Path) -> list[TokenKey]:
-    token = open_token(load_config(config_path))
+    token = open_token(load_token_store_config(config_path))
     try:
         return token.keys()
     finally:
@@ -281,7 +293,7 @@ def list_keys(config_path: Path) -> list[TokenKey]:
 
 def audit_verifier(config_path: Path) -> str:
     """The signed-note verifier string of the audit key: what auditors and clients pin."""
-    cfg = load_config(config_path)
+    cfg = load_token_store_config(config_path)
     token = open_token(cfg)
     try:
         return str(checkpointer_for(cfg, token).verifier)

@@ -9,6 +9,9 @@ start-up (docs/architecture.md §4).
 This module holds the dataclasses, `load_config` and the `[server]`, `[token]`
 and `[store]` tables; the policy tables (identities, approvers, OIDC issuers,
 keys and their claim rules, access) are parsed in `signer.server.policy_config`.
+`load_token_store_config` reads only `[token]`, `[store]` and `[audit]`: what the
+operator's commands that work on the token and the store alone need, so the
+first keys can be generated before the policy that pins them is written.
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ from signer.server.policy_config import (
 )
 from signer.text import KEY_NAME
 
-__all__ = ["Config", "ServerConfig", "StoreConfig", "TokenConfig", "load_config"]
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "StoreConfig",
+    "TokenConfig",
+    "TokenStoreConfig",
+    "load_config",
+    "load_token_store_config",
+]
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,19 @@ class StoreConfig:
         if self.password_file is None:
             return None
         return read_secret(self.password_file, None, "database password")
+
+
+@dataclass(frozen=True)
+class TokenStoreConfig:
+    """The parts of a server config that `signer keys generate`, `signer keys list` and
+    `signer audit verifier` read: the token, the store and the audit key (the same fields
+    as `Config`'s)."""
+
+    path: Path
+    token: TokenConfig
+    store: StoreConfig
+    audit_key: str
+    audit_origin: str
 
 
 @dataclass(frozen=True)
@@ -174,8 +198,27 @@ class Config:
         return hashlib.sha256(canonical_json(self.policy_document)).hexdigest()
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate the server config; ConfigError names key and fix."""
+_TABLES = (
+    "server",
+    "token",
+    "store",
+    "audit",
+    "log",
+    "identities",
+    "approvers",
+    "keys",
+    "access",
+    "oidc",
+    "policy",
+    "revoked",
+    "notify",
+    "alerts",
+)
+
+
+def _read(path: Path) -> tuple[Path, dict[str, Any], _Reader]:
+    """The file's resolved path, its TOML and a reader of its top level (unknown tables
+    refused)."""
     path = path.resolve()
     try:
         with path.open("rb") as f:
@@ -185,22 +228,28 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     top = _Reader(path, raw, "")
-    top.only(
-        "server",
-        "token",
-        "store",
-        "audit",
-        "log",
-        "identities",
-        "approvers",
-        "keys",
-        "access",
-        "oidc",
-        "policy",
-        "revoked",
-        "notify",
-        "alerts",
-    )
+    top.only(*_TABLES)
+    return path, raw, top
+
+
+def load_token_store_config(path: Path) -> TokenStoreConfig:
+    """Read and validate only `[token]`, `[store]` and `[audit]` of the server config.
+
+    Generating a key, listing the token's keys and printing the audit verifier need
+    nothing else, and the first keys come before the policy can be written (each key of
+    the policy pins its `key_id`): a file with only these three tables is enough. The
+    other tables may be there; they are not read (`signer serve --check` checks them)."""
+    path, raw, top = _read(path)
+    token = _token(top.sub("token"))
+    store = _store(top.sub("store"))
+    keys = raw.get("keys")
+    audit_key, audit_origin = _audit(top, keys if isinstance(keys, dict) else {})
+    return TokenStoreConfig(path, token, store, audit_key, audit_origin)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the server config; ConfigError names key and fix."""
+    path, raw, top = _read(path)
     identities = _identities(top.sub("identities"))
     approver_keys = _approver_keys(top.sub("approvers"), identities)
     issuers = _issuers(top.sub("oidc", required=False), approver_keys)
@@ -227,19 +276,7 @@ def load_config(path: Path) -> Config:
                 "could approve)",
             )
     officers, officers_threshold = _policy_officers(top.sub("policy"), approver_keys)
-    audit = top.sub("audit")
-    audit.only("key", "origin")
-    audit_key = audit.get("key", str)
-    audit_origin = audit.get("origin", str, "signer")
-    if not audit_origin or any(ord(c) < 33 or c == "+" for c in audit_origin):
-        raise audit.error(
-            "origin",
-            "must be non-empty, without spaces, '+' or control characters, e.g. example.com/signer",
-        )
-    if not KEY_NAME.match(audit_key):
-        raise audit.error("key", "key names are 1-64 of A-Z a-z 0-9 . _ - ")
-    if audit_key in keys:
-        raise audit.error("key", f"{audit_key!r} is also a signing key; use a separate key")
+    audit_key, audit_origin = _audit(top, keys)
     log = top.sub("log", required=False)
     log.only("format")
     log_format = log.get("format", str, "auto")
@@ -265,6 +302,24 @@ def load_config(path: Path) -> Config:
         notify=notify_config(top.sub("notify", required=False), keys),
         alerts=alert_rules(top, keys),
     )
+
+
+def _audit(top: _Reader, signing_keys: Mapping[str, object]) -> tuple[str, str]:
+    """`[audit]`: the audit key's name (never a signing key's) and the log's origin."""
+    audit = top.sub("audit")
+    audit.only("key", "origin")
+    audit_key = audit.get("key", str)
+    audit_origin = audit.get("origin", str, "signer")
+    if not audit_origin or any(ord(c) < 33 or c == "+" for c in audit_origin):
+        raise audit.error(
+            "origin",
+            "must be non-empty, without spaces, '+' or control characters, e.g. example.com/signer",
+        )
+    if not KEY_NAME.match(audit_key):
+        raise audit.error("key", "key names are 1-64 of A-Z a-z 0-9 . _ - ")
+    if audit_key in signing_keys:
+        raise audit.error("key", f"{audit_key!r} is also a signing key; use a separate key")
+    return audit_key, audit_origin
 
 
 def _server(r: _Reader) -> ServerConfig:
