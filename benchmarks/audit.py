@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.audit_log import Counting, lifecycle_entries, make_checkpointer, make_core
-from benchmarks.audit_report import machine, markdown
+from benchmarks.audit_report import add_out, machine, markdown
 from signer.audit import merkle
 from signer.audit.note import Checkpoint, Verifier, open_note
 from signer.store.sqlite import SqliteStore
@@ -51,7 +51,6 @@ from signer.store.sqlite import SqliteStore
 BATCH = 10_000  # entries per transaction while growing the log
 SAMPLES = 200  # single appends and proofs measured at each size
 REPEAT = 3  # offline hashing runs; the fastest is reported
-LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 _T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -231,13 +230,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.audit", description=__doc__)
     parser.add_argument("--max-exp", type=int, default=6, help="largest size is 10**N (6)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=LOCAL,
-        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
-        "committed results)",
-    )
+    add_out(parser)
     parser.add_argument("--dir", type=Path, default=None, help="where the temp database goes")
     args = parser.parse_args(argv)
     started = time.perf_counter()

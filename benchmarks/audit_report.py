@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sqlite3
@@ -9,7 +10,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "markdown"]
+__all__ = ["LOCAL", "add_out", "machine", "markdown"]
+
+LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
+
+
+def add_out(parser: argparse.ArgumentParser) -> None:
+    """Every benchmark's --out: ./benchmark-results unless the committed ones are asked."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=LOCAL,
+        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
+        "committed results)",
+    )
 
 
 def machine() -> dict[str, Any]:

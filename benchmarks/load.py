@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.audit_report import add_out
 from benchmarks.pipelines import Flow, LoadError, Setup, add_pipelines, check, drive, serving
 from testbed.env import Db, Env, make_env
 from testbed.pg import PgServer, find_bin_dir
@@ -63,8 +64,6 @@ __all__ = [
     "summarize",
     "write_report",
 ]
-
-LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 
 
 @contextlib.contextmanager
@@ -208,13 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="which setups to run (default all)",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=LOCAL,
-        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
-        "committed results)",
-    )
+    add_out(p)
     args = p.parse_args(argv)
 
     report = new_report(args.pipelines, args.duration)

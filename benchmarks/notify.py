@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from benchmarks.audit_report import add_out
 from benchmarks.load import new_report, postgres, write_report
 from benchmarks.pipelines import LoadError, add_pipelines, drive, serving
 from signer.encoding import parse_time
@@ -39,7 +40,6 @@ from testbed.webhook_sink import Received, WebhookSink
 
 __all__ = ["main"]
 
-LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 SECRET = b"benchmark-webhook-key-0123456789abcdef"
 TARGET_P99_MS = 1000.0
 
@@ -204,13 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipelines", type=int, default=16, help="concurrent pipelines (default 16)")
     p.add_argument("--replicas", type=int, default=3, help="PostgreSQL replicas (default 3)")
     p.add_argument("--setup", choices=("all", "postgresql", "sqlite"), default="all")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=LOCAL,
-        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
-        "committed results)",
-    )
+    add_out(p)
     args = p.parse_args(argv)
     report = new_report(args.pipelines, args.duration)
     with tempfile.TemporaryDirectory(prefix="signer-notify-") as d:

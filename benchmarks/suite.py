@@ -52,7 +52,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 
 from benchmarks import audit as audit_bench
-from benchmarks.audit_report import machine
+from benchmarks.audit_report import add_out, machine
 from benchmarks.floors import (
     FLOOR_COUNTS,
     KEYS,
@@ -73,7 +73,6 @@ from testbed.commands import wait_until
 from testbed.env import Env, make_env
 from testbed.process import ServerProcess
 
-LOCAL = Path("benchmark-results")  # where a run writes unless --out says otherwise
 _RPC_TIMEOUT = 120.0
 
 
@@ -359,13 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=LOCAL,
-        help=f"results directory (default ./{LOCAL}; --out benchmarks/results replaces the "
-        "committed results)",
-    )
+    add_out(parser)
     parser.add_argument("--pipelines", type=int, default=16)
     parser.add_argument("--flow-seconds", type=float, default=20.0)
     parser.add_argument(
