@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from approver import cli, review
+from approver import cli, commands, review
 from signer.cli.main import main
 from signer.client.profile import load_profile
 from signer.convert import digest_pb
@@ -202,14 +202,14 @@ def test_show_with_files_fails_on_what_approve_would_refuse(
     lying = types_pb2.SigningRequest()
     lying.CopyFrom(real)
     lying.digests[0].value = hashlib.sha256(b"something else").digest()
-    monkeypatch.setattr(cli, "fetch", lambda profile, rid: lying)
+    monkeypatch.setattr(commands, "fetch", lambda profile, rid: lying)
     profile = ["--profile", str(shared.env.profile_path("alice"))]
     args = ["show", request_id, "--file", str(mine), *profile]
     shown = CliRunner().invoke(cli.main, args)
     assert shown.exit_code == 1, shown.output
     assert "is app.tar, as the request says" in shown.output
     assert "the digest to sign is not that of the statement shown" in shown.output
-    monkeypatch.setattr(cli, "fetch", lambda profile, rid: real)
+    monkeypatch.setattr(commands, "fetch", lambda profile, rid: real)
     assert CliRunner().invoke(cli.main, args).exit_code == 0
 
 
@@ -246,13 +246,13 @@ def test_an_openpgp_request_for_another_key_is_refused(
     lying.payload = forged.payload
     del lying.digests[:]
     lying.digests.extend(digest_pb(d) for d in forged.digests)
-    monkeypatch.setattr(cli, "fetch", lambda profile, rid: lying)
+    monkeypatch.setattr(commands, "fetch", lambda profile, rid: lying)
     profile = ["--profile", str(shared.env.profile_path("alice"))]
     shown = CliRunner().invoke(cli.main, ["show", made.id, "--file", str(mine), *profile])
     assert shown.exit_code == 1, shown.output
     assert "ANOTHER KEY" in shown.output
     assert "not the key it is signed with" in shown.output
-    monkeypatch.setattr(cli, "fetch", lambda profile, rid: real)
+    monkeypatch.setattr(commands, "fetch", lambda profile, rid: real)
     honest = CliRunner().invoke(cli.main, ["show", made.id, "--file", str(mine), *profile])
     assert honest.exit_code == 0, honest.output
     assert "ANOTHER KEY" not in honest.output
