@@ -47,6 +47,7 @@ def test_real_bundle_verifies_with_cli(signed: Signed) -> None:
     out = json.loads(as_json.stdout)
     audit = signed.doc["audit"]
     assert out == {
+        "format": "bundle",
         "request_id": signed.request.id,
         "key_name": "release",
         "artifact": "app.tar",
