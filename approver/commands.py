@@ -38,6 +38,7 @@ from signer.cli.kit import (
     request_dict,
     say,
     server_opt,
+    state_opt,
     stubs,
 )
 from signer.client import workflow
@@ -169,12 +170,7 @@ def keygen(
 @click.command("list")
 @profile_opt
 @server_opt
-@click.option(
-    "--state",
-    default="pending",
-    show_default=True,
-    type=click.Choice([s.value.lower() for s in State]),
-)
+@state_opt
 @json_opt
 @handle_errors
 def list_(profile_path: Path | None, server: str | None, state: str, as_json: bool) -> None:

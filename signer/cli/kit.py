@@ -34,7 +34,7 @@ from signer.client.workflow import call
 from signer.convert import HASH_FROM_PB, STATE_FROM_PB
 from signer.errors import ConfigError, SignerError
 from signer.formats import registry
-from signer.model import Digest, Manifest
+from signer.model import Digest, Manifest, State
 from signer.text import shown
 from signer.v1 import types_pb2
 
@@ -54,6 +54,7 @@ __all__ = [
     "request_dict",
     "say",
     "server_opt",
+    "state_opt",
     "stderr",
     "stubs",
 ]
@@ -73,6 +74,13 @@ server_opt = click.option(
     "--server", help="Override the profile's HOST:PORT; default $SIGNER_SERVER."
 )
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+state_opt = click.option(
+    "--state",
+    default="pending",
+    show_default=True,
+    type=click.Choice([s.value.lower() for s in State]),
+    help="Requests in this state.",
+)
 _DECISION = {types_pb2.DECISION_APPROVE: "approve", types_pb2.DECISION_DENY: "deny"}
 
 

@@ -39,6 +39,7 @@ from signer.cli.kit import (
     request_dict,
     say,
     server_opt,
+    state_opt,
     stubs,
 )
 from signer.client import workflow
@@ -467,12 +468,7 @@ def _show_request(d: dict[str, Any]) -> None:
 @click.command("list")
 @profile_opt
 @server_opt
-@click.option(
-    "--state",
-    default="pending",
-    show_default=True,
-    type=click.Choice([s.value.lower() for s in State]),
-)
+@state_opt
 @oidc_token_opt
 @json_opt
 @handle_errors
@@ -522,7 +518,7 @@ def list_(
                 d["create_time"],
                 d["expire_time"],
             ]
-            for d, r in zip(rows, found, strict=True)
+            for d in rows
         ],
         empty=f"you have no {state} requests",
     )

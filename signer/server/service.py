@@ -142,6 +142,17 @@ class _Base:
                 pb.audit_proof.CopyFrom(audit_proof_pb(proof))
         return pb
 
+    def _summary_page(
+        self, rows: Sequence[tuple[int, Request]]
+    ) -> tuple[list[types_pb2.SigningRequest], str]:
+        """A listing page of `rows` (store position, request): the summaries that fit in
+        PAGE_BYTES, and the token of the next page. The store stops early at large
+        batches too: any page but an empty one may have a next, so a listing ends with
+        the first empty page."""
+        found = [self._summary(r) for _, r in rows]
+        n = _page_of(found)
+        return found[:n], str(rows[n - 1][0]) if n else ""
+
     def _summary(self, r: Request) -> types_pb2.SigningRequest:
         """The request as listed: at most INLINE_DIGESTS digests (and `digest_count`),
         approvals without their envelopes, no signatures and no audit proof. Its size is
@@ -241,10 +252,8 @@ class SigningService(_Base, signing_pb2_grpc.SigningServiceServicer):
             if kept or not rows:
                 break
             after = rows[-1][0]
-        found = [self._summary(r) for _, r in kept]
-        n = _page_of(found)
-        token = str(kept[n - 1][0]) if n else ""
-        return signing_pb2.ListSigningRequestsResponse(requests=found[:n], next_page_token=token)
+        found, token = self._summary_page(kept)
+        return signing_pb2.ListSigningRequestsResponse(requests=found, next_page_token=token)
 
     def _admits(self, caller: TokenCaller, r: Request) -> bool:
         policy = self.core.policies.get(r.key_name)
@@ -321,12 +330,8 @@ class ApprovalService(_Base, approval_pb2_grpc.ApprovalServiceServicer):
         after, size = _page(request.page_token, request.page_size, 20, 50)
         state = STATE_FROM_PB.get(request.state, State.PENDING)
         rows = self.core.list_for_approver(current_identity.get(), frozenset({state}), after, size)
-        found = [self._summary(r) for _, r in rows]
-        n = _page_of(found)
-        # The store stops early at large batches too: any page but an empty one may have
-        # a next, so the listing ends with the first empty page.
-        token = str(rows[n - 1][0]) if n else ""
-        return approval_pb2.ListRequestsResponse(requests=found[:n], next_page_token=token)
+        found, token = self._summary_page(rows)
+        return approval_pb2.ListRequestsResponse(requests=found, next_page_token=token)
 
     @_rpc
     def GetRequest(
